@@ -1,0 +1,1 @@
+"""Registry mirrors: pure settings/renderers, Pulumi components, node scripts (in scripts/)."""

@@ -1,0 +1,584 @@
+"""The one settings model: every value the program uses, validated once, before any resource.
+
+Pure: no ``import pulumi`` here (tests and ``scripts/render.py`` use it without Pulumi).
+Keys in stack config are camelCase (``vmId``); Python attributes are snake_case.
+Unknown keys are errors: Distribution and containerd silently ignore typos, so we must not.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_SERVER = "https://registry-1.docker.io"
+
+_HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+_CRON_FIELD = re.compile(r"^[0-9*/,-]+$")
+
+
+class SettingsError(ValueError):
+    """All problems found in the settings, one line each: ``key: problem (got value)``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _check_hostname(value: str) -> str:
+    labels = value.split(".")
+    if not value or len(value) > 253 or not all(_HOSTNAME_LABEL.match(label) for label in labels):
+        raise ValueError("expected a DNS hostname of lowercase letters, digits, '-' and '.'")
+    return value
+
+
+def _check_registry_host(value: str) -> str:
+    """A registry as containerd names it: ``host`` or ``host:port``."""
+    host, _, port = value.partition(":")
+    _check_hostname(host)
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError("expected host or host:port with a port from 1 to 65535")
+    return value
+
+
+def _check_container_name(value: str) -> str:
+    if not _CONTAINER_NAME.match(value):
+        raise ValueError("expected a container name: letters, digits, '_', '.', '-' (max 63)")
+    return value
+
+
+def _check_cron_field(value: str) -> str:
+    if not _CRON_FIELD.match(value):
+        raise ValueError("expected a cron field such as '3', '*/2' or '1-5'")
+    return value
+
+
+Hostname = Annotated[str, AfterValidator(_check_hostname)]
+RegistryHost = Annotated[str, AfterValidator(_check_registry_host)]
+ContainerName = Annotated[str, AfterValidator(_check_container_name)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+CronField = Annotated[str, AfterValidator(_check_cron_field)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        strict=False,
+    )
+
+
+class CloudImage(_Model):
+    """Import the VM's disk from a downloaded cloud image (alternative to a template clone)."""
+
+    url: str = Field(description="Cloud image URL, e.g. a Debian 12 genericcloud qcow2.")
+    checksum: str | None = Field(default=None, description="Expected checksum of the image.")
+    checksum_algorithm: Literal["sha256", "sha512"] = Field(
+        default="sha512", description="Algorithm of `checksum`."
+    )
+    datastore: str = Field(
+        default="local", description="Datastore with the 'import' content type for the image."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+/\S+$", value):
+            raise ValueError("expected an http(s) URL of an image file")
+        return value
+
+
+class VmSettings(_Model):
+    """The registry VM on Proxmox VE."""
+
+    proxmox_node: Hostname = Field(description="Proxmox node the VM runs on, e.g. 'pve'.")
+    vm_id: int = Field(ge=100, le=999_999_999, description="Proxmox VM id.")
+    name: Hostname = Field(default="registry", description="VM name and hostname.")
+    template_vm_id: int | None = Field(
+        default=None, ge=100, le=999_999_999, description="Clone this cloud-init template VM."
+    )
+    cloud_image: CloudImage | None = Field(
+        default=None, description="Or import the disk from this cloud image."
+    )
+    cores: int = Field(default=2, ge=1, le=128, description="vCPUs.")
+    memory_mb: int = Field(default=4096, ge=1024, le=1_048_576, description="Memory in MiB.")
+    disk_gb: int = Field(default=100, ge=10, le=65_536, description="Disk size in GiB (cache).")
+    datastore: str = Field(default="local-lvm", description="Datastore for the VM disk.")
+    snippets_datastore: str = Field(
+        default="local", description="Datastore with the 'snippets' content type enabled."
+    )
+    bridge: str = Field(default="vmbr0", description="Proxmox bridge for the NIC.")
+    vlan: int | None = Field(default=None, ge=1, le=4094, description="VLAN tag, if any.")
+    address: str = Field(description="Static address in CIDR form, e.g. 10.0.20.10/24.")
+    gateway: str = Field(description="Default gateway, inside the address's subnet.")
+    dns_servers: list[str] = Field(
+        default_factory=lambda: ["10.0.20.1"], min_length=1, description="DNS servers."
+    )
+    search_domain: Hostname | None = Field(default=None, description="DNS search domain.")
+    ssh_user: str = Field(default="debian", description="Cloud-init user the program logs in as.")
+    ssh_public_keys: list[str] = Field(min_length=1, description="Authorized SSH public keys.")
+    ssh_host_public_key: str | None = Field(
+        default=None,
+        description="The VM's SSH host key to pin (recommended); unset: accept on first use.",
+    )
+    cloud_init_timeout_seconds: int = Field(
+        default=900, ge=30, le=7200, description="How long to wait for cloud-init to finish."
+    )
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+            raise ValueError("expected a Linux user name")
+        return value
+
+    @field_validator("ssh_public_keys")
+    @classmethod
+    def _keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+", key):
+                raise ValueError(f"not an SSH public key: {key[:40]!r}")
+        return value
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns(cls, value: list[str]) -> list[str]:
+        for server in value:
+            ipaddress.ip_address(server)
+        return value
+
+    @property
+    def interface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def ip(self) -> str:
+        return str(self.interface.ip)
+
+    @property
+    def prefix(self) -> int:
+        return self.interface.network.prefixlen
+
+
+class ProxmoxSsh(_Model):
+    """SSH from the Pulumi provider to the Proxmox host (needed to upload snippets)."""
+
+    username: str = Field(default="root", description="SSH user on the Proxmox host.")
+    agent: bool = Field(default=True, description="Use the local ssh-agent.")
+    node_address: str | None = Field(
+        default=None, description="Address of the Proxmox node if its name does not resolve."
+    )
+
+
+class ProxmoxSettings(_Model):
+    endpoint: str = Field(description="Proxmox API URL, e.g. https://pve.lan:8006/.")
+    insecure: bool = Field(default=False, description="Skip TLS verification (not recommended).")
+    ssh: ProxmoxSsh = Field(default_factory=ProxmoxSsh, description="Provider SSH settings.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not re.match(r"^https://[^\s/]+(:\d+)?/?$", value):
+            raise ValueError("expected https://HOST[:PORT]/")
+        return value
+
+
+class Upstream(_Model):
+    """One upstream registry and the Distribution pull-through cache in front of it."""
+
+    host: RegistryHost = Field(description="Registry host as images name it, e.g. ghcr.io.")
+    port: Port = Field(description="Port the cache is published on, on the VM.")
+    container: ContainerName = Field(description="Container name on the VM.")
+    metrics_port: Port | None = Field(default=None, description="Metrics port; default port+1.")
+    server: str | None = Field(
+        default=None,
+        description="Upstream URL; default https://<host> (Docker Hub: registry-1.docker.io).",
+    )
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+/?$", value):
+            raise ValueError("expected the root URL of a registry, e.g. https://ghcr.io")
+        return value.rstrip("/") if value else value
+
+    @property
+    def resolved_metrics_port(self) -> int:
+        return self.metrics_port if self.metrics_port is not None else self.port + 1
+
+    @property
+    def resolved_server(self) -> str:
+        if self.server:
+            return self.server
+        return DOCKER_HUB_SERVER if self.host == DOCKER_HUB else f"https://{self.host}"
+
+
+DEFAULT_UPSTREAMS: tuple[Upstream, ...] = (
+    Upstream(host="docker.io", port=5000, container="registry"),
+    Upstream(host="ghcr.io", port=5010, container="registry-ghcr"),
+    Upstream(host="quay.io", port=5020, container="registry-quay"),
+    Upstream(host="registry.k8s.io", port=5030, container="registry-k8s"),
+    Upstream(host="reg.kyverno.io", port=5040, container="registry-kyverno"),
+)
+
+
+class Schedule(_Model):
+    """A cron schedule: weekly GC or hourly restart, staggered per registry."""
+
+    minute: CronField = Field(description="Cron minute of the first registry's job.")
+    hour: CronField = Field(default="*", description="Cron hour.")
+    day_of_week: CronField = Field(default="*", description="Cron day of week (0 = Sunday).")
+    stagger_minutes: int = Field(
+        ge=0, le=59, description="Minutes added per registry so no two jobs overlap."
+    )
+
+
+class RegistrySettings(_Model):
+    """How the Distribution containers run on the VM."""
+
+    image: str = Field(
+        default="registry:2.8.3",
+        description="Registry image, pinned (tag or @sha256 digest).",
+    )
+    memory_mb: int = Field(default=1024, ge=128, le=65_536, description="Memory limit per cache.")
+    log_level: Literal["error", "warn", "info", "debug"] = Field(
+        default="info", description="Distribution log level (info keeps access logs)."
+    )
+    gc: Schedule = Field(
+        default_factory=lambda: Schedule(minute="0", hour="3", day_of_week="0", stagger_minutes=20),
+        description="Weekly garbage collection, one registry after another.",
+    )
+    restart: Schedule = Field(
+        default_factory=lambda: Schedule(minute="7", stagger_minutes=5),
+        description="Hourly restart (Distribution's proxy cache grows in memory).",
+    )
+    allowed_cidrs: list[str] | None = Field(
+        default=None,
+        description="Who may pull from the caches; default: the node addresses (/32 each).",
+    )
+    admin_cidrs: list[str] = Field(
+        default_factory=lambda: ["10.0.0.0/8"], min_length=1, description="Who may SSH to the VM."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not re.search(r"(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$", value) or value.endswith(
+            ":latest"
+        ):
+            raise ValueError("expected a pinned image reference (a tag other than latest, or a digest)")
+        return value
+
+    @field_validator("allowed_cidrs", "admin_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str] | None) -> list[str] | None:
+        for cidr in value or []:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a network in CIDR form ({exc})") from None
+        return value
+
+
+class Node(_Model):
+    """A cluster node whose containerd is switched to config_path + hosts.toml."""
+
+    name: Hostname = Field(description="Node name (unique).")
+    address: str = Field(description="Address the program reaches the node at over SSH.")
+    ssh_user: str = Field(default="root", description="SSH user (root or passwordless sudo).")
+    ssh_port: Port = Field(default=22, description="SSH port.")
+    ssh_host_public_key: str | None = Field(default=None, description="Host key to pin.")
+    config_file: str = Field(
+        default="/etc/containerd/config.toml", description="containerd config.toml path."
+    )
+    restart_command: str = Field(
+        default="systemctl restart containerd", description="How to restart containerd."
+    )
+    skip_config_path: bool = Field(
+        default=False,
+        description="Opt out: leave config.toml alone (only hosts.toml is written; reported).",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        ipaddress.IPv4Address(value)
+        return value
+
+    @field_validator("config_file")
+    @classmethod
+    def _abs(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("expected an absolute path without spaces")
+        return value
+
+
+class ContainerdSettings(_Model):
+    """containerd-side settings shared by all nodes."""
+
+    config_path: str = Field(
+        default="/etc/containerd/certs.d", description="Directory containerd reads hosts.toml from."
+    )
+    batch_size: int = Field(default=5, ge=1, le=1000, description="Nodes per batch after the canary.")
+    restart_timeout_seconds: int = Field(
+        default=60, ge=5, le=600, description="How long to wait for the CRI plugin after a restart."
+    )
+
+    @field_validator("config_path")
+    @classmethod
+    def _dir(cls, value: str) -> str:
+        if not value.startswith("/") or ":" in value or any(c.isspace() for c in value):
+            raise ValueError("expected ONE absolute directory (no ':' list, no spaces)")
+        return value.rstrip("/") or "/"
+
+
+class Settings(_Model):
+    """Everything one stack needs, except secrets."""
+
+    proxmox: ProxmoxSettings
+    vm: VmSettings
+    upstreams: list[Upstream] = Field(
+        default_factory=lambda: list(DEFAULT_UPSTREAMS), min_length=1, description="Upstreams."
+    )
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    nodes: list[Node] = Field(default_factory=list, description="Cluster nodes.")
+    containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems = _cross_problems(self.model_dump(by_alias=True))
+        if problems:
+            raise SettingsError(problems)
+        return self
+
+    def endpoint(self, upstream: Upstream) -> str:
+        return f"http://{self.vm.ip}:{upstream.port}"
+
+    @property
+    def allowed_cidrs(self) -> list[str]:
+        if self.registry.allowed_cidrs is not None:
+            return list(self.registry.allowed_cidrs)
+        return [f"{node.address}/32" for node in self.nodes]
+
+
+def _get(mapping: Any, key: str, default: Any = None) -> Any:
+    """Read a camelCase key from raw config (or its snake_case twin) without trusting its type."""
+    if not isinstance(mapping, Mapping):
+        return default
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\\1", key).lower()
+    return mapping.get(key, mapping.get(snake, default))
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Checks that span keys. Works on raw config so they run even when a field is invalid:
+    the user sees every problem in one go."""
+    problems: list[str] = []
+    vm = _get(raw, "vm", {})
+    address = _get(vm, "address")
+    interface = None
+    if isinstance(address, str):
+        try:
+            interface = ipaddress.IPv4Interface(address)
+        except ValueError:
+            problems.append(
+                f"vm.address: {address!r} is not an IPv4 address in CIDR form (expected e.g. 10.0.20.10/24)"
+            )
+    if interface is not None:
+        network = interface.network
+        if "/" not in address:
+            problems.append(f"vm.address: {address!r} has no prefix (expected e.g. 10.0.20.10/24)")
+            interface = None
+        elif network.prefixlen < 31 and interface.ip in (network.network_address, network.broadcast_address):
+            kind = "network" if interface.ip == network.network_address else "broadcast"
+            problems.append(f"vm.address: {address!r} is the {kind} address of {network}")
+    gateway_raw = _get(vm, "gateway")
+    if isinstance(gateway_raw, str):
+        try:
+            gateway = ipaddress.IPv4Address(gateway_raw)
+        except ValueError:
+            problems.append(f"vm.gateway: {gateway_raw!r} is not an IPv4 address")
+        else:
+            if interface is not None and gateway not in interface.network:
+                problems.append(f"vm.gateway: {gateway_raw!r} is outside the VM subnet {interface.network}")
+            elif interface is not None and gateway == interface.ip:
+                problems.append(f"vm.gateway: {gateway_raw!r} is the VM's own address")
+    if isinstance(vm, Mapping):
+        sources = [k for k in ("templateVmId", "cloudImage") if _get(vm, k) is not None]
+        if len(sources) != 1:
+            got = "neither" if not sources else "both"
+            problems.append(f"vm: set exactly one source: templateVmId or cloudImage (got {got})")
+
+    upstreams = _get(raw, "upstreams")
+    if upstreams is None:
+        upstreams = [u.model_dump(by_alias=True) for u in DEFAULT_UPSTREAMS]
+    upstreams = [u if isinstance(u, Mapping) else {} for u in (upstreams if isinstance(upstreams, list) else [])]
+    problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
+    problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
+    port_owner: dict[int, str] = {}
+    for index, upstream in enumerate(upstreams):
+        port = _int_or_none(_get(upstream, "port"))
+        metrics = _int_or_none(_get(upstream, "metricsPort"))
+        if metrics is None and port is not None:
+            metrics = port + 1
+        for field, value in (("port", port), ("metricsPort", metrics)):
+            if value is None or not 1 <= value <= 65535:
+                if field == "metricsPort" and value is not None and _get(upstream, "metricsPort") is None:
+                    problems.append(f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range")
+                continue
+            if value == 22:
+                problems.append(f"upstreams[{index}].{field}: {value} clashes with SSH on the VM")
+            owner = port_owner.get(value)
+            if owner is not None:
+                problems.append(f"upstreams[{index}].{field}: {value} clashes with {owner}")
+            else:
+                port_owner[value] = f"upstreams[{index}].{field} ({_get(upstream, 'host')})"
+
+    nodes = _get(raw, "nodes", [])
+    nodes = [n if isinstance(n, Mapping) else {} for n in (nodes if isinstance(nodes, list) else [])]
+    problems += _duplicates("nodes", "name", [_get(n, "name") for n in nodes])
+    problems += _duplicates("nodes", "address", [_get(n, "address") for n in nodes])
+    if interface is not None:
+        for index, node in enumerate(nodes):
+            if _get(node, "address") == str(interface.ip):
+                problems.append(
+                    f"nodes[{index}].address: {_get(node, 'address')!r} is the registry VM's own address"
+                )
+    return problems
+
+
+def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:
+    seen: dict[Any, int] = {}
+    problems = []
+    for index, value in enumerate(values):
+        if value is None or not isinstance(value, (str, int)):
+            continue
+        if value in seen:
+            problems.append(
+                f"{section}[{index}].{key}: {value!r} duplicates {section}[{seen[value]}].{key}"
+            )
+        else:
+            seen[value] = index
+    return problems
+
+
+class UpstreamCredentials(_Model):
+    username: str = Field(min_length=1)
+    password: SecretStr
+
+
+class Secrets(_Model):
+    """Secret config, read as Pulumi secrets. Never rendered, logged or put into cloud-init."""
+
+    proxmox_api_token: SecretStr = Field(
+        description="Proxmox API token: 'USER@REALM!TOKENID=UUID'."
+    )
+    ssh_private_key: SecretStr = Field(
+        description="OpenSSH private key the program uses for the VM and the nodes."
+    )
+    upstream_credentials: dict[str, UpstreamCredentials] = Field(
+        default_factory=dict, description="Per upstream host: {username, password}."
+    )
+
+    @field_validator("proxmox_api_token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if not re.match(r"^[^@\s]+@[^!\s]+![^=\s]+=\S+$", value.get_secret_value()):
+            raise ValueError("expected USER@REALM!TOKENID=SECRET (value hidden)")
+        return value
+
+    @field_validator("ssh_private_key")
+    @classmethod
+    def _key(cls, value: SecretStr) -> SecretStr:
+        if "PRIVATE KEY-----" not in value.get_secret_value():
+            raise ValueError("expected an OpenSSH/PEM private key (value hidden)")
+        return value
+
+
+SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
+SECRET_KEYS = ("proxmoxApiToken", "sshPrivateKey", "upstreamCredentials")
+
+
+def _format_error(error: ValidationError, prefix: str = "") -> list[str]:
+    lines = []
+    for item in error.errors():
+        if isinstance(item.get("ctx", {}).get("error"), SettingsError):
+            continue  # cross-key problems: load_settings adds them from the raw config
+        location = prefix + ".".join(
+            f"[{part}]" if isinstance(part, int) else str(part) for part in item["loc"]
+        ).replace(".[", "[")
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (typo?)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        value = item.get("input")
+        shown = "" if item["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        lines.append(f"{location or '(top level)'}: {message}{shown}")
+    return lines
+
+
+def load_settings(raw: Mapping[str, Any]) -> Settings:
+    """Validate the project's config namespace (keys without the ``project:`` prefix).
+
+    Raises SettingsError with every problem at once, one per line, each naming its key.
+    """
+    known = set(SECTIONS) | set(SECRET_KEYS)
+    problems = [f"{key}: unknown key (typo?)" for key in raw if key not in known]
+    plain = {key: value for key, value in raw.items() if key in SECTIONS}
+    try:
+        settings = Settings.model_validate(plain)
+    except ValidationError as error:
+        problems += _format_error(error) + _cross_problems(plain)
+        raise SettingsError(list(dict.fromkeys(problems))) from None
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def load_secrets(raw: Mapping[str, Any], settings: Settings) -> Secrets:
+    """Validate secret config. Messages never contain a secret value."""
+    values = {key: raw[key] for key in SECRET_KEYS if key in raw}
+    try:
+        secrets = Secrets.model_validate(values)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            location = ".".join(str(p) for p in item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "missing":
+                message = "required secret is missing (pulumi config set --secret ...)"
+            problems.append(f"{location}: {message}")
+        raise SettingsError(problems) from None
+    hosts = {u.host for u in settings.upstreams}
+    unknown = [
+        f"upstreamCredentials.{host}: no upstream with this host is configured"
+        for host in secrets.upstream_credentials
+        if host not in hosts
+    ]
+    if unknown:
+        raise SettingsError(unknown)
+    return secrets
