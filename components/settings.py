@@ -496,9 +496,6 @@ class Secrets(_Model):
     proxmox_api_token: SecretStr = Field(
         description="Proxmox API token: 'USER@REALM!TOKENID=UUID'."
     )
-    ssh_private_key: SecretStr = Field(
-        description="OpenSSH private key the program uses for the VM and the nodes."
-    )
     upstream_credentials: dict[str, UpstreamCredentials] = Field(
         default_factory=dict, description="Per upstream host: {username, password}."
     )
@@ -510,16 +507,9 @@ class Secrets(_Model):
             raise ValueError("expected USER@REALM!TOKENID=SECRET (value hidden)")
         return value
 
-    @field_validator("ssh_private_key")
-    @classmethod
-    def _key(cls, value: SecretStr) -> SecretStr:
-        if "PRIVATE KEY-----" not in value.get_secret_value():
-            raise ValueError("expected an OpenSSH/PEM private key (value hidden)")
-        return value
-
 
 SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
-SECRET_KEYS = ("proxmoxApiToken", "sshPrivateKey", "upstreamCredentials")
+SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 
 def _format_error(error: ValidationError, prefix: str = "") -> list[str]:
