@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Write one <CONFIG_PATH>/<registry>/hosts.toml per upstream we manage. containerd re-reads
+# hosts.toml on every pull, so there is NO restart here.
+# stdin: one line per registry: "<dir_name> <base64 of hosts.toml>". An empty stdin removes
+# everything we manage.
+# We track our directories in <CONFIG_PATH>/.registry-mirrors-managed, so an upstream dropped from
+# the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
+# Params (env): CONFIG_PATH.
+# Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
+set -euo pipefail
+
+: "${CONFIG_PATH:?CONFIG_PATH is required}"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "hosts.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
+  exit 2
+fi
+
+manifest="${CONFIG_PATH}/.registry-mirrors-managed"
+mkdir -p "$CONFIG_PATH"
+work=$(mktemp -d "${CONFIG_PATH}/.registry-mirrors.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+valid_dir() {
+  # A registry host[:port] or _default; never a path: stdin must not be able to escape CONFIG_PATH.
+  [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(:[0-9]+)?$ && $1 != *..* ]]
+}
+
+changed=0
+: >"$work/wanted"
+while read -r dir content_b64; do
+  [[ -z $dir ]] && continue
+  if ! valid_dir "$dir"; then
+    echo "hosts.sh: refusing registry directory name ${dir@Q}" >&2
+    exit 4
+  fi
+  echo "$dir" >>"$work/wanted"
+  mkdir -p "${CONFIG_PATH}/${dir}"
+  target="${CONFIG_PATH}/${dir}/hosts.toml"
+  tmp="${CONFIG_PATH}/${dir}/.hosts.toml.registry-mirrors.tmp"
+  base64 -d <<<"$content_b64" >"$tmp"
+  if [[ -f $target ]] && cmp -s "$tmp" "$target"; then
+    rm -f "$tmp"
+    echo "unchanged=${dir}"
+  else
+    chmod 0644 "$tmp"
+    # rename(2) in the same directory: a concurrent pull sees the old or the new file, never half.
+    mv -f "$tmp" "$target"
+    echo "written=${dir}"
+    changed=1
+  fi
+done
+
+if [[ -f $manifest ]]; then
+  while read -r old; do
+    [[ -z $old ]] && continue
+    valid_dir "$old" || continue
+    grep -qxF "$old" "$work/wanted" && continue
+    rm -f "${CONFIG_PATH}/${old}/hosts.toml"
+    # Only an empty directory goes: someone may have put a CA file next to our hosts.toml.
+    rmdir "${CONFIG_PATH}/${old}" 2>/dev/null || true
+    echo "removed=${old}"
+    changed=1
+  done <"$manifest"
+fi
+
+if [[ -s "$work/wanted" ]]; then
+  sort -u "$work/wanted" >"$work/manifest"
+  mv -f "$work/manifest" "$manifest"
+else
+  rm -f "$manifest"
+fi
+echo "changed=${changed}"
