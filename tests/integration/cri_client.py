@@ -1,0 +1,42 @@
+"""A minimal CRI client (runtime.v1) over the node's containerd socket: crictl is not in Debian 12.
+
+Pulling through CRI is the only honest check of hosts.toml: ``ctr`` ignores config_path unless
+given ``--hosts-dir``, kubelet does not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+
+def _channel(socket: Path) -> grpc.Channel:
+    return grpc.insecure_channel(f"unix://{socket}")
+
+
+def pull_image(socket: Path, image: str, timeout: float = 60) -> str:
+    """PullImage as kubelet does it; returns the image ref (digest) containerd reports."""
+    with _channel(socket) as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=image))
+        return stub.PullImage(request, timeout=timeout).image_ref
+
+
+def remove_image(socket: Path, image: str, timeout: float = 30) -> None:
+    with _channel(socket) as channel:
+        stub = api_pb2_grpc.ImageServiceStub(channel)
+        stub.RemoveImage(
+            api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=timeout
+        )
+
+
+def runtime_status(socket: Path, timeout: float = 10) -> dict[str, Any]:
+    """RuntimeService.Status(verbose): its ``config`` info shows the effective registry config."""
+    with _channel(socket) as channel:
+        stub = api_pb2_grpc.RuntimeServiceStub(channel)
+        response = stub.Status(api_pb2.StatusRequest(verbose=True), timeout=timeout)
+        return {key: json.loads(value) for key, value in response.info.items()}
