@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# registry-maintenance ACTION CONTAINER: garbage-collect or restart one Distribution cache.
+#
+#   gc       stop the registry, run `registry garbage-collect` on its config and data in a
+#            one-off container, start it again. Distribution corrupts a SERVING registry when GC
+#            runs under it (stale in-memory descriptor cache: re-pulls answer 200 with 0 bytes),
+#            hence the stop. Never --delete-untagged: it deletes the per-platform child manifests
+#            of multi-arch indexes, which containerd pulls by digest.
+#   restart  restart it (the proxy's in-memory cache grows without bound). Skipped while a GC of
+#            the same registry holds the lock; a GC waits for a running restart.
+#
+# Parameters (environment; defaults are the VM's real setup, tests stand the binary in):
+#   REGISTRY_DOCKER       docker client                         (default: docker)
+#   REGISTRY_GC_COMMAND   command that takes `garbage-collect CONFIG` with the config's HOST path
+#                         (default: a one-off container of the registry's own image)
+#   REGISTRY_CONFIG_ROOT  config dirs, CONFIG_ROOT/NAME/config.yml  (default: /etc/docker-registry)
+#   REGISTRY_DATA_ROOT    data dirs, DATA_ROOT/NAME                 (default: /var/lib/registry)
+#   REGISTRY_LOCK_DIR     lock files                                (default: /run/lock)
+#   REGISTRY_GC_LOCK_WAIT seconds a GC waits for the lock           (default: 900)
+#   REGISTRY_STOP_TIMEOUT seconds docker waits before SIGKILL       (default: 30)
+set -euo pipefail
+
+usage() {
+    echo "usage: registry-maintenance gc|restart CONTAINER" >&2
+    exit 2
+}
+
+[[ $# -eq 2 ]] || usage
+action=$1
+name=$2
+[[ $name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || usage
+
+docker=${REGISTRY_DOCKER:-docker}
+config_root=${REGISTRY_CONFIG_ROOT:-/etc/docker-registry}
+data_root=${REGISTRY_DATA_ROOT:-/var/lib/registry}
+lock_dir=${REGISTRY_LOCK_DIR:-/run/lock}
+gc_lock_wait=${REGISTRY_GC_LOCK_WAIT:-900}
+stop_timeout=${REGISTRY_STOP_TIMEOUT:-30}
+config="$config_root/$name/config.yml"
+data="$data_root/$name"
+
+log() {
+    # cron pipes stdout/stderr to `logger -t registry-maintenance`: one grep-able tag.
+    printf 'registry-maintenance[%s %s]: %s\n' "$action" "$name" "$*" >&2
+}
+
+mkdir -p "$lock_dir"
+exec 9>"$lock_dir/registry-maintenance-$name.lock"
+
+run_gc() {
+    if [[ -n ${REGISTRY_GC_COMMAND:-} ]]; then
+        local -a gc_command
+        read -r -a gc_command <<<"$REGISTRY_GC_COMMAND"
+        "${gc_command[@]}" garbage-collect "$config"
+        return
+    fi
+    local image
+    image=$("$docker" inspect --format '{{.Config.Image}}' "$name")
+    # No network: GC needs only the files, and must never reach the upstream.
+    "$docker" run --rm --network none --name "$name-gc" \
+        -v "$config:/etc/docker/registry/config.yml:ro" \
+        -v "$data:/var/lib/registry" \
+        "$image" garbage-collect /etc/docker/registry/config.yml
+}
+
+start_again() {
+    if "$docker" start "$name" >/dev/null; then
+        log "started"
+    else
+        log "ERROR: could not start $name again"
+        return 1
+    fi
+}
+
+case $action in
+gc)
+    [[ -f $config ]] || {
+        log "ERROR: no config at $config"
+        exit 1
+    }
+    if ! flock -w "$gc_lock_wait" 9; then
+        log "ERROR: lock still held after ${gc_lock_wait}s, GC not run"
+        exit 1
+    fi
+    log "stopping for garbage collection"
+    "$docker" stop --time "$stop_timeout" "$name" >/dev/null
+    # Whatever GC does, the cache must serve again afterwards.
+    trap start_again EXIT
+    started=$(date +%s)
+    if run_gc; then
+        log "garbage collection done in $(($(date +%s) - started))s"
+    else
+        status=$?
+        log "ERROR: garbage collection failed (exit $status)"
+        exit "$status"
+    fi
+    ;;
+restart)
+    if ! flock -n 9; then
+        log "skipped: garbage collection in progress"
+        exit 0
+    fi
+    "$docker" restart --time "$stop_timeout" "$name" >/dev/null
+    log "restarted"
+    ;;
+*)
+    usage
+    ;;
+esac
