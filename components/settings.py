@@ -153,7 +153,9 @@ class VmSettings(_Model):
     @classmethod
     def _keys(cls, value: list[str]) -> list[str]:
         for key in value:
-            if not re.match(r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+", key):
+            if not re.match(
+                r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+", key
+            ):
                 raise ValueError(f"not an SSH public key: {key[:40]!r}")
         return value
 
@@ -161,7 +163,12 @@ class VmSettings(_Model):
     @classmethod
     def _dns(cls, value: list[str]) -> list[str]:
         for server in value:
-            ipaddress.ip_address(server)
+            try:
+                ipaddress.ip_address(server)
+            except ValueError:
+                raise ValueError(
+                    f"{server!r} is not an IP address (expected e.g. 10.0.20.1)"
+                ) from None
         return value
 
     @property
@@ -283,7 +290,9 @@ class RegistrySettings(_Model):
         if not re.search(r"(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})$", value) or value.endswith(
             ":latest"
         ):
-            raise ValueError("expected a pinned image reference (a tag other than latest, or a digest)")
+            raise ValueError(
+                "expected a pinned image reference (a tag other than latest, or a digest)"
+            )
         return value
 
     @field_validator("allowed_cidrs", "admin_cidrs")
@@ -319,7 +328,10 @@ class Node(_Model):
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
-        ipaddress.IPv4Address(value)
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("expected an IPv4 address such as 10.0.20.21") from None
         return value
 
     @field_validator("config_file")
@@ -336,7 +348,9 @@ class ContainerdSettings(_Model):
     config_path: str = Field(
         default="/etc/containerd/certs.d", description="Directory containerd reads hosts.toml from."
     )
-    batch_size: int = Field(default=5, ge=1, le=1000, description="Nodes per batch after the canary.")
+    batch_size: int = Field(
+        default=5, ge=1, le=1000, description="Nodes per batch after the canary."
+    )
     restart_timeout_seconds: int = Field(
         default=60, ge=5, le=600, description="How long to wait for the CRI plugin after a restart."
     )
@@ -405,14 +419,18 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
             interface = ipaddress.IPv4Interface(address)
         except ValueError:
             problems.append(
-                f"vm.address: {address!r} is not an IPv4 address in CIDR form (expected e.g. 10.0.20.10/24)"
+                f"vm.address: {address!r} is not an IPv4 address in CIDR form"
+                " (expected e.g. 10.0.20.10/24)"
             )
     if interface is not None:
         network = interface.network
         if "/" not in address:
             problems.append(f"vm.address: {address!r} has no prefix (expected e.g. 10.0.20.10/24)")
             interface = None
-        elif network.prefixlen < 31 and interface.ip in (network.network_address, network.broadcast_address):
+        elif network.prefixlen < 31 and interface.ip in (
+            network.network_address,
+            network.broadcast_address,
+        ):
             kind = "network" if interface.ip == network.network_address else "broadcast"
             problems.append(f"vm.address: {address!r} is the {kind} address of {network}")
     gateway_raw = _get(vm, "gateway")
@@ -423,7 +441,9 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
             problems.append(f"vm.gateway: {gateway_raw!r} is not an IPv4 address")
         else:
             if interface is not None and gateway not in interface.network:
-                problems.append(f"vm.gateway: {gateway_raw!r} is outside the VM subnet {interface.network}")
+                problems.append(
+                    f"vm.gateway: {gateway_raw!r} is outside the VM subnet {interface.network}"
+                )
             elif interface is not None and gateway == interface.ip:
                 problems.append(f"vm.gateway: {gateway_raw!r} is the VM's own address")
     if isinstance(vm, Mapping):
@@ -435,7 +455,10 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
     upstreams = _get(raw, "upstreams")
     if upstreams is None:
         upstreams = [u.model_dump(by_alias=True) for u in DEFAULT_UPSTREAMS]
-    upstreams = [u if isinstance(u, Mapping) else {} for u in (upstreams if isinstance(upstreams, list) else [])]
+    upstreams = [
+        u if isinstance(u, Mapping) else {}
+        for u in (upstreams if isinstance(upstreams, list) else [])
+    ]
     problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
     problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
     port_owner: dict[int, str] = {}
@@ -446,8 +469,14 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
             metrics = port + 1
         for field, value in (("port", port), ("metricsPort", metrics)):
             if value is None or not 1 <= value <= 65535:
-                if field == "metricsPort" and value is not None and _get(upstream, "metricsPort") is None:
-                    problems.append(f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range")
+                if (
+                    field == "metricsPort"
+                    and value is not None
+                    and _get(upstream, "metricsPort") is None
+                ):
+                    problems.append(
+                        f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range"
+                    )
                 continue
             if value == 22:
                 problems.append(f"upstreams[{index}].{field}: {value} clashes with SSH on the VM")
@@ -458,14 +487,17 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
                 port_owner[value] = f"upstreams[{index}].{field} ({_get(upstream, 'host')})"
 
     nodes = _get(raw, "nodes", [])
-    nodes = [n if isinstance(n, Mapping) else {} for n in (nodes if isinstance(nodes, list) else [])]
+    nodes = [
+        n if isinstance(n, Mapping) else {} for n in (nodes if isinstance(nodes, list) else [])
+    ]
     problems += _duplicates("nodes", "name", [_get(n, "name") for n in nodes])
     problems += _duplicates("nodes", "address", [_get(n, "address") for n in nodes])
     if interface is not None:
         for index, node in enumerate(nodes):
             if _get(node, "address") == str(interface.ip):
                 problems.append(
-                    f"nodes[{index}].address: {_get(node, 'address')!r} is the registry VM's own address"
+                    f"nodes[{index}].address: {_get(node, 'address')!r}"
+                    " is the registry VM's own address"
                 )
     return problems
 
@@ -526,7 +558,11 @@ def _format_error(error: ValidationError, prefix: str = "") -> list[str]:
         elif item["type"] == "missing":
             message = "required key is missing"
         value = item.get("input")
-        shown = "" if item["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        shown = (
+            ""
+            if item["type"] == "missing" or isinstance(value, (dict, list))
+            else f" (got {value!r})"
+        )
         lines.append(f"{location or '(top level)'}: {message}{shown}")
     return lines
 

@@ -26,7 +26,8 @@ def agent_socket() -> str:
     if not socket:
         raise SshAgentMissing(
             "SSH_AUTH_SOCK is not set: start an ssh-agent and add the key whose public half is in "
-            "vm.sshPublicKeys and on every node (eval $(ssh-agent); ssh-add ~/.ssh/registry-mirrors)"
+            "vm.sshPublicKeys and on every node"
+            " (eval $(ssh-agent); ssh-add ~/.ssh/registry-mirrors)"
         )
     return socket
 
@@ -65,8 +66,10 @@ class SshTarget:
             if self.host_key:
                 line = shlex.quote(f"{host} {self.host_key}")
                 opts += [
-                    "-o", "StrictHostKeyChecking=yes",
-                    "-o", f"KnownHostsCommand=/bin/echo {line}",
+                    "-o",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    f"KnownHostsCommand=/bin/echo {line}",
                 ]
             else:
                 opts += ["-o", "StrictHostKeyChecking=accept-new"]

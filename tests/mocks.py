@@ -29,7 +29,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: list[Registered] = []
-        self.outputs_for: dict[str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]] = {}
+        self.outputs_for: dict[
+            str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]
+        ] = {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
         self.resources.append(
@@ -59,7 +61,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return matches[0]
 
 
-def install_mocks(config: dict[str, Any] | None = None, secret_keys: list[str] | None = None) -> RecordingMocks:
+def install_mocks(
+    config: dict[str, Any] | None = None, secret_keys: list[str] | None = None
+) -> RecordingMocks:
     try:
         asyncio.get_event_loop()
     except RuntimeError:
@@ -75,3 +79,23 @@ def install_mocks(config: dict[str, Any] | None = None, secret_keys: list[str] |
         )
     pulumi.runtime.set_mocks(mocks, project="registry-mirrors", stack="test", preview=False)
     return mocks
+
+
+# How a secret input reaches the mocks: {SECRET_SIG_KEY: SECRET_SIG, "value": ...}.
+SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"
+SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG_KEY) == SECRET_SIG
+
+
+def plain(value: Any) -> Any:
+    """The value with every secret wrapper removed (recursively)."""
+    if is_secret(value):
+        return plain(value["value"])
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value

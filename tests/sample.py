@@ -7,7 +7,9 @@ from typing import Any
 
 from components.settings import Settings, load_settings
 
-TEST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0pNnkYbq8R0CkYb8bHf2nHXq0ZfT0Vb6fJp3cS2aD ops@example"
+TEST_KEY = (
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0pNnkYbq8R0CkYb8bHf2nHXq0ZfT0Vb6fJp3cS2aD ops@example"
+)
 
 _RAW: dict[str, Any] = {
     "proxmox": {"endpoint": "https://pve.lan:8006/"},

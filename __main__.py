@@ -1,0 +1,5 @@
+"""Pulumi entry point: `pulumi up` runs this. All logic lives in components/."""
+
+from components.program import run
+
+run()

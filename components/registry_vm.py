@@ -1,0 +1,231 @@
+"""The registry VM on Proxmox VE, with a STATIC cloud-init address, and a wait until it is ready."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_proxmoxve as proxmox
+from pulumi_command import remote
+
+from components.renderers.cloud_init import render_vendor_data
+from components.renderers.shell import remote_command
+from components.settings import Settings
+from components.ssh import SshTarget
+
+# pulumi-command retries the SSH dial this often, 15 s apart, while the VM boots.
+_DIAL_SECONDS = 15
+
+
+@dataclass(frozen=True)
+class RegistryVmArgs:
+    settings: Settings
+    api_token: pulumi.Output[str]
+    agent_socket: str
+
+
+class RegistryVm(pulumi.ComponentResource):
+    """Provider, vendor-data snippet, (image,) VM, and a command that waits for cloud-init."""
+
+    provider: proxmox.Provider
+    vm: proxmox.VmLegacy
+    ready: remote.Command
+    ssh: SshTarget
+    vm_id: pulumi.Output[int]
+    address: pulumi.Output[str]
+    ssh_user: pulumi.Output[str]
+
+    def __init__(
+        self, name: str, args: RegistryVmArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
+        super().__init__("registry-mirrors:vm:RegistryVm", name, None, opts)
+        self._name = name
+        self._settings = args.settings
+        vm = args.settings.vm
+        self.provider = self._create_provider(args)
+        snippet = self._create_vendor_data()
+        image = self._create_cloud_image() if vm.cloud_image else None
+        self.vm = self._create_vm(snippet, image)
+        # The VM's address is known from config; the wait proves it is really there.
+        self.ssh = SshTarget(
+            host=vm.ip,
+            user=vm.ssh_user,
+            agent_socket=args.agent_socket,
+            host_key=vm.ssh_host_public_key,
+        )
+        self.ready = self._create_wait()
+        self.vm_id = self.vm.vm_id.apply(
+            lambda value: int(value) if value is not None else vm.vm_id
+        )
+        self.address = pulumi.Output.from_input(vm.ip)
+        self.ssh_user = pulumi.Output.from_input(vm.ssh_user)
+        self.register_outputs(
+            {"vm_id": self.vm_id, "address": self.address, "ssh_user": self.ssh_user}
+        )
+
+    def _child(self, **kwargs) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, provider=self.provider, **kwargs)
+
+    def _create_provider(self, args: RegistryVmArgs) -> proxmox.Provider:
+        proxmox_settings = args.settings.proxmox
+        ssh = proxmox_settings.ssh
+        nodes = None
+        if ssh.node_address:
+            nodes = [
+                proxmox.ProviderSshNodeArgs(
+                    name=args.settings.vm.proxmox_node, address=ssh.node_address
+                )
+            ]
+        return proxmox.Provider(
+            f"{self._name}-proxmox",
+            proxmox.ProviderArgs(
+                endpoint=proxmox_settings.endpoint,
+                api_token=pulumi.Output.secret(args.api_token),
+                insecure=proxmox_settings.insecure,
+                # Snippet upload goes over SSH to the Proxmox host, not through the API.
+                ssh=proxmox.ProviderSshArgs(
+                    username=ssh.username,
+                    agent=ssh.agent,
+                    agent_socket=args.agent_socket if ssh.agent else None,
+                    nodes=nodes,
+                ),
+            ),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+    def _create_vendor_data(self) -> proxmox.FileLegacy:
+        vm = self._settings.vm
+        return proxmox.FileLegacy(
+            f"{self._name}-vendor-data",
+            proxmox.FileLegacyArgs(
+                node_name=vm.proxmox_node,
+                datastore_id=vm.snippets_datastore,
+                content_type="snippets",
+                source_raw=proxmox.FileLegacySourceRawArgs(
+                    data=render_vendor_data(self._settings),
+                    file_name=f"{vm.name}-{vm.vm_id}-vendor-data.yaml",
+                ),
+            ),
+            opts=self._child(),
+        )
+
+    def _create_cloud_image(self) -> proxmox.download.File:
+        vm = self._settings.vm
+        image = vm.cloud_image
+        assert image is not None
+        return proxmox.download.File(
+            f"{self._name}-image",
+            proxmox.download.FileArgs(
+                node_name=vm.proxmox_node,
+                datastore_id=image.datastore,
+                content_type="import",
+                url=image.url,
+                checksum=image.checksum,
+                checksum_algorithm=image.checksum_algorithm if image.checksum else None,
+                file_name=image.url.rsplit("/", 1)[-1].replace(".img", ".qcow2"),
+                overwrite=False,
+            ),
+            opts=self._child(),
+        )
+
+    def _create_vm(
+        self, snippet: proxmox.FileLegacy, image: proxmox.download.File | None
+    ) -> proxmox.VmLegacy:
+        vm = self._settings.vm
+        clone = (
+            proxmox.VmLegacyCloneArgs(vm_id=vm.template_vm_id, full=True, datastore_id=vm.datastore)
+            if vm.template_vm_id is not None
+            else None
+        )
+        return proxmox.VmLegacy(
+            f"{self._name}-vm",
+            proxmox.VmLegacyArgs(
+                node_name=vm.proxmox_node,
+                vm_id=vm.vm_id,
+                name=vm.name,
+                description="Pull-through registry caches (managed by Pulumi: registry-mirrors)",
+                tags=["registry-mirrors"],
+                on_boot=True,
+                started=True,
+                clone=clone,
+                agent=proxmox.VmLegacyAgentArgs(enabled=True),
+                cpu=proxmox.VmLegacyCpuArgs(cores=vm.cores, type="host"),
+                memory=proxmox.VmLegacyMemoryArgs(dedicated=vm.memory_mb),
+                operating_system=proxmox.VmLegacyOperatingSystemArgs(type="l26"),
+                scsi_hardware="virtio-scsi-single",
+                # Cloud images log to a serial console; without one some hang at boot.
+                serial_devices=[proxmox.VmLegacySerialDeviceArgs(device="socket")],
+                disks=[
+                    proxmox.VmLegacyDiskArgs(
+                        interface="scsi0",
+                        datastore_id=vm.datastore,
+                        size=vm.disk_gb,
+                        import_from=image.id if image is not None else None,
+                        discard="on",
+                        iothread=True,
+                        ssd=True,
+                    )
+                ],
+                network_devices=[
+                    proxmox.VmLegacyNetworkDeviceArgs(
+                        bridge=vm.bridge,
+                        vlan_id=vm.vlan,
+                        model="virtio",
+                        # The Proxmox firewall rules (RegistryFirewall) only apply with this on.
+                        firewall=True,
+                    )
+                ],
+                initialization=proxmox.VmLegacyInitializationArgs(
+                    datastore_id=vm.datastore,
+                    ip_configs=[
+                        proxmox.VmLegacyInitializationIpConfigArgs(
+                            ipv4=proxmox.VmLegacyInitializationIpConfigIpv4Args(
+                                address=f"{vm.ip}/{vm.prefix}", gateway=vm.gateway
+                            )
+                        )
+                    ],
+                    dns=proxmox.VmLegacyInitializationDnsArgs(
+                        servers=vm.dns_servers, domain=vm.search_domain
+                    ),
+                    user_account=proxmox.VmLegacyInitializationUserAccountArgs(
+                        username=vm.ssh_user, keys=vm.ssh_public_keys
+                    ),
+                    vendor_data_file_id=snippet.id,
+                ),
+            ),
+            opts=self._child(
+                # A changed template or image must not silently rebuild the cache VM.
+                ignore_changes=["clone", "disks[0].importFrom"],
+            ),
+        )
+
+    def _create_wait(self) -> remote.Command:
+        vm = self._settings.vm
+        return remote.Command(
+            f"{self._name}-wait-cloud-init",
+            remote.CommandArgs(
+                connection=self._wait_connection(),
+                create=remote_command(
+                    "vm/wait-cloud-init.sh",
+                    {
+                        "TIMEOUT_SECONDS": vm.cloud_init_timeout_seconds,
+                        "EXPECTED_ADDRESS": vm.ip,
+                    },
+                ),
+                # Re-run when the VM is replaced (a new id means a new, unbooted machine).
+                triggers=[self.vm.id],
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vm]),
+        )
+
+    def _wait_connection(self) -> remote.ConnectionArgs:
+        """Retry the SSH dial while the VM boots, bounded by the cloud-init timeout."""
+        vm = self._settings.vm
+        return remote.ConnectionArgs(
+            host=vm.ip,
+            user=vm.ssh_user,
+            agent_socket_path=self.ssh.agent_socket,
+            host_key=vm.ssh_host_public_key,
+            per_dial_timeout=_DIAL_SECONDS,
+            dial_error_limit=max(1, vm.cloud_init_timeout_seconds // _DIAL_SECONDS),
+        )

@@ -1,0 +1,55 @@
+"""Every file the program puts anywhere, rendered from settings alone (for review and tests).
+
+``scripts/render.py`` writes this bundle; the components use the same renderers, so what a person
+reviews is what ``pulumi up`` ships. Secrets are never part of it.
+"""
+
+from __future__ import annotations
+
+import json
+
+from components.renderers.cloud_init import ipconfig0, render_vendor_data
+from components.settings import Settings
+
+
+def summary(settings: Settings) -> dict:
+    """Resolved settings without secrets (``summary.json``)."""
+    vm = settings.vm
+    return {
+        "vm": {
+            "name": vm.name,
+            "vmId": vm.vm_id,
+            "proxmoxNode": vm.proxmox_node,
+            "address": vm.ip,
+            "prefix": vm.prefix,
+            "gateway": vm.gateway,
+            "ipconfig0": ipconfig0(vm),
+        },
+        "upstreams": [
+            {
+                "host": upstream.host,
+                "container": upstream.container,
+                "port": upstream.port,
+                "metrics_port": upstream.resolved_metrics_port,
+                "endpoint": settings.endpoint(upstream),
+                "metrics": f"http://{vm.ip}:{upstream.resolved_metrics_port}/metrics",
+                "server": upstream.resolved_server,
+            }
+            for upstream in settings.upstreams
+        ],
+        "nodes": [
+            {"name": node.name, "address": node.address, "skip_config_path": node.skip_config_path}
+            for node in settings.nodes
+        ],
+        "containerd": {"config_path": settings.containerd.config_path},
+    }
+
+
+def render_bundle(settings: Settings) -> dict[str, str]:
+    """Relative path -> file text."""
+    files = {
+        "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
+        "registry-vm/vendor-data.yaml": render_vendor_data(settings),
+        "summary.json": json.dumps(summary(settings), indent=2) + "\n",
+    }
+    return files

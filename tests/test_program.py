@@ -1,0 +1,102 @@
+"""The whole program under mocks: config is validated before ANY resource is registered."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pulumi
+import pytest
+
+from components import program
+from tests.mocks import install_mocks
+from tests.sample import sample_raw
+
+TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
+
+
+def _registered(mocks) -> list:
+    """Resources the mocks saw, after letting pending registrations run (they are async)."""
+    loop = asyncio.get_event_loop()
+    for _ in range(20):
+        loop.run_until_complete(asyncio.sleep(0.01))
+    return mocks.resources
+
+
+def _config(raw: dict, token: str | None = TOKEN) -> tuple[dict, list[str]]:
+    config = {f"registry-mirrors:{key}": value for key, value in raw.items()}
+    secret_keys = []
+    if token is not None:
+        config["registry-mirrors:proxmoxApiToken"] = token
+        secret_keys.append("registry-mirrors:proxmoxApiToken")
+    return config, secret_keys
+
+
+@pytest.fixture(autouse=True)
+def agent(monkeypatch):
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/run/test-agent.sock")
+
+
+@pulumi.runtime.test
+def test_good_config_registers_the_vm():
+    mocks = install_mocks(*_config(sample_raw()))
+    exports = program.run()
+
+    def check(vm):
+        assert vm == {
+            "vmId": 210,
+            "address": "10.0.20.10",
+            "sshUser": "debian",
+            "proxmoxNode": "pve",
+        }
+        assert any(r.type == "proxmoxve:index/vmLegacy:VmLegacy" for r in mocks.resources)
+
+    return exports["registryVm"].apply(check)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda raw: raw["vm"].update(gateway="10.9.9.9"), "vm.gateway"),
+        (lambda raw: raw.update(upstreamz=[]), "upstreamz: unknown key"),
+        (
+            lambda raw: raw["nodes"].append({"name": "dup", "address": "10.0.20.21"}),
+            "nodes[3].address",
+        ),
+    ],
+)
+def test_bad_settings_register_zero_resources(mutate, expected):
+    raw = sample_raw()
+    mutate(raw)
+    mocks = install_mocks(*_config(raw))
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run()
+    assert expected in str(caught.value)
+    assert "nothing was changed" in str(caught.value)
+    assert _registered(mocks) == []
+
+
+def test_missing_token_is_reported_with_the_command_to_set_it():
+    mocks = install_mocks(*_config(sample_raw(), token=None))
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run()
+    assert "proxmoxApiToken: required secret is missing" in str(caught.value)
+    assert _registered(mocks) == []
+
+
+def test_token_set_in_plain_text_is_refused():
+    config, _ = _config(sample_raw())
+    mocks = install_mocks(config, [])
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run()
+    assert "proxmoxApiToken: must be set as a secret" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    assert _registered(mocks) == []
+
+
+def test_no_ssh_agent_is_a_clear_error_before_any_resource(monkeypatch):
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    mocks = install_mocks(*_config(sample_raw()))
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run()
+    assert "SSH_AUTH_SOCK is not set" in str(caught.value)
+    assert _registered(mocks) == []

@@ -1,0 +1,132 @@
+"""RegistryVm under Pulumi mocks: every test RETURNS its Output so the asserts really run."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from components.registry_vm import RegistryVm, RegistryVmArgs
+from components.renderers.cloud_init import render_vendor_data
+from tests.mocks import RecordingMocks, is_secret, plain
+from tests.sample import sample_raw, sample_settings
+
+TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
+
+
+def build(settings=None) -> RegistryVm:
+    return RegistryVm(
+        "registry-vm",
+        RegistryVmArgs(
+            settings=settings or sample_settings(),
+            api_token=pulumi.Output.secret(TOKEN),
+            agent_socket="/run/agent.sock",
+        ),
+    )
+
+
+@pulumi.runtime.test
+def test_vm_gets_static_ipconfig0_and_vendor_data(mocks: RecordingMocks):
+    registry_vm = build()
+
+    def check(_):
+        vm = mocks.named("registry-vm-vm").inputs
+        ip_config = vm["initialization"]["ipConfigs"][0]["ipv4"]
+        assert ip_config == {"address": "10.0.20.10/24", "gateway": "10.0.20.1"}
+        snippet = mocks.named("registry-vm-vendor-data")
+        assert vm["initialization"]["vendorDataFileId"] == "registry-vm-vendor-data-id"
+        assert snippet.inputs["contentType"] == "snippets"
+        assert snippet.inputs["sourceRaw"]["data"] == render_vendor_data(sample_settings())
+        assert vm["initialization"]["userAccount"]["username"] == "debian"
+        assert vm["initialization"]["dns"]["servers"] == ["10.0.20.1"]
+        assert vm["onBoot"] is True and vm["started"] is True
+
+    return registry_vm.ready.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_vm_hardware_disk_nic_vlan(mocks: RecordingMocks):
+    registry_vm = build()
+
+    def check(_):
+        vm = mocks.named("registry-vm-vm").inputs
+        assert vm["vmId"] == 210
+        assert vm["clone"]["vmId"] == 9000
+        assert vm["cpu"]["cores"] == 2
+        assert vm["memory"]["dedicated"] == 4096
+        disk = vm["disks"][0]
+        assert disk["size"] == 100 and disk["datastoreId"] == "local-lvm"
+        nic = vm["networkDevices"][0]
+        assert nic == {"bridge": "vmbr0", "vlanId": 20, "model": "virtio", "firewall": True}
+
+    return registry_vm.vm.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_cloud_image_source_imports_downloaded_image(mocks: RecordingMocks):
+    raw = sample_raw()
+    del raw["vm"]["templateVmId"]
+    raw["vm"]["cloudImage"] = {
+        "url": "https://cloud.debian.org/images/cloud/bookworm/latest/debian-12-genericcloud-amd64.qcow2",
+        "checksum": "ab" * 64,
+    }
+    from components.settings import load_settings
+
+    registry_vm = build(load_settings(raw))
+
+    def check(_):
+        image = mocks.named("registry-vm-image").inputs
+        assert image["contentType"] == "import"
+        assert image["checksumAlgorithm"] == "sha512"
+        vm = mocks.named("registry-vm-vm").inputs
+        assert "clone" not in vm
+        assert vm["disks"][0]["importFrom"] == "registry-vm-image-id"
+
+    return registry_vm.vm.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_api_token_is_secret_and_tls_verified(mocks: RecordingMocks):
+    registry_vm = build()
+
+    def check(_):
+        provider = next(r for r in mocks.resources if r.type == "pulumi:providers:proxmoxve")
+        assert is_secret(provider.inputs["apiToken"])
+        assert plain(provider.inputs["apiToken"]) == TOKEN
+        assert provider.inputs["insecure"] == "false"
+        assert provider.inputs["endpoint"] == "https://pve.lan:8006/"
+        assert json.loads(provider.inputs["ssh"])["agent"] is True
+        # The token reaches the provider; it must never land in cloud-init.
+        snippet = mocks.named("registry-vm-vendor-data").inputs["sourceRaw"]["data"]
+        assert TOKEN not in snippet
+        vm = mocks.named("registry-vm-vm")
+        assert TOKEN not in repr(vm.inputs)
+
+    return registry_vm.vm.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_wait_targets_static_address_and_depends_on_vm(mocks: RecordingMocks):
+    registry_vm = build()
+
+    def check(_):
+        wait = plain(mocks.named("registry-vm-wait-cloud-init").inputs)
+        assert wait["connection"]["host"] == "10.0.20.10"
+        assert wait["connection"]["user"] == "debian"
+        assert wait["connection"]["agentSocketPath"] == "/run/agent.sock"
+        assert "export EXPECTED_ADDRESS=10.0.20.10" in wait["create"]
+        assert "export TIMEOUT_SECONDS=900" in wait["create"]
+        assert "cloud-init status --wait" in wait["create"]
+        assert wait["triggers"] == ["registry-vm-vm-id"]
+        # dial retries cover the cloud-init timeout (900 s / 15 s per dial)
+        assert wait["connection"]["dialErrorLimit"] == 60
+
+    return registry_vm.ready.id.apply(check)
+
+
+@pytest.fixture
+def mocks() -> RecordingMocks:
+    from tests.mocks import install_mocks
+
+    return install_mocks()
