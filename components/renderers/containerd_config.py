@@ -179,6 +179,10 @@ def _strip_scheme_host(url: str) -> str | None:
     return match[1].lower() if match else None
 
 
+def _quoted(key: str) -> str:
+    return tomlkit.key(key).as_string()
+
+
 def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/").lower() == b.rstrip("/").lower()
 
@@ -209,7 +213,7 @@ def _plan(plain: dict[str, Any], version: int) -> _Plan:
         registry = _lookup(plain, path)
         if not isinstance(registry, dict):
             continue
-        where = ".".join(f'"{p}"' if "." in p else p for p in path)
+        where = ".".join(_quoted(p) for p in path)
         if "mirrors" in registry:
             plan.removals.append((*path, "mirrors"))
             if path != active:
@@ -228,8 +232,8 @@ def _plan(plain: dict[str, Any], version: int) -> _Plan:
                     )
                     if path != active:
                         plan.summary.append(
-                            f"removed {where}.configs.{host}.tls: ignored by containerd in a "
-                            f"version {version} file, not carried over"
+                            f"removed {where}.configs.{_quoted(host)}.tls: ignored by "
+                            f"containerd in a version {version} file, not carried over"
                         )
     registry = _lookup(plain, active)
     if isinstance(registry, dict):
@@ -262,9 +266,9 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
         endpoints: list[str] = []
         server: str | None = None
         for position, endpoint in enumerate(raw):
-            if _same_url(endpoint, upstream) or (
-                host != DOCKER_HUB and _same_url(endpoint, f"https://{host}")
-            ):
+            # The registry itself (any scheme: http://host is the old "insecure registry"
+            # trick) is containerd's fallback `server`, not a mirror.
+            if _strip_scheme_host(endpoint) in {_strip_scheme_host(upstream), host.lower()}:
                 server = endpoint.rstrip("/")
                 if position != len(raw) - 1:
                     plan.summary.append(
@@ -302,7 +306,7 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
             )
         )
         plan.summary.append(
-            f"removed mirrors.{host}: carried over to {host}/hosts.toml "
+            f"removed mirrors.{_quoted(host)}: carried over to {host}/hosts.toml "
             f"({', '.join(endpoints) or 'no mirror endpoints'})"
         )
 
@@ -321,7 +325,9 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
                 )
             )
         kept = " (auth kept)" if "auth" in config else ""
-        plan.summary.append(f"removed configs.{host}.tls: carried over to hosts.toml{kept}")
+        plan.summary.append(
+            f"removed configs.{_quoted(host)}.tls: carried over to hosts.toml{kept}"
+        )
     return result
 
 
