@@ -39,6 +39,7 @@ class Step(Protocol):
     @property
     def stdin(self) -> str: ...
 
+
 _RESTART_HELPER = """#!/usr/bin/env bash
 # The test node's "systemctl restart containerd": stop the daemon by pid file, start a new one.
 set -euo pipefail
@@ -96,7 +97,12 @@ class NodeHost:
         return self.etc_containerd / relative
 
     def ssh(
-        self, command: str, stdin: str = "", address: str | None = None, timeout: float = 90
+        self,
+        command: str,
+        stdin: str = "",
+        address: str | None = None,
+        port: int = 22,
+        timeout: float = 90,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` as the remote login shell's command, like pulumi-command does."""
         return subprocess.run(
@@ -107,6 +113,7 @@ class NodeHost:
                 "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 "-o", "ConnectTimeout=5",
                 "-o", "LogLevel=ERROR",
+                "-p", str(port),
                 f"root@{address or self.node_address}",
                 command,
             ],
@@ -117,8 +124,10 @@ class NodeHost:
             check=False,
         )  # fmt: skip
 
-    def run_step(self, step: Step, address: str | None = None) -> subprocess.CompletedProcess[str]:
-        return self.ssh(step.command, step.stdin, address=address)
+    def run_step(
+        self, step: Step, address: str | None = None, port: int = 22
+    ) -> subprocess.CompletedProcess[str]:
+        return self.ssh(step.command, step.stdin, address=address, port=port)
 
     def cri_status(self) -> str:
         result = subprocess.run(
@@ -185,7 +194,9 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
         (root / "node" / sub).mkdir(parents=True)
     (root / "node" / "etc-containerd" / "cni").mkdir()
     key = root / "id_ed25519"
-    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "registry-mirrors-test", "-f", str(key))
+    _run(
+        "ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "registry-mirrors-test", "-f", str(key)
+    )
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "ssh_host_ed25519_key"))
     (root / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
     (root / "sshd_config").write_text(
@@ -229,13 +240,18 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
         _run("ip", "-n", netns, "link", "set", "lo", "up")
         mounts = " && ".join(
             f"mount --bind {shlex.quote(str(root / 'node' / src))} {dst}"
-            for src, dst in (("etc-containerd", "/etc/containerd"), ("run", "/run"), ("var-lib", "/var/lib"))
+            for src, dst in (
+                ("etc-containerd", "/etc/containerd"),
+                ("run", "/run"),
+                ("var-lib", "/var/lib"),
+            )
         )
+        sshd_config = shlex.quote(str(root / "sshd_config"))
         sshd = subprocess.Popen(
             [
                 "ip", "netns", "exec", netns,
                 "unshare", "--mount", "--propagation", "private",
-                "bash", "-c", f"{mounts} && exec /usr/sbin/sshd -D -e -f {shlex.quote(str(root / 'sshd_config'))}",
+                "bash", "-c", f"{mounts} && exec /usr/sbin/sshd -D -e -f {sshd_config}",
             ],
             stdout=subprocess.DEVNULL,
             stderr=(root / "sshd.log").open("wb"),

@@ -1,0 +1,104 @@
+"""Parse what the node scripts print (``key=value`` lines) into typed results.
+
+Pure: no ``import pulumi``. The scripts print machine-readable lines so the component never has to
+guess from free text; a missing key is an error naming the node's script, not a silent default.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+ABSENT = "absent"
+
+
+class ProbeOutputError(ValueError):
+    """The probe printed something we cannot read (wrong script version, truncated output)."""
+
+
+def parse_key_values(text: str) -> dict[str, list[str]]:
+    """Every ``key=value`` line; repeated keys (``written=a``, ``written=b``) keep all values."""
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and key.replace("_", "").isalnum():
+            values.setdefault(key, []).append(value)
+    return values
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    containerd_version: str
+    config_file: str
+    config_exists: bool
+    config_sha256: str
+    config_text: str
+    config_version: int | None
+    original_saved: bool
+    managed_dirs: tuple[str, ...]
+
+
+def parse_probe(stdout: str) -> ProbeResult:
+    values = parse_key_values(stdout)
+
+    def one(key: str) -> str:
+        if key not in values:
+            raise ProbeOutputError(
+                f"probe.sh output has no {key}= line (got keys {sorted(values)})"
+            )
+        return values[key][-1]
+
+    exists = one("config_exists") == "1"
+    sha = one("config_sha256")
+    try:
+        text = base64.b64decode(one("config_b64"), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProbeOutputError(f"probe.sh config_b64 is not base64 of UTF-8 text: {exc}") from None
+    if exists and hashlib.sha256(text.encode()).hexdigest() != sha:
+        # The text we migrate must be exactly the file whose checksum guards the apply.
+        raise ProbeOutputError(
+            "probe.sh config_b64 does not match config_sha256 (output truncated?)"
+        )
+    if not exists and sha != ABSENT:
+        raise ProbeOutputError(f"probe.sh says the config is missing but gives sha256 {sha!r}")
+    version = one("config_version")
+    return ProbeResult(
+        containerd_version=one("containerd_version"),
+        config_file=one("config_file"),
+        config_exists=exists,
+        config_sha256=sha,
+        config_text=text,
+        config_version=int(version) if version.isdigit() else None,
+        original_saved=values.get("original_saved", ["0"])[-1] == "1",
+        managed_dirs=tuple(values.get("managed_dirs", [""])[-1].split()),
+    )
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What apply-config.sh / hosts.sh / restore.sh report."""
+
+    changed: bool
+    restarted: bool
+    rolled_back: bool
+    written: tuple[str, ...]
+    removed: tuple[str, ...]
+    backup: str
+
+
+def parse_step_result(stdout: str) -> StepResult:
+    values = parse_key_values(stdout)
+
+    def flag(key: str) -> bool:
+        return values.get(key, ["0"])[-1] == "1"
+
+    return StepResult(
+        changed=flag("changed"),
+        restarted=flag("restarted"),
+        rolled_back=flag("rolled_back"),
+        written=tuple(values.get("written", [])),
+        removed=tuple(values.get("removed", [])),
+        backup=values.get("backup", [""])[-1],
+    )

@@ -1,0 +1,160 @@
+"""The exact (command, stdin) of every node step, as plain functions of plain values.
+
+The Pulumi component and the end-to-end test both call these, so the test runs over SSH exactly
+what ``pulumi up`` would send. Pure: no ``import pulumi``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from components.renderers.containerd_config import MigrationResult, migrate_config
+from components.renderers.hosts_toml import render_node_hosts
+from components.renderers.node_probe import ABSENT, ProbeResult, parse_probe
+from components.renderers.shell import remote_command
+from components.settings import Node, Settings
+
+
+@dataclass(frozen=True)
+class Step:
+    command: str
+    stdin: str = ""
+
+
+def _as_node_root(node: Node, command: str) -> str:
+    # The scripts need root (config.toml, restart). sudo resets the environment, so the whole
+    # exported preamble runs inside the sudo'd shell; -n fails at once instead of prompting.
+    if node.ssh_user == "root":
+        return command
+    return f"exec sudo -n bash -c {shlex.quote(command)}\n"
+
+
+def _step(node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = "") -> Step:
+    return Step(_as_node_root(node, remote_command(script, params)), stdin)
+
+
+def probe_step(settings: Settings, node: Node) -> Step:
+    return _step(
+        node,
+        "node/probe.sh",
+        {"CONFIG_FILE": node.config_file, "CONFIG_PATH": settings.containerd.config_path},
+    )
+
+
+def hosts_bundle(files: Mapping[str, str]) -> str:
+    """hosts.sh's stdin: ``<dir> <base64>`` per line, so any TOML text travels on one line."""
+    return "".join(
+        f"{directory} {base64.b64encode(text.encode()).decode()}\n"
+        for directory, text in sorted(files.items())
+    )
+
+
+def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
+    return _step(
+        node,
+        "node/hosts.sh",
+        {"CONFIG_PATH": settings.containerd.config_path},
+        hosts_bundle(files),
+    )
+
+
+def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
+    return {
+        "RESTART_COMMAND": node.restart_command,
+        "RESTART_TIMEOUT": settings.containerd.restart_timeout_seconds,
+    }
+
+
+def config_step(settings: Settings, node: Node, expected_sha256: str, new_text: str) -> Step:
+    return _step(
+        node,
+        "node/apply-config.sh",
+        {
+            "CONFIG_FILE": node.config_file,
+            "EXPECTED_SHA256": expected_sha256,
+            **_restart_params(settings, node),
+        },
+        new_text,
+    )
+
+
+def restore_config_step(settings: Settings, node: Node) -> Step:
+    return _step(
+        node,
+        "node/restore.sh",
+        {"CONFIG_FILE": node.config_file, **_restart_params(settings, node)},
+    )
+
+
+def restore_hosts_step(settings: Settings, node: Node) -> Step:
+    return _step(node, "node/restore.sh", {"CONFIG_PATH": settings.containerd.config_path})
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Everything decided from one probe of one node."""
+
+    probe: ProbeResult
+    migration: MigrationResult
+    hosts_files: dict[str, str]
+    hosts: Step
+    config: Step
+    config_changed: bool
+    summary: tuple[str, ...]
+
+
+def plan_node(settings: Settings, node: Node, probe_stdout: str) -> NodePlan:
+    probe = parse_probe(probe_stdout)
+    migration = migrate_config(
+        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+    )
+    files = render_node_hosts(settings, migration.migrated, probe.containerd_version)
+    changed = migration.changed and not node.skip_config_path
+    if changed:
+        config = config_step(settings, node, probe.config_sha256, migration.text)
+    else:
+        # Same text as on disk: apply-config.sh sees no difference and does nothing.
+        config = config_step(settings, node, probe.config_sha256, probe.config_text)
+    summary = list(migration.summary)
+    if node.skip_config_path and migration.changed:
+        summary.insert(
+            0,
+            f"{node.name}: skipConfigPath is set: {node.config_file} left alone although it "
+            "needs migrating; containerd ignores the hosts.toml files until config_path is set",
+        )
+    summary += [f"warning: {w}" for w in migration.warnings]
+    return NodePlan(
+        probe=probe,
+        migration=migration,
+        hosts_files=dict(files),
+        hosts=hosts_step(settings, node, files),
+        config=config,
+        config_changed=changed,
+        summary=tuple(summary),
+    )
+
+
+class NodeStepError(RuntimeError):
+    """A node step failed; the message names the node, its address and the step."""
+
+
+SSH_FAILURE = 255
+
+
+def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
+    """Raise NodeStepError unless the step succeeded (for runners other than pulumi-command,
+    whose own error already names the resource ``<name>-<node>-<role>``)."""
+    if exit_code == 0:
+        return
+    where = f"node {node.name} ({node.ssh_user}@{node.address}:{node.ssh_port}) {role}"
+    if exit_code == SSH_FAILURE:
+        raise NodeStepError(f"{where}: cannot reach the node over SSH: {stderr.strip()}")
+    raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")
+
+
+def text_sha256(text: str | None) -> str:
+    return ABSENT if text is None else hashlib.sha256(text.encode()).hexdigest()

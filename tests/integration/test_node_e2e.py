@@ -1,0 +1,413 @@
+"""End to end on a real node: the project's own scripts over real SSH, a real containerd, CRI pulls
+through real Distribution proxies. Commands and stdin come from node_steps, the functions the
+Pulumi component uses, so this runs exactly what ``pulumi up`` sends.
+
+Traffic stays on addresses this test created: the registries listen on the host end of the test
+node's veth, the node's netns has no default route.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.renderers.node_probe import parse_step_result
+from components.renderers.node_steps import (
+    NodePlan,
+    NodeStepError,
+    check_step,
+    plan_node,
+    probe_step,
+    restore_config_step,
+    restore_hosts_step,
+)
+from components.renderers.registry_config import registry_config
+from components.settings import Node, Settings, Upstream, load_settings
+from tests.integration import cri_client
+from tests.integration.oci_image import MultiArchImage, build_multiarch_image
+from tests.integration.testhost import NodeHost, node_host
+from tests.prereq import require_binary, require_root
+from tests.sample import sample_raw
+
+pytestmark = pytest.mark.integration
+
+CRI = '[plugins."io.containerd.grpc.v1.cri"]'
+
+
+def broken_config(mirror: str) -> str:
+    """The state issue 4 starts from: a wildcard mirror in the deprecated registry.mirrors, next to
+    settings that are none of our business and must survive."""
+    return f"""version = 2
+
+{CRI}
+  # Pinned pause image: must survive the migration.
+  sandbox_image = "registry.k8s.io/pause:3.9-site"
+
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "/etc/containerd/cni"
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    [plugins."io.containerd.grpc.v1.cri".registry.mirrors."*"]
+      endpoint = ["{mirror}"]
+"""
+
+
+# --- registries ---------------------------------------------------------------------------------
+# Not tests.integration.registry_proc: it always binds loopback, and the node's netns cannot reach
+# the host's loopback. These registries listen on the host end of the node's veth.
+
+
+@dataclass
+class Registry:
+    name: str
+    address: str
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.root / f"{self.name}.log"
+
+    def start(self, config: dict[str, Any]) -> None:
+        config_file = self.root / f"{self.name}.yml"
+        config_file.write_text(yaml.safe_dump(config))
+        self.process = subprocess.Popen(
+            ["docker-registry", "serve", str(config_file)],
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            probe = subprocess.run(
+                ["curl", "-sf", "-o", "/dev/null", f"http://{self.address}:{self.port}/v2/"],
+                check=False,
+            )
+            if probe.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"registry {self.name} did not start: {self.log.read_text()[-1000:]}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+def _storage_and_http(registry: Registry) -> dict[str, Any]:
+    return {
+        "storage": {
+            "filesystem": {"rootdirectory": str(registry.root / f"{registry.name}-data")},
+            "delete": {"enabled": True},
+        },
+        "http": {"addr": f"{registry.address}:{registry.port}"},
+    }
+
+
+def upstream_registry_config(registry: Registry) -> dict[str, Any]:
+    return {"version": "0.1", "log": {"level": "info"}, **_storage_and_http(registry)}
+
+
+def proxy_config(settings: Settings, upstream: Upstream, registry: Registry) -> dict[str, Any]:
+    # The project's own renderer, with paths and listen address moved onto the test's addresses.
+    config = registry_config(upstream, settings.registry)
+    config.update(_storage_and_http(registry))
+    config.pop("health", None)
+    return config
+
+
+# --- images ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MultiArchImage]:
+    """Tags 1..4, built offline once per module."""
+    root = tmp_path_factory.mktemp("oci")
+    return {tag: build_multiarch_image(root / f"image-{tag}", tag) for tag in ("1", "2", "3", "4")}
+
+
+def push(image: MultiArchImage, registry: Registry, repository: str) -> None:
+    subprocess.run(
+        [
+            "skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false",
+            image.oci_ref,
+            f"docker://{registry.address}:{registry.port}/{repository}:{image.tag}",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+
+
+# --- the world of one test ---------------------------------------------------------------------
+
+
+@dataclass
+class World:
+    host: NodeHost
+    settings: Settings
+    node: Node
+    registries: dict[str, Registry]
+
+    def plan(self, settings: Settings | None = None) -> NodePlan:
+        settings = settings or self.settings
+        result = self.host.run_step(probe_step(settings, self.node))
+        check_step(self.node, "probe", result.returncode, result.stderr)
+        return plan_node(settings, self.node, result.stdout)
+
+    def apply(self, plan: NodePlan) -> tuple[str, str]:
+        """hosts first, then config (the component's order); stdout of both."""
+        hosts = self.host.run_step(plan.hosts)
+        check_step(self.node, "hosts", hosts.returncode, hosts.stderr)
+        config = self.host.run_step(plan.config)
+        check_step(self.node, "config", config.returncode, config.stderr)
+        return hosts.stdout, config.stdout
+
+    def pull(self, image: str) -> str:
+        return cri_client.pull_image(self.host.containerd_socket, image)
+
+
+def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
+    raw = sample_raw()
+    # The "registry VM" is the host end of the veth; upstream servers are local registries.
+    raw["vm"]["address"] = f"{host.host_address}/30"
+    raw["vm"]["gateway"] = host.node_address
+    raw["upstreams"] = [
+        {
+            "host": "docker.io",
+            "port": 5000,
+            "container": "registry",
+            "server": f"http://{host.host_address}:6000",
+        },
+        {
+            "host": "ghcr.io",
+            "port": ghcr_mirror_port,
+            "container": "registry-ghcr",
+            "server": f"http://{host.host_address}:6010",
+        },
+    ]
+    raw["nodes"] = [
+        {"name": "node-1", "address": host.node_address, "restartCommand": host.restart_command}
+    ]
+    raw["containerd"] = {"restartTimeoutSeconds": 20}
+    return load_settings(raw)
+
+
+@pytest.fixture
+def world(tmp_path: Path, images: dict[str, MultiArchImage]) -> Iterator[World]:
+    require_root()
+    for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "containerd", "ctr"):
+        require_binary(binary)
+    require_binary("docker-registry")
+    require_binary("skopeo")
+    require_binary("curl")
+    with node_host(tmp_path) as host:
+        settings = make_settings(host)
+        addr = host.host_address
+        registries = {
+            "docker-upstream": Registry("docker-upstream", addr, 6000, tmp_path),
+            "ghcr-upstream": Registry("ghcr-upstream", addr, 6010, tmp_path),
+            "docker-proxy": Registry("docker-proxy", addr, 5000, tmp_path),
+            "ghcr-proxy": Registry("ghcr-proxy", addr, 5010, tmp_path),
+        }
+        try:
+            registries["docker-upstream"].start(
+                upstream_registry_config(registries["docker-upstream"])
+            )
+            registries["ghcr-upstream"].start(upstream_registry_config(registries["ghcr-upstream"]))
+            for image in images.values():
+                push(image, registries["docker-upstream"], "library/x")
+                push(image, registries["ghcr-upstream"], "org/y")
+            docker_io, ghcr_io = settings.upstreams
+            registries["docker-proxy"].start(
+                proxy_config(settings, docker_io, registries["docker-proxy"])
+            )
+            registries["ghcr-proxy"].start(
+                proxy_config(settings, ghcr_io, registries["ghcr-proxy"])
+            )
+            host.start_containerd(broken_config(f"http://{addr}:5000"))
+            assert host.cri_status() == "ok"
+            yield World(host, settings, settings.nodes[0], registries)
+        finally:
+            for registry in registries.values():
+                registry.stop()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def requests_in(registry: Registry, needle: str) -> int:
+    return registry.log.read_text().count(needle)
+
+
+# --- happy path --------------------------------------------------------------------------------
+
+
+def test_apply_switches_to_config_path_and_pulls_go_through_each_upstreams_proxy(
+    world: World,
+) -> None:
+    host = world.host
+    plan = world.plan()
+    assert plan.config_changed
+    pid_before = host.containerd_pid
+
+    hosts_out, config_out = world.apply(plan)
+
+    assert set(parse_step_result(hosts_out).written) == {"docker.io", "ghcr.io"}
+    result = parse_step_result(config_out)
+    assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
+    assert host.containerd_pid != pid_before
+    assert host.cri_status() == "ok"
+    config = tomllib.loads(host.config_file.read_text())
+    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["registry"]["config_path"] == "/etc/containerd/certs.d"
+    assert "mirrors" not in cri["registry"]
+    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.9-site"
+    assert cri["containerd"]["snapshotter"] == "native"
+    assert (host.etc_containerd / "config.toml.registry-mirrors.orig").read_text() == broken_config(
+        f"http://{host.host_address}:5000"
+    )
+
+    world.pull("docker.io/library/x:1")
+    world.pull("ghcr.io/org/y:1")
+    assert requests_in(world.registries["docker-proxy"], "ns=docker.io") > 0
+    assert requests_in(world.registries["ghcr-proxy"], "ns=ghcr.io") > 0
+    assert requests_in(world.registries["docker-proxy"], "ns=ghcr.io") == 0
+
+    # A stopped mirror: containerd falls back to `server` (here: the local upstream).
+    world.registries["ghcr-proxy"].stop()
+    upstream_hits = requests_in(world.registries["ghcr-upstream"], "/v2/org/y/manifests/2")
+    world.pull("ghcr.io/org/y:2")
+    assert requests_in(world.registries["ghcr-upstream"], "/v2/org/y/manifests/2") > upstream_hits
+
+
+def test_reapply_restarts_nothing(world: World) -> None:
+    world.apply(world.plan())
+    pid = world.host.containerd_pid
+
+    plan = world.plan()
+    hosts_out, config_out = world.apply(plan)
+
+    assert not plan.config_changed
+    assert parse_step_result(hosts_out).written == ()
+    assert parse_step_result(config_out).restarted is False
+    assert world.host.containerd_pid == pid
+
+
+def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: World) -> None:
+    world.apply(world.plan())
+    pid = world.host.containerd_pid
+    second = Registry("ghcr-proxy-2", world.host.host_address, 5030, world.host.root.parent)
+    settings = make_settings(world.host, ghcr_mirror_port=5030)
+    second.start(proxy_config(settings, settings.upstreams[1], second))
+    try:
+        plan = world.plan(settings)
+        hosts_out, config_out = world.apply(plan)
+        assert parse_step_result(hosts_out).written == ("ghcr.io",)
+        assert parse_step_result(config_out).restarted is False
+        assert world.host.containerd_pid == pid
+
+        world.pull("ghcr.io/org/y:3")
+        assert requests_in(second, "ns=ghcr.io") > 0
+    finally:
+        second.stop()
+
+
+def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: World) -> None:
+    host = world.host
+    original = host.config_file.read_text()
+    (host.etc_containerd / "certs.d" / "example.org").mkdir(parents=True)
+    world.apply(world.plan())
+
+    config = host.run_step(restore_config_step(world.settings, world.node))
+    check_step(world.node, "config delete", config.returncode, config.stderr)
+    hosts = host.run_step(restore_hosts_step(world.settings, world.node))
+    check_step(world.node, "hosts delete", hosts.returncode, hosts.stderr)
+
+    assert host.config_file.read_text() == original
+    assert host.cri_status() == "ok"
+    assert sorted(p.name for p in (host.etc_containerd / "certs.d").iterdir()) == ["example.org"]
+
+
+# --- faults ------------------------------------------------------------------------------------
+
+
+def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error(
+    world: World,
+) -> None:
+    from components.renderers.node_steps import config_step
+
+    host = world.host
+    world.apply(world.plan())
+    good = host.config_file.read_text()
+    probe = world.plan().probe
+    bad = good + (
+        '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+        f'  endpoint = ["http://{host.host_address}:5000"]\n'
+    )
+
+    result = host.run_step(config_step(world.settings, world.node, probe.config_sha256, bad))
+
+    assert result.returncode == 5, result.stderr
+    assert "`mirrors` cannot be set when `config_path` is provided" in result.stderr
+    assert parse_step_result(result.stdout).rolled_back
+    assert host.config_file.read_text() == good
+    assert host.cri_status() == "ok"
+
+
+def test_edit_between_probe_and_apply_aborts_with_nothing_changed(world: World) -> None:
+    host = world.host
+    plan = world.plan()
+    edited = host.config_file.read_text() + "# edited by hand\n"
+    host.config_file.write_text(edited)
+    pid = host.containerd_pid
+
+    hosts = host.run_step(plan.hosts)
+    assert hosts.returncode == 0
+    result = host.run_step(plan.config)
+
+    assert result.returncode == 3
+    assert "/etc/containerd/config.toml changed since it was probed" in result.stderr
+    assert plan.probe.config_sha256 in result.stderr
+    assert sha256(host.config_file) in result.stderr
+    assert host.config_file.read_text() == edited
+    assert host.containerd_pid == pid
+    assert not (host.etc_containerd / "config.toml.registry-mirrors.orig").exists()
+
+
+def test_unparsable_config_is_refused_with_nothing_changed(world: World) -> None:
+    from components.renderers.containerd_config import ConfigParseError
+
+    host = world.host
+    host.config_file.write_text("version = 2\n[plugins\n")
+    pid = host.containerd_pid
+
+    with pytest.raises(ConfigParseError):
+        world.plan()
+
+    assert host.config_file.read_text() == "version = 2\n[plugins\n"
+    assert host.containerd_pid == pid
+    assert not (host.etc_containerd / "certs.d").exists()
+
+
+def test_unreachable_node_fails_naming_the_node(world: World) -> None:
+    # The test node's own address, on a port where nothing listens.
+    node = world.node.model_copy(update={"ssh_port": 2222})
+    result = world.host.run_step(probe_step(world.settings, node), port=node.ssh_port)
+    with pytest.raises(
+        NodeStepError, match=r"node node-1 \(root@10\.231\.[0-9.]+:2222\) probe: cannot reach"
+    ):
+        check_step(node, "probe", result.returncode, result.stderr)
