@@ -9,6 +9,9 @@ from __future__ import annotations
 import json
 
 from components.renderers.cloud_init import ipconfig0, render_vendor_data
+from components.renderers.hosts_toml import render_node_hosts
+from components.renderers.registries_yaml import render_registries_yaml
+from components.renderers.registry_config import render_registry_files
 from components.settings import Settings
 
 
@@ -51,5 +54,10 @@ def render_bundle(settings: Settings) -> dict[str, str]:
         "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
         "registry-vm/vendor-data.yaml": render_vendor_data(settings),
         "summary.json": json.dumps(summary(settings), indent=2) + "\n",
+        "nodes/registries.yaml": render_registries_yaml(settings),
     }
+    files.update(render_registry_files(settings))
+    # What every node gets before its own mirrors are merged in (those need the node's probe).
+    for directory, text in render_node_hosts(settings).items():
+        files[f"nodes/certs.d/{directory}/hosts.toml"] = text
     return files
