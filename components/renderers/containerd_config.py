@@ -487,6 +487,8 @@ def _set_config_path(document: tomlkit.TOMLDocument, path: tuple[str, ...], valu
         if isinstance(item, Table) and not item.is_super_table():
             _insert_key(item, "config_path", value)
             return document.as_string()
+    if _insert_dotted(document, path, value):
+        return document.as_string()
     # No explicit registry table: a new header at the end is valid TOML unless a parent was
     # written inline or with dotted keys (then containerd users would be surprised anyway).
     for container, index, full, _ in _entries(document, ()):
@@ -505,6 +507,36 @@ def _set_config_path(document: tomlkit.TOMLDocument, path: tuple[str, ...], valu
     header = ".".join(tomlkit.key(part).as_string() for part in path)
     prefix = "" if not text.strip() else ("\n" if text.endswith("\n") else "\n\n")
     return f"{text}{prefix}[{header}]\n  config_path = {tomlkit.string(value).as_string()}\n"
+
+
+def _header_bodies(
+    container: Container, path: tuple[str, ...]
+) -> Iterator[tuple[Container, tuple[str, ...]]]:
+    """The document and every table written with a [header]: where dotted-key lines live."""
+    yield container, path
+    for key, item in container.body:
+        if key is not None and isinstance(item, Table) and not key.is_dotted():
+            yield from _header_bodies(item.value, (*path, key.key))
+
+
+def _insert_dotted(document: tomlkit.TOMLDocument, path: tuple[str, ...], value: str) -> bool:
+    """Registry written as dotted keys (``registry.configs."x".auth.username = ...``): add
+    ``registry.config_path = ...`` after its last such line, in the same table."""
+    last: tuple[Container, int, tuple[str, ...]] | None = None
+    for body, table_path in _header_bodies(document, ()):
+        if table_path != path[: len(table_path)] or len(table_path) >= len(path):
+            continue
+        for index, (key, _) in enumerate(body.body):
+            if key is not None and key.is_dotted() and key.key == path[len(table_path)]:
+                last = (body, index, table_path)
+    if last is None:
+        return False
+    body, index, table_path = last
+    item = tomlkit.string(value)
+    item.trivia.indent = _first_rendered(body.body[index][1]).trivia.indent.lstrip("\n")
+    item.trivia.trail = "\n"
+    body.body.insert(index + 1, (tomlkit.key([*path[len(table_path) :], "config_path"]), item))
+    return True
 
 
 def _insert_key(table: Table, name: str, value: str) -> None:
