@@ -62,7 +62,9 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
 
 def install_mocks(
-    config: dict[str, Any] | None = None, secret_keys: list[str] | None = None
+    config: dict[str, Any] | None = None,
+    secret_keys: list[str] | None = None,
+    project: str = "registry-mirrors",
 ) -> RecordingMocks:
     try:
         asyncio.get_event_loop()
@@ -77,7 +79,7 @@ def install_mocks(
             {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
             secret_keys or [],
         )
-    pulumi.runtime.set_mocks(mocks, project="registry-mirrors", stack="test", preview=False)
+    pulumi.runtime.set_mocks(mocks, project=project, stack="test", preview=False)
     return mocks
 
 

@@ -48,6 +48,30 @@ def summary(settings: Settings) -> dict:
     }
 
 
+def mirrors_export(settings: Settings) -> dict[str, dict]:
+    """Stack output ``mirrors``: per upstream host, where its cache is."""
+    vm = settings.vm
+    return {
+        upstream.host: {
+            "endpoint": settings.endpoint(upstream),
+            "port": upstream.port,
+            "container": upstream.container,
+            "metricsUrl": f"http://{vm.ip}:{upstream.resolved_metrics_port}/metrics",
+            "server": upstream.resolved_server,
+        }
+        for upstream in settings.upstreams
+    }
+
+
+def containerd_export(settings: Settings) -> dict:
+    """Stack output ``containerd``: the files a new node needs, so another stack can bake them
+    into its cloud-init. No dial_timeout: the files must load on every containerd version."""
+    return {
+        "configPath": settings.containerd.config_path,
+        "hostsToml": render_node_hosts(settings),
+    }
+
+
 def render_bundle(settings: Settings) -> dict[str, str]:
     """Relative path -> file text."""
     files = {
