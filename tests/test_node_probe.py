@@ -1,0 +1,96 @@
+"""Parsing what the node scripts print: no Pulumi, no node."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from components.renderers.node_probe import ProbeOutputError, parse_probe, parse_step_result
+from components.renderers.node_steps import (
+    config_step,
+    hosts_bundle,
+    hosts_step,
+    probe_step,
+)
+from tests.sample import sample_settings
+
+CONFIG = (
+    'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.configs."x".auth]\n'
+    '  password = "s3cret"\n'
+)
+
+
+def probe_output(text: str | None) -> str:
+    lines = [
+        "containerd_version_line=containerd containerd.io 1.6.20 abc",
+        "containerd_version=1.6.20",
+        "config_file=/etc/containerd/config.toml",
+    ]
+    if text is None:
+        lines += ["config_exists=0", "config_sha256=absent", "config_version=", "config_b64="]
+    else:
+        lines += [
+            "config_exists=1",
+            f"config_sha256={hashlib.sha256(text.encode()).hexdigest()}",
+            "config_version=2",
+            f"config_b64={base64.b64encode(text.encode()).decode()}",
+        ]
+    return "\n".join([*lines, "original_saved=0", "managed_dirs=docker.io ghcr.io", ""])
+
+
+def test_probe_round_trips_the_config_byte_for_byte() -> None:
+    probe = parse_probe(probe_output(CONFIG))
+    assert probe.config_text == CONFIG
+    assert probe.containerd_version == "1.6.20"
+    assert probe.config_version == 2
+    assert probe.managed_dirs == ("docker.io", "ghcr.io")
+
+
+def test_probe_of_a_node_without_config() -> None:
+    probe = parse_probe(probe_output(None))
+    assert (probe.config_exists, probe.config_sha256, probe.config_text) == (False, "absent", "")
+
+
+def test_truncated_probe_output_is_an_error_not_an_empty_config() -> None:
+    full = probe_output(CONFIG)
+    b64 = base64.b64encode(CONFIG.encode()).decode()
+    text = full.replace(b64, base64.b64encode(CONFIG[:20].encode()).decode())
+    with pytest.raises(ProbeOutputError, match="does not match"):
+        parse_probe(text)
+    with pytest.raises(ProbeOutputError, match=r"output has no config_sha256= line"):
+        parse_probe("config_exists=0\n")
+
+
+def test_step_result_collects_repeated_keys() -> None:
+    result = parse_step_result("written=docker.io\nwritten=ghcr.io\nremoved=quay.io\nchanged=1\n")
+    assert result.written == ("docker.io", "ghcr.io")
+    assert result.removed == ("quay.io",)
+    assert result.changed and not result.restarted
+
+
+def test_hosts_bundle_is_one_line_per_registry_and_never_on_the_command_line() -> None:
+    settings = sample_settings()
+    node = settings.nodes[0]
+    step = hosts_step(settings, node, {"ghcr.io": 'server = "x"\n', "docker.io": "a\nb\n"})
+    assert step.stdin == hosts_bundle({"docker.io": "a\nb\n", "ghcr.io": 'server = "x"\n'})
+    assert [line.split()[0] for line in step.stdin.splitlines()] == ["docker.io", "ghcr.io"]
+    assert 'server = "x"' not in step.command
+
+
+def test_config_text_travels_on_stdin_only() -> None:
+    settings = sample_settings()
+    node = settings.nodes[0]
+    step = config_step(settings, node, "abc123", CONFIG)
+    assert "s3cret" not in step.command
+    assert step.stdin == CONFIG
+    assert "export EXPECTED_SHA256=abc123" in step.command
+
+
+def test_non_root_ssh_user_runs_the_script_under_sudo() -> None:
+    settings = sample_settings()
+    node = settings.nodes[0].model_copy(update={"ssh_user": "debian"})
+    command = probe_step(settings, node).command
+    assert command.startswith("exec sudo -n bash -c ")
+    assert probe_step(settings, settings.nodes[0]).command.startswith("export ")
