@@ -83,7 +83,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE, name, None, opts)
-        self._name = name
+        self._base_name = name
         self._settings = settings
         self._agent_socket = agent_socket
         # Changes on every program run: makes the probes re-run (see module docstring).
@@ -93,6 +93,8 @@ class ContainerdMirrors(pulumi.ComponentResource):
         self.batches = [[node.name for node in batch] for batch in batches]
         self.nodes = {}
         self.commands: dict[str, dict[str, remote.Command]] = {}
+        # Resource name -> names of the resources it waits for (inspectable rollout order).
+        self.waits_for: dict[str, list[str]] = {}
 
         previous: list[pulumi.Resource] = list(depends_on)
         for batch in batches:
@@ -103,7 +105,10 @@ class ContainerdMirrors(pulumi.ComponentResource):
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 
-    def _opts(self, depends_on: Sequence[pulumi.Resource], secret: bool) -> pulumi.ResourceOptions:
+    def _opts(
+        self, resource_name: str, depends_on: Sequence[pulumi.Resource], secret: bool
+    ) -> pulumi.ResourceOptions:
+        self.waits_for[resource_name] = [r.pulumi_resource_name for r in depends_on]
         return pulumi.ResourceOptions(
             parent=self,
             depends_on=list(depends_on),
@@ -112,7 +117,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
 
     def _create_node(self, node: Node, previous: Sequence[pulumi.Resource]) -> pulumi.Resource:
         settings = self._settings
-        prefix = f"{self._name}-{node.name}"
+        prefix = f"{self._base_name}-{node.name}"
         connection = SshTarget(
             host=node.address,
             user=node.ssh_user,
@@ -130,7 +135,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
             triggers=[self._run_id],
             logging=remote.Logging.NONE,
             add_previous_output_in_env=False,
-            opts=self._opts(previous, secret=True),
+            opts=self._opts(f"{prefix}-probe", previous, secret=True),
         )
         # Pure computation only: parse the probe, migrate config.toml, render hosts.toml.
         plan = probe_cmd.stdout.apply(lambda stdout: plan_node(settings, node, stdout))
@@ -142,7 +147,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
             delete=restore_hosts_step(settings, node).command,
             stdin=pulumi.Output.secret(plan.apply(lambda p: p.hosts.stdin)),
             add_previous_output_in_env=False,
-            opts=self._opts(previous, secret=False),
+            opts=self._opts(f"{prefix}-hosts", previous, secret=False),
         )
         commands = {"probe": probe_cmd, "hosts": hosts_cmd}
         last: remote.Command = hosts_cmd
@@ -158,7 +163,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
                 logging=remote.Logging.NONE,
                 add_previous_output_in_env=False,
                 # hosts.toml first: once config_path is set, containerd only reads the files.
-                opts=self._opts([*previous, hosts_cmd], secret=True),
+                opts=self._opts(f"{prefix}-config", [*previous, hosts_cmd], secret=True),
             )
             commands["config"] = config_cmd
             last = config_cmd

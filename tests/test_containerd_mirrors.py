@@ -1,0 +1,151 @@
+"""ContainerdMirrors wiring under Pulumi mocks (preview=False; every test RETURNS its Output)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.containerd_mirrors import ContainerdMirrors, rollout_batches
+from components.settings import load_settings
+from tests.mocks import RecordingMocks, install_mocks, is_secret
+from tests.sample import sample_raw
+
+COMMAND = "command:remote:Command"
+BROKEN = (
+    "version = 2\n"
+    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+    '  endpoint = ["http://10.0.20.10:5000"]\n'
+    '[plugins."io.containerd.grpc.v1.cri".registry.configs."private.example".auth]\n'
+    '  password = "s3cret"\n'
+)
+
+
+def probe_stdout(text: str) -> str:
+    return (
+        "containerd_version=1.6.20\n"
+        "config_file=/etc/containerd/config.toml\n"
+        "config_exists=1\n"
+        f"config_sha256={hashlib.sha256(text.encode()).hexdigest()}\n"
+        "config_version=2\n"
+        f"config_b64={base64.b64encode(text.encode()).decode()}\n"
+    )
+
+
+def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
+    if args.name.endswith("-probe"):
+        return {"stdout": probe_stdout(BROKEN), "stderr": ""}
+    if args.name.endswith("-config"):
+        return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
+    return {"stdout": "changed=1\n", "stderr": ""}
+
+
+def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()):
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": f"node-{i}", "address": f"10.0.30.{i}", "skipConfigPath": f"node-{i}" in skip}
+        for i in range(1, nodes + 1)
+    ]
+    raw["containerd"] = {"batchSize": batch_size}
+    return load_settings(raw)
+
+
+@pytest.fixture
+def node_mocks() -> RecordingMocks:
+    mocks = install_mocks()
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    return mocks
+
+
+def test_rollout_is_canary_then_batches() -> None:
+    nodes = settings_with(nodes=6, batch_size=2).nodes
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 2)] == [
+        ["node-1"],
+        ["node-2", "node-3"],
+        ["node-4", "node-5"],
+        ["node-6"],
+    ]
+    assert rollout_batches([], 3) == []
+
+
+@pytest.mark.usefixtures("node_mocks")
+@pulumi.runtime.test
+def test_each_batch_waits_for_the_previous_batchs_config() -> pulumi.Output[Any]:
+    mirrors = ContainerdMirrors("cm", settings_with(nodes=4, batch_size=2), "/agent.sock")
+    assert mirrors.batches == [["node-1"], ["node-2", "node-3"], ["node-4"]]
+    waits = mirrors.waits_for
+    assert waits["cm-node-1-probe"] == []
+    assert waits["cm-node-1-config"] == ["cm-node-1-hosts"]
+    for node in ("node-2", "node-3"):
+        assert waits[f"cm-{node}-probe"] == ["cm-node-1-config"]
+        assert waits[f"cm-{node}-hosts"] == ["cm-node-1-config"]
+    assert waits["cm-node-4-probe"] == ["cm-node-2-config", "cm-node-3-config"]
+    return mirrors.nodes["node-4"].apply(lambda report: report)
+
+
+def test_commands_per_node_secrets_and_logging(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors = ContainerdMirrors("cm", settings_with(nodes=2), "/agent.sock")
+
+        def check(_: Any) -> None:
+            names = sorted(r.name for r in node_mocks.of_type(COMMAND))
+            assert names == [
+                f"cm-node-{i}-{role}" for i in (1, 2) for role in ("config", "hosts", "probe")
+            ]
+            probe = node_mocks.named("cm-node-1-probe").inputs
+            config = node_mocks.named("cm-node-1-config").inputs
+            hosts = node_mocks.named("cm-node-1-hosts").inputs
+            assert probe["logging"] == "none" and config["logging"] == "none"
+            assert probe["addPreviousOutputInEnv"] is False
+            assert probe["update"] == probe["create"] and probe["triggers"]
+            assert "probe.sh" in probe["create"]
+            assert "triggers" not in hosts and "triggers" not in config
+            assert is_secret(config["stdin"]) and is_secret(hosts["stdin"])
+            stdin = config["stdin"]["value"]
+            assert "config_path" in stdin and "mirrors" not in stdin
+            assert "s3cret" not in str(config["create"]) and "apply-config.sh" in config["create"]
+            assert "restore.sh" in config["delete"] and "restore.sh" in hosts["delete"]
+            assert "/agent.sock" in str(probe["connection"]), probe["connection"]
+
+        return pulumi.Output.all(*mirrors.nodes.values()).apply(check)
+
+    return run()
+
+
+def test_report_per_node(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors = ContainerdMirrors("cm", settings_with(nodes=1), "/agent.sock")
+
+        def check(report: dict[str, Any]) -> None:
+            assert report["containerdVersion"] == "1.6.20"
+            assert report["configChanged"] is True and report["restarted"] is True
+            assert report["summary"]
+
+        return mirrors.nodes["node-1"].apply(check)
+
+    return run()
+
+
+def test_skip_config_path_writes_hosts_only_and_says_so(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        settings = settings_with(nodes=3, batch_size=1, skip=("node-2",))
+        mirrors = ContainerdMirrors("cm", settings, "/agent.sock")
+        assert set(mirrors.commands["node-2"]) == {"probe", "hosts"}
+        # The next batch waits for the skipped node's hosts step instead.
+        assert mirrors.waits_for["cm-node-3-probe"] == ["cm-node-2-hosts"]
+
+        def check(report: dict[str, Any]) -> None:
+            names = {r.name for r in node_mocks.of_type(COMMAND)}
+            assert "cm-node-2-config" not in names and "cm-node-1-config" in names
+            assert report["configChanged"] is False and report["restarted"] is False
+            assert any("skipConfigPath" in line for line in report["summary"])
+
+        return mirrors.nodes["node-2"].apply(check)
+
+    return run()
