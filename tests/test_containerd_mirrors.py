@@ -131,7 +131,9 @@ def test_report_per_node(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
     return run()
 
 
-def test_skip_config_path_writes_hosts_only_and_says_so(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
+def test_skip_config_path_writes_hosts_only_and_says_so(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
         settings = settings_with(nodes=3, batch_size=1, skip=("node-2",))
