@@ -1,0 +1,232 @@
+"""RegistryMirrors under Pulumi mocks: what would be created on the VM, with which inputs.
+
+Inputs arrive camelCased, numbers as floats, secrets wrapped (tests.mocks.is_secret).
+Every test RETURNS an Output so Pulumi awaits the assertions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+import yaml
+from pulumi_command import remote
+
+import components.registry_mirrors as registry_mirrors
+from components.registry_mirrors import CONFIG_SHA_LABEL, RegistryMirrors
+from components.renderers import maintenance
+from components.ssh import SshTarget
+from tests.mocks import RecordingMocks, is_secret, plain
+from tests.sample import sample_settings
+
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE7xVwq9nJb1xWcY0mHq8T2p1yKfXo3dLr5sZa4uB6cQ"
+PASSWORD = "dckr_pat_never-in-plain-text"
+CREDENTIALS = {"docker.io": {"username": "mirror-bot", "password": PASSWORD}}
+
+
+class _Recorded(docker.Provider):
+    """docker.Provider that remembers its ResourceOptions (mocks do not report depends_on)."""
+
+    options: ClassVar[list[pulumi.ResourceOptions]] = []
+
+    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, **kwargs: Any):
+        _Recorded.options.append(opts or pulumi.ResourceOptions())
+        super().__init__(name, opts=opts, **kwargs)
+
+
+def _build(
+    name: str = "mirrors", credentials: Any = None
+) -> tuple[RegistryMirrors, remote.Command]:
+    ssh = SshTarget(
+        host="10.0.20.10", user="debian", agent_socket="/tmp/agent.sock", host_key=HOST_KEY
+    )
+    ready = remote.Command(f"{name}-vm-ready", connection=ssh.connection(), create="true")
+    if credentials is None:
+        credentials = pulumi.Output.secret(CREDENTIALS)
+    mirrors = RegistryMirrors(
+        name, settings=sample_settings(), ssh=ssh, ready=ready, credentials=credentials
+    )
+    return mirrors, ready
+
+
+def _settled(mirrors: RegistryMirrors) -> pulumi.Output[Any]:
+    """Resolves once every child is registered (mocks record at registration)."""
+    return pulumi.Output.all(
+        mirrors.mirrors, mirrors.maintenance.id, mirrors.image.id, mirrors.provider.id
+    )
+
+
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(autouse=True)
+def _image_id(mocks: RecordingMocks) -> None:
+    # The provider reports the pulled image's id; containers are created from that id.
+    mocks.outputs_for["docker:index/remoteImage:RemoteImage"] = lambda _args: {"imageId": IMAGE_ID}
+
+
+def _inputs(mocks: RecordingMocks, name: str) -> dict[str, Any]:
+    return mocks.named(name).inputs
+
+
+@pulumi.runtime.test
+def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: RecordingMocks):
+    mirrors, _ = _build()
+    settings = sample_settings()
+
+    def check(_: Any) -> None:
+        containers = mocks.of_type("docker:index/container:Container")
+        assert sorted(c.inputs["name"] for c in containers) == sorted(
+            u.container for u in settings.upstreams
+        )
+        for upstream in settings.upstreams:
+            container = mocks.named(f"mirrors-{upstream.container}")
+            inputs = plain(container.inputs)
+            assert container.provider is not None
+            assert "pulumi:providers:docker::mirrors-docker" in container.provider
+            assert inputs["restart"] == "always"
+            assert inputs["ports"] == [
+                {"internal": float(upstream.port), "external": float(upstream.port)},
+                {
+                    "internal": float(upstream.resolved_metrics_port),
+                    "external": float(upstream.resolved_metrics_port),
+                },
+            ]
+            assert inputs["volumes"] == [
+                {
+                    "hostPath": f"/etc/docker-registry/{upstream.container}/config.yml",
+                    "containerPath": "/etc/docker/registry/config.yml",
+                    "readOnly": True,
+                },
+                {
+                    "hostPath": f"/var/lib/registry/{upstream.container}",
+                    "containerPath": "/var/lib/registry",
+                },
+            ]
+            assert inputs["memory"] == float(settings.registry.memory_mb)
+            assert inputs["healthcheck"]["tests"][-1] == f"http://127.0.0.1:{upstream.port}/v2/"
+            assert inputs["logDriver"] == "json-file"
+            assert set(inputs["logOpts"]) == {"max-size", "max-file"}
+            assert inputs["image"] == IMAGE_ID
+        image = _inputs(mocks, "mirrors-image")
+        assert image["name"] == settings.registry.image
+
+    return _settled(mirrors).apply(check)
+
+
+@pulumi.runtime.test
+def test_docker_provider_reaches_the_vm_over_ssh_after_readiness(
+    mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch
+):
+    _Recorded.options = []
+    monkeypatch.setattr(registry_mirrors.docker, "Provider", _Recorded)
+    mirrors, ready = _build()
+
+    def check(_: Any) -> None:
+        provider = _inputs(mocks, "mirrors-docker")
+        assert provider["host"] == "ssh://debian@10.0.20.10:22"
+        ssh_opts = yaml.safe_load(provider["sshOpts"])  # providers get JSON-encoded lists
+        assert "StrictHostKeyChecking=yes" in ssh_opts
+        assert any(o.startswith("KnownHostsCommand=") and HOST_KEY in o for o in ssh_opts)
+        [options] = _Recorded.options
+        assert options.depends_on == [ready]
+
+    return _settled(mirrors).apply(check)
+
+
+@pulumi.runtime.test
+def test_credentials_reach_the_vm_only_as_secrets_never_logged(mocks: RecordingMocks):
+    # Passed in as a PLAIN dict: the component itself must make them secret.
+    mirrors, _ = _build(credentials=CREDENTIALS)
+    settings = sample_settings()
+
+    def check(args: list[Any]) -> None:
+        stdin_is_secret, label_is_secret = args
+        assert stdin_is_secret
+        assert label_is_secret
+        for upstream in settings.upstreams:
+            command = _inputs(mocks, f"mirrors-{upstream.container}-config")
+            assert is_secret(command["stdin"]), upstream.host
+            assert command["logging"] == "none"
+            assert "MODE=0600" in command["create"]
+            assert f"DEST=/etc/docker-registry/{upstream.container}/config.yml" in command["create"]
+            assert "DEST=" in command["delete"]
+            config = yaml.safe_load(plain(command["stdin"]))
+            if upstream.host == "docker.io":
+                assert config["proxy"] == {
+                    "remoteurl": "https://registry-1.docker.io",
+                    "username": "mirror-bot",
+                    "password": PASSWORD,
+                }
+            else:
+                assert config["proxy"] == {"remoteurl": upstream.resolved_server}
+        # Nowhere in plain text: not in a command line, a label, an env, anything.
+        for resource in mocks.resources:
+            for key, value in resource.inputs.items():
+                if not is_secret(value):
+                    assert PASSWORD not in str(value), f"{resource.name}.{key}"
+
+    return pulumi.Output.all(
+        pulumi.Output.is_secret(mirrors.configs["docker.io"].stdin),
+        pulumi.Output.is_secret(mirrors.containers["docker.io"].labels),
+    ).apply(check)
+
+
+@pulumi.runtime.test
+def test_config_change_replaces_exactly_the_affected_container(mocks: RecordingMocks):
+    before, _ = _build("before", pulumi.Output.secret(CREDENTIALS))
+    rotated = {"docker.io": {"username": "mirror-bot", "password": "rotated"}}
+    after, _ = _build("after", pulumi.Output.secret(rotated))
+
+    def label(prefix: str, container: str) -> str:
+        [entry] = plain(_inputs(mocks, f"{prefix}-{container}")["labels"])
+        assert entry["label"] == CONFIG_SHA_LABEL
+        return entry["value"]
+
+    def check(_: Any) -> None:
+        changed = [
+            u.container
+            for u in sample_settings().upstreams
+            if label("before", u.container) != label("after", u.container)
+        ]
+        assert changed == ["registry"]
+
+    return pulumi.Output.all(_settled(before), _settled(after)).apply(check)
+
+
+@pulumi.runtime.test
+def test_maintenance_cron_and_script_installed_and_removed_with_the_stack(mocks: RecordingMocks):
+    mirrors, _ = _build()
+    settings = sample_settings()
+
+    def check(_: Any) -> None:
+        cron = _inputs(mocks, "mirrors-maintenance-cron")
+        assert cron["stdin"] == maintenance.render_cron(settings)
+        assert "export DEST=/etc/cron.d/registry-mirrors" in cron["create"]
+        assert "MODE=0644" in cron["create"]
+        assert "export DEST=/etc/cron.d/registry-mirrors" in cron["delete"]
+        assert "rm -f" in cron["delete"]
+        script = _inputs(mocks, "mirrors-maintenance-script")
+        assert script["stdin"] == maintenance.script_text()
+        assert f"export DEST={maintenance.SCRIPT_PATH}" in script["create"]
+        assert "MODE=0755" in script["create"]
+
+    return _settled(mirrors).apply(check)
+
+
+@pulumi.runtime.test
+def test_outputs_per_upstream(mocks: RecordingMocks):
+    mirrors, _ = _build()
+
+    def check(outputs: dict[str, dict[str, Any]]) -> None:
+        assert set(outputs) == {u.host for u in sample_settings().upstreams}
+        assert outputs["ghcr.io"] == {
+            "endpoint": "http://10.0.20.10:5010",
+            "port": 5010,
+            "container": "registry-ghcr",
+            "metrics_url": "http://10.0.20.10:5011/metrics",
+        }
+
+    return mirrors.mirrors.apply(check)
