@@ -1,0 +1,147 @@
+"""hosts.toml renderer: parsed back, structure asserted (order, capabilities, no _default)."""
+
+from __future__ import annotations
+
+import tomllib
+
+import pytest
+
+from components.renderers.containerd_config import MigratedRegistry, TlsSettings
+from components.renderers.hosts_toml import (
+    HostEntry,
+    registry_dir_name,
+    render_hosts_toml,
+    render_node_hosts,
+)
+from tests.sample import sample_settings
+
+
+def _hosts(text: str) -> list[str]:
+    return list(tomllib.loads(text)["host"])
+
+
+def test_one_file_per_upstream_with_our_cache_first_and_upstream_as_server() -> None:
+    settings = sample_settings()
+    files = render_node_hosts(settings)
+    assert set(files) == {u.host for u in settings.upstreams}
+    assert "_default" not in files
+    hub = tomllib.loads(files["docker.io"])
+    assert hub["server"] == "https://registry-1.docker.io"
+    assert list(hub["host"]) == ["http://10.0.20.10:5000"]
+    assert hub["host"]["http://10.0.20.10:5000"]["capabilities"] == ["pull", "resolve"]
+    ghcr = tomllib.loads(files["ghcr.io"])
+    assert ghcr["server"] == "https://ghcr.io"
+    assert list(ghcr["host"]) == ["http://10.0.20.10:5010"]
+
+
+def test_never_push_and_every_mirror_has_a_scheme() -> None:
+    for text in render_node_hosts(sample_settings()).values():
+        for url, host in tomllib.loads(text)["host"].items():
+            assert url.startswith(("http://", "https://"))
+            assert "push" not in host["capabilities"]
+
+
+def test_migrated_mirrors_come_after_ours_in_their_order_with_tls() -> None:
+    corp_tls = TlsSettings(ca=("/etc/ca.pem",), client=(("/c.pem", "/k.pem"),))
+    migrated = [
+        MigratedRegistry(
+            host="docker.io",
+            endpoints=("https://mirror.corp:5443", "http://10.0.20.10:5000", "http://b:1"),
+            endpoint_tls=(("https://mirror.corp:5443", corp_tls),),
+        ),
+        MigratedRegistry(host="harbor.corp", skip_verify=True),
+        MigratedRegistry(host="myreg:5000", server="http://myreg:5000"),
+    ]
+    files = render_node_hosts(sample_settings(), migrated)
+    hub = tomllib.loads(files["docker.io"])
+    # ours first, the node's own after it, our own endpoint not repeated
+    assert list(hub["host"]) == ["http://10.0.20.10:5000", "https://mirror.corp:5443", "http://b:1"]
+    assert hub["host"]["https://mirror.corp:5443"]["ca"] == ["/etc/ca.pem"]
+    assert hub["host"]["https://mirror.corp:5443"]["client"] == [["/c.pem", "/k.pem"]]
+    # a registry that is not one of our upstreams gets its own file, never _default
+    harbor = tomllib.loads(files["harbor.corp"])
+    assert harbor["server"] == "https://harbor.corp"
+    assert harbor["skip_verify"] is True
+    assert list(harbor["host"]) == ["https://harbor.corp"]  # at least one [host] table
+    myreg = tomllib.loads(files["myreg:5000"])
+    assert myreg["server"] == "http://myreg:5000"
+    assert list(myreg["host"]) == ["http://myreg:5000"]
+    assert "_default" not in files
+
+
+def test_wildcard_migrated_entry_never_becomes_a_file() -> None:
+    files = render_node_hosts(
+        sample_settings(), [MigratedRegistry(host="*", endpoints=("http://x:1",))]
+    )
+    assert "*" not in files and "_default" not in files
+
+
+@pytest.mark.parametrize(
+    ("version", "expected"),
+    [
+        (None, False),
+        ("1.6.20~ds1", False),
+        ("1.7.27", False),
+        ("2.0.5", False),
+        ("2.1.0", True),
+        ("v2.2.1", True),
+    ],
+)
+def test_dial_timeout_only_for_containerd_2_1_and_later(
+    version: str | None, expected: bool
+) -> None:
+    text = render_hosts_toml(
+        "https://ghcr.io", ["http://10.0.20.10:5010"], containerd_version=version
+    )
+    host = tomllib.loads(text)["host"]["http://10.0.20.10:5010"]
+    assert ("dial_timeout" in host) is expected
+    if expected:
+        assert host["dial_timeout"] == "3s"
+
+
+def test_dial_timeout_can_be_turned_off() -> None:
+    text = render_hosts_toml(
+        "https://ghcr.io", ["http://m:1"], containerd_version="2.1.0", dial_timeout=None
+    )
+    assert "dial_timeout" not in text
+
+
+def test_server_only_file_still_gets_a_host_table() -> None:
+    data = tomllib.loads(
+        render_hosts_toml("https://r.example", [], ca=["/ca.pem"], skip_verify=False)
+    )
+    assert data["server"] == "https://r.example"
+    assert data["ca"] == ["/ca.pem"]
+    assert data["host"]["https://r.example"]["ca"] == ["/ca.pem"]
+    assert data["host"]["https://r.example"]["skip_verify"] is False
+
+
+def test_host_entries_keep_order() -> None:
+    mirrors = ["http://c:1", HostEntry("http://a:1"), "https://b:2/prefix"]
+    assert _hosts(render_hosts_toml("https://r.example", mirrors)) == [
+        "http://c:1",
+        "http://a:1",
+        "https://b:2/prefix",
+    ]
+
+
+@pytest.mark.parametrize("bad", ["10.0.20.10:5000", "ftp://x", "http://", "http://a b"])
+def test_mirror_without_http_scheme_is_rejected(bad: str) -> None:
+    with pytest.raises(ValueError, match="http:// or https://"):
+        render_hosts_toml("https://r.example", [bad])
+
+
+def test_duplicate_mirror_is_rejected() -> None:
+    with pytest.raises(ValueError, match="twice"):
+        render_hosts_toml("https://r.example", ["http://a:1", "http://a:1/"])
+
+
+@pytest.mark.parametrize("good", ["docker.io", "myreg:5000", "10.0.0.1:5000", "[::1]:5000"])
+def test_registry_dir_name_accepts_hosts(good: str) -> None:
+    assert registry_dir_name(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "_default", "*", "..", "a/b", "http://a", "a b"])
+def test_registry_dir_name_rejects_non_hosts(bad: str) -> None:
+    with pytest.raises(ValueError, match="not a registry host"):
+        registry_dir_name(bad)
