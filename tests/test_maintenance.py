@@ -1,0 +1,170 @@
+"""Maintenance cron: GC staggered without overlap, restarts never inside the same registry's GC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from components.renderers import maintenance
+from components.settings import Settings, load_settings
+from tests.sample import sample_raw, sample_settings
+
+WEEK = 7 * 24 * 60
+
+
+def _settings(**registry: Any) -> Settings:
+    raw = sample_raw()
+    raw["registry"] = registry
+    return load_settings(raw)
+
+
+def _expand(field: str, low: int, high: int) -> set[int]:
+    """A cron field (numbers, ranges, lists, '*') -> the values it matches."""
+    if field == "*":
+        return set(range(low, high + 1))
+    values: set[int] = set()
+    for part in field.split(","):
+        start, _, end = part.partition("-")
+        values |= set(range(int(start), int(end or start) + 1))
+    return values
+
+
+def _minutes_of_week(job: maintenance.CronJob) -> set[int]:
+    return {
+        day * 1440 + hour * 60 + job.minute
+        for day in _expand(job.day_of_week, 0, 6)
+        for hour in _expand(job.hour, 0, 23)
+    }
+
+
+def _gc_minutes(window: maintenance.GcWindow) -> set[int]:
+    """A window's minutes, as minutes of the week (a daily window recurs every day)."""
+    repeats = range(0, WEEK, window.period)
+    return {(start + minute) % WEEK for start in repeats for minute in window.minutes()}
+
+
+def _lines(settings: Settings) -> list[str]:
+    text = maintenance.render_cron(settings)
+    return [
+        line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line
+    ]
+
+
+def test_default_gc_is_staggered_and_carried_into_hours() -> None:
+    jobs = maintenance.gc_jobs(sample_settings())
+    assert [(j.container, j.day_of_week, j.hour, j.minute) for j in jobs] == [
+        ("registry", "0", "3", 0),
+        ("registry-ghcr", "0", "3", 20),
+        ("registry-quay", "0", "3", 40),
+        ("registry-k8s", "0", "4", 0),
+        ("registry-kyverno", "0", "4", 20),
+    ]
+
+
+def test_gc_carries_into_the_next_day_and_wraps_the_week() -> None:
+    settings = _settings(gc={"minute": "50", "hour": "23", "dayOfWeek": "6", "staggerMinutes": 15})
+    jobs = maintenance.gc_jobs(settings)
+    assert [(j.day_of_week, j.hour, j.minute) for j in jobs] == [
+        ("6", "23", 50),
+        ("0", "0", 5),  # Saturday 23:50 + 15 min = Sunday 00:05
+        ("0", "0", 20),
+        ("0", "0", 35),
+        ("0", "0", 50),
+    ]
+
+
+def test_gc_jobs_that_would_overlap_are_refused() -> None:
+    settings = _settings(gc={"minute": "0", "hour": "3", "dayOfWeek": "0", "staggerMinutes": 0})
+    with pytest.raises(ValueError, match="would overlap"):
+        maintenance.render_cron(settings)
+
+
+def test_gc_time_must_be_a_plain_time_to_stagger_from() -> None:
+    settings = _settings(gc={"minute": "*/5", "hour": "3", "staggerMinutes": 10})
+    with pytest.raises(ValueError, match=r"registry.gc.minute"):
+        maintenance.render_cron(settings)
+
+
+def test_default_restarts_are_hourly_staggered_and_skip_their_gc_slot() -> None:
+    settings = sample_settings()
+    jobs = maintenance.restart_jobs(settings)
+    minutes = {j.container: j.minute for j in jobs}
+    assert list(minutes.values()) == [7, 12, 17, 22, 27]
+    # registry (GC Sun 03:00-03:20) would restart at 03:07: that hour is left out on Sundays.
+    registry = [(j.hour, j.day_of_week) for j in jobs if j.container == "registry"]
+    assert registry == [("0-2,4-23", "0"), ("*", "1-6")]
+    for job_container in minutes:
+        occurrences = set().union(
+            *(_minutes_of_week(j) for j in jobs if j.container == job_container)
+        )
+        assert len(occurrences) == 7 * 24 - sum(
+            1 for j in jobs if j.container == job_container and j.hour != "*"
+        )
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(
+    gc_minute=st.integers(0, 59),
+    gc_hour=st.integers(0, 23),
+    gc_day=st.sampled_from(["*", "0", "3", "6"]),
+    gc_stagger=st.integers(1, 59),
+    restart_minute=st.integers(0, 59),
+    restart_stagger=st.integers(0, 59),
+)
+def test_no_two_gc_overlap_and_no_restart_lands_in_its_own_gc(
+    gc_minute: int,
+    gc_hour: int,
+    gc_day: str,
+    gc_stagger: int,
+    restart_minute: int,
+    restart_stagger: int,
+) -> None:
+    settings = _settings(
+        gc={
+            "minute": str(gc_minute),
+            "hour": str(gc_hour),
+            "dayOfWeek": gc_day,
+            "staggerMinutes": gc_stagger,
+        },
+        restart={"minute": str(restart_minute), "staggerMinutes": restart_stagger},
+    )
+    windows = {w.container: w for w in maintenance.gc_windows(settings)}
+    seen: set[int] = set()
+    for window in windows.values():
+        minutes = _gc_minutes(window)
+        assert not minutes & seen, "two GC jobs overlap"
+        seen |= minutes
+    gc_jobs = maintenance.gc_jobs(settings)
+    for job in gc_jobs:
+        window = windows[job.container]
+        starts = {(window.start + offset) % WEEK for offset in range(0, WEEK, window.period)}
+        assert _minutes_of_week(job) == starts
+    restarts = maintenance.restart_jobs(settings)
+    for container, window in windows.items():
+        occurrences = set().union(
+            *(_minutes_of_week(j) for j in restarts if j.container == container)
+        )
+        assert occurrences, f"{container} never restarts"
+        assert not occurrences & _gc_minutes(window), f"{container} restarts during its own GC"
+        # Every hour outside its GC slot still has its restart.
+        hours_with_restart = {m // 60 for m in occurrences}
+        hours_in_gc = {m // 60 for m in _gc_minutes(window)}
+        assert hours_with_restart | hours_in_gc == set(range(7 * 24))
+
+
+def test_cron_file_format() -> None:
+    text = maintenance.render_cron(sample_settings())
+    assert text.endswith("\n")  # cron ignores a last line without newline
+    lines = _lines(sample_settings())
+    assert len(lines) == 5 + 7
+    for line in lines:
+        fields = line.split()
+        assert fields[5] == "root"
+        assert fields[6] == maintenance.SCRIPT_PATH
+        assert fields[7] in {"gc", "restart"}
+        assert line.endswith("| logger -t registry-maintenance")
+        assert "--delete-untagged" not in line and "%" not in line
