@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -365,3 +366,35 @@ def test_start_registry_reports_a_proxy_panic(tmp_path: Path) -> None:
     config = _proxy_config(DEFAULT_UPSTREAMS[2], tmp_path / "cache", dead)
     with pytest.raises(Exception, match="panic"):
         start_registry(config, tmp_path / "proxy")
+
+
+def test_install_file_writes_secret_config_0600_atomically_and_remove_deletes_it(
+    tmp_path: Path,
+) -> None:
+    """The exact command text the component sends, run by a POSIX sh (any login shell)."""
+    from components.renderers.shell import remote_command
+
+    dest = tmp_path / "etc" / "registry" / "config.yml"
+    data_dir = tmp_path / "var" / "registry"
+    content = "proxy:\n  password: s3cret\n"
+    install = remote_command(
+        "vm/install-file.sh", {"DEST": str(dest), "MODE": "0600", "EXTRA_DIR": str(data_dir)}
+    )
+    assert "s3cret" not in install
+    done = subprocess.run(["sh", "-c", install], input=content, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_text() == content
+    assert dest.stat().st_mode & 0o777 == 0o600
+    assert data_dir.is_dir()
+    assert "s3cret" not in done.stdout + done.stderr
+    assert done.stdout.strip() == hashlib.sha256(content.encode()).hexdigest()
+    assert [p.name for p in dest.parent.iterdir()] == ["config.yml"]  # no temp file left
+
+    removed = subprocess.run(
+        ["sh", "-c", remote_command("vm/remove-file.sh", {"DEST": str(dest)})],
+        capture_output=True,
+        text=True,
+    )
+    assert removed.returncode == 0, removed.stderr
+    assert not dest.exists()
+    assert data_dir.is_dir()  # the cache is kept
