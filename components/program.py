@@ -1,15 +1,27 @@
-"""The whole program: config -> components -> exports. ``__main__.py`` only calls ``run()``."""
+"""The whole program: config -> components -> exports. ``__main__.py`` only calls ``run()``.
+
+Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream ->
+nodes (canary, then batches). Nodes come last so a node never points at a cache that is not up;
+even so, containerd falls back to the upstream (``server``) while a cache is down.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pulumi
 
 from components import stack_config
+from components.containerd_mirrors import ContainerdMirrors
+from components.firewall import RegistryFirewall
+from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
+from components.renderers.bundle import containerd_export
+from components.renderers.registries_yaml import render_registries_yaml
 from components.ssh import SshAgentMissing, agent_socket
 
 
-def run() -> dict[str, pulumi.Output]:
+def run() -> dict[str, pulumi.Output[Any]]:
     config = stack_config.load()
     settings, secrets = config.settings, config.secrets
     try:
@@ -25,18 +37,44 @@ def run() -> dict[str, pulumi.Output]:
             agent_socket=socket,
         ),
     )
+    RegistryFirewall(
+        "registry-firewall",
+        provider=registry_vm.provider,
+        node_name=settings.vm.proxmox_node,
+        vm_id=registry_vm.vm_id,
+        settings=settings,
+    )
+    credentials = pulumi.Output.secret(
+        {
+            host: {"username": c.username, "password": c.password.get_secret_value()}
+            for host, c in secrets.upstream_credentials.items()
+        }
+    )
+    mirrors = RegistryMirrors(
+        "registry-mirrors",
+        settings=settings,
+        ssh=registry_vm.ssh,
+        ready=registry_vm.ready,
+        credentials=credentials,
+    )
+    nodes = ContainerdMirrors(
+        "containerd", settings=settings, agent_socket=socket, depends_on=[mirrors]
+    )
 
-    exports: dict[str, pulumi.Output] = {
-        "registryVm": pulumi.Output.all(
-            registry_vm.vm_id, registry_vm.address, registry_vm.ssh_user
-        ).apply(
+    exports: dict[str, pulumi.Output[Any]] = {
+        "registryVm": pulumi.Output.all(registry_vm.vm_id, registry_vm.address).apply(
             lambda values: {
                 "vmId": values[0],
                 "address": values[1],
-                "sshUser": values[2],
+                "sshUser": settings.vm.ssh_user,
                 "proxmoxNode": settings.vm.proxmox_node,
             }
         ),
+        "mirrors": mirrors.mirrors,
+        "containerd": pulumi.Output.from_input(containerd_export(settings)),
+        "registriesYaml": pulumi.Output.from_input(render_registries_yaml(settings)),
+        "nodes": pulumi.Output.from_input(nodes.nodes),
+        "rollout": pulumi.Output.from_input(nodes.batches),
     }
     for key, value in exports.items():
         pulumi.export(key, value)

@@ -15,6 +15,7 @@ import pulumi_docker as docker
 from pulumi_command import remote
 
 from components.renderers import maintenance
+from components.renderers.bundle import mirrors_export
 from components.renderers.registry_config import (
     CONTAINER_CONFIG_PATH,
     CONTAINER_DATA_DIR,
@@ -33,19 +34,6 @@ REMOVE_FILE = "vm/remove-file.sh"
 # Credentials per upstream host: {"username": ..., "password": ...} (plain strings inside a secret
 # Output) or the settings model's UpstreamCredentials.
 CredentialsInput = pulumi.Input[Mapping[str, Any]]
-
-
-def mirror_outputs(settings: Settings) -> dict[str, dict[str, Any]]:
-    """Per upstream host: what a client needs to use (and watch) its cache."""
-    return {
-        upstream.host: {
-            "endpoint": settings.endpoint(upstream),
-            "port": upstream.port,
-            "container": upstream.container,
-            "metrics_url": f"http://{settings.vm.ip}:{upstream.resolved_metrics_port}/metrics",
-        }
-        for upstream in settings.upstreams
-    }
 
 
 def _credential_pair(value: Any) -> tuple[str, str] | None:
@@ -108,7 +96,7 @@ class RegistryMirrors(pulumi.ComponentResource):
             self.containers[upstream.host] = self._create_container(upstream, config, content)
         self.maintenance = self._create_maintenance()
 
-        plain = mirror_outputs(settings)
+        plain = mirrors_export(settings)
         # Resolves once every container exists, so consumers never point nodes at a missing cache.
         self.mirrors = pulumi.Output.all(*[c.id for c in self.containers.values()]).apply(
             lambda _ids: plain

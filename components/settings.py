@@ -580,9 +580,23 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
     except ValidationError as error:
         problems += _format_error(error) + _cross_problems(plain)
         raise SettingsError(list(dict.fromkeys(problems))) from None
+    problems += _schedule_problems(settings)
     if problems:
         raise SettingsError(problems)
     return settings
+
+
+def _schedule_problems(settings: Settings) -> list[str]:
+    """GC and restart times must be plain times whose staggered slots never overlap; the
+    maintenance renderer knows how slots are laid out, so ask it rather than repeat it."""
+    from components.renderers.maintenance import gc_windows, restart_jobs
+
+    try:
+        gc_windows(settings)
+        restart_jobs(settings)
+    except ValueError as error:
+        return [str(error)]
+    return []
 
 
 def load_secrets(raw: Mapping[str, Any], settings: Settings) -> Secrets:

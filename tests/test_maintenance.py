@@ -77,14 +77,21 @@ def test_gc_carries_into_the_next_day_and_wraps_the_week() -> None:
     ]
 
 
+def _unchecked(**registry: Any) -> Settings:
+    """Past load_settings' schedule check (tested in test_settings): the renderer guards too."""
+    raw = sample_raw()
+    raw["registry"] = registry
+    return Settings.model_validate(raw)
+
+
 def test_gc_jobs_that_would_overlap_are_refused() -> None:
-    settings = _settings(gc={"minute": "0", "hour": "3", "dayOfWeek": "0", "staggerMinutes": 0})
+    settings = _unchecked(gc={"minute": "0", "hour": "3", "dayOfWeek": "0", "staggerMinutes": 0})
     with pytest.raises(ValueError, match="would overlap"):
         maintenance.render_cron(settings)
 
 
 def test_gc_time_must_be_a_plain_time_to_stagger_from() -> None:
-    settings = _settings(gc={"minute": "*/5", "hour": "3", "staggerMinutes": 10})
+    settings = _unchecked(gc={"minute": "*/5", "hour": "3", "staggerMinutes": 10})
     with pytest.raises(ValueError, match=r"registry.gc.minute"):
         maintenance.render_cron(settings)
 

@@ -8,8 +8,9 @@ import pulumi
 import pytest
 
 from components import program
-from tests.mocks import install_mocks
+from tests.mocks import install_mocks, is_secret
 from tests.sample import sample_raw
+from tests.test_containerd_mirrors import COMMAND, fake_node_outputs
 
 TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
 
@@ -37,20 +38,61 @@ def agent(monkeypatch):
 
 
 @pulumi.runtime.test
-def test_good_config_registers_the_vm():
-    mocks = install_mocks(*_config(sample_raw()))
+def test_good_config_builds_every_part_and_exports_the_contract():
+    raw = sample_raw()
+    config, secret_keys = _config(raw)
+    config["registry-mirrors:upstreamCredentials"] = {
+        "docker.io": {"username": "me", "password": "hub-token-123"}
+    }
+    secret_keys.append("registry-mirrors:upstreamCredentials")
+    mocks = install_mocks(config, secret_keys)
+    mocks.outputs_for[COMMAND] = fake_node_outputs
     exports = program.run()
 
-    def check(vm):
+    def check(values):
+        vm, mirrors, containerd, nodes, rollout = values
         assert vm == {
             "vmId": 210,
             "address": "10.0.20.10",
             "sshUser": "debian",
             "proxmoxNode": "pve",
         }
-        assert any(r.type == "proxmoxve:index/vmLegacy:VmLegacy" for r in mocks.resources)
+        assert mirrors["docker.io"]["endpoint"] == "http://10.0.20.10:5000"
+        assert mirrors["docker.io"]["server"] == "https://registry-1.docker.io"
+        assert containerd["configPath"] == "/etc/containerd/certs.d"
+        assert set(containerd["hostsToml"]) == {u["host"] for u in _default_upstreams()}
+        assert set(nodes) == {"k8s-cp-1", "k8s-worker-1", "k8s-worker-2"}
+        assert nodes["k8s-cp-1"]["containerdVersion"] == "1.6.20"
+        assert rollout[0] == ["k8s-cp-1"]
+        types = {r.type for r in mocks.resources}
+        for expected in (
+            "proxmoxve:index/vmLegacy:VmLegacy",
+            "proxmoxve:firewall/rulesLegacy:RulesLegacy",
+            "docker:index/container:Container",
+            "command:remote:Command",
+        ):
+            assert expected in types, expected
+        # Docker Hub credentials: in the Docker Hub config only, and secret there.
+        config_cmd = mocks.named("registry-mirrors-registry-config")
+        assert is_secret(config_cmd.inputs["stdin"])
+        for resource in mocks.resources:
+            for key, value in resource.inputs.items():
+                if not is_secret(value):
+                    assert "hub-token-123" not in repr(value), (resource.name, key)
 
-    return exports["registryVm"].apply(check)
+    return pulumi.Output.all(
+        exports["registryVm"],
+        exports["mirrors"],
+        exports["containerd"],
+        exports["nodes"],
+        exports["rollout"],
+    ).apply(check)
+
+
+def _default_upstreams():
+    from components.settings import DEFAULT_UPSTREAMS
+
+    return [u.model_dump() for u in DEFAULT_UPSTREAMS]
 
 
 @pytest.mark.parametrize(

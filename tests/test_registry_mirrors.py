@@ -226,7 +226,8 @@ def test_outputs_per_upstream(mocks: RecordingMocks):
             "endpoint": "http://10.0.20.10:5010",
             "port": 5010,
             "container": "registry-ghcr",
-            "metrics_url": "http://10.0.20.10:5011/metrics",
+            "metricsUrl": "http://10.0.20.10:5011/metrics",
+            "server": "https://ghcr.io",
         }
 
     return mirrors.mirrors.apply(check)

@@ -138,6 +138,18 @@ BAD_INPUTS = [
         "registry.gc.minute",
         "cron",
     ),
+    (
+        "gc-not-plain",
+        {"registry": {"gc": {"minute": "*/5", "hour": "3", "staggerMinutes": 5}}},
+        "registry.gc.minute",
+        "plain number",
+    ),
+    (
+        "gc-overlap",
+        {"registry": {"gc": {"minute": "0", "hour": "3", "staggerMinutes": 0}}},
+        "registry.gc.staggerMinutes",
+        "overlap",
+    ),
 ]
 
 
