@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -22,16 +21,7 @@ import yaml  # noqa: E402
 
 from components.renderers.bundle import render_bundle  # noqa: E402
 from components.settings import SettingsError, load_settings  # noqa: E402
-
-PROJECT = "registry-mirrors"
-
-
-def stack_values(stack_file: Path) -> dict[str, Any]:
-    """The project's keys of a stack file; other namespaces (e.g. ``proxmoxve:``) are skipped."""
-    document = yaml.safe_load(stack_file.read_text()) or {}
-    config = document.get("config") or {}
-    prefix = f"{PROJECT}:"
-    return {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
+from components.stack_file import stack_path, stack_values  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory to write into")
     args = parser.parse_args(argv)
 
-    stack_file = args.stack_file or ROOT / "stacks" / f"Pulumi.{args.stack}.yaml"
+    stack_file = args.stack_file or stack_path(args.stack)
     try:
         raw = stack_values(stack_file)
     except (OSError, yaml.YAMLError) as error:
