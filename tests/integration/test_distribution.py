@@ -29,9 +29,10 @@ from components.renderers.shell import SCRIPTS_DIR
 from components.settings import DEFAULT_UPSTREAMS, Upstream
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import (
+    RegistryStartError,
     answers,
     free_port,
-    loopback_config,
+    listen_config,
     plain_registry_config,
     running_registry,
     start_registry,
@@ -285,7 +286,7 @@ def test_gc_procedure_keeps_multiarch_children_pullable_by_digest(
     proxy_url = f"http://127.0.0.1:{port}"
 
     with upstream_store.serve("up-gc") as origin:
-        config = loopback_config(_proxy_config(upstream, storage, origin.url), port, metrics_port)
+        config = listen_config(_proxy_config(upstream, storage, origin.url), port, metrics_port)
         (vm_layout.config_root / name).mkdir(parents=True)
         (vm_layout.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
         subprocess.run(
@@ -366,6 +367,32 @@ def test_start_registry_reports_a_proxy_panic(tmp_path: Path) -> None:
     config = _proxy_config(DEFAULT_UPSTREAMS[2], tmp_path / "cache", dead)
     with pytest.raises(Exception, match="panic"):
         start_registry(config, tmp_path / "proxy")
+
+
+def test_start_registry_binds_the_given_host_and_can_serve_a_fixed_port_again(
+    tmp_path: Path,
+) -> None:
+    """What the node e2e relies on: a registry on the address a netns can reach, on the port the
+    node's settings name, startable again on that port after stop()."""
+    require_binary("docker-registry")
+    host = "127.0.0.2"  # loopback, but not the default: the host really reaches http.addr
+    port = free_port(host)
+    config = plain_registry_config(tmp_path / "data")
+
+    first = start_registry(config, tmp_path / "fixed", host=host, port=port)
+    try:
+        assert (first.url, first.address) == (f"http://{host}:{port}", f"{host}:{port}")
+        assert yaml.safe_load(first.config_path.read_text())["http"]["addr"] == f"{host}:{port}"
+        assert not answers(f"http://127.0.0.1:{port}/v2/")
+        with pytest.raises(RegistryStartError, match="already served"):
+            start_registry(config, tmp_path / "clash", host=host, port=port)
+    finally:
+        first.stop()
+    assert not answers(f"{first.url}/v2/")
+
+    with running_registry(config, tmp_path / "fixed", host=host, port=port) as again:
+        assert again.url == first.url
+        assert answers(f"{again.url}/v2/")
 
 
 def test_install_file_writes_secret_config_0600_atomically_and_remove_deletes_it(

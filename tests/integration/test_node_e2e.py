@@ -8,9 +8,9 @@ node's veth, the node's netns has no default route.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import subprocess
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import (
@@ -34,6 +33,11 @@ from components.renderers.registry_config import registry_config
 from components.settings import Node, Settings, Upstream, load_settings
 from tests.integration import cri_client
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
+from tests.integration.registry_proc import (
+    RegistryProcess,
+    plain_registry_config,
+    running_registry,
+)
 from tests.integration.testhost import NodeHost, node_host
 from tests.prereq import require_binary, require_root
 from tests.sample import sample_raw
@@ -65,66 +69,21 @@ def broken_config(mirror: str) -> str:
 
 
 # --- registries ---------------------------------------------------------------------------------
-# Not tests.integration.registry_proc: it always binds loopback, and the node's netns cannot reach
-# the host's loopback. These registries listen on the host end of the node's veth.
+# They listen on the host end of the node's veth (the node's netns cannot reach the host's
+# loopback), on the fixed ports the node's settings name.
+
+UPSTREAM_PORTS = {"docker.io": 6000, "ghcr.io": 6010}
 
 
-@dataclass
-class Registry:
-    name: str
-    address: str
-    port: int
-    root: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def log(self) -> Path:
-        return self.root / f"{self.name}.log"
-
-    def start(self, config: dict[str, Any]) -> None:
-        config_file = self.root / f"{self.name}.yml"
-        config_file.write_text(yaml.safe_dump(config))
-        self.process = subprocess.Popen(
-            ["docker-registry", "serve", str(config_file)],
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            probe = subprocess.run(
-                ["curl", "-sf", "-o", "/dev/null", f"http://{self.address}:{self.port}/v2/"],
-                check=False,
-            )
-            if probe.returncode == 0:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"registry {self.name} did not start: {self.log.read_text()[-1000:]}")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-            self.process = None
+def upstream_registry_config(workdir: Path) -> dict[str, Any]:
+    return {**plain_registry_config(workdir / "data"), "log": {"level": "info"}}
 
 
-def _storage_and_http(registry: Registry) -> dict[str, Any]:
-    return {
-        "storage": {
-            "filesystem": {"rootdirectory": str(registry.root / f"{registry.name}-data")},
-            "delete": {"enabled": True},
-        },
-        "http": {"addr": f"{registry.address}:{registry.port}"},
-    }
-
-
-def upstream_registry_config(registry: Registry) -> dict[str, Any]:
-    return {"version": "0.1", "log": {"level": "info"}, **_storage_and_http(registry)}
-
-
-def proxy_config(settings: Settings, upstream: Upstream, registry: Registry) -> dict[str, Any]:
-    # The project's own renderer, with paths and listen address moved onto the test's addresses.
+def proxy_config(settings: Settings, upstream: Upstream, workdir: Path) -> dict[str, Any]:
+    # The project's own renderer, with the storage root moved under the test's directory; the
+    # listen addresses are moved by registry_proc.
     config = registry_config(upstream, settings.registry)
-    config.update(_storage_and_http(registry))
+    config["storage"]["filesystem"]["rootdirectory"] = str(workdir / "data")
     config.pop("health", None)
     return config
 
@@ -139,12 +98,12 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MultiArchImage
     return {tag: build_multiarch_image(root / f"image-{tag}", tag) for tag in ("1", "2", "3", "4")}
 
 
-def push(image: MultiArchImage, registry: Registry, repository: str) -> None:
+def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> None:
     subprocess.run(
         [
             "skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false",
             image.oci_ref,
-            f"docker://{registry.address}:{registry.port}/{repository}:{image.tag}",
+            f"docker://{registry.address}/{repository}:{image.tag}",
         ],
         check=True,
         capture_output=True,
@@ -159,7 +118,8 @@ class World:
     host: NodeHost
     settings: Settings
     node: Node
-    registries: dict[str, Registry]
+    registries: dict[str, RegistryProcess]
+    workdir: Path
 
     def plan(self, settings: Settings | None = None) -> NodePlan:
         settings = settings or self.settings
@@ -189,13 +149,13 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
             "host": "docker.io",
             "port": 5000,
             "container": "registry",
-            "server": f"http://{host.host_address}:6000",
+            "server": f"http://{host.host_address}:{UPSTREAM_PORTS['docker.io']}",
         },
         {
             "host": "ghcr.io",
             "port": ghcr_mirror_port,
             "container": "registry-ghcr",
-            "server": f"http://{host.host_address}:6010",
+            "server": f"http://{host.host_address}:{UPSTREAM_PORTS['ghcr.io']}",
         },
     ]
     raw["nodes"] = [
@@ -212,45 +172,40 @@ def world(tmp_path: Path, images: dict[str, MultiArchImage]) -> Iterator[World]:
         require_binary(binary)
     require_binary("docker-registry")
     require_binary("skopeo")
-    require_binary("curl")
-    with node_host(tmp_path) as host:
+    # Registries stop (ExitStack) before node_host removes the veth they listen on.
+    with node_host(tmp_path) as host, contextlib.ExitStack() as running:
         settings = make_settings(host)
         addr = host.host_address
-        registries = {
-            "docker-upstream": Registry("docker-upstream", addr, 6000, tmp_path),
-            "ghcr-upstream": Registry("ghcr-upstream", addr, 6010, tmp_path),
-            "docker-proxy": Registry("docker-proxy", addr, 5000, tmp_path),
-            "ghcr-proxy": Registry("ghcr-proxy", addr, 5010, tmp_path),
-        }
-        try:
-            registries["docker-upstream"].start(
-                upstream_registry_config(registries["docker-upstream"])
+
+        def serve(workdir: Path, config: dict[str, Any], port: int) -> RegistryProcess:
+            return running.enter_context(running_registry(config, workdir, host=addr, port=port))
+
+        registries: dict[str, RegistryProcess] = {}
+        for name, registry_host in (("docker", "docker.io"), ("ghcr", "ghcr.io")):
+            workdir = tmp_path / f"{name}-upstream"
+            registries[workdir.name] = serve(
+                workdir, upstream_registry_config(workdir), UPSTREAM_PORTS[registry_host]
             )
-            registries["ghcr-upstream"].start(upstream_registry_config(registries["ghcr-upstream"]))
-            for image in images.values():
-                push(image, registries["docker-upstream"], "library/x")
-                push(image, registries["ghcr-upstream"], "org/y")
-            docker_io, ghcr_io = settings.upstreams
-            registries["docker-proxy"].start(
-                proxy_config(settings, docker_io, registries["docker-proxy"])
+        for image in images.values():
+            push(image, registries["docker-upstream"], "library/x")
+            push(image, registries["ghcr-upstream"], "org/y")
+        docker_io, ghcr_io = settings.upstreams
+        for name, upstream in (("docker", docker_io), ("ghcr", ghcr_io)):
+            workdir = tmp_path / f"{name}-proxy"
+            registries[workdir.name] = serve(
+                workdir, proxy_config(settings, upstream, workdir), upstream.port
             )
-            registries["ghcr-proxy"].start(
-                proxy_config(settings, ghcr_io, registries["ghcr-proxy"])
-            )
-            host.start_containerd(broken_config(f"http://{addr}:5000"))
-            assert host.cri_status() == "ok"
-            yield World(host, settings, settings.nodes[0], registries)
-        finally:
-            for registry in registries.values():
-                registry.stop()
+        host.start_containerd(broken_config(f"http://{addr}:{docker_io.port}"))
+        assert host.cri_status() == "ok"
+        yield World(host, settings, settings.nodes[0], registries, tmp_path)
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def requests_in(registry: Registry, needle: str) -> int:
-    return registry.log.read_text().count(needle)
+def requests_in(registry: RegistryProcess, needle: str) -> int:
+    return registry.log().count(needle)
 
 
 # --- happy path --------------------------------------------------------------------------------
@@ -310,10 +265,14 @@ def test_reapply_restarts_nothing(world: World) -> None:
 def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: World) -> None:
     world.apply(world.plan())
     pid = world.host.containerd_pid
-    second = Registry("ghcr-proxy-2", world.host.host_address, 5030, world.host.root.parent)
     settings = make_settings(world.host, ghcr_mirror_port=5030)
-    second.start(proxy_config(settings, settings.upstreams[1], second))
-    try:
+    workdir = world.workdir / "ghcr-proxy-2"
+    with running_registry(
+        proxy_config(settings, settings.upstreams[1], workdir),
+        workdir,
+        host=world.host.host_address,
+        port=settings.upstreams[1].port,
+    ) as second:
         plan = world.plan(settings)
         hosts_out, config_out = world.apply(plan)
         assert parse_step_result(hosts_out).written == ("ghcr.io",)
@@ -322,8 +281,6 @@ def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: Worl
 
         world.pull("ghcr.io/org/y:3")
         assert requests_in(second, "ns=ghcr.io") > 0
-    finally:
-        second.stop()
 
 
 def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: World) -> None:
