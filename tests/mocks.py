@@ -2,16 +2,22 @@
 
 Field-notes rules applied: preview=False (otherwise unknown outputs make apply-asserts vacuous),
 tests RETURN their Output, config is reset between tests, an event loop exists before set_mocks.
+
+``MockResourceArgs`` carries neither parent nor dependencies, so ``install_mocks`` hands
+``set_mocks`` (its ``monitor=`` parameter) a ``MockMonitor`` that lets ``RecordingMocks`` read them
+from the register request itself: the fields the engine orders and nests resources by.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+from pulumi.runtime.mocks import MockMonitor
 
 
 @dataclass
@@ -19,9 +25,45 @@ class Registered:
     type: str
     name: str
     inputs: dict[str, Any]
+    # Logical name of the parent (the stack's, "<project>-test", for a top-level resource).
     parent: str | None
+    # Names of the resources the engine creates this one after, sorted: its explicit
+    # ``depends_on`` plus every resource one of its inputs came from (the register request does
+    # not tell the two apart; a resource with only plain inputs has exactly its ``depends_on``).
     depends_on: list[str] = field(default_factory=list)
     provider: str | None = None
+
+
+def _urn_name(urn: str) -> str:
+    """The logical name a URN ends with."""
+    return urn.rsplit("::", 1)[-1]
+
+
+class _RequestMonitor(MockMonitor):
+    """Keeps the request being answered visible to ``new_resource``.
+
+    Register and read requests both carry ``parent`` and ``dependencies``. The SDK sends them on
+    executor threads and the monitor calls ``new_resource`` synchronously, so the request is kept
+    per thread.
+    """
+
+    def __init__(self, mocks: RecordingMocks) -> None:
+        super().__init__(mocks)
+        self.current = threading.local()
+
+    def _answer(self, answer: Callable[[Any], Any], request: Any) -> Any:
+        self.current.request = request
+        try:
+            return answer(request)
+        finally:
+            self.current.request = None
+
+    # The gRPC methods' names.
+    def RegisterResource(self, request: Any) -> Any:
+        return self._answer(super().RegisterResource, request)
+
+    def ReadResource(self, request: Any) -> Any:
+        return self._answer(super().ReadResource, request)
 
 
 class RecordingMocks(pulumi.runtime.Mocks):
@@ -32,14 +74,20 @@ class RecordingMocks(pulumi.runtime.Mocks):
         self.outputs_for: dict[
             str, Callable[[pulumi.runtime.MockResourceArgs], dict[str, Any]]
         ] = {}
+        self.monitor = _RequestMonitor(self)
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict]:
+        request = getattr(self.monitor.current, "request", None)
+        if request is None:
+            # Recording without the request would leave parent/depends_on silently empty.
+            raise RuntimeError("RecordingMocks needs its own monitor: use install_mocks()")
         self.resources.append(
             Registered(
                 type=args.typ,
                 name=args.name,
                 inputs=dict(args.inputs),
-                parent=None,
+                parent=_urn_name(request.parent) if request.parent else None,
+                depends_on=sorted({_urn_name(urn) for urn in request.dependencies}),
                 provider=args.provider or None,
             )
         )
@@ -79,7 +127,9 @@ def install_mocks(
             {k: v if isinstance(v, str) else json.dumps(v) for k, v in config.items()},
             secret_keys or [],
         )
-    pulumi.runtime.set_mocks(mocks, project=project, stack="test", preview=False)
+    pulumi.runtime.set_mocks(
+        mocks, project=project, stack="test", preview=False, monitor=mocks.monitor
+    )
     return mocks
 
 

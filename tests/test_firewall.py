@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pulumi
 import pulumi_proxmoxve as proxmoxve
-import pytest
 
-import components.firewall as firewall
 from components.firewall import RegistryFirewall
 from components.settings import Settings, load_settings
 from tests.mocks import RecordingMocks, plain
 from tests.sample import sample_raw, sample_settings
-
-
-class _RecordedOptions(proxmoxve.firewall.OptionsLegacy):
-    options: ClassVar[list[pulumi.ResourceOptions]] = []
-
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, **kwargs: Any):
-        _RecordedOptions.options.append(opts or pulumi.ResourceOptions())
-        super().__init__(name, opts=opts, **kwargs)
 
 
 def _build(settings: Settings) -> RegistryFirewall:
@@ -39,11 +29,7 @@ def _rules(mocks: RecordingMocks) -> list[dict[str, Any]]:
 
 
 @pulumi.runtime.test
-def test_vm_firewall_enabled_with_drop_policy_after_rules(
-    mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch
-):
-    _RecordedOptions.options = []
-    monkeypatch.setattr(firewall.proxmoxve.firewall, "OptionsLegacy", _RecordedOptions)
+def test_vm_firewall_enabled_with_drop_policy_after_rules(mocks: RecordingMocks):
     component = _build(sample_settings())
 
     def check(_: Any) -> None:
@@ -54,8 +40,8 @@ def test_vm_firewall_enabled_with_drop_policy_after_rules(
         assert options["nodeName"] == "pve"
         assert options["vmId"] == 210.0
         assert mocks.named("fw-options").provider is not None
-        [opts] = _RecordedOptions.options
-        assert opts.depends_on == [component.rules]
+        # DROP before the rules exist would cut the VM off: the options wait for the rules.
+        assert mocks.named("fw-options").depends_on == ["fw-rules"]
 
     return pulumi.Output.all(component.rules.id, component.options.id).apply(check)
 

@@ -6,15 +6,13 @@ Every test RETURNS an Output so Pulumi awaits the assertions.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import pulumi
-import pulumi_docker as docker
 import pytest
 import yaml
 from pulumi_command import remote
 
-import components.registry_mirrors as registry_mirrors
 from components.registry_mirrors import CONFIG_SHA_LABEL, RegistryMirrors
 from components.renderers import maintenance
 from components.ssh import SshTarget
@@ -24,16 +22,6 @@ from tests.sample import sample_settings
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE7xVwq9nJb1xWcY0mHq8T2p1yKfXo3dLr5sZa4uB6cQ"
 PASSWORD = "dckr_pat_never-in-plain-text"
 CREDENTIALS = {"docker.io": {"username": "mirror-bot", "password": PASSWORD}}
-
-
-class _Recorded(docker.Provider):
-    """docker.Provider that remembers its ResourceOptions (mocks do not report depends_on)."""
-
-    options: ClassVar[list[pulumi.ResourceOptions]] = []
-
-    def __init__(self, name: str, opts: pulumi.ResourceOptions | None = None, **kwargs: Any):
-        _Recorded.options.append(opts or pulumi.ResourceOptions())
-        super().__init__(name, opts=opts, **kwargs)
 
 
 def _build(
@@ -117,12 +105,8 @@ def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: Reco
 
 
 @pulumi.runtime.test
-def test_docker_provider_reaches_the_vm_over_ssh_after_readiness(
-    mocks: RecordingMocks, monkeypatch: pytest.MonkeyPatch
-):
-    _Recorded.options = []
-    monkeypatch.setattr(registry_mirrors.docker, "Provider", _Recorded)
-    mirrors, ready = _build()
+def test_docker_provider_reaches_the_vm_over_ssh_after_readiness(mocks: RecordingMocks):
+    mirrors, _ = _build()
 
     def check(_: Any) -> None:
         provider = _inputs(mocks, "mirrors-docker")
@@ -130,8 +114,8 @@ def test_docker_provider_reaches_the_vm_over_ssh_after_readiness(
         ssh_opts = yaml.safe_load(provider["sshOpts"])  # providers get JSON-encoded lists
         assert "StrictHostKeyChecking=yes" in ssh_opts
         assert any(o.startswith("KnownHostsCommand=") and HOST_KEY in o for o in ssh_opts)
-        [options] = _Recorded.options
-        assert options.depends_on == [ready]
+        # Its inputs are plain strings, so this is exactly its depends_on.
+        assert mocks.named("mirrors-docker").depends_on == ["mirrors-vm-ready"]
 
     return _settled(mirrors).apply(check)
 
