@@ -1,0 +1,152 @@
+"""Part 2: what a change does to a node (real containerd 1.6, the project's node scripts over SSH).
+
+The test host of tests/integration/testhost.py (netns + sshd + containerd, restart by pid file),
+the settings of tests/integration/test_node_e2e.py (server and mirror addresses remapped onto the
+test host's veth; nothing leaves the machine). One step = what ``pulumi up`` runs for one node:
+probe, then hosts, then config (components/renderers/node_steps.py builds each command + stdin).
+
+Per round: containerd reset to the broken wildcard-mirror config, then
+1. first apply (migration: restart expected), 2. no-op re-apply, 3. hosts.toml-only change
+(the ghcr.io mirror's port), 4. config.toml change (``containerd.configPath``: new directory,
+so config.toml changes and containerd restarts).
+While a step runs a background thread polls CRI Version + Status every 50 ms and watches the
+containerd pid.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.common import Figure, PartResult
+from bench.crimon import Watch
+from components.renderers.node_probe import parse_step_result
+from components.renderers.node_steps import check_step, plan_node, probe_step
+from components.settings import Node, Settings, load_settings
+from tests.integration.test_node_e2e import broken_config, make_settings
+from tests.integration.testhost import NodeHost, node_host
+
+STEPS = ("first apply", "no-op re-apply", "hosts.toml change", "config.toml change")
+EXPECTED_RESTARTS = {
+    "first apply": 1,
+    "no-op re-apply": 0,
+    "hosts.toml change": 0,
+    "config.toml change": 1,
+}
+
+
+@contextmanager
+def test_host() -> Iterator[NodeHost]:
+    """A node host in a fresh temp dir; everything torn down (node_host's finally) and removed."""
+    workdir = Path(tempfile.mkdtemp(prefix="rm-bench-node-"))
+    try:
+        with node_host(workdir) as host:
+            yield host
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def variant(host: NodeHost, ghcr_port: int = 5010, config_path: str | None = None) -> Settings:
+    settings = make_settings(host, ghcr_mirror_port=ghcr_port)
+    if config_path is None:
+        return settings
+    raw = settings.model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw["containerd"]["configPath"] = config_path
+    return load_settings(raw)
+
+
+def apply_node(host: NodeHost, settings: Settings, node: Node) -> dict[str, Any]:
+    """probe -> plan -> hosts -> config, exactly as the component orders them for one node."""
+    start = time.monotonic()
+    probe = host.run_step(probe_step(settings, node))
+    check_step(node, "probe", probe.returncode, probe.stderr)
+    plan = plan_node(settings, node, probe.stdout)
+    hosts = host.run_step(plan.hosts)
+    check_step(node, "hosts", hosts.returncode, hosts.stderr)
+    config = host.run_step(plan.config)
+    check_step(node, "config", config.returncode, config.stderr)
+    result = parse_step_result(config.stdout)
+    return {
+        "seconds": time.monotonic() - start,
+        "restarted": result.restarted,
+        "hosts_written": list(parse_step_result(hosts.stdout).written),
+    }
+
+
+def reset(host: NodeHost) -> None:
+    for name in ("certs.d", "certs2.d"):
+        shutil.rmtree(host.etc_containerd / name, ignore_errors=True)
+    host.start_containerd(broken_config(f"http://{host.host_address}:5000"))
+    assert host.cri_status() == "ok", host.containerd_log.read_text()[-2000:]
+
+
+def measure(host: NodeHost, settings: Settings) -> dict[str, Any]:
+    node = settings.nodes[0]
+    with Watch(host.containerd_socket, lambda: host.containerd_pid) as watch:
+        result = apply_node(host, settings, node)
+    result["restarts"] = watch.restarts
+    result["cri_unavailable_seconds"] = watch.unavailable_seconds
+    result["polls"] = len(watch.samples)
+    return result
+
+
+def run(rounds: int = 3, log: Any = print) -> PartResult:
+    part = PartResult("node")
+    data: dict[str, dict[str, list[float]]] = {
+        s: {"seconds": [], "restarts": [], "unavailable": []} for s in STEPS
+    }
+    with test_host() as host:
+        settings = variant(host)
+        changes = {
+            "first apply": settings,
+            "no-op re-apply": settings,
+            "hosts.toml change": variant(host, ghcr_port=5030),
+            "config.toml change": variant(
+                host, ghcr_port=5030, config_path="/etc/containerd/certs2.d"
+            ),
+        }
+        for round_ in range(rounds):
+            reset(host)
+            for step in STEPS:
+                result = measure(host, changes[step])
+                data[step]["seconds"].append(result["seconds"])
+                data[step]["restarts"].append(result["restarts"])
+                data[step]["unavailable"].append(result["cri_unavailable_seconds"])
+                log(
+                    f"  node round {round_ + 1} {step}: {result['seconds']:.2f}s, "
+                    f"{result['restarts']} restart(s), CRI unavailable "
+                    f"{result['cri_unavailable_seconds']:.2f}s ({result['polls']} polls)"
+                )
+    for step in STEPS:
+        wall = part.add(
+            Figure("node", f"{step}: wall time (probe+hosts+config)", "s", data[step]["seconds"])
+        )
+        expected = EXPECTED_RESTARTS[step]
+        part.add(
+            Figure("node", f"{step}: containerd restarts", "count", data[step]["restarts"])
+        ).check(lambda v, e=expected: v == e and True, f"== {expected}")
+        # Every run must match, not only the median.
+        part.figures[-1].met = all(r == expected for r in data[step]["restarts"])
+        unavailable = part.add(
+            Figure(
+                "node",
+                f"{step}: CRI unavailable",
+                "s",
+                data[step]["unavailable"],
+                note="longest gap in CRI Version+Status polls (50 ms)",
+            )
+        )
+        if expected:
+            unavailable.check(lambda v: v < 3, "< 3 s")
+        if step == "no-op re-apply":
+            wall.check(lambda v: v < 2, "< 2 s")
+    part.info["shape"] = (
+        "one test host (netns + sshd + containerd 1.6, native snapshotter); "
+        "steps over real SSH as root, restart = kill by pid + start"
+    )
+    return part

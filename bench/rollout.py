@@ -1,0 +1,92 @@
+"""Part 4: rollout over 4 test hosts, batch sizes 1 and 2.
+
+The node scripts run in the component's order (components.containerd_mirrors.rollout_batches:
+canary alone, then batches; the nodes of a batch concurrently, as Pulumi would, the next batch
+only after the whole previous batch finished). Each node does probe -> hosts -> config from the
+broken wildcard-mirror state (a restart per node). Four hosts of tests/integration/testhost.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from bench.common import Figure, PartResult
+from bench.node_change import apply_node, reset, test_host
+from components.containerd_mirrors import rollout_batches
+from components.settings import Settings, load_settings
+from tests.integration.test_node_e2e import make_settings
+from tests.integration.testhost import NodeHost
+
+HOSTS = 4
+BATCH_SIZES = (1, 2)
+
+
+def fleet_settings(hosts: list[NodeHost], batch_size: int) -> Settings:
+    raw = make_settings(hosts[0]).model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw["nodes"] = [
+        {"name": f"node-{i + 1}", "address": h.node_address, "restartCommand": h.restart_command}
+        for i, h in enumerate(hosts)
+    ]
+    raw["containerd"]["batchSize"] = batch_size
+    return load_settings(raw)
+
+
+def rollout(hosts: list[NodeHost], settings: Settings) -> tuple[float, list[float]]:
+    by_name = {f"node-{i + 1}": h for i, h in enumerate(hosts)}
+    batches = rollout_batches(settings.nodes, settings.containerd.batch_size)
+    per_batch: list[float] = []
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        for batch in batches:
+            batch_start = time.monotonic()
+            futures = [pool.submit(apply_node, by_name[n.name], settings, n) for n in batch]
+            for future in futures:
+                assert future.result()["restarted"]
+            per_batch.append(time.monotonic() - batch_start)
+    return time.monotonic() - start, per_batch
+
+
+def run(rounds: int = 3, log: Any = print) -> PartResult:
+    part = PartResult("rollout")
+    totals: dict[int, list[float]] = {b: [] for b in BATCH_SIZES}
+    per_batch: dict[int, list[float]] = {b: [] for b in BATCH_SIZES}
+    batch_counts: dict[int, int] = {}
+    with contextlib.ExitStack() as stack:
+        hosts = [stack.enter_context(test_host()) for _ in range(HOSTS)]
+        for round_ in range(rounds):
+            for batch_size in BATCH_SIZES:
+                settings = fleet_settings(hosts, batch_size)
+                batch_counts[batch_size] = len(
+                    rollout_batches(settings.nodes, settings.containerd.batch_size)
+                )
+                for host in hosts:
+                    reset(host)
+                total, batches = rollout(hosts, settings)
+                totals[batch_size].append(total)
+                per_batch[batch_size].append(total / len(batches))
+                log(
+                    f"  rollout round {round_ + 1} batch size {batch_size}: {total:.2f}s, "
+                    f"batches {[round(b, 2) for b in batches]}"
+                )
+    for b in BATCH_SIZES:
+        part.add(
+            Figure("rollout", f"batch size {b} ({batch_counts[b]} batches, {HOSTS} nodes): total",
+                   "s", totals[b])
+        )  # fmt: skip
+        part.add(Figure("rollout", f"batch size {b}: time per batch", "s", per_batch[b]))
+    ratio = [a / b for a, b in zip(per_batch[2], per_batch[1], strict=True)]
+    part.add(
+        Figure("rollout", "time per batch, batch size 2 / batch size 1", "ratio", ratio,
+               note="~1: time follows batches; ~2: it follows nodes")
+    ).check(lambda v: v < 1.3, "< 1.3 (time grows with batches, not nodes)")  # fmt: skip
+    expected = batch_counts[2] / batch_counts[1]
+    part.add(
+        Figure("rollout", "total, batch size 2 / batch size 1", "ratio",
+               [a / b for a, b in zip(totals[2], totals[1], strict=True)],
+               note=f"batches ratio {batch_counts[2]}/{batch_counts[1]} = {expected:.2f}; "
+               "nodes ratio 1.00")
+    )  # fmt: skip
+    return part
