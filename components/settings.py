@@ -320,6 +320,10 @@ class Node(_Model):
     restart_command: str = Field(
         default="systemctl restart containerd", description="How to restart containerd."
     )
+    containerd_address: str = Field(
+        default="/run/containerd/containerd.sock",
+        description="containerd's socket, where the CRI plugin is checked after a restart.",
+    )
     skip_config_path: bool = Field(
         default=False,
         description="Opt out: leave config.toml alone (only hosts.toml is written; reported).",
@@ -334,7 +338,7 @@ class Node(_Model):
             raise ValueError("expected an IPv4 address such as 10.0.20.21") from None
         return value
 
-    @field_validator("config_file")
+    @field_validator("config_file", "containerd_address")
     @classmethod
     def _abs(cls, value: str) -> str:
         if not value.startswith("/") or any(c.isspace() for c in value):

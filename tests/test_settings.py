@@ -119,6 +119,18 @@ BAD_INPUTS = [
         "absolute",
     ),
     (
+        "node-containerd-address-relative",
+        {"nodes.1.containerdAddress": "run/containerd/containerd.sock"},
+        "nodes[1].containerdAddress",
+        "absolute",
+    ),
+    (
+        "node-containerd-address-space",
+        {"nodes.0.containerdAddress": "/run/containerd/containerd .sock"},
+        "nodes[0].containerdAddress",
+        "without spaces",
+    ),
+    (
         "config-path-list",
         {"containerd": {"configPath": "/etc/containerd/certs.d:/etc/docker/certs.d"}},
         "containerd.configPath",

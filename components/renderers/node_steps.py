@@ -63,9 +63,12 @@ def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step
 
 
 def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
+    # The scripts restart containerd, then wait up to RESTART_TIMEOUT for its CRI plugin to be ok
+    # on CONTAINERD_ADDRESS (a node whose socket is elsewhere would otherwise always roll back).
     return {
         "RESTART_COMMAND": node.restart_command,
         "RESTART_TIMEOUT": settings.containerd.restart_timeout_seconds,
+        "CONTAINERD_ADDRESS": node.containerd_address,
     }
 
 
