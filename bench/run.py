@@ -1,0 +1,136 @@
+"""The benchmarks: one command, one machine, one table.
+
+    python bench/run.py [--quick] [--only program,node,cache,rollout] [--out bench/results.json]
+
+Parts (see each module's docstring): program (bench/program_cost.py, no root), node
+(bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py); the last three need
+root (network namespaces, sshd, containerd) and the Debian packages scripts/test.sh installs.
+Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
+writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
+(processes by pid, namespaces, veths, relays) is torn down in ``finally`` blocks; SIGINT and SIGTERM
+are turned into an exception so those run on interruption too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
+
+PARTS = ("program", "node", "cache", "rollout")
+NEEDS_ROOT = {"node", "cache", "rollout"}
+
+
+def run_part(name: str, quick: bool) -> PartResult:
+    if name == "program":
+        from bench import program_cost
+
+        if quick:
+            return program_cost.run(sizes=(10, 100), repeats=3)
+        return program_cost.run()
+    if name == "node":
+        from bench import node_change
+
+        return node_change.run(rounds=2 if quick else 3)
+    if name == "cache":
+        from bench import cache
+
+        return cache.run(rounds=1 if quick else 3)
+    from bench import rollout
+
+    return rollout.run(rounds=1 if quick else 3)
+
+
+def _fmt(value: float) -> str:
+    if math.isnan(value):
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.2f}" if abs(value) >= 1 else f"{value:.3f}"
+
+
+def table(parts: list[dict[str, Any]]) -> str:
+    lines = ["| part | figure | median | unit | runs | target | met |",
+             "| --- | --- | ---: | --- | --- | --- | --- |"]  # fmt: skip
+    for part in parts:
+        if part.get("error"):
+            lines.append(f"| {part['name']} | ERROR: {part['error']} | | | | | |")
+        for f in part["figures"]:
+            met = "" if f["met"] is None else ("yes" if f["met"] else "**NO**")
+            runs = ", ".join(_fmt(r) for r in f["runs"])
+            lines.append(
+                f"| {f['part']} | {f['name'].strip()} | {_fmt(f['median'])} | {f['unit']} | "
+                f"{runs} | {f['target'] or ''} | {met} |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and rounds (minutes)")
+    parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args(argv)
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(only) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s): {', '.join(unknown)} (known: {', '.join(PARTS)})")
+    if NEEDS_ROOT & set(only) and os.geteuid() != 0:
+        parser.error(f"parts {sorted(NEEDS_ROOT & set(only))} need root (netns, sshd, containerd)")
+
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    status = 0
+    with interruptible():
+        for name in only:
+            print(f"== {name}", flush=True)
+            part_start = time.monotonic()
+            try:
+                part = run_part(name, args.quick)
+                entry = {"name": name, "figures": [f.as_json() for f in part.figures],
+                         "info": part.info}  # fmt: skip
+            except Interrupted as stop:
+                print(f"interrupted ({stop}): cleaned up; no results written", file=sys.stderr)
+                return 130
+            except Exception as error:  # one broken part must not hide the others
+                traceback.print_exc()
+                entry = {"name": name, "figures": [], "info": {}, "error": repr(error)}
+                status = 1
+            entry["seconds"] = time.monotonic() - part_start
+            results.append(entry)
+    document = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python bench/run.py"
+        + (" --quick" if args.quick else "")
+        + ("" if only == list(PARTS) else f" --only {','.join(only)}"),
+        "machine": machine_info(),
+        "total_seconds": time.monotonic() - started,
+        "parts": results,
+        "table_markdown": table(results),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(document, indent=2) + "\n")
+    print()
+    print(document["table_markdown"])
+    missed = [f["name"] for p in results for f in p["figures"] if f["met"] is False]
+    print(f"\n{len(missed)} target(s) missed" + (f": {'; '.join(missed)}" if missed else ""))
+    print(f"written: {args.out} ({document['total_seconds']:.0f} s)")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
