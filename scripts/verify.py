@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """Check that the caches work: for each mirror, the registry API answers and a manifest for a
 small known image resolves THROUGH the mirror (which makes the mirror fetch it from upstream).
+With --nodes, also per node over SSH (ssh-agent, as `pulumi up`): the CRI plugin is ok, the
+effective config reads hosts.toml from containerd.configPath with no `mirrors` left, and each
+--node-image pulls through the node's hosts.toml AND lands in its mirror's cache.
 
     pulumi stack output --json --stack dev > outputs.json
     python scripts/verify.py --outputs outputs.json
     python scripts/verify.py --stack dev                       # runs `pulumi stack output` itself
     python scripts/verify.py --outputs o.json --image ghcr.io=org/tool:v1   # choose probe images
+    python scripts/verify.py --stack dev --nodes --node-image docker.io/library/busybox:1.36
 
 Prints a table; exit 0 when every check passed, 1 when any failed (with what to do), 2 on bad
-input. Endpoints come only from the stack outputs: it talks to nothing else.
+input. It talks only to the endpoints in the outputs and the nodes in the stack's settings.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from components.renderers.node_steps import verify_step  # noqa: E402
+from components.settings import Node, Settings, SettingsError, load_settings  # noqa: E402
+from components.stack_file import stack_path, stack_values  # noqa: E402
 
 # Small, long-lived images to resolve through each default upstream. Override with --image.
 DEFAULT_PROBE_IMAGES = {
@@ -112,6 +123,119 @@ def check_mirror(
     return checks
 
 
+def split_image(reference: str) -> tuple[str, str]:
+    """``docker.io/library/x:1`` -> (``docker.io``, ``library/x``)."""
+    host, _, rest = reference.partition("/")
+    repository = rest.split("@", 1)[0].rsplit(":", 1)[0] if ":" in rest else rest.split("@", 1)[0]
+    return host, repository
+
+
+def _catalog(endpoint: str, timeout: float) -> set[str]:
+    """Repositories the cache holds locally (the catalog never asks the upstream), all pages."""
+    repositories: set[str] = set()
+    url: str | None = f"{endpoint}/v2/_catalog?n=1000"
+    while url:
+        with _request(url, "GET", timeout) as response:
+            repositories.update(json.loads(response.read()).get("repositories") or [])
+            link = response.headers.get("Link", "")
+        # Next page: Link: </v2/_catalog?last=x&n=1000>; rel="next"
+        url = f"{endpoint}{link[1 : link.index('>')]}" if 'rel="next"' in link else None
+    return repositories
+
+
+def node_report(stdout: str) -> tuple[dict[str, str], dict[str, bool]]:
+    """verify-node.sh output -> (fields, {image: pulled ok})."""
+    fields: dict[str, str] = {}
+    pulls: dict[str, bool] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "pull":
+            image, _, result = value.rpartition(" ")
+            pulls[image] = result == "ok"
+        else:
+            fields[key] = value
+    return fields, pulls
+
+
+def check_node(
+    settings: Settings,
+    node: Node,
+    mirrors: dict[str, Any],
+    images: list[str],
+    ssh_options: list[str],
+    timeout: float,
+) -> list[Check]:
+    where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
+    step = verify_step(settings, node, images)
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(node.ssh_port)]
+    if node.ssh_host_public_key:
+        line = f"{node.address} {node.ssh_host_public_key}"
+        options += ["-o", "StrictHostKeyChecking=yes", "-o", f"KnownHostsCommand=/bin/echo {line}"]
+    try:
+        result = subprocess.run(
+            ["ssh", *options, *ssh_options, f"{node.ssh_user}@{node.address}", step.command],
+            input=step.stdin, capture_output=True, text=True, timeout=timeout + 60, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return [Check(node.name, where, "ssh", False, "timed out", "is the node up?")]
+    if result.returncode != 0 and "cri=" not in result.stdout:
+        return [
+            Check(
+                node.name, where, "ssh", False,
+                f"exit {result.returncode}: {result.stderr.strip()[-300:]}",
+                "can this machine reach the node with the program's key (ssh-agent)?",
+            )
+        ]  # fmt: skip
+    fields, pulls = node_report(result.stdout)
+    expected = settings.containerd.config_path
+    checks = [
+        Check(
+            node.name, where, "cri", fields.get("cri") == "ok", f"cri plugin {fields.get('cri')}",
+            "the CRI plugin is not ok: `ctr plugins ls --detailed` on the node; run pulumi up",
+        ),
+        Check(
+            node.name, where, "config_path", fields.get("config_path") == expected,
+            f"config_path={fields.get('config_path')!r} (expected {expected!r})",
+            "config.toml was not migrated (skipConfigPath?) or was edited since: run pulumi up",
+        ),
+        Check(
+            node.name, where, "mirrors", fields.get("mirrors") == "0",
+            f"{fields.get('mirrors')} mirrors entries",
+            "`mirrors` next to config_path disables the CRI plugin: run pulumi up",
+        ),
+    ]  # fmt: skip
+    for image in images:
+        host, repository = split_image(image)
+        if not pulls.get(image):
+            checks.append(
+                Check(node.name, where, "pull", False, f"{image}: {result.stderr.strip()[-200:]}",
+                      "see the error; is the mirror up and the upstream reachable?")
+            )  # fmt: skip
+            continue
+        mirror = mirrors.get(host)
+        if mirror is None:
+            checks.append(
+                Check(node.name, where, "pull", True, f"{image} ok (no mirror for {host})")
+            )
+            continue
+        try:
+            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            checks.append(Check(node.name, where, "pull", False, f"{image}: catalog: {error}",
+                                "the mirror does not answer its catalog"))  # fmt: skip
+            continue
+        checks.append(
+            Check(
+                node.name, where, "pull", cached,
+                f"{image} {'cached in' if cached else 'NOT in'} {mirror['endpoint']}",
+                "the pull bypassed the mirror: check certs.d/<host>/hosts.toml on the node",
+            )
+        )  # fmt: skip
+    return checks
+
+
 def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
     if args.outputs:
         return json.loads(Path(args.outputs).read_text())
@@ -127,7 +251,7 @@ def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_table(checks: list[Check]) -> None:
-    rows = [("UPSTREAM", "ENDPOINT", "CHECK", "RESULT", "DETAIL")] + [
+    rows = [("TARGET", "WHERE", "CHECK", "RESULT", "DETAIL")] + [
         (c.upstream, c.endpoint, c.check, "ok" if c.ok else "FAIL", c.detail) for c in checks
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -150,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         help="probe image for an upstream (repeatable)",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--nodes", action="store_true", help="also check every node over SSH")
+    parser.add_argument(
+        "--stack-file", type=Path, help="settings for --nodes (default stacks/Pulumi.<stack>.yaml)"
+    )
+    parser.add_argument(
+        "--node-image", action="append", default=[], metavar="REF",
+        help="image to pull on each node through hosts.toml, e.g. docker.io/library/busybox:1.36",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ssh-option", action="append", default=[], metavar="OPT",
+        help="extra option for ssh, e.g. --ssh-option=-i --ssh-option=~/.ssh/key",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     images = dict(DEFAULT_PROBE_IMAGES)
@@ -168,9 +304,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot read the stack outputs: {error!s}", file=sys.stderr)
         return 2
 
+    settings: Settings | None = None
+    if args.nodes:
+        settings_file = args.stack_file or (stack_path(args.stack) if args.stack else None)
+        if settings_file is None:
+            print(
+                "--nodes needs --stack or --stack-file (the nodes' SSH settings)", file=sys.stderr
+            )
+            return 2
+        try:
+            settings = load_settings(stack_values(settings_file))
+        except (OSError, SettingsError) as error:
+            print(f"{settings_file}: {error}", file=sys.stderr)
+            return 2
+
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():
         checks += check_mirror(upstream, mirror, images.get(upstream), args.timeout)
+    if settings is not None:
+        for node in settings.nodes:
+            checks += check_node(
+                settings, node, mirrors, args.node_image, args.ssh_option, args.timeout
+            )
     print_table(checks)
     failed = [c for c in checks if not c.ok]
     if failed:

@@ -14,6 +14,7 @@ from components.renderers.node_steps import (
     probe_step,
     restore_config_step,
     restore_hosts_step,
+    verify_step,
 )
 from components.renderers.shell import script_text
 from components.settings import Node, Settings, load_settings
@@ -37,6 +38,7 @@ def _steps(settings: Settings, node: Node) -> dict[str, tuple[str, Step]]:
         "config": ("node/apply-config.sh", config_step(settings, node, "abc123", "version = 2\n")),
         "restore-config": ("node/restore.sh", restore_config_step(settings, node)),
         "restore-hosts": ("node/restore.sh", restore_hosts_step(settings, node)),
+        "verify": ("node/verify-node.sh", verify_step(settings, node, ["docker.io/library/x:1"])),
     }
 
 
@@ -76,7 +78,9 @@ def test_containerd_address_reaches_the_script_under_sudo_too() -> None:
     assert f"export CONTAINERD_ADDRESS={shlex.quote(CUSTOM_SOCKET)}" in inner.splitlines()
 
 
-@pytest.mark.parametrize("role", ["probe", "hosts", "config", "restore-config", "restore-hosts"])
+@pytest.mark.parametrize(
+    "role", ["probe", "hosts", "config", "restore-config", "restore-hosts", "verify"]
+)
 def test_every_exported_parameter_is_one_its_script_reads(role: str) -> None:
     """A misspelled parameter would be ignored and the script's default used in silence."""
     settings = _custom_socket_settings()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.containerd_config import MigrationResult, migrate_config
@@ -95,6 +95,20 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
     return _step(node, "node/restore.sh", {"CONFIG_PATH": settings.containerd.config_path})
+
+
+def verify_step(settings: Settings, node: Node, images: Sequence[str] = ()) -> Step:
+    """Read-only health check for scripts/verify.py (pulls ``images`` through hosts.toml)."""
+    return _step(
+        node,
+        "node/verify-node.sh",
+        {
+            "CONFIG_FILE": node.config_file,
+            "CONFIG_PATH": settings.containerd.config_path,
+            "CONTAINERD_ADDRESS": node.containerd_address,
+            "IMAGES": " ".join(images),
+        },
+    )
 
 
 @dataclass(frozen=True)

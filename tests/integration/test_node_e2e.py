@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from components.renderers.bundle import mirrors_export
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import (
     NodePlan,
@@ -41,6 +45,8 @@ from tests.integration.registry_proc import (
 from tests.integration.testhost import NodeHost, node_host
 from tests.prereq import require_binary, require_root
 from tests.sample import sample_raw
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -368,3 +374,48 @@ def test_unreachable_node_fails_naming_the_node(world: World) -> None:
         NodeStepError, match=r"node node-1 \(root@10\.231\.[0-9.]+:2222\) probe: cannot reach"
     ):
         check_step(node, "probe", result.returncode, result.stderr)
+
+
+# --- scripts/verify.py --nodes: the operator's check of the same node --------------------------
+
+
+def _verify_nodes(world: World, *images: str) -> subprocess.CompletedProcess[str]:
+    """Run scripts/verify.py --nodes against the test node, as an operator would."""
+    stack_file = world.workdir / "Pulumi.test.yaml"
+    raw = world.settings.model_dump(by_alias=True, exclude_none=True)
+    stack_file.write_text(
+        yaml.safe_dump({"config": {f"registry-mirrors:{k}": v for k, v in raw.items()}})
+    )
+    outputs = world.workdir / "outputs.json"
+    outputs.write_text(json.dumps({"mirrors": mirrors_export(world.settings)}))
+    image_args = [arg for image in images for arg in ("--node-image", image)]
+    return subprocess.run(
+        [
+            sys.executable, str(ROOT / "scripts" / "verify.py"),
+            "--outputs", str(outputs), "--stack-file", str(stack_file), "--nodes",
+            "--timeout", "20", *image_args,
+            # The mirrors have no probe image of their own in this test: only the API check.
+            "--image", "docker.io=library/x:1", "--image", "ghcr.io=org/y:1",
+            f"--ssh-option=-i{world.host.key}",
+            "--ssh-option=-oStrictHostKeyChecking=no",
+            f"--ssh-option=-oUserKnownHostsFile={world.workdir / 'verify_known_hosts'}",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: World) -> None:
+    before = _verify_nodes(world)
+    assert before.returncode == 1, before.stdout + before.stderr
+    assert "config_path" in before.stderr and "mirrors" in before.stderr
+    assert "run pulumi up" in before.stderr
+
+    world.apply(world.plan())
+    # Different tags: test images of one tag share digests, and a blob the node already has is
+    # not fetched again (so it would never reach the second cache).
+    after = _verify_nodes(world, "docker.io/library/x:2", "ghcr.io/org/y:3")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert "docker.io/library/x:2 cached in" in after.stdout
+    assert "ghcr.io/org/y:3 cached in" in after.stdout
+    # The node's pull really went through the ghcr proxy, asked on behalf of ghcr.io.
+    assert requests_in(world.registries["ghcr-proxy"], "/v2/org/y/manifests/3?ns=ghcr.io") > 0

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Read-only check of one node, for scripts/verify.py: is containerd's CRI plugin ok, does the
+# effective config read hosts.toml from CONFIG_PATH with no `mirrors` left, and (optionally) do
+# pulls of IMAGES resolve through the node's hosts.toml files. Changes nothing but the image store.
+# Params (env):
+#   CONFIG_FILE          containerd config.toml
+#   CONFIG_PATH          expected hosts.toml directory
+#   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
+#   IMAGES               space-separated image references to pull (optional)
+# Output: key=value lines: cri=, config_path=, mirrors=, then one pull=<image> <ok|failed> per image.
+set -euo pipefail
+
+: "${CONFIG_FILE:?CONFIG_FILE is required}"
+: "${CONFIG_PATH:?CONFIG_PATH is required}"
+: "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
+: "${IMAGES:=}"
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "verify-node.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
+  exit 2
+fi
+
+# "active" is not health: containerd runs on with the CRI plugin skipped (mirrors + config_path).
+cri=$(ctr --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
+  awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}' || true)
+echo "cri=${cri:-absent}"
+
+if ! dump=$(containerd -c "$CONFIG_FILE" config dump 2>&1); then
+  echo "config_dump=failed"
+  echo "verify-node.sh: containerd cannot read ${CONFIG_FILE}: ${dump}" >&2
+  exit 1
+fi
+# config_path of the registry section (v2: grpc.v1.cri.registry, v3: cri.v1.images.registry).
+config_path=$(awk '
+  /^[[:space:]]*\[/ { registry = ($0 ~ /\.registry\][[:space:]]*$/) }
+  registry && $1 == "config_path" { sub(/^[^=]*=[[:space:]]*/, ""); gsub(/"/, ""); print; exit }
+' <<<"$dump")
+echo "config_path=${config_path}"
+mirrors=$(grep -cE '^[[:space:]]*\[plugins\..*\.registry\.mirrors\.' <<<"$dump" || true)
+echo "mirrors=${mirrors}"
+
+for image in $IMAGES; do
+  # ctr reads hosts.toml only when told where: the same files the CRI plugin uses.
+  if output=$(ctr --address "$CONTAINERD_ADDRESS" -n k8s.io images pull --hosts-dir "$CONFIG_PATH" "$image" 2>&1); then
+    echo "pull=${image} ok"
+  else
+    echo "pull=${image} failed"
+    echo "verify-node.sh: pull of ${image} failed: ${output##*$'\n'}" >&2
+  fi
+done
