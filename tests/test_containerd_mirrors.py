@@ -151,3 +151,28 @@ def test_skip_config_path_writes_hosts_only_and_says_so(
         return mirrors.nodes["node-2"].apply(check)
 
     return run()
+
+
+def test_unparsable_config_fails_naming_the_node_before_any_change():
+    """The canary's config.toml cannot be parsed: the program fails naming the node, and no
+    command that changes a node gets its input (hosts and config wait on the failed plan)."""
+    mocks = install_mocks()
+
+    def outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
+        if args.name.endswith("-probe"):
+            return {"stdout": probe_stdout("version = 2\n[plugins\n"), "stderr": ""}
+        return {"stdout": "changed=1\n", "stderr": ""}
+
+    mocks.outputs_for[COMMAND] = outputs
+
+    @pulumi.runtime.test
+    def run():
+        component = ContainerdMirrors("containerd", settings_with(), agent_socket="/run/a.sock")
+        return component.nodes["node-1"]
+
+    with pytest.raises(
+        Exception, match=r"node node-1 \(10\.0\.30\.1\).*line 2.*nothing was changed"
+    ):
+        run()
+    changing = [r.name for r in mocks.resources if r.name.endswith(("-hosts", "-config"))]
+    assert all("stdin" not in r.inputs for r in mocks.resources if r.name in changing)

@@ -125,10 +125,17 @@ class NodePlan:
 
 
 def plan_node(settings: Settings, node: Node, probe_stdout: str) -> NodePlan:
-    probe = parse_probe(probe_stdout)
-    migration = migrate_config(
-        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
-    )
+    """Decide everything for one node from its probe. A probe or config.toml we cannot read stops
+    here, naming the node, before any step that changes the node is sent."""
+    try:
+        probe = parse_probe(probe_stdout)
+        migration = migrate_config(
+            probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+        )
+    except ValueError as error:  # ConfigParseError, ProbeOutputError
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
+        ) from None
     files = render_node_hosts(settings, migration.migrated, probe.containerd_version)
     changed = migration.changed and not node.skip_config_path
     if changed:

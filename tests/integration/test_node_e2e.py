@@ -352,13 +352,15 @@ def test_edit_between_probe_and_apply_aborts_with_nothing_changed(world: World) 
 
 
 def test_unparsable_config_is_refused_with_nothing_changed(world: World) -> None:
-    from components.renderers.containerd_config import ConfigParseError
-
     host = world.host
     host.config_file.write_text("version = 2\n[plugins\n")
     pid = host.containerd_pid
 
-    with pytest.raises(ConfigParseError):
+    with pytest.raises(
+        NodeStepError,
+        match=r"node node-1 \(10\.231\.[0-9.]+\) /etc/containerd/config.toml: config.toml line 2: "
+        r".*nothing was changed",
+    ):
         world.plan()
 
     assert host.config_file.read_text() == "version = 2\n[plugins\n"
