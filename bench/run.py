@@ -62,17 +62,17 @@ def _fmt(value: float) -> str:
 
 
 def table(parts: list[dict[str, Any]]) -> str:
-    lines = ["| part | figure | median | unit | runs | target | met |",
-             "| --- | --- | ---: | --- | --- | --- | --- |"]  # fmt: skip
+    lines = ["| part | figure | median | unit | runs | target | met | note |",
+             "| --- | --- | ---: | --- | --- | --- | --- | --- |"]  # fmt: skip
     for part in parts:
         if part.get("error"):
-            lines.append(f"| {part['name']} | ERROR: {part['error']} | | | | | |")
+            lines.append(f"| {part['name']} | ERROR: {part['error']} | | | | | | |")
         for f in part["figures"]:
             met = "" if f["met"] is None else ("yes" if f["met"] else "**NO**")
             runs = ", ".join(_fmt(r) for r in f["runs"])
             lines.append(
                 f"| {f['part']} | {f['name'].strip()} | {_fmt(f['median'])} | {f['unit']} | "
-                f"{runs} | {f['target'] or ''} | {met} |"
+                f"{runs} | {f['target'] or ''} | {met} | {f['note'].strip()} |"
             )
     return "\n".join(lines)
 
