@@ -37,6 +37,7 @@ from pulumi_command import remote
 
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import (
+    FleetCache,
     NodePlan,
     hosts_step,
     plan_node,
@@ -88,6 +89,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
         self._agent_socket = agent_socket
         # Changes on every program run: makes the probes re-run (see module docstring).
         self._run_id = run_id or uuid.uuid4().hex
+        self._fleet_cache: FleetCache = {}
         node_list = list(settings.nodes if nodes is None else nodes)
         batches = rollout_batches(node_list, settings.containerd.batch_size)
         self.batches = [[node.name for node in batch] for batch in batches]
@@ -138,7 +140,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
             opts=self._opts(f"{prefix}-probe", previous, secret=True),
         )
         # Pure computation only: parse the probe, migrate config.toml, render hosts.toml.
-        plan = probe_cmd.stdout.apply(lambda stdout: plan_node(settings, node, stdout))
+        plan = probe_cmd.stdout.apply(
+            lambda stdout: plan_node(settings, node, stdout, self._fleet_cache)
+        )
 
         hosts_cmd = remote.Command(
             f"{prefix}-hosts",
@@ -147,7 +151,10 @@ class ContainerdMirrors(pulumi.ComponentResource):
             delete=restore_hosts_step(settings, node).command,
             stdin=pulumi.Output.secret(plan.apply(lambda p: p.hosts.stdin)),
             add_previous_output_in_env=False,
-            opts=self._opts(f"{prefix}-hosts", previous, secret=False),
+            # No depends_on the previous batch here or below: both take their input from the probe,
+            # which waits for it. Every edge costs the SDK a walk over all ancestors (its
+            # cycle check), so redundant edges to earlier batches make large fleets slow.
+            opts=self._opts(f"{prefix}-hosts", [probe_cmd], secret=False),
         )
         commands = {"probe": probe_cmd, "hosts": hosts_cmd}
         last: remote.Command = hosts_cmd
@@ -163,7 +170,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
                 logging=remote.Logging.NONE,
                 add_previous_output_in_env=False,
                 # hosts.toml first: once config_path is set, containerd only reads the files.
-                opts=self._opts(f"{prefix}-config", [*previous, hosts_cmd], secret=True),
+                opts=self._opts(f"{prefix}-config", [hosts_cmd], secret=True),
             )
             commands["config"] = config_cmd
             last = config_cmd

@@ -81,8 +81,26 @@ def test_each_batch_waits_for_the_previous_batchs_config() -> pulumi.Output[Any]
     assert waits["cm-node-1-config"] == ["cm-node-1-hosts"]
     for node in ("node-2", "node-3"):
         assert waits[f"cm-{node}-probe"] == ["cm-node-1-config"]
-        assert waits[f"cm-{node}-hosts"] == ["cm-node-1-config"]
+        # Only the probe names the previous batch; the rest wait through it (fewer edges).
+        assert waits[f"cm-{node}-hosts"] == [f"cm-{node}-probe"]
+        assert waits[f"cm-{node}-config"] == [f"cm-{node}-hosts"]
     assert waits["cm-node-4-probe"] == ["cm-node-2-config", "cm-node-3-config"]
+
+    def ancestors(name: str) -> set[str]:
+        found: set[str] = set()
+        todo = list(waits[name])
+        while todo:
+            current = todo.pop()
+            if current not in found:
+                found.add(current)
+                todo += waits.get(current, [])
+        return found
+
+    # Every step of a later batch waits for every config step of every earlier batch.
+    for later, earlier in (("node-2", "node-1"), ("node-4", "node-1"), ("node-4", "node-3")):
+        for role in ("probe", "hosts", "config"):
+            assert f"cm-{earlier}-config" in ancestors(f"cm-{later}-{role}"), (later, role)
+    assert "cm-node-3-config" not in ancestors("cm-node-2-config")  # same batch: in parallel
     return mirrors.nodes["node-4"].apply(lambda report: report)
 
 

@@ -124,19 +124,39 @@ class NodePlan:
     summary: tuple[str, ...]
 
 
-def plan_node(settings: Settings, node: Node, probe_stdout: str) -> NodePlan:
+# A fleet's nodes mostly share one config.toml and one containerd version: what follows from
+# (config text, version) is computed once per distinct pair (per settings object).
+FleetCache = dict[tuple[str, str], tuple[MigrationResult, dict[str, str]]]
+
+
+def _migrate_and_render(
+    settings: Settings, probe: ProbeResult, cache: FleetCache | None
+) -> tuple[MigrationResult, dict[str, str]]:
+    key = (probe.config_text or "", probe.containerd_version)
+    if cache is not None and key in cache:
+        return cache[key]
+    migration = migrate_config(
+        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+    )
+    files = render_node_hosts(settings, migration.migrated, probe.containerd_version)
+    if cache is not None:
+        cache[key] = (migration, files)
+    return migration, files
+
+
+def plan_node(
+    settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
+) -> NodePlan:
     """Decide everything for one node from its probe. A probe or config.toml we cannot read stops
-    here, naming the node, before any step that changes the node is sent."""
+    here, naming the node, before any step that changes the node is sent. ``cache`` (one dict per
+    settings object) shares the work between nodes with the same config and version."""
     try:
         probe = parse_probe(probe_stdout)
-        migration = migrate_config(
-            probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
-        )
+        migration, files = _migrate_and_render(settings, probe, cache)
     except ValueError as error:  # ConfigParseError, ProbeOutputError
         raise NodeStepError(
             f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
         ) from None
-    files = render_node_hosts(settings, migration.migrated, probe.containerd_version)
     changed = migration.changed and not node.skip_config_path
     if changed:
         config = config_step(settings, node, probe.config_sha256, migration.text)

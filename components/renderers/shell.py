@@ -7,6 +7,7 @@ travel on stdin. The script runs under bash whatever the login shell is (dash ha
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ SCRIPTS_DIR = Path(__file__).resolve().parent.parent.parent / "scripts"
 _PARAM = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
+@functools.cache
 def script_text(relative: str) -> str:
     """The text of ``scripts/<relative>``, e.g. ``node/probe.sh``."""
     return (SCRIPTS_DIR / relative).read_text()
