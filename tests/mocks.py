@@ -113,7 +113,10 @@ def install_mocks(
     config: dict[str, Any] | None = None,
     secret_keys: list[str] | None = None,
     project: str = "registry-mirrors",
+    preview: bool = False,
 ) -> RecordingMocks:
+    """Fresh mocks. ``preview=True`` only for tests that prove a preview runs through (outputs
+    the mocks do not return are unknown there, so asserts inside ``apply`` would never run)."""
     try:
         asyncio.get_event_loop()
     except RuntimeError:
@@ -128,7 +131,7 @@ def install_mocks(
             secret_keys or [],
         )
     pulumi.runtime.set_mocks(
-        mocks, project=project, stack="test", preview=False, monitor=mocks.monitor
+        mocks, project=project, stack="test", preview=preview, monitor=mocks.monitor
     )
     return mocks
 

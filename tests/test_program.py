@@ -142,3 +142,19 @@ def test_no_ssh_agent_is_a_clear_error_before_any_resource(monkeypatch):
         program.run()
     assert "SSH_AUTH_SOCK is not set" in str(caught.value)
     assert _registered(mocks) == []
+
+
+def test_preview_runs_through_with_the_nodes_unknown():
+    """What `pulumi preview` does in pull-request checks: the probes' output is unknown, so the
+    node plans cannot be computed; the program must still register every resource, not crash."""
+    mocks = install_mocks(*_config(sample_raw()), preview=True)
+
+    @pulumi.runtime.test
+    def preview():
+        return pulumi.Output.all(*program.run().values())
+
+    preview()
+    names = {r.name for r in _registered(mocks)}
+    for node in ("k8s-cp-1", "k8s-worker-1", "k8s-worker-2"):
+        assert {f"containerd-{node}-{role}" for role in ("probe", "hosts", "config")} <= names
+    assert {"registry-vm-vm", "registry-mirrors-registry", "registry-vm-wait-cloud-init"} <= names
