@@ -5,6 +5,8 @@
 # everything we manage.
 # We track our directories in <CONFIG_PATH>/.registry-mirrors-managed, so an upstream dropped from
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
+# A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
+# we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
 # Params (env): CONFIG_PATH.
 # Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
 set -euo pipefail
@@ -25,6 +27,8 @@ valid_dir() {
   [[ $1 =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(:[0-9]+)?$ && $1 != *..* ]]
 }
 
+managed_before() { [[ -f $manifest ]] && grep -qxF "$1" "$manifest"; }
+
 changed=0
 : >"$work/wanted"
 while read -r dir content_b64; do
@@ -42,6 +46,10 @@ while read -r dir content_b64; do
     rm -f "$tmp"
     echo "unchanged=${dir}"
   else
+    if [[ -f $target && ! -e $target.registry-mirrors.orig ]] && ! managed_before "$dir"; then
+      cp -p "$target" "$target.registry-mirrors.orig"
+      echo "backed_up=${dir}"
+    fi
     chmod 0644 "$tmp"
     # rename(2) in the same directory: a concurrent pull sees the old or the new file, never half.
     mv -f "$tmp" "$target"
@@ -55,9 +63,13 @@ if [[ -f $manifest ]]; then
     [[ -z $old ]] && continue
     valid_dir "$old" || continue
     grep -qxF "$old" "$work/wanted" && continue
-    rm -f "${CONFIG_PATH}/${old}/hosts.toml"
-    # Only an empty directory goes: someone may have put a CA file next to our hosts.toml.
-    rmdir "${CONFIG_PATH}/${old}" 2>/dev/null || true
+    if [[ -f ${CONFIG_PATH}/${old}/hosts.toml.registry-mirrors.orig ]]; then
+      mv -f "${CONFIG_PATH}/${old}/hosts.toml.registry-mirrors.orig" "${CONFIG_PATH}/${old}/hosts.toml"
+    else
+      rm -f "${CONFIG_PATH}/${old}/hosts.toml"
+      # Only an empty directory goes: someone may have put a CA file next to our hosts.toml.
+      rmdir "${CONFIG_PATH}/${old}" 2>/dev/null || true
+    fi
     echo "removed=${old}"
     changed=1
   done <"$manifest"

@@ -3,7 +3,8 @@
 # CONFIG_FILE set: put back the very first original config.toml (<file>.registry-mirrors.orig),
 #   restart containerd and wait for the CRI plugin. A file the user changed after us is still
 #   replaced: it is backed up as <file>.registry-mirrors.before-restore first.
-# CONFIG_PATH set: remove the hosts.toml directories listed in our manifest, nothing else.
+# CONFIG_PATH set: remove the hosts.toml directories listed in our manifest, nothing else (a
+#   hand-made hosts.toml we replaced is put back).
 # Params (env): CONFIG_FILE, CONFIG_PATH, RESTART_COMMAND, RESTART_TIMEOUT, CONTAINERD_ADDRESS.
 # Output: key=value lines: restored=0|1 restarted=0|1 removed=<dir>.
 set -euo pipefail
@@ -66,8 +67,13 @@ if [[ -n $CONFIG_PATH ]]; then
   if [[ -f $manifest ]]; then
     while read -r dir; do
       [[ $dir =~ ^[A-Za-z0-9_][A-Za-z0-9._-]*(:[0-9]+)?$ && $dir != *..* ]] || continue
-      rm -f "${CONFIG_PATH}/${dir}/hosts.toml"
-      rmdir "${CONFIG_PATH}/${dir}" 2>/dev/null || true
+      if [[ -f ${CONFIG_PATH}/${dir}/hosts.toml.registry-mirrors.orig ]]; then
+        # A hand-made hosts.toml was there before us (hosts.sh kept it): put it back.
+        mv -f "${CONFIG_PATH}/${dir}/hosts.toml.registry-mirrors.orig" "${CONFIG_PATH}/${dir}/hosts.toml"
+      else
+        rm -f "${CONFIG_PATH}/${dir}/hosts.toml"
+        rmdir "${CONFIG_PATH}/${dir}" 2>/dev/null || true
+      fi
       echo "removed=${dir}"
     done <"$manifest"
     rm -f "$manifest"

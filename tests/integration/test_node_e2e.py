@@ -293,7 +293,14 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
     host = world.host
     original = host.config_file.read_text()
     (host.etc_containerd / "certs.d" / "example.org").mkdir(parents=True)
-    world.apply(world.plan())
+    # A hand-made hosts.toml for one of our upstreams: replaced by ours, kept, put back on delete.
+    handmade = host.etc_containerd / "certs.d" / "ghcr.io" / "hosts.toml"
+    handmade.parent.mkdir(parents=True)
+    handmade.write_text('server = "https://ghcr.io"\n[host."https://ghcr-mirror.example"]\n')
+    handmade_text = handmade.read_text()
+    hosts_out, _ = world.apply(world.plan())
+    assert "backed_up=ghcr.io" in hosts_out
+    assert "http://" in handmade.read_text() and handmade.read_text() != handmade_text
 
     config = host.run_step(restore_config_step(world.settings, world.node))
     check_step(world.node, "config delete", config.returncode, config.stderr)
@@ -302,7 +309,12 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
 
     assert host.config_file.read_text() == original
     assert host.cri_status() == "ok"
-    assert sorted(p.name for p in (host.etc_containerd / "certs.d").iterdir()) == ["example.org"]
+    assert sorted(p.name for p in (host.etc_containerd / "certs.d").iterdir()) == [
+        "example.org",
+        "ghcr.io",
+    ]
+    assert handmade.read_text() == handmade_text
+    assert sorted(p.name for p in handmade.parent.iterdir()) == ["hosts.toml"]
 
 
 # --- faults ------------------------------------------------------------------------------------
