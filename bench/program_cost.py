@@ -48,9 +48,8 @@ def _child_full(nodes: int) -> dict[str, Any]:
     import pulumi
 
     from components import program
-    from tests.mocks import install_mocks
+    from tests.mocks import COMMAND, fake_node_outputs, install_mocks
     from tests.sample import sample_raw
-    from tests.test_containerd_mirrors import COMMAND, fake_node_outputs
 
     raw = sample_raw()
     raw["nodes"] = node_entries(nodes)

@@ -11,6 +11,8 @@ from the register request itself: the fields the engine orders and nests resourc
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -154,3 +156,35 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(v) for v in value]
     return value
+
+
+# --- fake node outputs for ContainerdMirrors (what the node scripts would print) -------------
+
+COMMAND = "command:remote:Command"
+# A node in the broken state, with a credential that must never leak.
+BROKEN = (
+    "version = 2\n"
+    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+    '  endpoint = ["http://10.0.20.10:5000"]\n'
+    '[plugins."io.containerd.grpc.v1.cri".registry.configs."private.example".auth]\n'
+    '  password = "s3cret"\n'
+)
+
+
+def probe_stdout(text: str) -> str:
+    return (
+        "containerd_version=1.6.20\n"
+        "config_file=/etc/containerd/config.toml\n"
+        "config_exists=1\n"
+        f"config_sha256={hashlib.sha256(text.encode()).hexdigest()}\n"
+        "config_version=2\n"
+        f"config_b64={base64.b64encode(text.encode()).decode()}\n"
+    )
+
+
+def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
+    if args.name.endswith("-probe"):
+        return {"stdout": probe_stdout(BROKEN), "stderr": ""}
+    if args.name.endswith("-config"):
+        return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
+    return {"stdout": "changed=1\n", "stderr": ""}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from typing import Any
 
 import pulumi
@@ -11,36 +9,15 @@ import pytest
 
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
 from components.settings import load_settings
-from tests.mocks import RecordingMocks, install_mocks, is_secret
-from tests.sample import sample_raw
-
-COMMAND = "command:remote:Command"
-BROKEN = (
-    "version = 2\n"
-    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
-    '  endpoint = ["http://10.0.20.10:5000"]\n'
-    '[plugins."io.containerd.grpc.v1.cri".registry.configs."private.example".auth]\n'
-    '  password = "s3cret"\n'
+from tests.mocks import (
+    COMMAND,
+    RecordingMocks,
+    fake_node_outputs,
+    install_mocks,
+    is_secret,
+    probe_stdout,
 )
-
-
-def probe_stdout(text: str) -> str:
-    return (
-        "containerd_version=1.6.20\n"
-        "config_file=/etc/containerd/config.toml\n"
-        "config_exists=1\n"
-        f"config_sha256={hashlib.sha256(text.encode()).hexdigest()}\n"
-        "config_version=2\n"
-        f"config_b64={base64.b64encode(text.encode()).decode()}\n"
-    )
-
-
-def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    if args.name.endswith("-probe"):
-        return {"stdout": probe_stdout(BROKEN), "stderr": ""}
-    if args.name.endswith("-config"):
-        return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
-    return {"stdout": "changed=1\n", "stderr": ""}
+from tests.sample import sample_raw
 
 
 def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()):

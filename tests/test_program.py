@@ -8,9 +8,8 @@ import pulumi
 import pytest
 
 from components import program
-from tests.mocks import install_mocks, is_secret
+from tests.mocks import COMMAND, fake_node_outputs, install_mocks, is_secret
 from tests.sample import sample_raw
-from tests.test_containerd_mirrors import COMMAND, fake_node_outputs
 
 TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
 
