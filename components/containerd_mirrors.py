@@ -13,8 +13,8 @@ builds each (command, stdin); the e2e test runs exactly those over real SSH):
   ``apply``), restarts containerd and waits for the CRI plugin, rolling back on failure. When the
   text is already migrated the script sees identical text and does nothing. Not created for nodes
   with ``skip_config_path`` (the summary says what they still need).
-``delete`` of hosts/config runs restore.sh. Neither has ``triggers``: a replacement would run the
-old resource's delete (= restore) after the new create and undo the change.
+``delete`` undoes them (hosts.sh REMOVE_ALL=1, restore.sh). Neither has ``triggers``: a
+replacement would run the old resource's delete (= restore) after the new create and undo it.
 
 Secrets: config.toml may hold ``configs.*.auth``; a Command's stdout shows up in the diff even when
 secret (pulumi-command #260), so probe and config log nothing (``Logging.NONE``), their stdout,

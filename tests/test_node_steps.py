@@ -37,7 +37,7 @@ def _steps(settings: Settings, node: Node) -> dict[str, tuple[str, Step]]:
         "hosts": ("node/hosts.sh", hosts_step(settings, node, {})),
         "config": ("node/apply-config.sh", config_step(settings, node, "abc123", "version = 2\n")),
         "restore-config": ("node/restore.sh", restore_config_step(settings, node)),
-        "restore-hosts": ("node/restore.sh", restore_hosts_step(settings, node)),
+        "restore-hosts": ("node/hosts.sh", restore_hosts_step(settings, node)),
         "verify": ("node/verify-node.sh", verify_step(settings, node, ["docker.io/library/x:1"])),
     }
 

@@ -94,7 +94,11 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    return _step(node, "node/restore.sh", {"CONFIG_PATH": settings.containerd.config_path})
+    # REMOVE_ALL, not an empty stdin: whether pulumi-command feeds a delete the resource's stdin is
+    # not something to rely on, and that stdin (the bundle) would write the files again.
+    return _step(
+        node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
+    )
 
 
 def verify_step(settings: Settings, node: Node, images: Sequence[str] = ()) -> Step:

@@ -7,11 +7,13 @@
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
-# Params (env): CONFIG_PATH.
+# Params (env): CONFIG_PATH; REMOVE_ALL=1 ignores stdin and lets go of every registry we manage
+# (the delete step: pulumi destroy or a node removed from the settings).
 # Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
+: "${REMOVE_ALL:=0}"
 if [[ $(id -u) -ne 0 ]]; then
   echo "hosts.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
   exit 2
@@ -56,7 +58,7 @@ while read -r dir content_b64; do
     echo "written=${dir}"
     changed=1
   fi
-done
+done < <([[ $REMOVE_ALL == 1 ]] || cat)
 
 if [[ -f $manifest ]]; then
   while read -r old; do
