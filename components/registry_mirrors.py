@@ -29,7 +29,6 @@ from components.ssh import SshTarget
 
 CONFIG_SHA_LABEL = "registry-mirrors.config-sha256"
 INSTALL_FILE = "vm/install-file.sh"
-REMOVE_FILE = "vm/remove-file.sh"
 
 # Credentials per upstream host: {"username": ..., "password": ...} (plain strings inside a secret
 # Output) or the settings model's UpstreamCredentials.
@@ -116,7 +115,7 @@ class RegistryMirrors(pulumi.ComponentResource):
             connection=self._ssh.connection(),
             create=install,
             update=install,
-            delete=remote_command(REMOVE_FILE, {"DEST": path}),
+            delete=remote_command(INSTALL_FILE, {"DEST": path, "REMOVE": 1}),
             # On stdin: never on a command line; logging NONE: pulumi-command shows output in the
             # diff even when it is secret (pulumi-command #260).
             stdin=content,
@@ -196,7 +195,7 @@ class RegistryMirrors(pulumi.ComponentResource):
             connection=self._ssh.connection(),
             create=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "MODE": "0755"}),
             update=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "MODE": "0755"}),
-            delete=remote_command(REMOVE_FILE, {"DEST": maintenance.SCRIPT_PATH}),
+            delete=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "REMOVE": 1}),
             stdin=maintenance.script_text(),
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=[self._ready], delete_before_replace=True
@@ -209,7 +208,7 @@ class RegistryMirrors(pulumi.ComponentResource):
             create=install_cron,
             update=install_cron,
             # Removing the stack removes the schedule: no cron job left stopping containers.
-            delete=remote_command(REMOVE_FILE, {"DEST": maintenance.CRON_PATH}),
+            delete=remote_command(INSTALL_FILE, {"DEST": maintenance.CRON_PATH, "REMOVE": 1}),
             stdin=maintenance.render_cron(self._settings),
             opts=pulumi.ResourceOptions(
                 parent=self,

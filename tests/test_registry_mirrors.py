@@ -191,7 +191,7 @@ def test_maintenance_cron_and_script_installed_and_removed_with_the_stack(mocks:
         assert "export DEST=/etc/cron.d/registry-mirrors" in cron["create"]
         assert "MODE=0644" in cron["create"]
         assert "export DEST=/etc/cron.d/registry-mirrors" in cron["delete"]
-        assert "rm -f" in cron["delete"]
+        assert "export REMOVE=1" in cron["delete"]
         script = _inputs(mocks, "mirrors-maintenance-script")
         assert script["stdin"] == maintenance.script_text()
         assert f"export DEST={maintenance.SCRIPT_PATH}" in script["create"]

@@ -7,10 +7,12 @@
 #   DEST        absolute path of the file
 #   MODE        octal mode, e.g. 0600 (credentials) or 0644
 #   EXTRA_DIR   optional directory to create as well (e.g. the registry's data dir)
+#   REMOVE      1: remove DEST instead and ignore stdin (the delete step). Data directories are
+#               left alone on purpose: the cache is worth keeping across a re-deploy.
 # Prints the sha256 of what was installed (never the content).
 set -euo pipefail
 
-: "${DEST:?DEST is required}" "${MODE:?MODE is required}"
+: "${DEST:?DEST is required}" "${REMOVE:=0}"
 [[ $DEST == /* ]] || {
     echo "DEST must be absolute: $DEST" >&2
     exit 2
@@ -20,6 +22,12 @@ sudo=()
 if [[ $(id -u) -ne 0 ]]; then
     sudo=(sudo -n)
 fi
+
+if [[ $REMOVE == 1 ]]; then
+    "${sudo[@]}" rm -f "$DEST"
+    exit 0
+fi
+: "${MODE:?MODE is required}"
 
 dir=$(dirname "$DEST")
 "${sudo[@]}" install -d -m 0755 "$dir"

@@ -417,8 +417,10 @@ def test_install_file_writes_secret_config_0600_atomically_and_remove_deletes_it
     assert done.stdout.strip() == hashlib.sha256(content.encode()).hexdigest()
     assert [p.name for p in dest.parent.iterdir()] == ["config.yml"]  # no temp file left
 
+    # The delete step; even if it were handed the resource's stdin, it only removes.
     removed = subprocess.run(
-        ["sh", "-c", remote_command("vm/remove-file.sh", {"DEST": str(dest)})],
+        ["sh", "-c", remote_command("vm/install-file.sh", {"DEST": str(dest), "REMOVE": 1})],
+        input=content,
         capture_output=True,
         text=True,
     )
