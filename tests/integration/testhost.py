@@ -267,6 +267,16 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
         if created_netns:
+            # Whatever still runs in the node (a containerd a restart started while we were
+            # interrupted, a session's children): by pid, from the netns's own list.
+            for _ in range(3):
+                listed = subprocess.run(
+                    ["ip", "netns", "pids", netns], check=False, capture_output=True, text=True
+                ).stdout.split()
+                if not listed:
+                    break
+                for pid in listed:
+                    _kill(int(pid))
             # Deleting the netns destroys the node end of the veth, and with it the host end.
             subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
             subprocess.run(["ip", "link", "delete", host_if], check=False, capture_output=True)
