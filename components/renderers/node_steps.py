@@ -7,14 +7,13 @@ what ``pulumi up`` would send. Pure: no ``import pulumi``.
 from __future__ import annotations
 
 import base64
-import hashlib
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.containerd_config import MigrationResult, migrate_config
 from components.renderers.hosts_toml import render_node_hosts
-from components.renderers.node_probe import ABSENT, ProbeResult, parse_probe
+from components.renderers.node_probe import ProbeResult, parse_probe
 from components.renderers.shell import remote_command
 from components.settings import Node, Settings
 
@@ -202,7 +201,3 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
     if exit_code == SSH_FAILURE:
         raise NodeStepError(f"{where}: cannot reach the node over SSH: {stderr.strip()}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")
-
-
-def text_sha256(text: str | None) -> str:
-    return ABSENT if text is None else hashlib.sha256(text.encode()).hexdigest()

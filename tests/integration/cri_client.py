@@ -6,9 +6,7 @@ given ``--hosts-dir``, kubelet does not.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
@@ -32,11 +30,3 @@ def remove_image(socket: Path, image: str, timeout: float = 30) -> None:
         stub.RemoveImage(
             api_pb2.RemoveImageRequest(image=api_pb2.ImageSpec(image=image)), timeout=timeout
         )
-
-
-def runtime_status(socket: Path, timeout: float = 10) -> dict[str, Any]:
-    """RuntimeService.Status(verbose): its ``config`` info shows the effective registry config."""
-    with _channel(socket) as channel:
-        stub = api_pb2_grpc.RuntimeServiceStub(channel)
-        response = stub.Status(api_pb2.StatusRequest(verbose=True), timeout=timeout)
-        return {key: json.loads(value) for key, value in response.info.items()}
