@@ -47,6 +47,16 @@ _OPT_PATHS = {
 }
 
 
+def parse_plugins_ls(stdout: str) -> dict[str, str]:
+    """``ctr plugins ls`` output as {"<type>.<id>": status}, e.g. {CRI_PLUGIN: "ok"}."""
+    status: dict[str, str] = {}
+    for line in stdout.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 4:
+            status[f"{fields[0]}.{fields[1]}"] = fields[-1]
+    return status
+
+
 def _table(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     for part in path:
         data = data.setdefault(part, {})
@@ -101,12 +111,7 @@ class ContainerdProcess:
             raise RuntimeError(
                 f"ctr plugins ls failed: {done.stderr}\n--- containerd log:\n{self.log}"
             )
-        status: dict[str, str] = {}
-        for line in done.stdout.splitlines()[1:]:
-            fields = line.split()
-            if len(fields) >= 4:
-                status[f"{fields[0]}.{fields[1]}"] = fields[-1]
-        return status
+        return parse_plugins_ls(done.stdout)
 
     def stop(self) -> None:
         """Terminate by pid (TERM, then KILL after 5 s); idempotent."""

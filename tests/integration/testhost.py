@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
+
 
 class Step(Protocol):
     """components.renderers.node_steps.Step: what pulumi-command would send."""
@@ -91,11 +93,6 @@ class NodeHost:
         path = self.root / "containerd.pid"
         return int(path.read_text()) if path.exists() else None
 
-    def node_path(self, path: str) -> Path:
-        """A node path under /etc/containerd as seen from the host."""
-        relative = Path(path).relative_to("/etc/containerd")
-        return self.etc_containerd / relative
-
     def ssh(
         self,
         command: str,
@@ -136,11 +133,8 @@ class NodeHost:
             text=True,
             check=False,
         )
-        for line in result.stdout.splitlines():
-            fields = line.split()
-            if fields[:2] == ["io.containerd.grpc.v1", "cri"]:
-                return fields[-1]
-        return "absent"
+        # "absent" also while the daemon restarts (ctr cannot connect).
+        return parse_plugins_ls(result.stdout).get(CRI_PLUGIN, "absent")
 
     def start_containerd(self, config_text: str, timeout: float = 15) -> None:
         self.config_file.write_text(config_text)
