@@ -11,10 +11,7 @@ from pulumi_command import remote
 from components.renderers.cloud_init import render_vendor_data
 from components.renderers.shell import remote_command
 from components.settings import Settings
-from components.ssh import SshTarget
-
-# pulumi-command retries the SSH dial this often, 15 s apart, while the VM boots.
-_DIAL_SECONDS = 15
+from components.ssh import DIAL_SECONDS, SshTarget
 
 
 @dataclass(frozen=True)
@@ -204,7 +201,10 @@ class RegistryVm(pulumi.ComponentResource):
         return remote.Command(
             f"{self._name}-wait-cloud-init",
             remote.CommandArgs(
-                connection=self._wait_connection(),
+                # Retry the dial while the VM boots, bounded by the cloud-init timeout.
+                connection=self.ssh.connection(
+                    dial_error_limit=max(1, vm.cloud_init_timeout_seconds // DIAL_SECONDS)
+                ),
                 create=remote_command(
                     "vm/wait-cloud-init.sh",
                     {
@@ -216,16 +216,4 @@ class RegistryVm(pulumi.ComponentResource):
                 triggers=[self.vm.id],
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vm]),
-        )
-
-    def _wait_connection(self) -> remote.ConnectionArgs:
-        """Retry the SSH dial while the VM boots, bounded by the cloud-init timeout."""
-        vm = self._settings.vm
-        return remote.ConnectionArgs(
-            host=vm.ip,
-            user=vm.ssh_user,
-            agent_socket_path=self.ssh.agent_socket,
-            host_key=vm.ssh_host_public_key,
-            per_dial_timeout=_DIAL_SECONDS,
-            dial_error_limit=max(1, vm.cloud_init_timeout_seconds // _DIAL_SECONDS),
         )

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 import pulumi
 from pulumi_command import remote
 
+# Seconds per SSH dial attempt (pulumi-command retries; the ssh client's ConnectTimeout).
+DIAL_SECONDS = 15
+
 
 class SshAgentMissing(RuntimeError):
     pass
@@ -42,15 +45,17 @@ class SshTarget:
     port: int = 22
     host_key: str | None = None
 
-    def connection(self) -> remote.ConnectionArgs:
+    def connection(
+        self, dial_error_limit: int = 10, per_dial_timeout: int = DIAL_SECONDS
+    ) -> remote.ConnectionArgs:
         return remote.ConnectionArgs(
             host=self.host,
             user=self.user,
             port=self.port,
             agent_socket_path=self.agent_socket,
             host_key=self.host_key,
-            dial_error_limit=10,
-            per_dial_timeout=15,
+            dial_error_limit=dial_error_limit,
+            per_dial_timeout=per_dial_timeout,
         )
 
     def docker_host(self) -> pulumi.Output[str]:
@@ -60,19 +65,18 @@ class SshTarget:
 
     def ssh_opts(self) -> pulumi.Output[list[str]]:
         """Options for the system ssh client (pulumi-docker)."""
+        return pulumi.Output.from_input(self.host).apply(
+            lambda host: ssh_client_options(host, self.host_key)
+        )
 
-        def build(host: str) -> list[str]:
-            opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
-            if self.host_key:
-                line = shlex.quote(f"{host} {self.host_key}")
-                opts += [
-                    "-o",
-                    "StrictHostKeyChecking=yes",
-                    "-o",
-                    f"KnownHostsCommand=/bin/echo {line}",
-                ]
-            else:
-                opts += ["-o", "StrictHostKeyChecking=accept-new"]
-            return opts
 
-        return pulumi.Output.from_input(self.host).apply(build)
+def ssh_client_options(host: str, host_key: str | None) -> list[str]:
+    """Options for the system ssh client (pulumi-docker, scripts/verify.py): batch mode, and the
+    host key pinned when known, else accepted on first use."""
+    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={DIAL_SECONDS}"]
+    if host_key:
+        line = shlex.quote(f"{host} {host_key}")
+        opts += ["-o", "StrictHostKeyChecking=yes", "-o", f"KnownHostsCommand=/bin/echo {line}"]
+    else:
+        opts += ["-o", "StrictHostKeyChecking=accept-new"]
+    return opts

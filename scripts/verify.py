@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.renderers.node_steps import verify_step  # noqa: E402
 from components.settings import Node, Settings, SettingsError, load_settings  # noqa: E402
+from components.ssh import ssh_client_options  # noqa: E402
 from components.stack_file import stack_path, stack_values  # noqa: E402
 
 # Small, long-lived images to resolve through each default upstream. Override with --image.
@@ -169,13 +170,12 @@ def check_node(
 ) -> list[Check]:
     where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
     step = verify_step(settings, node, images)
-    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-p", str(node.ssh_port)]
-    if node.ssh_host_public_key:
-        line = f"{node.address} {node.ssh_host_public_key}"
-        options += ["-o", "StrictHostKeyChecking=yes", "-o", f"KnownHostsCommand=/bin/echo {line}"]
+    # The same client options pulumi-docker gets; --ssh-option first: for ssh the first wins.
+    options = [*ssh_options, *ssh_client_options(node.address, node.ssh_host_public_key)]
+    options += ["-p", str(node.ssh_port)]
     try:
         result = subprocess.run(
-            ["ssh", *options, *ssh_options, f"{node.ssh_user}@{node.address}", step.command],
+            ["ssh", *options, f"{node.ssh_user}@{node.address}", step.command],
             input=step.stdin, capture_output=True, text=True, timeout=timeout + 60, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
