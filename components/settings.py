@@ -389,6 +389,9 @@ class Settings(_Model):
     def endpoint(self, upstream: Upstream) -> str:
         return f"http://{self.vm.ip}:{upstream.port}"
 
+    def metrics_url(self, upstream: Upstream) -> str:
+        return f"http://{self.vm.ip}:{upstream.resolved_metrics_port}/metrics"
+
     @property
     def allowed_cidrs(self) -> list[str]:
         if self.registry.allowed_cidrs is not None:

@@ -35,7 +35,7 @@ def summary(settings: Settings) -> dict:
                 "port": upstream.port,
                 "metrics_port": upstream.resolved_metrics_port,
                 "endpoint": settings.endpoint(upstream),
-                "metrics": f"http://{vm.ip}:{upstream.resolved_metrics_port}/metrics",
+                "metrics": settings.metrics_url(upstream),
                 "server": upstream.resolved_server,
             }
             for upstream in settings.upstreams
@@ -50,13 +50,12 @@ def summary(settings: Settings) -> dict:
 
 def mirrors_export(settings: Settings) -> dict[str, dict]:
     """Stack output ``mirrors``: per upstream host, where its cache is."""
-    vm = settings.vm
     return {
         upstream.host: {
             "endpoint": settings.endpoint(upstream),
             "port": upstream.port,
             "container": upstream.container,
-            "metricsUrl": f"http://{vm.ip}:{upstream.resolved_metrics_port}/metrics",
+            "metricsUrl": settings.metrics_url(upstream),
             "server": upstream.resolved_server,
         }
         for upstream in settings.upstreams
