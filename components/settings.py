@@ -551,12 +551,12 @@ SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 
-def _format_error(error: ValidationError, prefix: str = "") -> list[str]:
+def _format_error(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors():
         if isinstance(item.get("ctx", {}).get("error"), SettingsError):
             continue  # cross-key problems: load_settings adds them from the raw config
-        location = prefix + ".".join(
+        location = ".".join(
             f"[{part}]" if isinstance(part, int) else str(part) for part in item["loc"]
         ).replace(".[", "[")
         message = item["msg"].removeprefix("Value error, ")
