@@ -1,5 +1,7 @@
 """The whole program: config -> components -> exports. ``__main__.py`` only calls ``run()``.
 
+Before any resource: the settings are validated and every node is read and planned
+(components/fleet.py); a bad setting or a node that does not answer stops the program there.
 Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream ->
 nodes (canary, then batches). Nodes come last so a node never points at a cache that is not up;
 even so, containerd falls back to the upstream (``server``) while a cache is down.
@@ -7,13 +9,15 @@ even so, containerd falls back to the upstream (``server``) while a cache is dow
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pulumi
 
-from components import stack_config
+from components import fleet, stack_config
 from components.containerd_mirrors import ContainerdMirrors
 from components.firewall import RegistryFirewall
+from components.fleet import FleetReadError, StepRunner, plan_fleet
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
@@ -21,12 +25,33 @@ from components.renderers.registries_yaml import render_registries_yaml
 from components.ssh import SshAgentMissing, agent_socket
 
 
-def run() -> dict[str, pulumi.Output[Any]]:
+def tune_gc() -> None:
+    """Make CPython's cyclic garbage collector run rarely, for this short-lived process.
+
+    A Pulumi program builds many long-lived objects (resources, Outputs, futures) and frees
+    almost none before it exits; with the default thresholds the collector rescans all of them
+    again and again (bench/program_cost.py measures the difference per fleet size). Reference
+    counting still frees everything acyclic at once; cycles are collected, only less often.
+    """
+    gc.freeze()  # what the imports built is never garbage
+    gc.set_threshold(100_000, 50, 100)
+
+
+def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
+    """Validate, read every node, then register everything. ``runner`` runs a node step (the
+    probe) and defaults to the system ssh client with the operator's agent; tests pass their own.
+    """
     config = stack_config.load()
     settings, secrets = config.settings, config.secrets
     try:
         socket = agent_socket()
     except SshAgentMissing as error:
+        raise pulumi.RunError(str(error)) from None
+    # Before any resource: the engine starts creating resources as soon as they are registered,
+    # so a node that does not answer must stop the program before the first one.
+    try:
+        plans = plan_fleet(settings, runner or fleet.ssh_runner(socket))
+    except FleetReadError as error:
         raise pulumi.RunError(str(error)) from None
 
     registry_vm = RegistryVm(
@@ -58,7 +83,7 @@ def run() -> dict[str, pulumi.Output[Any]]:
         credentials=credentials,
     )
     nodes = ContainerdMirrors(
-        "containerd", settings=settings, agent_socket=socket, depends_on=[mirrors]
+        "containerd", settings=settings, plans=plans, agent_socket=socket, depends_on=[mirrors]
     )
 
     exports: dict[str, pulumi.Output[Any]] = {

@@ -358,6 +358,12 @@ class ContainerdSettings(_Model):
     restart_timeout_seconds: int = Field(
         default=60, ge=5, le=600, description="How long to wait for the CRI plugin after a restart."
     )
+    probe_concurrency: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description="Nodes read at once over SSH while the program runs (preview included).",
+    )
 
     @field_validator("config_path")
     @classmethod

@@ -9,14 +9,12 @@ Host keys are pinned where configured (``host_key`` for pulumi-command; for the 
 from __future__ import annotations
 
 import os
-import shlex
 from dataclasses import dataclass
 
 import pulumi
 from pulumi_command import remote
 
-# Seconds per SSH dial attempt (pulumi-command retries; the ssh client's ConnectTimeout).
-DIAL_SECONDS = 15
+from components.ssh_client import DIAL_SECONDS, ssh_client_options
 
 
 class SshAgentMissing(RuntimeError):
@@ -68,15 +66,3 @@ class SshTarget:
         return pulumi.Output.from_input(self.host).apply(
             lambda host: ssh_client_options(host, self.host_key)
         )
-
-
-def ssh_client_options(host: str, host_key: str | None) -> list[str]:
-    """Options for the system ssh client (pulumi-docker, scripts/verify.py): batch mode, and the
-    host key pinned when known, else accepted on first use."""
-    opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={DIAL_SECONDS}"]
-    if host_key:
-        line = shlex.quote(f"{host} {host_key}")
-        opts += ["-o", "StrictHostKeyChecking=yes", "-o", f"KnownHostsCommand=/bin/echo {line}"]
-    else:
-        opts += ["-o", "StrictHostKeyChecking=accept-new"]
-    return opts

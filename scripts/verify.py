@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from components.renderers.node_steps import verify_step  # noqa: E402
 from components.settings import Node, Settings, SettingsError, load_settings  # noqa: E402
-from components.ssh import ssh_client_options  # noqa: E402
+from components.ssh_client import run_on_node  # noqa: E402
 from components.stack_file import stack_path, stack_values  # noqa: E402
 
 # Small, long-lived images to resolve through each default upstream. Override with --image.
@@ -169,22 +169,15 @@ def check_node(
     timeout: float,
 ) -> list[Check]:
     where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
-    step = verify_step(settings, node, images)
-    # The same client options pulumi-docker gets; --ssh-option first: for ssh the first wins.
-    options = [*ssh_options, *ssh_client_options(node.address, node.ssh_host_public_key)]
-    options += ["-p", str(node.ssh_port)]
-    try:
-        result = subprocess.run(
-            ["ssh", *options, f"{node.ssh_user}@{node.address}", step.command],
-            input=step.stdin, capture_output=True, text=True, timeout=timeout + 60, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return [Check(node.name, where, "ssh", False, "timed out", "is the node up?")]
-    if result.returncode != 0 and "cri=" not in result.stdout:
+    # The same ssh client and options the program reads the nodes with (--ssh-option first).
+    result = run_on_node(
+        node, verify_step(settings, node, images), extra_options=ssh_options, timeout=timeout + 60
+    )
+    if result.exit_code != 0 and "cri=" not in result.stdout:
         return [
             Check(
                 node.name, where, "ssh", False,
-                f"exit {result.returncode}: {result.stderr.strip()[-300:]}",
+                f"exit {result.exit_code}: {result.stderr.strip()[-300:]}",
                 "can this machine reach the node with the program's key (ssh-agent)?",
             )
         ]  # fmt: skip

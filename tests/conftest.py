@@ -16,3 +16,20 @@ def mocks():
     from tests.mocks import install_mocks
 
     return install_mocks()
+
+
+@pytest.fixture(autouse=True)
+def no_ssh_to_real_nodes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outside integration tests, the program must never reach for a node: the sample settings
+    name real-looking private addresses, and tests send traffic only to hosts they made. A test
+    that runs the program passes its own runner (tests.mocks.FakeFleet)."""
+    if "integration" in request.keywords:
+        return
+    from components import fleet
+
+    def refuse(agent_socket: str) -> fleet.StepRunner:
+        raise AssertionError(
+            "this test would SSH to the nodes of its settings: pass runner=FakeFleet(...)"
+        )
+
+    monkeypatch.setattr(fleet, "ssh_runner", refuse)

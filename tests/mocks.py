@@ -34,11 +34,45 @@ class Registered:
     # not tell the two apart; a resource with only plain inputs has exactly its ``depends_on``).
     depends_on: list[str] = field(default_factory=list)
     provider: str | None = None
+    # Input paths whose change makes the engine replace the resource (``replaceOnChanges``).
+    replace_on_changes: list[str] = field(default_factory=list)
+    # Alias specs as the SDK sends them: {"name", "type", "parentUrn", "noParent"} (empty = same).
+    aliases: list[dict[str, Any]] = field(default_factory=list)
+    urn: str = ""
 
 
 def _urn_name(urn: str) -> str:
     """The logical name a URN ends with."""
     return urn.rsplit("::", 1)[-1]
+
+
+def _alias_spec(alias: Any) -> dict[str, Any]:
+    if alias.HasField("urn"):
+        return {"urn": alias.urn}
+    spec = alias.spec
+    return {
+        "name": spec.name,
+        "type": spec.type,
+        "parentUrn": spec.parentUrn,
+        "noParent": spec.noParent,
+    }
+
+
+def _qualified_type(parent_urn: str, typ: str) -> str:
+    """A URN's type part: the parent's qualified type, ``$``, the resource's own type."""
+    chain = parent_urn.split("::")[2].split("$") if parent_urn else []
+    # The engine leaves the root stack out of the type chain (the mock monitor's own URNs do not).
+    chain = [part for part in chain if part != "pulumi:pulumi:Stack"]
+    return "$".join([*chain, typ])
+
+
+def urn_of(stack: str, project: str, parent_urn: str, typ: str, name: str) -> str:
+    """The URN the engine gives a resource (and an alias spec, with its parentUrn)."""
+    return f"urn:pulumi:{stack}::{project}::{_qualified_type(parent_urn, typ)}::{name}"
+
+
+def _urn(request: Any, typ: str, name: str) -> str:
+    return urn_of(pulumi.get_stack(), pulumi.get_project(), request.parent or "", typ, name)
 
 
 class _RequestMonitor(MockMonitor):
@@ -91,6 +125,10 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 parent=_urn_name(request.parent) if request.parent else None,
                 depends_on=sorted({_urn_name(urn) for urn in request.dependencies}),
                 provider=args.provider or None,
+                # Read requests (a StackReference) have neither.
+                replace_on_changes=list(getattr(request, "replaceOnChanges", [])),
+                aliases=[_alias_spec(alias) for alias in getattr(request, "aliases", [])],
+                urn=_urn(request, args.typ, args.name),
             )
         )
         outputs = dict(args.inputs)
@@ -171,20 +209,96 @@ BROKEN = (
 )
 
 
-def probe_stdout(text: str) -> str:
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _b64(text: str | None) -> str:
+    return base64.b64encode(text.encode()).decode() if text else ""
+
+
+def probe_stdout(
+    text: str | None,
+    *,
+    original: str | None = None,
+    applied_from: str | None = None,
+    version: str = "1.6.20",
+) -> str:
+    """What scripts/node/probe.sh prints for a node with this config.toml (None: absent)."""
+    exists = text is not None
     return (
-        "containerd_version=1.6.20\n"
+        f"containerd_version={version}\n"
         "config_file=/etc/containerd/config.toml\n"
-        "config_exists=1\n"
-        f"config_sha256={hashlib.sha256(text.encode()).hexdigest()}\n"
-        "config_version=2\n"
-        f"config_b64={base64.b64encode(text.encode()).decode()}\n"
+        f"config_exists={1 if exists else 0}\n"
+        f"config_sha256={_sha(text) if text is not None else 'absent'}\n"
+        f"config_version={2 if exists else ''}\n"
+        f"config_b64={_b64(text)}\n"
+        f"original_saved={1 if original is not None else 0}\n"
+        f"original_b64={_b64(original)}\n"
+        f"applied_from_sha256={applied_from or ''}\n"
     )
 
 
+@dataclass
+class FakeNode:
+    """A node as the program reads it (probe.sh's output), and what a successful apply does to it
+    (a model of hosts.sh and apply-config.sh for mocks tests; tests/integration/test_node_e2e.py
+    runs the real scripts over SSH and checks they behave so)."""
+
+    config: str | None = BROKEN
+    version: str = "1.6.20"
+    reachable: bool = True
+    original: str | None = None
+    applied: tuple[str, str] | None = None  # (sha256 written, sha256 it was migrated from)
+    hosts_stdin: str = ""
+    probes: int = 0
+
+    def probe(self) -> str:
+        self.probes += 1
+        current = _sha(self.config) if self.config is not None else "absent"
+        applied_from = self.applied[1] if self.applied and self.applied[0] == current else None
+        return probe_stdout(
+            self.config, original=self.original, applied_from=applied_from, version=self.version
+        )
+
+    def apply(self, hosts_stdin: str, config_command: str, config_stdin: str) -> None:
+        """What `pulumi up` does when the steps run: hosts written; config.toml replaced when the
+        text differs (the first original kept), the source recorded."""
+        self.hosts_stdin = hosts_stdin
+        if config_stdin == self.config:
+            return
+        guard = config_command.split("EXPECTED_SHA256=", 1)[1].split("\n", 1)[0].strip("'")
+        current = _sha(self.config) if self.config is not None else "absent"
+        assert guard == current, "the node was edited since the probe: apply-config.sh refuses"
+        if self.original is None and self.config is not None:
+            self.original = self.config
+        self.config = config_stdin
+        self.applied = (_sha(config_stdin), guard)
+
+
+class FakeFleet:
+    """A StepRunner (components/fleet.py) answering the probe from FakeNodes by node name; a node
+    not listed is a fresh ``FakeNode()`` (the broken wildcard state, with a credential)."""
+
+    def __init__(self, nodes: dict[str, FakeNode] | None = None) -> None:
+        self.nodes = dict(nodes or {})
+        self.lock = threading.Lock()
+
+    def __call__(self, node: Any, step: Any) -> Any:
+        from components.ssh_client import StepRun
+
+        assert "probe.sh" in step.command, "only the probe runs while the program runs"
+        with self.lock:
+            fake = self.nodes.setdefault(node.name, FakeNode())
+        if not fake.reachable:
+            return StepRun(
+                255, "", f"ssh: connect to host {node.address} port 22: No route to host"
+            )
+        return StepRun(0, fake.probe(), "")
+
+
 def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    if args.name.endswith("-probe"):
-        return {"stdout": probe_stdout(BROKEN), "stderr": ""}
+    """What the node steps print on a first apply (the config step changed and restarted)."""
     if args.name.endswith("-config"):
         return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
     return {"stdout": "changed=1\n", "stderr": ""}

@@ -1,26 +1,51 @@
-"""ContainerdMirrors wiring under Pulumi mocks (preview=False; every test RETURNS its Output)."""
+"""ContainerdMirrors wiring under Pulumi mocks (preview=False; every test RETURNS its Output).
+
+The nodes are read and planned before the component exists (components/fleet.py), here from
+FakeNodes (tests/mocks.py) that answer as probe.sh would and change as the scripts would.
+"""
 
 from __future__ import annotations
 
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
-from components.settings import load_settings
+from components.fleet import FleetReadError, plan_fleet
+from components.renderers.node_steps import NodePlan
+from components.settings import Settings, load_settings
 from tests.mocks import (
+    BROKEN,
     COMMAND,
+    FakeFleet,
+    FakeNode,
     RecordingMocks,
+    Registered,
     fake_node_outputs,
     install_mocks,
     is_secret,
-    probe_stdout,
+    plain,
+    urn_of,
 )
 from tests.sample import sample_raw
 
+STASH = "pulumi:index:Stash"
+COMPONENT = "registry-mirrors:cluster:ContainerdMirrors"
+FIXTURES = Path(__file__).parent / "fixtures"
+# A node that also had its own mirror for a registry we do not cache: it must keep it.
+WITH_OWN_MIRROR = BROKEN + (
+    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."harbor.corp.example"]\n'
+    '  endpoint = ["https://harbor-mirror.corp.example"]\n'
+)
 
-def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()):
+
+def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()) -> Settings:
     raw = sample_raw()
     raw["nodes"] = [
         {"name": f"node-{i}", "address": f"10.0.30.{i}", "skipConfigPath": f"node-{i}" in skip}
@@ -37,6 +62,27 @@ def node_mocks() -> RecordingMocks:
     return mocks
 
 
+def build(
+    settings: Settings, fleet: FakeFleet | None = None, name: str = "cm"
+) -> tuple[ContainerdMirrors, dict[str, NodePlan]]:
+    plans = plan_fleet(settings, fleet or FakeFleet())
+    return ContainerdMirrors(name, settings, plans, "/agent.sock"), plans
+
+
+def steps_of(mocks: RecordingMocks) -> dict[str, Registered]:
+    return {r.name: r for r in mocks.of_type(COMMAND)}
+
+
+def run_program(body: Callable[[], pulumi.Output[Any]]) -> None:
+    pulumi.runtime.test(body)()
+
+
+def settled(mirrors: ContainerdMirrors) -> pulumi.Output[list[Any]]:
+    """Resolves once every step and gate is registered: [report per node..., urns...]."""
+    urns = [step.urn for steps in mirrors.commands.values() for step in steps.values()]
+    return pulumi.Output.all(*mirrors.nodes.values(), *urns, *[g.urn for g in mirrors.gates])
+
+
 def test_rollout_is_canary_then_batches() -> None:
     nodes = settings_with(nodes=6, batch_size=2).nodes
     assert [[n.name for n in b] for b in rollout_batches(nodes, 2)] == [
@@ -48,65 +94,145 @@ def test_rollout_is_canary_then_batches() -> None:
     assert rollout_batches([], 3) == []
 
 
-@pytest.mark.usefixtures("node_mocks")
-@pulumi.runtime.test
-def test_each_batch_waits_for_the_previous_batchs_config() -> pulumi.Output[Any]:
-    mirrors = ContainerdMirrors("cm", settings_with(nodes=4, batch_size=2), "/agent.sock")
-    assert mirrors.batches == [["node-1"], ["node-2", "node-3"], ["node-4"]]
-    waits = mirrors.waits_for
-    assert waits["cm-node-1-probe"] == []
-    assert waits["cm-node-1-config"] == ["cm-node-1-hosts"]
-    for node in ("node-2", "node-3"):
-        assert waits[f"cm-{node}-probe"] == ["cm-node-1-config"]
-        # Only the probe names the previous batch; the rest wait through it (fewer edges).
-        assert waits[f"cm-{node}-hosts"] == [f"cm-{node}-probe"]
-        assert waits[f"cm-{node}-config"] == [f"cm-{node}-hosts"]
-    assert waits["cm-node-4-probe"] == ["cm-node-2-config", "cm-node-3-config"]
+# --- rollout order ------------------------------------------------------------------------------
 
-    def ancestors(name: str) -> set[str]:
-        found: set[str] = set()
-        todo = list(waits[name])
+
+def _edges(mocks: RecordingMocks) -> dict[str, set[str]]:
+    """What each resource waits for in the engine: its depends_on, and its parent when that is a
+    custom resource (a component's URN resolves at once; a custom parent's once it exists)."""
+    custom = {r.name for r in mocks.resources if r.type != COMPONENT}
+    return {
+        r.name: set(r.depends_on) | ({r.parent} if r.parent in custom else set())
+        for r in mocks.resources
+    }
+
+
+def assert_rollout_order(mocks: RecordingMocks, mirrors: ContainerdMirrors, prefix: str) -> None:
+    """Every step of batch k+1 waits, transitively, for the last step of every node of batch k;
+    every node's steps run in order; nothing in a batch waits for another node of it."""
+    edges = _edges(mocks)
+    batch_of = {
+        f"{prefix}-{node}-{role}": index
+        for index, batch in enumerate(mirrors.batches)
+        for node in batch
+        for role in mirrors.commands[node]
+    }
+
+    def reaches(start: str, stop_below: int) -> set[str]:
+        """Ancestors of ``start``, not expanding past resources of batches before stop_below."""
+        seen: set[str] = set()
+        todo = deque(edges[start])
         while todo:
-            current = todo.pop()
-            if current not in found:
-                found.add(current)
-                todo += waits.get(current, [])
-        return found
+            current = todo.popleft()
+            if current in seen:
+                continue
+            seen.add(current)
+            if batch_of.get(current, stop_below) >= stop_below:
+                todo.extend(edges.get(current, ()))
+        return seen
 
-    # Every step of a later batch waits for every config step of every earlier batch.
-    for later, earlier in (("node-2", "node-1"), ("node-4", "node-1"), ("node-4", "node-3")):
-        for role in ("probe", "hosts", "config"):
-            assert f"cm-{earlier}-config" in ancestors(f"cm-{later}-{role}"), (later, role)
-    assert "cm-node-3-config" not in ancestors("cm-node-2-config")  # same batch: in parallel
-    return mirrors.nodes["node-4"].apply(lambda report: report)
+    for index in range(1, len(mirrors.batches)):
+        lasts = {
+            f"{prefix}-{node}-{list(mirrors.commands[node])[-1]}"
+            for node in mirrors.batches[index - 1]
+        }
+        for node in mirrors.batches[index]:
+            for role in mirrors.commands[node]:
+                ancestors = reaches(f"{prefix}-{node}-{role}", index - 1)
+                assert lasts <= ancestors, (node, role, sorted(lasts - ancestors))
+                others = {f"{prefix}-{o}-" for o in mirrors.batches[index] if o != node}
+                assert not any(a.startswith(tuple(others)) for a in ancestors), (node, role)
+    for node, commands in mirrors.commands.items():
+        roles = list(commands)
+        for before, after in itertools.pairwise(roles):
+            assert f"{prefix}-{node}-{before}" in edges[f"{prefix}-{node}-{after}"]
 
 
-def test_commands_per_node_secrets_and_logging(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
+def test_each_batch_waits_for_the_previous_batch_through_its_gate(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
-        mirrors = ContainerdMirrors("cm", settings_with(nodes=2), "/agent.sock")
+        mirrors, _ = build(settings_with(nodes=4, batch_size=2))
+        assert mirrors.batches == [["node-1"], ["node-2", "node-3"], ["node-4"]]
 
         def check(_: Any) -> None:
-            names = sorted(r.name for r in node_mocks.of_type(COMMAND))
-            assert names == [
-                f"cm-node-{i}-{role}" for i in (1, 2) for role in ("config", "hosts", "probe")
+            gates = {r.name: r for r in node_mocks.of_type(STASH)}
+            assert sorted(gates) == ["cm-batch-0", "cm-batch-1", "cm-batch-2"]
+            assert all(g.parent == "cm" for g in gates.values())
+            assert gates["cm-batch-0"].depends_on == []
+            assert gates["cm-batch-1"].depends_on == ["cm-node-1-config"]
+            assert gates["cm-batch-2"].depends_on == ["cm-node-2-config", "cm-node-3-config"]
+            steps = steps_of(node_mocks)
+            assert steps["cm-node-2-hosts"].parent == "cm-batch-1"
+            assert steps["cm-node-2-hosts"].depends_on == []
+            assert steps["cm-node-2-config"].depends_on == ["cm-node-2-hosts"]
+            assert steps["cm-node-4-config"].parent == "cm-batch-2"
+            assert_rollout_order(node_mocks, mirrors, "cm")
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_a_fleet_deep_enough_to_have_crashed_the_sdk_keeps_its_order() -> None:
+    """1,700 nodes in batches of 5 (341 batches): the old depends_on chain made the SDK's
+    cycle check recurse once per batch and raise RecursionError past ~1,650 nodes."""
+    mocks = install_mocks()
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": f"n{i:04d}", "address": f"10.100.{i // 250}.{i % 250 + 1}"} for i in range(1700)
+    ]
+    settings = load_settings(raw)
+    holder: dict[str, ContainerdMirrors] = {}
+
+    def body() -> pulumi.Output[Any]:
+        holder["cm"], _ = build(settings, name="deep")
+        return settled(holder["cm"])
+
+    run_program(body)
+    mirrors = holder["cm"]
+    assert len(mirrors.batches) == 341
+    assert len(mocks.of_type(COMMAND)) == 3400
+    assert_rollout_order(mocks, mirrors, "deep")
+
+
+# --- what each step is -------------------------------------------------------------------------
+
+
+def test_steps_per_node_secrets_logging_and_no_trigger_that_replaces(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings_with(nodes=2))
+
+        def check(_: Any) -> None:
+            steps = steps_of(node_mocks)
+            assert sorted(steps) == [
+                f"cm-node-{i}-{role}" for i in (1, 2) for role in ("config", "hosts")
             ]
-            probe = node_mocks.named("cm-node-1-probe").inputs
-            config = node_mocks.named("cm-node-1-config").inputs
-            hosts = node_mocks.named("cm-node-1-hosts").inputs
-            assert probe["logging"] == "none" and config["logging"] == "none"
-            assert probe["addPreviousOutputInEnv"] is False
-            assert probe["update"] == probe["create"] and probe["triggers"]
-            assert "probe.sh" in probe["create"]
-            assert "triggers" not in hosts and "triggers" not in config
-            assert is_secret(config["stdin"]) and is_secret(hosts["stdin"])
+            config = steps["cm-node-1-config"].inputs
+            hosts = steps["cm-node-1-hosts"].inputs
+            assert config["logging"] == "none"
+            assert config["addPreviousOutputInEnv"] is False
+            assert is_secret(config["stdin"])
             stdin = config["stdin"]["value"]
             assert "config_path" in stdin and "mirrors" not in stdin
             assert "s3cret" not in str(config["create"]) and "apply-config.sh" in config["create"]
-            assert "restore.sh" in config["delete"] and "restore.sh" in hosts["delete"]
-            assert "/agent.sock" in str(probe["connection"]), probe["connection"]
+            assert "EXPECTED_SHA256=" in config["create"]
+            assert "restore.sh" in config["delete"] and "REMOVE_ALL" in hosts["delete"]
+            assert "/agent.sock" in str(config["connection"]), config["connection"]
+            assert "s3cret" not in repr(hosts)  # the hosts.toml bundle holds no credential
+            for step in steps.values():
+                # pulumi-command's SDK replaces a Command on any change of triggers[*]
+                # (pulumi-command #855); with no triggers no replacement can be fired.
+                assert "triggers" not in step.inputs, step.name
+                assert all(path.startswith("triggers") for path in step.replace_on_changes)
+                assert step.inputs.get("update") is None, step.name
 
-        return pulumi.Output.all(*mirrors.nodes.values()).apply(check)
+        return settled(mirrors).apply(check)
 
     return run()
 
@@ -114,7 +240,7 @@ def test_commands_per_node_secrets_and_logging(node_mocks: RecordingMocks) -> pu
 def test_report_per_node(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
-        mirrors = ContainerdMirrors("cm", settings_with(nodes=1), "/agent.sock")
+        mirrors, _ = build(settings_with(nodes=1))
 
         def check(report: dict[str, Any]) -> None:
             assert report["containerdVersion"] == "1.6.20"
@@ -132,42 +258,170 @@ def test_skip_config_path_writes_hosts_only_and_says_so(
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
         settings = settings_with(nodes=3, batch_size=1, skip=("node-2",))
-        mirrors = ContainerdMirrors("cm", settings, "/agent.sock")
-        assert set(mirrors.commands["node-2"]) == {"probe", "hosts"}
-        # The next batch waits for the skipped node's hosts step instead.
-        assert mirrors.waits_for["cm-node-3-probe"] == ["cm-node-2-hosts"]
+        mirrors, _ = build(settings)
+        assert set(mirrors.commands["node-2"]) == {"hosts"}
 
         def check(report: dict[str, Any]) -> None:
-            names = {r.name for r in node_mocks.of_type(COMMAND)}
-            assert "cm-node-2-config" not in names and "cm-node-1-config" in names
+            steps = steps_of(node_mocks)
+            assert "cm-node-2-config" not in steps and "cm-node-1-config" in steps
+            # The next batch waits for the skipped node's hosts step instead.
+            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-hosts"]
             assert report["configChanged"] is False and report["restarted"] is False
             assert any("skipConfigPath" in line for line in report["summary"])
 
-        return mirrors.nodes["node-2"].apply(check)
+        return settled(mirrors).apply(lambda values: check(values[1]))
 
     return run()
 
 
-def test_unparsable_config_fails_naming_the_node_before_any_change():
-    """The canary's config.toml cannot be parsed: the program fails naming the node, and no
-    command that changes a node gets its input (hosts and config wait on the failed plan)."""
+# --- preview: what a reviewer sees --------------------------------------------------------------
+
+
+def _step_inputs(mocks: RecordingMocks) -> dict[str, dict[str, Any]]:
+    """Every node step's inputs as the engine diffs them (secrets unwrapped)."""
+    return {
+        r.name: {k: plain(v) for k, v in r.inputs.items() if k != "connection"}
+        for r in mocks.of_type(COMMAND)
+    }
+
+
+def _deploy(settings: Settings, fleet: FakeFleet) -> dict[str, dict[str, Any]]:
+    """One program run (preview or up: the same program), then what `up` does to the nodes.
+    Returns the node steps' inputs of that run."""
     mocks = install_mocks()
+    mocks.outputs_for[COMMAND] = fake_node_outputs
 
-    def outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-        if args.name.endswith("-probe"):
-            return {"stdout": probe_stdout("version = 2\n[plugins\n"), "stderr": ""}
-        return {"stdout": "changed=1\n", "stderr": ""}
+    def body() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings, fleet)
+        return settled(mirrors)
 
-    mocks.outputs_for[COMMAND] = outputs
+    run_program(body)
+    inputs = _step_inputs(mocks)
+    for node in settings.nodes:
+        hosts, config = inputs[f"cm-{node.name}-hosts"], inputs.get(f"cm-{node.name}-config")
+        if config is not None:
+            fleet.nodes[node.name].apply(hosts["stdin"], config["create"], config["stdin"])
+    return inputs
+
+
+def test_an_unchanged_fleet_shows_no_change_on_the_next_run() -> None:
+    settings = settings_with(nodes=3)
+    fleet = FakeFleet(
+        {"node-1": FakeNode(WITH_OWN_MIRROR), "node-2": FakeNode(), "node-3": FakeNode()}
+    )
+    first = _deploy(settings, fleet)
+    assert fleet.nodes["node-1"].original == WITH_OWN_MIRROR  # it was migrated
+    harbor = "harbor.corp.example"
+    assert harbor in first["cm-node-1-hosts"]["stdin"]
+
+    second = _deploy(settings, fleet)
+    third = _deploy(settings, fleet)
+
+    # Identical inputs: the engine diffs nothing, no step runs, no containerd restarts. The
+    # node's own mirror stays in its hosts.toml bundle although config.toml no longer names it.
+    assert second == first
+    assert third == first
+
+
+def test_a_node_edited_by_hand_shows_only_its_config_step() -> None:
+    settings = settings_with(nodes=3)
+    fleet = FakeFleet()
+    first = _deploy(settings, fleet)
+    edited = fleet.nodes["node-2"]
+    assert edited.config is not None
+    edited.config += (
+        '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+        '  endpoint = ["http://10.0.20.10:5000"]\n'
+    )
+
+    second = _deploy(settings, fleet)
+
+    changed = sorted(name for name in first if first[name] != second[name])
+    assert changed == ["cm-node-2-config"]
+    # The mirror added by hand is migrated again: the step will change config.toml.
+    assert "mirrors" not in second["cm-node-2-config"]["stdin"]
+
+
+def test_an_unreachable_node_stops_the_program_naming_it_before_anything_exists() -> None:
+    mocks = install_mocks()
+    fleet = FakeFleet({"node-3": FakeNode(reachable=False)})
+    with pytest.raises(FleetReadError, match=r"node node-3 \(root@10\.0\.30\.3:22\) probe: cannot"):
+        plan_fleet(settings_with(nodes=4), fleet)
+    assert mocks.resources == []
+    # Every node was still read (one error lists every failing node).
+    assert all(node.probes == 1 for name, node in fleet.nodes.items() if name != "node-3")
+
+
+def test_an_unparsable_config_fails_naming_the_node_before_anything_exists() -> None:
+    fleet = FakeFleet({"node-1": FakeNode("version = 2\n[plugins\n")})
+    with pytest.raises(
+        FleetReadError, match=r"node node-1 \(10\.0\.30\.1\).*line 2.*nothing was changed"
+    ):
+        plan_fleet(settings_with(), fleet)
+
+
+def test_a_preview_knows_every_node_steps_inputs() -> None:
+    """In a preview the probe has already run (during the program), so the diff shows real
+    per-node inputs, not "unknown"."""
+    mocks = install_mocks(preview=True)
+
+    def body() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings_with(nodes=3))
+        return pulumi.Output.from_input(mirrors.batches)
+
+    run_program(body)
+    steps = steps_of(mocks)
+    assert len(steps) == 6
+    for step in steps.values():
+        stdin = plain(step.inputs["stdin"])
+        assert isinstance(stdin, str) and stdin, step.name
+        assert isinstance(step.inputs["create"], str) and "exec bash" in step.inputs["create"]
+
+
+# --- upgrading an existing stack ------------------------------------------------------------------
+
+
+def test_an_existing_stack_upgrades_without_replacing_or_restoring_any_node(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """Against the URNs a stack created before this design holds: every hosts/config step is
+    the same resource (by URN or alias), so `pulumi up` updates it in place; what is no longer
+    registered (the probe commands) had no delete command, so deleting it runs nothing."""
+    before = json.loads((FIXTURES / "state" / "containerd-707aa7b.json").read_text())
+    raw = sample_raw()
+    raw["nodes"], raw["containerd"] = before["nodes"], before["containerd"]
 
     @pulumi.runtime.test
-    def run():
-        component = ContainerdMirrors("containerd", settings_with(), agent_socket="/run/a.sock")
-        return component.nodes["node-1"]
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(load_settings(raw), name="containerd")
 
-    with pytest.raises(
-        Exception, match=r"node node-1 \(10\.0\.30\.1\).*line 2.*nothing was changed"
-    ):
-        run()
-    changing = [r.name for r in mocks.resources if r.name.endswith(("-hosts", "-config"))]
-    assert all("stdin" not in r.inputs for r in mocks.resources if r.name in changing)
+        def check(component_urn: str) -> None:
+            stack, project = pulumi.get_stack(), pulumi.get_project()
+            now: dict[str, Registered] = {}
+            for step in node_mocks.of_type(COMMAND):
+                now[step.urn] = step
+                for alias in step.aliases:
+                    assert set(alias) != {"urn"}, alias
+                    old = urn_of(
+                        stack,
+                        project,
+                        alias["parentUrn"] or "",
+                        alias["type"] or COMMAND,
+                        alias["name"] or step.name,
+                    )
+                    now[old] = step
+                assert [a["parentUrn"] for a in step.aliases] == [component_urn], step.name
+            for old in before["commands"]:
+                if old["urn"] in now:
+                    assert not now[old["urn"]].replace_on_changes or "triggers" not in (
+                        now[old["urn"]].inputs
+                    )
+                else:
+                    assert old["urn"].endswith("-probe"), old["urn"]
+                    assert not old["delete"], old["urn"]
+            kept = [o for o in before["commands"] if not o["urn"].endswith("-probe")]
+            assert len(kept) == len(node_mocks.of_type(COMMAND)) == 7
+
+        return pulumi.Output.all(mirrors.urn, settled(mirrors)).apply(lambda v: check(v[0]))
+
+    return run()

@@ -90,3 +90,52 @@ def test_every_exported_parameter_is_one_its_script_reads(role: str) -> None:
     assert exported
     for key in exported:
         assert re.search(rf'^: "\$\{{{key}:[=?]', text, re.MULTILINE), f"{script} never reads {key}"
+
+
+# --- planning a node from its probe -------------------------------------------------------------
+
+OWN_MIRRORS = (
+    "version = 2\n"
+    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."quay.io"]\n'
+    '  endpoint = ["https://quay-mirror.corp.example"]\n'
+    '[plugins."io.containerd.grpc.v1.cri".registry.mirrors."harbor.corp.example"]\n'
+    '  endpoint = ["https://harbor-mirror.corp.example"]\n'
+)
+
+
+def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run() -> None:
+    """The second run reads a config.toml without mirrors: the node's own mirrors come from its
+    saved original, or the second `pulumi up` would delete them from hosts.toml."""
+    from components.renderers.node_steps import plan_node
+    from tests.mocks import FakeNode
+
+    settings = sample_settings()
+    node = settings.nodes[0]
+    fake = FakeNode(OWN_MIRRORS)
+    first = plan_node(settings, node, fake.probe())
+    fake.apply(first.hosts.stdin, first.config.command, first.config.stdin)
+    second = plan_node(settings, node, fake.probe())
+
+    assert "harbor.corp.example" in first.hosts_files
+    assert "quay-mirror.corp.example" in first.hosts_files["quay.io"]
+    assert second.hosts_files == first.hosts_files
+    assert second.hosts == first.hosts and second.config == first.config
+    assert not second.config_changed
+
+
+def test_an_unchanged_node_sends_the_guard_it_was_applied_with() -> None:
+    from components.renderers.node_steps import plan_node
+    from tests.mocks import probe_stdout
+
+    settings = sample_settings()
+    node = settings.nodes[0]
+    migrated = (  # what the node holds now: nothing left to migrate
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n'
+        '  config_path = "/etc/containerd/certs.d"\n'
+    )
+    applied = plan_node(settings, node, probe_stdout(migrated, applied_from="f" * 64))
+    by_hand = plan_node(settings, node, probe_stdout(migrated))
+
+    assert _exports(applied.config)["EXPECTED_SHA256"] == "f" * 64
+    # Migrated by someone else (no record of ours): the file's own checksum.
+    assert _exports(by_hand.config)["EXPECTED_SHA256"] != "f" * 64

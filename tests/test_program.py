@@ -8,7 +8,15 @@ import pulumi
 import pytest
 
 from components import program
-from tests.mocks import COMMAND, fake_node_outputs, install_mocks, is_secret
+from tests.mocks import (
+    COMMAND,
+    FakeFleet,
+    FakeNode,
+    fake_node_outputs,
+    install_mocks,
+    is_secret,
+    plain,
+)
 from tests.sample import sample_raw
 
 TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
@@ -46,7 +54,7 @@ def test_good_config_builds_every_part_and_exports_the_contract():
     secret_keys.append("registry-mirrors:upstreamCredentials")
     mocks = install_mocks(config, secret_keys)
     mocks.outputs_for[COMMAND] = fake_node_outputs
-    exports = program.run()
+    exports = program.run(runner=FakeFleet())
 
     def check(values):
         vm, mirrors, containerd, nodes, rollout = values
@@ -143,17 +151,30 @@ def test_no_ssh_agent_is_a_clear_error_before_any_resource(monkeypatch):
     assert _registered(mocks) == []
 
 
-def test_preview_runs_through_with_the_nodes_unknown():
-    """What `pulumi preview` does in pull-request checks: the probes' output is unknown, so the
-    node plans cannot be computed; the program must still register every resource, not crash."""
+def test_preview_shows_every_node_step_with_its_real_inputs():
+    """What `pulumi preview` does in pull-request checks: the nodes are read while the program
+    runs, so every node step is registered with known inputs (the diff a reviewer reads)."""
     mocks = install_mocks(*_config(sample_raw()), preview=True)
 
     @pulumi.runtime.test
     def preview():
-        return pulumi.Output.all(*program.run().values())
+        return pulumi.Output.all(*program.run(runner=FakeFleet()).values())
 
     preview()
-    names = {r.name for r in _registered(mocks)}
+    steps = {r.name: r for r in _registered(mocks) if r.type == COMMAND}
     for node in ("k8s-cp-1", "k8s-worker-1", "k8s-worker-2"):
-        assert {f"containerd-{node}-{role}" for role in ("probe", "hosts", "config")} <= names
+        for role in ("hosts", "config"):
+            stdin = plain(steps[f"containerd-{node}-{role}"].inputs["stdin"])
+            assert isinstance(stdin, str) and stdin, (node, role)
+    names = {r.name for r in _registered(mocks)}
     assert {"registry-vm-vm", "registry-mirrors-registry", "registry-vm-wait-cloud-init"} <= names
+
+
+def test_a_node_that_does_not_answer_stops_the_program_before_any_resource():
+    mocks = install_mocks(*_config(sample_raw()))
+    fleet = FakeFleet({"k8s-worker-1": FakeNode(reachable=False)})
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run(runner=fleet)
+    assert "cannot read 1 of 3 node(s) (nothing was changed)" in str(caught.value)
+    assert "node k8s-worker-1 (root@10.0.20.31:22) probe: cannot reach" in str(caught.value)
+    assert _registered(mocks) == []

@@ -580,6 +580,17 @@ def _minimal(version: int, config_path: str) -> str:
     return f"{version_line}[{header}]\n  config_path = {tomlkit.string(config_path).as_string()}\n"
 
 
+def carried_registries(text: str) -> tuple[MigratedRegistry, ...]:
+    """The mirrors and TLS settings ``text`` holds in its own version's layout, as the migration
+    carries them over to hosts.toml. No policy about the node's containerd version: this reads a
+    node's saved original config.toml, whose mirrors must keep their hosts.toml after config.toml
+    itself stopped naming them."""
+    plain, _ = _parse(text)
+    if not plain:
+        return ()
+    return tuple(_plan(plain, _file_version(plain, text)).migrated)
+
+
 def migrate_config(
     text: str, containerd_version: str, config_path: str = DEFAULT_CONFIG_PATH
 ) -> MigrationResult:

@@ -38,6 +38,11 @@ class ProbeResult:
     config_version: int | None
     original_saved: bool
     managed_dirs: tuple[str, ...]
+    # The node's first original config.toml (apply-config.sh saved it before its first change).
+    original_text: str | None = None
+    # While config.toml is still what apply-config.sh wrote: the sha256 of the file it was
+    # migrated from (the guard that was sent then; sent again, an unchanged node shows no diff).
+    applied_from_sha256: str | None = None
 
 
 def parse_probe(stdout: str) -> ProbeResult:
@@ -64,6 +69,13 @@ def parse_probe(stdout: str) -> ProbeResult:
     if not exists and sha != ABSENT:
         raise ProbeOutputError(f"probe.sh says the config is missing but gives sha256 {sha!r}")
     version = one("config_version")
+    original = values.get("original_b64", [""])[-1]
+    try:
+        original_text = base64.b64decode(original, validate=True).decode() if original else None
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProbeOutputError(
+            f"probe.sh original_b64 is not base64 of UTF-8 text: {exc}"
+        ) from None
     return ProbeResult(
         containerd_version=one("containerd_version"),
         config_file=one("config_file"),
@@ -73,6 +85,8 @@ def parse_probe(stdout: str) -> ProbeResult:
         config_version=int(version) if version.isdigit() else None,
         original_saved=values.get("original_saved", ["0"])[-1] == "1",
         managed_dirs=tuple(values.get("managed_dirs", [""])[-1].split()),
+        original_text=original_text,
+        applied_from_sha256=values.get("applied_from_sha256", [""])[-1] or None,
     )
 
 

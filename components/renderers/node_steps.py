@@ -11,7 +11,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from components.renderers.containerd_config import MigrationResult, migrate_config
+from components.renderers.containerd_config import (
+    MigratedRegistry,
+    MigrationResult,
+    carried_registries,
+    migrate_config,
+)
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.node_probe import ProbeResult, parse_probe
 from components.renderers.shell import remote_command
@@ -115,6 +120,18 @@ def verify_step(settings: Settings, node: Node, images: Sequence[str] = ()) -> S
 
 
 @dataclass(frozen=True)
+class NodeStep:
+    """One remote command of a node's rollout, in order: what ``create`` runs, what ``delete``
+    runs to undo it, and whether its stdin and output may hold credentials (config.toml may carry
+    ``configs.*.auth``: then secret, and nothing logged)."""
+
+    role: str
+    create: Step
+    delete: Step
+    sensitive: bool
+
+
+@dataclass(frozen=True)
 class NodePlan:
     """Everything decided from one probe of one node."""
 
@@ -125,23 +142,41 @@ class NodePlan:
     config: Step
     config_changed: bool
     summary: tuple[str, ...]
+    # The remote commands, in order; each runs after the one before (hosts.toml before
+    # config_path: once config_path is set containerd only reads the files).
+    steps: tuple[NodeStep, ...] = ()
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
-# (config text, version) is computed once per distinct pair (per settings object).
-FleetCache = dict[tuple[str, str], tuple[MigrationResult, dict[str, str]]]
+# (config text, original text, version) is computed once per distinct triple (per settings).
+FleetCache = dict[tuple[str, str, str], tuple[MigrationResult, dict[str, str]]]
+
+
+def _carried(
+    original: Sequence[MigratedRegistry], current: Sequence[MigratedRegistry]
+) -> tuple[MigratedRegistry, ...]:
+    """What the node's hosts.toml files must keep: the registries carried over from its first
+    original config.toml, and any mirrors someone has added to config.toml since (those win)."""
+    merged = {registry.host.lower(): registry for registry in original}
+    merged.update({registry.host.lower(): registry for registry in current})
+    return tuple(merged.values())
 
 
 def _migrate_and_render(
     settings: Settings, probe: ProbeResult, cache: FleetCache | None
 ) -> tuple[MigrationResult, dict[str, str]]:
-    key = (probe.config_text or "", probe.containerd_version)
+    key = (probe.config_text or "", probe.original_text or "", probe.containerd_version)
     if cache is not None and key in cache:
         return cache[key]
     migration = migrate_config(
         probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
     )
-    files = render_node_hosts(settings, migration.migrated, probe.containerd_version)
+    # After the first apply config.toml no longer names the mirrors it had: without the saved
+    # original, the second run would drop them from hosts.toml.
+    original = carried_registries(probe.original_text) if probe.original_text else ()
+    files = render_node_hosts(
+        settings, _carried(original, migration.migrated), probe.containerd_version
+    )
     if cache is not None:
         cache[key] = (migration, files)
     return migration, files
@@ -164,8 +199,17 @@ def plan_node(
     if changed:
         config = config_step(settings, node, probe.config_sha256, migration.text)
     else:
-        # Same text as on disk: apply-config.sh sees no difference and does nothing.
-        config = config_step(settings, node, probe.config_sha256, probe.config_text)
+        # Same text as on disk: apply-config.sh sees no difference and does nothing. The guard is
+        # the one sent when that text was written (its source's checksum), so an unchanged node's
+        # step has the same inputs as last time: no diff in the preview, nothing run.
+        guard = probe.applied_from_sha256 or probe.config_sha256
+        config = config_step(settings, node, guard, probe.config_text)
+    hosts = hosts_step(settings, node, files)
+    steps = [NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False)]
+    if not node.skip_config_path:
+        steps.append(
+            NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
+        )
     summary = list(migration.summary)
     if node.skip_config_path and migration.changed:
         summary.insert(
@@ -178,10 +222,11 @@ def plan_node(
         probe=probe,
         migration=migration,
         hosts_files=dict(files),
-        hosts=hosts_step(settings, node, files),
+        hosts=hosts,
         config=config,
         config_changed=changed,
         summary=tuple(summary),
+        steps=tuple(steps),
     )
 
 
@@ -189,6 +234,7 @@ class NodeStepError(RuntimeError):
     """A node step failed; the message names the node, its address and the step."""
 
 
+# What ssh exits with when it cannot connect or authenticate (the remote command never ran).
 SSH_FAILURE = 255
 
 
@@ -199,5 +245,13 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
         return
     where = f"node {node.name} ({node.ssh_user}@{node.address}:{node.ssh_port}) {role}"
     if exit_code == SSH_FAILURE:
-        raise NodeStepError(f"{where}: cannot reach the node over SSH: {stderr.strip()}")
+        # ssh's last line is the reason; the banner above it (host key warnings) is noise here.
+        lines = stderr.strip().splitlines()
+        reason = lines[-1] if lines else "no output from ssh"
+        if "Host key verification failed" in stderr:
+            reason += (
+                " (the node's host key is not the pinned nodes[].sshHostPublicKey, or it was "
+                "reinstalled: check the key, then update the setting)"
+            )
+        raise NodeStepError(f"{where}: cannot reach the node over SSH: {reason}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")

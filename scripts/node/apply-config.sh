@@ -7,7 +7,8 @@
 # Params (env):
 #   CONFIG_FILE          config.toml path
 #   EXPECTED_SHA256      sha256 of the file the component migrated ("absent": no file then);
-#                        anything else on disk now means someone edited it: refuse
+#                        anything else on disk now (unless it already is the new text) means
+#                        someone edited it: refuse
 #   RESTART_COMMAND      how to restart containerd (e.g. "systemctl restart containerd")
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
@@ -36,16 +37,18 @@ new=$(mktemp "${dir}/.config.toml.registry-mirrors.XXXXXX")
 trap 'rm -f "$new"' EXIT
 cat >"$new"
 
+# Already the wanted text: nothing to do, whatever the guard says (the guard of an unchanged node
+# is the checksum of the file it was once migrated from, see probe.sh).
+if [[ -f $CONFIG_FILE ]] && cmp -s "$new" "$CONFIG_FILE"; then
+  echo "changed=0"
+  echo "restarted=0"
+  exit 0
+fi
 current_sha=absent
 [[ -f $CONFIG_FILE ]] && current_sha=$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')
 if [[ $current_sha != "$EXPECTED_SHA256" ]]; then
   echo "apply-config.sh: ${CONFIG_FILE} changed since it was probed (expected sha256 ${EXPECTED_SHA256}, now ${current_sha}); nothing changed, run pulumi up again" >&2
   exit 3
-fi
-if [[ -f $CONFIG_FILE ]] && cmp -s "$new" "$CONFIG_FILE"; then
-  echo "changed=0"
-  echo "restarted=0"
-  exit 0
 fi
 
 if ! check_output=$(containerd -c "$new" config dump 2>&1 >/dev/null); then
@@ -105,6 +108,10 @@ echo "backup=${backup}"
 
 restart_output=""
 if restart_output=$(restart 2>&1) && wait_for_cri; then
+  # What we wrote and what it was migrated from (probe.sh reads it back; restore.sh removes it).
+  record=$(mktemp "${dir}/.config.toml.registry-mirrors.XXXXXX")
+  printf '%s %s\n' "$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')" "$EXPECTED_SHA256" >"$record"
+  mv -f "$record" "${CONFIG_FILE}.registry-mirrors.applied"
   echo "restarted=1"
   echo "rolled_back=0"
   exit 0

@@ -41,6 +41,23 @@ if [[ -f ${CONFIG_FILE}.registry-mirrors.orig || -f ${CONFIG_FILE}.registry-mirr
 else
   echo "original_saved=0"
 fi
+# The node's first original config.toml (saved by apply-config.sh before its first change): the
+# mirrors it held were carried over to hosts.toml, and must stay there on every later run, when
+# config.toml itself no longer names them.
+if [[ -f ${CONFIG_FILE}.registry-mirrors.orig ]]; then
+  echo "original_b64=$(base64 -w 0 <"${CONFIG_FILE}.registry-mirrors.orig")"
+else
+  echo "original_b64="
+fi
+# apply-config.sh records "<sha256 it wrote> <sha256 of the file it migrated from>". While the file
+# is still what it wrote, the program sends the same guard again: an unchanged node shows no diff.
+applied="${CONFIG_FILE}.registry-mirrors.applied"
+applied_from=""
+if [[ -f $applied && -f $CONFIG_FILE ]]; then
+  read -r written source <"$applied" || true
+  [[ ${written:-} == "$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')" ]] && applied_from=${source:-}
+fi
+echo "applied_from_sha256=${applied_from}"
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
 if [[ -f $manifest ]]; then
   echo "managed_dirs=$(paste -s -d ' ' "$manifest")"

@@ -45,6 +45,7 @@ elif [[ -f ${CONFIG_FILE}.registry-mirrors.absent ]]; then
   rm -f "${CONFIG_FILE}.registry-mirrors.absent"
   restored=1
 fi
+rm -f "${CONFIG_FILE}.registry-mirrors.applied"
 echo "restored=${restored}"
 if ((restored)); then
   bash -c "$RESTART_COMMAND"

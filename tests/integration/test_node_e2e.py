@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.fleet import read_node, ssh_runner
 from components.renderers.bundle import mirrors_export
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import (
@@ -29,7 +30,6 @@ from components.renderers.node_steps import (
     NodeStepError,
     check_step,
     plan_node,
-    probe_step,
     restore_config_step,
     restore_hosts_step,
 )
@@ -128,10 +128,11 @@ class World:
     workdir: Path
 
     def plan(self, settings: Settings | None = None) -> NodePlan:
+        """Read and plan the node exactly as the program does while it runs (preview included):
+        the system ssh client, the agent, the pinned host key."""
         settings = settings or self.settings
-        result = self.host.run_step(probe_step(settings, self.node))
-        check_step(self.node, "probe", result.returncode, result.stderr)
-        return plan_node(settings, self.node, result.stdout)
+        stdout = read_node(settings, self.node, ssh_runner(self.host.agent_socket))
+        return plan_node(settings, self.node, stdout)
 
     def apply(self, plan: NodePlan) -> tuple[str, str]:
         """hosts first, then config (the component's order); stdout of both."""
@@ -165,7 +166,12 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
         },
     ]
     raw["nodes"] = [
-        {"name": "node-1", "address": host.node_address, "restartCommand": host.restart_command}
+        {
+            "name": "node-1",
+            "address": host.node_address,
+            "restartCommand": host.restart_command,
+            "sshHostPublicKey": host.host_public_key,
+        }
     ]
     raw["containerd"] = {"restartTimeoutSeconds": 20}
     return load_settings(raw)
@@ -255,17 +261,54 @@ def test_apply_switches_to_config_path_and_pulls_go_through_each_upstreams_proxy
     assert requests_in(world.registries["ghcr-upstream"], "/v2/org/y/manifests/2") > upstream_hits
 
 
-def test_reapply_restarts_nothing(world: World) -> None:
-    world.apply(world.plan())
-    pid = world.host.containerd_pid
+def _inputs(plan: NodePlan) -> list[tuple[str, str, str]]:
+    """What the engine diffs for each of the node's steps: role, command, stdin."""
+    return [(step.role, step.create.command, step.create.stdin) for step in plan.steps]
 
-    plan = world.plan()
-    hosts_out, config_out = world.apply(plan)
 
-    assert not plan.config_changed
-    assert parse_step_result(hosts_out).written == ()
-    assert parse_step_result(config_out).restarted is False
-    assert world.host.containerd_pid == pid
+def test_an_unchanged_node_plans_the_same_steps_and_restarts_nothing(world: World) -> None:
+    """After an apply, the next run's probe yields exactly the inputs the applied steps had, so
+    `pulumi preview` shows no change and `pulumi up` runs nothing; a mirror of the node's own
+    (for a registry we do not cache) stays in its hosts.toml though config.toml lost it."""
+    host = world.host
+    own = (
+        '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."harbor.corp.example"]\n'
+        f'  endpoint = ["http://{host.host_address}:6099"]\n'
+    )
+    host.start_containerd(broken_config(f"http://{host.host_address}:5000") + own)
+    first = world.plan()
+    assert "harbor.corp.example" in first.hosts_files
+    world.apply(first)
+    pid = host.containerd_pid
+
+    for _ in range(2):
+        plan = world.plan()
+        assert _inputs(plan) == _inputs(first)
+        hosts_out, config_out = world.apply(plan)
+        assert not plan.config_changed
+        assert parse_step_result(hosts_out).written == ()
+        assert parse_step_result(config_out).restarted is False
+    assert host.containerd_pid == pid
+    harbor = host.etc_containerd / "certs.d" / "harbor.corp.example" / "hosts.toml"
+    assert f"http://{host.host_address}:6099" in harbor.read_text()
+
+
+def test_a_hand_edit_changes_only_the_config_step(world: World) -> None:
+    host = world.host
+    first = world.plan()
+    world.apply(first)
+    applied = world.plan()
+    host.config_file.write_text(host.config_file.read_text() + "# tuned by hand\n")
+
+    edited = world.plan()
+
+    changed = [a[0] for a, b in zip(_inputs(applied), _inputs(edited), strict=True) if a != b]
+    assert changed == ["config"]
+    # Its text is the node's own (nothing to migrate): it runs, changes nothing, restarts nothing.
+    pid = host.containerd_pid
+    _, config_out = world.apply(edited)
+    assert parse_step_result(config_out).changed is False
+    assert host.containerd_pid == pid
 
 
 def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: World) -> None:
@@ -386,11 +429,24 @@ def test_unparsable_config_is_refused_with_nothing_changed(world: World) -> None
 def test_unreachable_node_fails_naming_the_node(world: World) -> None:
     # The test node's own address, on a port where nothing listens.
     node = world.node.model_copy(update={"ssh_port": 2222})
-    result = world.host.run_step(probe_step(world.settings, node), port=node.ssh_port)
     with pytest.raises(
         NodeStepError, match=r"node node-1 \(root@10\.231\.[0-9.]+:2222\) probe: cannot reach"
     ):
-        check_step(node, "probe", result.returncode, result.stderr)
+        read_node(world.settings, node, ssh_runner(world.host.agent_socket))
+
+
+def test_a_node_with_another_host_key_is_refused(world: World) -> None:
+    """The pinned host key is checked by the program's read, not only by pulumi-command."""
+    other = world.host.root / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    pinned = " ".join(Path(f"{other}.pub").read_text().split()[:2])
+    node = world.node.model_copy(update={"ssh_host_public_key": pinned})
+    with pytest.raises(
+        NodeStepError,
+        match=r"node node-1 \S+ probe: cannot reach the node over SSH: Host key verification "
+        r"failed\. \(the node's host key is not the pinned nodes\[\]\.sshHostPublicKey",
+    ):
+        read_node(world.settings, node, ssh_runner(world.host.agent_socket))
 
 
 # --- scripts/verify.py --nodes: the operator's check of the same node --------------------------

@@ -89,6 +89,16 @@ class NodeHost:
         return str(self.root / "restart-containerd")
 
     @property
+    def host_public_key(self) -> str:
+        """The node's SSH host key, as ``nodes[].sshHostPublicKey`` pins it."""
+        return " ".join((self.root / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+
+    @property
+    def agent_socket(self) -> str:
+        """An ssh-agent holding the node's login key: the program's SSH story."""
+        return str(self.root / "agent.sock")
+
+    @property
     def containerd_pid(self) -> int | None:
         path = self.root / "containerd.pid"
         return int(path.read_text()) if path.exists() else None
@@ -251,6 +261,22 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
             stderr=(root / "sshd.log").open("wb"),
         )  # fmt: skip
         host.processes.append(sshd)
+        agent = subprocess.Popen(
+            ["ssh-agent", "-D", "-a", host.agent_socket],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        host.processes.append(agent)
+        for _ in range(100):
+            if Path(host.agent_socket).exists():
+                break
+            time.sleep(0.02)
+        subprocess.run(
+            ["ssh-add", "-q", str(key)],
+            env={**os.environ, "SSH_AUTH_SOCK": host.agent_socket},
+            check=True,
+            capture_output=True,
+        )
         _wait_for_port(node_address, 22)
         yield host
     finally:
