@@ -33,6 +33,9 @@ class Figure:
     # Set by check(): True/False when there is a target, None otherwise.
     met: bool | None = None
     note: str = ""
+    # A run that crashed or was stopped: what happened, never a number (the runs that finished
+    # stay in ``runs``).
+    failure: str = ""
 
     @property
     def median(self) -> float:
@@ -40,7 +43,7 @@ class Figure:
 
     def check(self, ok: Callable[[float], bool], target: str) -> Figure:
         self.target = target
-        self.met = bool(self.runs) and ok(self.median)
+        self.met = not self.failure and bool(self.runs) and ok(self.median)
         return self
 
     def as_json(self) -> dict[str, Any]:

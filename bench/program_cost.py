@@ -1,39 +1,53 @@
-"""Part 1: the whole program under mocks as the fleet grows (wall time, peak memory).
+"""Part 1: the whole program under mocks as the fleet grows (wall time, peak memory), before and
+after the batch gates, and the node reads that run during the program.
 
-Each measurement runs in a fresh child process (``python -m bench.program_cost CHILD MODE N``)
-so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that run alone. Two modes:
+Each measurement runs in a fresh child process (``python -m bench.program_cost child MODE N``)
+so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that run alone. Modes:
 
-- ``full``: ``components.program.run()`` with the five default upstreams and N nodes, under the
-  tests' recording mocks, with the tests' fake probe output (a broken wildcard-mirror node), until
-  every export has resolved: what ``pulumi up`` executes in the Python program.
+- ``full``: what ``pulumi up`` executes in the Python program: ``program.tune_gc()``, then
+  ``program.run()`` with the five default upstreams and N nodes under the tests' recording mocks,
+  the nodes read through ``tests.mocks.FakeFleet`` (a stand-in for SSH that answers at once with
+  a broken wildcard-mirror node), until every export resolved.
+- ``nogc``: ``full`` without ``tune_gc()`` (what the collector tuning buys).
 - ``bare``: a program that only registers the same number of resources (one trivial
   CustomResource each, same mocks): the SDK's own per-resource cost.
-- ``nocheck`` (diagnostic only): ``full`` with the SDK's dependency-cycle check
-  (``pulumi.runtime.resource_cycle_breaker._reachable``) replaced by ``return False`` in that child.
-  The check walks every ancestor of a dependency on every ``depends_on`` edge; the rollout chain
-  (each batch depends on the previous batch) makes that O(N) per edge, O(N^2) per program. This
-  mode shows what the rest (our code + the SDK without that walk) costs. Never done in the product.
+- ``before``: ``full`` of the program as it was at ``BEFORE_COMMIT`` (rollout order by a
+  ``depends_on`` chain from batch to batch, probes as resources), run from ``git archive`` of that
+  commit: the same machine, the same run. The SDK's cycle check walked that chain on every edge
+  (quadratic) and raised ``RecursionError`` past ~1,650 nodes.
+- ``reads``: the node reads alone (``components.fleet.plan_fleet``) with a stand-in that sleeps
+  ``READ_SECONDS`` per node (one SSH round trip measured on this machine), at the default
+  ``containerd.probeConcurrency``.
 
-``ours`` = full - bare. Wall time of the program phase is measured inside the child (from the call
-to ``run()`` until every export resolved); the child's total wall time (interpreter start, imports)
-is measured by the parent and reported too.
+A child that exits non-zero is a crash (reported with its last error line), one that runs past
+its time limit is stopped (reported with the time it ran): never a number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, Figure, PartResult
 
-SIZES = (10, 100, 1000, 2000)
+SIZES = (100, 1000, 2000, 5000)
 QUICK_SIZES = (10, 100, 1000)
+READ_SIZES = (100, 1000)
+# The last commit whose rollout was a depends_on chain
+# (docs/upstream/pulumi-python-cycle-check.md).
+BEFORE_COMMIT = "707aa7b"
+# One SSH round trip to a test host on this machine (FIELD-NOTES: ~0.45 s).
+READ_SECONDS = 0.45
 TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"  # noqa: S105 (a fake)
 
 
@@ -44,13 +58,15 @@ def node_entries(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _child_full(nodes: int) -> dict[str, Any]:
+def _child_full(nodes: int, tune: bool) -> dict[str, Any]:
     import pulumi
 
     from components import program
-    from tests.mocks import COMMAND, fake_node_outputs, install_mocks
+    from tests.mocks import COMMAND, FakeFleet, fake_node_outputs, install_mocks
     from tests.sample import sample_raw
 
+    if tune:
+        program.tune_gc()
     raw = sample_raw()
     raw["nodes"] = node_entries(nodes)
     config: dict[str, Any] = {f"registry-mirrors:{k}": v for k, v in raw.items()}
@@ -62,7 +78,7 @@ def _child_full(nodes: int) -> dict[str, Any]:
 
     @pulumi.runtime.test
     def body() -> pulumi.Output[Any]:
-        exports = program.run()
+        exports = program.run(runner=FakeFleet())
         keys = list(exports)
         return pulumi.Output.all(*exports.values()).apply(
             lambda values: resolved.update(zip(keys, values, strict=True))
@@ -98,15 +114,40 @@ def _child_bare(count: int) -> dict[str, Any]:
     return {"seconds": seconds, "resources": count}
 
 
+def _child_reads(nodes: int) -> dict[str, Any]:
+    from components.fleet import plan_fleet
+    from components.settings import load_settings
+    from tests.mocks import FakeFleet
+    from tests.sample import sample_raw
+
+    class SlowFleet(FakeFleet):
+        def __call__(self, node: Any, step: Any) -> Any:
+            time.sleep(READ_SECONDS)
+            return super().__call__(node, step)
+
+    raw = sample_raw()
+    raw["nodes"] = node_entries(nodes)
+    settings = load_settings(raw)
+    start = time.perf_counter()
+    plans = plan_fleet(settings, SlowFleet())
+    seconds = time.perf_counter() - start
+    assert len(plans) == nodes
+    return {
+        "seconds": seconds,
+        "resources": 0,
+        "concurrency": settings.containerd.probe_concurrency,
+    }
+
+
 def child_main(mode: str, count: int) -> None:
-    if mode == "nocheck":
-        from pulumi.runtime import resource_cycle_breaker
-
-        def never(from_resource: Any, to_resource: Any) -> bool:
-            return False
-
-        resource_cycle_breaker._reachable = never
-    result = _child_bare(count) if mode == "bare" else _child_full(count)
+    if mode == "bare":
+        result = _child_bare(count)
+    elif mode == "reads":
+        result = _child_reads(count)
+    elif mode in ("full", "nogc"):
+        result = _child_full(count, tune=mode == "full")
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
     # Linux: ru_maxrss is in KiB.
     result["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
@@ -122,17 +163,40 @@ def _hwm_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_child(mode: str, count: int, timeout: float | None = None) -> dict[str, Any]:
-    """One measurement in a fresh interpreter. On ``timeout`` the child is killed (by pid) and
-    the result says ``timed_out`` with the peak RSS it had reached (a lower bound)."""
+@contextlib.contextmanager
+def before_tree() -> Iterator[Path | None]:
+    """The project as it was at BEFORE_COMMIT (None when this clone does not have it)."""
+    directory = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", BEFORE_COMMIT],
+            capture_output=True,
+            check=False,
+        )
+        if archive.returncode != 0:
+            yield None
+            return
+        subprocess.run(["tar", "-x", "-C", str(directory)], input=archive.stdout, check=True)
+        yield directory
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run_child(
+    mode: str, count: int, timeout: float | None = None, cwd: Path = ROOT
+) -> dict[str, Any]:
+    """One measurement in a fresh interpreter. Its ``status`` is ``ok``, ``crashed`` (with the
+    child's last error line in ``error``) or ``stopped`` (killed after ``timeout``; the peak RSS
+    it had reached is then a lower bound)."""
     start = time.perf_counter()
+    child_mode = "full" if mode == "before" else mode
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.program_cost", "child", mode, str(count)],
-        cwd=ROOT,
+        [sys.executable, "-m", "bench.program_cost", "child", child_mode, str(count)],
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(cwd)},
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -140,23 +204,35 @@ def run_child(mode: str, count: int, timeout: float | None = None) -> dict[str, 
         hwm = _hwm_mb(proc.pid)
         proc.kill()
         proc.communicate()
-        return {"timed_out": True, "seconds": float(timeout or 0), "maxrss_mb": hwm,
-                "process_seconds": time.perf_counter() - start, "resources": None}  # fmt: skip
+        elapsed = time.perf_counter() - start
+        return {"status": "stopped", "seconds": elapsed, "maxrss_mb": hwm, "resources": None,
+                "error": f"stopped after {elapsed:.0f} s (limit {timeout:.0f} s)"}  # fmt: skip
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"{mode} N={count} failed:\n{stderr[-3000:]}")
+        lines = [line for line in stderr.strip().splitlines() if line.strip()]
+        reason = lines[-1] if lines else f"exit {proc.returncode}"
+        return {"status": "crashed", "seconds": elapsed, "maxrss_mb": float("nan"),
+                "resources": None, "error": f"crashed after {elapsed:.0f} s: {reason}"}  # fmt: skip
     result = json.loads(stdout.strip().splitlines()[-1])
-    result["process_seconds"] = time.perf_counter() - start
-    result["timed_out"] = False
+    result["process_seconds"] = elapsed
+    result["status"] = "ok"
     return result
 
 
-def resource_count(nodes: int) -> int:
-    """Resources the full program registers for ``nodes`` nodes (measured: 24 + 3 per node)."""
-    return 24 + 3 * nodes
+def _figure(
+    name: str, unit: str, results: list[dict[str, Any]], key: str = "seconds", note: str = ""
+) -> Figure:
+    """A figure of the runs that finished; a crash or a stop is the figure's failure."""
+    failed = [r for r in results if r["status"] != "ok"]
+    figure = Figure("program", name, unit, [r[key] for r in results if r["status"] == "ok"],
+                    note=note)  # fmt: skip
+    if failed:
+        figure.failure = failed[0]["error"]
+    return figure
 
 
 def run(
@@ -164,91 +240,88 @@ def run(
     repeats: int = 3,
     slow_repeats: int = 1,
     slow_from: int = 1000,
-    timeout: float = 400,
+    timeout: float = 420,
+    before: bool = True,
+    read_sizes: tuple[int, ...] = READ_SIZES,
     log: Any = print,
 ) -> PartResult:
-    """``repeats`` runs per size below ``slow_from``, ``slow_repeats`` from there on (each full
-    run at 1000 nodes takes minutes, see the module docstring); a full run is killed after
-    ``timeout`` seconds and reported as ">= timeout"."""
+    """``repeats`` runs per size below ``slow_from``, ``slow_repeats`` from there on. ``before``
+    also measures BEFORE_COMMIT's program at each size (stopped after ``timeout`` s)."""
     part = PartResult("program")
-    full_runs: dict[int, list[float]] = {}
-    nocheck_runs: dict[int, list[float]] = {}
-    timed_out: dict[int, bool] = {}
-    for n in sizes:
-        count = resource_count(n)
-        runs: dict[str, list[float]] = {
-            "full": [], "process": [], "rss": [], "bare": [], "nocheck": [], "nocheck_rss": []
-        }  # fmt: skip
-        timed_out[n] = False
-        for _ in range(repeats if n < slow_from else slow_repeats):
-            bare = run_child("bare", count)
-            nocheck = run_child("nocheck", n)
-            limit = timeout
-            if n == 2000 and full_runs.get(1000):
-                # Past 2.3 x t(1000) the <= 2.2 ratio target is missed anyway: stop there.
-                limit = min(timeout, max(60.0, 2.3 * max(full_runs[1000])))
-            full = run_child("full", n, timeout=limit)
-            if not full["timed_out"] and full["resources"] != count:
-                raise RuntimeError(f"N={n}: {full['resources']} resources, expected {count}")
-            timed_out[n] = timed_out[n] or full["timed_out"]
-            runs["full"].append(full["seconds"])
-            runs["process"].append(full["process_seconds"])
-            runs["rss"].append(full["maxrss_mb"])
-            runs["bare"].append(bare["seconds"])
-            runs["nocheck"].append(nocheck["seconds"])
-            runs["nocheck_rss"].append(nocheck["maxrss_mb"])
-            status = "TIMED OUT at" if full["timed_out"] else ""
-            log(
-                f"  program N={n} ({count} resources): full {status}{full['seconds']:.2f}s "
-                f"(process {full['process_seconds']:.2f}s, peak {full['maxrss_mb']:.0f} MB); "
-                f"bare {bare['seconds']:.2f}s; without the SDK cycle walk {nocheck['seconds']:.2f}s"
-            )
-        full_runs[n], nocheck_runs[n] = runs["full"], runs["nocheck"]
-        cut = f" (killed after {runs['full'][-1]:.0f} s: a lower bound)" if timed_out[n] else ""
-        wall = part.add(
-            Figure("program", f"N={n} wall time, program run", "s", runs["full"],
-                   note=f"{count} resources; run() until every export resolved{cut}")
-        )  # fmt: skip
-        part.add(
-            Figure("program", f"N={n} wall time, whole process", "s", runs["process"],
-                   note="interpreter start + imports + program" + cut)
-        )  # fmt: skip
-        part.add(
-            Figure("program", f"N={n} SDK: bare program, {count} resources", "s", runs["bare"],
-                   note="same mocks, one trivial CustomResource each, no dependencies")
-        )  # fmt: skip
-        part.add(
-            Figure("program", f"N={n} ours: full - bare", "s",
-                   [f - b for f, b in zip(runs["full"], runs["bare"], strict=True)], note=cut)
-        )  # fmt: skip
-        part.add(
-            Figure("program", f"N={n} diagnostic: full without the SDK cycle walk", "s",
-                   runs["nocheck"],
-                   note="resource_cycle_breaker._reachable stubbed in that child only")
-        )  # fmt: skip
-        rss = part.add(
-            Figure("program", f"N={n} peak memory (maxrss)", "MB", runs["rss"],
-                   note="VmHWM when killed: a lower bound" if timed_out[n] else "")
-        )  # fmt: skip
-        if n == 1000:
-            wall.check(lambda v: v < 15, "< 15 s (2 cores)")
-        if n == 2000:
-            rss.check(lambda v: v < 1024, "< 1024 MB")
+    full_runs: dict[int, list[dict[str, Any]]] = {}
+    with before_tree() as old_tree:
+        for n in sizes:
+            results: dict[str, list[dict[str, Any]]] = {"full": [], "nogc": [], "bare": []}
+            results["before"] = []
+            for _ in range(repeats if n < slow_from else slow_repeats):
+                full = run_child("full", n, timeout=timeout)
+                results["full"].append(full)
+                results["nogc"].append(run_child("nogc", n, timeout=timeout))
+                count = full.get("resources") or 0
+                if count:
+                    results["bare"].append(run_child("bare", count))
+                if before and old_tree is not None:
+                    results["before"].append(run_child("before", n, timeout, cwd=old_tree))
+                log(f"  program N={n}: " + "; ".join(
+                    f"{mode} {r[-1]['status']} {r[-1]['seconds']:.2f}s"
+                    for mode, r in results.items() if r
+                ))  # fmt: skip
+            full_runs[n] = results["full"]
+            count = next((r["resources"] for r in results["full"] if r["status"] == "ok"), None)
+            wall = part.add(
+                _figure(f"N={n} wall time, program run", "s", results["full"],
+                        note=f"{count} resources; tune_gc + run() until every export resolved")
+            )  # fmt: skip
+            part.add(_figure(f"N={n} wall time, whole process", "s",
+                             [r if r["status"] != "ok" else {**r, "seconds": r["process_seconds"]}
+                              for r in results["full"]],
+                             note="interpreter start + imports + program"))  # fmt: skip
+            part.add(_figure(f"N={n} without tune_gc (default collector)", "s", results["nogc"]))
+            part.add(_figure(f"N={n} SDK: bare program, same resource count", "s",
+                             results["bare"], note="one trivial CustomResource each"))  # fmt: skip
+            ok = [
+                (f["seconds"], b["seconds"])
+                for f, b in zip(results["full"], results["bare"], strict=False)
+                if f["status"] == "ok" and b["status"] == "ok"
+            ]
+            if ok:
+                ratio = part.add(
+                    Figure("program", f"N={n} program / bare SDK", "ratio", [f / b for f, b in ok],
+                           note="per-node cost of the program vs the SDK's own")
+                )  # fmt: skip
+                ratio.check(lambda v: v <= 3, "<= 3")
+            if results["before"]:
+                part.add(_figure(f"N={n} before ({BEFORE_COMMIT}: depends_on chain)", "s",
+                                 results["before"]))  # fmt: skip
+            rss = part.add(_figure(f"N={n} peak memory (maxrss)", "MB", results["full"],
+                                   key="maxrss_mb"))  # fmt: skip
+            if n == 1000:
+                wall.check(lambda v: v < 10, "< 10 s (2 cores)")
+            if n == 2000:
+                rss.check(lambda v: v < 1024, "< 1024 MB")
+            if n == 5000:
+                wall.check(lambda v: v < 60, "completes, < 60 s")
     if 1000 in full_runs and 2000 in full_runs:
-        ratio = part.add(
-            Figure("program", "t(2000)/t(1000), program run", "ratio",
-                   [a / b for a, b in zip(full_runs[2000], full_runs[1000], strict=True)],
-                   note="lower bound: N=2000 was killed" if timed_out[2000] else "")
-        )  # fmt: skip
-        ratio.check(lambda v: v <= 2.2, "<= 2.2")
+        pairs = [
+            (a["seconds"], b["seconds"])
+            for a, b in zip(full_runs[2000], full_runs[1000], strict=False)
+            if a["status"] == "ok" and b["status"] == "ok"
+        ]
         part.add(
-            Figure("program", "diagnostic: t(2000)/t(1000) without the SDK cycle walk", "ratio",
-                   [a / b for a, b in zip(nocheck_runs[2000], nocheck_runs[1000], strict=True)])
+            Figure("program", "t(2000)/t(1000), program run", "ratio", [a / b for a, b in pairs])
+        ).check(lambda v: v <= 2.0, "<= 2.0")
+    for n in read_sizes:
+        reads = run_child("reads", n, timeout=timeout)
+        log(f"  node reads N={n}: {reads['status']} {reads['seconds']:.2f}s")
+        part.add(
+            _figure(f"N={n} node reads during the program ({READ_SECONDS} s per read)", "s",
+                    [reads], note=f"stand-in for SSH; probeConcurrency "
+                    f"{reads.get('concurrency', '?')}; {n * READ_SECONDS:.0f} s if sequential")
         )  # fmt: skip
-    part.info["resources_per_n"] = {str(n): resource_count(n) for n in sizes}
     part.info["upstreams"] = 5
     part.info["batch_size"] = 5
     part.info["timeout_seconds"] = timeout
+    part.info["before_commit"] = BEFORE_COMMIT
     return part
 
 
@@ -256,5 +329,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "child":
         child_main(sys.argv[2], int(sys.argv[3]))
     else:
-        for figure in run(tuple(int(a) for a in sys.argv[1:]) or QUICK_SIZES, repeats=1).figures:
-            print(figure.name, figure.median, figure.met)
+        sizes = tuple(int(a) for a in sys.argv[1:]) or QUICK_SIZES
+        for figure in run(sizes, repeats=1).figures:
+            print(figure.name, figure.median, figure.met, figure.failure)

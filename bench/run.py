@@ -38,7 +38,7 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import program_cost
 
         if quick:
-            return program_cost.run(sizes=(10, 100), repeats=3)
+            return program_cost.run(sizes=(10, 100), repeats=3, before=False, read_sizes=(100,))
         return program_cost.run()
     if name == "node":
         from bench import node_change
@@ -70,9 +70,16 @@ def table(parts: list[dict[str, Any]]) -> str:
         for f in part["figures"]:
             met = "" if f["met"] is None else ("yes" if f["met"] else "**NO**")
             runs = ", ".join(_fmt(r) for r in f["runs"])
+            median = _fmt(f["median"])
+            note = f["note"].strip()
+            failure = f.get("failure", "")
+            if failure:
+                # A crash or a stop is shown as such, never as a number.
+                median = "**CRASH**" if failure.startswith("crashed") else "**STOPPED**"
+                note = f"{failure}; {note}" if note else failure
             lines.append(
-                f"| {f['part']} | {f['name'].strip()} | {_fmt(f['median'])} | {f['unit']} | "
-                f"{runs} | {f['target'] or ''} | {met} | {f['note'].strip()} |"
+                f"| {f['part']} | {f['name'].strip()} | {median} | {f['unit']} | "
+                f"{runs} | {f['target'] or ''} | {met} | {note} |"
             )
     return "\n".join(lines)
 

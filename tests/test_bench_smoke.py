@@ -1,16 +1,20 @@
 """The benchmark code itself works: the program-cost part for N=10 only, through the same table
-and JSON the full run writes. No timing assertions (targets are read from bench/results.json)."""
+and JSON the full run writes, and a crash is reported as a crash. No timing assertions (targets
+are read from bench/results.json)."""
 
 from __future__ import annotations
 
 import json
 
 from bench import program_cost
+from bench.common import Figure
 from bench.run import table
 
 
 def test_program_cost_part_for_ten_nodes_produces_the_result_shape() -> None:
-    part = program_cost.run(sizes=(10,), repeats=1, log=lambda _line: None)
+    part = program_cost.run(
+        sizes=(10,), repeats=1, before=False, read_sizes=(10,), log=lambda _line: None
+    )
 
     entry = {"name": part.name, "figures": [f.as_json() for f in part.figures], "info": part.info}
     document = json.loads(json.dumps({"parts": [entry], "table_markdown": table([entry])}))
@@ -19,12 +23,33 @@ def test_program_cost_part_for_ten_nodes_produces_the_result_shape() -> None:
     names = [f["name"] for f in figures]
     assert "N=10 wall time, program run" in names
     assert "N=10 peak memory (maxrss)" in names
-    assert "N=10 SDK: bare program, 54 resources" in names
+    assert "N=10 SDK: bare program, same resource count" in names
+    assert "N=10 program / bare SDK" in names
     for figure in figures:
         assert set(figure) >= {"part", "name", "unit", "runs", "median", "target", "met", "note"}
-        assert len(figure["runs"]) == 1
+        assert len(figure["runs"]) == 1, figure
         assert isinstance(figure["median"], float)
+        assert figure["failure"] == ""
     peak = next(f for f in figures if f["name"] == "N=10 peak memory (maxrss)")
     assert peak["median"] > 0
-    assert document["parts"][0]["info"]["resources_per_n"] == {"10": 54}
     assert document["table_markdown"].startswith("| part | figure |")
+
+
+def test_a_child_that_crashes_is_reported_as_a_crash_not_a_number() -> None:
+    result = program_cost.run_child("no-such-mode", 1)
+    assert result["status"] == "crashed"
+    figure = program_cost._figure("N=1 wall time, program run", "s", [result])
+    figure.check(lambda v: v < 10, "< 10 s")
+    assert figure.runs == [] and figure.met is False
+    assert figure.failure.startswith("crashed after")
+    row = table([{"name": "program", "figures": [figure.as_json()]}]).splitlines()[-1]
+    assert "**CRASH**" in row and "crashed after" in row
+
+
+def test_a_child_past_its_limit_is_reported_as_stopped() -> None:
+    result = program_cost.run_child("reads", 500, timeout=1)
+    assert result["status"] == "stopped"
+    figure = Figure("program", "x", "s", [])
+    figure.failure = result["error"]
+    row = table([{"name": "program", "figures": [figure.as_json()]}]).splitlines()[-1]
+    assert "**STOPPED**" in row and "stopped after" in row
