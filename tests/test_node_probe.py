@@ -70,13 +70,22 @@ def test_step_result_collects_repeated_keys() -> None:
     assert result.changed and not result.restarted
 
 
-def test_hosts_bundle_is_one_line_per_registry_and_never_on_the_command_line() -> None:
+def test_hosts_bundle_is_the_files_after_a_header_each_never_on_the_command_line() -> None:
     settings = sample_settings()
     node = settings.nodes[0]
     step = hosts_step(settings, node, {"ghcr.io": 'server = "x"\n', "docker.io": "a\nb\n"})
     assert step.stdin == hosts_bundle({"docker.io": "a\nb\n", "ghcr.io": 'server = "x"\n'})
-    assert [line.split()[0] for line in step.stdin.splitlines()] == ["docker.io", "ghcr.io"]
+    assert step.stdin == (
+        "# registry-mirrors: docker.io/hosts.toml\na\nb\n"
+        '# registry-mirrors: ghcr.io/hosts.toml\nserver = "x"\n'
+    )
     assert 'server = "x"' not in step.command
+
+
+@pytest.mark.parametrize("text", ["no newline at the end", "# registry-mirrors: x/hosts.toml\n"])
+def test_a_file_that_would_not_survive_the_bundle_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="cannot travel in the bundle"):
+        hosts_bundle({"docker.io": text})
 
 
 def test_config_text_travels_on_stdin_only() -> None:

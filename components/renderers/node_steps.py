@@ -6,7 +6,6 @@ what ``pulumi up`` would send. Pure: no ``import pulumi``.
 
 from __future__ import annotations
 
-import base64
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,12 +48,21 @@ def probe_step(settings: Settings, node: Node) -> Step:
     )
 
 
+HOSTS_HEADER = "# registry-mirrors: "
+
+
 def hosts_bundle(files: Mapping[str, str]) -> str:
-    """hosts.sh's stdin: ``<dir> <base64>`` per line, so any TOML text travels on one line."""
-    return "".join(
-        f"{directory} {base64.b64encode(text.encode()).decode()}\n"
-        for directory, text in sorted(files.items())
-    )
+    """hosts.sh's stdin: the files themselves, each after a ``# registry-mirrors: <dir>/hosts.toml``
+    line. Plain text, so ``pulumi preview --diff`` shows a reviewer the hosts.toml lines that
+    change; hosts.sh splits at the header lines and writes each file without its header."""
+    parts = []
+    for directory, text in sorted(files.items()):
+        if not text.endswith("\n") or any(
+            line.startswith(HOSTS_HEADER) for line in text.splitlines()
+        ):
+            raise ValueError(f"{directory}/hosts.toml cannot travel in the bundle as rendered")
+        parts.append(f"{HOSTS_HEADER}{directory}/hosts.toml\n{text}")
+    return "".join(parts)
 
 
 def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:

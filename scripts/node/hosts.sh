@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Write one <CONFIG_PATH>/<registry>/hosts.toml per upstream we manage. containerd re-reads
 # hosts.toml on every pull, so there is NO restart here.
-# stdin: one line per registry: "<dir_name> <base64 of hosts.toml>". An empty stdin removes
-# everything we manage.
+# stdin: the files, each after a header line "# registry-mirrors: <dir_name>/hosts.toml" (plain
+# text, so a reviewer reads the change in the preview); the header is not written. An empty stdin
+# removes everything we manage.
 # We track our directories in <CONFIG_PATH>/.registry-mirrors-managed, so an upstream dropped from
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
@@ -33,17 +34,33 @@ managed_before() { [[ -f $manifest ]] && grep -qxF "$1" "$manifest"; }
 
 changed=0
 : >"$work/wanted"
-while read -r dir content_b64; do
-  [[ -z $dir ]] && continue
-  if ! valid_dir "$dir"; then
-    echo "hosts.sh: refusing registry directory name ${dir@Q}" >&2
+
+# Split stdin into $work/files/<dir> (one file per header), checking every name first.
+mkdir "$work/files"
+current=""
+while IFS= read -r line || [[ -n $line ]]; do
+  if [[ $line =~ ^#\ registry-mirrors:\ (.*)/hosts\.toml$ ]]; then
+    current=${BASH_REMATCH[1]}
+    if ! valid_dir "$current"; then
+      echo "hosts.sh: refusing registry directory name ${current@Q}" >&2
+      exit 4
+    fi
+    echo "$current" >>"$work/wanted"
+    : >"$work/files/$current"
+  elif [[ -n $current ]]; then
+    printf '%s\n' "$line" >>"$work/files/$current"
+  elif [[ -n $line ]]; then
+    echo "hosts.sh: stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" >&2
     exit 4
   fi
-  echo "$dir" >>"$work/wanted"
+done < <([[ $REMOVE_ALL == 1 ]] || cat)
+
+while read -r dir; do
+  [[ -z $dir ]] && continue
   mkdir -p "${CONFIG_PATH}/${dir}"
   target="${CONFIG_PATH}/${dir}/hosts.toml"
   tmp="${CONFIG_PATH}/${dir}/.hosts.toml.registry-mirrors.tmp"
-  base64 -d <<<"$content_b64" >"$tmp"
+  cp "$work/files/$dir" "$tmp"
   if [[ -f $target ]] && cmp -s "$tmp" "$target"; then
     rm -f "$tmp"
     echo "unchanged=${dir}"
@@ -58,7 +75,7 @@ while read -r dir content_b64; do
     echo "written=${dir}"
     changed=1
   fi
-done < <([[ $REMOVE_ALL == 1 ]] || cat)
+done <"$work/wanted"
 
 if [[ -f $manifest ]]; then
   while read -r old; do
