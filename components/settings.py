@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components.renderers.flavours import FlavourName
+
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
@@ -327,6 +329,11 @@ class Node(_Model):
     skip_config_path: bool = Field(
         default=False,
         description="Opt out: leave config.toml alone (only hosts.toml is written; reported).",
+    )
+    flavour: FlavourName | None = Field(
+        default=None,
+        description="Force the node's flavour (containerd, k3s-server, k3s-agent, rke2-server, "
+        "rke2-agent); default: detected by the probe. A mismatch with the node is an error.",
     )
 
     @field_validator("address")

@@ -11,6 +11,8 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 
+from components.renderers.flavours import AMBIGUOUS
+
 ABSENT = "absent"
 
 
@@ -43,10 +45,72 @@ class ProbeResult:
     # While config.toml is still what apply-config.sh wrote: the sha256 of the file it was
     # migrated from (the guard that was sent then; sent again, an unchanged node shows no diff).
     applied_from_sha256: str | None = None
+    # Flavour (probe.sh's flavour block). Defaults: a plain containerd node, as before issue 14.
+    flavour: str = "containerd"
+    flavour_candidates: tuple[str, ...] = ()
+    unit: str = ""
+    cri_socket: str = ""
+    # k3s/RKE2 only: their registries.yaml, where they generate hosts.toml, their own tools.
+    registries_file: str = ""
+    registries_exists: bool = False
+    registries_sha256: str = ABSENT
+    registries_text: str = ""
+    registries_original_saved: bool = False
+    hosts_dir: str = ""
+    ctr: str = ""
+    containerd_log: str = ""
+    distribution_binary: str = ""
+    distribution_version: str = ""
+
+
+def _decoded(values: dict[str, list[str]], key: str, sha: str, exists: bool) -> str:
+    """``key`` (base64) as text, checked against ``sha``: the text we merge or migrate must be
+    exactly the file whose checksum guards the apply."""
+    try:
+        text = base64.b64decode(values.get(key, [""])[-1], validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProbeOutputError(f"probe.sh {key} is not base64 of UTF-8 text: {exc}") from None
+    if exists and hashlib.sha256(text.encode()).hexdigest() != sha:
+        raise ProbeOutputError(f"probe.sh {key} does not match its sha256 (output truncated?)")
+    if not exists and sha != ABSENT:
+        raise ProbeOutputError(f"probe.sh says the file is missing but gives sha256 {sha!r}")
+    return text
+
+
+def _flavour_fields(values: dict[str, list[str]]) -> dict:
+    def last(key: str, default: str = "") -> str:
+        return values.get(key, [default])[-1]
+
+    fields: dict = {
+        "flavour": last("flavour", "containerd"),
+        "flavour_candidates": tuple(last("flavour_candidates").split()),
+        "unit": last("unit"),
+        "cri_socket": last("cri_socket"),
+    }
+    if "registries_file" in values:
+        exists = last("registries_exists") == "1"
+        sha = last("registries_sha256", ABSENT)
+        fields.update(
+            registries_file=last("registries_file"),
+            registries_exists=exists,
+            registries_sha256=sha,
+            registries_text=_decoded(values, "registries_b64", sha, exists),
+            registries_original_saved=last("registries_original_saved") == "1",
+            hosts_dir=last("hosts_dir"),
+            ctr=last("ctr"),
+            containerd_log=last("containerd_log"),
+            distribution_binary=last("distribution_binary"),
+            distribution_version=last("distribution_version"),
+        )
+    return fields
 
 
 def parse_probe(stdout: str) -> ProbeResult:
     values = parse_key_values(stdout)
+    flavour = _flavour_fields(values)
+    if flavour["flavour"] == AMBIGUOUS:
+        # probe.sh stops before reading anything else: the flavour must be settled first.
+        return ProbeResult("", "", False, ABSENT, "", None, False, (), **flavour)
 
     def one(key: str) -> str:
         if key not in values:
@@ -87,6 +151,7 @@ def parse_probe(stdout: str) -> ProbeResult:
         managed_dirs=tuple(values.get("managed_dirs", [""])[-1].split()),
         original_text=original_text,
         applied_from_sha256=values.get("applied_from_sha256", [""])[-1] or None,
+        **flavour,
     )
 
 

@@ -16,8 +16,10 @@ from components.renderers.containerd_config import (
     carried_registries,
     migrate_config,
 )
+from components.renderers.flavours import Flavour, resolve_flavour
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.node_probe import ProbeResult, parse_probe
+from components.renderers.registries_yaml import merge_registries_yaml
 from components.renderers.shell import remote_command
 from components.settings import Node, Settings
 
@@ -41,11 +43,14 @@ def _step(node: Node, script: str, params: Mapping[str, str | int | bool], stdin
 
 
 def probe_step(settings: Settings, node: Node) -> Step:
-    return _step(
-        node,
-        "node/probe.sh",
-        {"CONFIG_FILE": node.config_file, "CONFIG_PATH": settings.containerd.config_path},
-    )
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": node.config_file,
+        "CONFIG_PATH": settings.containerd.config_path,
+    }
+    if node.flavour is not None:
+        # Only when set, so the command of every other node stays byte for byte what it was.
+        params["FLAVOUR"] = node.flavour
+    return _step(node, "node/probe.sh", params)
 
 
 HOSTS_HEADER = "# registry-mirrors: "
@@ -263,3 +268,112 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
             )
         raise NodeStepError(f"{where}: cannot reach the node over SSH: {reason}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")
+
+
+# --- k3s / RKE2: registries.yaml instead of config.toml -----------------------------------------
+
+
+def _distribution_params(
+    settings: Settings, node: Node, flavour: Flavour
+) -> dict[str, str | int | bool]:
+    # The restart command and socket come from the flavour unless the node sets them explicitly
+    # (their defaults are plain containerd's).
+    explicit = node.model_fields_set
+    return {
+        "REGISTRIES_FILE": flavour.registries_file,
+        "RESTART_COMMAND": node.restart_command
+        if "restart_command" in explicit
+        else flavour.restart_command,
+        "RESTART_TIMEOUT": settings.containerd.restart_timeout_seconds,
+        "CONTAINERD_ADDRESS": node.containerd_address
+        if "containerd_address" in explicit
+        else flavour.cri_socket,
+        "CTR": f"{flavour.bin_dir}/ctr",
+        "UNIT": flavour.unit,
+        "CONTAINERD_LOG": flavour.containerd_log,
+    }
+
+
+def expected_hosts(settings: Settings) -> str:
+    """registries.sh's EXPECTED_HOSTS: each upstream and the cache its generated hosts.toml must
+    try first."""
+    return " ".join(f"{u.host}={settings.endpoint(u)}" for u in settings.upstreams)
+
+
+def registries_step(
+    settings: Settings, node: Node, flavour: Flavour, expected_sha256: str, new_text: str
+) -> Step:
+    """Write registries.yaml (``new_text``), restart the distribution, check its generated
+    hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
+    return _step(
+        node,
+        "node/registries.sh",
+        {
+            **_distribution_params(settings, node, flavour),
+            "EXPECTED_SHA256": expected_sha256,
+            "HOSTS_DIR": flavour.hosts_dir,
+            "EXPECTED_HOSTS": expected_hosts(settings),
+        },
+        new_text,
+    )
+
+
+def restore_registries_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
+    """Delete: the node's very first registries.yaml back (or none, if it had none), restart."""
+    return _step(
+        node,
+        "node/registries.sh",
+        {**_distribution_params(settings, node, flavour), "RESTORE": 1},
+    )
+
+
+@dataclass(frozen=True)
+class RegistriesPlan:
+    """Everything decided from one probe of a k3s/RKE2 node."""
+
+    probe: ProbeResult
+    flavour: Flavour
+    registries: Step
+    changed: bool
+    replaced_wildcard: bool
+    summary: tuple[str, ...]
+
+
+def plan_registries(settings: Settings, node: Node, probe_stdout: str) -> RegistriesPlan:
+    """Parse the probe, settle the flavour (a forced one must match the node), merge our mirrors
+    into the node's registries.yaml. Anything unreadable stops here, naming the node, before a
+    step that changes it is sent. For a plain containerd node use ``plan_node``."""
+    where = f"node {node.name} ({node.address})"
+    try:
+        probe = parse_probe(probe_stdout)
+        flavour = resolve_flavour(probe.flavour, probe.flavour_candidates, node.flavour, where)
+    except ValueError as error:  # ProbeOutputError, FlavourError
+        message = str(error) if str(error).startswith(where) else f"{where}: {error}"
+        raise NodeStepError(f"{message}; nothing was changed") from None
+    if not flavour.is_distribution:
+        raise NodeStepError(f"{where} is plain containerd: use plan_node; nothing was changed")
+    if probe.registries_file != flavour.registries_file:
+        # The checksum guard only holds for the file that was probed.
+        raise NodeStepError(
+            f"{where}: probe.sh read {probe.registries_file!r}, {flavour.name} reads "
+            f"{flavour.registries_file!r}; nothing was changed"
+        )
+    try:
+        merge = merge_registries_yaml(
+            probe.registries_text if probe.registries_exists else None, settings
+        )
+    except ValueError as error:  # RegistriesYamlError
+        raise NodeStepError(
+            f"{where} {flavour.registries_file}: {error}; nothing was changed"
+        ) from None
+    text = merge.text if merge.changed else probe.registries_text
+    summary = [f"{node.name}: {flavour.name} (containerd {probe.containerd_version or '?'})"]
+    summary += [f"{node.name}: {line}" for line in merge.summary]
+    return RegistriesPlan(
+        probe=probe,
+        flavour=flavour,
+        registries=registries_step(settings, node, flavour, probe.registries_sha256, text),
+        changed=merge.changed,
+        replaced_wildcard=merge.replaced_wildcard,
+        summary=tuple(summary),
+    )

@@ -2,7 +2,8 @@
 # Report what the node's containerd has, one key=value per line, so the component can migrate
 # config.toml without guessing. The config travels base64-encoded on one line: it may hold
 # registry credentials and arbitrary TOML, and must reach the parser byte for byte.
-# Params (env): CONFIG_FILE (containerd config.toml), CONFIG_PATH (hosts.toml directory).
+# Params (env): CONFIG_FILE (containerd config.toml), CONFIG_PATH (hosts.toml directory),
+#   FLAVOUR (optional: the node setting, picks one of several enabled k3s/RKE2 units).
 set -euo pipefail
 
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
@@ -12,6 +13,110 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "probe.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
   exit 2
 fi
+# --- flavour: plain containerd, or k3s / RKE2 with their own containerd (issue 14) -------------
+# k3s and RKE2 run their own containerd (not on PATH), regenerate its config.toml and certs.d from
+# /etc/rancher/<dist>/registries.yaml at every start, and serve CRI on
+# /run/k3s/containerd/containerd.sock. Detected by the systemd units they install, not by names:
+# RKE2 installs both rke2-server and rke2-agent units, so "enabled" (the multi-user.target.wants
+# symlink) decides; a unit that is only installed counts when it is the only one.
+# Output: flavour=, flavour_candidates=, unit=, cri_socket=; for k3s/RKE2 also registries_*=,
+# hosts_dir=, ctr=, containerd_log=, distribution_binary=, distribution_version= and the base keys
+# (containerd_version= of the embedded containerd; no config.toml of ours: config_exists=0).
+declare -A flavour_of_unit=([k3s]=k3s-server [k3s-agent]=k3s-agent [rke2-server]=rke2-server [rke2-agent]=rke2-agent)
+declare -A unit_files=()
+installed_units=() enabled_units=()
+for unit in k3s k3s-agent rke2-server rke2-agent; do
+  for unit_dir in /etc/systemd/system /usr/local/lib/systemd/system /usr/lib/systemd/system /lib/systemd/system; do
+    if [[ -f ${unit_dir}/${unit}.service ]]; then
+      installed_units+=("$unit")
+      unit_files[$unit]="${unit_dir}/${unit}.service"
+      break
+    fi
+  done
+  [[ -e /etc/systemd/system/multi-user.target.wants/${unit}.service ]] && enabled_units+=("$unit")
+done
+if ((${#enabled_units[@]})); then candidates=("${enabled_units[@]}"); else candidates=("${installed_units[@]}"); fi
+names=()
+for unit in "${candidates[@]}"; do names+=("${flavour_of_unit[$unit]}"); done
+unit=""
+if ((${#candidates[@]} == 1)); then
+  unit=${candidates[0]}
+else
+  # Several enabled (or only installed): the node setting `flavour` (FLAVOUR) picks one of them.
+  for candidate in "${candidates[@]}"; do
+    [[ ${flavour_of_unit[$candidate]} == "${FLAVOUR:-}" ]] && unit=$candidate
+  done
+fi
+if ((${#candidates[@]} == 0)); then
+  echo "flavour=containerd"
+  echo "unit=containerd"
+  echo "cri_socket=${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}"
+elif [[ -z $unit ]]; then
+  # The component stops, naming these (or takes the one nodes[].flavour names).
+  echo "flavour=ambiguous"
+  echo "flavour_candidates=${names[*]}"
+  exit 0
+else
+  dist=${unit%%-*}
+  unit_file=${unit_files[$unit]:-}
+  echo "flavour=${flavour_of_unit[$unit]}"
+  echo "flavour_candidates=${names[*]}"
+  echo "unit=${unit}"
+  echo "cri_socket=/run/k3s/containerd/containerd.sock"
+  registries_file="/etc/rancher/${dist}/registries.yaml"
+  echo "registries_file=${registries_file}"
+  if [[ -f $registries_file ]]; then
+    echo "registries_exists=1"
+    echo "registries_sha256=$(sha256sum <"$registries_file" | awk '{print $1}')"
+    echo "registries_b64=$(base64 -w 0 <"$registries_file")"
+  else
+    echo "registries_exists=0"
+    echo "registries_sha256=absent"
+    echo "registries_b64="
+  fi
+  if [[ -f ${registries_file}.registry-mirrors.orig || -f ${registries_file}.registry-mirrors.absent ]]; then
+    echo "registries_original_saved=1"
+  else
+    echo "registries_original_saved=0"
+  fi
+  echo "hosts_dir=/var/lib/rancher/${dist}/agent/etc/containerd/certs.d"
+  echo "containerd_log=/var/lib/rancher/${dist}/agent/containerd/containerd.log"
+  # k3s unpacks its binaries to data/<hash>/bin (data/current points at the running set); RKE2
+  # links bin/ to the runtime image it extracted.
+  if [[ $dist == k3s ]]; then bin_dir=/var/lib/rancher/k3s/data/current/bin; else bin_dir=/var/lib/rancher/rke2/bin; fi
+  ctr_bin="${bin_dir}/ctr"
+  [[ -x $ctr_bin ]] || ctr_bin=$(command -v ctr || true)
+  echo "ctr=${ctr_bin}"
+  # The binary the unit starts (k3s: /usr/local/bin/k3s, RKE2: /usr/local/bin or /usr/bin).
+  binary=""
+  [[ -n $unit_file ]] && binary=$(sed -n -E 's/^ExecStart=[-@!+:]*([^[:space:]]+).*/\1/p' "$unit_file" | head -n 1)
+  echo "distribution_binary=${binary}"
+  if [[ -n $binary && -x $binary ]]; then
+    echo "distribution_version=$("$binary" --version 2>/dev/null | head -n 1)"
+  else
+    echo "distribution_version="
+  fi
+  embedded=""
+  if [[ -x ${bin_dir}/containerd ]]; then
+    embedded=$("${bin_dir}/containerd" --version 2>/dev/null | awk '{print $3}' || true)
+  fi
+  if [[ -z $embedded && -n $ctr_bin ]]; then
+    embedded=$("$ctr_bin" --address /run/k3s/containerd/containerd.sock version 2>/dev/null |
+      awk '/^Server:/ {s=1} s && $1 == "Version:" {print $2; exit}' || true)
+  fi
+  echo "containerd_version=${embedded}"
+  # The base keys: this flavour has no containerd config.toml of ours.
+  echo "config_file="
+  echo "config_exists=0"
+  echo "config_sha256=absent"
+  echo "config_version="
+  echo "config_b64="
+  echo "original_saved=0"
+  echo "managed_dirs="
+  exit 0
+fi
+# --- end flavour ------------------------------------------------------------------------------
+
 if ! command -v containerd >/dev/null 2>&1; then
   echo "probe.sh: containerd is not installed on $(hostname) (no 'containerd' on PATH)" >&2
   exit 3

@@ -20,9 +20,12 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +33,16 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
+
+STANDIN = Path(__file__).resolve().parent / "k3s_standin.py"
+# Flavour -> (distribution, its unit, the units its installer puts on disk). RKE2 installs both
+# units and the person enables one: the probe must go by the enabled symlink.
+DISTRIBUTIONS = {
+    "k3s-server": ("k3s", "k3s", ("k3s",)),
+    "k3s-agent": ("k3s", "k3s-agent", ("k3s-agent",)),
+    "rke2-server": ("rke2", "rke2-server", ("rke2-server", "rke2-agent")),
+    "rke2-agent": ("rke2", "rke2-agent", ("rke2-server", "rke2-agent")),
+}
 
 
 class Step(Protocol):
@@ -66,6 +79,44 @@ class NodeHost:
     root: Path
     key: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    flavour: str = "containerd"
+    # A short path to the node's /run: socket paths are limited to 108 bytes, tmp_path is long.
+    run_link: Path | None = None
+
+    # --- k3s/RKE2 flavours: the node's /etc is an overlay whose upper dir is etc_upper ---------
+
+    @property
+    def dist(self) -> str:
+        return DISTRIBUTIONS[self.flavour][0]
+
+    @property
+    def etc_upper(self) -> Path:
+        return self.root / "node" / "etc-upper"
+
+    @property
+    def registries_file(self) -> Path:
+        """The node's /etc/rancher/<dist>/registries.yaml as seen from the host."""
+        return self.etc_upper / "rancher" / self.dist / "registries.yaml"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.root / "node" / "var-lib" / "rancher" / self.dist / "agent"
+
+    @property
+    def generated_hosts_dir(self) -> Path:
+        return self.agent_dir / "etc" / "containerd" / "certs.d"
+
+    @property
+    def service_log(self) -> Path:
+        """The stand-in's own log (k3s's journal)."""
+        return self.root / "service.log"
+
+    @property
+    def cri_socket(self) -> Path:
+        if self.flavour == "containerd":
+            return self.containerd_socket
+        run = self.run_link or self.root / "node" / "run"
+        return run / "k3s" / "containerd" / "containerd.sock"
 
     @property
     def etc_containerd(self) -> Path:
@@ -78,7 +129,8 @@ class NodeHost:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "node" / "run" / "containerd" / "containerd.sock"
+        run = self.run_link or self.root / "node" / "run"
+        return run / "containerd" / "containerd.sock"
 
     @property
     def containerd_log(self) -> Path:
@@ -138,7 +190,7 @@ class NodeHost:
 
     def cri_status(self) -> str:
         result = subprocess.run(
-            ["ctr", "--address", str(self.containerd_socket), "plugins", "ls"],
+            ["ctr", "--address", str(self.cri_socket), "plugins", "ls"],
             capture_output=True,
             text=True,
             check=False,
@@ -184,9 +236,65 @@ def _kill(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+_DISTRIBUTION_BINARY = """#!/usr/bin/env bash
+# TEST STAND-IN for /usr/local/bin/{dist} (see tests/integration/k3s_standin.py).
+if [[ ${{1:-}} == --version ]]; then
+  echo "{dist} version v0.0.0+test-standin (TEST STAND-IN)"
+  exit 0
+fi
+exec {python} {standin} "${{1:-restart}}" --dist {dist} --containerd {containerd} \\
+  --log {log} --pidfile {pidfile}
+"""
+
+
+def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
+    """The files a k3s/RKE2 installer leaves where the probe looks; returns the restart command."""
+    dist, unit, units = DISTRIBUTIONS[flavour]
+    binary = root / "bin" / dist
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    containerd_path = shutil.which(containerd) or containerd
+    binary.write_text(
+        _DISTRIBUTION_BINARY.format(
+            dist=dist,
+            python=shlex.quote(sys.executable),
+            standin=shlex.quote(str(STANDIN)),
+            containerd=shlex.quote(containerd_path),
+            log=shlex.quote(str(root / "service.log")),
+            pidfile=shlex.quote(str(root / "containerd.pid")),
+        )
+    )
+    binary.chmod(0o755)
+    systemd = root / "node" / "etc-upper" / "systemd" / "system"
+    (systemd / "multi-user.target.wants").mkdir(parents=True)
+    for name in units:
+        role = "agent" if name.endswith("agent") else "server"
+        (systemd / f"{name}.service").write_text(
+            f"[Unit]\nDescription=TEST STAND-IN for {name}\n\n[Service]\nType=notify\n"
+            f"ExecStart={binary} \\\n    {role}\n\n[Install]\nWantedBy=multi-user.target\n"
+        )
+    (systemd / "multi-user.target.wants" / f"{unit}.service").symlink_to(f"../{unit}.service")
+    (root / "node" / "etc-upper" / "rancher" / dist).mkdir(parents=True)
+    # Where the distribution keeps its own containerd and ctr.
+    bin_dir = root / "node" / "var-lib" / "rancher" / dist
+    bin_dir = bin_dir / "data" / "current" / "bin" if dist == "k3s" else bin_dir / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "containerd").symlink_to(containerd_path)
+    ctr = Path(containerd_path).parent / "ctr"
+    (bin_dir / "ctr").symlink_to(ctr if ctr.exists() else (shutil.which("ctr") or "ctr"))
+    return binary
+
+
 @contextlib.contextmanager
-def node_host(tmp_path: Path) -> Iterator[NodeHost]:
-    """Create the node; tear everything down (processes by pid, netns, veth) even on failure."""
+def node_host(
+    tmp_path: Path, flavour: str = "containerd", containerd: str = "containerd"
+) -> Iterator[NodeHost]:
+    """Create the node; tear everything down (processes by pid, netns, veth) even on failure.
+
+    ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node also gets the unit files,
+    the enabled symlink, /etc/rancher/<dist> and the distribution's bin dir where those
+    distributions put them (the node's /etc is an overlay over the host's), and a TEST STAND-IN
+    for the service (``restart_command``) that runs ``containerd`` (a binary name or path) the
+    way k3s does. No containerd runs until the test starts one."""
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
     third = int(token[:2], 16)
@@ -229,8 +337,15 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
         )
     )
     helper.chmod(0o755)
+    if flavour != "containerd":
+        binary = _install_distribution(root, flavour, containerd)
+        helper.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(str(binary))} restart\n")
 
-    host = NodeHost(netns, host_address, node_address, root, key)
+    host = NodeHost(netns, host_address, node_address, root, key, flavour=flavour)
+    # Sockets under tmp_path can pass the 108-byte limit of a unix socket path (pytest's numbered
+    # base dirs grow): the host reaches the node's /run through a short link.
+    host.run_link = Path(tempfile.mkdtemp(prefix="rmk-", dir="/tmp")) / "run"
+    host.run_link.symlink_to(root / "node" / "run")
     created_netns = False
     try:
         _run("ip", "netns", "add", netns)
@@ -250,6 +365,15 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
                 ("var-lib", "/var/lib"),
             )
         )
+        if flavour != "containerd":
+            # /etc/rancher does not exist on the host and must not be created there: the node's
+            # /etc is an overlay whose changes land in etc-upper.
+            (root / "node" / "etc-work").mkdir()
+            overlay = (
+                f"lowerdir=/etc,upperdir={root / 'node' / 'etc-upper'},"
+                f"workdir={root / 'node' / 'etc-work'}"
+            )
+            mounts = f"mount -t overlay overlay -o {shlex.quote(overlay)} /etc && {mounts}"
         sshd_config = shlex.quote(str(root / "sshd_config"))
         sshd = subprocess.Popen(
             [
@@ -300,3 +424,6 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
             # Deleting the netns destroys the node end of the veth, and with it the host end.
             subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
             subprocess.run(["ip", "link", "delete", host_if], check=False, capture_output=True)
+        if host.run_link is not None:
+            host.run_link.unlink(missing_ok=True)
+            host.run_link.parent.rmdir()

@@ -1,0 +1,391 @@
+"""k3s / RKE2 nodes end to end: the project's probe and registries.sh over real SSH against a test
+node laid out like a k3s/RKE2 node, with a real containerd serving CRI on
+/run/k3s/containerd/containerd.sock and a TEST STAND-IN for the k3s service
+(tests/integration/k3s_standin.py) that regenerates config.toml and certs.d from registries.yaml on
+restart. k3s itself is NOT run here (it cannot be installed on these machines).
+
+Commands and stdin come from node_steps (plan_registries, restore_registries_step), the functions
+the Pulumi component uses. Traffic stays on addresses this test created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from components.renderers.flavours import FLAVOURS
+from components.renderers.node_probe import parse_probe, parse_step_result
+from components.renderers.node_steps import (
+    NodeStepError,
+    RegistriesPlan,
+    check_step,
+    plan_registries,
+    probe_step,
+    restore_registries_step,
+)
+from components.settings import Node, Settings
+from tests.integration import cri_client
+from tests.integration.oci_image import MultiArchImage, build_multiarch_image
+from tests.integration.registry_proc import RegistryProcess, running_registry
+from tests.integration.test_node_e2e import (
+    UPSTREAM_PORTS,
+    make_settings,
+    proxy_config,
+    push,
+    upstream_registry_config,
+)
+from tests.integration.testhost import NodeHost, node_host
+from tests.prereq import require_binary, require_root
+
+pytestmark = pytest.mark.integration
+
+# The containerd the stand-in runs. k3s embeds containerd 2.x today; switch here (or with the
+# variable) to e.g. "$TESTENV_CACHE/containerd/2.1.9/usr/bin/containerd" once a setup step
+# provides it. Default: Debian 12's containerd 1.6 on PATH.
+CONTAINERD = os.environ.get("REGISTRY_MIRRORS_TEST_K3S_CONTAINERD", "containerd")
+
+
+# The person's own file: their mirror for docker.io with a rewrite, a private registry with
+# auth and TLS, and the wildcard to the Docker Hub cache this project exists to remove.
+def users_registries_yaml(cache: str) -> str:
+    return f"""\
+# Written by hand on the node: keep this comment.
+mirrors:
+  "*":
+    endpoint:
+      - "{cache}"
+  registry.example.com:
+    endpoint:
+      - "https://registry.example.com:8443"
+configs:
+  "registry.example.com:8443":
+    auth:
+      username: node-user
+      password: node-secret-password
+    tls:
+      insecure_skip_verify: true
+"""
+
+
+@dataclass
+class K3sWorld:
+    host: NodeHost
+    settings: Settings
+    node: Node
+    registries: dict[str, RegistryProcess]
+
+    def probe(self) -> str:
+        result = self.host.run_step(probe_step(self.settings, self.node))
+        check_step(self.node, "probe", result.returncode, result.stderr)
+        return result.stdout
+
+    def plan(self) -> RegistriesPlan:
+        return plan_registries(self.settings, self.node, self.probe())
+
+    def apply(self, plan: RegistriesPlan) -> Any:
+        result = self.host.run_step(plan.registries)
+        check_step(self.node, "registries", result.returncode, result.stderr)
+        return parse_step_result(result.stdout)
+
+    def pull(self, image: str) -> str:
+        return cri_client.pull_image(self.host.cri_socket, image)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MultiArchImage]:
+    root = tmp_path_factory.mktemp("oci")
+    return {tag: build_multiarch_image(root / f"image-{tag}", tag) for tag in ("1", "2")}
+
+
+def _prerequisites() -> None:
+    require_root()
+    for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "containerd", "ctr"):
+        require_binary(binary)
+
+
+@contextlib.contextmanager
+def k3s_world(
+    tmp_path: Path, images: dict[str, MultiArchImage] | None, flavour: str = "k3s-server"
+) -> Iterator[K3sWorld]:
+    with node_host(tmp_path, flavour=flavour, containerd=CONTAINERD) as host:
+        settings = make_settings(host)
+        node = settings.nodes[0]
+        with contextlib.ExitStack() as running:
+            registries: dict[str, RegistryProcess] = {}
+            if images is not None:
+                require_binary("docker-registry")
+                require_binary("skopeo")
+                addr = host.host_address
+                upstream_dir = tmp_path / "docker-upstream"
+                registries["docker-upstream"] = running.enter_context(
+                    running_registry(
+                        upstream_registry_config(upstream_dir),
+                        upstream_dir,
+                        host=addr,
+                        port=UPSTREAM_PORTS["docker.io"],
+                    )
+                )
+                for image in images.values():
+                    push(image, registries["docker-upstream"], "library/x")
+                docker_io = settings.upstreams[0]
+                proxy_dir = tmp_path / "docker-proxy"
+                registries["docker-proxy"] = running.enter_context(
+                    running_registry(
+                        proxy_config(settings, docker_io, proxy_dir),
+                        proxy_dir,
+                        host=addr,
+                        port=docker_io.port,
+                    )
+                )
+            # The broken state: the person's file with the wildcard, k3s running with it.
+            host.registries_file.write_text(
+                users_registries_yaml(settings.endpoint(settings.upstreams[0]))
+            )
+            start = host.ssh(host.restart_command)
+            assert start.returncode == 0, start.stderr + host.service_log.read_text()
+            _wait_cri_ok(host)
+            yield K3sWorld(host, settings, node, registries)
+
+
+def _wait_cri_ok(host: NodeHost, timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if host.cri_status() == "ok":
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"CRI not ok: {host.service_log.read_text()}")
+
+
+# --- detection ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flavour", ["k3s-server", "k3s-agent", "rke2-server", "rke2-agent"])
+def test_probe_detects_the_flavour_and_agrees_with_the_table(tmp_path: Path, flavour: str) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None, flavour) as world:
+        probe = parse_probe(world.probe())
+        row = FLAVOURS[flavour]
+        assert probe.flavour == flavour
+        assert (probe.unit, probe.cri_socket, probe.registries_file, probe.hosts_dir) == (
+            row.unit,
+            row.cri_socket,
+            row.registries_file,
+            row.hosts_dir,
+        )
+        assert probe.ctr == f"{row.bin_dir}/ctr"
+        assert probe.containerd_log == row.containerd_log
+        # The embedded containerd's version, read from the distribution's own binary.
+        assert (probe.containerd_version and probe.containerd_version[0].isdigit()) or (
+            probe.containerd_version.startswith("v")
+        )
+        assert "TEST STAND-IN" in probe.distribution_version
+        assert probe.registries_exists
+        assert probe.registries_text == world.host.registries_file.read_text()
+
+
+def test_plain_containerd_node_is_detected_as_before(tmp_path: Path) -> None:
+    _prerequisites()
+    with node_host(tmp_path) as host:
+        settings = make_settings(host)
+        result = host.run_step(probe_step(settings, settings.nodes[0]))
+        assert result.returncode == 0, result.stderr
+        probe = parse_probe(result.stdout)
+        assert (probe.flavour, probe.unit) == ("containerd", "containerd")
+        assert probe.cri_socket == "/run/containerd/containerd.sock"
+        assert probe.registries_file == ""
+        with pytest.raises(NodeStepError, match="is plain containerd: use plan_node"):
+            plan_registries(settings, settings.nodes[0], result.stdout)
+
+
+def test_forced_flavour_that_does_not_match_is_an_error_naming_both(tmp_path: Path) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None, "k3s-agent") as world:
+        node = world.node.model_copy(update={"flavour": "rke2-agent"})
+        stdout = world.host.run_step(probe_step(world.settings, node)).stdout
+        with pytest.raises(
+            NodeStepError,
+            match=r"node node-1 \(10\.231\.[0-9.]+\): nodes\[\]\.flavour is 'rke2-agent' but "
+            r"the node is 'k3s-agent'.*nothing was changed",
+        ):
+            plan_registries(world.settings, node, stdout)
+
+
+def test_two_enabled_rke2_units_need_the_setting(tmp_path: Path) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None, "rke2-server") as world:
+        wants = world.host.etc_upper / "systemd" / "system" / "multi-user.target.wants"
+        (wants / "rke2-agent.service").symlink_to("../rke2-agent.service")
+        with pytest.raises(NodeStepError, match=r"rke2-server, rke2-agent.*set nodes\[\]\.flavour"):
+            world.plan()
+        forced = world.node.model_copy(update={"flavour": "rke2-server"})
+        stdout = world.host.run_step(probe_step(world.settings, forced)).stdout
+        assert plan_registries(world.settings, forced, stdout).flavour.name == "rke2-server"
+
+
+# --- apply -------------------------------------------------------------------------------------
+
+
+def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
+    tmp_path: Path, images: dict[str, MultiArchImage]
+) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, images) as world:
+        host = world.host
+        cache = world.settings.endpoint(world.settings.upstreams[0])
+        before = host.registries_file.read_text()
+        # Before: a _default hosts.toml sends every registry to the Docker Hub cache.
+        assert (host.generated_hosts_dir / "_default" / "hosts.toml").exists()
+        pid = host.containerd_pid
+
+        plan = world.plan()
+        assert plan.changed and plan.replaced_wildcard
+        assert any('removed mirrors."*"' in line for line in plan.summary)
+        assert "node-secret-password" not in "\n".join(plan.summary)
+        result = world.apply(plan)
+
+        assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
+        assert host.containerd_pid != pid
+        assert host.cri_status() == "ok"
+        written = host.registries_file.read_text()
+        data = yaml.safe_load(written)
+        assert "*" not in data["mirrors"]
+        assert (
+            data["mirrors"]["registry.example.com"]
+            == yaml.safe_load(before)["mirrors"]["registry.example.com"]
+        )
+        assert data["configs"] == yaml.safe_load(before)["configs"]
+        assert "# Written by hand on the node: keep this comment." in written
+        assert (
+            host.registries_file.parent / "registries.yaml.registry-mirrors.orig"
+        ).read_text() == (before)
+        # What the distribution generated from it: our cache first for every upstream, the
+        # wildcard's _default gone (k3s deletes the directories it generated before).
+        for upstream in world.settings.upstreams:
+            generated = (host.generated_hosts_dir / upstream.host / "hosts.toml").read_text()
+            first = next(line for line in generated.splitlines() if line.startswith("[host."))
+            assert first == f'[host."{world.settings.endpoint(upstream)}/v2"]'
+        assert not (host.generated_hosts_dir / "_default").exists()
+
+        world.pull("docker.io/library/x:1")
+        assert world.registries["docker-proxy"].log().count("ns=docker.io") > 0
+        assert cache.endswith(f":{world.settings.upstreams[0].port}")
+
+
+def test_reapply_is_a_no_op_without_restart(tmp_path: Path) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        world.apply(world.plan())
+        pid = world.host.containerd_pid
+        text = world.host.registries_file.read_text()
+
+        plan = world.plan()
+        result = world.apply(plan)
+
+        assert not plan.changed
+        assert (result.changed, result.restarted) == (False, False)
+        assert world.host.containerd_pid == pid
+        assert world.host.registries_file.read_text() == text
+
+
+def test_edit_between_probe_and_apply_aborts(tmp_path: Path) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        plan = world.plan()
+        edited = world.host.registries_file.read_text() + "# edited\n"
+        world.host.registries_file.write_text(edited)
+        result = world.host.run_step(plan.registries)
+        assert result.returncode == 3
+        assert "changed since it was probed" in result.stderr
+        assert world.host.registries_file.read_text() == edited
+
+
+def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_path: Path) -> None:
+    from components.renderers.node_steps import registries_step
+
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        world.apply(world.plan())
+        good = host.registries_file.read_text()
+        probe = parse_probe(world.probe())
+        # k3s parses with go-yaml and refuses to start: no containerd, no CRI.
+        broken = good + "mirrors: [\n"
+        step = registries_step(
+            world.settings,
+            world.node,
+            FLAVOURS["k3s-server"],
+            probe.registries_sha256,
+            broken,
+        )
+        # The stand-in logs to a file (k3s: the journal), named like CONTAINERD_LOG.
+        step = type(step)(
+            step.command.replace(
+                "export UNIT=", f"export SERVICE_LOG={host.service_log}\nexport UNIT=", 1
+            ),
+            step.stdin,
+        )
+
+        result = host.run_step(step)
+
+        assert result.returncode == 5, result.stderr
+        assert "level=fatal" in result.stderr
+        assert "failed to load private registry configuration" in result.stderr
+        assert parse_step_result(result.stdout).rolled_back
+        assert host.registries_file.read_text() == good
+        assert host.cri_status() == "ok"
+
+
+def test_a_generated_hosts_toml_without_our_cache_is_rolled_back(tmp_path: Path) -> None:
+    """The distribution started fine but did not put our cache first (e.g. a config.toml.tmpl or a
+    mirror entry it ignored): the check of the generated files catches it."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        before = host.registries_file.read_text()
+        # Another port in the expectation than the one written: the generated file names 5000.
+        settings = make_settings(host)
+        plan = plan_registries(settings, world.node, world.probe())
+        wrong = plan.registries.command.replace(
+            f"docker.io=http://{host.host_address}:5000",
+            f"docker.io=http://{host.host_address}:5999",
+        )
+        assert wrong != plan.registries.command
+        result = host.ssh(wrong, plan.registries.stdin)
+        assert result.returncode == 5, result.stderr
+        assert "does not try our cache" in result.stderr
+        assert host.registries_file.read_text() == before
+        assert host.cri_status() == "ok"
+
+
+def test_delete_restores_the_original_file(tmp_path: Path) -> None:
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        original = host.registries_file.read_text()
+        world.apply(world.plan())
+        assert host.registries_file.read_text() != original
+
+        delete = host.run_step(
+            restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
+        )
+        check_step(world.node, "registries delete", delete.returncode, delete.stderr)
+
+        assert "restored=1" in delete.stdout and "restarted=1" in delete.stdout
+        assert host.registries_file.read_text() == original
+        assert not (host.registries_file.parent / "registries.yaml.registry-mirrors.orig").exists()
+        assert host.cri_status() == "ok"
+        # The distribution regenerated its certs.d from the original: the wildcard is back.
+        assert (host.generated_hosts_dir / "_default" / "hosts.toml").exists()
+        again = host.run_step(
+            restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
+        )
+        assert "restored=0" in again.stdout and "restarted=0" in again.stdout
