@@ -14,15 +14,19 @@ the one before:
 - ``<name>-<node>-config``: writes the migrated config.toml, restarts containerd and waits for the
   CRI plugin, rolling back on failure; its delete restores the original (restore.sh). Not created
   for nodes with ``skip_config_path`` (the summary says what they still need).
+- k3s and RKE2 nodes instead: ``<name>-<node>-registries``: writes the merged registries.yaml,
+  restarts the distribution's unit, waits for its CRI plugin, checks the hosts.toml it generated,
+  rolling back on failure; its delete restores the original (registries.sh RESTORE=1). Those
+  distributions regenerate their containerd config and certs.d from registries.yaml at start.
 
 No step has ``triggers``: pulumi-command's Python SDK gives every ``remote.Command``
 ``replace_on_changes=["triggers[*]"]`` (pulumi-command #855), so a changed trigger REPLACES the
 command, and a replacement runs the old resource's delete (= restore) after the new create.
 
-Secrets: config.toml may hold ``configs.*.auth``; a Command's stdout shows up in the diff even when
-secret (pulumi-command #260), so the config step logs nothing (``Logging.NONE``), its stdout,
-stderr and stdin are secret outputs, and the previous stdout is not put into the next run's
-environment (``add_previous_output_in_env=False``).
+Secrets: config.toml and registries.yaml may hold ``configs.*.auth``; a Command's stdout shows
+up in the diff even when secret (pulumi-command #260), so the config and registries steps log
+nothing (``Logging.NONE``), their stdout, stderr and stdin are secret outputs, and the previous
+stdout is not put into the next run's environment (``add_previous_output_in_env=False``).
 
 Rollout: the first node is a canary; the rest go in batches of ``containerd.batch_size``; a batch
 starts only after the last step of every node of the batch before, so a broken config stops at the
@@ -50,7 +54,7 @@ import pulumi
 from pulumi_command import remote
 
 from components.renderers.node_probe import parse_step_result
-from components.renderers.node_steps import NodePlan, NodeStep
+from components.renderers.node_steps import AnyPlan, NodeStep
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 
@@ -65,9 +69,11 @@ def rollout_batches(nodes: Sequence[Node], batch_size: int) -> list[list[Node]]:
     return [[nodes[0]]] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
-def _report(plan: NodePlan, config_stdout: str | None) -> dict[str, Any]:
-    result = parse_step_result(config_stdout or "")
+def _report(plan: AnyPlan, stdout: str | None) -> dict[str, Any]:
+    """What the last apply did to the node (its config or registries step's output)."""
+    result = parse_step_result(stdout or "")
     return {
+        "flavour": plan.flavour.name,
         "containerdVersion": plan.probe.containerd_version,
         "configChanged": result.changed,
         "restarted": result.restarted,
@@ -83,7 +89,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
         self,
         name: str,
         settings: Settings,
-        plans: Mapping[str, NodePlan],
+        plans: Mapping[str, AnyPlan],
         agent_socket: str,
         depends_on: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
@@ -109,7 +115,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 
-    def _create_node(self, node: Node, plan: NodePlan, gate: pulumi.Stash) -> remote.Command:
+    def _create_node(self, node: Node, plan: AnyPlan, gate: pulumi.Stash) -> remote.Command:
         connection = SshTarget(
             host=node.address,
             user=node.ssh_user,
@@ -125,11 +131,11 @@ class ContainerdMirrors(pulumi.ComponentResource):
         assert last is not None, "a node plan has at least its hosts step"
         self.commands[node.name] = commands
 
-        config = commands.get("config")
+        reporter = commands.get(plan.report_role)
         report = (
             pulumi.Output.from_input(_report(plan, None))
-            if config is None
-            else config.stdout.apply(lambda stdout: _report(plan, stdout))
+            if reporter is None
+            else reporter.stdout.apply(lambda stdout: _report(plan, stdout))
         )
         # Versions, booleans and summary lines only: no config text, so no secret.
         self.nodes[node.name] = pulumi.Output.unsecret(report)

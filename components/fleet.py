@@ -17,12 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from components.renderers.node_steps import (
+    AnyPlan,
     FleetCache,
-    NodePlan,
     NodeStepError,
     Step,
     check_step,
-    plan_node,
+    plan_any,
     probe_step,
 )
 from components.settings import Node, Settings
@@ -58,7 +58,7 @@ def read_node(settings: Settings, node: Node, runner: StepRunner) -> str:
     return run.stdout
 
 
-def plan_fleet(settings: Settings, runner: StepRunner) -> dict[str, NodePlan]:
+def plan_fleet(settings: Settings, runner: StepRunner) -> dict[str, AnyPlan]:
     """Every node's plan, by name, in settings order. Raises FleetReadError listing every node
     that failed (probe or plan) after all were tried."""
     nodes = settings.nodes
@@ -68,11 +68,11 @@ def plan_fleet(settings: Settings, runner: StepRunner) -> dict[str, NodePlan]:
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
         futures = {node.name: pool.submit(read_node, settings, node, runner) for node in nodes}
     cache: FleetCache = {}
-    plans: dict[str, NodePlan] = {}
+    plans: dict[str, AnyPlan] = {}
     problems: list[str] = []
     for node in nodes:
         try:
-            plans[node.name] = plan_node(settings, node, futures[node.name].result(), cache)
+            plans[node.name] = plan_any(settings, node, futures[node.name].result(), cache)
         except NodeStepError as error:
             problems.append(str(error))
     if problems:

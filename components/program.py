@@ -22,6 +22,7 @@ from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
 from components.renderers.registries_yaml import render_registries_yaml
+from components.renderers.talos import render_talos_patch
 from components.ssh import SshAgentMissing, agent_socket
 
 
@@ -98,6 +99,7 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         "mirrors": mirrors.mirrors,
         "containerd": pulumi.Output.from_input(containerd_export(settings)),
         "registriesYaml": pulumi.Output.from_input(render_registries_yaml(settings)),
+        "talosPatch": pulumi.Output.from_input(render_talos_patch(settings)),
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }

@@ -30,7 +30,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.renderers.node_steps import verify_step  # noqa: E402
+from components.renderers.node_steps import (  # noqa: E402
+    NodeStepError,
+    check_step,
+    expected_config_path,
+    probe_step,
+    read_probe,
+    verify_step,
+)
 from components.settings import Node, Settings, SettingsError, load_settings  # noqa: E402
 from components.ssh_client import run_on_node  # noqa: E402
 from components.stack_file import stack_path, stack_values  # noqa: E402
@@ -170,8 +177,21 @@ def check_node(
 ) -> list[Check]:
     where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
     # The same ssh client and options the program reads the nodes with (--ssh-option first).
+    # First the probe, as the program reads a node: which flavour, hence which containerd.
+    probe = run_on_node(
+        node, probe_step(settings, node), extra_options=ssh_options, timeout=timeout + 60
+    )
+    try:
+        check_step(node, "probe", probe.exit_code, probe.stderr)
+        _, flavour = read_probe(node, probe.stdout)
+    except NodeStepError as error:
+        advice = "can this machine reach the node with the program's key (ssh-agent)?"
+        return [Check(node.name, where, "probe", False, str(error), advice)]
     result = run_on_node(
-        node, verify_step(settings, node, images), extra_options=ssh_options, timeout=timeout + 60
+        node,
+        verify_step(settings, node, images, flavour),
+        extra_options=ssh_options,
+        timeout=timeout + 60,
     )
     if result.exit_code != 0 and "cri=" not in result.stdout:
         return [
@@ -182,16 +202,21 @@ def check_node(
             )
         ]  # fmt: skip
     fields, pulls = node_report(result.stdout)
-    expected = settings.containerd.config_path
+    expected = expected_config_path(settings, flavour)
+    not_migrated = (
+        f"{flavour.name} did not generate config_path from registries.yaml: run pulumi up"
+        if flavour.is_distribution
+        else "config.toml was not migrated (skipConfigPath?) or was edited since: run pulumi up"
+    )
     checks = [
         Check(
-            node.name, where, "cri", fields.get("cri") == "ok", f"cri plugin {fields.get('cri')}",
+            node.name, where, "cri", fields.get("cri") == "ok",
+            f"{flavour.name}: cri plugin {fields.get('cri')}",
             "the CRI plugin is not ok: `ctr plugins ls --detailed` on the node; run pulumi up",
         ),
         Check(
             node.name, where, "config_path", fields.get("config_path") == expected,
-            f"config_path={fields.get('config_path')!r} (expected {expected!r})",
-            "config.toml was not migrated (skipConfigPath?) or was edited since: run pulumi up",
+            f"config_path={fields.get('config_path')!r} (expected {expected!r})", not_migrated,
         ),
         Check(
             node.name, where, "mirrors", fields.get("mirrors") == "0",

@@ -239,15 +239,46 @@ def probe_stdout(
     )
 
 
+def k3s_probe_stdout(
+    registries: str | None,
+    *,
+    applied_from: str | None = None,
+    flavour: str = "k3s-server",
+    version: str = "v2.0.5-k3s1",
+) -> str:
+    """What scripts/node/probe.sh prints for a k3s/RKE2 node with this registries.yaml."""
+    from components.renderers.flavours import FLAVOURS
+
+    row = FLAVOURS[flavour]
+    return (
+        f"flavour={flavour}\nflavour_candidates={flavour}\nunit={row.unit}\n"
+        f"cri_socket={row.cri_socket}\nregistries_file={row.registries_file}\n"
+        f"registries_exists={1 if registries is not None else 0}\n"
+        f"registries_sha256={_sha(registries) if registries is not None else 'absent'}\n"
+        f"registries_b64={_b64(registries)}\nregistries_original_saved=0\n"
+        f"registries_applied_from_sha256={applied_from or ''}\n"
+        f"hosts_dir={row.hosts_dir}\nctr={row.bin_dir}/ctr\ncontainerd_log={row.containerd_log}\n"
+        f"distribution_binary=/usr/local/bin/k3s\ndistribution_version=k3s version v1.32\n"
+        f"containerd_version={version}\nconfig_file=\nconfig_exists=0\nconfig_sha256=absent\n"
+        "config_version=\nconfig_b64=\noriginal_saved=0\nmanaged_dirs=\n"
+    )
+
+
+def _guard(command: str) -> str:
+    return command.split("EXPECTED_SHA256=", 1)[1].split("\n", 1)[0].strip("'")
+
+
 @dataclass
 class FakeNode:
     """A node as the program reads it (probe.sh's output), and what a successful apply does to it
-    (a model of hosts.sh and apply-config.sh for mocks tests; tests/integration/test_node_e2e.py
-    runs the real scripts over SSH and checks they behave so)."""
+    (a model of hosts.sh, apply-config.sh and registries.sh for mocks tests; the integration
+    tests run the real scripts over SSH and check they behave so). ``flavour`` k3s-server etc.:
+    ``config`` is its registries.yaml."""
 
     config: str | None = BROKEN
     version: str = "1.6.20"
     reachable: bool = True
+    flavour: str = "containerd"
     original: str | None = None
     applied: tuple[str, str] | None = None  # (sha256 written, sha256 it was migrated from)
     hosts_stdin: str = ""
@@ -257,23 +288,27 @@ class FakeNode:
         self.probes += 1
         current = _sha(self.config) if self.config is not None else "absent"
         applied_from = self.applied[1] if self.applied and self.applied[0] == current else None
+        if self.flavour != "containerd":
+            return k3s_probe_stdout(self.config, applied_from=applied_from, flavour=self.flavour)
         return probe_stdout(
             self.config, original=self.original, applied_from=applied_from, version=self.version
         )
 
-    def apply(self, hosts_stdin: str, config_command: str, config_stdin: str) -> None:
-        """What `pulumi up` does when the steps run: hosts written; config.toml replaced when the
-        text differs (the first original kept), the source recorded."""
-        self.hosts_stdin = hosts_stdin
-        if config_stdin == self.config:
+    def apply(self, steps: dict[str, dict[str, Any]]) -> None:
+        """What `pulumi up` does when the steps run (their inputs by role): hosts written; the
+        config.toml (or registries.yaml) replaced when the text differs, the first original
+        kept, the source recorded."""
+        self.hosts_stdin = steps.get("hosts", {}).get("stdin", self.hosts_stdin)
+        step = steps.get("config") or steps.get("registries")
+        if step is None or step["stdin"] == self.config:
             return
-        guard = config_command.split("EXPECTED_SHA256=", 1)[1].split("\n", 1)[0].strip("'")
+        guard = _guard(step["create"])
         current = _sha(self.config) if self.config is not None else "absent"
-        assert guard == current, "the node was edited since the probe: apply-config.sh refuses"
+        assert guard == current, "the node was edited since the probe: the script refuses"
         if self.original is None and self.config is not None:
             self.original = self.config
-        self.config = config_stdin
-        self.applied = (_sha(config_stdin), guard)
+        self.config = step["stdin"]
+        self.applied = (_sha(step["stdin"]), guard)
 
 
 class FakeFleet:
@@ -298,7 +333,7 @@ class FakeFleet:
 
 
 def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    """What the node steps print on a first apply (the config step changed and restarted)."""
-    if args.name.endswith("-config"):
+    """What the node steps print on a first apply (config/registries changed and restarted)."""
+    if args.name.endswith(("-config", "-registries")):
         return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
     return {"stdout": "changed=1\n", "stderr": ""}

@@ -18,7 +18,7 @@ import pytest
 
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
 from components.fleet import FleetReadError, plan_fleet
-from components.renderers.node_steps import NodePlan
+from components.renderers.node_steps import AnyPlan
 from components.settings import Settings, load_settings
 from tests.mocks import (
     BROKEN,
@@ -64,7 +64,7 @@ def node_mocks() -> RecordingMocks:
 
 def build(
     settings: Settings, fleet: FakeFleet | None = None, name: str = "cm"
-) -> tuple[ContainerdMirrors, dict[str, NodePlan]]:
+) -> tuple[ContainerdMirrors, dict[str, AnyPlan]]:
     plans = plan_fleet(settings, fleet or FakeFleet())
     return ContainerdMirrors(name, settings, plans, "/agent.sock"), plans
 
@@ -298,9 +298,14 @@ def _deploy(settings: Settings, fleet: FakeFleet) -> dict[str, dict[str, Any]]:
     run_program(body)
     inputs = _step_inputs(mocks)
     for node in settings.nodes:
-        hosts, config = inputs[f"cm-{node.name}-hosts"], inputs.get(f"cm-{node.name}-config")
-        if config is not None:
-            fleet.nodes[node.name].apply(hosts["stdin"], config["create"], config["stdin"])
+        prefix = f"cm-{node.name}-"
+        fleet.nodes[node.name].apply(
+            {
+                name.removeprefix(prefix): step
+                for name, step in inputs.items()
+                if name.startswith(prefix)
+            }
+        )
     return inputs
 
 
@@ -425,3 +430,70 @@ def test_an_existing_stack_upgrades_without_replacing_or_restoring_any_node(
         return pulumi.Output.all(mirrors.urn, settled(mirrors)).apply(lambda v: check(v[0]))
 
     return run()
+
+
+# --- k3s / RKE2 nodes ----------------------------------------------------------------------------
+
+K3S_WILDCARD = 'mirrors:\n  "*":\n    endpoint:\n      - "http://10.0.20.10:5000"\n'
+
+
+def _mixed_fleet() -> FakeFleet:
+    return FakeFleet(
+        {
+            "node-1": FakeNode(),
+            "node-2": FakeNode(K3S_WILDCARD, flavour="k3s-server"),
+            "node-3": FakeNode(None, flavour="rke2-agent"),
+        }
+    )
+
+
+def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings_with(nodes=3, batch_size=1), _mixed_fleet())
+
+        def check(values: list[Any]) -> None:
+            steps = steps_of(node_mocks)
+            assert sorted(steps) == [
+                "cm-node-1-config", "cm-node-1-hosts", "cm-node-2-registries",
+                "cm-node-3-registries",
+            ]  # fmt: skip
+            k3s = steps["cm-node-2-registries"].inputs
+            assert "registries.sh" in k3s["create"] and "RESTORE=1" in k3s["delete"]
+            assert "systemctl restart k3s" in k3s["create"]
+            assert "systemctl restart rke2-agent" in steps["cm-node-3-registries"].inputs["create"]
+            assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
+            merged = plain(k3s["stdin"])
+            assert '"*"' not in merged and "http://10.0.20.10:5010" in merged
+            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-registries"]
+            reports = dict(zip(mirrors.nodes, values, strict=False))
+            assert reports["node-2"]["flavour"] == "k3s-server"
+            assert reports["node-2"]["restarted"] is True
+            assert reports["node-1"]["flavour"] == "containerd"
+            assert_rollout_order(node_mocks, mirrors, "cm")
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_an_unchanged_k3s_node_shows_no_change_on_the_next_run() -> None:
+    settings = settings_with(nodes=3)
+    fleet = _mixed_fleet()
+    first = _deploy(settings, fleet)
+    assert fleet.nodes["node-2"].config != K3S_WILDCARD  # merged and written
+
+    second = _deploy(settings, fleet)
+
+    assert second == first
+
+
+def test_a_node_that_is_not_the_flavour_it_is_set_to_stops_the_program() -> None:
+    raw = sample_raw()
+    raw["nodes"] = [{"name": "node-1", "address": "10.0.30.1", "flavour": "k3s-agent"}]
+    with pytest.raises(
+        FleetReadError, match=r"node node-1 .*'k3s-agent' but the node is 'k3s-server'"
+    ):
+        plan_fleet(load_settings(raw), FakeFleet({"node-1": FakeNode(flavour="k3s-server")}))

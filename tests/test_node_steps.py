@@ -113,7 +113,12 @@ def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run() -> None:
     node = settings.nodes[0]
     fake = FakeNode(OWN_MIRRORS)
     first = plan_node(settings, node, fake.probe())
-    fake.apply(first.hosts.stdin, first.config.command, first.config.stdin)
+    fake.apply(
+        {
+            "hosts": {"stdin": first.hosts.stdin},
+            "config": {"create": first.config.command, "stdin": first.config.stdin},
+        }
+    )
     second = plan_node(settings, node, fake.probe())
 
     assert "harbor.corp.example" in first.hosts_files

@@ -6,6 +6,7 @@ import asyncio
 
 import pulumi
 import pytest
+import yaml
 
 from components import program
 from tests.mocks import (
@@ -57,7 +58,9 @@ def test_good_config_builds_every_part_and_exports_the_contract():
     exports = program.run(runner=FakeFleet())
 
     def check(values):
-        vm, mirrors, containerd, nodes, rollout = values
+        vm, mirrors, containerd, nodes, rollout, talos = values
+        patch = yaml.safe_load(talos)["machine"]["registries"]["mirrors"]
+        assert patch["ghcr.io"] == {"endpoints": ["http://10.0.20.10:5010"]}
         assert vm == {
             "vmId": 210,
             "address": "10.0.20.10",
@@ -93,6 +96,7 @@ def test_good_config_builds_every_part_and_exports_the_contract():
         exports["containerd"],
         exports["nodes"],
         exports["rollout"],
+        exports["talosPatch"],
     ).apply(check)
 
 

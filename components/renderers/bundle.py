@@ -12,6 +12,7 @@ from components.renderers.cloud_init import ipconfig0, render_vendor_data
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.registry_config import render_registry_files
+from components.renderers.talos import render_talos_patch
 from components.settings import Settings
 
 
@@ -78,6 +79,7 @@ def render_bundle(settings: Settings) -> dict[str, str]:
         "registry-vm/vendor-data.yaml": render_vendor_data(settings),
         "summary.json": json.dumps(summary(settings), indent=2) + "\n",
         "nodes/registries.yaml": render_registries_yaml(settings),
+        "nodes/talos-patch.yaml": render_talos_patch(settings),
     }
     files.update(render_registry_files(settings))
     # What every node gets before its own mirrors are merged in (those need the node's probe).

@@ -40,6 +40,7 @@ class Flavour:
     hosts_dir: str = ""  # where the distribution writes its generated <host>/hosts.toml
     bin_dir: str = ""  # its own containerd and ctr
     containerd_log: str = ""
+    config_file: str = ""  # the containerd config.toml it generates at start
 
     @property
     def is_distribution(self) -> bool:
@@ -60,6 +61,7 @@ def _distribution(name: FlavourName, unit: str, dist: str, bin_dir: str) -> Flav
         hosts_dir=f"{agent}/etc/containerd/certs.d",
         bin_dir=bin_dir,
         containerd_log=f"{agent}/containerd/containerd.log",
+        config_file=f"{agent}/etc/containerd/config.toml",
     )
 
 

@@ -56,6 +56,8 @@ class ProbeResult:
     registries_sha256: str = ABSENT
     registries_text: str = ""
     registries_original_saved: bool = False
+    # While registries.yaml is what registries.sh wrote: the guard it was written with.
+    registries_applied_from_sha256: str | None = None
     hosts_dir: str = ""
     ctr: str = ""
     containerd_log: str = ""
@@ -96,6 +98,7 @@ def _flavour_fields(values: dict[str, list[str]]) -> dict:
             registries_sha256=sha,
             registries_text=_decoded(values, "registries_b64", sha, exists),
             registries_original_saved=last("registries_original_saved") == "1",
+            registries_applied_from_sha256=last("registries_applied_from_sha256") or None,
             hosts_dir=last("hosts_dir"),
             ctr=last("ctr"),
             containerd_log=last("containerd_log"),

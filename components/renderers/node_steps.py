@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Union
 
 from components.renderers.containerd_config import (
     MigratedRegistry,
@@ -16,7 +17,7 @@ from components.renderers.containerd_config import (
     carried_registries,
     migrate_config,
 )
-from components.renderers.flavours import Flavour, resolve_flavour
+from components.renderers.flavours import FLAVOURS, Flavour, resolve_flavour
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.node_probe import ProbeResult, parse_probe
 from components.renderers.registries_yaml import merge_registries_yaml
@@ -118,18 +119,35 @@ def restore_hosts_step(settings: Settings, node: Node) -> Step:
     )
 
 
-def verify_step(settings: Settings, node: Node, images: Sequence[str] = ()) -> Step:
-    """Read-only health check for scripts/verify.py (pulls ``images`` through hosts.toml)."""
-    return _step(
-        node,
-        "node/verify-node.sh",
-        {
-            "CONFIG_FILE": node.config_file,
-            "CONFIG_PATH": settings.containerd.config_path,
-            "CONTAINERD_ADDRESS": node.containerd_address,
-            "IMAGES": " ".join(images),
-        },
-    )
+def verify_step(
+    settings: Settings,
+    node: Node,
+    images: Sequence[str] = (),
+    flavour: Flavour = FLAVOURS["containerd"],
+) -> Step:
+    """Read-only health check for scripts/verify.py (pulls ``images`` through hosts.toml). On a
+    k3s/RKE2 node: its own containerd and ctr, its socket, the config.toml and certs.d it
+    generated (``verify_expectation`` says what config_path must then be)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": node.config_file,
+        "CONFIG_PATH": settings.containerd.config_path,
+        "CONTAINERD_ADDRESS": node.containerd_address,
+        "IMAGES": " ".join(images),
+    }
+    if flavour.is_distribution:
+        params.update(
+            CONFIG_FILE=flavour.config_file,
+            CONFIG_PATH=flavour.hosts_dir,
+            CONTAINERD_ADDRESS=flavour.cri_socket,
+            CTR=f"{flavour.bin_dir}/ctr",
+            CONTAINERD=f"{flavour.bin_dir}/containerd",
+        )
+    return _step(node, "node/verify-node.sh", params)
+
+
+def expected_config_path(settings: Settings, flavour: Flavour) -> str:
+    """Where the node's containerd must read hosts.toml from."""
+    return flavour.hosts_dir if flavour.is_distribution else settings.containerd.config_path
 
 
 @dataclass(frozen=True)
@@ -158,6 +176,9 @@ class NodePlan:
     # The remote commands, in order; each runs after the one before (hosts.toml before
     # config_path: once config_path is set containerd only reads the files).
     steps: tuple[NodeStep, ...] = ()
+    flavour: Flavour = FLAVOURS["containerd"]
+    # The step whose output says whether the node changed and restarted.
+    report_role: str = "config"
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
@@ -201,10 +222,48 @@ def plan_node(
     """Decide everything for one node from its probe. A probe or config.toml we cannot read stops
     here, naming the node, before any step that changes the node is sent. ``cache`` (one dict per
     settings object) shares the work between nodes with the same config and version."""
+    probe, flavour = read_probe(node, probe_stdout)
+    if flavour.is_distribution:
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) is {flavour.name}: plan it with plan_registries"
+        )
+    return _plan_containerd(settings, node, probe, cache)
+
+
+def read_probe(node: Node, probe_stdout: str) -> tuple[ProbeResult, Flavour]:
+    """The probe, and the flavour to configure (a forced one must match the node)."""
+    where = f"node {node.name} ({node.address})"
     try:
         probe = parse_probe(probe_stdout)
+        flavour = resolve_flavour(probe.flavour, probe.flavour_candidates, node.flavour, where)
+    except ValueError as error:  # ProbeOutputError, FlavourError
+        message = str(error) if str(error).startswith(where) else f"{where}: {error}"
+        raise NodeStepError(f"{message}; nothing was changed") from None
+    return probe, flavour
+
+
+# What the rollout needs of any node's plan: ``probe``, ``flavour``, ``steps`` (in order),
+# ``summary``, ``report_role``.
+AnyPlan = Union["NodePlan", "RegistriesPlan"]
+
+
+def plan_any(
+    settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
+) -> AnyPlan:
+    """Plan a node of any flavour from its probe: plain containerd gets its hosts and config
+    steps, k3s/RKE2 their registries step."""
+    probe, flavour = read_probe(node, probe_stdout)
+    if flavour.is_distribution:
+        return _plan_registries(settings, node, probe, flavour)
+    return _plan_containerd(settings, node, probe, cache)
+
+
+def _plan_containerd(
+    settings: Settings, node: Node, probe: ProbeResult, cache: FleetCache | None
+) -> NodePlan:
+    try:
         migration, files = _migrate_and_render(settings, probe, cache)
-    except ValueError as error:  # ConfigParseError, ProbeOutputError
+    except ValueError as error:  # ConfigParseError
         raise NodeStepError(
             f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
         ) from None
@@ -337,21 +396,28 @@ class RegistriesPlan:
     changed: bool
     replaced_wildcard: bool
     summary: tuple[str, ...]
+    # Its rollout: one step, registries.yaml (it may hold configs.*.auth: sensitive).
+    steps: tuple[NodeStep, ...] = ()
+    report_role: str = "registries"
 
 
 def plan_registries(settings: Settings, node: Node, probe_stdout: str) -> RegistriesPlan:
     """Parse the probe, settle the flavour (a forced one must match the node), merge our mirrors
     into the node's registries.yaml. Anything unreadable stops here, naming the node, before a
     step that changes it is sent. For a plain containerd node use ``plan_node``."""
-    where = f"node {node.name} ({node.address})"
-    try:
-        probe = parse_probe(probe_stdout)
-        flavour = resolve_flavour(probe.flavour, probe.flavour_candidates, node.flavour, where)
-    except ValueError as error:  # ProbeOutputError, FlavourError
-        message = str(error) if str(error).startswith(where) else f"{where}: {error}"
-        raise NodeStepError(f"{message}; nothing was changed") from None
+    probe, flavour = read_probe(node, probe_stdout)
     if not flavour.is_distribution:
-        raise NodeStepError(f"{where} is plain containerd: use plan_node; nothing was changed")
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) is plain containerd: use plan_node; "
+            "nothing was changed"
+        )
+    return _plan_registries(settings, node, probe, flavour)
+
+
+def _plan_registries(
+    settings: Settings, node: Node, probe: ProbeResult, flavour: Flavour
+) -> RegistriesPlan:
+    where = f"node {node.name} ({node.address})"
     if probe.registries_file != flavour.registries_file:
         # The checksum guard only holds for the file that was probed.
         raise NodeStepError(
@@ -366,14 +432,22 @@ def plan_registries(settings: Settings, node: Node, probe_stdout: str) -> Regist
         raise NodeStepError(
             f"{where} {flavour.registries_file}: {error}; nothing was changed"
         ) from None
-    text = merge.text if merge.changed else probe.registries_text
+    if merge.changed:
+        text, guard = merge.text, probe.registries_sha256
+    else:
+        # As for config.toml: the guard it was written with, so an unchanged node shows no diff.
+        text = probe.registries_text
+        guard = probe.registries_applied_from_sha256 or probe.registries_sha256
     summary = [f"{node.name}: {flavour.name} (containerd {probe.containerd_version or '?'})"]
     summary += [f"{node.name}: {line}" for line in merge.summary]
+    registries = registries_step(settings, node, flavour, guard, text)
+    restore = restore_registries_step(settings, node, flavour)
     return RegistriesPlan(
         probe=probe,
         flavour=flavour,
-        registries=registries_step(settings, node, flavour, probe.registries_sha256, text),
+        registries=registries,
         changed=merge.changed,
         replaced_wildcard=merge.replaced_wildcard,
         summary=tuple(summary),
+        steps=(NodeStep("registries", registries, restore, sensitive=True),),
     )

@@ -79,6 +79,14 @@ else
   else
     echo "registries_original_saved=0"
   fi
+  # As for config.toml below: while the file is what registries.sh wrote, the guard it was
+  # written with (an unchanged node shows no diff).
+  applied_from=""
+  if [[ -f ${registries_file}.registry-mirrors.applied && -f $registries_file ]]; then
+    read -r written source <"${registries_file}.registry-mirrors.applied" || true
+    [[ ${written:-} == "$(sha256sum <"$registries_file" | awk '{print $1}')" ]] && applied_from=${source:-}
+  fi
+  echo "registries_applied_from_sha256=${applied_from}"
   echo "hosts_dir=/var/lib/rancher/${dist}/agent/etc/containerd/certs.d"
   echo "containerd_log=/var/lib/rancher/${dist}/agent/containerd/containerd.log"
   # k3s unpacks its binaries to data/<hash>/bin (data/current points at the running set); RKE2

@@ -111,6 +111,7 @@ put_in_place() {  # SOURCE: copy next to the target, then rename(2): never a hal
 }
 
 if [[ $RESTORE == 1 ]]; then
+  rm -f "${REGISTRIES_FILE}.registry-mirrors.applied"
   restored=0
   if [[ -f $orig ]]; then
     if ! cmp -s "$orig" "$REGISTRIES_FILE"; then
@@ -147,17 +148,18 @@ new=$(mktemp "${dir}/.registries.yaml.registry-mirrors.XXXXXX")
 trap 'rm -f "$new"' EXIT
 cat >"$new"
 
+# Identical text: nothing to do, and above all no restart, whatever the guard says (the guard of
+# an unchanged node is the checksum of the file it was once merged from, see probe.sh).
+if [[ -f $REGISTRIES_FILE ]] && cmp -s "$new" "$REGISTRIES_FILE"; then
+  echo "changed=0"
+  echo "restarted=0"
+  exit 0
+fi
 current_sha=absent
 [[ -f $REGISTRIES_FILE ]] && current_sha=$(sha256sum <"$REGISTRIES_FILE" | awk '{print $1}')
 if [[ $current_sha != "$EXPECTED_SHA256" ]]; then
   echo "${me}: ${REGISTRIES_FILE} changed since it was probed (expected sha256 ${EXPECTED_SHA256}, now ${current_sha}); nothing changed, run pulumi up again" >&2
   exit 3
-fi
-# Identical text: nothing to do, and above all no restart.
-if [[ -f $REGISTRIES_FILE ]] && cmp -s "$new" "$REGISTRIES_FILE"; then
-  echo "changed=0"
-  echo "restarted=0"
-  exit 0
 fi
 
 # Keep the very first original forever (delete restores it) plus one backup per change.
@@ -181,6 +183,10 @@ restart_output=""
 hosts_problem=""
 if restart_output=$(restart 2>&1) && wait_for_cri; then
   if hosts_problem=$(check_generated_hosts); then
+    # What we wrote and what it was merged from (probe.sh reads it back; RESTORE removes it).
+    record=$(mktemp "${dir}/.registries.yaml.registry-mirrors.XXXXXX")
+    printf '%s %s\n' "$(sha256sum <"$REGISTRIES_FILE" | awk '{print $1}')" "$EXPECTED_SHA256" >"$record"
+    mv -f "$record" "${REGISTRIES_FILE}.registry-mirrors.applied"
     echo "restarted=1"
     echo "rolled_back=0"
     exit 0

@@ -7,6 +7,7 @@
 #   CONFIG_PATH          expected hosts.toml directory
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   IMAGES               space-separated image references to pull (optional)
+#   CTR, CONTAINERD      the node's ctr and containerd (k3s/RKE2: their own, not on PATH)
 # Output: key=value lines: cri=, config_path=, mirrors=, then one pull=<image> <ok|failed> per image.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ set -euo pipefail
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 : "${IMAGES:=}"
+: "${CTR:=ctr}"
+: "${CONTAINERD:=containerd}"
 
 if [[ $(id -u) -ne 0 ]]; then
   echo "verify-node.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
@@ -21,11 +24,11 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 # "active" is not health: containerd runs on with the CRI plugin skipped (mirrors + config_path).
-cri=$(ctr --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
+cri=$("$CTR" --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
   awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}' || true)
 echo "cri=${cri:-absent}"
 
-if ! dump=$(containerd -c "$CONFIG_FILE" config dump 2>&1); then
+if ! dump=$("$CONTAINERD" -c "$CONFIG_FILE" config dump 2>&1); then
   echo "config_dump=failed"
   echo "verify-node.sh: containerd cannot read ${CONFIG_FILE}: ${dump}" >&2
   exit 1
@@ -41,7 +44,7 @@ echo "mirrors=${mirrors}"
 
 for image in $IMAGES; do
   # ctr reads hosts.toml only when told where: the same files the CRI plugin uses.
-  if output=$(ctr --address "$CONTAINERD_ADDRESS" -n k8s.io images pull --hosts-dir "$CONFIG_PATH" "$image" 2>&1); then
+  if output=$("$CTR" --address "$CONTAINERD_ADDRESS" -n k8s.io images pull --hosts-dir "$CONFIG_PATH" "$image" 2>&1); then
     echo "pull=${image} ok"
   else
     echo "pull=${image} failed"

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.fleet import read_node, ssh_runner
 from components.renderers.flavours import FLAVOURS
 from components.renderers.node_probe import parse_probe, parse_step_result
 from components.renderers.node_steps import (
@@ -39,6 +40,7 @@ from tests.integration.test_node_e2e import (
     make_settings,
     proxy_config,
     push,
+    run_verify_nodes,
     upstream_registry_config,
 )
 from tests.integration.testhost import NodeHost, node_host
@@ -82,9 +84,8 @@ class K3sWorld:
     registries: dict[str, RegistryProcess]
 
     def probe(self) -> str:
-        result = self.host.run_step(probe_step(self.settings, self.node))
-        check_step(self.node, "probe", result.returncode, result.stderr)
-        return result.stdout
+        """Read the node exactly as the program does while it runs (preview included)."""
+        return read_node(self.settings, self.node, ssh_runner(self.host.agent_socket))
 
     def plan(self) -> RegistriesPlan:
         return plan_registries(self.settings, self.node, self.probe())
@@ -283,15 +284,20 @@ def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
 def test_reapply_is_a_no_op_without_restart(tmp_path: Path) -> None:
     _prerequisites()
     with k3s_world(tmp_path, None) as world:
-        world.apply(world.plan())
+        first = world.plan()
+        assert first.changed
+        world.apply(first)
         pid = world.host.containerd_pid
         text = world.host.registries_file.read_text()
 
-        plan = world.plan()
-        result = world.apply(plan)
-
-        assert not plan.changed
-        assert (result.changed, result.restarted) == (False, False)
+        plan = first
+        for _ in range(2):
+            plan = world.plan()
+            result = world.apply(plan)
+            # The same inputs as the step that was applied: a preview shows no change.
+            assert plan.registries == first.registries
+            assert not plan.changed
+            assert (result.changed, result.restarted) == (False, False)
         assert world.host.containerd_pid == pid
         assert world.host.registries_file.read_text() == text
 
@@ -389,3 +395,26 @@ def test_delete_restores_the_original_file(tmp_path: Path) -> None:
             restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
         )
         assert "restored=0" in again.stdout and "restarted=0" in again.stdout
+
+
+def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache(
+    tmp_path: Path, images: dict[str, MultiArchImage]
+) -> None:
+    """scripts/verify.py --nodes on a k3s node: its own ctr and socket, the config_path k3s
+    generated, and a pull through k3s's hosts.toml that lands in our cache."""
+    _prerequisites()
+    with k3s_world(tmp_path, images) as world:
+        docker_io = world.settings.model_copy(update={"upstreams": world.settings.upstreams[:1]})
+        world.apply(world.plan())
+
+        after = run_verify_nodes(
+            docker_io, world.host, tmp_path, "docker.io/library/x:2",
+            mirror_images=("docker.io=library/x:1",),
+        )  # fmt: skip
+
+        assert after.returncode == 0, after.stdout + after.stderr
+        assert "k3s-server: cri plugin ok" in after.stdout
+        assert "/var/lib/rancher/k3s/agent/etc/containerd/certs.d" in after.stdout
+        assert "docker.io/library/x:2 cached in" in after.stdout
+        proxy_log = world.registries["docker-proxy"].log()
+        assert "/v2/library/x/manifests/2?ns=docker.io" in proxy_log

@@ -452,29 +452,41 @@ def test_a_node_with_another_host_key_is_refused(world: World) -> None:
 # --- scripts/verify.py --nodes: the operator's check of the same node --------------------------
 
 
-def _verify_nodes(world: World, *images: str) -> subprocess.CompletedProcess[str]:
-    """Run scripts/verify.py --nodes against the test node, as an operator would."""
-    stack_file = world.workdir / "Pulumi.test.yaml"
-    raw = world.settings.model_dump(by_alias=True, exclude_none=True)
+def run_verify_nodes(
+    settings: Settings, host: NodeHost, workdir: Path, *images: str, mirror_images: Any = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run scripts/verify.py --nodes against a test node, as an operator would."""
+    stack_file = workdir / "Pulumi.test.yaml"
+    raw = settings.model_dump(by_alias=True, exclude_none=True)
     stack_file.write_text(
         yaml.safe_dump({"config": {f"registry-mirrors:{k}": v for k, v in raw.items()}})
     )
-    outputs = world.workdir / "outputs.json"
-    outputs.write_text(json.dumps({"mirrors": mirrors_export(world.settings)}))
+    outputs = workdir / "outputs.json"
+    outputs.write_text(json.dumps({"mirrors": mirrors_export(settings)}))
     image_args = [arg for image in images for arg in ("--node-image", image)]
+    # The mirrors have no probe image of their own in these tests: only the API check.
+    mirror_args = [arg for image in mirror_images for arg in ("--image", image)]
     return subprocess.run(
         [
             sys.executable, str(ROOT / "scripts" / "verify.py"),
             "--outputs", str(outputs), "--stack-file", str(stack_file), "--nodes",
-            "--timeout", "20", *image_args,
-            # The mirrors have no probe image of their own in this test: only the API check.
-            "--image", "docker.io=library/x:1", "--image", "ghcr.io=org/y:1",
-            f"--ssh-option=-i{world.host.key}",
+            "--timeout", "20", *image_args, *mirror_args,
+            f"--ssh-option=-i{host.key}",
             "--ssh-option=-oStrictHostKeyChecking=no",
-            f"--ssh-option=-oUserKnownHostsFile={world.workdir / 'verify_known_hosts'}",
+            f"--ssh-option=-oUserKnownHostsFile={workdir / 'verify_known_hosts'}",
         ],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
+
+
+def _verify_nodes(world: World, *images: str) -> subprocess.CompletedProcess[str]:
+    return run_verify_nodes(
+        world.settings,
+        world.host,
+        world.workdir,
+        *images,
+        mirror_images=("docker.io=library/x:1", "ghcr.io=org/y:1"),
+    )
 
 
 def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: World) -> None:
