@@ -220,23 +220,30 @@ def start_registry(
     *,
     host: str = LOOPBACK,
     port: int | None = None,
+    metrics_port: int | None = None,
     major: int = DEFAULT_MAJOR,
     timeout: float = 10.0,
 ) -> RegistryProcess:
     """Write ``workdir/config.yml`` and serve it with Distribution ``major`` on ``host:port``;
-    return when ``/v2/`` answers.
+    return when ``/v2/`` answers. A config with ``http.debug`` serves /metrics on
+    ``metrics_port``: default ``port + 1`` for a fixed ``port`` (the settings' default
+    ``metricsPort``, so a stack's ``mirrors`` output names it), else a free port.
 
     A fixed ``port`` can be served again after ``stop()`` (a new ``start_registry`` with the same
     ``workdir`` appends to the same log and reuses whatever storage ``config`` names).
     """
     binary = require_registry_binary(major)
     workdir.mkdir(parents=True, exist_ok=True)
+    fixed_port = port is not None
     if port is None:
         port = free_port(host)
     elif answers(f"http://{host}:{port}/v2/"):
         # Else the wait below would take the other server's answer for ours.
         raise RegistryStartError(f"{host}:{port} is already served by another process")
-    metrics_port = free_port(host) if "debug" in (config.get("http") or {}) else None
+    if "debug" not in (config.get("http") or {}):
+        metrics_port = None
+    elif metrics_port is None:
+        metrics_port = port + 1 if fixed_port else free_port(host)
     config_path = workdir / "config.yml"
     config_path.write_text(yaml.safe_dump(listen_config(config, port, metrics_port, host=host)))
     log_path = workdir / "registry.log"
