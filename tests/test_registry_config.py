@@ -90,6 +90,23 @@ def test_proxy_ttl_on_distribution_2_is_refused_by_settings_and_by_the_schema() 
 
 
 @pytest.mark.parametrize(
+    ("ttl", "accepted"),
+    [("0", True), ("90m", True), ("1h30m", True), ("168h", True), ("7d", False), ("1 h", False),
+     ("-1h", False), ("h", False)],
+)  # fmt: skip
+def test_proxy_ttl_is_a_go_duration(ttl: str, accepted: bool) -> None:
+    raw = sample_raw()
+    raw["registry"] = {"proxyTtl": ttl}
+    if accepted:
+        assert load_settings(raw).registry.proxy_ttl == ttl
+        return
+    with pytest.raises(SettingsError) as error:
+        load_settings(raw)
+    [line] = error.value.problems
+    assert line.startswith("registry.proxyTtl: expected a Go duration"), line
+
+
+@pytest.mark.parametrize(
     ("image", "major"),
     [
         ("registry:3.1.1", 3),

@@ -236,7 +236,8 @@ def registry_summary(registry: RegistrySettings) -> dict[str, Any]:
         "distributionMajor": dist.major,
         "configPath": dist.config_path,
         "env": dict(dist.env),
-        "proxyTtl": registry.proxy_ttl or ("168h (hard-coded)" if dist.major == 2 else "168h"),
+        "proxyTtl": registry.proxy_ttl
+        or ("168h (hard-coded)" if dist.major == 2 else "168h (Distribution's default)"),
         "blobDescriptorCache": "off",
         "upstreamFetchesPerMiss": dist.upstream_fetches_per_miss,
         "diskUsageThresholdPercent": registry.disk_usage_threshold_percent,
