@@ -94,7 +94,8 @@ def find_registry_binary(major: int) -> str:
     if configured:
         if " v3." not in _version(configured):
             raise RegistryBinaryMissing(
-                f"{V3_BINARY_ENV}={configured} is not Distribution 3: {_version(configured)!r}"
+                f"{V3_BINARY_ENV}={configured} is not a Distribution 3 binary "
+                f"(--version printed {_version(configured)!r})"
             )
         return configured
     cached = _testenv_cache() / f"distribution-{V3_VERSION}" / "registry"

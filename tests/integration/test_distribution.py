@@ -72,7 +72,8 @@ class UpstreamStore:
     workdir: Path
 
     def serve(self, name: str) -> contextlib.AbstractContextManager[RegistryProcess]:
-        return running_registry(plain_registry_config(self.storage), self.workdir / name)
+        # Debian's 2.8 (always installed): a 2.x test never depends on the v3 binary.
+        return running_registry(plain_registry_config(self.storage), self.workdir / name, major=2)
 
 
 def _repository(upstream: Upstream) -> str:
