@@ -50,12 +50,12 @@ from tests.integration.registry_proc import (
     start_registry,
 )
 from tests.integration.test_node_e2e import make_settings, proxy_config
+from tests.sample import REGISTRY_IMAGES as IMAGES
 
 DELAY_ONE_WAY_S = 0.020  # RTT + 40 ms
 RATE_BPS = 50e6
 TAG = "1"
 # The majors compared, oldest first; the default image's major carries the targets.
-IMAGES = {2: "registry:2.8.3", 3: "registry:3.1.1"}
 # Figure labels: the binaries measured (Debian's 2.8.2 stands in for registry:2.8.3).
 LABELS = {2: "2.8", 3: "3.1.1"}
 TARGET_MAJOR = 3

@@ -161,8 +161,8 @@ class RegistryMirrors(pulumi.ComponentResource):
                 ),
             ],
             envs=list(spec.env),
-            # Distribution 2.x's in-memory caches grow without bound: cap the memory (and the
-            # hourly restart in the cron file frees it).
+            # A proxy's memory grows over time (seen with 2.x): cap it (and the hourly restart in
+            # the cron file frees it).
             memory=self._settings.registry.memory_mb,
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=list(spec.healthcheck),

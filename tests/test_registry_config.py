@@ -28,11 +28,11 @@ from components.settings import (
     Upstream,
     load_settings,
 )
+from tests.sample import REGISTRY_IMAGES as IMAGES
 from tests.sample import sample_raw, sample_settings
 
 # One image per supported major: everything below runs for both (the table of differences is
 # registry_config.DISTRIBUTIONS; the real binaries run these configs in test_distribution.py).
-IMAGES = {2: "registry:2.8.3", 3: "registry:3.1.1"}
 MAJORS = pytest.mark.parametrize("major", sorted(IMAGES), ids=lambda m: f"v{m}")
 
 

@@ -19,7 +19,7 @@ from components.renderers.registry_config import CONFIG_PATH_LABEL, container_sp
 from components.settings import Settings, load_settings
 from components.ssh import SshTarget
 from tests.mocks import RecordingMocks, is_secret, plain
-from tests.sample import sample_raw, sample_settings
+from tests.sample import REGISTRY_IMAGES, sample_raw, sample_settings
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE7xVwq9nJb1xWcY0mHq8T2p1yKfXo3dLr5sZa4uB6cQ"
 PASSWORD = "dckr_pat_never-in-plain-text"
@@ -233,7 +233,7 @@ def _container(mocks: RecordingMocks, name: str) -> dict[str, Any]:
     return plain(_inputs(mocks, name))
 
 
-STACK_IMAGES = {"v2": "registry:2.8.3", "v3": "registry:3.1.1"}
+STACK_IMAGES = {f"v{major}": image for major, image in REGISTRY_IMAGES.items()}
 
 
 @pulumi.runtime.test

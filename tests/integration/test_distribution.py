@@ -50,12 +50,12 @@ from tests.integration.registry_proc import (
     wait_until_answers,
 )
 from tests.prereq import require_binary
+from tests.sample import REGISTRY_IMAGES as IMAGES
 from tests.sample import sample_settings
 
 pytestmark = pytest.mark.integration
 
 MAINTENANCE_SCRIPT = SCRIPTS_DIR / maintenance.SCRIPT_SOURCE
-IMAGES = {2: "registry:2.8.3", 3: "registry:3.1.1"}
 MAJORS = pytest.mark.parametrize("major", sorted(IMAGES), ids=lambda m: f"v{m}")
 
 
@@ -131,6 +131,19 @@ def _proxy_config(
     config["storage"]["filesystem"]["rootdirectory"] = str(storage)
     config["proxy"]["remoteurl"] = remote_url
     return config
+
+
+def _pull_children_by_digest(
+    address: str, repository: str, image: MultiArchImage, workdir: Path
+) -> None:
+    """Each platform's manifest by digest, as containerd pulls a multi-arch image."""
+    for platform, digest in image.manifest_digests.items():
+        child = _pull(
+            f"docker://{address}/{repository}@{digest}",
+            workdir / platform.replace("/", "-"),
+            all_platforms=False,
+        )
+        assert child.returncode == 0, f"{platform} {digest}: {child.stderr}"
 
 
 def _blob_path(storage: Path, digest: str) -> Path:
@@ -261,13 +274,7 @@ def test_data_cached_by_2_8_is_served_by_3_1_1(
         by_tag = _pull(f"docker://{new.address}/{repository}:1", tmp_path / "by-tag")
         assert by_tag.returncode == 0, by_tag.stderr + new.log()[-2000:]
         assert _pulled_index_digest(tmp_path / "by-tag") == image.index_digest
-        for platform, digest in image.manifest_digests.items():
-            child = _pull(
-                f"docker://{new.address}/{repository}@{digest}",
-                tmp_path / platform.replace("/", "-"),
-                all_platforms=False,
-            )
-            assert child.returncode == 0, f"{platform}: {child.stderr}"
+        _pull_children_by_digest(new.address, repository, image, tmp_path)
         metrics = _metrics(new)
         assert _counter(metrics, "registry_proxy_hits_total") > 0
         # Nothing came from the upstream (it is down): every blob was 2.8's.
@@ -532,13 +539,7 @@ def _gc_procedure(
         f"docker://127.0.0.1:{port}/{repository}@{image.index_digest}", tmp_path / "index"
     )
     assert by_index.returncode == 0, by_index.stderr
-    for platform, digest in image.manifest_digests.items():
-        child = _pull(
-            f"docker://127.0.0.1:{port}/{repository}@{digest}",
-            tmp_path / platform.replace("/", "-"),
-            all_platforms=False,
-        )
-        assert child.returncode == 0, f"{platform} {digest}: {child.stderr}"
+    _pull_children_by_digest(f"127.0.0.1:{port}", repository, image, tmp_path)
     for digest in image.blob_digests:
         assert _blob_path(storage, digest).exists(), f"GC removed {digest}"
 

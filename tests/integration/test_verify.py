@@ -28,13 +28,13 @@ from tests.integration.registry_proc import (
 )
 from tests.integration.testhost import node_host
 from tests.prereq import require_binary, require_root
+from tests.sample import REGISTRY_IMAGES as IMAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 VERIFY = ROOT / "scripts" / "verify.py"
 
 pytestmark = pytest.mark.integration
 
-IMAGES = {2: "registry:2.8.3", 3: "registry:3.1.1"}
 # docker.io: Distribution 3, pulled through twice (misses, then hits); ghcr.io: 2.8, pulled
 # through once; quay.io: Distribution 3, never used; registry.k8s.io: nothing listens.
 HUB, GHCR, QUAY, K8S = DEFAULT_UPSTREAMS[:4]
