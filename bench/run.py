@@ -1,6 +1,7 @@
 """The benchmarks: one command, one machine, one table.
 
     python bench/run.py [--quick] [--only program,node,cache,rollout] [--out bench/results.json]
+    python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), node
 (bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py); the last three need
@@ -91,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sizes and rounds (minutes)")
     parser.add_argument("--only", default=",".join(PARTS), help="comma-separated parts")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="replace only the parts run in --out and keep the others (each part records the "
+        "date and command of its own run)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     only = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(only) - set(PARTS))
@@ -119,15 +125,31 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
             entry["seconds"] = time.monotonic() - part_start
             results.append(entry)
-    document = {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python bench/run.py"
+    date = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    command = (
+        "python bench/run.py"
         + (" --quick" if args.quick else "")
-        + ("" if only == list(PARTS) else f" --only {','.join(only)}"),
+        + ("" if only == list(PARTS) else f" --only {','.join(only)}")
+    )
+    for entry in results:
+        entry.update(date=date, command=command)
+    parts = results
+    if args.merge and args.out.exists():
+        # Parts kept from the earlier run carry their own date and command (or the document's).
+        earlier = json.loads(args.out.read_text())
+        kept = {
+            p["name"]: {"date": earlier.get("date"), "command": earlier.get("command"), **p}
+            for p in earlier.get("parts", [])
+        }
+        kept.update({entry["name"]: entry for entry in results})
+        parts = [kept[name] for name in PARTS if name in kept]
+    document = {
+        "date": date,
+        "command": command + (" --merge" if args.merge else ""),
         "machine": machine_info(),
         "total_seconds": time.monotonic() - started,
-        "parts": results,
-        "table_markdown": table(results),
+        "parts": parts,
+        "table_markdown": table(parts),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(document, indent=2) + "\n")

@@ -94,6 +94,8 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "address": values[1],
                 "sshUser": settings.vm.ssh_user,
                 "proxmoxNode": settings.vm.proxmox_node,
+                # scripts/verify.py compares the cache disk's usage against it.
+                "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
             }
         ),
         "mirrors": mirrors.mirrors,

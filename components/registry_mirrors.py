@@ -17,8 +17,8 @@ from pulumi_command import remote
 from components.renderers import maintenance
 from components.renderers.bundle import mirrors_export
 from components.renderers.registry_config import (
-    CONTAINER_CONFIG_PATH,
-    CONTAINER_DATA_DIR,
+    container_spec,
+    distribution,
     render_registry_config,
     vm_config_path,
     vm_data_dir,
@@ -75,6 +75,8 @@ class RegistryMirrors(pulumi.ComponentResource):
             # The docker daemon exists only once cloud-init on the VM has finished.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[ready]),
         )
+        for note in distribution(settings.registry).notes:
+            pulumi.log.warn(f"registry.image {settings.registry.image}: {note}", resource=self)
         self.image = docker.RemoteImage(
             f"{name}-image",
             name=settings.registry.image,
@@ -136,41 +138,34 @@ class RegistryMirrors(pulumi.ComponentResource):
         # (Distribution reads its config only at start). Derived from the secret content, so it
         # stays secret (a hash of a short password could be brute-forced).
         config_sha = content.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())
-        metrics_port = upstream.resolved_metrics_port
+        # Every value below comes from container_spec (plain values): `docker run` with the same
+        # values is this container. An image change replaces the container and keeps both host
+        # paths, so the cached data survives an upgrade (2.8 -> 3.1.1 read the same layout).
+        spec = container_spec(upstream, self._settings.registry)
         return docker.Container(
             f"{self._name}-{upstream.container}",
-            name=upstream.container,
+            name=spec.name,
             image=self.image.image_id,
             # A proxy panics at start when its upstream is unreachable (e.g. VM boot before the
             # network is up): docker must keep restarting it.
             restart="always",
-            ports=[
-                docker.ContainerPortArgs(internal=upstream.port, external=upstream.port),
-                docker.ContainerPortArgs(internal=metrics_port, external=metrics_port),
-            ],
+            ports=[docker.ContainerPortArgs(internal=port, external=port) for port in spec.ports],
             volumes=[
                 docker.ContainerVolumeArgs(
-                    host_path=vm_config_path(upstream),
-                    container_path=CONTAINER_CONFIG_PATH,
+                    host_path=spec.config_host_path,
+                    container_path=spec.config_container_path,
                     read_only=True,
                 ),
                 docker.ContainerVolumeArgs(
-                    host_path=vm_data_dir(upstream), container_path=CONTAINER_DATA_DIR
+                    host_path=spec.data_host_path, container_path=spec.data_container_path
                 ),
             ],
-            # The proxy's in-memory descriptor cache grows without bound: cap it (and the hourly
-            # restart in the cron file frees it).
+            envs=list(spec.env),
+            # A proxy's memory grows over time (seen with 2.x): cap it (and the hourly restart in
+            # the cron file frees it).
             memory=self._settings.registry.memory_mb,
             healthcheck=docker.ContainerHealthcheckArgs(
-                # /v2/ is answered locally, without a round trip to the upstream.
-                tests=[
-                    "CMD",
-                    "wget",
-                    "-q",
-                    "-O",
-                    "/dev/null",
-                    f"http://127.0.0.1:{upstream.port}/v2/",
-                ],
+                tests=list(spec.healthcheck),
                 interval="30s",
                 timeout="5s",
                 retries=3,
@@ -179,7 +174,13 @@ class RegistryMirrors(pulumi.ComponentResource):
             # Access logs are on (info): rotate them or they fill the cache disk.
             log_driver="json-file",
             log_opts={"max-size": "20m", "max-file": "5"},
-            labels=[docker.ContainerLabelArgs(label=CONFIG_SHA_LABEL, value=config_sha)],
+            labels=[
+                docker.ContainerLabelArgs(label=CONFIG_SHA_LABEL, value=config_sha),
+                *(
+                    docker.ContainerLabelArgs(label=label, value=value)
+                    for label, value in sorted(spec.labels.items())
+                ),
+            ],
             opts=pulumi.ResourceOptions(
                 parent=self,
                 provider=self.provider,

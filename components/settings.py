@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -259,12 +260,67 @@ class Schedule(_Model):
     )
 
 
+# Majors of Distribution this program renders a config for (components/renderers/registry_config
+# holds what differs between them).
+REGISTRY_MAJORS = (2, 3)
+_VERSION_TAG = re.compile(r"^v?(\d+)(\.\d+){0,2}([-+][\w.-]*)?$")
+_GO_DURATION = re.compile(r"^(0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+)$")
+
+
+def registry_image_major(image: str) -> int:
+    """Distribution's major version, read from the image reference's tag.
+
+    ``registry:3.1.1``, ``registry:2.8.3``, ``registry:3.1.1@sha256:...``,
+    ``mirror.lan:5000/library/registry:v3.0.0``. A digest alone names no version, and the config a
+    registry reads depends on it (its path, its keys), so it is refused with the fix: docker pulls
+    ``name:tag@digest`` by the digest and the tag only tells this program which version it is.
+    """
+    name, at, _ = image.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    _, colon, tag = last.partition(":")
+    if not colon:
+        if at:
+            fix = f"write its version tag before the digest, e.g. '{name}:3.1.1@sha256:...' "
+            fix += "(docker pulls by the digest; the tag only names the version)"
+        else:
+            fix = f"add its version tag, e.g. '{name}:3.1.1'"
+        raise ValueError(
+            f"names no Distribution version, and the major decides the config path and keys: {fix}"
+        )
+    match = _VERSION_TAG.match(tag)
+    if match is None:
+        raise ValueError(
+            f"tag {tag!r} is not a Distribution version: use the image's version tag, e.g. "
+            f"'{name.rsplit(':', 1)[0]}:3.1.1' (a digest may follow: ':3.1.1@sha256:...')"
+        )
+    major = int(match.group(1))
+    if major not in REGISTRY_MAJORS:
+        raise ValueError(
+            f"Distribution {major}.x is not supported (supported majors: "
+            f"{', '.join(map(str, REGISTRY_MAJORS))})"
+        )
+    return major
+
+
 class RegistrySettings(_Model):
     """How the Distribution containers run on the VM."""
 
     image: str = Field(
-        default="registry:2.8.3",
-        description="Registry image, pinned (tag or @sha256 digest).",
+        # Distribution 3 fetches each blob once on a cache miss; 2.8 fetches it twice (README).
+        default="registry:3.1.1",
+        description="Registry image, pinned: a version tag, optionally with @sha256 digest.",
+    )
+    proxy_ttl: str | None = Field(
+        default=None,
+        description="Distribution 3 only: how long cached content lives (Go duration, e.g. "
+        "168h; 0 = never expires). Unset: Distribution's default, 168h.",
+    )
+    disk_usage_threshold_percent: int = Field(
+        default=80,
+        ge=1,
+        le=100,
+        description="Cache disk usage (percent of the VM filesystem) that the maintenance job "
+        "logs as a warning and scripts/verify.py reports as a failure.",
     )
     memory_mb: int = Field(default=1024, ge=128, le=65_536, description="Memory limit per cache.")
     log_level: Literal["error", "warn", "info", "debug"] = Field(
@@ -295,7 +351,32 @@ class RegistrySettings(_Model):
             raise ValueError(
                 "expected a pinned image reference (a tag other than latest, or a digest)"
             )
+        registry_image_major(value)
         return value
+
+    @field_validator("proxy_ttl")
+    @classmethod
+    def _proxy_ttl(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        if not _GO_DURATION.match(value):
+            raise ValueError(
+                "expected a Go duration such as 168h or 90m (no 'd' unit), or 0 to never expire"
+            )
+        image = info.data.get("image")  # absent when the image itself was invalid
+        if image is not None and registry_image_major(image) == 2:
+            # 2.8 hard-codes repositoryTTL = 168h (registry/proxy/proxymanifeststore.go) and
+            # never reads proxy.ttl: the setting would silently do nothing.
+            raise ValueError(
+                f"Distribution 2.x ({image}) ignores proxy.ttl and always expires after 168h: "
+                "use a registry:3 image (e.g. registry:3.1.1) or remove registry.proxyTtl"
+            )
+        return value
+
+    @property
+    def major(self) -> int:
+        """Distribution's major version of ``image`` (2 or 3)."""
+        return registry_image_major(self.image)
 
     @field_validator("allowed_cidrs", "admin_cidrs")
     @classmethod

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Check that the caches work: for each mirror, the registry API answers and a manifest for a
-small known image resolves THROUGH the mirror (which makes the mirror fetch it from upstream).
-With --nodes, also per node over SSH (ssh-agent, as `pulumi up`): the CRI plugin is ok, the
-effective config reads hosts.toml from containerd.configPath with no `mirrors` left, and each
---node-image pulls through the node's hosts.toml AND lands in its mirror's cache.
+"""Check that the caches work: for each mirror, what its Prometheus /metrics say it served since
+it started (requests; with Distribution 3 also hits, misses and bytes pulled from the upstream),
+the registry API answers, and a manifest for a small known image resolves THROUGH the mirror
+(which makes the mirror fetch it from upstream). Over SSH to the registry VM (ssh-agent, as
+`pulumi up`; skip with --no-vm), the cache disk's usage against registry.diskUsageThresholdPercent.
+With --nodes, also per node over SSH: the CRI plugin is ok, the effective config reads hosts.toml
+from containerd.configPath with no `mirrors` left, each --node-image pulls through the node's
+hosts.toml AND lands in its mirror's cache, and the mirror's request counter moved (a node that
+bypasses its mirror pulls fine and leaves the counter still).
 
     pulumi stack output --json --stack dev > outputs.json
     python scripts/verify.py --outputs outputs.json
@@ -12,7 +16,8 @@ effective config reads hosts.toml from containerd.configPath with no `mirrors` l
     python scripts/verify.py --stack dev --nodes --node-image docker.io/library/busybox:1.36
 
 Prints a table; exit 0 when every check passed, 1 when any failed (with what to do), 2 on bad
-input. It talks only to the endpoints in the outputs and the nodes in the stack's settings.
+input. It talks only to the endpoints in the outputs (mirrors' endpoint and metricsUrl, the
+registry VM) and the nodes in the stack's settings.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from components.renderers.maintenance import disk_check, parse_disk_report  # noqa: E402
 from components.renderers.node_steps import (  # noqa: E402
     NodeStepError,
     check_step,
@@ -38,8 +44,14 @@ from components.renderers.node_steps import (  # noqa: E402
     read_probe,
     verify_step,
 )
-from components.settings import Node, Settings, SettingsError, load_settings  # noqa: E402
-from components.ssh_client import run_on_node  # noqa: E402
+from components.settings import (  # noqa: E402
+    Node,
+    RegistrySettings,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+from components.ssh_client import run_on_node, ssh_client_options  # noqa: E402
 from components.stack_file import stack_path, stack_values  # noqa: E402
 
 # Small, long-lived images to resolve through each default upstream. Override with --image.
@@ -68,6 +80,7 @@ class Check:
     ok: bool
     detail: str
     advice: str = ""
+    image: str = ""  # node pulls: the image reference pulled
 
 
 def _request(url: str, method: str, timeout: float, accept: str | None = None):
@@ -229,29 +242,212 @@ def check_node(
         if not pulls.get(image):
             checks.append(
                 Check(node.name, where, "pull", False, f"{image}: {result.stderr.strip()[-200:]}",
-                      "see the error; is the mirror up and the upstream reachable?")
+                      "see the error; is the mirror up and the upstream reachable?", image)
             )  # fmt: skip
             continue
         mirror = mirrors.get(host)
         if mirror is None:
             checks.append(
-                Check(node.name, where, "pull", True, f"{image} ok (no mirror for {host})")
-            )
+                Check(node.name, where, "pull", True, f"{image} ok (no mirror for {host})", "",
+                      image)
+            )  # fmt: skip
             continue
         try:
             cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout)
         except (urllib.error.URLError, OSError, ValueError) as error:
             checks.append(Check(node.name, where, "pull", False, f"{image}: catalog: {error}",
-                                "the mirror does not answer its catalog"))  # fmt: skip
+                                "the mirror does not answer its catalog", image))  # fmt: skip
             continue
         checks.append(
             Check(
                 node.name, where, "pull", cached,
                 f"{image} {'cached in' if cached else 'NOT in'} {mirror['endpoint']}",
                 "the pull bypassed the mirror: check certs.d/<host>/hosts.toml on the node",
+                image,
             )
         )  # fmt: skip
     return checks
+
+
+# --- cache health: each mirror's Prometheus /metrics ---------------------------------------------
+# Both majors count requests per handler in registry_http_requests_total; only Distribution 3 has
+# proxy counters (registry_proxy_{requests,hits,misses,pulled_bytes}_total, per type blob or
+# manifest). 2.x keeps its proxy counters in expvar only, and counts every served blob as a hit
+# there, so they are not reported.
+SERVED_HANDLERS = ("blob", "manifest")
+PROXY_COUNTERS = ("requests", "hits", "misses", "pulled_bytes")
+
+
+@dataclass(frozen=True)
+class MirrorMetrics:
+    requests: dict[str, float]  # per handler (blob, manifest): what clients asked this mirror
+    proxy: dict[str, dict[str, float]] | None  # counter -> type -> value; None: Distribution 2.x
+
+    @property
+    def served(self) -> float:
+        return sum(self.requests.get(handler, 0.0) for handler in SERVED_HANDLERS)
+
+
+def parse_metrics(text: str) -> MirrorMetrics:
+    """Prometheus text format -> the counters this check reports."""
+    requests: dict[str, float] = {}
+    proxy: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("registry_"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name, _, labels_text = name_labels.partition("{")
+        labels = dict(
+            (key, raw.strip('"'))
+            for key, _, raw in (p.partition("=") for p in labels_text.rstrip("}").split(",") if p)
+        )
+        if name == "registry_http_requests_total":
+            handler = labels.get("handler", "")
+            requests[handler] = requests.get(handler, 0.0) + float(value)
+        elif name.startswith("registry_proxy_") and name.endswith("_total"):
+            counter = name.removeprefix("registry_proxy_").removesuffix("_total")
+            if counter in PROXY_COUNTERS:
+                proxy.setdefault(counter, {})[labels.get("type", "")] = float(value)
+    return MirrorMetrics(requests, proxy or None)
+
+
+def read_metrics(url: str, timeout: float) -> MirrorMetrics:
+    with _request(url, "GET", timeout) as response:
+        return parse_metrics(response.read().decode())
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if count < 1000 or unit == "TB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    raise AssertionError("unreachable")
+
+
+def describe_metrics(metrics: MirrorMetrics) -> str:
+    by_handler = ", ".join(f"{metrics.requests.get(h, 0):.0f} {h}" for h in SERVED_HANDLERS)
+    if metrics.served == 0:
+        text = "no pulls through this mirror since its container started"
+    else:
+        text = f"{metrics.served:.0f} requests ({by_handler})"
+    if metrics.proxy is None:
+        return f"{text}; no hit/miss counters in Distribution 2.x"
+    if metrics.served == 0:
+        return text
+    total = {counter: sum(metrics.proxy.get(counter, {}).values()) for counter in PROXY_COUNTERS}
+    blob_hits = metrics.proxy.get("hits", {}).get("blob", 0)
+    blob_requests = metrics.proxy.get("requests", {}).get("blob", 0)
+    ratio = f", blob hit ratio {blob_hits / blob_requests:.0%}" if blob_requests else ""
+    return (
+        f"{text}: {total['hits']:.0f} hits, {total['misses']:.0f} misses, "
+        f"{_size(total['pulled_bytes'])} pulled from upstream{ratio}"
+    )
+
+
+def check_metrics(
+    upstream: str, mirror: dict[str, Any], timeout: float
+) -> tuple[Check, MirrorMetrics | None]:
+    url = mirror.get("metricsUrl")
+    container = mirror.get("container", upstream)
+    if not url:
+        return Check(upstream, "-", "metrics", True, "skipped: no metricsUrl in the outputs"), None
+    try:
+        metrics = read_metrics(url, timeout)
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        detail, advice = _failure(error, container)
+        advice = f"Prometheus cannot scrape it either: {advice}"
+        return Check(upstream, url, "metrics", False, detail, advice), None
+    return Check(upstream, url, "metrics", True, describe_metrics(metrics)), metrics
+
+
+def snapshot_requests(mirrors: dict[str, Any], timeout: float) -> dict[str, float | None]:
+    """Per upstream host: blob+manifest requests the mirror has answered (None: unreadable)."""
+    counts: dict[str, float | None] = {}
+    for upstream, mirror in mirrors.items():
+        try:
+            counts[upstream] = read_metrics(mirror["metricsUrl"], timeout).served
+        except (KeyError, urllib.error.URLError, OSError, ValueError):
+            counts[upstream] = None
+    return counts
+
+
+def check_bypass(
+    mirrors: dict[str, Any],
+    node_checks: list[Check],
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+) -> list[Check]:
+    """A node pull that succeeded through hosts.toml must show up in its mirror's counter."""
+    checks = []
+    for upstream, mirror in mirrors.items():
+        pulled = sorted(
+            {c.image for c in node_checks if c.check == "pull" and c.ok and c.image
+             and split_image(c.image)[0] == upstream}
+        )  # fmt: skip
+        if not pulled:
+            continue
+        old, new = before.get(upstream), after.get(upstream)
+        where = mirror.get("metricsUrl", "-")
+        if old is None or new is None:
+            checks.append(Check(upstream, where, "bypass", False, "metrics unreadable",
+                                "see the metrics check of this mirror"))  # fmt: skip
+            continue
+        moved = new - old
+        checks.append(
+            Check(
+                upstream, where, "bypass", moved > 0,
+                f"{moved:.0f} requests during the node pulls of {', '.join(pulled)}",
+                "the nodes pulled without asking this mirror: containerd ignores hosts.toml "
+                "(config_path not set, or a `mirrors` entry), or certs.d/<host>/hosts.toml does "
+                "not list this mirror first",
+            )
+        )  # fmt: skip
+    return checks
+
+
+# --- the registry VM: cache disk --------------------------------------------------------------
+def check_vm_disk(
+    outputs: dict[str, Any],
+    settings: Settings | None,
+    ssh_options: list[str],
+    timeout: float,
+) -> Check:
+    vm = outputs.get("registryVm")
+    if not isinstance(vm, dict) or not vm.get("address"):
+        return Check("registry-vm", "-", "disk", True, "skipped: no registryVm in the outputs")
+    address, user = str(vm["address"]), str(vm.get("sshUser") or "debian")
+    where = f"{user}@{address}"
+    default = RegistrySettings.model_fields["disk_usage_threshold_percent"].default
+    threshold = int(vm.get("diskUsageThresholdPercent") or default)
+    host_key = settings.vm.ssh_host_public_key if settings is not None else None
+    options = [*ssh_options, *ssh_client_options(address, host_key)]
+    command, script = disk_check(threshold)
+    try:
+        result = subprocess.run(
+            ["ssh", *options, where, command],
+            input=script, capture_output=True, text=True, timeout=timeout + 60, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return Check("registry-vm", where, "disk", False, "timed out", "is the VM up?")
+    try:
+        report = parse_disk_report(result.stdout)
+    except ValueError:
+        return Check(
+            "registry-vm", where, "disk", False,
+            f"exit {result.returncode}: {result.stderr.strip()[-300:]}",
+            "can this machine reach the VM with the program's key (ssh-agent, vm.sshUser)?",
+        )  # fmt: skip
+    caches = ", ".join(f"{name} {_size(size)}" for name, size in sorted(report.caches.items()))
+    detail = (
+        f"{report.path} {report.used_percent}% of {_size(report.size_bytes)} used "
+        f"(threshold {report.threshold_percent}%)" + (f": {caches}" if caches else "")
+    )
+    return Check(
+        "registry-vm", where, "disk", not report.over_threshold, detail,
+        "Distribution never evicts by size: shorten registry.proxyTtl (Distribution 3) so "
+        "unused content expires sooner, or grow vm.diskGb (journalctl -t registry-maintenance "
+        "on the VM has the hourly history)",
+    )  # fmt: skip
 
 
 def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,6 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
     parser.add_argument("--nodes", action="store_true", help="also check every node over SSH")
+    parser.add_argument(
+        "--no-vm", action="store_true",
+        help="skip the registry VM's cache disk check (the one check that needs SSH to the VM)",
+    )  # fmt: skip
     parser.add_argument(
         "--stack-file", type=Path, help="settings for --nodes (default stacks/Pulumi.<stack>.yaml)"
     )
@@ -338,12 +538,20 @@ def main(argv: list[str] | None = None) -> int:
 
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():
+        # Metrics first: they report what the nodes pulled, before this check's own probe.
+        checks.append(check_metrics(upstream, mirror, args.timeout)[0])
         checks += check_mirror(upstream, mirror, images.get(upstream), args.timeout)
+    if not args.no_vm:
+        checks.append(check_vm_disk(outputs, settings, args.ssh_option, args.timeout))
     if settings is not None:
+        before = snapshot_requests(mirrors, args.timeout)
+        node_checks: list[Check] = []
         for node in settings.nodes:
-            checks += check_node(
+            node_checks += check_node(
                 settings, node, mirrors, args.node_image, args.ssh_option, args.timeout
             )
+        after = snapshot_requests(mirrors, args.timeout)
+        checks += node_checks + check_bypass(mirrors, node_checks, before, after)
     print_table(checks)
     failed = [c for c in checks if not c.ok]
     if failed:

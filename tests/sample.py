@@ -32,6 +32,10 @@ _RAW: dict[str, Any] = {
 }
 
 
+# One image per supported Distribution major: the tests that run or render for every major.
+REGISTRY_IMAGES = {2: "registry:2.8.3", 3: "registry:3.1.1"}
+
+
 def sample_raw() -> dict[str, Any]:
     return copy.deepcopy(_RAW)
 

@@ -167,11 +167,32 @@ def test_cron_file_format() -> None:
     text = maintenance.render_cron(sample_settings())
     assert text.endswith("\n")  # cron ignores a last line without newline
     lines = _lines(sample_settings())
-    assert len(lines) == 5 + 7
+    assert len(lines) == 5 + 7 + 1
     for line in lines:
         fields = line.split()
         assert fields[5] == "root"
         assert fields[6] == maintenance.SCRIPT_PATH
-        assert fields[7] in {"gc", "restart"}
+        assert fields[7] in {"gc", "restart", "disk"}
         assert line.endswith("| logger -t registry-maintenance")
         assert "--delete-untagged" not in line and "%" not in line
+
+
+def test_disk_check_runs_hourly_with_the_threshold_and_logs_only_its_log_line() -> None:
+    settings = _settings(diskUsageThresholdPercent=65)
+    [line] = [line for line in _lines(settings) if " disk " in line]
+    # stdout (the key=value report verify.py reads) is dropped; stderr (the log line) is logged.
+    assert line == (
+        f"{maintenance.DISK_CHECK_MINUTE} * * * * root {maintenance.SCRIPT_PATH} disk 65 "
+        "2>&1 >/dev/null | logger -t registry-maintenance"
+    )
+
+
+def test_disk_report_parses_what_the_script_prints() -> None:
+    report = maintenance.parse_disk_report(
+        "path=/var/lib/registry\nsize_bytes=1000\nused_bytes=850\navailable_bytes=150\n"
+        "used_percent=85\nthreshold_percent=80\ncache=registry 700\ncache=registry-ghcr 4096\n"
+    )
+    assert report.over_threshold
+    assert report.caches == {"registry": 700, "registry-ghcr": 4096}
+    with pytest.raises(ValueError, match="unexpected disk report"):
+        maintenance.parse_disk_report("path=/x\n")

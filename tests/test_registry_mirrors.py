@@ -15,9 +15,11 @@ from pulumi_command import remote
 
 from components.registry_mirrors import CONFIG_SHA_LABEL, RegistryMirrors
 from components.renderers import maintenance
+from components.renderers.registry_config import CONFIG_PATH_LABEL, container_spec
+from components.settings import Settings, load_settings
 from components.ssh import SshTarget
 from tests.mocks import RecordingMocks, is_secret, plain
-from tests.sample import sample_settings
+from tests.sample import REGISTRY_IMAGES, sample_raw, sample_settings
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE7xVwq9nJb1xWcY0mHq8T2p1yKfXo3dLr5sZa4uB6cQ"
 PASSWORD = "dckr_pat_never-in-plain-text"
@@ -25,7 +27,7 @@ CREDENTIALS = {"docker.io": {"username": "mirror-bot", "password": PASSWORD}}
 
 
 def _build(
-    name: str = "mirrors", credentials: Any = None
+    name: str = "mirrors", credentials: Any = None, image: str | None = None
 ) -> tuple[RegistryMirrors, remote.Command]:
     ssh = SshTarget(
         host="10.0.20.10", user="debian", agent_socket="/tmp/agent.sock", host_key=HOST_KEY
@@ -34,9 +36,16 @@ def _build(
     if credentials is None:
         credentials = pulumi.Output.secret(CREDENTIALS)
     mirrors = RegistryMirrors(
-        name, settings=sample_settings(), ssh=ssh, ready=ready, credentials=credentials
+        name, settings=_settings(image), ssh=ssh, ready=ready, credentials=credentials
     )
     return mirrors, ready
+
+
+def _settings(image: str | None = None) -> Settings:
+    raw = sample_raw()
+    if image is not None:
+        raw["registry"] = {"image": image}
+    return load_settings(raw)
 
 
 def _settled(mirrors: RegistryMirrors) -> pulumi.Output[Any]:
@@ -82,10 +91,11 @@ def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: Reco
                     "external": float(upstream.resolved_metrics_port),
                 },
             ]
+            # The default image is Distribution 3: it reads /etc/distribution/config.yml.
             assert inputs["volumes"] == [
                 {
                     "hostPath": f"/etc/docker-registry/{upstream.container}/config.yml",
-                    "containerPath": "/etc/docker/registry/config.yml",
+                    "containerPath": "/etc/distribution/config.yml",
                     "readOnly": True,
                 },
                 {
@@ -93,6 +103,7 @@ def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: Reco
                     "containerPath": "/var/lib/registry",
                 },
             ]
+            assert inputs["envs"] == ["OTEL_TRACES_EXPORTER=none"]
             assert inputs["memory"] == float(settings.registry.memory_mb)
             assert inputs["healthcheck"]["tests"][-1] == f"http://127.0.0.1:{upstream.port}/v2/"
             assert inputs["logDriver"] == "json-file"
@@ -165,9 +176,10 @@ def test_config_change_replaces_exactly_the_affected_container(mocks: RecordingM
     after, _ = _build("after", pulumi.Output.secret(rotated))
 
     def label(prefix: str, container: str) -> str:
-        [entry] = plain(_inputs(mocks, f"{prefix}-{container}")["labels"])
-        assert entry["label"] == CONFIG_SHA_LABEL
-        return entry["value"]
+        labels = {
+            e["label"]: e["value"] for e in plain(_inputs(mocks, f"{prefix}-{container}")["labels"])
+        }
+        return labels[CONFIG_SHA_LABEL]
 
     def check(_: Any) -> None:
         changed = [
@@ -215,3 +227,71 @@ def test_outputs_per_upstream(mocks: RecordingMocks):
         }
 
     return mirrors.mirrors.apply(check)
+
+
+def _container(mocks: RecordingMocks, name: str) -> dict[str, Any]:
+    return plain(_inputs(mocks, name))
+
+
+STACK_IMAGES = {f"v{major}": image for major, image in REGISTRY_IMAGES.items()}
+
+
+@pulumi.runtime.test
+def test_container_inputs_are_exactly_the_plain_container_spec(mocks: RecordingMocks):
+    """What a VM test runs with `docker run`: every value the container needs is in its inputs,
+    derived from container_spec alone (plain values), for both majors."""
+    built = [_build(name, image=image)[0] for name, image in STACK_IMAGES.items()]
+
+    def check(_: Any) -> None:
+        for name, image in STACK_IMAGES.items():
+            settings = _settings(image)
+            for upstream in settings.upstreams:
+                spec = container_spec(upstream, settings.registry)
+                inputs = _container(mocks, f"{name}-{upstream.container}")
+                assert inputs["name"] == spec.name
+                assert [(p["internal"], p["external"]) for p in inputs["ports"]] == [
+                    (float(port), float(port)) for port in spec.ports
+                ]
+                assert inputs["volumes"] == [
+                    {"hostPath": spec.config_host_path, "containerPath":
+                     spec.config_container_path, "readOnly": True},
+                    {"hostPath": spec.data_host_path, "containerPath": spec.data_container_path},
+                ]  # fmt: skip
+                assert inputs.get("envs", []) == list(spec.env)
+                assert inputs["healthcheck"]["tests"] == list(spec.healthcheck)
+                labels = {entry["label"]: entry["value"] for entry in inputs["labels"]}
+                assert labels[CONFIG_PATH_LABEL] == spec.config_container_path
+                assert set(labels) == {CONFIG_SHA_LABEL, *spec.labels}
+
+    return pulumi.Output.all(*[_settled(m) for m in built]).apply(check)
+
+
+@pulumi.runtime.test
+def test_upgrading_2_8_to_3_1_replaces_containers_and_keeps_the_data(mocks: RecordingMocks):
+    """The same stack before and after `registry.image: registry:3.1.1`: the containers change
+    (image, config mount path, env) so they are replaced; the data directories and the config
+    files on the VM are the same paths, and the config text is the same, so nothing deletes or
+    rewrites the cache (test_distribution proves 3.1.1 serves what 2.8 cached)."""
+    built = [_build(name, image=image)[0] for name, image in STACK_IMAGES.items()]
+
+    def check(_: Any) -> None:
+        assert _inputs(mocks, "v2-image")["name"] == "registry:2.8.3"
+        assert _inputs(mocks, "v3-image")["name"] == "registry:3.1.1"
+        for upstream in sample_settings().upstreams:
+            before = _container(mocks, f"v2-{upstream.container}")
+            after = _container(mocks, f"v3-{upstream.container}")
+            assert [v["hostPath"] for v in before["volumes"]] == [
+                v["hostPath"] for v in after["volumes"]
+            ]
+            assert before["volumes"][0]["containerPath"] == "/etc/docker/registry/config.yml"
+            assert after["volumes"][0]["containerPath"] == "/etc/distribution/config.yml"
+            assert before.get("envs", []) == [] and after["envs"] == ["OTEL_TRACES_EXPORTER=none"]
+            config_before = _container(mocks, f"v2-{upstream.container}-config")
+            config_after = _container(mocks, f"v3-{upstream.container}-config")
+            assert config_before["stdin"] == config_after["stdin"]
+            assert config_before["create"] == config_after["create"]
+            # Only the config FILE is ever removed; its data dir is never part of a delete.
+            assert "REMOVE=1" in config_after["delete"]
+            assert "/var/lib/registry" not in config_after["delete"]
+
+    return pulumi.Output.all(*[_settled(m) for m in built]).apply(check)

@@ -11,7 +11,7 @@ import json
 from components.renderers.cloud_init import ipconfig0, render_vendor_data
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
-from components.renderers.registry_config import render_registry_files
+from components.renderers.registry_config import registry_summary, render_registry_files
 from components.renderers.talos import render_talos_patch
 from components.settings import Settings
 
@@ -41,6 +41,7 @@ def summary(settings: Settings) -> dict:
             }
             for upstream in settings.upstreams
         ],
+        "registry": registry_summary(settings.registry),
         "nodes": [
             {"name": node.name, "address": node.address, "skip_config_path": node.skip_config_path}
             for node in settings.nodes

@@ -1,16 +1,20 @@
-"""Distribution (registry 2.8) config.yml for one pull-through cache, and a schema check for it.
+"""Distribution config.yml for one pull-through cache, the container that runs it, and a schema
+check for it, for each supported major version (2.x and 3.x).
 
-Pure: plain values in, YAML text out (PyYAML ``safe_dump``), no ``import pulumi``.
+Pure: plain values in, YAML text and plain values out (PyYAML ``safe_dump``), no ``import pulumi``.
 
-Distribution 2.8 silently IGNORES unknown keys: ``proxy.remoteurll`` yields a plain, empty,
-writable registry and no error at all. So every rendered config is checked against an explicit
-schema of the keys we allow (``check_registry_config``) before it leaves this module.
+One renderer; what differs between majors is DATA in ``DISTRIBUTIONS``: where the image reads its
+config, the container's environment, the allowed keys and the keys a version ignores. Both majors
+silently IGNORE unknown keys (``proxy.remoteurll`` yields a plain, empty, writable registry and no
+error at all), so every rendered config is checked against the schema of its major
+(``check_registry_config``) before it leaves this module.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -18,15 +22,92 @@ import yaml
 from components.renderers import maintenance
 from components.settings import RegistrySettings, Settings, Upstream
 
-# Paths inside the registry container (the image's defaults; the component mounts host dirs here).
-CONTAINER_CONFIG_PATH = "/etc/docker/registry/config.yml"
 CONTAINER_DATA_DIR = "/var/lib/registry"
 # Paths on the VM, one directory per upstream so GC and TTL cleanup of one cache never touch
-# another cache's blobs.
+# another cache's blobs. The same for every major: an image change keeps the cached data.
 VM_CONFIG_ROOT = "/etc/docker-registry"
 VM_DATA_ROOT = "/var/lib/registry"
+# Where this container's config.yml is mounted; the maintenance script's one-off GC container
+# mounts the config at the same path (scripts/vm/registry-maintenance.sh).
+CONFIG_PATH_LABEL = "registry-mirrors.config-path"
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
+
+ANY_KEYS = "*"
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """What one major version of Distribution reads, and how its proxy behaves."""
+
+    major: int
+    # The official image's CMD names this file: a config mounted anywhere else is silently unused
+    # and the container runs the image's example config (a plain registry, no proxy).
+    config_path: str
+    # The container's environment (plain values only: it ends up in docker inspect).
+    env: Mapping[str, str]
+    # Schema of the ``proxy`` section (see _SCHEMA for the notation).
+    proxy_schema: Mapping[str, Any]
+    # Keys this version does not read, with the reason: reported instead of "unknown key".
+    ignored_keys: Mapping[str, str]
+    # Upstream fetches per blob on a cache miss (the benchmark counts the bytes).
+    upstream_fetches_per_miss: int
+    # Said once per stack (summary.json, pulumi up): what an operator should know.
+    notes: tuple[str, ...] = ()
+
+
+_PROXY_CREDENTIALS = {"remoteurl": str, "username": str, "password": str}
+DISTRIBUTIONS: dict[int, Distribution] = {
+    2: Distribution(
+        major=2,
+        config_path="/etc/docker/registry/config.yml",
+        env={},
+        proxy_schema=_PROXY_CREDENTIALS,
+        ignored_keys={
+            "proxy.ttl": "Distribution 2.x never reads it (168h is hard-coded)",
+        },
+        # registry/proxy/proxyblobstore.go ServeBlob: a storeLocal goroutine AND copyContent to
+        # the client, each a full upstream fetch.
+        upstream_fetches_per_miss=2,
+        notes=(
+            "Distribution 2.x fetches every blob from the upstream twice on a cache miss "
+            "(proxyblobstore.go ServeBlob): a cold pull through the cache costs about twice a "
+            "direct pull. registry:3.1.1 fetches once (README: Benchmarks).",
+        ),
+    ),
+    3: Distribution(
+        major=3,
+        config_path="/etc/distribution/config.yml",
+        # Tracing is always on in v3 and exports to localhost:4318, logging an error per batch
+        # when nothing listens there. The official image sets this since July 2025; images built
+        # before that (3.0.0) or elsewhere do not, so the container always gets it.
+        env={"OTEL_TRACES_EXPORTER": "none"},
+        proxy_schema={**_PROXY_CREDENTIALS, "ttl": str},
+        ignored_keys={
+            "reporting": "removed in Distribution 3 (bugsnag/newrelic reporting)",
+            "compatibility": "removed in Distribution 3 (schema1 manifests)",
+            "storage.oss": "removed in Distribution 3",
+            "storage.swift": "removed in Distribution 3",
+        },
+        # v3.0.0 (distribution PR #3569): one upstream fetch through an io.MultiWriter.
+        upstream_fetches_per_miss=1,
+    ),
+}
+
+# Refused for every major, with the reason (decided from evidence, see the README).
+_REFUSED_KEYS = {
+    "storage.cache": (
+        "the in-memory blob descriptor cache stays off: after another repository's copy of a "
+        "shared blob expires it still serves that blob (an empty body, pulls fail with "
+        "'unexpected EOF' until a restart; distribution #2367, reproduced in "
+        "tests/integration/test_distribution.py)"
+    ),
+}
+
+
+def distribution(registry: RegistrySettings) -> Distribution:
+    """The table row for the configured image's major version."""
+    return DISTRIBUTIONS[registry.major]
 
 
 class RegistryConfigError(ValueError):
@@ -56,6 +137,9 @@ def registry_config(
         username, password = credentials
         proxy["username"] = username
         proxy["password"] = password
+    if registry.proxy_ttl is not None:
+        # Settings refuse proxyTtl for 2.x (it would be ignored); the schema below refuses it too.
+        proxy["ttl"] = registry.proxy_ttl
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {
@@ -67,7 +151,7 @@ def registry_config(
         },
         "storage": {
             "filesystem": {"rootdirectory": CONTAINER_DATA_DIR},
-            "cache": {"blobdescriptor": "inmemory"},
+            # No `cache` section: see _REFUSED_KEYS["storage.cache"].
             # The proxy's TTL cleanup only deletes with delete enabled; enabling it later leaks
             # every blob cached before, so it is on from the very first deploy.
             "delete": {"enabled": True},
@@ -82,7 +166,7 @@ def registry_config(
         "health": {"storagedriver": {"enabled": True, "interval": "10s", "threshold": 3}},
         "proxy": proxy,
     }
-    problems = check_registry_config(config)
+    problems = check_registry_config(config, registry.major)
     if problems:
         raise RegistryConfigError(problems)
     return config
@@ -101,11 +185,71 @@ def dump_registry_config(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False)
 
 
+# --- the container ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the cache's container needs, as plain values: the component turns it into
+    ``docker.Container`` inputs one to one, so ``docker run`` with the same values is the same
+    container (no step outside these inputs)."""
+
+    name: str
+    config_host_path: str
+    config_container_path: str
+    data_host_path: str
+    data_container_path: str
+    ports: tuple[int, ...]  # published on the same port number on the VM
+    env: tuple[str, ...]  # KEY=value
+    healthcheck: tuple[str, ...]
+    labels: Mapping[str, str]
+
+
+def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerSpec:
+    dist = distribution(registry)
+    return ContainerSpec(
+        name=upstream.container,
+        config_host_path=vm_config_path(upstream),
+        config_container_path=dist.config_path,
+        data_host_path=vm_data_dir(upstream),
+        data_container_path=CONTAINER_DATA_DIR,
+        ports=(upstream.port, upstream.resolved_metrics_port),
+        env=tuple(f"{key}={value}" for key, value in sorted(dist.env.items())),
+        # /v2/ is answered locally, without a round trip to the upstream. Both majors' official
+        # images are Alpine-based, and busybox's wget takes -q -O (the images' own Dockerfiles run
+        # wget in the same Alpine stage to fetch the binary).
+        healthcheck=(
+            "CMD",
+            "wget",
+            "-q",
+            "-O",
+            "/dev/null",
+            f"http://127.0.0.1:{upstream.port}/v2/",
+        ),
+        labels={CONFIG_PATH_LABEL: dist.config_path},
+    )
+
+
+def registry_summary(registry: RegistrySettings) -> dict[str, Any]:
+    """The registry part of summary.json: what runs, where it reads its config, what to know."""
+    dist = distribution(registry)
+    return {
+        "image": registry.image,
+        "distributionMajor": dist.major,
+        "configPath": dist.config_path,
+        "env": dict(dist.env),
+        "proxyTtl": registry.proxy_ttl
+        or ("168h (hard-coded)" if dist.major == 2 else "168h (Distribution's default)"),
+        "blobDescriptorCache": "off",
+        "upstreamFetchesPerMiss": dist.upstream_fetches_per_miss,
+        "diskUsageThresholdPercent": registry.disk_usage_threshold_percent,
+        "notes": list(dist.notes),
+    }
+
+
 # --- schema -------------------------------------------------------------------------------------
 # A leaf is a type (or tuple of types); a dict is a section whose keys are the only ones allowed;
 # ANY_KEYS allows free keys (header names, log fields). Only what this project renders, plus the
-# few neighbours an operator could plausibly add; anything else is reported, not ignored.
-ANY_KEYS = "*"
+# few neighbours an operator could plausibly add; anything else is reported, not ignored. The
+# ``proxy`` section comes from the major's row in DISTRIBUTIONS.
 _SCHEMA: dict[str, Any] = {
     "version": str,
     "log": {
@@ -116,7 +260,6 @@ _SCHEMA: dict[str, Any] = {
     },
     "storage": {
         "filesystem": {"rootdirectory": str, "maxthreads": int},
-        "cache": {"blobdescriptor": str},
         "delete": {"enabled": bool},
         "redirect": {"disable": bool},
         "maintenance": {
@@ -139,7 +282,6 @@ _SCHEMA: dict[str, Any] = {
     "health": {
         "storagedriver": {"enabled": bool, "interval": str, "threshold": int},
     },
-    "proxy": {"remoteurl": str, "username": str, "password": str},
 }
 _REQUIRED = (("version",), ("storage", "filesystem", "rootdirectory"), ("http", "addr"))
 _LOG_LEVELS = {"error", "warn", "info", "debug"}
@@ -147,14 +289,17 @@ _ADDR = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[0-9A-Za-z.-]*):\d{1,5}$")
 _REMOTE_URL = re.compile(r"^https?://[^\s/]+$")
 
 
-def check_registry_config(data: Any) -> list[str]:
-    """Problems with a Distribution 2.8 config dict, one line each (empty list: fine).
+def check_registry_config(data: Any, major: int) -> list[str]:
+    """Problems with a config dict for Distribution ``major``, one line each (empty list: fine).
 
     Catches unknown keys and wrong types, which Distribution itself accepts silently.
     """
     if not isinstance(data, Mapping):
         return ["(top level): expected a mapping"]
-    problems = _check_section(data, _SCHEMA, "")
+    dist = DISTRIBUTIONS[major]
+    schema = {**_SCHEMA, "proxy": dist.proxy_schema}
+    refused = {**_REFUSED_KEYS, **dist.ignored_keys}
+    problems = _check_section(data, schema, "", refused)
     for path in _REQUIRED:
         node: Any = data
         for key in path:
@@ -165,16 +310,20 @@ def check_registry_config(data: Any) -> list[str]:
     return problems
 
 
-def _check_section(data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str) -> list[str]:
+def _check_section(
+    data: Mapping[str, Any], schema: Mapping[str, Any], prefix: str, refused: Mapping[str, str]
+) -> list[str]:
     problems = []
     for key, value in data.items():
         where = f"{prefix}{key}"
         expected = schema.get(key, schema.get(ANY_KEYS))
-        if expected is None:
+        if where in refused:
+            problems.append(f"{where}: {refused[where]}")
+        elif expected is None:
             problems.append(f"{where}: unknown key (Distribution would silently ignore it)")
         elif isinstance(expected, dict):
             if isinstance(value, Mapping):
-                problems += _check_section(value, expected, f"{where}.")
+                problems += _check_section(value, expected, f"{where}.", refused)
             else:
                 problems.append(f"{where}: expected a mapping (got {type(value).__name__})")
         elif isinstance(value, bool) and bool not in _as_tuple(expected):
@@ -193,15 +342,6 @@ def _check_values(data: Mapping[str, Any]) -> list[str]:
     log = data.get("log")
     if isinstance(log, Mapping) and log.get("level") not in (None, *_LOG_LEVELS):
         problems.append(f"log.level: expected one of {sorted(_LOG_LEVELS)} (got {log['level']!r})")
-    storage = data.get("storage")
-    if isinstance(storage, Mapping):
-        cache = storage.get("cache")
-        if isinstance(cache, Mapping) and cache.get("blobdescriptor") not in (None, "inmemory"):
-            # redis would need a redis section this project never renders.
-            problems.append(
-                "storage.cache.blobdescriptor: expected 'inmemory' "
-                f"(got {cache['blobdescriptor']!r})"
-            )
     http = data.get("http")
     if isinstance(http, Mapping):
         for where, addr in (

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# registry-maintenance ACTION CONTAINER: garbage-collect or restart one Distribution cache.
+# registry-maintenance gc|restart CONTAINER: garbage-collect or restart one Distribution cache.
+# registry-maintenance disk THRESHOLD_PERCENT: report the cache disk's usage.
 #
 #   gc       stop the registry, run `registry garbage-collect` on its config and data in a
 #            one-off container, start it again. Distribution corrupts a SERVING registry when GC
 #            runs under it (stale in-memory descriptor cache: re-pulls answer 200 with 0 bytes),
 #            hence the stop. Never --delete-untagged: it deletes the per-platform child manifests
 #            of multi-arch indexes, which containerd pulls by digest.
-#   restart  restart it (the proxy's in-memory cache grows without bound). Skipped while a GC of
-#            the same registry holds the lock; a GC waits for a running restart.
+#   restart  restart it (Distribution 2.x's in-memory caches grow without bound). Skipped while a
+#            GC of the same registry holds the lock; a GC waits for a running restart.
+#   disk     Distribution never evicts by size: print the data filesystem's usage and each cache's
+#            size as key=value lines on stdout (read by scripts/verify.py), log one line, and a
+#            WARNING when the usage reaches THRESHOLD_PERCENT. Changes nothing.
 #
 # Parameters (environment; defaults are the VM's real setup, tests stand the binary in):
 #   REGISTRY_DOCKER       docker client                         (default: docker)
@@ -21,14 +25,13 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: registry-maintenance gc|restart CONTAINER" >&2
+    echo "usage: registry-maintenance gc|restart CONTAINER | disk THRESHOLD_PERCENT" >&2
     exit 2
 }
 
 [[ $# -eq 2 ]] || usage
 action=$1
 name=$2
-[[ $name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || usage
 
 docker=${REGISTRY_DOCKER:-docker}
 config_root=${REGISTRY_CONFIG_ROOT:-/etc/docker-registry}
@@ -36,13 +39,62 @@ data_root=${REGISTRY_DATA_ROOT:-/var/lib/registry}
 lock_dir=${REGISTRY_LOCK_DIR:-/run/lock}
 gc_lock_wait=${REGISTRY_GC_LOCK_WAIT:-900}
 stop_timeout=${REGISTRY_STOP_TIMEOUT:-30}
-config="$config_root/$name/config.yml"
-data="$data_root/$name"
+# Set by the component on each container (components/renderers/registry_config.py): where that
+# image reads its config. Containers made before the label existed all ran Distribution 2.x.
+config_path_label=registry-mirrors.config-path
+v2_config_path=/etc/docker/registry/config.yml
 
 log() {
-    # cron pipes stdout/stderr to `logger -t registry-maintenance`: one grep-able tag.
+    # cron pipes stderr to `logger -t registry-maintenance`: one grep-able tag.
     printf 'registry-maintenance[%s %s]: %s\n' "$action" "$name" "$*" >&2
 }
+
+disk_report() {
+    local threshold=$1 size used avail percent
+    [[ -d $data_root ]] || {
+        log "ERROR: no data directory at $data_root"
+        exit 1
+    }
+    # Bytes, POSIX format: one line per filesystem, whatever the locale.
+    read -r size used avail percent < <(df -P -B1 "$data_root" | awk 'NR == 2 {print $2, $3, $4, $5}')
+    percent=${percent%\%}
+    echo "path=$data_root"
+    echo "size_bytes=$size"
+    echo "used_bytes=$used"
+    echo "available_bytes=$avail"
+    echo "used_percent=$percent"
+    echo "threshold_percent=$threshold"
+    local dir bytes
+    for dir in "$data_root"/*/; do
+        [[ -d $dir ]] || continue
+        # A blob deleted while du walks (TTL expiry) makes du complain but still total the rest.
+        bytes=$(du -s -B1 "$dir" 2>/dev/null | cut -f1) || true
+        echo "cache=$(basename "$dir") $bytes"
+    done
+    if ((percent >= threshold)); then
+        log "WARNING: cache disk $data_root is ${percent}% full (threshold ${threshold}%):" \
+            "Distribution never evicts by size; shorten registry.proxyTtl (Distribution 3)" \
+            "or grow vm.diskGb"
+    else
+        log "cache disk $data_root ${percent}% full (threshold ${threshold}%)"
+    fi
+}
+
+case $action in
+gc | restart) [[ $name =~ ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$ ]] || usage ;;
+disk)
+    if ! [[ $name =~ ^[0-9]{1,3}$ ]] || ((10#$name < 1 || 10#$name > 100)); then
+        usage
+    fi
+    name=$((10#$name))
+    disk_report "$name"
+    exit 0
+    ;;
+*) usage ;;
+esac
+
+config="$config_root/$name/config.yml"
+data="$data_root/$name"
 
 mkdir -p "$lock_dir"
 exec 9>"$lock_dir/registry-maintenance-$name.lock"
@@ -54,13 +106,16 @@ run_gc() {
         "${gc_command[@]}" garbage-collect "$config"
         return
     fi
-    local image
+    local image container_config
     image=$("$docker" inspect --format '{{.Config.Image}}' "$name")
+    container_config=$("$docker" inspect --format "{{index .Config.Labels \"$config_path_label\"}}" "$name")
+    container_config=${container_config:-$v2_config_path}
+    # The serving container's own paths (2.x: /etc/docker/registry, 3.x: /etc/distribution).
     # No network: GC needs only the files, and must never reach the upstream.
     "$docker" run --rm --network none --name "$name-gc" \
-        -v "$config:/etc/docker/registry/config.yml:ro" \
+        -v "$config:$container_config:ro" \
         -v "$data:/var/lib/registry" \
-        "$image" garbage-collect /etc/docker/registry/config.yml
+        "$image" garbage-collect "$container_config"
 }
 
 start_again() {
@@ -102,8 +157,5 @@ restart)
     fi
     "$docker" restart --time "$stop_timeout" "$name" >/dev/null
     log "restarted"
-    ;;
-*)
-    usage
     ;;
 esac

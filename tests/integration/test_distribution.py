@@ -1,15 +1,20 @@
-"""The rendered registry configs, run by the real Distribution binary (Debian docker-registry 2.8).
+"""The rendered registry configs, run by the real Distribution binaries of BOTH supported majors:
+Debian's docker-registry (2.8) and Distribution 3.1.1 (tests/integration/registry_proc.py).
 
-Every default upstream's config is served as rendered, with only the listen addresses (loopback),
-the storage root and ``proxy.remoteurl`` (a local plain registry) rewritten. Traffic stays on
+Every test that runs a registry is one test parametrised over the majors (``MAJORS``): the
+config is rendered for that major (``registry.image``) and served by that major's binary. Every
+default upstream's config is served as rendered, with only the listen addresses (loopback), the
+storage root and ``proxy.remoteurl`` (a local plain registry) rewritten. Traffic stays on
 127.0.0.1: no test ever reaches a real upstream.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -24,26 +29,38 @@ import pytest
 import yaml
 
 from components.renderers import maintenance
-from components.renderers.registry_config import check_registry_config, render_registry_config
+from components.renderers.registry_config import (
+    DISTRIBUTIONS,
+    check_registry_config,
+    render_registry_config,
+)
 from components.renderers.shell import SCRIPTS_DIR
-from components.settings import DEFAULT_UPSTREAMS, Upstream
+from components.settings import DEFAULT_UPSTREAMS, RegistrySettings, Upstream
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import (
+    RegistryProcess,
     RegistryStartError,
     answers,
     free_port,
     listen_config,
     plain_registry_config,
+    require_registry_binary,
     running_registry,
     start_registry,
     wait_until_answers,
 )
 from tests.prereq import require_binary
+from tests.sample import REGISTRY_IMAGES as IMAGES
 from tests.sample import sample_settings
 
 pytestmark = pytest.mark.integration
 
 MAINTENANCE_SCRIPT = SCRIPTS_DIR / maintenance.SCRIPT_SOURCE
+MAJORS = pytest.mark.parametrize("major", sorted(IMAGES), ids=lambda m: f"v{m}")
+
+
+def test_every_supported_major_is_tested() -> None:
+    assert sorted(IMAGES) == sorted(DISTRIBUTIONS)
 
 
 @dataclass(frozen=True)
@@ -54,8 +71,9 @@ class UpstreamStore:
     image: MultiArchImage
     workdir: Path
 
-    def serve(self, name: str) -> contextlib.AbstractContextManager[Any]:
-        return running_registry(plain_registry_config(self.storage), self.workdir / name)
+    def serve(self, name: str) -> contextlib.AbstractContextManager[RegistryProcess]:
+        # Debian's 2.8 (always installed): a 2.x test never depends on the v3 binary.
+        return running_registry(plain_registry_config(self.storage), self.workdir / name, major=2)
 
 
 def _repository(upstream: Upstream) -> str:
@@ -75,35 +93,57 @@ def _pull(source: str, dest: Path, *, all_platforms: bool = True) -> subprocess.
     return _skopeo("copy", *extra, "--src-tls-verify=false", source, f"oci:{dest}:pulled")
 
 
+def _push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> None:
+    pushed = _skopeo(
+        "copy", "--all", "--dest-tls-verify=false", image.oci_ref,
+        f"docker://{registry.address}/{repository}:{image.tag}",
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+
+
 @pytest.fixture(scope="module")
 def upstream_store(tmp_path_factory: pytest.TempPathFactory) -> UpstreamStore:
     """One image, pushed once to one upstream's storage; every test serves that storage."""
-    for binary in ("docker-registry", "skopeo"):
-        require_binary(binary)
+    require_binary("skopeo")
     workdir = tmp_path_factory.mktemp("upstream")
     image = build_multiarch_image(workdir / "layout", "1", size_bytes=256 * 1024)
     store = UpstreamStore(workdir / "storage", image, workdir)
     with store.serve("push") as upstream:
         for upstream_setting in DEFAULT_UPSTREAMS:
-            repository = _repository(upstream_setting)
-            pushed = _skopeo(
-                "copy",
-                "--all",
-                "--dest-tls-verify=false",
-                image.oci_ref,
-                f"docker://{upstream.address}/{repository}:1",
-            )
-            assert pushed.returncode == 0, pushed.stderr
+            _push(image, upstream, _repository(upstream_setting))
+        # Two repositories holding the same blobs (base layers are shared like this).
+        for repository in ("shared/a", "shared/b"):
+            _push(image, upstream, repository)
     return store
 
 
-def _proxy_config(upstream: Upstream, storage: Path, remote_url: str, **kw: Any) -> dict:
-    """The RENDERED config (parsed back from its YAML text), pointed at local paths/upstream."""
-    settings = sample_settings()
-    config = yaml.safe_load(render_registry_config(upstream, settings.registry, **kw))
+def _registry(major: int, **fields: Any) -> RegistrySettings:
+    return sample_settings().registry.model_copy(update={"image": IMAGES[major], **fields})
+
+
+def _proxy_config(
+    upstream: Upstream, storage: Path, remote_url: str, major: int, **kw: Any
+) -> dict[str, Any]:
+    """The RENDERED config for ``major`` (parsed back from its YAML text), pointed at local
+    paths and the local upstream."""
+    registry = _registry(major, **kw.pop("registry", {}))
+    config = yaml.safe_load(render_registry_config(upstream, registry, **kw))
     config["storage"]["filesystem"]["rootdirectory"] = str(storage)
     config["proxy"]["remoteurl"] = remote_url
     return config
+
+
+def _pull_children_by_digest(
+    address: str, repository: str, image: MultiArchImage, workdir: Path
+) -> None:
+    """Each platform's manifest by digest, as containerd pulls a multi-arch image."""
+    for platform, digest in image.manifest_digests.items():
+        child = _pull(
+            f"docker://{address}/{repository}@{digest}",
+            workdir / platform.replace("/", "-"),
+            all_platforms=False,
+        )
+        assert child.returncode == 0, f"{platform} {digest}: {child.stderr}"
 
 
 def _blob_path(storage: Path, digest: str) -> Path:
@@ -116,9 +156,32 @@ def _pulled_index_digest(layout: Path) -> str:
     return index["manifests"][0]["digest"]
 
 
+def _metrics(registry: RegistryProcess) -> str:
+    assert registry.metrics_url is not None
+    with urllib.request.urlopen(registry.metrics_url, timeout=5) as response:  # noqa: S310
+        return response.read().decode()
+
+
+def _counter(metrics: str, name: str) -> float:
+    """Sum of a Prometheus counter over its labels (0 when absent)."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith((f"{name}{{", f"{name} "))
+    )
+
+
+def _wait_for_cached(storage: Path, image: MultiArchImage) -> None:
+    # The proxy commits blobs as it streams them: wait for the last write.
+    for digest in (image.index_digest, *image.manifest_digests.values(), *image.blob_digests):
+        path = _blob_path(storage, digest)
+        _wait_for(path.exists, f"{digest} cached at {path}")
+
+
+@MAJORS
 @pytest.mark.parametrize("upstream", DEFAULT_UPSTREAMS, ids=lambda u: u.host)
 def test_rendered_proxy_caches_and_serves_with_upstream_down(
-    upstream: Upstream, upstream_store: UpstreamStore, tmp_path: Path
+    upstream: Upstream, major: int, upstream_store: UpstreamStore, tmp_path: Path
 ) -> None:
     image = upstream_store.image
     # Docker Hub is the one that needs credentials (rate limits): prove the rendered keys load.
@@ -126,25 +189,22 @@ def test_rendered_proxy_caches_and_serves_with_upstream_down(
     storage = tmp_path / "cache"
     repository = _repository(upstream)
     with upstream_store.serve(f"up-{upstream.container}") as origin:
-        config = _proxy_config(upstream, storage, origin.url, credentials=credentials)
-        with running_registry(config, tmp_path / "proxy") as proxy:
+        config = _proxy_config(upstream, storage, origin.url, major, credentials=credentials)
+        with running_registry(config, tmp_path / "proxy", major=major) as proxy:
             first = _pull(f"docker://{proxy.address}/{repository}:1", tmp_path / "first")
             assert first.returncode == 0, first.stderr + proxy.log()[-2000:]
             assert _pulled_index_digest(tmp_path / "first") == image.index_digest
-            # The proxy writes blobs to disk as it streams them: wait for the last write.
-            for digest in (
-                image.index_digest,
-                *image.manifest_digests.values(),
-                *image.blob_digests,
-            ):
-                path = _blob_path(storage, digest)
-                _wait_for(path.exists, f"{digest} cached at {path}")
+            _wait_for_cached(storage, image)
             assert _blob_path(storage, image.blob_digests[1]).stat().st_size > 200 * 1024
 
-            assert proxy.metrics_url is not None
-            with urllib.request.urlopen(proxy.metrics_url, timeout=5) as response:  # noqa: S310
-                metrics = response.read().decode()
+            metrics = _metrics(proxy)
             assert "registry_http_requests_total" in metrics
+            # Distribution 3 counts proxy misses and the bytes it pulled; 2.x has no such counters.
+            if major == 3:
+                assert _counter(metrics, "registry_proxy_misses_total") > 0
+                assert _counter(metrics, "registry_proxy_pulled_bytes_total") > 512 * 1024
+            else:
+                assert "registry_proxy_" not in metrics
 
             origin.stop()
             assert not answers(f"{origin.url}/v2/")
@@ -153,6 +213,8 @@ def test_rendered_proxy_caches_and_serves_with_upstream_down(
             assert _pulled_index_digest(tmp_path / "again") == image.index_digest
             # Access logs stay on (log level info): every pull is visible in the registry's log.
             assert f"GET /v2/{repository}/manifests/1" in proxy.log()
+            if major == 3:
+                assert _counter(_metrics(proxy), "registry_proxy_hits_total") > 0
 
 
 def _wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
@@ -163,20 +225,21 @@ def _wait_for(predicate: Any, what: str, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+@MAJORS
 def test_schema_rejects_misspelled_key_that_distribution_silently_accepts(
-    upstream_store: UpstreamStore, tmp_path: Path
+    major: int, upstream_store: UpstreamStore, tmp_path: Path
 ) -> None:
     upstream = DEFAULT_UPSTREAMS[1]
     repository = _repository(upstream)
     with upstream_store.serve("up-typo") as origin:
-        config = _proxy_config(upstream, tmp_path / "cache", origin.url)
+        config = _proxy_config(upstream, tmp_path / "cache", origin.url, major)
         config["proxy"]["remoteurll"] = config["proxy"].pop("remoteurl")
 
-        problems = check_registry_config(config)
+        problems = check_registry_config(config, major)
         assert "proxy.remoteurll: unknown key (Distribution would silently ignore it)" in problems
 
         # The real binary starts happily with the typo ...
-        with running_registry(config, tmp_path / "typo") as registry:
+        with running_registry(config, tmp_path / "typo", major=major) as registry:
             assert answers(f"{registry.url}/v2/")
             # ... and is a plain empty registry, not a proxy: the image is not found.
             pulled = _pull(f"docker://{registry.address}/{repository}:1", tmp_path / "out")
@@ -185,15 +248,155 @@ def test_schema_rejects_misspelled_key_that_distribution_silently_accepts(
             assert "panic" not in registry.log()
 
 
+def test_data_cached_by_2_8_is_served_by_3_1_1(
+    upstream_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """The upgrade on a running stack: the containers are replaced, the data directory stays.
+    What 2.8 cached (blobs, manifests, its scheduler-state.json) is served by 3.1.1 from disk."""
+    upstream = DEFAULT_UPSTREAMS[2]
+    image = upstream_store.image
+    repository = _repository(upstream)
+    storage = tmp_path / "var-lib-registry"
+    with upstream_store.serve("up-upgrade") as origin:
+        config_v2 = _proxy_config(upstream, storage, origin.url, 2)
+        with running_registry(config_v2, tmp_path / "v2", major=2) as old:
+            cold = _pull(f"docker://{old.address}/{repository}:1", tmp_path / "cold")
+            assert cold.returncode == 0, cold.stderr
+            _wait_for_cached(storage, image)
+            # 2.8 saves its TTL schedule every 5 s: 3.1.1 must read that file too.
+            _wait_for((storage / "scheduler-state.json").exists, "2.8's scheduler state")
+        config_v3 = _proxy_config(upstream, storage, origin.url, 3)
+        # Both majors panic at start while the upstream does not answer: start, then stop it.
+        new = start_registry(config_v3, tmp_path / "v3", major=3)
+    assert not answers(f"{origin.url}/v2/")
+
+    try:
+        by_tag = _pull(f"docker://{new.address}/{repository}:1", tmp_path / "by-tag")
+        assert by_tag.returncode == 0, by_tag.stderr + new.log()[-2000:]
+        assert _pulled_index_digest(tmp_path / "by-tag") == image.index_digest
+        _pull_children_by_digest(new.address, repository, image, tmp_path)
+        metrics = _metrics(new)
+        assert _counter(metrics, "registry_proxy_hits_total") > 0
+        # Nothing came from the upstream (it is down): every blob was 2.8's.
+        assert _counter(metrics, "registry_proxy_pulled_bytes_total") == 0
+        errors = [line for line in new.log().splitlines() if "level=error" in line]
+        assert not [line for line in errors if "schedul" in line], errors
+    finally:
+        new.stop()
+
+
+def test_proxy_ttl_is_honoured_by_distribution_3(
+    upstream_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """registry.proxyTtl lands in the scheduler: entries expire after it, not after 168h. And
+    the container's environment keeps v3's always-on tracing from exporting to localhost:4318."""
+    upstream = DEFAULT_UPSTREAMS[1]
+    storage = tmp_path / "cache"
+    with upstream_store.serve("up-ttl") as origin:
+        config = _proxy_config(upstream, storage, origin.url, 3, registry={"proxy_ttl": "90m"})
+        assert config["proxy"]["ttl"] == "90m"
+        with running_registry(config, tmp_path / "proxy", major=3) as proxy:
+            served = time.monotonic()
+            pulled = _pull(f"docker://{proxy.address}/{_repository(upstream)}:1", tmp_path / "o")
+            assert pulled.returncode == 0, pulled.stderr
+            state = storage / "scheduler-state.json"
+            _wait_for(state.exists, "the TTL schedule on disk")
+            # Spans are exported in batches every 5 s: past that, an exporter would have logged
+            # `traces export: ... localhost:4318 ... connection refused`.
+            time.sleep(max(0.0, served + 6 - time.monotonic()))
+            assert "traces export" not in proxy.log()
+    now = datetime.datetime.now(datetime.UTC)
+    expiries = [_expiry(entry) for entry in json.loads(state.read_text()).values()]
+    assert expiries
+    for expiry in expiries:
+        assert datetime.timedelta(minutes=85) < expiry - now < datetime.timedelta(minutes=91)
+
+
+def _expiry(entry: dict[str, Any]) -> datetime.datetime:
+    # Distribution's field is spelled "ExpiryData" (registry/proxy/scheduler/scheduler.go).
+    return datetime.datetime.fromisoformat(entry["ExpiryData"])
+
+
+@MAJORS
+def test_shared_blob_expiry_is_refetched_without_the_descriptor_cache(
+    major: int, upstream_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """Why the in-memory blob descriptor cache is off (distribution #2367).
+
+    shared/a and shared/b hold the same blobs. When shared/a's TTL entry for a blob expires, the
+    proxy deletes the blob's data although shared/b still links it. The rendered config (no
+    cache) notices the missing data and fetches the blob again; with `blobdescriptor: inmemory`
+    (the control) shared/b's cached descriptor still says "here", and the pull fails with
+    "unexpected EOF" until a restart.
+    """
+    results = {}
+    with upstream_store.serve("up-expiry") as origin:
+        for variant in ("rendered", "with-cache"):
+            storage = tmp_path / variant / "cache"
+            config = _proxy_config(DEFAULT_UPSTREAMS[1], storage, origin.url, major)
+            if variant == "with-cache":
+                config["storage"]["cache"] = {"blobdescriptor": "inmemory"}
+            workdir = tmp_path / variant
+            with running_registry(config, workdir, major=major) as proxy:
+                for repository in ("shared/a", "shared/b"):
+                    pulled = _pull(
+                        f"docker://{proxy.address}/{repository}:1",
+                        workdir / repository.replace("/", "-"),
+                    )
+                    assert pulled.returncode == 0, pulled.stderr
+                state = storage / "scheduler-state.json"
+                _wait_for(lambda state=state: "shared/b@" in _text(state), "both schedules", 15)
+            # Restarted with shared/a's entries due in 2 s (shared/b's stay a week away) ...
+            entries = json.loads(state.read_text())
+            due = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=2)
+            for key, entry in entries.items():
+                if key.startswith("shared/a@"):
+                    entry["ExpiryData"] = due.isoformat()
+            state.write_text(json.dumps(entries))
+            with running_registry(config, workdir, major=major) as proxy:
+                # ... shared/b is pulled (its descriptors land in the cache, if there is one) ...
+                warm = _pull(f"docker://{proxy.address}/shared/b:1", workdir / "warm")
+                assert warm.returncode == 0, warm.stderr
+                # ... then shared/a's entries expire and the shared blobs' data is deleted.
+                layer = _blob_path(storage, upstream_store.image.blob_digests[1])
+                _wait_for(lambda layer=layer: not layer.exists(), "the expiry to delete", 15)
+                results[variant] = _pull(f"docker://{proxy.address}/shared/b:1", workdir / "after")
+    assert results["rendered"].returncode == 0, results["rendered"].stderr
+    assert results["with-cache"].returncode != 0
+    assert "unexpected EOF" in results["with-cache"].stderr
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+@MAJORS
+def test_start_registry_reports_a_proxy_panic(major: int, tmp_path: Path) -> None:
+    """The reason for restart=always: a proxy whose upstream is down at start panics."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    config = _proxy_config(DEFAULT_UPSTREAMS[2], tmp_path / "cache", dead, major)
+    with pytest.raises(RegistryStartError, match="panic"):
+        start_registry(config, tmp_path / "proxy", major=major)
+
+
 # --- maintenance script, run for real -----------------------------------------------------------
 # A stand-in for the docker client: `start NAME` serves CONFIG_ROOT/NAME/config.yml with the real
-# binary (detached, pid in STATE/NAME.pid), `stop NAME` kills that pid and waits. Every call is
-# appended to STATE/calls so the test can check the script's order: stop, GC, start.
+# binary of the major under test (detached, pid in STATE/NAME.pid, the container's env), `stop
+# NAME` kills that pid and waits, `inspect` answers the two questions the script asks (image,
+# config-path label). Every call is appended to STATE/calls so the test can check the script's
+# order and arguments: stop, GC, start.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 set -euo pipefail
 echo "$*" >>"$FAKE_DOCKER_STATE/calls"
-[[ ${FAKE_DOCKER_RECORD_ONLY:-0} == 1 ]] && exit 0
 action=$1
+if [[ $action == inspect ]]; then
+    case $3 in
+    *Config.Image*) echo sha256:fake-image-id ;;
+    *registry-mirrors.config-path*) echo "${FAKE_DOCKER_CONFIG_LABEL:-}" ;;
+    esac
+    exit 0
+fi
+[[ ${FAKE_DOCKER_RECORD_ONLY:-0} == 1 ]] && exit 0
 name=${!#}
 pidfile="$FAKE_DOCKER_STATE/$name.pid"
 stop() {
@@ -207,7 +410,7 @@ stop() {
     rm -f "$pidfile"
 }
 start() {
-    setsid docker-registry serve "$REGISTRY_CONFIG_ROOT/$name/config.yml" \
+    setsid "$FAKE_REGISTRY_BINARY" serve "$REGISTRY_CONFIG_ROOT/$name/config.yml" \
         >>"$FAKE_DOCKER_STATE/$name.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
 }
@@ -245,10 +448,10 @@ class VmLayout:
         )
 
 
-@pytest.fixture
-def vm_layout(tmp_path: Path) -> Iterator[VmLayout]:
+@contextlib.contextmanager
+def _vm_layout(tmp_path: Path, major: int) -> Iterator[VmLayout]:
     require_binary("flock")
-    registry_binary = require_binary("docker-registry")
+    registry_binary = require_registry_binary(major)
     state = tmp_path / "docker-state"
     state.mkdir()
     fake = tmp_path / "fake-docker"
@@ -257,25 +460,44 @@ def vm_layout(tmp_path: Path) -> Iterator[VmLayout]:
     layout = VmLayout(
         env={
             **os.environ,
+            **DISTRIBUTIONS[major].env,
             "REGISTRY_DOCKER": str(fake),
             "REGISTRY_GC_COMMAND": registry_binary,
             "REGISTRY_CONFIG_ROOT": str(tmp_path / "etc-docker-registry"),
             "REGISTRY_DATA_ROOT": str(tmp_path / "var-lib-registry"),
             "REGISTRY_LOCK_DIR": str(tmp_path / "lock"),
             "FAKE_DOCKER_STATE": str(state),
+            "FAKE_REGISTRY_BINARY": registry_binary,
         },
         state=state,
         config_root=tmp_path / "etc-docker-registry",
         data_root=tmp_path / "var-lib-registry",
     )
-    yield layout
-    for pidfile in state.glob("*.pid"):
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    try:
+        yield layout
+    finally:
+        for pidfile in state.glob("*.pid"):
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
+@pytest.fixture
+def vm_layout(tmp_path: Path) -> Iterator[VmLayout]:
+    """A VM layout whose registries run the default image's major."""
+    with _vm_layout(tmp_path, RegistrySettings().major) as layout:
+        yield layout
+
+
+@MAJORS
 def test_gc_procedure_keeps_multiarch_children_pullable_by_digest(
-    upstream_store: UpstreamStore, vm_layout: VmLayout, tmp_path: Path
+    major: int, upstream_store: UpstreamStore, tmp_path: Path
+) -> None:
+    with _vm_layout(tmp_path, major) as vm_layout:
+        _gc_procedure(major, upstream_store, vm_layout, tmp_path)
+
+
+def _gc_procedure(
+    major: int, upstream_store: UpstreamStore, vm_layout: VmLayout, tmp_path: Path
 ) -> None:
     upstream = DEFAULT_UPSTREAMS[0]
     name = upstream.container
@@ -286,7 +508,9 @@ def test_gc_procedure_keeps_multiarch_children_pullable_by_digest(
     proxy_url = f"http://127.0.0.1:{port}"
 
     with upstream_store.serve("up-gc") as origin:
-        config = listen_config(_proxy_config(upstream, storage, origin.url), port, metrics_port)
+        config = listen_config(
+            _proxy_config(upstream, storage, origin.url, major), port, metrics_port
+        )
         (vm_layout.config_root / name).mkdir(parents=True)
         (vm_layout.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
         subprocess.run(
@@ -315,15 +539,39 @@ def test_gc_procedure_keeps_multiarch_children_pullable_by_digest(
         f"docker://127.0.0.1:{port}/{repository}@{image.index_digest}", tmp_path / "index"
     )
     assert by_index.returncode == 0, by_index.stderr
-    for platform, digest in image.manifest_digests.items():
-        child = _pull(
-            f"docker://127.0.0.1:{port}/{repository}@{digest}",
-            tmp_path / platform.replace("/", "-"),
-            all_platforms=False,
-        )
-        assert child.returncode == 0, f"{platform} {digest}: {child.stderr}"
+    _pull_children_by_digest(f"127.0.0.1:{port}", repository, image, tmp_path)
     for digest in image.blob_digests:
         assert _blob_path(storage, digest).exists(), f"GC removed {digest}"
+
+
+@pytest.mark.parametrize(
+    ("label", "config_in_container"),
+    [
+        (DISTRIBUTIONS[3].config_path, "/etc/distribution/config.yml"),
+        (DISTRIBUTIONS[2].config_path, "/etc/docker/registry/config.yml"),
+        # A container created before the label existed ran 2.x.
+        ("", "/etc/docker/registry/config.yml"),
+    ],
+    ids=["v3", "v2", "no-label"],
+)
+def test_gc_container_mounts_the_config_where_the_serving_image_reads_it(
+    vm_layout: VmLayout, label: str, config_in_container: str
+) -> None:
+    """Without REGISTRY_GC_COMMAND: the docker command line the VM runs, for each major."""
+    name = "registry-ghcr"
+    (vm_layout.config_root / name).mkdir(parents=True)
+    (vm_layout.config_root / name / "config.yml").write_text("version: '0.1'\n")
+    env = {k: v for k, v in vm_layout.env.items() if k != "REGISTRY_GC_COMMAND"}
+    vm_layout.env = {**env, "FAKE_DOCKER_RECORD_ONLY": "1", "FAKE_DOCKER_CONFIG_LABEL": label}
+    result = vm_layout.run("gc", name)
+    assert result.returncode == 0, result.stderr
+    config = vm_layout.config_root / name / "config.yml"
+    data = vm_layout.data_root / name
+    run = [call for call in vm_layout.calls() if call.startswith("run ")]
+    assert run == [
+        f"run --rm --network none --name {name}-gc -v {config}:{config_in_container}:ro "
+        f"-v {data}:/var/lib/registry sha256:fake-image-id garbage-collect {config_in_container}"
+    ]
 
 
 def test_restart_is_skipped_while_gc_holds_the_lock(vm_layout: VmLayout) -> None:
@@ -350,6 +598,34 @@ def test_restart_is_skipped_while_gc_holds_the_lock(vm_layout: VmLayout) -> None
     assert vm_layout.calls() == ["restart --time 30 registry-ghcr"]
 
 
+def test_disk_check_reports_each_cache_and_warns_past_the_threshold(vm_layout: VmLayout) -> None:
+    for name, size in (("registry", 300_000), ("registry-ghcr", 50_000)):
+        (vm_layout.data_root / name / "docker").mkdir(parents=True)
+        (vm_layout.data_root / name / "docker" / "blob").write_bytes(os.urandom(size))
+    command, stdin = maintenance.disk_check(100)
+    # What verify.py sends over SSH (`bash -s disk 100`, the script on stdin), run here.
+    below = subprocess.run(
+        ["bash", "-c", command], input=stdin, env=vm_layout.env, capture_output=True, text=True
+    )
+    assert below.returncode == 0, below.stderr
+    report = maintenance.parse_disk_report(below.stdout)
+    assert report.path == str(vm_layout.data_root)
+    assert set(report.caches) == {"registry", "registry-ghcr"}
+    assert report.caches["registry"] >= 300_000 > report.caches["registry-ghcr"] >= 50_000
+    assert 0 < report.used_bytes <= report.size_bytes
+    assert not report.over_threshold and "WARNING" not in below.stderr
+    assert f"{report.used_percent}% full (threshold 100%)" in below.stderr
+
+    # Whatever this machine's disk holds, a 1 % threshold is crossed (the cron line's form).
+    crossed = vm_layout.run("disk", "1")
+    assert crossed.returncode == 0, crossed.stderr
+    assert maintenance.parse_disk_report(crossed.stdout).over_threshold
+    assert "WARNING: cache disk" in crossed.stderr and "never evicts by size" in crossed.stderr
+
+    for bad in ("0", "101", "x"):
+        assert vm_layout.run("disk", bad).returncode == 2
+
+
 def test_vm_scripts_are_shellcheck_clean() -> None:
     shellcheck = require_binary("shellcheck")
     scripts = sorted((SCRIPTS_DIR / "vm").glob("*.sh"))
@@ -360,21 +636,11 @@ def test_vm_scripts_are_shellcheck_clean() -> None:
     assert result.returncode == 0, result.stdout
 
 
-def test_start_registry_reports_a_proxy_panic(tmp_path: Path) -> None:
-    """The reason for restart=always: a proxy whose upstream is down at start panics."""
-    require_binary("docker-registry")
-    dead = f"http://127.0.0.1:{free_port()}"
-    config = _proxy_config(DEFAULT_UPSTREAMS[2], tmp_path / "cache", dead)
-    with pytest.raises(Exception, match="panic"):
-        start_registry(config, tmp_path / "proxy")
-
-
 def test_start_registry_binds_the_given_host_and_can_serve_a_fixed_port_again(
     tmp_path: Path,
 ) -> None:
     """What the node e2e relies on: a registry on the address a netns can reach, on the port the
     node's settings name, startable again on that port after stop()."""
-    require_binary("docker-registry")
     host = "127.0.0.2"  # loopback, but not the default: the host really reaches http.addr
     port = free_port(host)
     config = plain_registry_config(tmp_path / "data")

@@ -504,3 +504,28 @@ def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: Wor
     assert "ghcr.io/org/y:3 cached in" in after.stdout
     # The node's pull really went through the ghcr proxy, asked on behalf of ghcr.io.
     assert requests_in(world.registries["ghcr-proxy"], "/v2/org/y/manifests/3?ns=ghcr.io") > 0
+
+
+def test_verify_nodes_flags_a_node_that_bypasses_its_mirror(world: World) -> None:
+    """A node whose hosts.toml skips the mirror pulls fine, and the catalog check is fooled (the
+    mirror holds library/x already: verify's own probe resolved x:1 through it). The mirror's
+    request counter did not move during the node's pull: that is what flags the bypass."""
+    world.apply(world.plan())
+    upstream = f"http://{world.host.host_address}:{UPSTREAM_PORTS['docker.io']}"
+    (world.host.etc_containerd / "certs.d" / "docker.io" / "hosts.toml").write_text(
+        f'server = "{upstream}"\n\n[host."{upstream}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+    bypassed = _verify_nodes(world, "docker.io/library/x:2")
+
+    assert bypassed.returncode == 1, bypassed.stdout + bypassed.stderr
+    assert "docker.io/library/x:2 cached in" in bypassed.stdout
+    [row] = [line for line in bypassed.stdout.splitlines() if "  bypass  " in line]
+    assert "FAIL" in row and "0 requests during the node pulls of docker.io/library/x:2" in row
+    assert "the nodes pulled without asking this mirror" in bypassed.stderr
+
+    world.apply(world.plan())  # puts our hosts.toml back
+    through = _verify_nodes(world, "docker.io/library/x:4")
+    assert through.returncode == 0, through.stdout + through.stderr
+    [row] = [line for line in through.stdout.splitlines() if "  bypass  " in line]
+    assert "  ok  " in row

@@ -1,17 +1,24 @@
-"""scripts/verify.py against real local registries: a working mirror and a failing one."""
+"""scripts/verify.py against real local registries of both majors: mirrors with traffic, one with
+none, a dead one; and the registry VM's cache disk over real SSH (a test host in a netns).
+
+The metrics rows are what the README shows (see README: Operating it).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.renderers.registry_config import render_registry_config
+from components.settings import DEFAULT_UPSTREAMS, RegistrySettings, Upstream
 from tests.integration.oci_image import build_multiarch_image
 from tests.integration.registry_proc import (
     RegistryProcess,
@@ -19,81 +26,209 @@ from tests.integration.registry_proc import (
     plain_registry_config,
     start_registry,
 )
-from tests.prereq import require_binary
-from tests.sample import sample_settings
+from tests.integration.testhost import node_host
+from tests.prereq import require_binary, require_root
+from tests.sample import REGISTRY_IMAGES as IMAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 VERIFY = ROOT / "scripts" / "verify.py"
 
 pytestmark = pytest.mark.integration
 
+# docker.io: Distribution 3, pulled through twice (misses, then hits); ghcr.io: 2.8, pulled
+# through once; quay.io: Distribution 3, never used; registry.k8s.io: nothing listens.
+HUB, GHCR, QUAY, K8S = DEFAULT_UPSTREAMS[:4]
 
-@pytest.fixture(scope="module")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
-    """A rendered docker.io proxy in front of a local upstream holding library/probe:1."""
-    require_binary("docker-registry")
-    require_binary("skopeo")
-    work = tmp_path_factory.mktemp("verify")
-    upstream = start_registry(plain_registry_config(work / "upstream-data"), work / "upstream")
-    image = build_multiarch_image(work / "layout", "1")
+
+@dataclass
+class Mirrors:
+    upstream: RegistryProcess
+    proxies: dict[str, RegistryProcess]
+    work: Path
+
+    def outputs(self, **extra: object) -> dict:
+        """The stack's `mirrors` output shape, pointed at the local registries."""
+        mirrors = {
+            host: {
+                "endpoint": proxy.url,
+                "container": container,
+                "metricsUrl": proxy.metrics_url,
+            }
+            for (host, container), proxy in (
+                ((h, c), self.proxies[h])
+                for h, c in ((HUB.host, HUB.container), (GHCR.host, GHCR.container),
+                             (QUAY.host, QUAY.container))
+            )
+        }  # fmt: skip
+        dead = free_port()
+        mirrors[K8S.host] = {
+            "endpoint": f"http://127.0.0.1:{dead}",
+            "container": K8S.container,
+            "metricsUrl": f"http://127.0.0.1:{dead + 1}/metrics",
+        }
+        return {"mirrors": mirrors, **extra}
+
+
+def _skopeo(*args: str) -> None:
     subprocess.run(
-        ["skopeo", "--insecure-policy", "copy", "--all", "--dest-tls-verify=false",
-         image.oci_ref, f"docker://{upstream.address}/library/probe:1"],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
-    settings = sample_settings()
-    config = yaml.safe_load(render_registry_config(settings.upstreams[0], settings.registry))
-    config["storage"]["filesystem"]["rootdirectory"] = str(work / "proxy-data")
-    config["proxy"]["remoteurl"] = upstream.url
-    proxy = start_registry(config, work / "proxy")
+        ["skopeo", "--insecure-policy", *args], check=True, capture_output=True, timeout=120
+    )
+
+
+def _proxy(upstream: Upstream, major: int, origin: RegistryProcess, work: Path) -> RegistryProcess:
+    registry = RegistrySettings(image=IMAGES[major])
+    config = yaml.safe_load(render_registry_config(upstream, registry))
+    config["storage"]["filesystem"]["rootdirectory"] = str(work / f"{upstream.container}-data")
+    config["proxy"]["remoteurl"] = origin.url
+    return start_registry(config, work / upstream.container, major=major)
+
+
+@pytest.fixture
+def mirrors(tmp_path: Path) -> Iterator[Mirrors]:
+    """Fresh per test: the counters start from what the fixture's own pulls did."""
+    require_binary("skopeo")
+    work = tmp_path / "registries"
+    upstream = start_registry(plain_registry_config(work / "upstream-data"), work / "upstream")
+    proxies: dict[str, RegistryProcess] = {}
     try:
-        yield proxy
+        image = build_multiarch_image(work / "layout", "1")
+        for repository in ("library/probe", "org/tool"):
+            _skopeo("copy", "--all", "--dest-tls-verify=false", image.oci_ref,
+                    f"docker://{upstream.address}/{repository}:1")  # fmt: skip
+        proxies[HUB.host] = _proxy(HUB, 3, upstream, work)
+        proxies[GHCR.host] = _proxy(GHCR, 2, upstream, work)
+        proxies[QUAY.host] = _proxy(QUAY, 3, upstream, work)
+        # What nodes would do: pull through the mirrors (Docker Hub twice: misses, then hits).
+        for run in (1, 2):
+            _skopeo("copy", "--all", "--src-tls-verify=false",
+                    f"docker://{proxies[HUB.host].address}/library/probe:1",
+                    f"oci:{work}/pulled-{run}:x")  # fmt: skip
+        ghcr = proxies[GHCR.host].address
+        _skopeo("copy", "--all", "--src-tls-verify=false",
+                f"docker://{ghcr}/org/tool:1", f"oci:{work}/ghcr:x")  # fmt: skip
+        yield Mirrors(upstream, proxies, work)
     finally:
-        proxy.stop()
+        for proxy in proxies.values():
+            proxy.stop()
         upstream.stop()
 
 
-def _verify(tmp_path: Path, mirrors: dict, *args: str) -> subprocess.CompletedProcess:
-    outputs = tmp_path / "outputs.json"
-    outputs.write_text(json.dumps({"mirrors": mirrors}))
+def _verify(tmp_path: Path, outputs: dict, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / "outputs.json"
+    path.write_text(json.dumps(outputs))
     return subprocess.run(
-        [sys.executable, str(VERIFY), "--outputs", str(outputs), "--timeout", "5", *args],
+        [sys.executable, str(VERIFY), "--outputs", str(path), "--timeout", "5", *args],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
 
 
-def test_working_mirror_passes_and_resolves_through_the_proxy(mirror, tmp_path: Path):
-    result = _verify(
-        tmp_path,
-        {"docker.io": {"endpoint": mirror.url, "container": "registry"}},
-        "--image", "docker.io=library/probe:1",
-    )  # fmt: skip
+def _row(stdout: str, target: str, check: str) -> str:
+    [row] = [line for line in stdout.splitlines() if line.split()[:1] == [target]
+             and f"  {check}  " in line]  # fmt: skip
+    return row
+
+
+def test_working_mirror_passes_and_resolves_through_the_proxy(mirrors: Mirrors, tmp_path: Path):
+    outputs = mirrors.outputs()
+    outputs["mirrors"] = {HUB.host: outputs["mirrors"][HUB.host]}
+    result = _verify(tmp_path, outputs, "--image", "docker.io=library/probe:1", "--no-vm")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "library/probe:1 -> sha256:" in result.stdout
-    assert "all 2 checks passed" in result.stdout
+    assert "all 3 checks passed" in result.stdout
     # The manifest really went through the proxy (it logs the request).
-    assert "/v2/library/probe/manifests/1" in mirror.log()
+    assert "/v2/library/probe/manifests/1" in mirrors.proxies[HUB.host].log()
 
 
-def test_failing_mirror_and_missing_image_fail_with_advice(mirror, tmp_path: Path):
-    dead = f"http://127.0.0.1:{free_port()}"
+def test_metrics_show_hits_per_major_a_mirror_without_pulls_and_a_dead_one(
+    mirrors: Mirrors, tmp_path: Path
+):
     result = _verify(
-        tmp_path,
-        {
-            "docker.io": {"endpoint": mirror.url, "container": "registry"},
-            "ghcr.io": {"endpoint": dead, "container": "registry-ghcr"},
-        },
-        "--image", "docker.io=library/absent:1",
+        tmp_path, mirrors.outputs(),
+        "--image", "docker.io=library/probe:1", "--image", "ghcr.io=org/tool:1",
+        "--image", "quay.io=org/tool:1", "--no-vm",
     )  # fmt: skip
-    assert result.returncode == 1
-    table = result.stdout
-    assert "ghcr.io" in table and "FAIL" in table and "unreachable" in table
-    assert "library/absent:1: HTTP 404" in table
-    assert "docker ps -a --filter name=registry-ghcr" in result.stderr
+    # Shown in the README (Operating it): keep the scenario and the wording in step.
+    print(result.stdout + result.stderr)
+    assert result.returncode == 1, result.stdout + result.stderr
+    hub = _row(result.stdout, HUB.host, "metrics")
+    # Two pulls of an index (3 manifests, 4 blobs each): the first missed, the second hit.
+    assert " ok " in hub
+    assert "14 requests (8 blob, 6 manifest): 7 hits, 7 misses, " in hub, hub
+    assert "pulled from upstream, blob hit ratio 50%" in hub, hub
+    ghcr = _row(result.stdout, GHCR.host, "metrics")
+    assert " ok " in ghcr
+    assert "7 requests (4 blob, 3 manifest); no hit/miss counters in Distribution 2.x" in ghcr
+    quay = _row(result.stdout, QUAY.host, "metrics")
+    assert " ok " in quay and "no pulls through this mirror since its container started" in quay
+    dead = _row(result.stdout, K8S.host, "metrics")
+    assert "FAIL" in dead and "unreachable" in dead
+    assert "Prometheus cannot scrape it either" in result.stderr
+    assert f"docker ps -a --filter name={K8S.container}" in result.stderr
+    # The dead mirror's metrics and API checks fail; the others pass.
     assert "2 check(s) failed" in result.stderr
 
 
+def test_failing_mirror_and_missing_image_fail_with_advice(mirrors: Mirrors, tmp_path: Path):
+    outputs = mirrors.outputs()
+    outputs["mirrors"] = {h: outputs["mirrors"][h] for h in (HUB.host, K8S.host)}
+    result = _verify(tmp_path, outputs, "--image", "docker.io=library/absent:1", "--no-vm")
+    assert result.returncode == 1
+    table = result.stdout
+    assert "registry.k8s.io" in table and "FAIL" in table and "unreachable" in table
+    assert "library/absent:1: HTTP 404" in table
+    assert f"docker ps -a --filter name={K8S.container}" in result.stderr
+    assert "3 check(s) failed" in result.stderr  # dead: metrics + api; hub: manifest 404
+
+
 def test_bad_outputs_exit_2(tmp_path: Path):
-    result = _verify(tmp_path, {})
+    result = _verify(tmp_path, {"mirrors": {}})
     assert result.returncode == 2
     assert "mirrors" in result.stderr
+
+
+def test_without_a_registry_vm_output_the_disk_check_is_skipped(mirrors: Mirrors, tmp_path: Path):
+    outputs = mirrors.outputs()
+    outputs["mirrors"] = {QUAY.host: outputs["mirrors"][QUAY.host]}
+    result = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "skipped: no registryVm in the outputs" in _row(result.stdout, "registry-vm", "disk")
+
+
+def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path: Path):
+    """The registry VM is a test host (netns + sshd, its own /var/lib): verify.py logs in as the
+    outputs say and runs the maintenance script's disk check there."""
+    require_root()
+    for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen"):
+        require_binary(binary)
+    with node_host(tmp_path) as vm:
+        data = vm.root / "node" / "var-lib" / "registry"
+        for container, size in ((HUB.container, 2_000_000), (GHCR.container, 300_000)):
+            (data / container / "docker").mkdir(parents=True)
+            (data / container / "docker" / "blob").write_bytes(b"x" * size)
+        ssh = [
+            f"--ssh-option=-i{vm.key}", "--ssh-option=-oStrictHostKeyChecking=no",
+            f"--ssh-option=-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
+        ]  # fmt: skip
+        outputs = mirrors.outputs()
+        outputs["mirrors"] = {QUAY.host: outputs["mirrors"][QUAY.host]}
+        results = {}
+        for threshold in (100, 1):
+            outputs["registryVm"] = {
+                "address": vm.node_address,
+                "sshUser": "root",
+                "diskUsageThresholdPercent": threshold,
+            }
+            results[threshold] = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1", *ssh)
+    ok = results[100]
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    row = _row(ok.stdout, "registry-vm", "disk")
+    assert f"root@{vm.node_address}" in row
+    # The VM's own /var/lib/registry (the test host's private /var/lib), each cache's size.
+    assert "/var/lib/registry" in row and "(threshold 100%)" in row
+    # du counts the directories' own blocks too.
+    sizes = {name: float(kb) for name, kb in re.findall(r"(registry[-a-z]*) ([0-9.]+) kB", row)}
+    assert "registry 2.0 MB" in row and 300 <= sizes["registry-ghcr"] < 330, row
+    crossed = results[1]
+    assert crossed.returncode == 1
+    assert "FAIL" in _row(crossed.stdout, "registry-vm", "disk")
+    assert "Distribution never evicts by size" in crossed.stderr
