@@ -141,7 +141,7 @@ class AtomicFiles:
                 if file.previous is None:
                     _os.unlink(file.path)
                 else:
-                    temp = str(file.path.with_name(f".{file.path.name}.undo.tmp"))
+                    temp = str(file.path.with_name(f".{file.path.name}.{secrets.token_hex(4)}.tmp"))
                     _write_file(temp, file.previous, file.mode, file.owner)
                     _os.replace(temp, file.path)
                 file.committed = False

@@ -16,6 +16,18 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from components import atomic_files
+from tests.cli_harness import (
+    FaultyOs,
+    assert_user_error,
+    copy_tree,
+    public_directory,
+    require_unprivileged_runner,
+    run,
+    run_process,
+    snapshot,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "migrate_containerd_config.py"
 FIXTURES = Path(__file__).parent / "fixtures" / "containerd"
@@ -349,7 +361,6 @@ MISTAKES: list[tuple[str, dict[str, Any], list[str], str]] = [
 def test_a_mistake_is_one_line_and_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: dict, argv: list[str], named: str
 ) -> None:
-    from tests.cli_harness import assert_user_error, run, snapshot
 
     _layout(tmp_path, layout)
     monkeypatch.chdir(tmp_path)
@@ -394,13 +405,6 @@ def test_a_file_the_user_may_not_touch_is_one_line(
     layout: dict, argv: list[str], named: str
 ) -> None:
     """As a user, not root (root ignores permissions): setpriv to nobody when run as root."""
-    from tests.cli_harness import (
-        assert_user_error,
-        public_directory,
-        require_unprivileged_runner,
-        run_process,
-        snapshot,
-    )
 
     require_unprivileged_runner()
     with public_directory() as root:
@@ -453,7 +457,6 @@ def test_non_utf8_bytes_in_comments_are_kept_byte_for_byte(tmp_path: Path) -> No
 
 
 def _run_in_process(*argv: str, stdin: bytes = b""):
-    from tests.cli_harness import run
 
     return run("migrate_containerd_config", list(argv), stdin=stdin)
 
@@ -557,7 +560,6 @@ _CONFIGS = st.one_of(
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_CONFIGS)
 def test_any_bytes_are_migrated_or_one_line_and_unchanged(data: bytes) -> None:
-    from tests.cli_harness import assert_user_error, run, snapshot
 
     with tempfile.TemporaryDirectory() as directory:
         root = Path(directory)
@@ -597,7 +599,6 @@ def _argv(root: Path) -> list[str]:
 
 def _finished(root: Path) -> dict[str, bytes]:
     """What a successful run leaves: the expected final files (backups by content)."""
-    from tests.cli_harness import run
 
     assert run("migrate_containerd_config", _argv(root)).code == 0
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -636,8 +637,6 @@ def test_a_failing_step_undoes_everything_and_loses_nothing(
     """Disk full / I/O error at write step N, for every N: exit 2 with one line, and (when the
     undo itself can run) the node's files exactly as before. With every later step failing too,
     the undo cannot run: the line names what is left, and still nothing is lost."""
-    from components import atomic_files
-    from tests.cli_harness import FaultyOs, assert_user_error, copy_tree, run, snapshot
 
     pristine, work = tmp_path / "pristine", tmp_path / "work"
     _node(pristine)
@@ -678,8 +677,6 @@ def test_a_failing_step_undoes_everything_and_loses_nothing(
 def test_killed_at_any_step_loses_nothing(tmp_path: Path) -> None:
     """kill -9 (or a power cut) at write step N, for every N: no cleanup runs at all. The
     original config.toml and its mirrors survive every time (tests/cli_harness.crash)."""
-    from components import atomic_files
-    from tests.cli_harness import ROOT, FaultyOs, copy_tree
 
     pristine = tmp_path / "pristine"
     _node(pristine)

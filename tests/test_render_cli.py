@@ -10,7 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components import atomic_files
 from components.renderers.bundle import render_bundle
+from tests.cli_harness import (
+    FaultyOs,
+    assert_user_error,
+    copy_tree,
+    public_directory,
+    require_unprivileged_runner,
+    run_process,
+    snapshot,
+)
+from tests.cli_harness import (
+    run as run_tool,
+)
 from tests.sample import sample_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,23 +168,15 @@ BAD_OUT = [
 def test_bad_out_location_is_one_line_and_nothing_is_written(
     tmp_path: Path, layout: dict, out: str, named: str
 ):
-    from tests.cli_harness import assert_user_error, run, snapshot
 
     _prepare(tmp_path, layout)
     before = snapshot(tmp_path)
-    outcome = run("render", ["--stack", "dev", "--out", str(tmp_path / out)])
+    outcome = run_tool("render", ["--stack", "dev", "--out", str(tmp_path / out)])
     assert_user_error(outcome, [named], lines=1)
     assert snapshot(tmp_path) == before
 
 
 def test_out_without_write_permission_is_one_line():
-    from tests.cli_harness import (
-        assert_user_error,
-        public_directory,
-        require_unprivileged_runner,
-        run_process,
-        snapshot,
-    )
 
     require_unprivileged_runner()
     with public_directory() as root:
@@ -200,9 +205,6 @@ def test_a_failing_write_at_any_step_leaves_nothing_behind(tmp_path: Path, monke
     one line, and the output location is exactly as before, however far the write got."""
     import shutil
 
-    from components import atomic_files
-    from tests.cli_harness import FaultyOs, assert_user_error, copy_tree, run, snapshot
-
     pristine, work = tmp_path / "pristine", tmp_path / "work"
     _prepare(pristine, {"o/bundle/summary.json": "file", "o/bundle/notes.txt": "file"})
     out = work / "o" / "bundle"
@@ -210,7 +212,9 @@ def test_a_failing_write_at_any_step_leaves_nothing_behind(tmp_path: Path, monke
     monkeypatch.setattr(atomic_files, "_os", counter)
     copy_tree(pristine, tmp_path / "count")
     assert (
-        run("render", ["--stack", "dev", "--out", str(tmp_path / "count" / "o" / "bundle")]).code
+        run_tool(
+            "render", ["--stack", "dev", "--out", str(tmp_path / "count" / "o" / "bundle")]
+        ).code
         == 0
     )
     steps = len(counter.calls)
@@ -221,7 +225,7 @@ def test_a_failing_write_at_any_step_leaves_nothing_behind(tmp_path: Path, monke
         copy_tree(pristine, work)
         faulty = FaultyOs(fail_at)
         monkeypatch.setattr(atomic_files, "_os", faulty)
-        outcome = run("render", ["--stack", "dev", "--out", str(out)])
+        outcome = run_tool("render", ["--stack", "dev", "--out", str(out)])
         step = faulty.calls[fail_at - 1]
         if outcome.code == 0:  # only a directory fsync after a rename may fail harmlessly
             assert step in ("open", "fsync"), (fail_at, step)
