@@ -124,11 +124,11 @@ def _check_address(value: str) -> str:
         raise ValueError("expected an IP address or a DNS hostname") from None
 
 
-def _check_user(value: str, host_key: str) -> str:
+def _check_user(value: str, address_key: str) -> str:
     """A Linux login name. ``user@host`` is refused with where the host goes instead: ssh would
     otherwise be handed ``user@host@address``."""
     if "@" in value:
-        raise ValueError(f"expected a user name only, without '@...' (the host is {host_key})")
+        raise ValueError(f"expected a user name only, without '@...' (the host is {address_key})")
     if not _USER_NAME.match(value):
         raise ValueError("expected a Linux user name (lowercase letters, digits, '_', '-')")
     return value
@@ -165,9 +165,8 @@ def check_host_key(value: str) -> str:
 
 # Cron fields as cron reads them: minute 0-59, hour 0-23, day of week 0-7 (0 and 7 = Sunday).
 CRON_RANGES = {"minute": (0, 59), "hour": (0, 23), "day_of_week": (0, 7)}
-_DAY_NAMES = {
-    name: str(i) for i, name in enumerate(("sun", "mon", "tue", "wed", "thu", "fri", "sat"))
-}
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_DAY_NAMES = {name: str(i) for i, day in enumerate(_DAYS) for name in (day, day[:3])}
 
 
 def _cron_text(value: Any) -> Any:
@@ -184,7 +183,7 @@ def check_cron_field(value: str, field: str) -> str:
     Returns the field as it is rendered into the cron file."""
     low, high = CRON_RANGES[field]
     if field == "day_of_week":
-        value = re.sub(r"[A-Za-z]+", lambda m: _DAY_NAMES.get(m[0].lower()[:3], m[0]), value)
+        value = re.sub(r"[A-Za-z]+", lambda m: _DAY_NAMES.get(m[0].lower(), m[0]), value)
     for part in value.split(","):
         match = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", part)
         if not match:

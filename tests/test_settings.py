@@ -187,6 +187,7 @@ BAD_INPUTS = [
     ("gc-hour-24", {"registry.gc.hour": "24"}, "registry.gc.hour", "out of range 0-23"),
     ("gc-hour-negative", {"registry.gc.hour": -1}, "registry.gc.hour", "cron field"),
     ("gc-day-name", {"registry.gc.dayOfWeek": "someday"}, "registry.gc.dayOfWeek", "cron field"),
+    ("gc-day-prefix", {"registry.gc.dayOfWeek": "sunflower"}, "registry.gc.dayOfWeek", "cron"),
     ("gc-bool", {"registry.gc.minute": True}, "registry.gc.minute", "string"),
     ("gc-float", {"registry.gc.minute": 1.5}, "registry.gc.minute", "string"),
     ("gc-list", {"registry.gc.hour": [1, 2]}, "registry.gc.hour", "string"),
@@ -325,6 +326,7 @@ def test_at_least_25_bad_inputs():
         ({"dayOfWeek": "sat"}, {"minute": 0}, ("0", "3", "6", "0", "*", "*")),
         ({"dayOfWeek": 7, "hour": 23}, {"hour": "*/2"}, ("0", "23", "7", "7", "*/2", "*")),
         ({"dayOfWeek": "*"}, {"dayOfWeek": "Mon-Fri"}, ("0", "3", "*", "7", "*", "1-5")),
+        ({"dayOfWeek": "Saturday"}, {"dayOfWeek": "sun,wed"}, ("0", "3", "6", "7", "*", "0,3")),
         ({"minute": " 15 "}, {"hour": "0-6,18-23"}, ("15", "3", "0", "7", "0-6,18-23", "*")),
     ],
 )
