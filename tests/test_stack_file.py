@@ -548,3 +548,16 @@ def test_the_loader_raises_only_stack_file_errors(document: Any):
             assert error.problems
             for line in error.problems:
                 assert "\n" not in line and ": " in line and len(line) < 500, line
+
+
+def test_an_encrypted_value_is_judged_once(tmp_path: Path):
+    """Under an unknown key: that key is unknown (one line). Under a known key that is not a
+    secret: one line saying so (not a verdict on the ciphertext's placeholder)."""
+    data = VALID.replace("vmId: 210", "pin:\n      secure: v1:abc\n    vmId: 210")
+    data = data.replace("gateway: 10.0.20.1", "gateway:\n      secure: v1:abc")
+    outcome, stack_file = _render(tmp_path, data.encode())
+    assert outcome.lines == [
+        "vm.pin: unknown key (typo?)",
+        f"vm.gateway: encrypted (secure:) in {stack_file}; it is not a secret setting, so offline"
+        " tools cannot check it: set it in plain text",
+    ]
