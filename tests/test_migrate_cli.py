@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
@@ -486,6 +486,28 @@ def test_containerd_reads_what_the_kept_bytes_make(tmp_path: Path, data: bytes) 
     assert "registry.mirrors." not in dump.stdout
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]',
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  a = 1',
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry]\n  a = 1 # the end',
+        'version = 2\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."x.io"]\n'
+        '  endpoint = ["http://10.0.0.1:5000"] # the end',
+    ],
+    ids=["header", "value", "comment", "mirror"],
+)
+def test_a_last_line_without_newline_is_migrated(text: str) -> None:
+    """Found by the property below: config_path was appended to that last line."""
+    outcome = _run_in_process(*V, stdin=text.encode())
+    assert outcome.code == 0, outcome.stderr
+    migrated = tomllib.loads(outcome.stdout.decode())
+    registry = migrated["plugins"]["io.containerd.grpc.v1.cri"]["registry"]
+    assert registry["config_path"] == "/etc/containerd/certs.d"
+    assert registry.get("a", 1) == 1 and "mirrors" not in registry
+    assert outcome.stdout.decode().startswith(text.split("\n")[0] + "\n")
+
+
 def test_a_symlinked_config_is_edited_at_its_target(tmp_path: Path) -> None:
     real = tmp_path / "real" / "config.toml"
     real.parent.mkdir()
@@ -559,6 +581,7 @@ _CONFIGS = st.one_of(
 
 @hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=_CONFIGS)
+@example(data=b'version=2\n[plugins."io.containerd.grpc.v1.cri".registry]')  # was a traceback
 def test_any_bytes_are_migrated_or_one_line_and_unchanged(data: bytes) -> None:
 
     with tempfile.TemporaryDirectory() as directory:

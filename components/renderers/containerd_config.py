@@ -595,6 +595,12 @@ def migrate_config(
         # TOML parsers here do not. Migrate what follows it and keep it, as every other byte.
         result = migrate_config(text[len(BOM) :], containerd_version, config_path)
         return dataclasses.replace(result, text=BOM + result.text)
+    if text and not text.endswith("\n"):
+        # A key inserted after a last line without a newline lands on that line (after a
+        # header, a value, or inside its comment). Migrate the file as if it ended its last
+        # line; it keeps that newline only when it is changed anyway.
+        result = migrate_config(text + "\n", containerd_version, config_path)
+        return result if result.changed else dataclasses.replace(result, text=text)
     if not config_path.startswith("/") or ":" in config_path:
         raise ValueError(f"config_path must be ONE absolute directory, got {config_path!r}")
     node_version = parse_containerd_version(containerd_version)
