@@ -7,14 +7,20 @@ Unknown keys are errors: Distribution and containerd silently ignore typos, so w
 
 from __future__ import annotations
 
+import base64
+import binascii
+import difflib
 import ipaddress
 import re
+import typing
+import urllib.parse
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -32,7 +38,26 @@ DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
 _HOSTNAME_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _CONTAINER_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-_CRON_FIELD = re.compile(r"^[0-9*/,-]+$")
+_USER_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Key types sshd offers as host keys (and ssh-add accepts), as they begin a public key line.
+SSH_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+)
+# Values echoed in error lines are cut here: a 5 MB value must not become 5 MB of CI log.
+SHOWN_LENGTH = 60
+_PLAIN_KEY = re.compile(rf"[\w.@/:-]{{1,{SHOWN_LENGTH}}}")
+# Names that suggest a secret: the value under such a key is never echoed, whatever the key.
+# ("public" key material is not secret: sshPublicKeys, sshHostPublicKey are shown.)
+_SECRET_NAME = re.compile(
+    r"pass|secret|token|credential|private|auth|cookie|session|(?<!public)key", re.IGNORECASE
+)
 
 
 class SettingsError(ValueError):
@@ -41,6 +66,26 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("\n".join(problems))
+
+
+def shown(value: Any) -> str:
+    """A value as an error line echoes it: repr (so one line, control characters escaped),
+    cut to ``SHOWN_LENGTH`` characters."""
+    if isinstance(value, str) and len(value) > SHOWN_LENGTH:
+        return repr(value[:SHOWN_LENGTH]) + "..."
+    text = repr(value)
+    return text if len(text) <= SHOWN_LENGTH + 2 else text[:SHOWN_LENGTH] + "..."
+
+
+def key_text(key: Any) -> str:
+    """A key as an error line names it: as written when it is a plain name, else quoted; cut."""
+    if isinstance(key, str) and _PLAIN_KEY.fullmatch(key):
+        return key
+    return shown(key)
+
+
+def secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
 
 
 def _check_hostname(value: str) -> str:
@@ -65,9 +110,97 @@ def _check_container_name(value: str) -> str:
     return value
 
 
-def _check_cron_field(value: str) -> str:
-    if not _CRON_FIELD.match(value):
-        raise ValueError("expected a cron field such as '3', '*/2' or '1-5'")
+def _check_address(value: str) -> str:
+    """An IP address or a DNS name. A dotted all-numeric name is never a DNS name (resolvers
+    refuse it): ``10.0.0.300`` is a mistyped IPv4 address, not a host called that."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if re.fullmatch(r"[0-9.]+", value):
+        raise ValueError("not an IPv4 address (each of the 4 parts is 0-255)")
+    try:
+        return _check_hostname(value)
+    except ValueError:
+        raise ValueError("expected an IP address or a DNS hostname") from None
+
+
+def _check_user(value: str, address_key: str) -> str:
+    """A Linux login name. ``user@host`` is refused with where the host goes instead: ssh would
+    otherwise be handed ``user@host@address``."""
+    if "@" in value:
+        raise ValueError(f"expected a user name only, without '@...' (the host is {address_key})")
+    if not _USER_NAME.match(value):
+        raise ValueError("expected a Linux user name (lowercase letters, digits, '_', '-')")
+    return value
+
+
+def check_host_key(value: str) -> str:
+    """One public key as ``TYPE BASE64 [comment]`` (what ``ssh-keyscan`` prints after the host
+    name, and what pulumi-command's ``host_key`` and a known_hosts line expect)."""
+    tokens = value.split()
+    if len(tokens) >= 3 and tokens[0] not in SSH_KEY_TYPES and tokens[1] in SSH_KEY_TYPES:
+        raise ValueError(
+            f"looks like a known_hosts line: drop the leading host name {key_text(tokens[0])}"
+            f" and keep '{tokens[1]} AAAA...'"
+        )
+    if len(tokens) < 2 or tokens[0] not in SSH_KEY_TYPES:
+        raise ValueError("expected 'TYPE BASE64' with TYPE such as ssh-ed25519 or ssh-rsa")
+    if "\n" in value.strip():
+        raise ValueError("expected one key on one line")
+    try:
+        blob = base64.b64decode(tokens[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the base64 part of the key is damaged (cut short when pasted?)") from None
+    # The blob is a sequence of SSH strings (uint32 length + bytes), its own type first: a key
+    # cut short (or with a piece missing) no longer parses into whole strings.
+    strings, offset = [], 0
+    while offset + 4 <= len(blob):
+        length = int.from_bytes(blob[offset : offset + 4], "big")
+        strings.append(blob[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    if offset != len(blob) or not strings or strings[0] != tokens[0].encode():
+        raise ValueError(f"the key data is not a whole {tokens[0]} key (cut short when pasted?)")
+    return value
+
+
+# Cron fields as cron reads them: minute 0-59, hour 0-23, day of week 0-7 (0 and 7 = Sunday).
+CRON_RANGES = {"minute": (0, 59), "hour": (0, 23), "day_of_week": (0, 7)}
+_DAYS = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_DAY_NAMES = {name: str(i) for i, day in enumerate(_DAYS) for name in (day, day[:3])}
+
+
+def _cron_text(value: Any) -> Any:
+    """A person writes ``minute: 30`` (a YAML int) as readily as ``minute: '30'``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() if isinstance(value, str) else value
+
+
+def check_cron_field(value: str, field: str) -> str:
+    """``*``, ``N``, ``A-B``, ``*/S``, ``A-B/S`` and lists of them, each number in range; day
+    names (``sun``, ``Monday``) become numbers, which every cron reads the same way.
+
+    Returns the field as it is rendered into the cron file."""
+    low, high = CRON_RANGES[field]
+    if field == "day_of_week":
+        value = re.sub(r"[A-Za-z]+", lambda m: _DAY_NAMES.get(m[0].lower(), m[0]), value)
+    for part in value.split(","):
+        match = re.fullmatch(r"(\*|(\d+)(?:-(\d+))?)(?:/(\d+))?", part)
+        if not match:
+            raise ValueError("expected a cron field such as 3, '*/2', '1-5' or '0,30'")
+        numbers = [int(n) for n in (match[2], match[3]) if n is not None]
+        for number in numbers:
+            if not low <= number <= high:
+                sunday = " (0 and 7 are Sunday)" if field == "day_of_week" else ""
+                raise ValueError(f"{number} is out of range {low}-{high}{sunday}")
+        if len(numbers) == 2 and numbers[0] > numbers[1]:
+            raise ValueError(f"range {numbers[0]}-{numbers[1]} runs backwards")
+        if match[4] is not None and not 1 <= int(match[4]) <= high:
+            raise ValueError(f"step /{match[4]} is out of range 1-{high}")
+        if match[4] is not None and match[3] is None and match[1] != "*":
+            raise ValueError("a step needs a range or '*' (e.g. '*/15' or '0-30/15')")
     return value
 
 
@@ -75,7 +208,8 @@ Hostname = Annotated[str, AfterValidator(_check_hostname)]
 RegistryHost = Annotated[str, AfterValidator(_check_registry_host)]
 ContainerName = Annotated[str, AfterValidator(_check_container_name)]
 Port = Annotated[int, Field(ge=1, le=65535)]
-CronField = Annotated[str, AfterValidator(_check_cron_field)]
+CronField = Annotated[str, BeforeValidator(_cron_text)]
+HostKey = Annotated[str, AfterValidator(check_host_key)]
 
 
 class _Model(BaseModel):
@@ -137,7 +271,7 @@ class VmSettings(_Model):
     search_domain: Hostname | None = Field(default=None, description="DNS search domain.")
     ssh_user: str = Field(default="debian", description="Cloud-init user the program logs in as.")
     ssh_public_keys: list[str] = Field(min_length=1, description="Authorized SSH public keys.")
-    ssh_host_public_key: str | None = Field(
+    ssh_host_public_key: HostKey | None = Field(
         default=None,
         description="The VM's SSH host key to pin (recommended); unset: accept on first use.",
     )
@@ -148,9 +282,7 @@ class VmSettings(_Model):
     @field_validator("ssh_user")
     @classmethod
     def _user(cls, value: str) -> str:
-        if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
-            raise ValueError("expected a Linux user name")
-        return value
+        return _check_user(value, "vm.address")
 
     @field_validator("ssh_public_keys")
     @classmethod
@@ -159,7 +291,7 @@ class VmSettings(_Model):
             if not re.match(
                 r"^(ssh-(ed25519|rsa)|ecdsa-sha2-nistp\d+|sk-\S+) [A-Za-z0-9+/=]+", key
             ):
-                raise ValueError(f"not an SSH public key: {key[:40]!r}")
+                raise ValueError(f"not an SSH public key: {shown(key[:40])}")
         return value
 
     @field_validator("dns_servers")
@@ -170,7 +302,7 @@ class VmSettings(_Model):
                 ipaddress.ip_address(server)
             except ValueError:
                 raise ValueError(
-                    f"{server!r} is not an IP address (expected e.g. 10.0.20.1)"
+                    f"{shown(server)} is not an IP address (expected e.g. 10.0.20.1)"
                 ) from None
         return value
 
@@ -196,6 +328,17 @@ class ProxmoxSsh(_Model):
         default=None, description="Address of the Proxmox node if its name does not resolve."
     )
 
+    @field_validator("username")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        # root@pam is the API user's form (realm), not an SSH login.
+        return _check_user(value, "proxmox.endpoint, or proxmox.ssh.nodeAddress")
+
+    @field_validator("node_address")
+    @classmethod
+    def _node_address(cls, value: str | None) -> str | None:
+        return None if value is None else _check_address(value)
+
 
 class ProxmoxSettings(_Model):
     endpoint: str = Field(description="Proxmox API URL, e.g. https://pve.lan:8006/.")
@@ -205,8 +348,20 @@ class ProxmoxSettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if not re.match(r"^https://[^\s/]+(:\d+)?/?$", value):
+        if not re.match(r"^https://[^\s/@?#]+/?$", value):
             raise ValueError("expected https://HOST[:PORT]/")
+        url = urllib.parse.urlsplit(value)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError("the port is out of range 1-65535 (Proxmox listens on 8006)")
+        host = url.hostname or ""
+        try:
+            _check_address(host)
+        except ValueError as error:
+            raise ValueError(f"host {key_text(host)}: {error}") from None
         return value
 
 
@@ -250,7 +405,12 @@ DEFAULT_UPSTREAMS: tuple[Upstream, ...] = (
 
 
 class Schedule(_Model):
-    """A cron schedule: weekly GC or hourly restart, staggered per registry."""
+    """A cron schedule: weekly GC or hourly restart, staggered per registry.
+
+    Fields are range-checked here, so the cron file never gets a value cron would read
+    differently (``60`` minutes is not minute 0); whether a field may be more than a plain number
+    is the maintenance renderer's rule (GC slots are staggered from one plain time), checked
+    by ``load_settings`` through that renderer."""
 
     minute: CronField = Field(description="Cron minute of the first registry's job.")
     hour: CronField = Field(default="*", description="Cron hour.")
@@ -258,6 +418,32 @@ class Schedule(_Model):
     stagger_minutes: int = Field(
         ge=0, le=59, description="Minutes added per registry so no two jobs overlap."
     )
+
+    @field_validator("minute", "hour", "day_of_week")
+    @classmethod
+    def _cron(cls, value: str, info: ValidationInfo) -> str:
+        assert info.field_name is not None
+        return check_cron_field(value, info.field_name)
+
+
+class GcSchedule(Schedule):
+    """Weekly GC: Sunday 03:00 for the first registry, then every 20 minutes the next."""
+
+    minute: CronField = Field(default="0", description="Cron minute of the first registry's GC.")
+    hour: CronField = Field(default="3", description="Cron hour (a plain number).")
+    day_of_week: CronField = Field(
+        default="0", description="Day of week (0 or 7 = Sunday), or '*' for a daily GC."
+    )
+    stagger_minutes: int = Field(
+        default=20, ge=0, le=59, description="Minutes added per registry so no two GCs overlap."
+    )
+
+
+class RestartSchedule(Schedule):
+    """Hourly restart at minute 7 for the first registry, then every 5 minutes the next."""
+
+    minute: CronField = Field(default="7", description="Cron minute of the first restart.")
+    stagger_minutes: int = Field(default=5, ge=0, le=59, description="Minutes added per registry.")
 
 
 # Majors of Distribution this program renders a config for (components/renderers/registry_config
@@ -326,12 +512,12 @@ class RegistrySettings(_Model):
     log_level: Literal["error", "warn", "info", "debug"] = Field(
         default="info", description="Distribution log level (info keeps access logs)."
     )
-    gc: Schedule = Field(
-        default_factory=lambda: Schedule(minute="0", hour="3", day_of_week="0", stagger_minutes=20),
+    gc: GcSchedule = Field(
+        default_factory=GcSchedule,
         description="Weekly garbage collection, one registry after another.",
     )
-    restart: Schedule = Field(
-        default_factory=lambda: Schedule(minute="7", stagger_minutes=5),
+    restart: RestartSchedule = Field(
+        default_factory=RestartSchedule,
         description="Hourly restart (Distribution's proxy cache grows in memory).",
     )
     allowed_cidrs: list[str] | None = Field(
@@ -384,8 +570,11 @@ class RegistrySettings(_Model):
         for cidr in value or []:
             try:
                 ipaddress.ip_network(cidr, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a network in CIDR form ({exc})") from None
+            except ValueError:
+                raise ValueError(
+                    f"{shown(cidr)} is not a network in CIDR form (e.g. 10.0.20.0/24;"
+                    " no host bits set)"
+                ) from None
         return value
 
 
@@ -396,7 +585,7 @@ class Node(_Model):
     address: str = Field(description="Address the program reaches the node at over SSH.")
     ssh_user: str = Field(default="root", description="SSH user (root or passwordless sudo).")
     ssh_port: Port = Field(default=22, description="SSH port.")
-    ssh_host_public_key: str | None = Field(default=None, description="Host key to pin.")
+    ssh_host_public_key: HostKey | None = Field(default=None, description="Host key to pin.")
     config_file: str = Field(
         default="/etc/containerd/config.toml", description="containerd config.toml path."
     )
@@ -424,6 +613,19 @@ class Node(_Model):
             ipaddress.IPv4Address(value)
         except ValueError:
             raise ValueError("expected an IPv4 address such as 10.0.20.21") from None
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        return _check_user(value, "nodes[].address")
+
+    @field_validator("restart_command")
+    @classmethod
+    def _restart(cls, value: str) -> str:
+        # Refused here, not on the node after config.toml has already been changed.
+        if not value.strip():
+            raise ValueError("must not be empty: the command that restarts containerd")
         return value
 
     @field_validator("config_file", "containerd_address")
@@ -504,7 +706,7 @@ def _get(mapping: Any, key: str, default: Any = None) -> Any:
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # None, 'x', inf, nan, 5000 digits
         return None
 
 
@@ -520,33 +722,35 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
             interface = ipaddress.IPv4Interface(address)
         except ValueError:
             problems.append(
-                f"vm.address: {address!r} is not an IPv4 address in CIDR form"
+                f"vm.address: {shown(address)} is not an IPv4 address in CIDR form"
                 " (expected e.g. 10.0.20.10/24)"
             )
     if interface is not None:
         network = interface.network
         if "/" not in address:
-            problems.append(f"vm.address: {address!r} has no prefix (expected e.g. 10.0.20.10/24)")
+            problems.append(
+                f"vm.address: {shown(address)} has no prefix (expected e.g. 10.0.20.10/24)"
+            )
             interface = None
         elif network.prefixlen < 31 and interface.ip in (
             network.network_address,
             network.broadcast_address,
         ):
             kind = "network" if interface.ip == network.network_address else "broadcast"
-            problems.append(f"vm.address: {address!r} is the {kind} address of {network}")
+            problems.append(f"vm.address: {shown(address)} is the {kind} address of {network}")
     gateway_raw = _get(vm, "gateway")
     if isinstance(gateway_raw, str):
         try:
             gateway = ipaddress.IPv4Address(gateway_raw)
         except ValueError:
-            problems.append(f"vm.gateway: {gateway_raw!r} is not an IPv4 address")
+            problems.append(f"vm.gateway: {shown(gateway_raw)} is not an IPv4 address")
         else:
             if interface is not None and gateway not in interface.network:
                 problems.append(
-                    f"vm.gateway: {gateway_raw!r} is outside the VM subnet {interface.network}"
+                    f"vm.gateway: {shown(gateway_raw)} is outside the VM subnet {interface.network}"
                 )
             elif interface is not None and gateway == interface.ip:
-                problems.append(f"vm.gateway: {gateway_raw!r} is the VM's own address")
+                problems.append(f"vm.gateway: {shown(gateway_raw)} is the VM's own address")
     if isinstance(vm, Mapping):
         sources = [k for k in ("templateVmId", "cloudImage") if _get(vm, k) is not None]
         if len(sources) != 1:
@@ -585,7 +789,9 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
             if owner is not None:
                 problems.append(f"upstreams[{index}].{field}: {value} clashes with {owner}")
             else:
-                port_owner[value] = f"upstreams[{index}].{field} ({_get(upstream, 'host')})"
+                port_owner[value] = (
+                    f"upstreams[{index}].{field} ({key_text(_get(upstream, 'host'))})"
+                )
 
     nodes = _get(raw, "nodes", [])
     nodes = [
@@ -597,7 +803,7 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
         for index, node in enumerate(nodes):
             if _get(node, "address") == str(interface.ip):
                 problems.append(
-                    f"nodes[{index}].address: {_get(node, 'address')!r}"
+                    f"nodes[{index}].address: {shown(_get(node, 'address'))}"
                     " is the registry VM's own address"
                 )
     return problems
@@ -610,9 +816,8 @@ def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:
         if value is None or not isinstance(value, (str, int)):
             continue
         if value in seen:
-            problems.append(
-                f"{section}[{index}].{key}: {value!r} duplicates {section}[{seen[value]}].{key}"
-            )
+            first = f"{section}[{seen[value]}].{key}"
+            problems.append(f"{section}[{index}].{key}: {shown(value)} duplicates {first}")
         else:
             seen[value] = index
     return problems
@@ -645,26 +850,62 @@ SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 
+def _known_keys(location: tuple[Any, ...]) -> list[str]:
+    """The keys the model accepts where ``location`` ends (for a "did you mean" hint)."""
+    model: Any = Settings
+    for part in location[:-1]:
+        if isinstance(part, int):
+            continue
+        fields = {f.alias or name: f for name, f in model.model_fields.items()}
+        field = fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        # Unwrap Optional[...] and list[...] down to the model they hold.
+        while typing.get_origin(annotation) is not None:
+            arguments = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if not arguments:
+                return []
+            annotation = arguments[0]
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def unknown_key(name: Any, known: list[str]) -> str:
+    """``unknown key (typo?)``, with the closest known key when there is one."""
+    close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6) if known else []
+    return f"unknown key (did you mean {close[0]}?)" if close else "unknown key (typo?)"
+
+
+def _location(parts: tuple[Any, ...]) -> str:
+    text = "".join(f"[{p}]" if isinstance(p, int) else f".{key_text(p)}" for p in parts)
+    return text.removeprefix(".") or "(top level)"
+
+
 def _format_error(error: ValidationError) -> list[str]:
+    """One line per pydantic error: ``key: problem (got value)``. The value is left out for an
+    unknown key (a password pasted under the wrong key must not reach a CI log) and for keys
+    whose name suggests a secret; echoed values are cut to ``SHOWN_LENGTH``."""
     lines = []
     for item in error.errors():
         if isinstance(item.get("ctx", {}).get("error"), SettingsError):
             continue  # cross-key problems: load_settings adds them from the raw config
-        location = ".".join(
-            f"[{part}]" if isinstance(part, int) else str(part) for part in item["loc"]
-        ).replace(".[", "[")
+        location = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
+        value = item.get("input")
+        show = item["type"] != "missing" and not isinstance(value, (dict, list))
         if item["type"] == "extra_forbidden":
-            message = "unknown key (typo?)"
+            message = unknown_key(location[-1], _known_keys(location))
+            show = False
         elif item["type"] == "missing":
             message = "required key is missing"
-        value = item.get("input")
-        shown = (
-            ""
-            if item["type"] == "missing" or isinstance(value, (dict, list))
-            else f" (got {value!r})"
+        if any(isinstance(part, str) and secret_name(part) for part in location):
+            show = False
+        lines.append(
+            f"{_location(location)}: {message}" + (f" (got {shown(value)})" if show else "")
         )
-        lines.append(f"{location or '(top level)'}: {message}{shown}")
     return lines
 
 
@@ -673,8 +914,8 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
 
     Raises SettingsError with every problem at once, one per line, each naming its key.
     """
-    known = set(SECTIONS) | set(SECRET_KEYS)
-    problems = [f"{key}: unknown key (typo?)" for key in raw if key not in known]
+    known = [*SECTIONS, *SECRET_KEYS]
+    problems = [f"{key_text(key)}: {unknown_key(key, known)}" for key in raw if key not in known]
     plain = {key: value for key, value in raw.items() if key in SECTIONS}
     try:
         settings = Settings.model_validate(plain)
@@ -708,15 +949,17 @@ def load_secrets(raw: Mapping[str, Any], settings: Settings) -> Secrets:
     except ValidationError as error:
         problems = []
         for item in error.errors():
-            location = ".".join(str(p) for p in item["loc"])
+            location = _location(tuple(item["loc"]))
             message = item["msg"].removeprefix("Value error, ")
             if item["type"] == "missing":
                 message = "required secret is missing (pulumi config set --secret ...)"
-            problems.append(f"{location}: {message}")
+            elif item["type"] == "extra_forbidden":
+                message = unknown_key(item["loc"][-1], ["username", "password"])
+            problems.append(f"{location}: {message}")  # never the value: it is a secret
         raise SettingsError(problems) from None
     hosts = {u.host for u in settings.upstreams}
     unknown = [
-        f"upstreamCredentials.{host}: no upstream with this host is configured"
+        f"upstreamCredentials.{key_text(host)}: no upstream with this host is configured"
         for host in secrets.upstream_credentials
         if host not in hosts
     ]

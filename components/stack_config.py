@@ -1,8 +1,10 @@
 """Read the stack's config once, validate it with the settings model, and hand out plain values.
 
-Every key under the project namespace is read here (unknown ones included, so a typo such as
-``registry-mirrors:upstream`` is an error instead of being ignored). Secret values never appear
-in an error message.
+Every key of the config is read here, in every namespace: a key under a namespace this program
+does not know (a typo such as ``registry-mirror:containerd``) and an unknown key under the
+project's namespace (``registry-mirrors:upstream``) are errors instead of being ignored. The rules
+are the offline reader's (``components.stack_file``), so ``scripts/render.py`` says what
+``pulumi up`` says. Secret values never appear in an error message.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import pulumi
 from pulumi.runtime import config as runtime_config
 
 from components.settings import (
-    SECRET_KEYS,
     Secrets,
     Settings,
     SettingsError,
     load_secrets,
     load_settings,
 )
+from components.stack_file import plain_secret_problems, split_config
 
 
 @dataclass(frozen=True)
@@ -31,32 +33,27 @@ class StackConfig:
     secrets: Secrets
 
 
-def _namespace_values(project: str) -> dict[str, Any]:
-    prefix = f"{project}:"
+def _config_values() -> dict[str, Any]:
+    """Every config key the program was given, in every namespace."""
     keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     raw: dict[str, Any] = {}
     for full_key in sorted(keys):
-        if not full_key.startswith(prefix):
-            continue
         value = runtime_config.get_config(full_key)
         # Pulumi hands structured values to the program as JSON text.
         if isinstance(value, str):
             with contextlib.suppress(ValueError):
                 value = json.loads(value)
-        raw[full_key[len(prefix) :]] = value
+        raw[full_key] = value
     return raw
 
 
 def load(project: str | None = None) -> StackConfig:
     """Validate everything; raise ``pulumi.RunError`` listing every problem, before any resource."""
     project = project or pulumi.get_project()
-    raw = _namespace_values(project)
-    problems: list[str] = []
-    for key in SECRET_KEYS:
-        if key in raw and not runtime_config.is_config_secret(f"{project}:{key}"):
-            problems.append(
-                f"{key}: must be set as a secret (pulumi config set --secret {key} ...)"
-            )
+    raw, problems = split_config(_config_values(), project)
+    problems += plain_secret_problems(
+        raw, lambda key: runtime_config.is_config_secret(f"{project}:{key}")
+    )
     settings: Settings | None = None
     try:
         settings = load_settings(raw)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import urllib.error
@@ -35,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from components.cli import Parser, fail  # noqa: E402
 from components.renderers.maintenance import disk_check, parse_disk_report  # noqa: E402
 from components.renderers.node_steps import (  # noqa: E402
     NodeStepError,
@@ -44,15 +46,9 @@ from components.renderers.node_steps import (  # noqa: E402
     read_probe,
     verify_step,
 )
-from components.settings import (  # noqa: E402
-    Node,
-    RegistrySettings,
-    Settings,
-    SettingsError,
-    load_settings,
-)
+from components.settings import Node, RegistrySettings, Settings, key_text  # noqa: E402
 from components.ssh_client import run_on_node, ssh_client_options  # noqa: E402
-from components.stack_file import stack_path, stack_values  # noqa: E402
+from components.stack_file import StackFileError, load_stack_settings, stack_path  # noqa: E402
 
 # Small, long-lived images to resolve through each default upstream. Override with --image.
 DEFAULT_PROBE_IMAGES = {
@@ -451,17 +447,60 @@ def check_vm_disk(
 
 
 def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
+    """The stack outputs, with the ``mirrors`` output checked for the shape the checks read;
+    ValueError: one line."""
     if args.outputs:
-        return json.loads(Path(args.outputs).read_text())
-    result = subprocess.run(
-        ["pulumi", "stack", "output", "--json", "--stack", args.stack],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise ValueError(f"pulumi stack output failed: {result.stderr.strip()}")
-    return json.loads(result.stdout)
+        name = args.outputs
+        try:
+            text = Path(args.outputs).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+            raise ValueError(f"{name}: cannot read: {reason or error}") from None
+    else:
+        name = f"pulumi stack output --stack {args.stack}"
+        try:
+            result = subprocess.run(
+                ["pulumi", "stack", "output", "--json", "--stack", args.stack],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError as error:
+            raise ValueError(f"{name}: cannot run: {error.strerror}") from None
+        if result.returncode != 0:
+            raise ValueError(f"{name} failed: {' '.join(result.stderr.split())[-300:]}")
+        text = result.stdout
+    try:
+        outputs = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"{name}: not JSON ({error})") from None
+    mirrors = outputs.get("mirrors") if isinstance(outputs, dict) else None
+    if not isinstance(mirrors, dict) or not mirrors:
+        raise ValueError(
+            f"{name}: no 'mirrors' output (expected `pulumi stack output --json` of this program)"
+        )
+    for host, mirror in mirrors.items():
+        endpoint = mirror.get("endpoint") if isinstance(mirror, dict) else None
+        if not isinstance(endpoint, str) or not re.match(r"^https?://[^\s/]+/?$", endpoint):
+            raise ValueError(
+                f"{name}: mirrors.{key_text(host)}.endpoint: expected http://HOST:PORT"
+            )
+    return outputs
+
+
+_IMAGE_REFERENCE = re.compile(
+    r"[a-z0-9.-]+(:[0-9]+)?/[a-z0-9._/-]+(:[\w][\w.-]{0,127})?(@sha256:[0-9a-f]{64})?"
+)
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 86400:
+        raise argparse.ArgumentTypeError(f"expected seconds greater than 0, got {key_text(text)}")
+    return value
 
 
 def print_table(checks: list[Check]) -> None:
@@ -474,9 +513,7 @@ def print_table(checks: list[Check]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = Parser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--outputs", help="file with `pulumi stack output --json`")
     source.add_argument("--stack", help="stack name: runs `pulumi stack output --json`")
@@ -487,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="HOST=REPO:TAG",
         help="probe image for an upstream (repeatable)",
     )
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    parser.add_argument("--timeout", type=_positive, default=30.0, help="seconds per request")
     parser.add_argument("--nodes", action="store_true", help="also check every node over SSH")
     parser.add_argument(
         "--no-vm", action="store_true",
@@ -507,34 +544,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     images = dict(DEFAULT_PROBE_IMAGES)
+    problems = []
     for item in args.image:
         host, sep, image = item.partition("=")
-        if not sep or not image:
-            print(f"--image {item!r}: expected HOST=REPO:TAG", file=sys.stderr)
-            return 2
+        if not sep or not host or not image or any(c.isspace() for c in item):
+            problems.append(f"--image {key_text(item)}: expected HOST=REPO:TAG")
         images[host] = image
+    for reference in args.node_image:
+        if not _IMAGE_REFERENCE.fullmatch(reference):
+            problems.append(
+                f"--node-image {key_text(reference)}: expected HOST/REPO[:TAG][@sha256:DIGEST],"
+                " e.g. docker.io/library/busybox:1.36"
+            )
+    if args.nodes and not (args.stack_file or args.stack):
+        problems.append("--nodes needs --stack or --stack-file (the nodes' SSH settings)")
+    if problems:
+        return fail(problems)
+
+    settings: Settings | None = None
     try:
         outputs = load_outputs(args)
         mirrors = outputs["mirrors"]
-        if not isinstance(mirrors, dict) or not mirrors:
-            raise ValueError("output 'mirrors' is empty")
-    except (OSError, ValueError, KeyError) as error:
-        print(f"cannot read the stack outputs: {error!s}", file=sys.stderr)
-        return 2
-
-    settings: Settings | None = None
-    if args.nodes:
-        settings_file = args.stack_file or (stack_path(args.stack) if args.stack else None)
-        if settings_file is None:
-            print(
-                "--nodes needs --stack or --stack-file (the nodes' SSH settings)", file=sys.stderr
-            )
-            return 2
-        try:
-            settings = load_settings(stack_values(settings_file))
-        except (OSError, SettingsError) as error:
-            print(f"{settings_file}: {error}", file=sys.stderr)
-            return 2
+        if args.nodes:
+            settings = load_stack_settings(args.stack_file or stack_path(args.stack))
+    except StackFileError as error:
+        return fail(error.problems)
+    except ValueError as error:
+        return fail([str(error)])
 
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():

@@ -12,7 +12,7 @@ from components.settings import (
     load_secrets,
     load_settings,
 )
-from tests.sample import sample_raw, sample_settings
+from tests.sample import TEST_KEY, sample_raw, sample_settings
 
 
 def _set(raw: dict, path: str, value: Any) -> None:
@@ -61,6 +61,24 @@ BAD_INPUTS = [
     ("missing-node-name", {"vm.proxmoxNode": _DELETE}, "vm.proxmoxNode", "required"),
     ("endpoint-http", {"proxmox.endpoint": "http://pve:8006"}, "proxmox.endpoint", "https://"),
     ("port-range", {"upstreams": [{**UP[0], "port": 70000}]}, "upstreams[0].port", "65535"),
+    (
+        "port-inf",
+        {"upstreams": [{**UP[0], "port": float("inf")}]},
+        "upstreams[0].port",
+        "finite number",
+    ),
+    (
+        "port-nan",
+        {"upstreams": [{**UP[0], "port": float("nan")}]},
+        "upstreams[0].port",
+        "finite number",
+    ),
+    (
+        "port-huge",
+        {"upstreams": [{**UP[0], "metricsPort": 10**30}]},
+        "upstreams[0].metricsPort",
+        "65535",
+    ),
     ("port-dup", {"upstreams": [UP[0], {**UP[1], "port": 5000}]}, "upstreams[1].port", "clashes"),
     (
         "port-metrics-clash",
@@ -162,6 +180,123 @@ BAD_INPUTS = [
         "registry.gc.staggerMinutes",
         "overlap",
     ),
+    # Cron fields: range-checked per field (cron would read 60 as 0 or refuse the line).
+    ("gc-day-8", {"registry.gc.dayOfWeek": "8"}, "registry.gc.dayOfWeek", "out of range 0-7"),
+    ("gc-day-8-int", {"registry.gc.dayOfWeek": 8}, "registry.gc.dayOfWeek", "out of range 0-7"),
+    ("gc-minute-60", {"registry.gc.minute": 60}, "registry.gc.minute", "out of range 0-59"),
+    ("gc-hour-24", {"registry.gc.hour": "24"}, "registry.gc.hour", "out of range 0-23"),
+    ("gc-hour-negative", {"registry.gc.hour": -1}, "registry.gc.hour", "cron field"),
+    ("gc-day-name", {"registry.gc.dayOfWeek": "someday"}, "registry.gc.dayOfWeek", "cron field"),
+    ("gc-day-prefix", {"registry.gc.dayOfWeek": "sunflower"}, "registry.gc.dayOfWeek", "cron"),
+    ("gc-bool", {"registry.gc.minute": True}, "registry.gc.minute", "string"),
+    ("gc-float", {"registry.gc.minute": 1.5}, "registry.gc.minute", "string"),
+    ("gc-list", {"registry.gc.hour": [1, 2]}, "registry.gc.hour", "string"),
+    ("gc-empty", {"registry.gc.minute": ""}, "registry.gc.minute", "cron field"),
+    ("restart-minute-60", {"registry.restart.minute": "60"}, "registry.restart.minute", "0-59"),
+    ("restart-hour-25", {"registry.restart.hour": "25"}, "registry.restart.hour", "0-23"),
+    ("restart-hour-range", {"registry.restart.hour": "1-25"}, "registry.restart.hour", "0-23"),
+    ("restart-hour-list", {"registry.restart.hour": "1,2,99"}, "registry.restart.hour", "0-23"),
+    ("restart-backwards", {"registry.restart.hour": "5-2"}, "registry.restart.hour", "backwards"),
+    ("restart-step-0", {"registry.restart.hour": "*/0"}, "registry.restart.hour", "step"),
+    ("restart-step-big", {"registry.restart.hour": "*/24"}, "registry.restart.hour", "step"),
+    ("restart-step-bare", {"registry.restart.hour": "3/2"}, "registry.restart.hour", "step"),
+    ("restart-day-9", {"registry.restart.dayOfWeek": "1-9"}, "registry.restart.dayOfWeek", "0-7"),
+    ("restart-junk", {"registry.restart.minute": "7 * * *"}, "registry.restart.minute", "cron"),
+    (
+        "stagger-60",
+        {"registry.restart.staggerMinutes": 60},
+        "registry.restart.staggerMinutes",
+        "59",
+    ),
+    # Values that were not validated at all.
+    ("endpoint-port", {"proxmox.endpoint": "https://pve:80060/"}, "proxmox.endpoint", "1-65535"),
+    ("endpoint-port-0", {"proxmox.endpoint": "https://pve:0/"}, "proxmox.endpoint", "1-65535"),
+    ("endpoint-port-text", {"proxmox.endpoint": "https://pve:x/"}, "proxmox.endpoint", "1-65535"),
+    (
+        "endpoint-bad-ip",
+        {"proxmox.endpoint": "https://10.0.0.300:8006/"},
+        "proxmox.endpoint",
+        "IPv4",
+    ),
+    ("endpoint-user", {"proxmox.endpoint": "https://root@pve:8006/"}, "proxmox.endpoint", "https"),
+    ("endpoint-path", {"proxmox.endpoint": "https://pve:8006/api2/json"}, "proxmox.endpoint", "/"),
+    (
+        "node-address-300",
+        {"proxmox.ssh": {"nodeAddress": "10.0.0.300"}},
+        "proxmox.ssh.nodeAddress",
+        "IPv4",
+    ),
+    (
+        "node-address-3-parts",
+        {"proxmox.ssh": {"nodeAddress": "10.0.1"}},
+        "proxmox.ssh.nodeAddress",
+        "IPv4",
+    ),
+    (
+        "node-address-space",
+        {"proxmox.ssh": {"nodeAddress": "pve 1"}},
+        "proxmox.ssh.nodeAddress",
+        "hostname",
+    ),
+    ("pve-ssh-realm", {"proxmox.ssh": {"username": "root@pam"}}, "proxmox.ssh.username", "'@"),
+    (
+        "pve-ssh-user",
+        {"proxmox.ssh": {"username": "Root User"}},
+        "proxmox.ssh.username",
+        "user name",
+    ),
+    (
+        "node-user-at-host",
+        {"nodes.0.sshUser": "root@10.0.20.21"},
+        "nodes[0].sshUser",
+        "nodes[].address",
+    ),
+    ("node-user-upper", {"nodes.1.sshUser": "Admin"}, "nodes[1].sshUser", "user name"),
+    ("vm-user-at-host", {"vm.sshUser": "debian@registry"}, "vm.sshUser", "vm.address"),
+    (
+        "known-hosts-line",
+        {"nodes.0.sshHostPublicKey": f"10.0.20.21 {TEST_KEY}"},
+        "nodes[0].sshHostPublicKey",
+        "drop the leading host name 10.0.20.21",
+    ),
+    (
+        "known-hosts-port",
+        {"vm.sshHostPublicKey": f"[10.0.20.10]:2222 {TEST_KEY}"},
+        "vm.sshHostPublicKey",
+        "known_hosts",
+    ),
+    (
+        "known-hosts-hashed",
+        {"vm.sshHostPublicKey": f"|1|abc=|def= {TEST_KEY}"},
+        "vm.sshHostPublicKey",
+        "known_hosts",
+    ),
+    ("host-key-cut", {"vm.sshHostPublicKey": TEST_KEY[:60]}, "vm.sshHostPublicKey", "whole"),
+    ("host-key-type", {"vm.sshHostPublicKey": "ed25519 AAAA"}, "vm.sshHostPublicKey", "TYPE"),
+    (
+        "host-key-only-b64",
+        {"nodes.2.sshHostPublicKey": TEST_KEY.split()[1]},
+        "nodes[2].sshHostPublicKey",
+        "TYPE",
+    ),
+    (
+        "host-key-wrong-type",
+        {"vm.sshHostPublicKey": "ssh-rsa " + TEST_KEY.split()[1]},
+        "vm.sshHostPublicKey",
+        "whole ssh-rsa",
+    ),
+    (
+        "host-key-two-lines",
+        {"vm.sshHostPublicKey": f"{TEST_KEY}\n{TEST_KEY}"},
+        "vm.sshHostPublicKey",
+        "one line",
+    ),
+    ("restart-empty", {"nodes.0.restartCommand": ""}, "nodes[0].restartCommand", "empty"),
+    ("restart-blank", {"nodes.1.restartCommand": "   "}, "nodes[1].restartCommand", "empty"),
+    # Unknown keys name the closest known key.
+    ("typo-hint", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "did you mean address"),
+    ("typo-hint-gc", {"registry.gc.dayofweek": 1}, "registry.gc.dayofweek", "dayOfWeek"),
+    ("typo-hint-top", {"node": []}, "node", "did you mean nodes"),
 ]
 
 
@@ -181,6 +316,130 @@ def test_bad_input_is_rejected_naming_the_key(changes: dict, key: str, text: str
 
 def test_at_least_25_bad_inputs():
     assert len(BAD_INPUTS) >= 25
+
+
+@pytest.mark.parametrize(
+    ("gc", "restart", "expected"),
+    [
+        # What a person writes: YAML ints, day names, 7 for Sunday, ranges and steps.
+        ({"minute": 30, "hour": 2, "dayOfWeek": 6}, {}, ("30", "2", "6", "7", "*", "*")),
+        ({"dayOfWeek": "sat"}, {"minute": 0}, ("0", "3", "6", "0", "*", "*")),
+        ({"dayOfWeek": 7, "hour": 23}, {"hour": "*/2"}, ("0", "23", "7", "7", "*/2", "*")),
+        ({"dayOfWeek": "*"}, {"dayOfWeek": "Mon-Fri"}, ("0", "3", "*", "7", "*", "1-5")),
+        ({"dayOfWeek": "Saturday"}, {"dayOfWeek": "sun,wed"}, ("0", "3", "6", "7", "*", "0,3")),
+        ({"minute": " 15 "}, {"hour": "0-6,18-23"}, ("15", "3", "0", "7", "0-6,18-23", "*")),
+    ],
+)
+def test_cron_fields_accept_what_a_person_writes(gc: dict, restart: dict, expected: tuple):
+    raw = sample_raw()
+    raw["registry"] = {"gc": gc, "restart": restart}
+    registry = load_settings(raw).registry
+    fields = (registry.gc, registry.restart)
+    assert tuple(getattr(s, f) for s in fields for f in ("minute", "hour", "day_of_week")) == (
+        expected
+    )
+    assert (registry.gc.stagger_minutes, registry.restart.stagger_minutes) == (20, 5)
+
+
+def test_sunday_7_is_the_same_gc_slot_as_sunday_0():
+    from components.renderers.maintenance import gc_jobs
+
+    def jobs(day: int) -> list:
+        raw = sample_raw()
+        raw["registry"] = {"gc": {"dayOfWeek": day}}
+        return gc_jobs(load_settings(raw))
+
+    assert jobs(7) == jobs(0)
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("proxmox.endpoint", "https://[fd00::1]:8006/"),
+        ("proxmox.endpoint", "https://pve.lan/"),
+        ("proxmox.ssh", {"nodeAddress": "10.0.20.2", "username": "pulumi-ssh"}),
+        ("proxmox.ssh", {"nodeAddress": "pve1.lan"}),
+        ("proxmox.ssh", {"nodeAddress": "fd00::2"}),
+        ("nodes.0.sshHostPublicKey", TEST_KEY),
+        ("nodes.0.sshHostPublicKey", TEST_KEY.rsplit(" ", 1)[0]),
+        ("nodes.0.sshUser", "ops_user"),
+        ("nodes.0.restartCommand", "rc-service containerd restart"),
+    ],
+)
+def test_good_values_of_the_newly_checked_keys(path: str, value: Any):
+    raw = sample_raw()
+    _set(raw, path, value)
+    load_settings(raw)
+
+
+SECRET = "hunter2-s3cr3t"
+# (id, changes, key named): a secret under a key it does not belong to, or a secret-sounding key.
+SECRET_PLACES = [
+    ("top-level", {"password": SECRET}, "password"),
+    ("vm", {"vm.password": SECRET}, "vm.password"),
+    ("upstream", {"upstreams": [{**UP[0], "password": SECRET}]}, "upstreams[0].password"),
+    ("upstream-token", {"upstreams": [{**UP[0], "token": SECRET}]}, "upstreams[0].token"),
+    ("node", {"nodes.0.sshPassword": SECRET}, "nodes[0].sshPassword"),
+    ("proxmox", {"proxmox.apiToken": SECRET}, "proxmox.apiToken"),
+    ("proxmox-ssh", {"proxmox.ssh": {"privateKey": SECRET}}, "proxmox.ssh.privateKey"),
+    ("registry", {"registry": {"secret": SECRET}}, "registry.secret"),
+    ("containerd", {"containerd": {"auth": SECRET}}, "containerd.auth"),
+    ("gc", {"registry": {"gc": {"apikey": SECRET}}}, "registry.gc.apikey"),
+    ("int-secret", {"vm.pin": 123456789}, "vm.pin"),
+    ("unknown-under-list", {"nodes.1.credentials": {"password": SECRET}}, "nodes[1].credentials"),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"), [c[1:] for c in SECRET_PLACES], ids=[c[0] for c in SECRET_PLACES]
+)
+def test_a_value_under_an_unknown_key_is_never_echoed(changes: dict, key: str):
+    raw = sample_raw()
+    for path, value in changes.items():
+        _set(raw, path, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(raw)
+    assert any(line.startswith(f"{key}: unknown key") for line in caught.value.problems)
+    assert SECRET not in str(caught.value) and "123456789" not in str(caught.value)
+
+
+def test_echoed_values_are_cut_and_on_one_line():
+    raw = sample_raw()
+    _set(raw, "vm.address", "10.0.20.10/24" + "9" * 5_000_000)
+    _set(raw, "vm.name", "two\nlines")
+    _set(raw, "nodes.0.address", "x" * 1000)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(raw)
+    for line in caught.value.problems:
+        assert "\n" not in line and len(line) < 300, line[:300]
+    assert any(
+        line.startswith("vm.name:") and "'two\\nlines'" in line for line in caught.value.problems
+    )
+
+
+def test_the_value_of_a_secret_named_key_is_never_echoed():
+    """No settings key has a secret-sounding name today; the rule must hold for the next one."""
+    from pydantic import ValidationError
+
+    from components import settings
+
+    class Future(settings._Model):
+        upstream_password: int
+        ca_key_file: int
+        ssh_public_keys: int
+
+    with pytest.raises(ValidationError) as caught:
+        Future.model_validate(
+            {"upstreamPassword": SECRET, "caKeyFile": SECRET, "sshPublicKeys": "public-x"}
+        )
+    lines = settings._format_error(caught.value)
+    assert [line.split(":")[0] for line in lines] == [
+        "upstreamPassword",
+        "caKeyFile",
+        "sshPublicKeys",
+    ]
+    assert SECRET not in str(lines)
+    assert "public-x" in lines[2]  # public key material stays visible: it helps and is public
 
 
 def test_every_problem_is_reported_at_once():

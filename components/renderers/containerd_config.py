@@ -23,6 +23,7 @@ table is removed its trailing comments are moved out (hoisted) instead of being 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tomllib
 import uuid
@@ -36,6 +37,7 @@ from tomlkit.container import Container
 from tomlkit.items import Comment, InlineTable, Item, Table, Trivia, Whitespace
 
 DEFAULT_CONFIG_PATH = "/etc/containerd/certs.d"
+BOM = "\ufeff"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
@@ -131,6 +133,8 @@ def preferred_config_version(containerd_version: str) -> int:
 def _parse(text: str) -> tuple[dict[str, Any], tomlkit.TOMLDocument]:
     try:
         plain = tomllib.loads(text)
+    except RecursionError:  # tomllib recurses per nested array/inline table
+        raise ConfigParseError("invalid TOML: nested too deeply") from None
     except tomllib.TOMLDecodeError as error:
         message = str(error)
         match = re.search(r"\(at line (\d+), column \d+\)", message)
@@ -141,6 +145,8 @@ def _parse(text: str) -> tuple[dict[str, Any], tomlkit.TOMLDocument]:
         raise ConfigParseError(f"invalid TOML: {problem}", line) from None
     try:
         document = tomlkit.parse(text)
+    except RecursionError:
+        raise ConfigParseError("invalid TOML: nested too deeply") from None
     except tomlkit.exceptions.ParseError as error:
         raise ConfigParseError(f"invalid TOML: {error}", error.line) from None
     return plain, document
@@ -595,6 +601,17 @@ def migrate_config(
     text: str, containerd_version: str, config_path: str = DEFAULT_CONFIG_PATH
 ) -> MigrationResult:
     """Return the node's config.toml switched to ``config_path``, plus what changed and why."""
+    if text.startswith(BOM):
+        # containerd reads a file that starts with a UTF-8 byte order mark (go-toml skips it);
+        # TOML parsers here do not. Migrate what follows it and keep it, as every other byte.
+        result = migrate_config(text[len(BOM) :], containerd_version, config_path)
+        return dataclasses.replace(result, text=BOM + result.text)
+    if text and not text.endswith("\n"):
+        # A key inserted after a last line without a newline lands on that line (after a
+        # header, a value, or inside its comment). Migrate the file as if it ended its last
+        # line; it keeps that newline only when it is changed anyway.
+        result = migrate_config(text + "\n", containerd_version, config_path)
+        return result if result.changed else dataclasses.replace(result, text=text)
     if not config_path.startswith("/") or ":" in config_path:
         raise ValueError(f"config_path must be ONE absolute directory, got {config_path!r}")
     node_version = parse_containerd_version(containerd_version)
