@@ -9,6 +9,14 @@ Layout (all under one tmp dir, nothing of the host's containerd is touched):
   node's own files at the real paths, so the scripts run with their production defaults.
 - containerd is started and restarted by a helper script (the node's ``restart_command``) that
   kills the previous daemon by pid file: there is no systemd here.
+- The node runs one containerd version of tests/integration/containerd_versions.py: sshd gives
+  every session a PATH with that version's bin dir first (``SetEnv``), so ``containerd --version``
+  in probe.sh reports it and the node scripts use its ``containerd`` and ``ctr``, as on a node
+  where that version is installed.
+- The node's ``/run`` is a directory of the node's own, bind-mounted inside the sshd's mount
+  namespace: 1.7+ always create ``/run/containerd`` and 2.x serves NRI at
+  ``/var/run/nri/nri.sock`` (``/var/run`` is ``/run``), both land there, never in the host's.
+  (A directory rather than a tmpfs: the host reaches the node's socket through it.)
 - The containerd socket is reachable from the host at ``host.containerd_socket`` (same inode as
   ``/run/containerd/containerd.sock`` in the node), so a CRI client on the host drives the node's
   daemon while the pulls themselves happen inside the netns.
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
+from tests.integration.containerd_versions import V1_6, ContainerdVersion
 
 
 class Step(Protocol):
@@ -41,6 +50,9 @@ class Step(Protocol):
     @property
     def stdin(self) -> str: ...
 
+
+# sshd's default PATH for root sessions (what a node's scripts would otherwise get).
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _RESTART_HELPER = """#!/usr/bin/env bash
 # The test node's "systemctl restart containerd": stop the daemon by pid file, start a new one.
@@ -65,6 +77,7 @@ class NodeHost:
     node_address: str
     root: Path
     key: Path
+    containerd: ContainerdVersion
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -126,15 +139,25 @@ class NodeHost:
     ) -> subprocess.CompletedProcess[str]:
         return self.ssh(step.command, step.stdin, address=address, port=port)
 
-    def cri_status(self) -> str:
-        result = subprocess.run(
-            ["ctr", "--address", str(self.containerd_socket), "plugins", "ls"],
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The node's version of ``ctr``, run on the host against the node's socket."""
+        return subprocess.run(
+            [self.containerd.binary("ctr"), "--address", str(self.containerd_socket), *args],
             capture_output=True,
             text=True,
+            timeout=30,
             check=False,
         )
+
+    def cri_status(self) -> str:
         # "absent" also while the daemon restarts (ctr cannot connect).
-        return parse_plugins_ls(result.stdout).get(CRI_PLUGIN, "absent")
+        return parse_plugins_ls(self.ctr("plugins", "ls").stdout).get(CRI_PLUGIN, "absent")
+
+    def deprecations(self) -> list[str]:
+        """IDs ``ctr deprecations list`` names (1.7+): what the RUNNING daemon loaded."""
+        result = self.ctr("deprecations", "list")
+        assert result.returncode == 0, result.stderr
+        return [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()]
 
     def start_containerd(self, config_text: str, timeout: float = 15) -> None:
         self.config_file.write_text(config_text)
@@ -175,8 +198,10 @@ def _kill(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def node_host(tmp_path: Path) -> Iterator[NodeHost]:
-    """Create the node; tear everything down (processes by pid, netns, veth) even on failure."""
+def node_host(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> Iterator[NodeHost]:
+    """Create a node running ``containerd``; tear everything down (processes by pid, netns,
+    veth) even on failure."""
+    bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
     third = int(token[:2], 16)
@@ -207,6 +232,8 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
                 "UsePAM no",
                 # tmp_path's parents are not root-owned 0755 everywhere.
                 "StrictModes no",
+                # The node's containerd version: its bin dir first (sshd's own default PATH after).
+                f'SetEnv "PATH={bin_dir}:{NODE_PATH}"',
                 "",
             ]
         )
@@ -220,7 +247,7 @@ def node_host(tmp_path: Path) -> Iterator[NodeHost]:
     )
     helper.chmod(0o755)
 
-    host = NodeHost(netns, host_address, node_address, root, key)
+    host = NodeHost(netns, host_address, node_address, root, key, containerd)
     created_netns = False
     try:
         _run("ip", "netns", "add", netns)
