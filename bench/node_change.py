@@ -28,7 +28,7 @@ from bench.crimon import Watch
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import check_step, plan_node, probe_step
 from components.settings import Node, Settings, load_settings
-from tests.integration.test_node_e2e import broken_config, make_settings
+from tests.integration.test_node_e2e import make_settings, start_config
 from tests.integration.testhost import NodeHost, node_host
 
 STEPS = ("first apply", "no-op re-apply", "hosts.toml change", "config.toml change")
@@ -81,7 +81,7 @@ def apply_node(host: NodeHost, settings: Settings, node: Node) -> dict[str, Any]
 def reset(host: NodeHost) -> None:
     for name in ("certs.d", "certs2.d"):
         shutil.rmtree(host.etc_containerd / name, ignore_errors=True)
-    host.start_containerd(broken_config(f"http://{host.host_address}:5000"))
+    host.start_containerd(start_config(f"http://{host.host_address}:5000"))
     assert host.cri_status() == "ok", host.containerd_log.read_text()[-2000:]
 
 

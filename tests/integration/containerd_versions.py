@@ -39,7 +39,8 @@ class ContainerdVersion:
     packaged: bool
     """True: the system package on PATH (Debian 12); False: unpacked by setup-containerd.sh."""
     config_versions: tuple[int, ...]
-    """config.toml versions whose CRI registry settings this version reads."""
+    """config.toml versions a node of this version can start from (2.x loads a version 1 file,
+    but without its CRI settings: see :meth:`written_config_version`)."""
     conflict_error: str
     """Its error text for `mirrors` + `config_path` (the CRI plugin is then `error`)."""
     conflict_plugin: str
@@ -52,6 +53,8 @@ class ContainerdVersion:
     """The quote ``containerd config dump`` puts around strings (2.x: single quotes)."""
     tls_on_http_tries_https: bool
     """A TLS setting on an ``http://`` host makes it try HTTPS first (1.7+)."""
+    cri_status_has_registry: bool
+    """CRI ``Status(verbose)`` reports the registry config (1.x); 2.x reports only the runtime's."""
 
     @property
     def series(self) -> str:
@@ -69,6 +72,12 @@ class ContainerdVersion:
         if self.major >= 2:
             return ("plugins", "io.containerd.cri.v1.images", "registry")
         return ("plugins", "io.containerd.grpc.v1.cri", "registry")
+
+    def written_config_version(self, start: int) -> int:
+        """The config.toml version the program writes for a node of this version whose file is
+        version ``start``: the same, except version 1 on 2.x becomes 2 (2.x ignores a v1 file's
+        CRI settings; components/renderers/containerd_config.py)."""
+        return 2 if start == 1 and self.major >= 2 else start
 
     def bin_dir(self) -> Path | None:
         """The directory holding this version's ``containerd`` and ``ctr``, or None if absent."""
@@ -130,6 +139,7 @@ V1_6 = ContainerdVersion(
     has_deprecations=False,
     dump_quote='"',
     tls_on_http_tries_https=False,
+    cri_status_has_registry=True,
 )
 V1_7 = ContainerdVersion(
     version="1.7.24",
@@ -141,6 +151,7 @@ V1_7 = ContainerdVersion(
     has_deprecations=True,
     dump_quote='"',
     tls_on_http_tries_https=True,
+    cri_status_has_registry=True,
 )
 V2_1 = ContainerdVersion(
     version="2.1.9",
@@ -152,6 +163,7 @@ V2_1 = ContainerdVersion(
     has_deprecations=True,
     dump_quote="'",
     tls_on_http_tries_https=True,
+    cri_status_has_registry=False,
 )
 
 VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1)

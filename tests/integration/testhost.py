@@ -17,7 +17,8 @@ Layout (all under one tmp dir, nothing of the host's containerd is touched):
   namespace: 1.7+ always create ``/run/containerd`` and 2.x serves NRI at
   ``/var/run/nri/nri.sock`` (``/var/run`` is ``/run``), both land there, never in the host's.
   (A directory rather than a tmpfs: the host reaches the node's socket through it.)
-- The containerd socket is reachable from the host at ``host.containerd_socket`` (same inode as
+- The containerd socket is reachable from the host at ``host.containerd_socket`` (a link in a
+  short /tmp dir: a unix socket path must fit in 108 bytes; it resolves to the same inode as
   ``/run/containerd/containerd.sock`` in the node), so a CRI client on the host drives the node's
   daemon while the pulls themselves happen inside the netns.
 """
@@ -28,9 +29,11 @@ import contextlib
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,6 +81,9 @@ class NodeHost:
     root: Path
     key: Path
     containerd: ContainerdVersion
+    # A short dir in /tmp for unix sockets (108-byte limit; tmp_path is longer): the ssh
+    # connection-sharing sockets and a link to the node's containerd socket.
+    socket_dir: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -91,7 +97,8 @@ class NodeHost:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "node" / "run" / "containerd" / "containerd.sock"
+        """The node's /run/containerd/containerd.sock, reachable from the host (a short link)."""
+        return self.socket_dir / "containerd.sock"
 
     @property
     def containerd_log(self) -> Path:
@@ -123,6 +130,12 @@ class NodeHost:
                 "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 "-o", "ConnectTimeout=5",
                 "-o", "LogLevel=ERROR",
+                # One connection per node, a new session per command: a fresh connection costs
+                # ~0.5-1 s of key exchange on a loaded 2-core machine, times every step of every
+                # test. Each step still runs as its own session, as pulumi-command runs it.
+                "-o", "ControlMaster=auto",
+                "-o", f"ControlPath={self.socket_dir}/ssh-%C",
+                "-o", "ControlPersist=300",
                 "-p", str(port),
                 f"root@{address or self.node_address}",
                 command,
@@ -168,7 +181,11 @@ class NodeHost:
             if self.cri_status() in ("ok", "error"):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"containerd did not start: {self.containerd_log.read_text()[-2000:]}")
+        plugins = self.ctr("plugins", "ls")
+        raise AssertionError(
+            f"containerd's CRI plugin did not come up: ctr: {plugins.stdout[-500:]}"
+            f"{plugins.stderr[-500:]}\n--- log:\n{self.containerd_log.read_text()[-2000:]}"
+        )
 
 
 def _run(*args: str) -> None:
@@ -184,13 +201,21 @@ def _wait_for_port(address: str, port: int, timeout: float = 10) -> None:
     raise AssertionError(f"nothing listens on {address}:{port} after {timeout}s")
 
 
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie has finished: kill(pid, 0) still succeeds on it until its
+    parent reaps it (sshd is our own child; a daemon the restart helper left is init's)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
@@ -247,7 +272,11 @@ def node_host(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> Iterator[
     )
     helper.chmod(0o755)
 
-    host = NodeHost(netns, host_address, node_address, root, key, containerd)
+    socket_dir = Path(tempfile.mkdtemp(prefix="rmnode-", dir="/tmp"))
+    (socket_dir / "containerd.sock").symlink_to(
+        root / "node" / "run" / "containerd" / "containerd.sock"
+    )
+    host = NodeHost(netns, host_address, node_address, root, key, containerd, socket_dir)
     created_netns = False
     try:
         _run("ip", "netns", "add", netns)
@@ -281,6 +310,13 @@ def node_host(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> Iterator[
         _wait_for_port(node_address, 22)
         yield host
     finally:
+        for control in socket_dir.glob("ssh-*"):
+            # The shared connection's master (ours, on the host side): by its socket.
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={control}", "-O", "exit", "node"],
+                check=False, capture_output=True, timeout=10,
+            )  # fmt: skip
+        shutil.rmtree(socket_dir, ignore_errors=True)
         if host.containerd_pid is not None:
             _kill(host.containerd_pid)
         for process in host.processes:
