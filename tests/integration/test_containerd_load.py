@@ -140,6 +140,10 @@ def test_control_tls_left_next_to_config_path(
         # 1.x refuses `configs.tls` next to config_path; 2.1 accepts (and ignores) it.
         expected = "error" if containerd.refuses_tls_with_config_path else "ok"
         assert daemon.plugins_status().get(CRI_PLUGIN) == expected, daemon.log
+        refused = "`configs.tls` cannot be set when `config_path` is provided"
+        assert (f"invalid plugin config: {refused}" in daemon.log) == (
+            containerd.refuses_tls_with_config_path
+        )
     finally:
         daemon.stop()
     fixed = migrate_config(text, containerd.version)

@@ -84,6 +84,7 @@ class NodeHost:
     # A short dir in /tmp for unix sockets (108-byte limit; tmp_path is longer): the ssh
     # connection-sharing sockets and a link to the node's containerd socket.
     socket_dir: Path
+    share_ssh: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -122,6 +123,15 @@ class NodeHost:
         timeout: float = 90,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` as the remote login shell's command, like pulumi-command does."""
+        # With share_ssh: one connection per node, a new session per command. A fresh
+        # connection costs ~0.5-1 s of key exchange on a loaded 2-core machine, times every step
+        # of every test; each step still runs as its own session, as pulumi-command runs it.
+        # Benchmarks turn it off: pulumi-command pays a connection per step.
+        sharing = (
+            ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.socket_dir}/ssh-%C",
+             "-o", "ControlPersist=300"]
+            if self.share_ssh else []
+        )  # fmt: skip
         return subprocess.run(
             [
                 "ssh", "-i", str(self.key),
@@ -130,12 +140,7 @@ class NodeHost:
                 "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 "-o", "ConnectTimeout=5",
                 "-o", "LogLevel=ERROR",
-                # One connection per node, a new session per command: a fresh connection costs
-                # ~0.5-1 s of key exchange on a loaded 2-core machine, times every step of every
-                # test. Each step still runs as its own session, as pulumi-command runs it.
-                "-o", "ControlMaster=auto",
-                "-o", f"ControlPath={self.socket_dir}/ssh-%C",
-                "-o", "ControlPersist=300",
+                *sharing,
                 "-p", str(port),
                 f"root@{address or self.node_address}",
                 command,
@@ -223,9 +228,11 @@ def _kill(pid: int) -> None:
 
 
 @contextlib.contextmanager
-def node_host(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> Iterator[NodeHost]:
+def node_host(
+    tmp_path: Path, containerd: ContainerdVersion = V1_6, *, share_ssh: bool = True
+) -> Iterator[NodeHost]:
     """Create a node running ``containerd``; tear everything down (processes by pid, netns,
-    veth) even on failure."""
+    veth) even on failure. ``share_ssh=False``: a new SSH connection per command."""
     bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
@@ -276,7 +283,7 @@ def node_host(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> Iterator[
     (socket_dir / "containerd.sock").symlink_to(
         root / "node" / "run" / "containerd" / "containerd.sock"
     )
-    host = NodeHost(netns, host_address, node_address, root, key, containerd, socket_dir)
+    host = NodeHost(netns, host_address, node_address, root, key, containerd, socket_dir, share_ssh)
     created_netns = False
     try:
         _run("ip", "netns", "add", netns)
