@@ -186,5 +186,9 @@ def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     if args.name.endswith("-probe"):
         return {"stdout": probe_stdout(BROKEN), "stderr": ""}
     if args.name.endswith("-config"):
-        return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
+        return {
+            "stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n"
+            "deprecations=io.containerd.deprecation/cri-registry-configs\n",
+            "stderr": "",
+        }
     return {"stdout": "changed=1\n", "stderr": ""}
