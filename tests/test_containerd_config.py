@@ -213,6 +213,15 @@ def test_v1_file_on_containerd_2_is_converted_to_v2_keeping_every_setting() -> N
     assert not migrate_config(result.text, "2.1.9").changed
 
 
+def test_explicit_version_1_on_containerd_2_becomes_version_2_in_place() -> None:
+    text = '# mine\nversion = 1 # old\n\n[plugins.cri.registry.mirrors."docker.io"]\n  endpoint = ["http://m:1"]\n'
+    result = migrate_config(text, "2.1.9")
+    assert result.text.startswith("# mine\nversion = 2 # old\n")
+    assert tomllib.loads(result.text)["plugins"]["io.containerd.grpc.v1.cri"]["registry"] == {
+        "config_path": OURS
+    }
+
+
 def test_v1_file_on_containerd_2_with_dotted_plugin_keys_is_refused() -> None:
     text = '[plugins]\n  cri.registry.mirrors."docker.io".endpoint = ["http://m:5000"]\n'
     with pytest.raises(ConfigParseError, match=r"plugins\.cri is written inline or with dotted "

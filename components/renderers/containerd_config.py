@@ -703,7 +703,9 @@ def _convert_v1_to_v2(text: str, plain: dict[str, Any]) -> tuple[str, list[str]]
     version = tomlkit.integer(2)
     version.trivia.trail = "\n"
     first = next((i for i, (key, _) in enumerate(document.body) if key is not None), None)
-    if first is None:
+    if "version" in plain:  # an explicit `version = 1`: replaced where it stands
+        document["version"] = 2
+    elif first is None:
         document.body.append((tomlkit.key("version"), version))
     else:
         if isinstance(document.body[first][1], Table):
