@@ -171,12 +171,6 @@ class NodeHost:
         # "absent" also while the daemon restarts (ctr cannot connect).
         return parse_plugins_ls(self.ctr("plugins", "ls").stdout).get(CRI_PLUGIN, "absent")
 
-    def deprecations(self) -> list[str]:
-        """IDs ``ctr deprecations list`` names (1.7+): what the RUNNING daemon loaded."""
-        result = self.ctr("deprecations", "list")
-        assert result.returncode == 0, result.stderr
-        return [line.split()[0] for line in result.stdout.splitlines()[1:] if line.strip()]
-
     def start_containerd(self, config_text: str, timeout: float = 15) -> None:
         self.config_file.write_text(config_text)
         result = self.ssh(self.restart_command)
