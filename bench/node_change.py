@@ -1,4 +1,7 @@
-"""Part 2: what a change does to a node (real containerd 1.6, the project's node scripts over SSH).
+"""Part 2: what a change does to a node (real containerd 1.6.20, 1.7.24 and 2.1.9, the project's
+node scripts over SSH), per containerd version (tests/integration/containerd_versions.py; 1.7 and
+2.1 come from scripts/testenv/setup-containerd.sh, a version not found is skipped and listed in
+the part's info).
 
 The test host of tests/integration/testhost.py (netns + sshd + containerd, restart by pid file),
 the settings of tests/integration/test_node_e2e.py (server and mirror addresses remapped onto the
@@ -15,10 +18,11 @@ containerd pid.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,8 @@ from bench.crimon import Watch
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import check_step, plan_node, probe_step
 from components.settings import Node, Settings, load_settings
-from tests.integration.test_node_e2e import broken_config, make_settings
+from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
+from tests.integration.test_node_e2e import make_settings, start_config
 from tests.integration.testhost import NodeHost, node_host
 
 STEPS = ("first apply", "no-op re-apply", "hosts.toml change", "config.toml change")
@@ -41,11 +46,13 @@ EXPECTED_RESTARTS = {
 
 
 @contextmanager
-def test_host() -> Iterator[NodeHost]:
-    """A node host in a fresh temp dir; everything torn down (node_host's finally) and removed."""
+def test_host(containerd: ContainerdVersion = V1_6) -> Iterator[NodeHost]:
+    """A node host running ``containerd`` in a fresh temp dir; everything torn down (node_host's
+    finally) and removed."""
     workdir = Path(tempfile.mkdtemp(prefix="rm-bench-node-"))
     try:
-        with node_host(workdir) as host:
+        # A new SSH connection per step, as pulumi-command makes one per command.
+        with node_host(workdir, containerd, share_ssh=False) as host:
             yield host
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -81,7 +88,7 @@ def apply_node(host: NodeHost, settings: Settings, node: Node) -> dict[str, Any]
 def reset(host: NodeHost) -> None:
     for name in ("certs.d", "certs2.d"):
         shutil.rmtree(host.etc_containerd / name, ignore_errors=True)
-    host.start_containerd(broken_config(f"http://{host.host_address}:5000"))
+    host.start_containerd(start_config(f"http://{host.host_address}:5000"))
     assert host.cri_status() == "ok", host.containerd_log.read_text()[-2000:]
 
 
@@ -95,12 +102,35 @@ def measure(host: NodeHost, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def run(rounds: int = 3, log: Any = print) -> PartResult:
+def run(
+    rounds: int = 3, log: Any = print, versions: Sequence[ContainerdVersion] = VERSIONS
+) -> PartResult:
     part = PartResult("node")
+    part.info["shape"] = (
+        "one test host per containerd version (netns + sshd + containerd, native snapshotter); "
+        "steps over real SSH as root (a new connection per step), restart = kill by pid + start"
+    )
+    part.info["containerd"] = {}
+    for version in versions:
+        if version.bin_dir() is None:
+            log(f"  node: containerd {version.version} not found: skipped (setup-containerd.sh)")
+            part.info["containerd"][version.version] = "not found: skipped"
+            continue
+        load_before = os.getloadavg()[0]
+        _run_version(part, version, rounds, log)
+        # Other work on the machine stretches every ssh round trip: keep the context.
+        part.info["containerd"][version.version] = (
+            f"measured; 1-min load average {load_before:.1f} before, "
+            f"{os.getloadavg()[0]:.1f} after (2 cores)"
+        )
+    return part
+
+
+def _run_version(part: PartResult, version: ContainerdVersion, rounds: int, log: Any) -> None:
     data: dict[str, dict[str, list[float]]] = {
         s: {"seconds": [], "restarts": [], "unavailable": []} for s in STEPS
     }
-    with test_host() as host:
+    with test_host(version) as host:
         settings = variant(host)
         changes = {
             "first apply": settings,
@@ -118,24 +148,29 @@ def run(rounds: int = 3, log: Any = print) -> PartResult:
                 data[step]["restarts"].append(result["restarts"])
                 data[step]["unavailable"].append(result["cri_unavailable_seconds"])
                 log(
-                    f"  node round {round_ + 1} {step}: {result['seconds']:.2f}s, "
+                    f"  node {version.version} round {round_ + 1} {step}: "
+                    f"{result['seconds']:.2f}s, "
                     f"{result['restarts']} restart(s), CRI unavailable "
                     f"{result['cri_unavailable_seconds']:.2f}s ({result['polls']} polls)"
                 )
+    name = f"containerd {version.version}"
     for step in STEPS:
         wall = part.add(
-            Figure("node", f"{step}: wall time (probe+hosts+config)", "s", data[step]["seconds"])
-        )
+            Figure(
+                "node", f"{name} {step}: wall time (probe+hosts+config)", "s",
+                data[step]["seconds"],
+            )
+        )  # fmt: skip
         expected = EXPECTED_RESTARTS[step]
         part.add(
-            Figure("node", f"{step}: containerd restarts", "count", data[step]["restarts"])
+            Figure("node", f"{name} {step}: containerd restarts", "count", data[step]["restarts"])
         ).check(lambda v, e=expected: v == e and True, f"== {expected}")
         # Every run must match, not only the median.
         part.figures[-1].met = all(r == expected for r in data[step]["restarts"])
         unavailable = part.add(
             Figure(
                 "node",
-                f"{step}: CRI unavailable",
+                f"{name} {step}: CRI unavailable",
                 "s",
                 data[step]["unavailable"],
                 note="longest gap in CRI Version+Status polls (50 ms)",
@@ -145,8 +180,3 @@ def run(rounds: int = 3, log: Any = print) -> PartResult:
             unavailable.check(lambda v: v < 3, "< 3 s")
         if step == "no-op re-apply":
             wall.check(lambda v: v < 2, "< 2 s")
-    part.info["shape"] = (
-        "one test host (netns + sshd + containerd 1.6, native snapshotter); "
-        "steps over real SSH as root, restart = kill by pid + start"
-    )
-    return part

@@ -77,6 +77,8 @@ def _report(plan: AnyPlan, stdout: str | None) -> dict[str, Any]:
         "containerdVersion": plan.probe.containerd_version,
         "configChanged": result.changed,
         "restarted": result.restarted,
+        # containerd 1.7+ after a restart: what `ctr deprecations list` names (None otherwise).
+        "deprecations": None if result.deprecations is None else list(result.deprecations),
         "summary": list(plan.summary),
     }
 

@@ -160,6 +160,10 @@ def _catalog(endpoint: str, timeout: float) -> set[str]:
     return repositories
 
 
+# Named by `ctr deprecations list` (containerd 1.7+) while any registry.mirrors entry is loaded.
+MIRRORS_DEPRECATION = "io.containerd.deprecation/cri-registry-mirrors"
+
+
 def node_report(stdout: str) -> tuple[dict[str, str], dict[str, bool]]:
     """verify-node.sh output -> (fields, {image: pulled ok})."""
     fields: dict[str, str] = {}
@@ -233,6 +237,20 @@ def check_node(
             "`mirrors` next to config_path disables the CRI plugin: run pulumi up",
         ),
     ]  # fmt: skip
+    # containerd 1.7+ only (1.6 reports "unsupported"): what the RUNNING daemon loaded, where
+    # config_path/mirrors above come from the file on disk.
+    deprecations = fields.get("deprecations", "unsupported")
+    if deprecations != "unsupported":
+        left = MIRRORS_DEPRECATION in deprecations.split()
+        checks.append(
+            Check(
+                node.name, where, "deprecations", not left,
+                "running containerd still has a `mirrors` entry" if left
+                else "no cri-registry-mirrors deprecation",
+                "containerd was not restarted since config.toml changed, or mirrors come from an "
+                "imported file: `ctr deprecations list` on the node; run pulumi up",
+            )
+        )  # fmt: skip
     for image in images:
         host, repository = split_image(image)
         if not pulls.get(image):

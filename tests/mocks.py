@@ -335,5 +335,9 @@ class FakeFleet:
 def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
     """What the node steps print on a first apply (config/registries changed and restarted)."""
     if args.name.endswith(("-config", "-registries")):
-        return {"stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n", "stderr": ""}
+        return {
+            "stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n"
+            "deprecations=io.containerd.deprecation/cri-registry-configs\n",
+            "stderr": "",
+        }
     return {"stdout": "changed=1\n", "stderr": ""}

@@ -19,6 +19,7 @@ from components.renderers.containerd_config import (
     migrate_config,
     parse_containerd_version,
     preferred_config_version,
+    v1_plugin_uri,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "containerd"
@@ -182,6 +183,106 @@ def test_v1_file_stays_v1_with_plugins_cri() -> None:
     assert data["plugins"]["cri"]["registry"] == {"config_path": OURS}
     assert result.config_version == 1
     assert any("version 1" in w for w in result.warnings)
+
+
+def test_v1_file_on_containerd_2_is_converted_to_v2_keeping_every_setting() -> None:
+    # containerd 2.x reads a v1 file without its CRI settings: config_path there would be ignored.
+    root = 'root = "/var/lib/containerd"\n'
+    disabled = 'disabled_plugins = ["aufs", "io.containerd.snapshotter.v1.zfs"]\n'
+    text = (FIXTURES / "v1-plugins-cri.toml").read_text().replace(root, root + disabled)
+    result = migrate_config(text, "2.1.9")
+    data = tomllib.loads(result.text)
+    assert result.config_version == 2 and data["version"] == 2
+    assert set(data["plugins"]) == {"io.containerd.grpc.v1.cri"}
+    cri = data["plugins"]["io.containerd.grpc.v1.cri"]
+    assert cri["registry"] == {"config_path": OURS}
+    assert cri["containerd"] == {"snapshotter": "overlayfs"}
+    assert cri["cni"] == {"bin_dir": "/opt/cni/bin"}
+    assert cri["stream_server_address"] == "127.0.0.1"
+    assert data["disabled_plugins"] == [
+        "io.containerd.snapshotter.v1.aufs",
+        "io.containerd.snapshotter.v1.zfs",
+    ]
+    assert data["root"] == "/var/lib/containerd"
+    assert "COMMENT-ABOVE-V1-CNI" in result.text
+    assert result.summary[0].startswith(
+        'converted the version 1 file to version 2 (plugins.cri -> plugins."io.containerd.grpc.'
+        'v1.cri"; disabled_plugins: aufs -> io.containerd.snapshotter.v1.aufs)'
+    )
+    assert result.warnings == ()
+    assert not migrate_config(result.text, "2.1.9").changed
+
+
+def test_explicit_version_1_on_containerd_2_becomes_version_2_in_place() -> None:
+    text = '# mine\nversion = 1 # old\n\n[plugins.cri.registry.mirrors."docker.io"]\n  endpoint = ["http://m:1"]\n'
+    result = migrate_config(text, "2.1.9")
+    assert result.text.startswith("# mine\nversion = 2 # old\n")
+    assert tomllib.loads(result.text)["plugins"]["io.containerd.grpc.v1.cri"]["registry"] == {
+        "config_path": OURS
+    }
+
+
+def test_v1_file_on_containerd_2_with_dotted_plugin_keys_is_refused() -> None:
+    text = '[plugins]\n  cri.registry.mirrors."docker.io".endpoint = ["http://m:5000"]\n'
+    with pytest.raises(ConfigParseError, match=r"plugins\.cri is written inline or with dotted "
+                       r"keys.*containerd config migrate"):  # fmt: skip
+        migrate_config(text, "2.1.9")
+    assert migrate_config(text, "1.6.20").config_version == 1  # 1.x reads it as it is
+
+
+@pytest.mark.parametrize(
+    ("name", "uri"),
+    [
+        ("cri", "io.containerd.grpc.v1.cri"),
+        ("opt", "io.containerd.internal.v1.opt"),
+        ("diff-service", "io.containerd.service.v1.diff-service"),
+        ("windows", "io.containerd.snapshotter.v1.windows"),
+        ("something", "io.containerd.grpc.v1.something"),
+        ("io.containerd.cri.v1.images", "io.containerd.cri.v1.images"),
+    ],
+)
+def test_v1_plugin_names_follow_containerds_own_renames(name: str, uri: str) -> None:
+    assert v1_plugin_uri(name) == uri
+
+
+def test_tls_settings_of_http_hosts_are_dropped_and_reported() -> None:
+    registry = '[plugins."io.containerd.grpc.v1.cri".registry'
+    text = "\n".join(
+        [
+            "version = 2",
+            f'{registry}.mirrors."docker.io"]',
+            '  endpoint = ["http://10.0.20.10:5000", "https://m.example:5443"]',
+            f'{registry}.mirrors."myreg:5000"]',
+            '  endpoint = ["http://myreg:5000"]',
+            f'{registry}.configs."10.0.20.10:5000".tls]',
+            "  insecure_skip_verify = true",
+            f'{registry}.configs."m.example:5443".tls]',
+            '  ca_file = "/ca.pem"',
+            f'{registry}.configs."myreg:5000".tls]',
+            "  insecure_skip_verify = false",
+            f'{registry}.configs."myreg:5000".auth]',
+            '  username = "u"',
+            "",
+        ]
+    )
+    result = migrate_config(text, "1.7.24")
+    by_host = {m.host: m for m in result.migrated}
+    # Only the https:// mirror keeps its TLS settings; the http:// ones would make 1.7+ try
+    # HTTPS first on every connection.
+    assert [url for url, _ in by_host["docker.io"].endpoint_tls] == ["https://m.example:5443"]
+    assert by_host["myreg:5000"] == MigratedRegistry(host="myreg:5000", server="http://myreg:5000")
+    assert set(by_host) == {"docker.io", "myreg:5000"}
+    dropped = [line for line in result.summary if line.startswith("dropped configs.")]
+    assert [line.split(":")[0] for line in dropped] == [
+        'dropped configs."10.0.20.10',
+        'dropped configs."myreg',
+    ]
+    assert all("try HTTPS first" in line for line in dropped)
+    assert (
+        'removed configs."myreg:5000".tls: not carried over, it applied only to http:// '
+        "hosts (auth kept)" in result.summary
+    )
+    assert 'removed configs."m.example:5443".tls: carried over to hosts.toml' in result.summary
 
 
 def test_v3_file_on_containerd_1_6_is_kept_and_warned() -> None:
@@ -351,6 +452,9 @@ def test_property_idempotent_and_unrelated_keys_kept(text: str, node: str) -> No
     unrelated_before = {k: v for k, v in before.items() if k != "plugins"}
     unrelated_after = {k: v for k, v in after.items() if k != "plugins"}
     if before:
+        if before.get("version", 1) != version:  # a v1 file converted to v2 for containerd 2.x
+            assert (before.get("version", 1), version, node) == (1, 2, "2.1.3")
+            unrelated_before["version"] = 2
         assert unrelated_after == unrelated_before
     for comment in _comments(text):
         if comment.startswith(("# comment", "# auth")):

@@ -245,6 +245,7 @@ def test_report_per_node(node_mocks: RecordingMocks) -> pulumi.Output[Any]:
         def check(report: dict[str, Any]) -> None:
             assert report["containerdVersion"] == "1.6.20"
             assert report["configChanged"] is True and report["restarted"] is True
+            assert report["deprecations"] == ["io.containerd.deprecation/cri-registry-configs"]
             assert report["summary"]
 
         return mirrors.nodes["node-1"].apply(check)

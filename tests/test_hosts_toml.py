@@ -116,6 +116,21 @@ def test_server_only_file_still_gets_a_host_table() -> None:
     assert data["host"]["https://r.example"]["skip_verify"] is False
 
 
+def test_tls_settings_are_never_written_for_http_hosts() -> None:
+    # containerd 1.7+ would try HTTPS first on every connection to such a host.
+    text = render_hosts_toml(
+        "http://r.example:5000",
+        [HostEntry("http://m:1", TlsSettings(skip_verify=True)),
+         HostEntry("https://m:2", TlsSettings(ca=("/ca.pem",)))],
+        skip_verify=True,
+        ca=["/ca.pem"],
+    )  # fmt: skip
+    data = tomllib.loads(text)
+    assert "skip_verify" not in data and "ca" not in data
+    assert data["host"]["http://m:1"] == {"capabilities": ["pull", "resolve"]}
+    assert data["host"]["https://m:2"]["ca"] == ["/ca.pem"]
+
+
 def test_host_entries_keep_order() -> None:
     mirrors = ["http://c:1", HostEntry("http://a:1"), "https://b:2/prefix"]
     assert _hosts(render_hosts_toml("https://r.example", mirrors)) == [

@@ -103,3 +103,23 @@ def test_non_root_ssh_user_runs_the_script_under_sudo() -> None:
     command = probe_step(settings, node).command
     assert command.startswith("exec sudo -n bash -c ")
     assert probe_step(settings, settings.nodes[0]).command.startswith("export ")
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("", None),  # no restart: nothing reported
+        ("deprecations=unsupported\n", None),  # containerd 1.6: no `ctr deprecations`
+        ("deprecations=\n", ()),
+        (
+            "deprecations=io.containerd.deprecation/cri-registry-configs "
+            "io.containerd.deprecation/cri-registry-mirrors\n",
+            (
+                "io.containerd.deprecation/cri-registry-configs",
+                "io.containerd.deprecation/cri-registry-mirrors",
+            ),
+        ),
+    ],
+)
+def test_step_result_deprecations(line: str, expected: tuple[str, ...] | None) -> None:
+    assert parse_step_result(f"changed=1\nrestarted=1\n{line}").deprecations == expected

@@ -12,7 +12,21 @@ Why each step exists (containerd behaviour, see FIELD-NOTES):
   being a credential, never named in the summary beyond its host.
 - The file's own ``version`` decides where containerd looks for the CRI registry settings
   (v1: ``plugins.cri``, v2: ``plugins."io.containerd.grpc.v1.cri"``, v3:
-  ``plugins."io.containerd.cri.v1.images"``); we keep that version and only warn on a mismatch.
+  ``plugins."io.containerd.cri.v1.images"``); we keep that version, with one exception:
+- A version 1 file on containerd 2.x is converted to version 2. 2.x reads a v1 file by renaming
+  its plugins (``cri`` -> ``io.containerd.grpc.v1.cri``) and then treating it as version 3
+  WITHOUT the plugins' own v2 -> v3 migrations, so every CRI setting in it, ``config_path``
+  included, is dropped (log: ``Ignoring unknown key in TOML for plugin ... key=registry``) and
+  pulls silently bypass the cache. A version 2 file gets those migrations at every start, so we
+  apply exactly containerd's v1 renames (:data:`V1_PLUGIN_NAMES`) and set ``version = 2``.
+  A version 2 file stays version 2 on 2.x: containerd's own in-memory migration is the tested
+  path, a v3 rewrite would re-implement its runtime/images split, and a v2 file still works after
+  a downgrade to 1.x.
+- TLS settings (``ca``/``client``/``skip_verify``) are carried over only for ``https://`` hosts.
+  Under ``mirrors`` they never applied to an ``http://`` endpoint, but in hosts.toml any of them
+  on an ``http://`` host makes containerd 1.7+ try HTTPS first on every connection ("host will
+  try HTTPS first since it is configured for HTTP with a TLS configuration"); the summary says
+  what was dropped.
 - A colon-separated ``config_path`` (2.2's default) is treated by the transfer-service pull path
   as one literal directory, so hosts.toml would be ignored: we always write one directory.
 
@@ -49,6 +63,40 @@ REGISTRY_PATHS: dict[int, tuple[str, ...]] = {
 }
 
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure_skip_verify")
+
+# containerd's own v1 -> v2 plugin renames (cmd/containerd/server/config/config.go,
+# v1MigratePluginName, the same in 1.x and 2.x). Names with a dot are already full URIs.
+V1_PLUGIN_NAMES: dict[str, str] = {
+    "cri": "io.containerd.grpc.v1.cri",
+    "cgroups": "io.containerd.monitor.v1.cgroups",
+    "linux": "io.containerd.runtime.v1.linux",
+    "scheduler": "io.containerd.gc.v1.scheduler",
+    "bolt": "io.containerd.metadata.v1.bolt",
+    "task": "io.containerd.runtime.v2.task",
+    "opt": "io.containerd.internal.v1.opt",
+    "restart": "io.containerd.internal.v1.restart",
+    "tracing": "io.containerd.internal.v1.tracing",
+    "otlp": "io.containerd.tracing.processor.v1.otlp",
+    "aufs": "io.containerd.snapshotter.v1.aufs",
+    "btrfs": "io.containerd.snapshotter.v1.btrfs",
+    "devmapper": "io.containerd.snapshotter.v1.devmapper",
+    "native": "io.containerd.snapshotter.v1.native",
+    "overlayfs": "io.containerd.snapshotter.v1.overlayfs",
+    "zfs": "io.containerd.snapshotter.v1.zfs",
+}
+
+
+def v1_plugin_uri(name: str) -> str:
+    """The full plugin name containerd gives a version 1 plugin name (same fallbacks)."""
+    if "." in name:
+        return name
+    if name in V1_PLUGIN_NAMES:
+        return V1_PLUGIN_NAMES[name]
+    if name.endswith("-service"):
+        return f"io.containerd.service.v1.{name}"
+    if name in ("windows", "windows-lcow"):
+        return f"io.containerd.snapshotter.v1.{name}"
+    return f"io.containerd.grpc.v1.{name}"
 
 
 class ConfigParseError(ValueError):
@@ -189,6 +237,18 @@ def _quoted(key: str) -> str:
     return tomlkit.key(key).as_string()
 
 
+def _is_http(url: str | None) -> bool:
+    return url is not None and url.lower().startswith("http://")
+
+
+def _dropped_tls(host: str, url: str) -> str:
+    return (
+        f"dropped configs.{_quoted(host)}.tls for {url}: TLS settings mean nothing to plain "
+        "HTTP (they never applied to it under `mirrors`) and would make containerd 1.7+ try "
+        "HTTPS first on every connection"
+    )
+
+
 def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/").lower() == b.rstrip("/").lower()
 
@@ -254,7 +314,8 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
     configs = configs if isinstance(configs, dict) else {}
     tls_by_host = {host.lower(): _tls_of(cfg) for host, cfg in configs.items()}
     tls_by_host = {host: tls for host, tls in tls_by_host.items() if tls}
-    used_tls: set[str] = set()
+    used_tls: set[str] = set()  # hosts whose configs.<host>.tls some mirror or server used
+    carried_tls: set[str] = set()  # ... and of those, the ones written to a hosts.toml
     result: list[MigratedRegistry] = []
 
     for host, mirror in mirrors.items():
@@ -294,12 +355,21 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
         own_tls = tls_by_host.get(server_host, TlsSettings())
         if own_tls:
             used_tls.add(server_host)
+            if _is_http(server):
+                plan.summary.append(_dropped_tls(server_host, server or upstream))
+                own_tls = TlsSettings()
+            else:
+                carried_tls.add(server_host)
         endpoint_tls = []
         for endpoint in endpoints:
             endpoint_host = _strip_scheme_host(endpoint) or ""
             if endpoint_host in tls_by_host:
-                endpoint_tls.append((endpoint, tls_by_host[endpoint_host]))
                 used_tls.add(endpoint_host)
+                if _is_http(endpoint):
+                    plan.summary.append(_dropped_tls(endpoint_host, endpoint))
+                    continue
+                endpoint_tls.append((endpoint, tls_by_host[endpoint_host]))
+                carried_tls.add(endpoint_host)
         result.append(
             MigratedRegistry(
                 host=host,
@@ -323,14 +393,21 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
         if host == "*":
             plan.summary.append('dropped configs."*".tls: not carried over (no _default)')
             continue
+        kept = " (auth kept)" if "auth" in config else ""
         if tls and host.lower() not in used_tls:
-            # 1.x applied configs.<host>.tls to requests to <host> itself: a registry of its own.
+            # 1.x applied configs.<host>.tls to requests to <host> itself: a registry of its own
+            # (its server is https://<host>, where TLS settings mean something).
             result.append(
                 MigratedRegistry(
                     host=host, ca=tls.ca, client=tls.client, skip_verify=tls.skip_verify
                 )
             )
-        kept = " (auth kept)" if "auth" in config else ""
+        elif host.lower() in used_tls and host.lower() not in carried_tls:
+            plan.summary.append(
+                f"removed configs.{_quoted(host)}.tls: not carried over, it applied only to "
+                f"http:// hosts{kept}"
+            )
+            continue
         plan.summary.append(
             f"removed configs.{_quoted(host)}.tls: carried over to hosts.toml{kept}"
         )
@@ -576,6 +653,80 @@ def _insert_key(table: Table, name: str, value: str) -> None:
     # tomlkit's key index is stale now; the caller only renders this document.
 
 
+# --- version 1 -> 2 (containerd 2.x) --------------------------------------------------------------
+
+
+def _clear_display_names(item: Item) -> None:
+    """Make tomlkit render the headers below ``item`` from their keys (the renamed prefix)."""
+    if isinstance(item, Table):
+        item.display_name = None
+        for _, child in item.value.body:
+            _clear_display_names(child)
+
+
+def _expected_v2(plain: dict[str, Any]) -> dict[str, Any]:
+    expected = copy.deepcopy(plain)
+    expected["version"] = 2
+    if isinstance(expected.get("plugins"), dict):
+        expected["plugins"] = {v1_plugin_uri(k): v for k, v in expected["plugins"].items()}
+    for key in ("disabled_plugins", "required_plugins"):
+        if isinstance(expected.get(key), list):
+            expected[key] = [v1_plugin_uri(v) if isinstance(v, str) else v for v in expected[key]]
+    return expected
+
+
+def _convert_v1_to_v2(text: str, plain: dict[str, Any]) -> tuple[str, list[str]]:
+    """``text`` (a version 1 file) with containerd's v1 plugin renames and ``version = 2``.
+
+    Only the plugin names change (the tables' contents, comments and layout stay); returns the
+    new text and the renames done, e.g. ``plugins.cri -> plugins."io.containerd.grpc.v1.cri"``.
+    """
+    _, document = _parse(text)
+    renames: list[str] = []
+    for container, index, full, inline in list(_entries(document, ())):
+        if len(full) != 2 or full[0] != "plugins" or v1_plugin_uri(full[1]) == full[1]:
+            continue
+        key, item = container.body[index]
+        if inline is not None or not isinstance(item, Table) or (key and key.is_dotted()):
+            raise ConfigParseError(
+                f"version 1 file: plugins.{full[1]} is written inline or with dotted keys, which "
+                "this tool cannot rename for containerd 2.x; write it as [plugins."
+                f"{full[1]}] tables, or convert the file with `containerd config migrate`"
+            )
+        uri = v1_plugin_uri(full[1])
+        container.body[index] = (tomlkit.key(uri), item)
+        _clear_display_names(item)
+        rename = f"plugins.{full[1]} -> plugins.{_quoted(uri)}"
+        if rename not in renames:
+            renames.append(rename)
+    for name in ("disabled_plugins", "required_plugins"):
+        names = document.get(name)
+        if isinstance(names, list):
+            for position, value in enumerate(list(names)):
+                if isinstance(value, str) and v1_plugin_uri(value) != value:
+                    names[position] = v1_plugin_uri(value)
+                    renames.append(f"{name}: {value} -> {v1_plugin_uri(value)}")
+    version = tomlkit.integer(2)
+    version.trivia.trail = "\n"
+    first = next((i for i, (key, _) in enumerate(document.body) if key is not None), None)
+    if "version" in plain:  # an explicit `version = 1`: replaced where it stands
+        document["version"] = 2
+    elif first is None:
+        document.body.append((tomlkit.key("version"), version))
+    else:
+        if isinstance(document.body[first][1], Table):
+            version.trivia.trail = "\n\n"
+        document.body.insert(first, (tomlkit.key("version"), version))
+    converted = document.as_string()
+    try:
+        produced = tomllib.loads(converted)
+    except tomllib.TOMLDecodeError as error:  # a tomlkit bug: refuse rather than break a node
+        raise RuntimeError(f"version 1 -> 2 conversion produced invalid TOML ({error})") from None
+    if produced != _expected_v2(plain):
+        raise RuntimeError("version 1 -> 2 conversion changed more than plugin names")
+    return converted, renames
+
+
 # --- the migration ------------------------------------------------------------------------------
 
 
@@ -634,8 +785,20 @@ def migrate_config(
         )
 
     version = _file_version(plain, text)
-    if version != preferred:
-        node = ".".join(str(p) for p in node_version)
+    node = ".".join(str(p) for p in node_version)
+    converted: list[str] = []
+    source = text
+    if version == 1 and node_version[0] >= 2:
+        source, renames = _convert_v1_to_v2(text, plain)
+        plain, document = _parse(source)
+        version = 2
+        converted.append(
+            f"converted the version 1 file to version 2 ({'; '.join(renames) or 'no plugins'}):"
+            f" containerd {node} reads a version 1 file without its CRI settings (registry, "
+            "sandbox image, runtimes are ignored), so config_path would have no effect"
+        )
+    # Version 2 on 2.x is kept on purpose (module docstring): no warning for it.
+    if version != preferred and not (version == 2 and node_version[0] >= 2):
         consequence = ""
         if version == 3 and node_version[0] < 2:
             consequence = (
@@ -643,7 +806,11 @@ def migrate_config(
                 "so config_path (and the rest of the CRI settings) will have no effect"
             )
         elif version == 1:
-            consequence = ": version 1 is deprecated; consider `containerd config migrate`"
+            consequence = (
+                ": version 1 is deprecated, and containerd 2.x ignores every CRI setting of a "
+                "version 1 file (run `pulumi up` again right after upgrading containerd: the "
+                "file is then converted to version 2)"
+            )
         warnings.append(
             f"config file is version {version} but containerd {node} prefers version {preferred}"
             f"{consequence}"
@@ -652,7 +819,7 @@ def migrate_config(
     plan = _plan(plain, version)
     path = REGISTRY_PATHS[version]
     current = _lookup(plain, (*path, "config_path"))
-    summary = list(plan.summary)
+    summary = converted + list(plan.summary)
     if current != config_path:
         if isinstance(current, str) and ":" in current:
             summary.append(
@@ -666,7 +833,9 @@ def migrate_config(
     warnings.extend(plan.warnings)
 
     if not plan.removals and current == config_path:
-        return MigrationResult(text, False, version, (), tuple(warnings), ())
+        return MigrationResult(
+            source, source != text, version, tuple(converted), tuple(warnings), ()
+        )
 
     cut = f"#@@containerd-migration-cut-{uuid.uuid4().hex}@@"
     removed = _remove(document, set(plan.removals), cut)

@@ -12,6 +12,11 @@ docs/hosts.md):
   written when the node's version is known to support it. Without it a dead mirror costs up to
   30 s per request before the fallback (containerd #4861).
 - Never ``_default``: it would send every registry to one upstream's cache.
+- TLS settings (``ca``, ``client``, ``skip_verify``) only for ``https://`` hosts: on an
+  ``http://`` host any of them makes containerd 1.7+ try HTTPS first on every connection
+  (remotes/docker/config/hosts.go: "host will try HTTPS first since it is configured for HTTP
+  with a TLS configuration"). The migration already drops them, and says so; this is the guard
+  for a ``server`` the settings give as ``http://``.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ def _check_url(url: str, what: str) -> str:
     return url.rstrip("/")
 
 
-def _tls_items(table: Table | tomlkit.TOMLDocument, tls: TlsSettings) -> None:
+def _tls_items(table: Table | tomlkit.TOMLDocument, tls: TlsSettings, url: str) -> None:
+    if url.lower().startswith("http://"):
+        return
     if tls.ca:
         table["ca"] = list(tls.ca)
     if tls.client:
@@ -105,7 +112,7 @@ def render_hosts_toml(
 
     document = tomlkit.document()
     document["server"] = server
-    _tls_items(document, server_tls)
+    _tls_items(document, server_tls, server)
     # A super table: only its children get headers, [host."http://..."].
     hosts = tomlkit.table(is_super_table=True)
     for entry in entries:
@@ -115,7 +122,7 @@ def render_hosts_toml(
         seen.add(url.lower())
         host = tomlkit.table()
         host["capabilities"] = list(CAPABILITIES)
-        _tls_items(host, entry.tls)
+        _tls_items(host, entry.tls, url)
         if timeout:
             host["dial_timeout"] = timeout
         hosts.append(url, host)

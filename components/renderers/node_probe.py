@@ -168,6 +168,9 @@ class StepResult:
     written: tuple[str, ...]
     removed: tuple[str, ...]
     backup: str
+    # apply-config.sh after a restart: `ctr deprecations list` IDs (containerd 1.7+); None when
+    # not reported (no restart, or containerd 1.6 has no such command).
+    deprecations: tuple[str, ...] | None = None
 
 
 def parse_step_result(stdout: str) -> StepResult:
@@ -183,4 +186,9 @@ def parse_step_result(stdout: str) -> StepResult:
         written=tuple(values.get("written", [])),
         removed=tuple(values.get("removed", [])),
         backup=values.get("backup", [""])[-1],
+        deprecations=_deprecations(values.get("deprecations", ["unsupported"])[-1]),
     )
+
+
+def _deprecations(value: str) -> tuple[str, ...] | None:
+    return None if value == "unsupported" else tuple(value.split())

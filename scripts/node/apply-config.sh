@@ -14,7 +14,10 @@
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   CONTAINERD_LOG       optional log file to quote on failure (else the journal)
 # stdin: the new config.toml.
-# Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1.
+# Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1, and after a
+#   successful restart deprecations=<ids> (what `ctr deprecations list` names, containerd 1.7+;
+#   "unsupported" on 1.6): io.containerd.deprecation/cri-registry-mirrors there means the running
+#   daemon still has a `mirrors` entry.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 4 rejected by `containerd config dump`;
 #       5 CRI plugin failed, old config restored; 6 CRI failed and so did the rollback.
 set -euo pipefail
@@ -62,31 +65,49 @@ cri_status() {
     awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}'
 }
 
+cri_state=""
 wait_for_cri() {
-  local deadline=$((SECONDS + RESTART_TIMEOUT)) status=""
+  local deadline=$((SECONDS + RESTART_TIMEOUT))
+  cri_state=""
   while ((SECONDS < deadline)); do
-    status=$(cri_status || true)
-    [[ $status == ok ]] && return 0
+    cri_state=$(cri_status || true)
+    [[ $cri_state == ok ]] && return 0
     # "error" is final for this daemon: containerd skipped the plugin and will not retry.
-    [[ $status == error ]] && return 1
+    [[ $cri_state == error ]] && return 1
     sleep 0.2
   done
   return 1
 }
 
 containerd_error_text() {
-  # containerd's own words: the plugin's init error, then the log lines around it.
+  # containerd's own words: the init error of every CRI plugin that failed, then the log lines
+  # around it. 1.x: io.containerd.grpc.v1.cri itself ("invalid plugin config: ..."); 2.x: the
+  # root cause is io.containerd.cri.v1.images ("invalid cri image config: ..."), and grpc.v1.cri
+  # fails as its dependent ("unable to load CRI image service plugin dependency: ...").
   ctr --address "$CONTAINERD_ADDRESS" plugins ls --detailed 2>&1 |
-    awk '/^ID: +cri$/ {on=1} on && /Message:/ {sub(/^ *Message: */, ""); print "cri plugin: " $0; exit}' || true
+    awk '/^Type:/ {type = $2} /^ID:/ {id = $2}
+      /^ *Message:/ && (type ~ /^io\.containerd\.cri\./ || (type == "io.containerd.grpc.v1" && id == "cri")) {
+        sub(/^ *Message: */, ""); print "cri plugin " type "." id ": " $0
+      }' || true
   if [[ -n $CONTAINERD_LOG && -r $CONTAINERD_LOG ]]; then
     grep -E 'level=(error|fatal|warning)' "$CONTAINERD_LOG" | tail -n 5 || true
   elif command -v journalctl >/dev/null 2>&1; then
-    journalctl -u containerd --since "-${RESTART_TIMEOUT}s" --no-pager -n 20 -p warning 2>/dev/null || true
+    journalctl -q -u containerd --since "-${RESTART_TIMEOUT}s" --no-pager -n 20 -p warning 2>/dev/null || true
   fi
 }
 
 restart() {
   bash -c "$RESTART_COMMAND"
+}
+
+deprecations() {
+  # What the RUNNING daemon loaded (config dump only reads the file). 1.6 has no such command.
+  local out
+  if out=$(ctr --address "$CONTAINERD_ADDRESS" deprecations list 2>/dev/null); then
+    awk 'NR > 1 && NF {print $1}' <<<"$out" | paste -s -d ' '
+  else
+    echo unsupported
+  fi
 }
 
 # Keep the very first original forever (delete restores it) plus one backup per change.
@@ -114,6 +135,7 @@ if restart_output=$(restart 2>&1) && wait_for_cri; then
   mv -f "$record" "${CONFIG_FILE}.registry-mirrors.applied"
   echo "restarted=1"
   echo "rolled_back=0"
+  echo "deprecations=$(deprecations)"
   exit 0
 fi
 
@@ -128,10 +150,19 @@ else
   rm -f "$CONFIG_FILE" "${CONFIG_FILE}.registry-mirrors.absent"
 fi
 {
-  echo "apply-config.sh: after writing ${CONFIG_FILE} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
+  if [[ $cri_state == error ]]; then
+    echo "apply-config.sh: after writing ${CONFIG_FILE} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
+  else
+    echo "apply-config.sh: after writing ${CONFIG_FILE} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
+  fi
   [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
   echo "containerd says:"
   echo "${reason:-<no error text found>}"
+  if [[ $reason == *"cannot be set when \`config_path\` is provided"* ]]; then
+    # 1.6/1.7: "invalid plugin config: ..." (also for `configs.tls`); 2.x: "invalid cri image
+    # config: ..." from io.containerd.cri.v1.images. README: Troubleshooting.
+    echo "hint: containerd refuses registry.mirrors (1.x: also registry.configs.*.tls) next to config_path; remove them (hosts.toml replaces them)"
+  fi
 } >&2
 if restart >/dev/null 2>&1 && wait_for_cri; then
   exit 5

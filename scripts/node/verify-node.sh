@@ -8,7 +8,10 @@
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   IMAGES               space-separated image references to pull (optional)
 #   CTR, CONTAINERD      the node's ctr and containerd (k3s/RKE2: their own, not on PATH)
-# Output: key=value lines: cri=, config_path=, mirrors=, then one pull=<image> <ok|failed> per image.
+# Output: key=value lines: cri=, config_path=, mirrors=, deprecations=, then one
+#   pull=<image> <ok|failed> per image. deprecations= lists what `ctr deprecations list` names
+#   (containerd 1.7+; "unsupported" on 1.6): the RUNNING daemon's view, where config dump only
+#   reads the file (a file fixed by hand but never restarted into shows up here).
 set -euo pipefail
 
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
@@ -34,13 +37,19 @@ if ! dump=$("$CONTAINERD" -c "$CONFIG_FILE" config dump 2>&1); then
   exit 1
 fi
 # config_path of the registry section (v2: grpc.v1.cri.registry, v3: cri.v1.images.registry).
+# 1.x dumps strings in double quotes, 2.x in single quotes (config_path = '/etc/containerd/certs.d').
 config_path=$(awk '
   /^[[:space:]]*\[/ { registry = ($0 ~ /\.registry\][[:space:]]*$/) }
-  registry && $1 == "config_path" { sub(/^[^=]*=[[:space:]]*/, ""); gsub(/"/, ""); print; exit }
+  registry && $1 == "config_path" { sub(/^[^=]*=[[:space:]]*/, ""); gsub(/["\047]/, ""); print; exit }
 ' <<<"$dump")
 echo "config_path=${config_path}"
 mirrors=$(grep -cE '^[[:space:]]*\[plugins\..*\.registry\.mirrors\.' <<<"$dump" || true)
 echo "mirrors=${mirrors}"
+if deprecations=$("$CTR" --address "$CONTAINERD_ADDRESS" deprecations list 2>/dev/null); then
+  echo "deprecations=$(awk 'NR > 1 && NF {print $1}' <<<"$deprecations" | paste -s -d ' ')"
+else
+  echo "deprecations=unsupported"
+fi
 
 for image in $IMAGES; do
   # ctr reads hosts.toml only when told where: the same files the CRI plugin uses.

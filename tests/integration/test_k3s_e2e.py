@@ -11,7 +11,6 @@ the Pulumi component uses. Traffic stays on addresses this test created.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from components.renderers.node_steps import (
 )
 from components.settings import Node, Settings
 from tests.integration import cri_client
+from tests.integration.containerd_versions import V2_1
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import RegistryProcess, running_registry
 from tests.integration.test_node_e2e import (
@@ -48,10 +48,8 @@ from tests.prereq import require_binary, require_root
 
 pytestmark = pytest.mark.integration
 
-# The containerd the stand-in runs. k3s embeds containerd 2.x today; switch here (or with the
-# variable) to e.g. "$TESTENV_CACHE/containerd/2.1.9/usr/bin/containerd" once a setup step
-# provides it. Default: Debian 12's containerd 1.6 on PATH.
-CONTAINERD = os.environ.get("REGISTRY_MIRRORS_TEST_K3S_CONTAINERD", "containerd")
+# The containerd the stand-in runs: k3s and RKE2 embed containerd 2.x today.
+CONTAINERD = V2_1
 
 
 # The person's own file: their mirror for docker.io with a rewrite, a private registry with
@@ -115,7 +113,7 @@ def _prerequisites() -> None:
 def k3s_world(
     tmp_path: Path, images: dict[str, MultiArchImage] | None, flavour: str = "k3s-server"
 ) -> Iterator[K3sWorld]:
-    with node_host(tmp_path, flavour=flavour, containerd=CONTAINERD) as host:
+    with node_host(tmp_path, CONTAINERD, flavour=flavour) as host:
         settings = make_settings(host)
         node = settings.nodes[0]
         with contextlib.ExitStack() as running:

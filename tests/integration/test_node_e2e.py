@@ -2,6 +2,13 @@
 through real Distribution proxies. Commands and stdin come from node_steps, the functions the
 Pulumi component uses, so this runs exactly what ``pulumi up`` sends.
 
+Every test runs on every containerd version of tests/integration/containerd_versions.py (1.6.20,
+1.7.24, 2.1.9): the ``node_start`` fixture gives each ``world`` a version and the config.toml
+version the node starts from (2 by default: every containerd reads it). The pull test runs from
+every config version each containerd can load (v1 and v2; v3 too on 2.x). A new test that takes
+``world`` runs on all of them without touching the parametrisation; version differences are
+columns of that table, never copies of a test.
+
 Traffic stays on addresses this test created: the registries listen on the host end of the test
 node's veth, the node's netns has no default route.
 """
@@ -11,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,10 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomlkit
 import yaml
 
 from components.fleet import read_node, ssh_runner
 from components.renderers.bundle import mirrors_export
+from components.renderers.containerd_config import DEFAULT_CONFIG_PATH, REGISTRY_PATHS
 from components.renderers.node_probe import parse_step_result
 from components.renderers.node_steps import (
     NodePlan,
@@ -36,6 +46,7 @@ from components.renderers.node_steps import (
 from components.renderers.registry_config import registry_config
 from components.settings import Node, Settings, Upstream, load_settings
 from tests.integration import cri_client
+from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import (
     RegistryProcess,
@@ -50,17 +61,40 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
-CRI = '[plugins."io.containerd.grpc.v1.cri"]'
+MIRRORS_DEPRECATION = "io.containerd.deprecation/cri-registry-mirrors"
+PAUSE = "registry.k8s.io/pause:3.9-site"
 
+# containerd 2.x reads CNI settings from the v3 runtime plugin only; in a version 1 file the
+# v1 `plugins.cri.cni` is ignored there (its CRI settings are dropped) and the CRI plugin would
+# create its default /etc/cni/net.d on the host. Test isolation, not part of the node's state:
+# 1.x takes a dotted plugin name in a v1 file as an unknown plugin and ignores it.
+_CNI_V3_ISOLATION = """
+[plugins."io.containerd.cri.v1.runtime".cni]
+  conf_dir = "/etc/containerd/cni"
+"""
 
-def broken_config(mirror: str) -> str:
-    """The state issue 4 starts from: a wildcard mirror in the deprecated registry.mirrors, next to
-    settings that are none of our business and must survive."""
-    return f"""version = 2
-
-{CRI}
+_START_CONFIGS = {
+    1: """# no version key: version 1 (short plugin names)
+[plugins.cri]
   # Pinned pause image: must survive the migration.
-  sandbox_image = "registry.k8s.io/pause:3.9-site"
+  sandbox_image = "{pause}"
+
+  [plugins.cri.containerd]
+    snapshotter = "native"
+
+  [plugins.cri.cni]
+    conf_dir = "/etc/containerd/cni"
+
+  [plugins.cri.registry]
+    [plugins.cri.registry.mirrors."*"]
+      endpoint = ["{mirror}"]
+"""
+    + _CNI_V3_ISOLATION,
+    2: """version = 2
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # Pinned pause image: must survive the migration.
+  sandbox_image = "{pause}"
 
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "native"
@@ -71,7 +105,52 @@ def broken_config(mirror: str) -> str:
   [plugins."io.containerd.grpc.v1.cri".registry]
     [plugins."io.containerd.grpc.v1.cri".registry.mirrors."*"]
       endpoint = ["{mirror}"]
-"""
+""",
+    # No snapshotter here: a v3 images.snapshotter must also be in the transfer service's
+    # unpack_config, or 2.x fails every pull ("no unpack platforms defined").
+    3: """version = 3
+
+[plugins."io.containerd.cri.v1.images"]
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    # Pinned pause image: must survive the migration.
+    sandbox = "{pause}"
+
+  [plugins."io.containerd.cri.v1.images".registry]
+    [plugins."io.containerd.cri.v1.images".registry.mirrors."*"]
+      endpoint = ["{mirror}"]
+
+[plugins."io.containerd.cri.v1.runtime".cni]
+  conf_dir = "/etc/containerd/cni"
+""",
+}
+
+# Settings of each layout that are none of our business and must survive the migration.
+SURVIVORS: dict[int, dict[tuple[str, ...], str]] = {
+    1: {
+        ("plugins", "cri", "sandbox_image"): PAUSE,
+        ("plugins", "cri", "containerd", "snapshotter"): "native",
+    },
+    2: {
+        ("plugins", "io.containerd.grpc.v1.cri", "sandbox_image"): PAUSE,
+        ("plugins", "io.containerd.grpc.v1.cri", "containerd", "snapshotter"): "native",
+    },
+    3: {
+        ("plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox"): PAUSE,
+        ("plugins", "io.containerd.cri.v1.runtime", "cni", "conf_dir"): "/etc/containerd/cni",
+    },
+}
+
+
+def start_config(mirror: str, config_version: int = 2) -> str:
+    """The state issue 4 starts from, in the layout of ``config_version``: a wildcard mirror in
+    the deprecated registry.mirrors, next to settings that are none of our business."""
+    return _START_CONFIGS[config_version].format(mirror=mirror, pause=PAUSE)
+
+
+def dig(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
 
 
 # --- registries ---------------------------------------------------------------------------------
@@ -98,10 +177,21 @@ def proxy_config(settings: Settings, upstream: Upstream, workdir: Path) -> dict[
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MultiArchImage]:
-    """Tags 1..4, built offline once per module."""
-    root = tmp_path_factory.mktemp("oci")
-    return {tag: build_multiarch_image(root / f"image-{tag}", tag) for tag in ("1", "2", "3", "4")}
+def upstream_storage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Distribution storage dir holding library/x and org/y, tags 1..4 (multi-arch, built
+    offline): pushed once per module through a loopback registry; each world's upstreams serve
+    a copy (pushing per world cost seconds, times every test and containerd version)."""
+    require_root()
+    require_binary("docker-registry")
+    require_binary("skopeo")
+    root = tmp_path_factory.mktemp("upstream-seed")
+    images = [build_multiarch_image(root / f"image-{tag}", tag) for tag in ("1", "2", "3", "4")]
+    workdir = root / "registry"
+    with running_registry(upstream_registry_config(workdir), workdir) as registry:
+        for image in images:
+            push(image, registry, "library/x")
+            push(image, registry, "org/y")
+    return workdir / "data"
 
 
 def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> None:
@@ -119,6 +209,31 @@ def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> N
 # --- the world of one test ---------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class NodeStart:
+    """What a test node runs: a containerd version and the config.toml version it starts from."""
+
+    containerd: ContainerdVersion
+    config_version: int = 2
+
+    def __str__(self) -> str:
+        return f"{self.containerd.series}-v{self.config_version}"
+
+
+# Every test: each containerd, from a version 2 file (every version reads it).
+EVERY_CONTAINERD = [NodeStart(version) for version in VERSIONS]
+# The pull proof: each containerd from each config version it can load.
+EVERY_START = [NodeStart(v, config) for v in VERSIONS for config in v.config_versions]
+# What no containerd takes part in (the probe's parse, ssh): one node is enough.
+ANY_NODE = [NodeStart(V1_6)]
+
+
+@pytest.fixture(params=EVERY_CONTAINERD, ids=str)
+def node_start(request: pytest.FixtureRequest) -> NodeStart:
+    """Override per test with ``@pytest.mark.parametrize("node_start", EVERY_START, ids=str)``."""
+    return request.param
+
+
 @dataclass
 class World:
     host: NodeHost
@@ -126,6 +241,11 @@ class World:
     node: Node
     registries: dict[str, RegistryProcess]
     workdir: Path
+    start: NodeStart
+
+    @property
+    def containerd(self) -> ContainerdVersion:
+        return self.start.containerd
 
     def plan(self, settings: Settings | None = None) -> NodePlan:
         """Read and plan the node exactly as the program does while it runs (preview included):
@@ -144,6 +264,12 @@ class World:
 
     def pull(self, image: str) -> str:
         return cri_client.pull_image(self.host.containerd_socket, image)
+
+    def effective_config_path(self) -> Any:
+        """config_path as the node's containerd reads its config.toml (its own config dump)."""
+        dump = self.host.ssh("containerd config dump")
+        assert dump.returncode == 0, dump.stderr
+        return dig(tomllib.loads(dump.stdout), (*self.containerd.effective_registry, "config_path"))
 
 
 def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
@@ -178,14 +304,12 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
 
 
 @pytest.fixture
-def world(tmp_path: Path, images: dict[str, MultiArchImage]) -> Iterator[World]:
-    require_root()
-    for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen", "containerd", "ctr"):
+def world(tmp_path: Path, upstream_storage: Path, node_start: NodeStart) -> Iterator[World]:
+    for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen"):
         require_binary(binary)
-    require_binary("docker-registry")
-    require_binary("skopeo")
+    node_start.containerd.require()
     # Registries stop (ExitStack) before node_host removes the veth they listen on.
-    with node_host(tmp_path) as host, contextlib.ExitStack() as running:
+    with node_host(tmp_path, node_start.containerd) as host, contextlib.ExitStack() as running:
         settings = make_settings(host)
         addr = host.host_address
 
@@ -195,21 +319,21 @@ def world(tmp_path: Path, images: dict[str, MultiArchImage]) -> Iterator[World]:
         registries: dict[str, RegistryProcess] = {}
         for name, registry_host in (("docker", "docker.io"), ("ghcr", "ghcr.io")):
             workdir = tmp_path / f"{name}-upstream"
+            shutil.copytree(upstream_storage, workdir / "data")
             registries[workdir.name] = serve(
                 workdir, upstream_registry_config(workdir), UPSTREAM_PORTS[registry_host]
             )
-        for image in images.values():
-            push(image, registries["docker-upstream"], "library/x")
-            push(image, registries["ghcr-upstream"], "org/y")
         docker_io, ghcr_io = settings.upstreams
         for name, upstream in (("docker", docker_io), ("ghcr", ghcr_io)):
             workdir = tmp_path / f"{name}-proxy"
             registries[workdir.name] = serve(
                 workdir, proxy_config(settings, upstream, workdir), upstream.port
             )
-        host.start_containerd(broken_config(f"http://{addr}:{docker_io.port}"))
-        assert host.cri_status() == "ok"
-        yield World(host, settings, settings.nodes[0], registries, tmp_path)
+        host.start_containerd(
+            start_config(f"http://{addr}:{docker_io.port}", node_start.config_version)
+        )
+        assert host.cri_status() == "ok", host.containerd_log.read_text()[-2000:]
+        yield World(host, settings, settings.nodes[0], registries, tmp_path, node_start)
 
 
 def sha256(path: Path) -> str:
@@ -223,11 +347,14 @@ def requests_in(registry: RegistryProcess, needle: str) -> int:
 # --- happy path --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("node_start", EVERY_START, ids=str)
 def test_apply_switches_to_config_path_and_pulls_go_through_each_upstreams_proxy(
     world: World,
 ) -> None:
-    host = world.host
+    host, containerd = world.host, world.containerd
     plan = world.plan()
+    # The probe saw the node's own containerd (the version's bin dir is first on its PATH).
+    assert plan.probe.containerd_version.lstrip("v").startswith(containerd.version)
     assert plan.config_changed
     pid_before = host.containerd_pid
 
@@ -238,15 +365,29 @@ def test_apply_switches_to_config_path_and_pulls_go_through_each_upstreams_proxy
     assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
     assert host.containerd_pid != pid_before
     assert host.cri_status() == "ok"
+    written = containerd.written_config_version(world.start.config_version)
     config = tomllib.loads(host.config_file.read_text())
-    cri = config["plugins"]["io.containerd.grpc.v1.cri"]
-    assert cri["registry"]["config_path"] == "/etc/containerd/certs.d"
-    assert "mirrors" not in cri["registry"]
-    assert cri["sandbox_image"] == "registry.k8s.io/pause:3.9-site"
-    assert cri["containerd"]["snapshotter"] == "native"
-    assert (host.etc_containerd / "config.toml.registry-mirrors.orig").read_text() == broken_config(
-        f"http://{host.host_address}:5000"
+    assert config.get("version", 1) == written
+    registry = dig(config, REGISTRY_PATHS[written])
+    assert registry["config_path"] == DEFAULT_CONFIG_PATH
+    assert "mirrors" not in registry
+    for path, value in SURVIVORS[written].items():
+        assert dig(config, path) == value, path
+    assert (host.etc_containerd / "config.toml.registry-mirrors.orig").read_text() == start_config(
+        f"http://{host.host_address}:5000", world.start.config_version
     )
+    # In effect as the daemon reads the file (2.x: not in CRI Status, only in its config dump) ...
+    assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+    status = cri_client.status_config(host.containerd_socket)
+    if containerd.cri_status_has_registry:
+        assert status["registry"]["configPath"] == DEFAULT_CONFIG_PATH
+    else:
+        assert "registry" not in status and "configPath" not in json.dumps(status)
+    # ... and in the running daemon: 1.7+ would name a `mirrors` entry it loaded.
+    if containerd.has_deprecations:
+        assert result.deprecations is not None and MIRRORS_DEPRECATION not in result.deprecations
+    else:
+        assert result.deprecations is None  # 1.6: no `ctr deprecations`
 
     world.pull("docker.io/library/x:1")
     world.pull("ghcr.io/org/y:1")
@@ -275,7 +416,7 @@ def test_an_unchanged_node_plans_the_same_steps_and_restarts_nothing(world: Worl
         '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."harbor.corp.example"]\n'
         f'  endpoint = ["http://{host.host_address}:6099"]\n'
     )
-    host.start_containerd(broken_config(f"http://{host.host_address}:5000") + own)
+    host.start_containerd(start_config(f"http://{host.host_address}:5000", 2) + own)
     first = world.plan()
     assert "harbor.corp.example" in first.hosts_files
     world.apply(first)
@@ -383,7 +524,12 @@ def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error
     result = host.run_step(config_step(world.settings, world.node, probe.config_sha256, bad))
 
     assert result.returncode == 5, result.stderr
-    assert "`mirrors` cannot be set when `config_path` is provided" in result.stderr
+    # This version's own words, from the plugin that refused (2.x: the images plugin; the cri
+    # plugin then fails as its dependent).
+    conflict = world.containerd
+    assert f"cri plugin {conflict.conflict_plugin}: {conflict.conflict_error}" in result.stderr
+    assert "containerd runs with its CRI plugin in error" in result.stderr
+    assert "hint: containerd refuses registry.mirrors" in result.stderr
     assert parse_step_result(result.stdout).rolled_back
     assert host.config_file.read_text() == good
     assert host.cri_status() == "ok"
@@ -409,6 +555,7 @@ def test_edit_between_probe_and_apply_aborts_with_nothing_changed(world: World) 
     assert not (host.etc_containerd / "config.toml.registry-mirrors.orig").exists()
 
 
+@pytest.mark.parametrize("node_start", ANY_NODE, ids=str)
 def test_unparsable_config_is_refused_with_nothing_changed(world: World) -> None:
     host = world.host
     host.config_file.write_text("version = 2\n[plugins\n")
@@ -426,6 +573,7 @@ def test_unparsable_config_is_refused_with_nothing_changed(world: World) -> None
     assert not (host.etc_containerd / "certs.d").exists()
 
 
+@pytest.mark.parametrize("node_start", ANY_NODE, ids=str)
 def test_unreachable_node_fails_naming_the_node(world: World) -> None:
     # The test node's own address, on a port where nothing listens.
     node = world.node.model_copy(update={"ssh_port": 2222})
@@ -435,6 +583,7 @@ def test_unreachable_node_fails_naming_the_node(world: World) -> None:
         read_node(world.settings, node, ssh_runner(world.host.agent_socket))
 
 
+@pytest.mark.parametrize("node_start", ANY_NODE, ids=str)
 def test_a_node_with_another_host_key_is_refused(world: World) -> None:
     """The pinned host key is checked by the program's read, not only by pulumi-command."""
     other = world.host.root / "other_host_key"
@@ -447,6 +596,48 @@ def test_a_node_with_another_host_key_is_refused(world: World) -> None:
         r"failed\. \(the node's host key is not the pinned nodes\[\]\.sshHostPublicKey",
     ):
         read_node(world.settings, node, ssh_runner(world.host.agent_socket))
+
+
+def test_tls_settings_of_an_http_mirror_are_dropped_so_containerd_does_not_try_https_first(
+    world: World,
+) -> None:
+    """A node mirror on plain http with `configs.<host>.tls` (skip_verify, as people set "to be
+    safe"): carried into hosts.toml it makes 1.7+ try HTTPS first on every connection."""
+    host, containerd = world.host, world.containerd
+    own_mirror = f"{host.host_address}:{UPSTREAM_PORTS['docker.io']}"  # plain http
+    registry = REGISTRY_PATHS[world.start.config_version]
+    table = ".".join(tomlkit.key(part).as_string() for part in registry)
+    host.start_containerd(
+        start_config(f"http://{host.host_address}:5000", world.start.config_version)
+        + f'\n[{table}.mirrors."docker.io"]\n  endpoint = ["http://{own_mirror}"]\n'
+        + f'\n[{table}.configs."{own_mirror}".tls]\n  insecure_skip_verify = true\n'
+    )
+    plan = world.plan()
+    assert any(
+        line.startswith(f'dropped configs."{own_mirror}".tls for http://{own_mirror}')
+        for line in plan.summary
+    ), plan.summary
+    world.apply(plan)
+    hosts_toml = tomllib.loads(plan.hosts_files["docker.io"])
+    assert list(hosts_toml["host"]) == [f"http://{host.host_address}:5000", f"http://{own_mirror}"]
+    assert "skip_verify" not in hosts_toml["host"][f"http://{own_mirror}"]
+
+    https_first = "will try HTTPS first"
+    log_start = len(host.containerd_log.read_text())
+    world.pull("docker.io/library/x:1")
+    assert https_first not in host.containerd_log.read_text()[log_start:]
+
+    # Control: the file the old migration wrote (skip_verify kept) does trip the versions the
+    # table says it trips, so the check above can fail where the bug shows.
+    with_tls = plan.hosts_files["docker.io"].replace(
+        f'[host."http://{own_mirror}"]\n', f'[host."http://{own_mirror}"]\nskip_verify = true\n'
+    )
+    assert with_tls != plan.hosts_files["docker.io"]
+    (host.etc_containerd / "certs.d" / "docker.io" / "hosts.toml").write_text(with_tls)
+    log_start = len(host.containerd_log.read_text())
+    world.pull("docker.io/library/x:2")
+    tried = https_first in host.containerd_log.read_text()[log_start:]
+    assert tried == containerd.tls_on_http_tries_https
 
 
 # --- scripts/verify.py --nodes: the operator's check of the same node --------------------------
@@ -494,12 +685,20 @@ def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: Wor
     assert before.returncode == 1, before.stdout + before.stderr
     assert "config_path" in before.stderr and "mirrors" in before.stderr
     assert "run pulumi up" in before.stderr
+    # 1.7+: the running daemon itself names the mirrors it loaded.
+    running = "deprecations: running containerd still has a `mirrors` entry"
+    assert (running in before.stderr) == world.containerd.has_deprecations, before.stderr
 
     world.apply(world.plan())
     # Different tags: test images of one tag share digests, and a blob the node already has is
     # not fetched again (so it would never reach the second cache).
     after = _verify_nodes(world, "docker.io/library/x:2", "ghcr.io/org/y:3")
     assert after.returncode == 0, after.stdout + after.stderr
+    # 2.x dumps `config_path = '...'` in single quotes: verify-node.sh must read both quotings.
+    quote = world.containerd.dump_quote
+    dump = world.host.ssh("containerd config dump").stdout
+    assert f"config_path = {quote}{DEFAULT_CONFIG_PATH}{quote}" in dump
+    assert f"config_path={DEFAULT_CONFIG_PATH!r}" in after.stdout
     assert "docker.io/library/x:2 cached in" in after.stdout
     assert "ghcr.io/org/y:3 cached in" in after.stdout
     # The node's pull really went through the ghcr proxy, asked on behalf of ghcr.io.

@@ -9,9 +9,24 @@ Layout (all under one tmp dir, nothing of the host's containerd is touched):
   node's own files at the real paths, so the scripts run with their production defaults.
 - containerd is started and restarted by a helper script (the node's ``restart_command``) that
   kills the previous daemon by pid file: there is no systemd here.
-- The containerd socket is reachable from the host at ``host.containerd_socket`` (same inode as
+- The node runs one containerd version of tests/integration/containerd_versions.py: sshd gives
+  every session a PATH with that version's bin dir first (``SetEnv``), so ``containerd --version``
+  in probe.sh reports it and the node scripts use its ``containerd`` and ``ctr``, as on a node
+  where that version is installed.
+- The node's ``/run`` is a directory of the node's own, bind-mounted inside the sshd's mount
+  namespace: 1.7+ always create ``/run/containerd`` and 2.x serves NRI at
+  ``/var/run/nri/nri.sock`` (``/var/run`` is ``/run``), both land there, never in the host's.
+  (A directory rather than a tmpfs: the host reaches the node's socket through it.)
+- The containerd socket is reachable from the host at ``host.containerd_socket`` (a link in a
+  short /tmp dir: a unix socket path must fit in 108 bytes; it resolves to the same inode as
   ``/run/containerd/containerd.sock`` in the node), so a CRI client on the host drives the node's
   daemon while the pulls themselves happen inside the netns.
+- ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node also gets the unit files, the
+  enabled symlink, ``/etc/rancher/<dist>`` (its ``/etc`` is an overlay over the host's) and the
+  distribution's bin dir, and its ``restart_command`` is a TEST STAND-IN for the k3s service
+  (tests/integration/k3s_standin.py) that runs the chosen containerd the way k3s does.
+- An ssh-agent holding the node's key (``agent_socket``): the program's SSH story, for reading the
+  node exactly as the program does (components/fleet.py).
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
+from tests.integration.containerd_versions import V1_6, ContainerdVersion
 
 STANDIN = Path(__file__).resolve().parent / "k3s_standin.py"
 # Flavour -> (distribution, its unit, the units its installer puts on disk). RKE2 installs both
@@ -54,6 +70,9 @@ class Step(Protocol):
     @property
     def stdin(self) -> str: ...
 
+
+# sshd's default PATH for root sessions (what a node's scripts would otherwise get).
+NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _RESTART_HELPER = """#!/usr/bin/env bash
 # The test node's "systemctl restart containerd": stop the daemon by pid file, start a new one.
@@ -78,10 +97,13 @@ class NodeHost:
     node_address: str
     root: Path
     key: Path
+    containerd: ContainerdVersion
+    # A short dir in /tmp for unix sockets (108-byte limit; tmp_path is longer): the ssh
+    # connection-sharing sockets and a link to the node's containerd socket.
+    socket_dir: Path
+    share_ssh: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     flavour: str = "containerd"
-    # A short path to the node's /run: socket paths are limited to 108 bytes, tmp_path is long.
-    run_link: Path | None = None
 
     # --- k3s/RKE2 flavours: the node's /etc is an overlay whose upper dir is etc_upper ---------
 
@@ -113,10 +135,10 @@ class NodeHost:
 
     @property
     def cri_socket(self) -> Path:
+        """The socket the node's CRI is served on, reachable from the host (a short link)."""
         if self.flavour == "containerd":
             return self.containerd_socket
-        run = self.run_link or self.root / "node" / "run"
-        return run / "k3s" / "containerd" / "containerd.sock"
+        return self.socket_dir / "k3s-containerd.sock"
 
     @property
     def etc_containerd(self) -> Path:
@@ -129,8 +151,8 @@ class NodeHost:
 
     @property
     def containerd_socket(self) -> Path:
-        run = self.run_link or self.root / "node" / "run"
-        return run / "containerd" / "containerd.sock"
+        """The node's /run/containerd/containerd.sock, reachable from the host (a short link)."""
+        return self.socket_dir / "containerd.sock"
 
     @property
     def containerd_log(self) -> Path:
@@ -148,7 +170,7 @@ class NodeHost:
     @property
     def agent_socket(self) -> str:
         """An ssh-agent holding the node's login key: the program's SSH story."""
-        return str(self.root / "agent.sock")
+        return str(self.socket_dir / "agent.sock")
 
     @property
     def containerd_pid(self) -> int | None:
@@ -164,6 +186,15 @@ class NodeHost:
         timeout: float = 90,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` as the remote login shell's command, like pulumi-command does."""
+        # With share_ssh: one connection per node, a new session per command. A fresh
+        # connection costs ~0.5-1 s of key exchange on a loaded 2-core machine, times every step
+        # of every test; each step still runs as its own session, as pulumi-command runs it.
+        # Benchmarks turn it off: pulumi-command pays a connection per step.
+        sharing = (
+            ["-o", "ControlMaster=auto", "-o", f"ControlPath={self.socket_dir}/ssh-%C",
+             "-o", "ControlPersist=300"]
+            if self.share_ssh else []
+        )  # fmt: skip
         return subprocess.run(
             [
                 "ssh", "-i", str(self.key),
@@ -172,6 +203,7 @@ class NodeHost:
                 "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
                 "-o", "ConnectTimeout=5",
                 "-o", "LogLevel=ERROR",
+                *sharing,
                 "-p", str(port),
                 f"root@{address or self.node_address}",
                 command,
@@ -188,15 +220,19 @@ class NodeHost:
     ) -> subprocess.CompletedProcess[str]:
         return self.ssh(step.command, step.stdin, address=address, port=port)
 
-    def cri_status(self) -> str:
-        result = subprocess.run(
-            ["ctr", "--address", str(self.cri_socket), "plugins", "ls"],
+    def ctr(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """The node's version of ``ctr``, run on the host against the node's socket."""
+        return subprocess.run(
+            [self.containerd.binary("ctr"), "--address", str(self.cri_socket), *args],
             capture_output=True,
             text=True,
+            timeout=30,
             check=False,
         )
+
+    def cri_status(self) -> str:
         # "absent" also while the daemon restarts (ctr cannot connect).
-        return parse_plugins_ls(result.stdout).get(CRI_PLUGIN, "absent")
+        return parse_plugins_ls(self.ctr("plugins", "ls").stdout).get(CRI_PLUGIN, "absent")
 
     def start_containerd(self, config_text: str, timeout: float = 15) -> None:
         self.config_file.write_text(config_text)
@@ -207,7 +243,11 @@ class NodeHost:
             if self.cri_status() in ("ok", "error"):
                 return
             time.sleep(0.1)
-        raise AssertionError(f"containerd did not start: {self.containerd_log.read_text()[-2000:]}")
+        plugins = self.ctr("plugins", "ls")
+        raise AssertionError(
+            f"containerd's CRI plugin did not come up: ctr: {plugins.stdout[-500:]}"
+            f"{plugins.stderr[-500:]}\n--- log:\n{self.containerd_log.read_text()[-2000:]}"
+        )
 
 
 def _run(*args: str) -> None:
@@ -223,13 +263,21 @@ def _wait_for_port(address: str, port: int, timeout: float = 10) -> None:
     raise AssertionError(f"nothing listens on {address}:{port} after {timeout}s")
 
 
+def _running(pid: int) -> bool:
+    """True while ``pid`` runs. A zombie has finished: kill(pid, 0) still succeeds on it until its
+    parent reaps it (sshd is our own child; a daemon the restart helper left is init's)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _running(pid):
             return
         time.sleep(0.02)
     with contextlib.suppress(ProcessLookupError):
@@ -248,17 +296,17 @@ exec {python} {standin} "${{1:-restart}}" --dist {dist} --containerd {containerd
 
 
 def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
-    """The files a k3s/RKE2 installer leaves where the probe looks; returns the restart command."""
+    """The files a k3s/RKE2 installer leaves where the probe looks (``containerd``: the path of
+    the containerd it embeds); returns the restart command."""
     dist, unit, units = DISTRIBUTIONS[flavour]
     binary = root / "bin" / dist
     binary.parent.mkdir(parents=True, exist_ok=True)
-    containerd_path = shutil.which(containerd) or containerd
     binary.write_text(
         _DISTRIBUTION_BINARY.format(
             dist=dist,
             python=shlex.quote(sys.executable),
             standin=shlex.quote(str(STANDIN)),
-            containerd=shlex.quote(containerd_path),
+            containerd=shlex.quote(containerd),
             log=shlex.quote(str(root / "service.log")),
             pidfile=shlex.quote(str(root / "containerd.pid")),
         )
@@ -278,23 +326,25 @@ def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
     bin_dir = root / "node" / "var-lib" / "rancher" / dist
     bin_dir = bin_dir / "data" / "current" / "bin" if dist == "k3s" else bin_dir / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "containerd").symlink_to(containerd_path)
-    ctr = Path(containerd_path).parent / "ctr"
-    (bin_dir / "ctr").symlink_to(ctr if ctr.exists() else (shutil.which("ctr") or "ctr"))
+    (bin_dir / "containerd").symlink_to(containerd)
+    (bin_dir / "ctr").symlink_to(Path(containerd).parent / "ctr")
     return binary
 
 
 @contextlib.contextmanager
 def node_host(
-    tmp_path: Path, flavour: str = "containerd", containerd: str = "containerd"
+    tmp_path: Path,
+    containerd: ContainerdVersion = V1_6,
+    *,
+    flavour: str = "containerd",
+    share_ssh: bool = True,
 ) -> Iterator[NodeHost]:
-    """Create the node; tear everything down (processes by pid, netns, veth) even on failure.
+    """Create a node running ``containerd``; tear everything down (processes by pid, netns,
+    veth) even on failure. ``share_ssh=False``: a new SSH connection per command.
 
-    ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node also gets the unit files,
-    the enabled symlink, /etc/rancher/<dist> and the distribution's bin dir where those
-    distributions put them (the node's /etc is an overlay over the host's), and a TEST STAND-IN
-    for the service (``restart_command``) that runs ``containerd`` (a binary name or path) the
-    way k3s does. No containerd runs until the test starts one."""
+    ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node is laid out like one (see
+    the module docstring); no containerd runs until the test starts one."""
+    bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
     third = int(token[:2], 16)
@@ -325,6 +375,8 @@ def node_host(
                 "UsePAM no",
                 # tmp_path's parents are not root-owned 0755 everywhere.
                 "StrictModes no",
+                # The node's containerd version: its bin dir first (sshd's own default PATH after).
+                f'SetEnv "PATH={bin_dir}:{NODE_PATH}"',
                 "",
             ]
         )
@@ -338,14 +390,20 @@ def node_host(
     )
     helper.chmod(0o755)
     if flavour != "containerd":
-        binary = _install_distribution(root, flavour, containerd)
+        binary = _install_distribution(root, flavour, containerd.binary("containerd"))
         helper.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(str(binary))} restart\n")
 
-    host = NodeHost(netns, host_address, node_address, root, key, flavour=flavour)
-    # Sockets under tmp_path can pass the 108-byte limit of a unix socket path (pytest's numbered
-    # base dirs grow): the host reaches the node's /run through a short link.
-    host.run_link = Path(tempfile.mkdtemp(prefix="rmk-", dir="/tmp")) / "run"
-    host.run_link.symlink_to(root / "node" / "run")
+    socket_dir = Path(tempfile.mkdtemp(prefix="rmnode-", dir="/tmp"))
+    (socket_dir / "containerd.sock").symlink_to(
+        root / "node" / "run" / "containerd" / "containerd.sock"
+    )
+    (socket_dir / "k3s-containerd.sock").symlink_to(
+        root / "node" / "run" / "k3s" / "containerd" / "containerd.sock"
+    )
+    host = NodeHost(
+        netns, host_address, node_address, root, key, containerd, socket_dir, share_ssh,
+        flavour=flavour,
+    )  # fmt: skip
     created_netns = False
     try:
         _run("ip", "netns", "add", netns)
@@ -404,6 +462,13 @@ def node_host(
         _wait_for_port(node_address, 22)
         yield host
     finally:
+        for control in socket_dir.glob("ssh-*"):
+            # The shared connection's master (ours, on the host side): by its socket.
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={control}", "-O", "exit", "node"],
+                check=False, capture_output=True, timeout=10,
+            )  # fmt: skip
+        shutil.rmtree(socket_dir, ignore_errors=True)
         if host.containerd_pid is not None:
             _kill(host.containerd_pid)
         for process in host.processes:
@@ -424,6 +489,3 @@ def node_host(
             # Deleting the netns destroys the node end of the veth, and with it the host end.
             subprocess.run(["ip", "netns", "delete", netns], check=False, capture_output=True)
             subprocess.run(["ip", "link", "delete", host_if], check=False, capture_output=True)
-        if host.run_link is not None:
-            host.run_link.unlink(missing_ok=True)
-            host.run_link.parent.rmdir()

@@ -1,0 +1,169 @@
+"""The containerd versions every real-daemon test runs on, and what differs between them: DATA.
+
+One table, used by every parametrised test (``pytest.mark.parametrize`` over :data:`VERSIONS`, or
+the ``containerd`` fixture of tests/integration/conftest.py). A difference between versions is a
+column here, never a copy of a test.
+
+Where the binaries come from: 1.6.20 is Debian 12's ``containerd`` package (scripts/test.sh
+installs it, on PATH); 1.7.24 (trixie) and 2.1.9 (sid) are unpacked, never installed, by
+scripts/testenv/setup-containerd.sh under ``$TESTENV_CACHE/containerd/<version>/usr/bin``. A
+missing one skips with how to get it, and FAILS under CI=true (tests/prereq.py).
+
+Every row was measured on this machine with that exact binary (FIELD-NOTES, "Added turn 2").
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from tests.prereq import missing
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# What each version logs (and ctr shows as the plugin's error) for `mirrors` next to `config_path`.
+CONFLICT_1X = "invalid plugin config: `mirrors` cannot be set when `config_path` is provided"
+CONFLICT_2X = "invalid cri image config: `mirrors` cannot be set when `config_path` is provided"
+
+
+@dataclass(frozen=True)
+class ContainerdVersion:
+    """One containerd release under test and the behaviour the tests expect of it."""
+
+    version: str
+    """What ``containerd --version`` reports (its third field starts with this)."""
+    packaged: bool
+    """True: the system package on PATH (Debian 12); False: unpacked by setup-containerd.sh."""
+    config_versions: tuple[int, ...]
+    """config.toml versions a node of this version can start from (2.x loads a version 1 file,
+    but without its CRI settings: see :meth:`written_config_version`)."""
+    conflict_error: str
+    """Its error text for `mirrors` + `config_path` (the CRI plugin is then `error`)."""
+    conflict_plugin: str
+    """The plugin (``<type>.<id>``) whose init fails with ``conflict_error``."""
+    refuses_tls_with_config_path: bool
+    """1.x refuses ``registry.configs.<host>.tls`` next to ``config_path``; 2.1 accepts it."""
+    has_deprecations: bool
+    """``ctr deprecations list`` exists (1.7+): names cri-registry-mirrors while a mirror is set."""
+    dump_quote: str
+    """The quote ``containerd config dump`` puts around strings (2.x: single quotes)."""
+    tls_on_http_tries_https: bool
+    """A TLS setting on an ``http://`` host makes it try HTTPS first (1.7+)."""
+    cri_status_has_registry: bool
+    """CRI ``Status(verbose)`` reports the registry config (1.x); 2.x reports only the runtime's."""
+
+    @property
+    def series(self) -> str:
+        """``1.6``, ``1.7``, ``2.1``: the test id."""
+        return ".".join(self.version.split(".")[:2])
+
+    @property
+    def major(self) -> int:
+        return int(self.version.split(".")[0])
+
+    @property
+    def effective_registry(self) -> tuple[str, ...]:
+        """Where ``containerd config dump`` shows the registry settings it uses: 2.x dumps
+        version 3 (the images plugin) whatever version the file is."""
+        if self.major >= 2:
+            return ("plugins", "io.containerd.cri.v1.images", "registry")
+        return ("plugins", "io.containerd.grpc.v1.cri", "registry")
+
+    def written_config_version(self, start: int) -> int:
+        """The config.toml version the program writes for a node of this version whose file is
+        version ``start``: the same, except version 1 on 2.x becomes 2 (2.x ignores a v1 file's
+        CRI settings; components/renderers/containerd_config.py)."""
+        return 2 if start == 1 and self.major >= 2 else start
+
+    def bin_dir(self) -> Path | None:
+        """The directory holding this version's ``containerd`` and ``ctr``, or None if absent."""
+        return _bin_dir(self)
+
+    def require(self) -> Path:
+        """:meth:`bin_dir`, or skip (fail under CI=true) with how to get it."""
+        found = self.bin_dir()
+        if found is None:
+            how = (
+                "apt-get install containerd (scripts/test.sh does)"
+                if self.packaged
+                else "bash scripts/testenv/setup-containerd.sh (scripts/test.sh runs it)"
+            )
+            missing(f"containerd {self.version} not found: {how}")
+        assert found is not None
+        return found
+
+    def binary(self, name: str) -> str:
+        """Absolute path of ``containerd``/``ctr`` of this version (after :meth:`require`)."""
+        return str(self.require() / name)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TESTENV_CACHE") or ROOT / ".cache")
+
+
+@cache
+def _bin_dir(version: ContainerdVersion) -> Path | None:
+    if version.packaged:
+        found = shutil.which("containerd")
+        candidate = Path(found).parent if found else None
+    else:
+        candidate = cache_dir() / "containerd" / version.version / "usr" / "bin"
+    if candidate is None or not (candidate / "containerd").is_file():
+        return None
+    if not (candidate / "ctr").is_file():
+        return None
+    reported = subprocess.run(
+        [str(candidate / "containerd"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    ).stdout.split()
+    # "containerd github.com/containerd/containerd 1.6.20~ds1 ..." (v2: ".../v2 2.1.9+unknown").
+    if len(reported) < 3 or not reported[2].lstrip("v").startswith(f"{version.version}"):
+        return None
+    return candidate
+
+
+V1_6 = ContainerdVersion(
+    version="1.6.20",
+    packaged=True,
+    config_versions=(1, 2),
+    conflict_error=CONFLICT_1X,
+    conflict_plugin="io.containerd.grpc.v1.cri",
+    refuses_tls_with_config_path=True,
+    has_deprecations=False,
+    dump_quote='"',
+    tls_on_http_tries_https=False,
+    cri_status_has_registry=True,
+)
+V1_7 = ContainerdVersion(
+    version="1.7.24",
+    packaged=False,
+    config_versions=(1, 2),
+    conflict_error=CONFLICT_1X,
+    conflict_plugin="io.containerd.grpc.v1.cri",
+    refuses_tls_with_config_path=True,
+    has_deprecations=True,
+    dump_quote='"',
+    tls_on_http_tries_https=True,
+    cri_status_has_registry=True,
+)
+V2_1 = ContainerdVersion(
+    version="2.1.9",
+    packaged=False,
+    config_versions=(1, 2, 3),
+    conflict_error=CONFLICT_2X,
+    conflict_plugin="io.containerd.cri.v1.images",
+    refuses_tls_with_config_path=False,
+    has_deprecations=True,
+    dump_quote="'",
+    tls_on_http_tries_https=True,
+    cri_status_has_registry=False,
+)
+
+VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1)
