@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Report what the node's containerd has, one key=value per line, so the component can migrate
-# config.toml without guessing. The config travels base64-encoded on one line: it may hold
-# registry credentials and arbitrary TOML, and must reach the parser byte for byte.
+# config.toml (or merge a k3s/RKE2 registries.yaml) without guessing. Read-only: it runs while the
+# program runs, `pulumi preview` included.
 # Params (env): CONFIG_FILE (containerd config.toml), CONFIG_PATH (hosts.toml directory),
 #   FLAVOUR (optional: the node setting, picks one of several enabled k3s/RKE2 units).
 set -euo pipefail
@@ -13,6 +13,38 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "probe.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
   exit 2
 fi
+# file_report PREFIX FILE: PREFIX_exists=, PREFIX_sha256= ("absent" when missing) and PREFIX_b64=.
+# The file travels base64-encoded on one line: it may hold credentials and must reach the parser
+# byte for byte (the checksum guards the apply that follows).
+file_report() {
+  if [[ -f $2 ]]; then
+    echo "$1_exists=1"
+    echo "$1_sha256=$(sha256sum <"$2" | awk '{print $1}')"
+    echo "$1_b64=$(base64 -w 0 <"$2")"
+  else
+    echo "$1_exists=0"
+    echo "$1_sha256=absent"
+    echo "$1_b64="
+  fi
+}
+
+# original_saved FILE: 1 once a script of ours saved FILE's first original (or that it had none).
+original_saved() {
+  if [[ -f ${1}.registry-mirrors.orig || -f ${1}.registry-mirrors.absent ]]; then echo 1; else echo 0; fi
+}
+
+# applied_from FILE: apply-config.sh and registries.sh record "<sha256 written> <sha256 of the file
+# it was made from>". While FILE is still what they wrote, the program sends that guard again: an
+# unchanged node shows no diff.
+applied_from() {
+  local written="" source=""
+  if [[ -f ${1}.registry-mirrors.applied && -f $1 ]]; then
+    read -r written source <"${1}.registry-mirrors.applied" || true
+    [[ $written == "$(sha256sum <"$1" | awk '{print $1}')" ]] && echo "$source"
+  fi
+  return 0
+}
+
 # --- flavour: plain containerd, or k3s / RKE2 with their own containerd (issue 14) -------------
 # k3s and RKE2 run their own containerd (not on PATH), regenerate its config.toml and certs.d from
 # /etc/rancher/<dist>/registries.yaml at every start, and serve CRI on
@@ -65,28 +97,9 @@ else
   echo "cri_socket=/run/k3s/containerd/containerd.sock"
   registries_file="/etc/rancher/${dist}/registries.yaml"
   echo "registries_file=${registries_file}"
-  if [[ -f $registries_file ]]; then
-    echo "registries_exists=1"
-    echo "registries_sha256=$(sha256sum <"$registries_file" | awk '{print $1}')"
-    echo "registries_b64=$(base64 -w 0 <"$registries_file")"
-  else
-    echo "registries_exists=0"
-    echo "registries_sha256=absent"
-    echo "registries_b64="
-  fi
-  if [[ -f ${registries_file}.registry-mirrors.orig || -f ${registries_file}.registry-mirrors.absent ]]; then
-    echo "registries_original_saved=1"
-  else
-    echo "registries_original_saved=0"
-  fi
-  # As for config.toml below: while the file is what registries.sh wrote, the guard it was
-  # written with (an unchanged node shows no diff).
-  applied_from=""
-  if [[ -f ${registries_file}.registry-mirrors.applied && -f $registries_file ]]; then
-    read -r written source <"${registries_file}.registry-mirrors.applied" || true
-    [[ ${written:-} == "$(sha256sum <"$registries_file" | awk '{print $1}')" ]] && applied_from=${source:-}
-  fi
-  echo "registries_applied_from_sha256=${applied_from}"
+  file_report registries "$registries_file"
+  echo "registries_original_saved=$(original_saved "$registries_file")"
+  echo "registries_applied_from_sha256=$(applied_from "$registries_file")"
   echo "hosts_dir=/var/lib/rancher/${dist}/agent/etc/containerd/certs.d"
   echo "containerd_log=/var/lib/rancher/${dist}/agent/containerd/containerd.log"
   # k3s unpacks its binaries to data/<hash>/bin (data/current points at the running set); RKE2
@@ -136,24 +149,15 @@ version_line=$(containerd --version)
 echo "containerd_version_line=${version_line//$'\n'/ }"
 echo "containerd_version=$(awk '{print $3}' <<<"$version_line")"
 echo "config_file=${CONFIG_FILE}"
+file_report config "$CONFIG_FILE"
+# Top-level `version = N` (absent means v1 to containerd 1.x).
+config_version=""
 if [[ -f $CONFIG_FILE ]]; then
-  echo "config_exists=1"
-  echo "config_sha256=$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')"
-  # Top-level `version = N` (absent means v1 to containerd 1.x).
   config_version=$(sed -n -E 's/^[[:space:]]*version[[:space:]]*=[[:space:]]*([0-9]+).*/\1/p' "$CONFIG_FILE" | head -n 1)
-  echo "config_version=${config_version:-1}"
-  echo "config_b64=$(base64 -w 0 <"$CONFIG_FILE")"
-else
-  echo "config_exists=0"
-  echo "config_sha256=absent"
-  echo "config_version="
-  echo "config_b64="
+  config_version=${config_version:-1}
 fi
-if [[ -f ${CONFIG_FILE}.registry-mirrors.orig || -f ${CONFIG_FILE}.registry-mirrors.absent ]]; then
-  echo "original_saved=1"
-else
-  echo "original_saved=0"
-fi
+echo "config_version=${config_version}"
+echo "original_saved=$(original_saved "$CONFIG_FILE")"
 # The node's first original config.toml (saved by apply-config.sh before its first change): the
 # mirrors it held were carried over to hosts.toml, and must stay there on every later run, when
 # config.toml itself no longer names them.
@@ -162,15 +166,7 @@ if [[ -f ${CONFIG_FILE}.registry-mirrors.orig ]]; then
 else
   echo "original_b64="
 fi
-# apply-config.sh records "<sha256 it wrote> <sha256 of the file it migrated from>". While the file
-# is still what it wrote, the program sends the same guard again: an unchanged node shows no diff.
-applied="${CONFIG_FILE}.registry-mirrors.applied"
-applied_from=""
-if [[ -f $applied && -f $CONFIG_FILE ]]; then
-  read -r written source <"$applied" || true
-  [[ ${written:-} == "$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')" ]] && applied_from=${source:-}
-fi
-echo "applied_from_sha256=${applied_from}"
+echo "applied_from_sha256=$(applied_from "$CONFIG_FILE")"
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
 if [[ -f $manifest ]]; then
   echo "managed_dirs=$(paste -s -d ' ' "$manifest")"
