@@ -152,15 +152,15 @@ roll_back() {
   fi
 }
 
-# restore_original FILE (delete: pulumi destroy or the node removed): put back the very first
-# original, or remove FILE if there was none; a FILE changed after us is kept as .before-restore.
-# Sets and prints restored=0|1.
-restored=0
+# restore_original FILE [ERROR_TEXT] (delete: pulumi destroy or the node removed): put back the very
+# first original, or remove FILE if there was none (a FILE changed after us is kept as
+# .before-restore), then restart and wait for the CRI plugin. Prints restored=0|1 restarted=0|1;
+# exit 5 when the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of
+# the caller's: the daemon's own words).
 restore_original() {
-  local file=$1
+  local file=$1 error_text=${2:-} restored=0
   local orig="${file}.registry-mirrors.orig" absent="${file}.registry-mirrors.absent"
   rm -f "${file}.registry-mirrors.applied"
-  restored=0
   if [[ -f $orig ]]; then
     if ! cmp -s "$orig" "$file"; then
       [[ -f $file ]] && cp -p "$file" "${file}.registry-mirrors.before-restore"
@@ -174,4 +174,17 @@ restore_original() {
     restored=1
   fi
   echo "restored=${restored}"
+  if ((!restored)); then
+    echo "restarted=0"
+    return 0
+  fi
+  if ! restart_and_wait; then
+    {
+      echo "${me}: ${file} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
+      [[ -z $error_text ]] || "$error_text"
+    } >&2
+    exit 5
+  fi
+  echo "restarted=1"
 }

@@ -76,20 +76,7 @@ distribution_error_text() {
 }
 
 if [[ $RESTORE == 1 ]]; then
-  restore_original "$REGISTRIES_FILE"
-  if ((restored)); then
-    if ! restart_and_wait; then
-      {
-        echo "${me}: ${REGISTRIES_FILE} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
-        [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
-        distribution_error_text
-      } >&2
-      exit 5
-    fi
-    echo "restarted=1"
-  else
-    echo "restarted=0"
-  fi
+  restore_original "$REGISTRIES_FILE" distribution_error_text
   exit 0
 fi
 

@@ -5,6 +5,7 @@
 # <file>.registry-mirrors.before-restore first. (hosts.sh REMOVE_ALL=1 undoes the hosts.toml side.)
 # Params (env): CONFIG_FILE, RESTART_COMMAND, RESTART_TIMEOUT, CONTAINERD_ADDRESS.
 # Output: key=value lines: restored=0|1 restarted=0|1.
+# Exit: 0 ok; 2 not root; 5 restored, but the restart failed or the CRI plugin is not ok.
 set -euo pipefail
 
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
@@ -17,13 +18,3 @@ set -euo pipefail
 require_root
 
 restore_original "$CONFIG_FILE"
-if ((restored)); then
-  restart
-  if ! wait_for_cri; then
-    echo "${me}: ${CONFIG_FILE} was restored but containerd's CRI plugin is not ok after ${RESTART_TIMEOUT}s" >&2
-    exit 5
-  fi
-  echo "restarted=1"
-else
-  echo "restarted=0"
-fi
