@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ def _sent(relative: str, params: dict[str, str | int | bool]) -> tuple[str, str]
     words = shlex.split(remote_command(relative, params))
     assert words[-4:-2] == ["bash", "-c"]
     return words[-2], words[-1]
-
-
-def _run_sent(command: str, uid: int, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """As on the node: the command from a directory holding nothing of ours. `id` is faked so the
-    root check passes or fails whoever runs the test."""
-    fake_id = f"id() {{ echo {uid}; }}; export -f id\n"
-    return subprocess.run(
-        ["bash", "-c", fake_id + command], cwd=cwd, capture_output=True, text=True, check=False
-    )
 
 
 def _library_functions() -> list[str]:
@@ -81,46 +71,3 @@ def test_a_library_line_written_otherwise_is_an_error(tmp_path: Path) -> None:
     script.write_text(f"#!/usr/bin/env bash\n{LIBRARY_LINE}\n")
     with pytest.raises(ValueError, match="cannot be read on the remote host"):
         inline_libraries(script)
-
-
-@pytest.mark.parametrize(("uid", "code", "stdout", "stderr"), [
-    (1000, 2, "", "restore.sh: must run as root (log in as root"),
-    (0, 0, "restored=0\nrestarted=0\n", ""),
-])  # fmt: skip
-def test_the_sent_command_runs_with_no_file_of_ours_beside_it(
-    tmp_path: Path, uid: int, code: int, stdout: str, stderr: str
-) -> None:
-    """The library's functions run, and its root check names the script from $0."""
-    command = remote_command(
-        "node/restore.sh",
-        {"CONFIG_FILE": str(tmp_path / "config.toml"), "RESTART_COMMAND": "false"},
-    )
-    result = _run_sent(command, uid, tmp_path)
-    assert (result.returncode, result.stdout) == (code, stdout), result.stderr
-    assert stderr in result.stderr if stderr else result.stderr == ""
-
-
-def test_a_restore_whose_restart_fails_exits_5_quoting_the_restart_command(tmp_path: Path) -> None:
-    """The delete step shared by restore.sh and registries.sh RESTORE=1: the original is back, and
-    a failing restart is reported as such (its exit code could read as ssh's 255 otherwise)."""
-    config = tmp_path / "config.toml"
-    config.write_text("ours\n")
-    (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
-    (tmp_path / "config.toml.registry-mirrors.applied").write_text("a b\n")
-    command = remote_command(
-        "node/restore.sh",
-        {
-            "CONFIG_FILE": str(config),
-            "RESTART_COMMAND": "echo Unit containerd.service not found. >&2; exit 255",
-        },
-    )
-    result = _run_sent(command, 0, tmp_path)
-    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
-    assert f"restore.sh: {config} was restored but the CRI plugin on" in result.stderr
-    assert "restart command output: Unit containerd.service not found." in result.stderr
-    assert config.read_text() == "theirs\n"
-    assert (tmp_path / "config.toml.registry-mirrors.before-restore").read_text() == "ours\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "config.toml",
-        "config.toml.registry-mirrors.before-restore",
-    ]
