@@ -76,8 +76,11 @@ class Node:
 FIRST, SECOND = "mirrors: {}\n", "mirrors: {docker.io: {}}\n"
 
 
-def test_a_new_file_is_0600_and_a_changed_one_keeps_its_mode(tmp_path: Path) -> None:
-    """It may hold registry credentials."""
+def test_a_new_file_is_0600_a_changed_one_keeps_its_mode_and_delete_removes_it(
+    tmp_path: Path,
+) -> None:
+    """It may hold registry credentials. No file at first: after two changes, delete leaves no
+    file and no mark of ours (not the file of our first change, as it did before)."""
     node = Node(tmp_path)
     first = node.apply("absent", FIRST)
     assert first.stdout == "changed=1\nbackup=\nrestarted=1\nrolled_back=0\n", first.stderr
@@ -94,6 +97,25 @@ def test_a_new_file_is_0600_and_a_changed_one_keeps_its_mode(tmp_path: Path) -> 
     assert node.file.read_text() == SECOND and node.file.stat().st_mode & 0o777 == 0o640
     assert node.beside("applied").read_text() == f"{sha256(SECOND)} {sha256(FIRST)}\n"
     assert node.restart_count() == 2
+    assert not node.beside("orig").exists()
+
+    delete = node.delete()
+    assert delete.stdout == "restored=1\nrestarted=1\n", delete.stderr
+    assert not node.file.exists()
+    assert node.left() == [backup.name, "registries.yaml.registry-mirrors.before-restore"]
+    assert node.beside("before-restore").read_text() == SECOND
+
+
+def test_delete_on_a_node_left_with_both_marks_goes_by_the_absent_one(tmp_path: Path) -> None:
+    """What the scripts left before: .absent, and an .orig that is our own first change."""
+    node = Node(tmp_path)
+    node.file.parent.mkdir()
+    node.file.write_text(SECOND)
+    node.beside("orig").write_text(FIRST)
+    node.beside("absent").write_text("")
+    delete = node.delete()
+    assert delete.stdout == "restored=1\nrestarted=1\n", delete.stderr
+    assert node.left() == ["registries.yaml.registry-mirrors.before-restore"]
 
 
 def test_identical_text_is_a_no_op_whatever_the_guard_and_an_edit_is_refused(

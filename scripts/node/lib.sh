@@ -119,7 +119,9 @@ install_new() {
   local file=$1 staged=$2
   backup=""
   if [[ -f $file ]]; then
-    [[ -e ${file}.registry-mirrors.orig ]] || cp -p "$file" "${file}.registry-mirrors.orig"
+    # Not when the mark says there was no FILE at first: FILE is then our own first change.
+    [[ -e ${file}.registry-mirrors.orig || -e ${file}.registry-mirrors.absent ]] ||
+      cp -p "$file" "${file}.registry-mirrors.orig"
     backup="${file}.registry-mirrors.$(date -u +%Y%m%dT%H%M%SZ)"
     cp -p "$file" "$backup"
     chmod --reference="$file" "$staged"
@@ -161,17 +163,19 @@ restore_original() {
   local file=$1 error_text=${2:-} restored=0
   local orig="${file}.registry-mirrors.orig" absent="${file}.registry-mirrors.absent"
   rm -f "${file}.registry-mirrors.applied"
-  if [[ -f $orig ]]; then
+  # The mark first: an .orig beside it is our own first change, saved as the original by the
+  # scripts before install_new looked at the mark (a second change of a node that had no FILE).
+  if [[ -f $absent ]]; then
+    [[ -f $file ]] && mv -f "$file" "${file}.registry-mirrors.before-restore"
+    rm -f "$absent" "$orig"
+    restored=1
+  elif [[ -f $orig ]]; then
     if ! cmp -s "$orig" "$file"; then
       [[ -f $file ]] && cp -p "$file" "${file}.registry-mirrors.before-restore"
       put_in_place "$orig" "$file"
       restored=1
     fi
     rm -f "$orig"
-  elif [[ -f $absent ]]; then
-    [[ -f $file ]] && mv -f "$file" "${file}.registry-mirrors.before-restore"
-    rm -f "$absent"
-    restored=1
   fi
   echo "restored=${restored}"
   if ((!restored)); then
