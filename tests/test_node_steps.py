@@ -16,7 +16,7 @@ from components.renderers.node_steps import (
     restore_hosts_step,
     verify_step,
 )
-from components.renderers.shell import script_text
+from components.renderers.shell import SCRIPTS_DIR, script_text
 from components.settings import Node, Settings, load_settings
 from tests.sample import sample_raw, sample_settings
 
@@ -90,6 +90,28 @@ def test_every_exported_parameter_is_one_its_script_reads(role: str) -> None:
     assert exported
     for key in exported:
         assert re.search(rf'^: "\$\{{{key}:[=?]', text, re.MULTILINE), f"{script} never reads {key}"
+
+
+@pytest.mark.parametrize(
+    "script", ["node/apply-config.sh", "node/registries.sh", "node/restore.sh"]
+)
+def test_the_shared_library_uses_only_parameters_its_script_declares(script: str) -> None:
+    """scripts/node/lib.sh declares no parameter (the check above sees each script's own), and
+    every parameter of a node script it uses is declared, with its default, by each script that
+    inlines it."""
+    declared = re.compile(r'^: "\$\{([A-Z][A-Z0-9_]*):[=?]', re.MULTILINE)
+    library = (SCRIPTS_DIR / "node" / "lib.sh").read_text()
+    code = "\n".join(line for line in library.splitlines() if not line.lstrip().startswith("#"))
+    assert not declared.search(library)
+    parameters = {
+        key
+        for path in (SCRIPTS_DIR / "node").glob("*.sh")
+        for key in declared.findall(path.read_text())
+    }
+    used = {key for key in parameters if re.search(rf"\b{key}\b", code)}
+    assert used == {"CONTAINERD_ADDRESS", "RESTART_COMMAND", "RESTART_TIMEOUT"}
+    own = set(declared.findall((SCRIPTS_DIR / script).read_text()))
+    assert used <= own, f"{script} does not declare {sorted(used - own)}"
 
 
 # --- planning a node from its probe -------------------------------------------------------------

@@ -29,55 +29,18 @@ set -euo pipefail
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 : "${CONTAINERD_LOG:=}"
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "apply-config.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
+# shellcheck source=scripts/node/lib.sh
+. "$(dirname "$0")/lib.sh"
+require_root
 
-dir=$(dirname "$CONFIG_FILE")
-mkdir -p "$dir"
-new=$(mktemp "${dir}/.config.toml.registry-mirrors.XXXXXX")
-trap 'rm -f "$new"' EXIT
-cat >"$new"
-
-# Already the wanted text: nothing to do, whatever the guard says (the guard of an unchanged node
-# is the checksum of the file it was once migrated from, see probe.sh).
-if [[ -f $CONFIG_FILE ]] && cmp -s "$new" "$CONFIG_FILE"; then
-  echo "changed=0"
-  echo "restarted=0"
-  exit 0
-fi
-current_sha=absent
-[[ -f $CONFIG_FILE ]] && current_sha=$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')
-if [[ $current_sha != "$EXPECTED_SHA256" ]]; then
-  echo "apply-config.sh: ${CONFIG_FILE} changed since it was probed (expected sha256 ${EXPECTED_SHA256}, now ${current_sha}); nothing changed, run pulumi up again" >&2
-  exit 3
-fi
+stage_stdin "$CONFIG_FILE"
+skip_or_refuse "$CONFIG_FILE" "$new" "$EXPECTED_SHA256"
 
 if ! check_output=$(containerd -c "$new" config dump 2>&1 >/dev/null); then
-  echo "apply-config.sh: containerd rejects the new ${CONFIG_FILE}; nothing changed:" >&2
+  echo "${me}: containerd rejects the new ${CONFIG_FILE}; nothing changed:" >&2
   echo "$check_output" >&2
   exit 4
 fi
-
-cri_status() {
-  ctr --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
-    awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}'
-}
-
-cri_state=""
-wait_for_cri() {
-  local deadline=$((SECONDS + RESTART_TIMEOUT))
-  cri_state=""
-  while ((SECONDS < deadline)); do
-    cri_state=$(cri_status || true)
-    [[ $cri_state == ok ]] && return 0
-    # "error" is final for this daemon: containerd skipped the plugin and will not retry.
-    [[ $cri_state == error ]] && return 1
-    sleep 0.2
-  done
-  return 1
-}
 
 containerd_error_text() {
   # containerd's own words: the init error of every CRI plugin that failed, then the log lines
@@ -96,10 +59,6 @@ containerd_error_text() {
   fi
 }
 
-restart() {
-  bash -c "$RESTART_COMMAND"
-}
-
 deprecations() {
   # What the RUNNING daemon loaded (config dump only reads the file). 1.6 has no such command.
   local out
@@ -110,29 +69,11 @@ deprecations() {
   fi
 }
 
-# Keep the very first original forever (delete restores it) plus one backup per change.
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-if [[ -f $CONFIG_FILE ]]; then
-  [[ -e ${CONFIG_FILE}.registry-mirrors.orig ]] || cp -p "$CONFIG_FILE" "${CONFIG_FILE}.registry-mirrors.orig"
-  backup="${CONFIG_FILE}.registry-mirrors.${stamp}"
-  cp -p "$CONFIG_FILE" "$backup"
-  chmod --reference="$CONFIG_FILE" "$new"
-else
-  [[ -e ${CONFIG_FILE}.registry-mirrors.orig ]] || : >"${CONFIG_FILE}.registry-mirrors.absent"
-  backup=""
-  # config.toml may carry registry credentials.
-  chmod 0600 "$new"
-fi
-mv -f "$new" "$CONFIG_FILE"
-echo "changed=1"
-echo "backup=${backup}"
+install_new "$CONFIG_FILE" "$new"
 
-restart_output=""
-if restart_output=$(restart 2>&1) && wait_for_cri; then
-  # What we wrote and what it was migrated from (probe.sh reads it back; restore.sh removes it).
-  record=$(mktemp "${dir}/.config.toml.registry-mirrors.XXXXXX")
-  printf '%s %s\n' "$(sha256sum <"$CONFIG_FILE" | awk '{print $1}')" "$EXPECTED_SHA256" >"$record"
-  mv -f "$record" "${CONFIG_FILE}.registry-mirrors.applied"
+if restart_and_wait; then
+  # probe.sh reads it back; restore.sh removes it.
+  record_applied "$CONFIG_FILE" "$EXPECTED_SHA256"
   echo "restarted=1"
   echo "rolled_back=0"
   echo "deprecations=$(deprecations)"
@@ -142,18 +83,12 @@ fi
 reason=$(containerd_error_text)
 echo "restarted=1"
 echo "rolled_back=1"
-if [[ -n $backup ]]; then
-  rollback=$(mktemp "${dir}/.config.toml.registry-mirrors.XXXXXX")
-  cp -p "$backup" "$rollback"
-  mv -f "$rollback" "$CONFIG_FILE"
-else
-  rm -f "$CONFIG_FILE" "${CONFIG_FILE}.registry-mirrors.absent"
-fi
+roll_back "$CONFIG_FILE" "$backup"
 {
   if [[ $cri_state == error ]]; then
-    echo "apply-config.sh: after writing ${CONFIG_FILE} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
+    echo "${me}: after writing ${CONFIG_FILE} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
   else
-    echo "apply-config.sh: after writing ${CONFIG_FILE} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
+    echo "${me}: after writing ${CONFIG_FILE} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
   fi
   [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
   echo "containerd says:"
@@ -167,5 +102,5 @@ fi
 if restart >/dev/null 2>&1 && wait_for_cri; then
   exit 5
 fi
-echo "apply-config.sh: containerd's CRI plugin is NOT ok even with the restored config: $(containerd_error_text)" >&2
+echo "${me}: containerd's CRI plugin is NOT ok even with the restored config: $(containerd_error_text)" >&2
 exit 6

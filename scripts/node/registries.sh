@@ -38,38 +38,10 @@ set -euo pipefail
 : "${CONTAINERD_LOG:=}"
 : "${RESTORE:=0}"
 
-me=registries.sh
-if [[ $(id -u) -ne 0 ]]; then
-  echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
-[[ -n $CTR && -x $CTR ]] || CTR=$(command -v ctr || true)
-
-dir=$(dirname "$REGISTRIES_FILE")
-orig="${REGISTRIES_FILE}.registry-mirrors.orig"
-absent_marker="${REGISTRIES_FILE}.registry-mirrors.absent"
-
-cri_status() {
-  [[ -n $CTR ]] || return 0
-  "$CTR" --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
-    awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}'
-}
-
-wait_for_cri() {
-  local deadline=$((SECONDS + RESTART_TIMEOUT)) status=""
-  while ((SECONDS < deadline)); do
-    status=$(cri_status || true)
-    [[ $status == ok ]] && return 0
-    # "error" is final for this daemon: containerd skipped the plugin and will not retry.
-    [[ $status == error ]] && return 1
-    sleep 0.2
-  done
-  return 1
-}
-
-restart() {
-  bash -c "$RESTART_COMMAND"
-}
+# shellcheck source=scripts/node/lib.sh
+. "$(dirname "$0")/lib.sh"
+require_root
+if [[ -n $CTR && -x $CTR ]]; then ctr_bin=$CTR; fi
 
 # The first [host."..."] table of the generated file must be our cache (k3s writes the URL with
 # /v2 appended since v1.29, without before): tried first, then the node's own mirrors, then the
@@ -103,90 +75,21 @@ distribution_error_text() {
   fi
 }
 
-put_in_place() {  # SOURCE: copy next to the target, then rename(2): never a half-written file
-  local tmp
-  tmp=$(mktemp "${dir}/.registries.yaml.registry-mirrors.XXXXXX")
-  cp -p "$1" "$tmp"
-  mv -f "$tmp" "$REGISTRIES_FILE"
-}
-
 if [[ $RESTORE == 1 ]]; then
-  rm -f "${REGISTRIES_FILE}.registry-mirrors.applied"
-  restored=0
-  if [[ -f $orig ]]; then
-    if ! cmp -s "$orig" "$REGISTRIES_FILE"; then
-      [[ -f $REGISTRIES_FILE ]] && cp -p "$REGISTRIES_FILE" "${REGISTRIES_FILE}.registry-mirrors.before-restore"
-      put_in_place "$orig"
-      restored=1
-    fi
-    rm -f "$orig"
-  elif [[ -f $absent_marker ]]; then
-    [[ -f $REGISTRIES_FILE ]] && mv -f "$REGISTRIES_FILE" "${REGISTRIES_FILE}.registry-mirrors.before-restore"
-    rm -f "$absent_marker"
-    restored=1
-  fi
-  echo "restored=${restored}"
-  if ((restored)); then
-    if ! restart_output=$(restart 2>&1) || ! wait_for_cri; then
-      {
-        echo "${me}: ${REGISTRIES_FILE} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
-        [[ -n ${restart_output:-} ]] && echo "restart command output: ${restart_output}"
-        distribution_error_text
-      } >&2
-      exit 5
-    fi
-    echo "restarted=1"
-  else
-    echo "restarted=0"
-  fi
+  restore_original "$REGISTRIES_FILE" distribution_error_text
   exit 0
 fi
 
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
-mkdir -p "$dir"
-new=$(mktemp "${dir}/.registries.yaml.registry-mirrors.XXXXXX")
-trap 'rm -f "$new"' EXIT
-cat >"$new"
+stage_stdin "$REGISTRIES_FILE"
+skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+install_new "$REGISTRIES_FILE" "$new"
 
-# Identical text: nothing to do, and above all no restart, whatever the guard says (the guard of
-# an unchanged node is the checksum of the file it was once merged from, see probe.sh).
-if [[ -f $REGISTRIES_FILE ]] && cmp -s "$new" "$REGISTRIES_FILE"; then
-  echo "changed=0"
-  echo "restarted=0"
-  exit 0
-fi
-current_sha=absent
-[[ -f $REGISTRIES_FILE ]] && current_sha=$(sha256sum <"$REGISTRIES_FILE" | awk '{print $1}')
-if [[ $current_sha != "$EXPECTED_SHA256" ]]; then
-  echo "${me}: ${REGISTRIES_FILE} changed since it was probed (expected sha256 ${EXPECTED_SHA256}, now ${current_sha}); nothing changed, run pulumi up again" >&2
-  exit 3
-fi
-
-# Keep the very first original forever (delete restores it) plus one backup per change.
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-backup=""
-if [[ -f $REGISTRIES_FILE ]]; then
-  [[ -e $orig ]] || cp -p "$REGISTRIES_FILE" "$orig"
-  backup="${REGISTRIES_FILE}.registry-mirrors.${stamp}"
-  cp -p "$REGISTRIES_FILE" "$backup"
-  chmod --reference="$REGISTRIES_FILE" "$new"
-else
-  [[ -e $orig ]] || : >"$absent_marker"
-  # registries.yaml may carry registry credentials (configs.*.auth).
-  chmod 0600 "$new"
-fi
-mv -f "$new" "$REGISTRIES_FILE"
-echo "changed=1"
-echo "backup=${backup}"
-
-restart_output=""
 hosts_problem=""
-if restart_output=$(restart 2>&1) && wait_for_cri; then
+if restart_and_wait; then
   if hosts_problem=$(check_generated_hosts); then
-    # What we wrote and what it was merged from (probe.sh reads it back; RESTORE removes it).
-    record=$(mktemp "${dir}/.registries.yaml.registry-mirrors.XXXXXX")
-    printf '%s %s\n' "$(sha256sum <"$REGISTRIES_FILE" | awk '{print $1}')" "$EXPECTED_SHA256" >"$record"
-    mv -f "$record" "${REGISTRIES_FILE}.registry-mirrors.applied"
+    # probe.sh reads it back; RESTORE removes it.
+    record_applied "$REGISTRIES_FILE" "$EXPECTED_SHA256"
     echo "restarted=1"
     echo "rolled_back=0"
     exit 0
@@ -196,11 +99,7 @@ fi
 reason=$(distribution_error_text)
 echo "restarted=1"
 echo "rolled_back=1"
-if [[ -n $backup ]]; then
-  put_in_place "$backup"
-else
-  rm -f "$REGISTRIES_FILE" "$absent_marker"
-fi
+roll_back "$REGISTRIES_FILE" "$backup"
 {
   if [[ -n $hosts_problem ]]; then
     echo "${me}: after writing ${REGISTRIES_FILE} and restarting, ${hosts_problem}; the previous file was restored."

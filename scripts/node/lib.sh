@@ -1,0 +1,194 @@
+# shellcheck shell=bash
+# What apply-config.sh (containerd's config.toml), registries.sh (k3s/RKE2 registries.yaml) and
+# restore.sh share: replace one file that a daemon reads only at start, restart the daemon, prove
+# its CRI plugin came back, and keep what is needed to undo it.
+# Never a file on the node: a script travels as `bash -c '<text>'` (components/renderers/shell.py),
+# so there is nothing to source there; script_text() puts this text in place of the script's
+# `. "$(dirname "$0")/lib.sh"` line. From a checkout that line sources this file (and
+# `shellcheck -x` follows it).
+# Reads no parameter of its own (tests/test_node_steps.py checks): each script declares the
+# CONTAINERD_ADDRESS, RESTART_COMMAND and RESTART_TIMEOUT used here in its own header.
+#
+# Next to FILE (probe.sh reads .orig, .absent and .applied back):
+#   FILE.registry-mirrors.orig            the very first original, until delete puts it back
+#   FILE.registry-mirrors.absent          ... or the mark that there was no FILE then
+#   FILE.registry-mirrors.<UTC stamp>     one backup per change
+#   FILE.registry-mirrors.applied         "<sha256 written> <sha256 of the file it was made from>"
+#   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
+
+# Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
+me=${0##*/}
+
+require_root() {
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
+    exit 2
+  fi
+}
+
+# --- the daemon: restart it, wait for its CRI plugin ---------------------------------------------
+
+ctr_bin=ctr  # registries.sh: the distribution's own ctr (not on PATH)
+
+cri_status() {
+  "$ctr_bin" --address "$CONTAINERD_ADDRESS" plugins ls 2>/dev/null |
+    awk '$1 == "io.containerd.grpc.v1" && $2 == "cri" {print $NF}'
+}
+
+# Sets cri_state: "ok", or what it was when we gave up ("error", "" for no answer).
+cri_state=""
+wait_for_cri() {
+  local deadline=$((SECONDS + RESTART_TIMEOUT))
+  cri_state=""
+  while ((SECONDS < deadline)); do
+    cri_state=$(cri_status || true)
+    [[ $cri_state == ok ]] && return 0
+    # "error" is final for this daemon: containerd skipped the plugin and will not retry.
+    [[ $cri_state == error ]] && return 1
+    sleep 0.2
+  done
+  return 1
+}
+
+restart() {
+  bash -c "$RESTART_COMMAND"
+}
+
+# restart_and_wait: restart, then wait for the CRI plugin; sets restart_output (the restart
+# command's own words, for the caller's failure message).
+restart_output=""
+# shellcheck disable=SC2034 # read by the caller
+restart_and_wait() {
+  restart_output=$(restart 2>&1) && wait_for_cri
+}
+
+# --- the file ------------------------------------------------------------------------------------
+
+sha256_of() {
+  sha256sum <"$1" | awk '{print $1}'
+}
+
+# temp_next_to FILE: a new temporary file in FILE's directory (rename(2) is atomic only within one
+# file system: a reader sees the old or the new FILE, never half of one).
+temp_next_to() {
+  mktemp "$(dirname "$1")/.${1##*/}.registry-mirrors.XXXXXX"
+}
+
+# put_in_place SOURCE FILE: FILE becomes a copy of SOURCE (mode kept), in one rename.
+put_in_place() {
+  local source=$1 file=$2 tmp
+  tmp=$(temp_next_to "$file")
+  cp -p "$source" "$tmp"
+  mv -f "$tmp" "$file"
+}
+
+# stage_stdin FILE: stdin into a temporary file next to FILE, removed on exit unless installed;
+# sets new.
+new=""
+stage_stdin() {
+  mkdir -p "$(dirname "$1")"
+  new=$(temp_next_to "$1")
+  trap 'rm -f "$new"' EXIT
+  cat >"$new"
+}
+
+# skip_or_refuse FILE STAGED EXPECTED_SHA256: exit 0 when FILE already holds STAGED's text; exit 3
+# when FILE is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
+# In that order: the guard of an unchanged node is the checksum of the file it was once made from
+# (see probe.sh), so identical text is "nothing to do, no restart" whatever the guard says.
+skip_or_refuse() {
+  local file=$1 staged=$2 expected=$3 current=absent
+  if [[ -f $file ]] && cmp -s "$staged" "$file"; then
+    echo "changed=0"
+    echo "restarted=0"
+    exit 0
+  fi
+  [[ -f $file ]] && current=$(sha256_of "$file")
+  if [[ $current != "$expected" ]]; then
+    echo "${me}: ${file} changed since it was probed (expected sha256 ${expected}, now ${current}); nothing changed, run pulumi up again" >&2
+    exit 3
+  fi
+}
+
+# install_new FILE STAGED: keep FILE's very first original forever (delete restores it) plus one
+# backup per change (sets backup; "" when there was no FILE), then rename STAGED into place with
+# FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
+# credentials). Prints changed=1 backup=.
+backup=""
+install_new() {
+  local file=$1 staged=$2
+  backup=""
+  if [[ -f $file ]]; then
+    # Not when the mark says there was no FILE at first: FILE is then our own first change.
+    [[ -e ${file}.registry-mirrors.orig || -e ${file}.registry-mirrors.absent ]] ||
+      cp -p "$file" "${file}.registry-mirrors.orig"
+    backup="${file}.registry-mirrors.$(date -u +%Y%m%dT%H%M%SZ)"
+    cp -p "$file" "$backup"
+    chmod --reference="$file" "$staged"
+  else
+    [[ -e ${file}.registry-mirrors.orig ]] || : >"${file}.registry-mirrors.absent"
+    chmod 0600 "$staged"
+  fi
+  mv -f "$staged" "$file"
+  echo "changed=1"
+  echo "backup=${backup}"
+}
+
+# record_applied FILE EXPECTED_SHA256, once the daemon runs with FILE: the sha256 we wrote and that
+# of the file it was made from. probe.sh (applied_from) reads it back: while FILE is still what we
+# wrote, the program sends the same guard again, so an unchanged node shows no diff.
+record_applied() {
+  local file=$1 expected=$2 tmp
+  tmp=$(temp_next_to "$file")
+  printf '%s %s\n' "$(sha256_of "$file")" "$expected" >"$tmp"
+  mv -f "$tmp" "${file}.registry-mirrors.applied"
+}
+
+# roll_back FILE BACKUP: FILE as it was before install_new (BACKUP "": there was no FILE).
+roll_back() {
+  local file=$1 backup_file=$2
+  if [[ -n $backup_file ]]; then
+    put_in_place "$backup_file" "$file"
+  else
+    rm -f "$file" "${file}.registry-mirrors.absent"
+  fi
+}
+
+# restore_original FILE [ERROR_TEXT] (delete: pulumi destroy or the node removed): put back the very
+# first original, or remove FILE if there was none (a FILE changed after us is kept as
+# .before-restore), then restart and wait for the CRI plugin. Prints restored=0|1 restarted=0|1;
+# exit 5 when the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of
+# the caller's: the daemon's own words).
+restore_original() {
+  local file=$1 error_text=${2:-} restored=0
+  local orig="${file}.registry-mirrors.orig" absent="${file}.registry-mirrors.absent"
+  rm -f "${file}.registry-mirrors.applied"
+  # The mark first: an .orig beside it is our own first change, saved as the original by the
+  # scripts before install_new looked at the mark (a second change of a node that had no FILE).
+  if [[ -f $absent ]]; then
+    [[ -f $file ]] && mv -f "$file" "${file}.registry-mirrors.before-restore"
+    rm -f "$absent" "$orig"
+    restored=1
+  elif [[ -f $orig ]]; then
+    if ! cmp -s "$orig" "$file"; then
+      [[ -f $file ]] && cp -p "$file" "${file}.registry-mirrors.before-restore"
+      put_in_place "$orig" "$file"
+      restored=1
+    fi
+    rm -f "$orig"
+  fi
+  echo "restored=${restored}"
+  if ((!restored)); then
+    echo "restarted=0"
+    return 0
+  fi
+  if ! restart_and_wait; then
+    {
+      echo "${me}: ${file} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
+      [[ -z $error_text ]] || "$error_text"
+    } >&2
+    exit 5
+  fi
+  echo "restarted=1"
+}

@@ -1,0 +1,182 @@
+"""The file protocol of scripts/node/lib.sh, run as a step sends it (remote_command, nothing of ours
+beside it), with stand-ins for the daemon: a restart command that counts, a ctr that says the CRI
+plugin is ok. What the real daemons add (config dump, rollback with their errors, pulls) is in
+tests/integration/test_node_e2e.py and test_k3s_e2e.py."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from components.renderers.shell import remote_command
+
+OK_CTR = "#!/bin/sh\necho 'TYPE ID PLATFORMS STATUS'\necho 'io.containerd.grpc.v1 cri - ok'\n"
+
+
+def run_sent(
+    command: str, cwd: Path, stdin: str = "", uid: int = 0
+) -> subprocess.CompletedProcess[str]:
+    """As on the node: the command from a directory holding nothing of ours. `id` is faked so the
+    root check passes or fails whoever runs the test."""
+    fake_id = f"id() {{ echo {uid}; }}; export -f id\n"
+    return subprocess.run(
+        ["bash", "-c", fake_id + command],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Node:
+    """registries.sh (the library's file machinery, no containerd needed) on a file in tmp."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.file = root / "rancher" / "registries.yaml"
+        self.restarts = root / "restarts"
+        ctr = root / "ctr"
+        ctr.write_text(OK_CTR)
+        ctr.chmod(0o755)
+        self.params: dict[str, str | int | bool] = {
+            "REGISTRIES_FILE": str(self.file),
+            "RESTART_COMMAND": f"echo restart >>{self.restarts}",
+            "RESTART_TIMEOUT": 5,
+            "CONTAINERD_ADDRESS": str(root / "no.sock"),
+            "CTR": str(ctr),
+        }
+
+    def apply(self, guard: str, text: str) -> subprocess.CompletedProcess[str]:
+        command = remote_command("node/registries.sh", {**self.params, "EXPECTED_SHA256": guard})
+        return run_sent(command, self.root, text)
+
+    def delete(self) -> subprocess.CompletedProcess[str]:
+        return run_sent(
+            remote_command("node/registries.sh", {**self.params, "RESTORE": 1}), self.root
+        )
+
+    def beside(self, suffix: str) -> Path:
+        return self.file.parent / f"registries.yaml.registry-mirrors.{suffix}"
+
+    def left(self) -> list[str]:
+        return sorted(p.name for p in self.file.parent.iterdir())
+
+    def restart_count(self) -> int:
+        return len(self.restarts.read_text().splitlines()) if self.restarts.exists() else 0
+
+
+FIRST, SECOND = "mirrors: {}\n", "mirrors: {docker.io: {}}\n"
+
+
+def test_a_new_file_is_0600_a_changed_one_keeps_its_mode_and_delete_removes_it(
+    tmp_path: Path,
+) -> None:
+    """It may hold registry credentials. No file at first: after two changes, delete leaves no
+    file and no mark of ours (not the file of our first change, as it did before)."""
+    node = Node(tmp_path)
+    first = node.apply("absent", FIRST)
+    assert first.stdout == "changed=1\nbackup=\nrestarted=1\nrolled_back=0\n", first.stderr
+    assert node.file.stat().st_mode & 0o777 == 0o600
+    assert node.beside("applied").read_text() == f"{sha256(FIRST)} absent\n"
+    assert node.beside("absent").exists()
+
+    node.file.chmod(0o640)
+    second = node.apply(sha256(FIRST), SECOND)
+    assert second.returncode == 0, second.stderr
+    (backup,) = node.file.parent.glob("registries.yaml.registry-mirrors.2*")  # a UTC stamp
+    assert f"backup={backup}\n" in second.stdout
+    assert backup.read_text() == FIRST
+    assert node.file.read_text() == SECOND and node.file.stat().st_mode & 0o777 == 0o640
+    assert node.beside("applied").read_text() == f"{sha256(SECOND)} {sha256(FIRST)}\n"
+    assert node.restart_count() == 2
+    assert not node.beside("orig").exists()
+
+    delete = node.delete()
+    assert delete.stdout == "restored=1\nrestarted=1\n", delete.stderr
+    assert not node.file.exists()
+    assert node.left() == [backup.name, "registries.yaml.registry-mirrors.before-restore"]
+    assert node.beside("before-restore").read_text() == SECOND
+
+
+def test_delete_on_a_node_left_with_both_marks_goes_by_the_absent_one(tmp_path: Path) -> None:
+    """What the scripts left before: .absent, and an .orig that is our own first change."""
+    node = Node(tmp_path)
+    node.file.parent.mkdir()
+    node.file.write_text(SECOND)
+    node.beside("orig").write_text(FIRST)
+    node.beside("absent").write_text("")
+    delete = node.delete()
+    assert delete.stdout == "restored=1\nrestarted=1\n", delete.stderr
+    assert node.left() == ["registries.yaml.registry-mirrors.before-restore"]
+
+
+def test_identical_text_is_a_no_op_whatever_the_guard_and_an_edit_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The guard of an unchanged node is the checksum of the file it was made from, not of what
+    is on disk: identical text must be looked at first."""
+    node = Node(tmp_path)
+    node.apply("absent", FIRST)
+    before = node.left()
+    again = node.apply("absent", FIRST)
+    assert (again.returncode, again.stdout) == (0, "changed=0\nrestarted=0\n"), again.stderr
+    assert node.restart_count() == 1 and node.left() == before
+
+    edited = node.apply("absent", SECOND)
+    assert edited.returncode == 3
+    assert edited.stderr == (
+        f"registries.sh: {node.file} changed since it was probed (expected sha256 absent, now "
+        f"{sha256(FIRST)}); nothing changed, run pulumi up again\n"
+    )
+    assert node.file.read_text() == FIRST and node.left() == before
+
+
+@pytest.mark.parametrize(("uid", "code", "stdout", "stderr"), [
+    (1000, 2, "", "restore.sh: must run as root (log in as root"),
+    (0, 0, "restored=0\nrestarted=0\n", ""),
+])  # fmt: skip
+def test_the_sent_command_runs_with_no_file_of_ours_beside_it(
+    tmp_path: Path, uid: int, code: int, stdout: str, stderr: str
+) -> None:
+    """The library's functions run, and its root check names the script from $0."""
+    command = remote_command(
+        "node/restore.sh",
+        {"CONFIG_FILE": str(tmp_path / "config.toml"), "RESTART_COMMAND": "false"},
+    )
+    result = run_sent(command, tmp_path, uid=uid)
+    assert (result.returncode, result.stdout) == (code, stdout), result.stderr
+    assert stderr in result.stderr if stderr else result.stderr == ""
+
+
+def test_a_restore_whose_restart_fails_exits_5_quoting_the_restart_command(tmp_path: Path) -> None:
+    """The delete step shared by restore.sh and registries.sh RESTORE=1: the original is back, and
+    a failing restart is reported as such (its exit code could read as ssh's 255 otherwise)."""
+    config = tmp_path / "config.toml"
+    config.write_text("ours\n")
+    (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
+    (tmp_path / "config.toml.registry-mirrors.applied").write_text("a b\n")
+    command = remote_command(
+        "node/restore.sh",
+        {
+            "CONFIG_FILE": str(config),
+            "RESTART_COMMAND": "echo Unit containerd.service not found. >&2; exit 255",
+        },
+    )
+    result = run_sent(command, tmp_path)
+    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
+    assert f"restore.sh: {config} was restored but the CRI plugin on" in result.stderr
+    assert "restart command output: Unit containerd.service not found." in result.stderr
+    assert config.read_text() == "theirs\n"
+    assert (tmp_path / "config.toml.registry-mirrors.before-restore").read_text() == "ours\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.toml",
+        "config.toml.registry-mirrors.before-restore",
+    ]
