@@ -449,16 +449,20 @@ def node_host(
             stderr=subprocess.DEVNULL,
         )
         host.processes.append(agent)
-        for _ in range(100):
-            if Path(host.agent_socket).exists():
+        # The socket file appears before the agent listens: retry ssh-add until it answers.
+        added = None
+        for _ in range(250):
+            added = subprocess.run(
+                ["ssh-add", "-q", str(key)],
+                env={**os.environ, "SSH_AUTH_SOCK": host.agent_socket},
+                check=False,
+                capture_output=True,
+            )
+            if added.returncode == 0:
                 break
             time.sleep(0.02)
-        subprocess.run(
-            ["ssh-add", "-q", str(key)],
-            env={**os.environ, "SSH_AUTH_SOCK": host.agent_socket},
-            check=True,
-            capture_output=True,
-        )
+        else:
+            raise AssertionError(f"ssh-agent did not take the node's key: {added and added.stderr!r}")
         _wait_for_port(node_address, 22)
         yield host
     finally:
