@@ -462,7 +462,8 @@ def node_host(
                 break
             time.sleep(0.02)
         else:
-            raise AssertionError(f"ssh-agent did not take the node's key: {added and added.stderr!r}")
+            reason = added.stderr if added is not None else ""
+            raise AssertionError(f"ssh-agent did not take the node's key: {reason!r}")
         _wait_for_port(node_address, 22)
         yield host
     finally:
