@@ -102,24 +102,15 @@ class NodeHost:
         timeout: float = 90,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` as the remote login shell's command, like pulumi-command does."""
-        return subprocess.run(
-            [
-                "ssh", "-i", str(self.key),
-                "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no",
-                "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
-                "-o", "ConnectTimeout=5",
-                "-o", "LogLevel=ERROR",
-                "-p", str(port),
-                f"root@{address or self.node_address}",
-                command,
-            ],
-            input=stdin,
-            capture_output=True,
-            text=True,
+        return ssh_run(
+            self.key,
+            f"root@{address or self.node_address}",
+            command,
+            stdin,
+            port=port,
+            known_hosts=self.root / "known_hosts",
             timeout=timeout,
-            check=False,
-        )  # fmt: skip
+        )
 
     def run_step(
         self, step: Step, address: str | None = None, port: int = 22
@@ -146,6 +137,38 @@ class NodeHost:
                 return
             time.sleep(0.1)
         raise AssertionError(f"containerd did not start: {self.containerd_log.read_text()[-2000:]}")
+
+
+def ssh_run(
+    key: Path,
+    destination: str,
+    command: str,
+    stdin: str = "",
+    *,
+    port: int = 22,
+    known_hosts: Path | None = None,
+    timeout: float = 90,
+) -> subprocess.CompletedProcess[str]:
+    """``command`` as the remote login shell's command with ``stdin``: what pulumi-command does
+    with a Command's ``create`` and ``stdin``. Host keys of test hosts are not pinned."""
+    return subprocess.run(
+        [
+            "ssh", "-i", str(key),
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={known_hosts or '/dev/null'}",
+            "-o", "ConnectTimeout=5",
+            "-o", "LogLevel=ERROR",
+            "-p", str(port),
+            destination,
+            command,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )  # fmt: skip
 
 
 def _run(*args: str) -> None:
