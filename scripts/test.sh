@@ -64,5 +64,30 @@ ruff format --check .
 log "pyright"
 pyright
 
-log "pytest"
-exec python -m pytest "$@"
+# Two pytest runs side by side: the VM tier (tests/vm, marker `vm`) boots a QEMU guest and spends
+# minutes waiting on it (TCG, first-boot apt), so it starts first, in the background, and the
+# other tests run meanwhile. Its output follows theirs; one closing line sums both.
+runs=$(mktemp -d)
+trap 'rm -rf "$runs"' EXIT
+log "pytest: VM tier (tests/vm) in the background, output below when it ends"
+python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@" >"$runs/vm.log" 2>&1 &
+vm_pid=$!
+
+log "pytest: everything else"
+tests_status=0
+python -m pytest -m "not vm" --basetemp "$runs/tests-tmp" "$@" | tee "$runs/tests.log" ||
+  tests_status=${PIPESTATUS[0]}
+
+vm_status=0
+wait "$vm_pid" || vm_status=$?
+log "pytest: VM tier output"
+cat "$runs/vm.log"
+
+# pytest exits 5 when a tier selects no test (e.g. `-k` naming tests of the other tier only).
+ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }
+status=0
+ok "$tests_status" && ok "$vm_status" || status=1
+[ "$tests_status" -eq 5 ] && [ "$vm_status" -eq 5 ] && status=5
+printf '\ntiers: tests exit %s, vm exit %s\n' "$tests_status" "$vm_status"
+python scripts/testenv/pytest_totals.py "$runs/tests.log" "$runs/vm.log"
+exit "$status"
