@@ -5,7 +5,7 @@
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k gc      # extra arguments go to pytest
 #
-# Integration tests need root (network namespaces, containerd, sshd). Without root, or without
+# Integration tests need root (network namespaces, containerd, sshd, QEMU). Without root, or without
 # a tool, they skip with the reason; under CI=true they FAIL instead: a skipped proof is no proof.
 set -euo pipefail
 cd "$(dirname "$0")/.."

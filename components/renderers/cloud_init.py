@@ -26,6 +26,8 @@ REMOVE_IMAGE_DHCP = (
     f"if [ -e {IMAGE_DHCP_DEFAULT} ]; then rm -f {IMAGE_DHCP_DEFAULT} && netplan apply; fi"
 )
 
+APT_NO_RECOMMENDS = "/etc/apt/apt.conf.d/90registry-mirrors-no-recommends"
+
 DOCKER_DAEMON_CONFIG = {
     # Registry containers log every pull at info level; rotate so the disk holds cache, not logs.
     "log-driver": "json-file",
@@ -45,8 +47,26 @@ def vendor_data(settings: Settings) -> dict:
     return {
         "bootcmd": [REMOVE_IMAGE_DHCP],
         "package_update": True,
-        "packages": ["docker.io", "qemu-guest-agent", "cron", "util-linux", "curl"],
+        "packages": [
+            "docker.io",
+            "apparmor",
+            "ca-certificates",
+            "qemu-guest-agent",
+            "cron",
+            "util-linux",
+            "curl",
+        ],
         "write_files": [
+            # An appliance gets exactly the packages it needs. With apt's default, Recommends add
+            # ~40 more at first boot (git and perl from docker.io, an exim4 mail daemon from cron,
+            # needrestart): minutes in the VM tier's QEMU. apparmor is named in `packages`:
+            # Docker loads its default container profile with it. A file, not the `apt:` key:
+            # that key makes cloud-init rewrite the image's apt sources.
+            {
+                "path": APT_NO_RECOMMENDS,
+                "permissions": "0644",
+                "content": 'APT::Install-Recommends "false";\n',
+            },
             {
                 "path": "/etc/docker/daemon.json",
                 "permissions": "0644",

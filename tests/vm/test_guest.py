@@ -107,7 +107,8 @@ def test_vendor_data_installed_docker_agent_cron_and_the_registry_dirs(ready: Ti
         state = guest.ssh(f"systemctl is-active {unit}").stdout.strip()
         assert state == "active", f"{unit} is {state}"
     # pulumi-docker runs `docker system dial-stdio` as the ssh user: no sudo, the docker group.
-    assert guest.ssh("docker version --format '{{.Server.Version}}'").returncode == 0
+    docker = guest.ssh("docker version --format '{{.Server.Version}}'")
+    assert docker.returncode == 0, f"the ssh user cannot use Docker: {docker.stderr}"
     daemon = json.loads(guest.check("cat /etc/docker/daemon.json"))
     assert daemon["log-opts"] == {"max-size": "50m", "max-file": "5"}
     for upstream in ready.stack.settings.upstreams:
