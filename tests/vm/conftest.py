@@ -69,6 +69,16 @@ def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> N
     )  # fmt: skip
 
 
+TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The boot's timings, seconds from QEMU's start (bench/vm_boot.py measures them too)."""
+    if TIMINGS:
+        figures = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in TIMINGS.items())
+        terminalreporter.write_line(f"VM tier: {figures}")
+
+
 @pytest.fixture(scope="session")
 def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
     require_root()
@@ -98,7 +108,8 @@ def tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tier]:
         settings = tier_settings(public_key, f"http://{BootShape.gateway}:{upstream.port}")
         stack, seed, guest = boot_stack(settings, image, workdir, key)
         try:
-            timings = {"ssh": wait_for_ssh(guest, SSH_TIMEOUT)}
+            timings = TIMINGS
+            timings["ssh"] = wait_for_ssh(guest, SSH_TIMEOUT)
             yield Tier(guest, stack, upstream, images, workdir, key, public_key, seed, timings)
         finally:
             guest.stop()
@@ -114,7 +125,7 @@ def ready(tier: Tier) -> Tier:
         f"wait-cloud-init failed on a fresh boot:\n{wait.stderr}\n--- console:\n"
         f"{tier.guest.console()}"
     )
-    tier.timings["ready"] = time.monotonic() - tier.guest.started
+    tier.timings["ready (cloud-init done, docker active)"] = time.monotonic() - tier.guest.started
     applied = tier.run(tier.stack.step("-vendor-data-apply"))
     assert applied.returncode == 0, applied.stderr
     return tier

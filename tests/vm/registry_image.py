@@ -52,7 +52,15 @@ health:
     threshold: 3
 """
 
-SHARED_BIN = Path(__file__).resolve().parents[3] / "shared" / "bin"
+
+def _shared_bin(name: str) -> Path:
+    """``shared/bin/<name>`` beside the project (a git worktree sits one level deeper, so each
+    parent directory is looked at); the project itself never needs it."""
+    for parent in Path(__file__).resolve().parents[2:]:
+        candidate = parent / "shared" / "bin" / name
+        if candidate.is_file():
+            return candidate
+    return Path("/nonexistent/shared/bin") / name
 
 
 @dataclass(frozen=True)
@@ -71,15 +79,15 @@ MAJORS: dict[str, Major] = {
     "2": Major(
         name="2",
         config_path="/etc/docker/registry/config.yml",
-        binary_env="REGISTRY_BINARY_2",
+        binary_env="REGISTRY_V2_BINARY",
         default_binary="/usr/bin/docker-registry",
         libraries=("/lib/x86_64-linux-gnu/libc.so.6", "/lib64/ld-linux-x86-64.so.2"),
     ),
     "3": Major(
         name="3",
         config_path="/etc/distribution/config.yml",
-        binary_env="REGISTRY_BINARY_3",
-        default_binary=str(SHARED_BIN / "registry-3.1.1.gz"),
+        binary_env="REGISTRY_V3_BINARY",
+        default_binary=str(_shared_bin("registry-3.1.1.gz")),
     ),
 }
 BUSYBOX = "/bin/busybox"  # Debian busybox-static: no libraries needed
