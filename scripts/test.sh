@@ -57,21 +57,32 @@ for setup in scripts/testenv/setup-*.sh; do
   bash "$setup"
 done
 
+# Two pytest runs side by side: the VM tier (tests/vm, marker `vm`) boots a QEMU guest and spends
+# minutes waiting on it (TCG, first-boot apt), so it starts first, in the background, and lint,
+# type check and the other tests run meanwhile. Its output follows theirs; one closing line sums
+# both. If this script stops early, the tier gets SIGTERM, which tests/vm/conftest.py turns into
+# a normal teardown (the guest and its stand-in registry are stopped).
+runs=$(mktemp -d)
+vm_pid=""
+# shellcheck disable=SC2317  # run by the EXIT trap
+stop_vm_tier() {
+  if [ -n "$vm_pid" ] && kill -0 "$vm_pid" 2>/dev/null; then
+    kill -TERM "$vm_pid" 2>/dev/null || true
+    wait "$vm_pid" 2>/dev/null || true
+  fi
+  rm -rf "$runs"
+}
+trap stop_vm_tier EXIT
+log "pytest: VM tier (tests/vm) in the background, output below when it ends"
+python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@" >"$runs/vm.log" 2>&1 &
+vm_pid=$!
+
 log "ruff"
 ruff check .
 ruff format --check .
 
 log "pyright"
 pyright
-
-# Two pytest runs side by side: the VM tier (tests/vm, marker `vm`) boots a QEMU guest and spends
-# minutes waiting on it (TCG, first-boot apt), so it starts first, in the background, and the
-# other tests run meanwhile. Its output follows theirs; one closing line sums both.
-runs=$(mktemp -d)
-trap 'rm -rf "$runs"' EXIT
-log "pytest: VM tier (tests/vm) in the background, output below when it ends"
-python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@" >"$runs/vm.log" 2>&1 &
-vm_pid=$!
 
 log "pytest: everything else"
 tests_status=0

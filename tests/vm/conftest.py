@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -70,6 +71,16 @@ def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> N
 
 
 TIMINGS: dict[str, float] = {}
+
+
+def pytest_sessionstart(session: Any) -> None:
+    """scripts/test.sh stops a background tier with SIGTERM: tear down as on Ctrl-C, so the
+    guest (QEMU) and the stand-in registry are stopped rather than left running."""
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
