@@ -340,6 +340,10 @@ def test_restart_is_skipped_while_gc_holds_the_lock(vm_layout: VmLayout) -> None
         # A GC waiting for the same lock gives up after REGISTRY_GC_LOCK_WAIT, touching nothing.
         (vm_layout.config_root / "registry-ghcr").mkdir(parents=True)
         (vm_layout.config_root / "registry-ghcr" / "config.yml").write_text("version: '0.1'\n")
+        # A cache that holds something (an empty one has nothing to collect: no lock needed).
+        (vm_layout.data_root / "registry-ghcr" / "docker/registry/v2/repositories").mkdir(
+            parents=True
+        )
         vm_layout.env = {**env, "REGISTRY_GC_LOCK_WAIT": "1"}
         waited = vm_layout.run("gc", "registry-ghcr")
         assert waited.returncode == 1

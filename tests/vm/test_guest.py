@@ -335,6 +335,24 @@ def test_gc_stops_collects_and_starts_the_cache_and_digests_still_pull(maintenan
         assert data.split()[0] == blob.split(":", 1)[1]
 
 
+def test_gc_of_a_cache_nothing_was_pulled_through_leaves_it_serving(maintenance: Tier) -> None:
+    """Distribution's garbage-collect fails on a cache with no repositories yet (seen here:
+    "Path not found: /docker/registry/v2/repositories"); the weekly job must not log an ERROR
+    for every unused upstream, nor stop it."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    container = maintenance.stack.settings.upstreams[-1].container  # nothing pulls through it
+    guest.check(f"sudo test ! -e /var/lib/registry/{container}/docker")
+    started = guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}")
+    since = float(guest.check("date +%s")) - 1
+    run_as_cron(maintenance, cron_command(cron_text, "gc", container))
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[gc {container}]: nothing to collect" in journal, journal
+    assert "ERROR" not in journal and "stopping" not in journal, journal
+    after = guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}")
+    assert after == started, f"{container} was restarted by a GC with nothing to collect"
+
+
 SLOW_GC = "/usr/local/sbin/vm-tier-slow-gc"
 LOG_TAG = maintenance_renderer.LOG_TAG
 
