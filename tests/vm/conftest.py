@@ -30,6 +30,7 @@ from tests.integration.registry_proc import (
     plain_registry_config,
     start_registry,
 )
+from tests.integration.test_node_e2e import push
 from tests.prereq import missing, require_binary, require_root
 from tests.vm import registry_image
 from tests.vm.boot import SSH_TIMEOUT, boot_stack, guest_image
@@ -59,15 +60,6 @@ class Tier:
         return self.guest.check(
             f"sudo journalctl --no-pager -o cat -t {shlex.quote(tag)} --since @{int(since)}"
         )
-
-
-def push(image: MultiArchImage, registry: RegistryProcess, repository: str) -> None:
-    subprocess.run(
-        ["skopeo", "copy", "--all", "--quiet", "--dest-tls-verify=false", image.oci_ref,
-         f"docker://{registry.address}/{repository}:{image.tag}"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
 
 
 TIMINGS: dict[str, float] = {}
