@@ -155,8 +155,8 @@ def run_child(mode: str, count: int, timeout: float | None = None) -> dict[str, 
 
 
 def resource_count(nodes: int) -> int:
-    """Resources the full program registers for ``nodes`` nodes (measured: 24 + 3 per node)."""
-    return 24 + 3 * nodes
+    """Resources the full program registers for ``nodes`` nodes (measured: 25 + 3 per node)."""
+    return 25 + 3 * nodes
 
 
 def run(

@@ -19,12 +19,12 @@ def test_program_cost_part_for_ten_nodes_produces_the_result_shape() -> None:
     names = [f["name"] for f in figures]
     assert "N=10 wall time, program run" in names
     assert "N=10 peak memory (maxrss)" in names
-    assert "N=10 SDK: bare program, 54 resources" in names
+    assert "N=10 SDK: bare program, 55 resources" in names
     for figure in figures:
         assert set(figure) >= {"part", "name", "unit", "runs", "median", "target", "met", "note"}
         assert len(figure["runs"]) == 1
         assert isinstance(figure["median"], float)
     peak = next(f for f in figures if f["name"] == "N=10 peak memory (maxrss)")
     assert peak["median"] > 0
-    assert document["parts"][0]["info"]["resources_per_n"] == {"10": 54}
+    assert document["parts"][0]["info"]["resources_per_n"] == {"10": 55}
     assert document["table_markdown"].startswith("| part | figure |")
