@@ -3,9 +3,11 @@
 # Debian 12 cloud image boots on Proxmox: cloud-init, netplan + systemd-networkd +
 # systemd-resolved, openssh-server, sudo, the cloud kernel. Built once with debootstrap and cached:
 #
-#   $TESTENV_CACHE/vm-guest/<recipe>/rootfs.tar   the guest's root file system (the cache)
-#   $TESTENV_CACHE/vm-guest/<recipe>/disk.img     ext4 image made from it (tests boot an overlay)
-#   $TESTENV_CACHE/vm-guest/<recipe>/vmlinuz, initrd.img   the guest's own kernel and initramfs
+#   $TESTENV_CACHE/vm-guest/<recipe>/disk.img     the guest's ext4 root file system, made with
+#                                                 `mkfs.ext4 -d` (no loop mount); every boot
+#                                                 gets a throw-away qcow2 overlay on it
+#   $TESTENV_CACHE/vm-guest/<recipe>/vmlinuz, initrd.img   the kernel and initramfs from the
+#                                                 guest's own /boot (the cloud kernel package)
 #
 # <recipe> is a hash of this file: changing the recipe builds a new guest. It is NOT the official
 # cloud image (that is a download from outside the package registries); what differs and what the
@@ -121,7 +123,6 @@ initrd=$(find "$rootfs/boot" -name 'initrd.img-*-cloud-amd64' | sort | tail -n 1
 mkdir -p "$work/out"
 cp "$kernel" "$work/out/vmlinuz"
 cp "$initrd" "$work/out/initrd.img"
-tar --numeric-owner --xattrs -C "$rootfs" -cf "$work/out/rootfs.tar" .
 # 8 GiB sparse: Docker, two registry images and the caches fit; only written blocks use space.
 truncate -s 8G "$work/out/disk.img"
 mkfs.ext4 -q -L guest-root -d "$rootfs" "$work/out/disk.img"
