@@ -130,4 +130,6 @@ mkfs.ext4 -q -L guest-root -d "$rootfs" "$work/out/disk.img"
 mkdir -p "$(dirname "$guest")"
 rm -rf "$guest"
 mv "$work/out" "$guest"
+# Guests of older recipes are never booted again.
+find "$(dirname "$guest")" -mindepth 1 -maxdepth 1 -type d ! -name "$recipe" -exec rm -rf {} +
 log "VM guest: built in $(($(date +%s) - started))s ($guest)"
