@@ -205,6 +205,10 @@ def maintenance(caches: Tier) -> Tier:
     for suffix in ("-maintenance-script", "-maintenance-cron"):
         result = caches.run(caches.stack.step(suffix))
         assert result.returncode == 0, f"{suffix}: {result.stderr}"
+    # The tier runs the jobs itself, at moments it chooses; cron's own schedule (hourly restarts,
+    # staggered by minutes) would restart caches in the middle of other checks (seen: a real
+    # hourly restart of registry-ghcr during a GC test).
+    caches.guest.check("sudo systemctl stop cron")
     return caches
 
 
