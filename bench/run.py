@@ -1,11 +1,12 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout] [--out bench/results.json]
+    python bench/run.py [--quick] [--only program,node,cache,rollout,vm] [--out bench/results.json]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), node
-(bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py); the last three need
-root (network namespaces, sshd, containerd) and the Debian packages scripts/test.sh installs.
+(bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
+(bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU); all but program need root
+(network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
 (processes by pid, namespaces, veths, relays) is torn down in ``finally`` blocks; SIGINT and SIGTERM
@@ -30,8 +31,8 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout")
-NEEDS_ROOT = {"node", "cache", "rollout"}
+PARTS = ("program", "node", "cache", "rollout", "vm")
+NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
 def run_part(name: str, quick: bool) -> PartResult:
@@ -49,6 +50,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "vm":
+        from bench import vm_boot
+
+        return vm_boot.run(rounds=1 if quick else 2)
     from bench import rollout
 
     return rollout.run(rounds=1 if quick else 3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import pulumi
@@ -22,10 +23,12 @@ class RegistryVmArgs:
 
 
 class RegistryVm(pulumi.ComponentResource):
-    """Provider, vendor-data snippet, (image,) VM, and a command that waits for cloud-init."""
+    """Provider, vendor-data snippet, (image,) VM, a command that waits for cloud-init, and one
+    that applies a changed vendor-data to the running VM (``ready``: the VM is usable)."""
 
     provider: proxmox.Provider
     vm: proxmox.VmLegacy
+    wait: remote.Command
     ready: remote.Command
     ssh: SshTarget
     vm_id: pulumi.Output[int]
@@ -40,6 +43,7 @@ class RegistryVm(pulumi.ComponentResource):
         self._settings = args.settings
         vm = args.settings.vm
         self.provider = self._create_provider(args)
+        self._vendor_data = render_vendor_data(args.settings)
         snippet = self._create_vendor_data()
         image = self._create_cloud_image() if vm.cloud_image else None
         self.vm = self._create_vm(snippet, image)
@@ -50,7 +54,8 @@ class RegistryVm(pulumi.ComponentResource):
             agent_socket=args.agent_socket,
             host_key=vm.ssh_host_public_key,
         )
-        self.ready = self._create_wait()
+        self.wait = self._create_wait()
+        self.ready = self._create_vendor_data_apply()
         self.vm_id = self.vm.vm_id.apply(
             lambda value: int(value) if value is not None else vm.vm_id
         )
@@ -99,7 +104,7 @@ class RegistryVm(pulumi.ComponentResource):
                 datastore_id=vm.snippets_datastore,
                 content_type="snippets",
                 source_raw=proxmox.FileLegacySourceRawArgs(
-                    data=render_vendor_data(self._settings),
+                    data=self._vendor_data,
                     file_name=f"{vm.name}-{vm.vm_id}-vendor-data.yaml",
                 ),
             ),
@@ -145,6 +150,8 @@ class RegistryVm(pulumi.ComponentResource):
                 on_boot=True,
                 started=True,
                 clone=clone,
+                # `agent: 1`: Proxmox adds the virtio-serial channel the guest agent (installed and
+                # enabled by the vendor-data) talks through; without it that unit never starts.
                 agent=proxmox.VmLegacyAgentArgs(enabled=True),
                 cpu=proxmox.VmLegacyCpuArgs(cores=vm.cores, type="host"),
                 memory=proxmox.VmLegacyMemoryArgs(dedicated=vm.memory_mb),
@@ -188,6 +195,12 @@ class RegistryVm(pulumi.ComponentResource):
                         username=vm.ssh_user, keys=vm.ssh_public_keys
                     ),
                     vendor_data_file_id=snippet.id,
+                    # `ciupgrade: 0`. Proxmox's default puts `package_upgrade: true` in the
+                    # user-data: a full upgrade at first boot (a new kernel that waits for a
+                    # reboot, minutes before the registry is up; measured in the VM tier). The
+                    # image's unattended-upgrades keeps it patched instead. Needs qemu-server
+                    # 8.0.7+ (Proxmox VE 8) for an API token; older versions allow root@pam only.
+                    upgrade=False,
                 ),
             ),
             opts=self._child(
@@ -210,10 +223,32 @@ class RegistryVm(pulumi.ComponentResource):
                     {
                         "TIMEOUT_SECONDS": vm.cloud_init_timeout_seconds,
                         "EXPECTED_ADDRESS": vm.ip,
+                        "EXPECTED_GATEWAY": vm.gateway,
                     },
                 ),
                 # Re-run when the VM is replaced (a new id means a new, unbooted machine).
                 triggers=[self.vm.id],
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vm]),
+        )
+
+    def _create_vendor_data_apply(self) -> remote.Command:
+        """Apply a changed vendor-data to the running VM (scripts/vm/apply-vendor-data.sh).
+
+        Proxmox's instance-id hashes user-data and network-config, not the vendor snippet, so
+        cloud-init never re-runs a changed snippet on an existing VM; replacing the VM instead
+        would lose the cache. This runs whenever the snippet's text (or the VM) changes, and is
+        a no-op when the VM already has that vendor-data (as right after its first boot).
+        """
+        digest = hashlib.sha256(self._vendor_data.encode()).hexdigest()
+        return remote.Command(
+            f"{self._name}-vendor-data-apply",
+            remote.CommandArgs(
+                connection=self.ssh.connection(),
+                create=remote_command("vm/apply-vendor-data.sh"),
+                update=remote_command("vm/apply-vendor-data.sh"),
+                stdin=self._vendor_data,
+                triggers=[self.vm.id, digest],
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]),
         )

@@ -5,7 +5,7 @@
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh -k gc      # extra arguments go to pytest
 #
-# Integration tests need root (network namespaces, containerd, sshd). Without root, or without
+# Integration tests need root (network namespaces, containerd, sshd, QEMU). Without root, or without
 # a tool, they skip with the reason; under CI=true they FAIL instead: a skipped proof is no proof.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +57,26 @@ for setup in scripts/testenv/setup-*.sh; do
   bash "$setup"
 done
 
+# Two pytest runs side by side: the VM tier (tests/vm, marker `vm`) boots a QEMU guest and spends
+# minutes waiting on it (TCG, first-boot apt), so it starts first, in the background, and lint,
+# type check and the other tests run meanwhile. Its output follows theirs; one closing line sums
+# both. If this script stops early, the tier gets SIGTERM, which tests/vm/conftest.py turns into
+# a normal teardown (the guest and its stand-in registry are stopped).
+runs=$(mktemp -d)
+vm_pid=""
+# shellcheck disable=SC2317  # run by the EXIT trap
+stop_vm_tier() {
+  if [ -n "$vm_pid" ] && kill -0 "$vm_pid" 2>/dev/null; then
+    kill -TERM "$vm_pid" 2>/dev/null || true
+    wait "$vm_pid" 2>/dev/null || true
+  fi
+  rm -rf "$runs"
+}
+trap stop_vm_tier EXIT
+log "pytest: VM tier (tests/vm) in the background, output below when it ends"
+python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@" >"$runs/vm.log" 2>&1 &
+vm_pid=$!
+
 log "ruff"
 ruff check .
 ruff format --check .
@@ -64,5 +84,21 @@ ruff format --check .
 log "pyright"
 pyright
 
-log "pytest"
-exec python -m pytest "$@"
+log "pytest: everything else"
+tests_status=0
+python -m pytest -m "not vm" --basetemp "$runs/tests-tmp" "$@" | tee "$runs/tests.log" ||
+  tests_status=${PIPESTATUS[0]}
+
+vm_status=0
+wait "$vm_pid" || vm_status=$?
+log "pytest: VM tier output"
+cat "$runs/vm.log"
+
+# pytest exits 5 when a tier selects no test (e.g. `-k` naming tests of the other tier only).
+ok() { [ "$1" -eq 0 ] || [ "$1" -eq 5 ]; }
+status=0
+ok "$tests_status" && ok "$vm_status" || status=1
+[ "$tests_status" -eq 5 ] && [ "$vm_status" -eq 5 ] && status=5
+printf '\ntiers: tests exit %s, vm exit %s\n' "$tests_status" "$vm_status"
+python scripts/testenv/pytest_totals.py "$runs/tests.log" "$runs/vm.log"
+exit "$status"

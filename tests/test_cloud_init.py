@@ -73,3 +73,17 @@ def test_schema_check_fails_on_a_bad_key(tmp_path: Path):
     result = _schema(tmp_path, "#cloud-config\n" + yaml.safe_dump(data))
     assert result.returncode != 0
     assert "permisions" in result.stdout + result.stderr
+
+
+def test_vendor_data_drops_the_images_dhcp_default_and_fails_runcmd_early():
+    # Both measured in the VM tier: Debian 12's 90-default.yaml overrode the static address, and
+    # a failing command in the middle of runcmd was reported as success.
+    data = yaml.safe_load(render_vendor_data(sample_settings()))
+    [bootcmd] = data["bootcmd"]
+    assert "rm -f /etc/netplan/90-default.yaml" in bootcmd and "netplan apply" in bootcmd
+    assert data["runcmd"][0] == "set -e"
+    no_recommends = next(f for f in data["write_files"] if f["path"].startswith("/etc/apt/"))
+    assert no_recommends["content"] == 'APT::Install-Recommends "false";\n'
+    # Named because Recommends are off: Docker needs it for its default AppArmor profile.
+    assert "apparmor" in data["packages"]
+    assert "apt" not in data  # that key would make cloud-init rewrite the image's apt sources

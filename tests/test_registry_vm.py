@@ -130,3 +130,63 @@ def mocks() -> RecordingMocks:
     from tests.mocks import install_mocks
 
     return install_mocks()
+
+
+# --- what Proxmox makes of the VM resource (bpg provider -> VM config -> NoCloud seed) ---------
+
+
+def _proxmox_conf(mocks: RecordingMocks) -> dict[str, str]:
+    from tests.vm.proxmox_seed import proxmox_config, snippet_volid
+
+    vm = plain(mocks.named("registry-vm-vm").inputs)
+    snippet = plain(mocks.named("registry-vm-vendor-data").inputs)
+    return proxmox_config(
+        vm, "BC:24:11:00:00:01", {"registry-vm-vendor-data-id": snippet_volid(snippet)}
+    )
+
+
+@pulumi.runtime.test
+def test_vm_config_enables_agent_serial_vendor_snippet_and_no_first_boot_upgrade(
+    mocks: RecordingMocks,
+):
+    registry_vm = build()
+
+    def check(_):
+        conf = _proxmox_conf(mocks)
+        # agent: the virtio-serial channel qemu-guest-agent (vendor-data) needs.
+        assert conf["agent"] == "enabled=1"
+        assert conf["serial0"] == "socket"
+        assert conf["cicustom"] == "vendor=local:snippets/registry-210-vendor-data.yaml"
+        # ciupgrade 0: Proxmox's user-data then has no `package_upgrade: true`.
+        assert conf["ciupgrade"] == "0"
+        assert conf["ipconfig0"] == "gw=10.0.20.1,ip=10.0.20.10/24"
+        from tests.vm.proxmox_seed import cloudinit_userdata
+
+        assert "package_upgrade" not in cloudinit_userdata(conf, 210)
+
+    return registry_vm.ready.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_changed_vendor_data_is_applied_over_ssh_not_by_replacing_the_vm(mocks: RecordingMocks):
+    """Proxmox's instance-id ignores the vendor snippet, so the apply step (after the wait) is
+    what brings a change to the running VM; its trigger follows the snippet's text."""
+    import hashlib
+
+    registry_vm = build()
+
+    def check(_):
+        apply = plain(mocks.named("registry-vm-vendor-data-apply").inputs)
+        text = render_vendor_data(sample_settings())
+        assert apply["stdin"] == text
+        assert apply["triggers"] == ["registry-vm-vm-id", hashlib.sha256(text.encode()).hexdigest()]
+        assert "apply-vendor-data.sh" in apply["create"]
+        assert apply["update"] == apply["create"]
+        assert mocks.named("registry-vm-vendor-data-apply").depends_on == [
+            "registry-vm-vm",
+            "registry-vm-wait-cloud-init",
+        ]
+        wait = plain(mocks.named("registry-vm-wait-cloud-init").inputs)
+        assert "export EXPECTED_GATEWAY=10.0.20.1" in wait["create"]
+
+    return registry_vm.ready.id.apply(check)

@@ -16,6 +16,18 @@ import yaml
 
 from components.settings import Settings, VmSettings
 
+# Debian 12's cloud images ship a netplan default that runs DHCP on every en*/eth* interface
+# (measured in the VM tier: its ``all-eth`` entry sorts before cloud-init's ``eth0`` and wins, so
+# the VM gets a DHCP lease and NOT the static ipconfig0 address). cloud-init writes its own file
+# (50-cloud-init.yaml) but never removes the image's; bootcmd is the earliest point vendor-data
+# runs, so it removes that file and re-applies netplan before anything else happens.
+IMAGE_DHCP_DEFAULT = "/etc/netplan/90-default.yaml"
+REMOVE_IMAGE_DHCP = (
+    f"if [ -e {IMAGE_DHCP_DEFAULT} ]; then rm -f {IMAGE_DHCP_DEFAULT} && netplan apply; fi"
+)
+
+APT_NO_RECOMMENDS = "/etc/apt/apt.conf.d/90registry-mirrors-no-recommends"
+
 DOCKER_DAEMON_CONFIG = {
     # Registry containers log every pull at info level; rotate so the disk holds cache, not logs.
     "log-driver": "json-file",
@@ -33,9 +45,28 @@ def vendor_data(settings: Settings) -> dict:
     registry_dirs = [f"/etc/docker-registry/{u.container}" for u in settings.upstreams]
     data_dirs = [f"/var/lib/registry/{u.container}" for u in settings.upstreams]
     return {
+        "bootcmd": [REMOVE_IMAGE_DHCP],
         "package_update": True,
-        "packages": ["docker.io", "qemu-guest-agent", "cron", "util-linux", "curl"],
+        "packages": [
+            "docker.io",
+            "apparmor",
+            "ca-certificates",
+            "qemu-guest-agent",
+            "cron",
+            "util-linux",
+            "curl",
+        ],
         "write_files": [
+            # An appliance gets exactly the packages it needs. With apt's default, Recommends add
+            # ~40 more at first boot (git and perl from docker.io, an exim4 mail daemon from cron,
+            # needrestart): minutes in the VM tier's QEMU. apparmor is named in `packages`:
+            # Docker loads its default container profile with it. A file, not the `apt:` key:
+            # that key makes cloud-init rewrite the image's apt sources.
+            {
+                "path": APT_NO_RECOMMENDS,
+                "permissions": "0644",
+                "content": 'APT::Install-Recommends "false";\n',
+            },
             {
                 "path": "/etc/docker/daemon.json",
                 "permissions": "0644",
@@ -43,6 +74,13 @@ def vendor_data(settings: Settings) -> dict:
             },
         ],
         "runcmd": [
+            # cloud-init runs these as one /bin/sh script and judges it by its LAST command: a
+            # failure in the middle (docker not enabled, a directory missing) would be reported
+            # as success. With -e the first failure fails the module, which cloud-init status
+            # and scripts/vm/wait-cloud-init.sh report.
+            "set -e",
+            # Needs the virtio-serial channel Proxmox adds with `agent: 1` (the VM resource
+            # enables it): without it this unit waits for a device that never appears.
             "systemctl enable --now qemu-guest-agent",
             "systemctl enable --now docker",
             "systemctl enable --now cron",

@@ -133,6 +133,13 @@ gc)
         log "ERROR: no config at $config"
         exit 1
     }
+    # A cache nobody pulled through yet has no repositories directory, and `registry
+    # garbage-collect` fails on it ("Path not found: /docker/registry/v2/repositories"): nothing
+    # to collect, so leave the registry serving.
+    if [[ ! -d $data/docker/registry/v2/repositories ]]; then
+        log "nothing to collect: $name has cached nothing yet"
+        exit 0
+    fi
     if ! flock -w "$gc_lock_wait" 9; then
         log "ERROR: lock still held after ${gc_lock_wait}s, GC not run"
         exit 1

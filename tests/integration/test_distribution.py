@@ -561,6 +561,8 @@ def test_gc_container_mounts_the_config_where_the_serving_image_reads_it(
     name = "registry-ghcr"
     (vm_layout.config_root / name).mkdir(parents=True)
     (vm_layout.config_root / name / "config.yml").write_text("version: '0.1'\n")
+    # A cache that holds something (an empty one has nothing to collect: GC skips it).
+    (vm_layout.data_root / name / "docker/registry/v2/repositories").mkdir(parents=True)
     env = {k: v for k, v in vm_layout.env.items() if k != "REGISTRY_GC_COMMAND"}
     vm_layout.env = {**env, "FAKE_DOCKER_RECORD_ONLY": "1", "FAKE_DOCKER_CONFIG_LABEL": label}
     result = vm_layout.run("gc", name)
@@ -588,6 +590,10 @@ def test_restart_is_skipped_while_gc_holds_the_lock(vm_layout: VmLayout) -> None
         # A GC waiting for the same lock gives up after REGISTRY_GC_LOCK_WAIT, touching nothing.
         (vm_layout.config_root / "registry-ghcr").mkdir(parents=True)
         (vm_layout.config_root / "registry-ghcr" / "config.yml").write_text("version: '0.1'\n")
+        # A cache that holds something (an empty one has nothing to collect: no lock needed).
+        (vm_layout.data_root / "registry-ghcr" / "docker/registry/v2/repositories").mkdir(
+            parents=True
+        )
         vm_layout.env = {**env, "REGISTRY_GC_LOCK_WAIT": "1"}
         waited = vm_layout.run("gc", "registry-ghcr")
         assert waited.returncode == 1

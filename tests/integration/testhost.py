@@ -195,25 +195,16 @@ class NodeHost:
              "-o", "ControlPersist=300"]
             if self.share_ssh else []
         )  # fmt: skip
-        return subprocess.run(
-            [
-                "ssh", "-i", str(self.key),
-                "-o", "BatchMode=yes",
-                "-o", "StrictHostKeyChecking=no",
-                "-o", f"UserKnownHostsFile={self.root / 'known_hosts'}",
-                "-o", "ConnectTimeout=5",
-                "-o", "LogLevel=ERROR",
-                *sharing,
-                "-p", str(port),
-                f"root@{address or self.node_address}",
-                command,
-            ],
-            input=stdin,
-            capture_output=True,
-            text=True,
+        return ssh_run(
+            self.key,
+            f"root@{address or self.node_address}",
+            command,
+            stdin,
+            port=port,
+            known_hosts=self.root / "known_hosts",
+            extra_options=sharing,
             timeout=timeout,
-            check=False,
-        )  # fmt: skip
+        )
 
     def run_step(
         self, step: Step, address: str | None = None, port: int = 22
@@ -248,6 +239,40 @@ class NodeHost:
             f"containerd's CRI plugin did not come up: ctr: {plugins.stdout[-500:]}"
             f"{plugins.stderr[-500:]}\n--- log:\n{self.containerd_log.read_text()[-2000:]}"
         )
+
+
+def ssh_run(
+    key: Path,
+    destination: str,
+    command: str,
+    stdin: str = "",
+    *,
+    port: int = 22,
+    known_hosts: Path | None = None,
+    extra_options: list[str] | None = None,
+    timeout: float = 90,
+) -> subprocess.CompletedProcess[str]:
+    """``command`` as the remote login shell's command with ``stdin``: what pulumi-command does
+    with a Command's ``create`` and ``stdin``. Host keys of test hosts are not pinned."""
+    return subprocess.run(
+        [
+            "ssh", "-i", str(key),
+            "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", f"UserKnownHostsFile={known_hosts or '/dev/null'}",
+            "-o", "ConnectTimeout=5",
+            "-o", "LogLevel=ERROR",
+            *(extra_options or []),
+            "-p", str(port),
+            destination,
+            command,
+        ],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )  # fmt: skip
 
 
 def _run(*args: str) -> None:

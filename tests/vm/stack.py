@@ -1,0 +1,212 @@
+"""The program's own resources for the VM tier, captured under Pulumi mocks.
+
+The tier never re-describes what ``pulumi up`` would do: it builds ``RegistryVm`` and
+``RegistryMirrors`` exactly as ``components.program.run`` wires them, records what they register
+(tests/mocks.py), and hands the tests plain data:
+
+- the ``proxmoxve.VmLegacy`` and vendor-data ``FileLegacy`` inputs (-> tests/vm/proxmox_seed.py);
+- every ``remote.Command`` as the (command, stdin) pair pulumi-command would run over SSH;
+- every ``docker.Container``'s inputs (-> ``engine_create_body``: the Docker Engine API request
+  pulumi-docker makes from them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+
+from components.registry_mirrors import RegistryMirrors
+from components.registry_vm import RegistryVm, RegistryVmArgs
+from components.settings import Settings
+from tests.mocks import install_mocks, plain
+
+VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
+FILE_TYPE = "proxmoxve:index/fileLegacy:FileLegacy"
+COMMAND_TYPE = "command:remote:Command"
+CONTAINER_TYPE = "docker:index/container:Container"
+IMAGE_TYPE = "docker:index/remoteImage:RemoteImage"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One remote.Command's create step: what pulumi-command runs, and its stdin."""
+
+    name: str
+    command: str
+    stdin: str
+    triggers: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class StackResources:
+    settings: Settings
+    vm: dict[str, Any]
+    files: dict[str, dict[str, Any]]  # mocks id -> FileLegacy inputs
+    steps: dict[str, Step]  # logical name -> step
+    containers: dict[str, dict[str, Any]]  # container name -> inputs
+    image: str  # the RemoteImage's name: the configured registry image
+
+    def step(self, suffix: str) -> Step:
+        [match] = [step for name, step in self.steps.items() if name.endswith(suffix)]
+        return match
+
+
+def capture(settings: Settings) -> StackResources:
+    """Run the VM half of the program under mocks and return what it registered."""
+    mocks = install_mocks()
+    # pulumi-docker answers with the pulled image's id; the tier resolves that id in the guest.
+    mocks.outputs_for[IMAGE_TYPE] = lambda args: {"imageId": args.inputs["name"]}
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[Any]:
+        registry_vm = RegistryVm(
+            "registry-vm",
+            RegistryVmArgs(
+                settings=settings,
+                api_token=pulumi.Output.secret("pulumi@pve!vm-tier=unused"),
+                agent_socket="/run/vm-tier-agent.sock",
+            ),
+        )
+        mirrors = RegistryMirrors(
+            "registry-mirrors", settings=settings, ssh=registry_vm.ssh, ready=registry_vm.ready
+        )
+        return pulumi.Output.all(mirrors.mirrors, mirrors.maintenance.id, registry_vm.ready.id)
+
+    program()
+
+    [vm] = mocks.of_type(VM_TYPE)
+    files = {f"{r.name}-id": plain(r.inputs) for r in mocks.of_type(FILE_TYPE)}
+    steps = {
+        r.name: Step(
+            r.name,
+            plain(r.inputs)["create"],
+            plain(r.inputs).get("stdin", ""),
+            tuple(plain(r.inputs).get("triggers") or ()),
+        )
+        for r in mocks.of_type(COMMAND_TYPE)
+    }
+    containers = {plain(r.inputs)["name"]: plain(r.inputs) for r in mocks.of_type(CONTAINER_TYPE)}
+    [image] = mocks.of_type(IMAGE_TYPE)
+    return StackResources(
+        settings, plain(vm.inputs), files, steps, containers, plain(image.inputs)["name"]
+    )
+
+
+# --- pulumi-docker: docker.Container inputs -> Docker Engine API ContainerCreate --------------
+# kreuzwerker/terraform-provider-docker resource_docker_container_funcs.go (what pulumi-docker
+# wraps) builds a ContainerCreate request; `docker run` cannot express all of it (an exec-form
+# health check, for one), so the tier sends the same request to the guest's Engine API.
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
+# Inputs this translation understands; anything else fails the tier instead of being dropped.
+_KNOWN = {
+    "name", "image", "restart", "ports", "volumes", "memory", "healthcheck", "logDriver",
+    "logOpts", "labels", "envs", "mustRun", "command", "entrypoints",
+}  # fmt: skip
+
+
+class UnknownContainerInput(ValueError):
+    pass
+
+
+def _nanoseconds(duration: str) -> int:
+    match = _DURATION.match(duration)
+    if not duration or match is None:
+        raise ValueError(f"not a Go duration the tier understands: {duration!r}")
+    hours, minutes, seconds = match.groups()
+    total = int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+    return int(total * 1_000_000_000)
+
+
+def engine_create_body(inputs: Mapping[str, Any], image_id: str) -> dict[str, Any]:
+    """The ContainerCreate body pulumi-docker sends for these inputs (``image_id``: what the
+    RemoteImage resolved to on the VM)."""
+    unknown = set(inputs) - _KNOWN
+    if unknown:
+        raise UnknownContainerInput(
+            f"docker.Container inputs the VM tier does not translate yet: {sorted(unknown)}"
+        )
+    exposed: dict[str, dict] = {}
+    bindings: dict[str, list[dict[str, str]]] = {}
+    for port in inputs.get("ports", []):
+        key = f"{int(port['internal'])}/{port.get('protocol', 'tcp')}"
+        exposed[key] = {}
+        bindings.setdefault(key, []).append(
+            {"HostIp": port.get("ip", "0.0.0.0"), "HostPort": str(int(port["external"]))}
+        )
+    binds = [
+        f"{v['hostPath']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
+        for v in inputs.get("volumes", [])
+    ]
+    host_config: dict[str, Any] = {
+        "Binds": binds,
+        "PortBindings": bindings,
+        "RestartPolicy": {"Name": inputs.get("restart", "no")},
+    }
+    if "memory" in inputs:
+        host_config["Memory"] = int(inputs["memory"]) * 1024 * 1024
+    if "logDriver" in inputs:
+        host_config["LogConfig"] = {
+            "Type": inputs["logDriver"],
+            "Config": dict(inputs.get("logOpts", {})),
+        }
+    body: dict[str, Any] = {
+        "Image": image_id,
+        "Env": list(inputs.get("envs", [])),
+        "Labels": {entry["label"]: entry["value"] for entry in inputs.get("labels", [])},
+        "ExposedPorts": exposed,
+        "HostConfig": host_config,
+    }
+    if "command" in inputs:
+        body["Cmd"] = list(inputs["command"])
+    if "entrypoints" in inputs:
+        body["Entrypoint"] = list(inputs["entrypoints"])
+    health = inputs.get("healthcheck")
+    if health:
+        body["Healthcheck"] = {
+            "Test": list(health["tests"]),
+            "Interval": _nanoseconds(health.get("interval", "0s")),
+            "Timeout": _nanoseconds(health.get("timeout", "0s")),
+            "StartPeriod": _nanoseconds(health.get("startPeriod", "0s")),
+            "Retries": int(health.get("retries", 0)),
+        }
+    return body
+
+
+# --- the tier's stack settings ------------------------------------------------------------------
+
+TIER_DNS = "10.0.20.3"  # QEMU user-mode DNS (forwards to this host's resolver)
+
+
+def tier_settings(
+    public_key: str,
+    upstream_url: str,
+    *,
+    stack: str = "dev",
+    node_view: tuple[str, str] | None = None,
+) -> Settings:
+    """``stacks/Pulumi.<stack>.yaml`` as the tier runs it. Only what cannot be real here changes:
+    the SSH key (the tier's own), the DNS server (QEMU's), every upstream's ``server`` (a stand-in
+    registry on this host, reached from the guest through the lab gateway address) and the nodes
+    (none: the tier's test node is not the program's to configure). ``node_view`` = (the host end,
+    the node end) of a test node's veth: the VM as that node reaches it (forwarded to the guest),
+    for rendering the node's hosts.toml."""
+    from components.settings import DEFAULT_UPSTREAMS, load_settings
+    from components.stack_file import read_stack_file, stack_path
+
+    raw = read_stack_file(stack_path(stack)).values
+    raw["vm"]["sshPublicKeys"] = [public_key]
+    raw["vm"]["dnsServers"] = [TIER_DNS]
+    if node_view is not None:
+        raw["vm"]["address"] = f"{node_view[0]}/30"
+        raw["vm"]["gateway"] = node_view[1]
+    upstreams = raw.get("upstreams") or [
+        u.model_dump(by_alias=True, exclude_none=True) for u in DEFAULT_UPSTREAMS
+    ]
+    raw["upstreams"] = [{**u, "server": upstream_url} for u in upstreams]
+    raw["nodes"] = []
+    return load_settings(raw)

@@ -1,0 +1,437 @@
+"""The registry VM booted for real: the program's cloud-init, containers and maintenance in a
+QEMU guest, and the cache path node -> VM cache -> upstream.
+
+Every action is one of the program's own steps (tests/vm/stack.py), run over SSH as
+pulumi-command runs it, or the container spec pulumi-docker would send. One boot serves the
+tier (tests/vm/conftest.py); tests that break something restore it before they end.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.renderers import maintenance as maintenance_renderer
+from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
+from components.renderers.node_steps import check_step, plan_node, probe_step
+from components.settings import RegistrySettings, load_settings
+from tests.integration import cri_client
+from tests.integration.registry_proc import require_registry_binary
+from tests.integration.testhost import node_host
+from tests.prereq import require_binary
+from tests.vm import proxmox_seed, registry_image
+from tests.vm.boot import GUEST_MAC, make_seed
+from tests.vm.conftest import (
+    Tier,
+    create_containers,
+    engine,
+    forwarded,
+    image_id,
+    wait_healthy,
+)
+from tests.vm.stack import TIER_DNS, Step, capture, tier_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.vm]
+
+EXTRA_UPSTREAM = {"host": "gcr.io", "port": 5050, "container": "registry-gcr", "metricsPort": 5051}
+CRI_CONFIG = """version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "native"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    conf_dir = "/etc/containerd/cni"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "/etc/containerd/certs.d"
+"""
+
+
+# --- the seed Proxmox makes -------------------------------------------------------------------
+
+
+def test_seed_carries_the_rendered_vendor_data_and_no_first_boot_upgrade(tier: Tier) -> None:
+    seed = tier.seed
+    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings)
+    assert seed["meta-data"] == proxmox_seed.nocloud_gen_metadata(
+        seed["user-data"], seed["network-config"]
+    )
+    user = yaml.safe_load(seed["user-data"])
+    # ciupgrade 0 (the VM resource's `upgrade=False`): no full upgrade on first boot.
+    assert "package_upgrade" not in user, seed["user-data"]
+    assert user["user"] == tier.stack.settings.vm.ssh_user
+    network = yaml.safe_load(seed["network-config"])["config"]
+    assert network[0]["subnets"] == [
+        {"type": "static", "address": "10.0.20.10", "netmask": "255.255.255.0",
+         "gateway": "10.0.20.1"}
+    ]  # fmt: skip
+    assert network[0]["mac_address"] == GUEST_MAC.lower()
+
+
+def test_a_vendor_data_change_keeps_the_instance_id(tier: Tier, tmp_path: Path) -> None:
+    """Why the program applies vendor-data over SSH: Proxmox's instance-id ignores it, so the
+    guest's cloud-init would never run a changed snippet again."""
+    raw_settings = tier.stack.settings.model_dump(by_alias=True, exclude_none=True)
+    raw_settings["upstreams"].append({**raw_settings["upstreams"][0], **EXTRA_UPSTREAM})
+    changed = capture(load_settings(raw_settings))
+    _, seed, _ = make_seed(changed, tmp_path)
+    assert seed["vendor-data"] != tier.seed["vendor-data"]
+    assert seed["meta-data"] == tier.seed["meta-data"]
+
+
+# --- cloud-init on the booted guest -------------------------------------------------------------
+
+
+def test_wait_cloud_init_succeeds_with_the_static_address_and_no_lease(ready: Tier) -> None:
+    guest = ready.guest
+    # What the guest's cloud-init ran is exactly the snippet the component uploads.
+    applied = guest.check("sudo cat /var/lib/cloud/instance/vendor-data.txt")
+    assert applied == render_vendor_data(ready.stack.settings)
+    addresses = guest.check("ip -4 -o addr show scope global").split()
+    assert "10.0.20.10/24" in addresses, addresses
+    assert guest.check("ip -4 -o addr show dynamic").strip() == "", "a DHCP lease is configured"
+    assert "via 10.0.20.1" in guest.check("ip -4 route show default")
+    assert TIER_DNS in guest.check("resolvectl dns")
+    # The Debian image's DHCP default is gone (vendor-data bootcmd), cloud-init's file stays.
+    guest.check(f"test ! -e {IMAGE_DHCP_DEFAULT}")
+    assert guest.check("ls /etc/netplan").split() == ["50-cloud-init.yaml"]
+    status = guest.check("cloud-init status --long")
+    assert "status: done" in status, status
+
+
+def test_vendor_data_installed_docker_agent_cron_and_the_registry_dirs(ready: Tier) -> None:
+    guest = ready.guest
+    for unit in ("docker", "cron", "qemu-guest-agent"):
+        state = guest.ssh(f"systemctl is-active {unit}").stdout.strip()
+        assert state == "active", f"{unit} is {state}"
+    # pulumi-docker runs `docker system dial-stdio` as the ssh user: no sudo, the docker group.
+    docker = guest.ssh("docker version --format '{{.Server.Version}}'")
+    assert docker.returncode == 0, f"the ssh user cannot use Docker: {docker.stderr}"
+    daemon = json.loads(guest.check("cat /etc/docker/daemon.json"))
+    assert daemon["log-opts"] == {"max-size": "50m", "max-file": "5"}
+    for upstream in ready.stack.settings.upstreams:
+        guest.check(f"test -d /var/lib/registry/{upstream.container}")
+        guest.check(f"test -d /etc/docker-registry/{upstream.container}")
+    # The agent answers on the channel Proxmox adds with `agent: 1`.
+    assert ready.guest.agent("guest-ping") == {"return": {}}
+
+
+def test_wait_fails_naming_the_address_when_it_differs(ready: Tier) -> None:
+    raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
+    raw["vm"]["address"] = "10.0.20.11/24"
+    other = capture(load_settings(raw))
+    result = ready.run(other.step("-wait-cloud-init"))
+    assert result.returncode == 1
+    assert "expected static address 10.0.20.11 is not configured" in result.stderr, result.stderr
+
+
+def test_wait_fails_naming_a_failed_cloud_init_module(ready: Tier) -> None:
+    """A module that fails in cloud-init's final stage (here scripts_per_boot, re-run for real
+    with a failing per-boot script) makes the program's wait step fail with cloud-init's own
+    report; the guest is restored afterwards."""
+    guest = ready.guest
+    script = "/var/lib/cloud/scripts/per-boot/zz-vm-tier-fails"
+    guest.check(f"printf '#!/bin/sh\\nexit 3\\n' | sudo tee {script} >/dev/null && "
+                f"sudo chmod 0755 {script}")  # fmt: skip
+    try:
+        guest.ssh("sudo cloud-init modules --mode final", timeout=600)
+        result = ready.run(ready.stack.step("-wait-cloud-init"))
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "cloud-init finished with errors" in result.stderr, result.stderr
+        assert "scripts-per-boot" in result.stderr or "scripts_per_boot" in result.stderr, (
+            result.stderr
+        )
+    finally:
+        guest.check(f"sudo rm -f {script} && sudo cloud-init modules --mode final >/dev/null 2>&1"
+                    " || true")  # fmt: skip
+    assert ready.run(ready.stack.step("-wait-cloud-init")).returncode == 0
+
+
+def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> None:
+    guest = ready.guest
+    apply = ready.stack.step("-vendor-data-apply")
+    assert ready.run(apply).stdout.strip() == "changed=0"
+
+    raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
+    raw["upstreams"].append({**raw["upstreams"][0], **EXTRA_UPSTREAM})
+    changed = capture(load_settings(raw)).step("-vendor-data-apply")
+    assert changed.triggers[1] != apply.triggers[1], "the trigger must follow the snippet's text"
+    guest.check("test ! -e /var/lib/registry/registry-gcr")
+    result = ready.run(changed)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "changed=1"
+    # runcmd of the NEW vendor-data ran: it made the new upstream's directories.
+    guest.check("test -d /var/lib/registry/registry-gcr")
+    guest.check("test -d /etc/docker-registry/registry-gcr")
+    assert ready.run(changed).stdout.strip() == "changed=0"
+    # Back to the stack's own vendor-data (applied again, since it differs from the last one).
+    assert ready.run(apply).stdout.strip() == "changed=1"
+    guest.check("sudo rmdir /var/lib/registry/registry-gcr /etc/docker-registry/registry-gcr")
+
+
+# --- the caches --------------------------------------------------------------------------------
+
+
+def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
+    guest = caches.guest
+    resolved = image_id(guest, caches.stack.image)
+    for name, spec in caches.stack.containers.items():
+        info = engine(guest, "GET", f"/containers/{name}/json")
+        host = info["HostConfig"]
+        assert info["Image"] == resolved
+        assert host["RestartPolicy"]["Name"] == spec["restart"]
+        assert host["Memory"] == int(spec["memory"]) * 1024 * 1024
+        assert host["LogConfig"] == {"Type": spec["logDriver"], "Config": spec["logOpts"]}
+        published = {
+            key: [b["HostPort"] for b in bindings] for key, bindings in host["PortBindings"].items()
+        }
+        assert published == {
+            f"{int(p['internal'])}/tcp": [str(int(p["external"]))] for p in spec["ports"]
+        }
+        assert sorted(host["Binds"]) == sorted(
+            f"{v['hostPath']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
+            for v in spec["volumes"]
+        )
+        assert info["Config"]["Healthcheck"]["Test"] == spec["healthcheck"]["tests"]
+        labels = info["Config"]["Labels"]
+        for label in spec["labels"]:
+            assert labels[label["label"]] == label["value"]
+        assert info["State"]["Health"]["Status"] == "healthy", name
+        # Each cache answers on the port the nodes' hosts.toml names, from inside the VM.
+        port = int(spec["ports"][0]["external"])
+        assert guest.ssh(f"curl -fsS http://127.0.0.1:{port}/v2/").returncode == 0, (name, port)
+
+
+def test_pull_through_from_inside_the_guest_reaches_the_upstream(caches: Tier) -> None:
+    guest = caches.guest
+    before = caches.upstream.log().count("/v2/library/x/manifests/1")
+    port = caches.stack.settings.upstreams[0].port
+    pulled = guest.ssh(f"docker pull -q 127.0.0.1:{port}/library/x:1", timeout=300)
+    assert pulled.returncode == 0, pulled.stderr
+    assert caches.upstream.log().count("/v2/library/x/manifests/1") > before
+    container = caches.stack.settings.upstreams[0].container
+    layer = caches.images["1"].blob_digests[1].split(":", 1)[1]
+    blob = f"/var/lib/registry/{container}/docker/registry/v2/blobs/sha256/{layer[:2]}/{layer}/data"
+    guest.check(f"sudo test -s {blob}")
+
+
+def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path: Path) -> None:
+    """node containerd (CRI, the program's hosts.toml) -> hostfwd -> guest cache -> upstream."""
+    for binary in ("ip", "unshare", "sshd", "containerd", "ctr"):
+        require_binary(binary)
+    upstreams = caches.stack.settings.upstreams[:2]  # docker.io, ghcr.io
+    with node_host(tmp_path) as host:
+        settings = tier_settings(
+            caches.public_key,
+            upstreams[0].resolved_server,
+            node_view=(host.host_address, host.node_address),
+        )
+        raw = settings.model_dump(by_alias=True, exclude_none=True)
+        raw["nodes"] = [
+            {"name": "vm-tier-node", "address": host.node_address,
+             "restartCommand": host.restart_command}
+        ]  # fmt: skip
+        settings = load_settings(raw)
+        node = settings.nodes[0]
+        host.start_containerd(CRI_CONFIG)
+        probe = host.run_step(probe_step(settings, node))
+        check_step(node, "probe", probe.returncode, probe.stderr)
+        plan = plan_node(settings, node, probe.stdout)
+        hosts = host.run_step(plan.hosts)
+        check_step(node, "hosts", hosts.returncode, hosts.stderr)
+        with forwarded(caches.guest, host.host_address, [u.port for u in upstreams]):
+            before = caches.upstream.log().count("/v2/org/y/manifests/2")
+            cri_client.pull_image(host.containerd_socket, "ghcr.io/org/y:2", timeout=180)
+            cri_client.pull_image(host.containerd_socket, "docker.io/library/x:2", timeout=180)
+        assert caches.upstream.log().count("/v2/org/y/manifests/2") > before
+        logs = caches.guest.check("docker logs registry-ghcr 2>&1 | grep 'ns=ghcr.io' | wc -l")
+        assert int(logs) > 0, "the ghcr.io cache saw no request from the node"
+        logs = caches.guest.check("docker logs registry 2>&1 | grep 'ns=docker.io' | wc -l")
+        assert int(logs) > 0, "the docker.io cache saw no request from the node"
+
+
+# --- maintenance -------------------------------------------------------------------------------
+
+
+def cron_command(cron_text: str, action: str, container: str) -> str:
+    """The command cron would run for one job (the part after the user column)."""
+    for line in cron_text.splitlines():
+        fields = line.split(maxsplit=6)
+        if (
+            len(fields) == 7
+            and fields[6].startswith(f"{maintenance_renderer.SCRIPT_PATH} ")
+            and fields[6].split()[1:3] == [action, container]
+        ):
+            return fields[6]
+    raise AssertionError(f"no {action} job for {container} in the cron file")
+
+
+def run_as_cron(tier: Tier, command: str, background: bool = False) -> None:
+    """As cron runs a job: /bin/sh -c with the cron file's SHELL and PATH, as root."""
+    env = "env -i SHELL=/bin/sh PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    line = f"sudo {env} /bin/sh -c {shlex.quote(command)}"
+    if background:
+        line = f"nohup {line} >/dev/null 2>&1 &"
+    tier.guest.check(line)
+
+
+def restart_cron(tier: Tier) -> list[str]:
+    """Restart the guest's cron (it reads every /etc/cron.d file at start) and return its log
+    lines about our file: Debian's cron names a file it rejects (syntax, mode, owner)."""
+    guest = tier.guest
+    since = int(float(guest.check("date +%s")))
+    guest.check("sudo systemctl restart cron")
+    deadline = time.monotonic() + 60
+    journal = ""
+    while time.monotonic() < deadline:
+        journal = guest.check(f"sudo journalctl --no-pager -o cat -u cron --since @{since}")
+        if "pidfile fd" in journal:
+            break
+        time.sleep(1)
+    assert "pidfile fd" in journal, f"cron did not start again:\n{journal}"
+    time.sleep(3)  # the crontabs are read right after the pid file
+    journal = guest.check(f"sudo journalctl --no-pager -o cat -u cron --since @{since}")
+    guest.check("sudo systemctl stop cron")  # see the maintenance fixture
+    name = Path(maintenance_renderer.CRON_PATH).name
+    return [line for line in journal.splitlines() if name in line]
+
+
+def test_cron_accepts_the_maintenance_file(maintenance: Tier) -> None:
+    step = maintenance.stack.step("-maintenance-cron")
+    guest = maintenance.guest
+    assert guest.check(f"sudo cat {maintenance_renderer.CRON_PATH}") == step.stdin
+    # Control: the same file with one bad minute is rejected by name, so silence means accepted.
+    lines = step.stdin.splitlines(keepends=True)
+    first_job = next(i for i, line in enumerate(lines) if line[:1].isdigit())
+    lines[first_job] = "61" + lines[first_job][lines[first_job].index(" ") :]
+    assert maintenance.run(Step(step.name, step.command, "".join(lines))).returncode == 0
+    rejected = restart_cron(maintenance)
+    assert any("rror" in line for line in rejected), rejected
+    assert maintenance.run(step).returncode == 0
+    assert restart_cron(maintenance) == []
+
+
+def test_gc_stops_collects_and_starts_the_cache_and_digests_still_pull(maintenance: Tier) -> None:
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    image = maintenance.images["1"]
+    port = maintenance.stack.settings.upstreams[0].port
+    since = float(guest.check("date +%s")) - 1
+    run_as_cron(maintenance, cron_command(cron_text, "gc", "registry"))
+    journal = maintenance.journal(since, maintenance_renderer.LOG_TAG)
+    for expected in ("stopping for garbage collection", "garbage collection done", "started"):
+        assert expected in journal, journal
+    assert "ERROR" not in journal, journal
+    assert guest.check("docker inspect --format '{{.State.Running}}' registry").strip() == "true"
+    # What containerd pulls by digest is still served from the cache after GC.
+    for digest in (image.index_digest, *image.manifest_digests.values()):
+        guest.check(f"curl -fsS -o /dev/null http://127.0.0.1:{port}/v2/library/x/manifests/"
+                    f"{digest} -H 'Accept: application/vnd.oci.image.index.v1+json, "
+                    "application/vnd.oci.image.manifest.v1+json'")  # fmt: skip
+    for blob in image.blob_digests:
+        data = guest.check(f"curl -fsS http://127.0.0.1:{port}/v2/library/x/blobs/{blob} | "
+                           "sha256sum")  # fmt: skip
+        assert data.split()[0] == blob.split(":", 1)[1]
+
+
+def test_gc_of_a_cache_nothing_was_pulled_through_leaves_it_serving(maintenance: Tier) -> None:
+    """Distribution's garbage-collect fails on a cache with no repositories yet (seen here:
+    "Path not found: /docker/registry/v2/repositories"); the weekly job must not log an ERROR
+    for every unused upstream, nor stop it."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    container = maintenance.stack.settings.upstreams[-1].container  # nothing pulls through it
+    guest.check(f"sudo test ! -e /var/lib/registry/{container}/docker")
+    started = guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}")
+    since = float(guest.check("date +%s")) - 1
+    run_as_cron(maintenance, cron_command(cron_text, "gc", container))
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[gc {container}]: nothing to collect" in journal, journal
+    assert "ERROR" not in journal and "stopping" not in journal, journal
+    after = guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}")
+    assert after == started, f"{container} was restarted by a GC with nothing to collect"
+
+
+SLOW_GC = "/usr/local/sbin/vm-tier-slow-gc"
+LOG_TAG = maintenance_renderer.LOG_TAG
+
+
+def test_restart_during_a_gc_skips_and_never_overlaps(maintenance: Tier) -> None:
+    """A GC that takes long (as on a big cache) holds the lock; the hourly restart run then
+    skips, and the registry stays stopped until the GC starts it again."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    container = maintenance.stack.settings.upstreams[1].container
+    guest.check(f"printf '#!/bin/sh\\nsleep 25\\n' | sudo tee {SLOW_GC} >/dev/null && "
+                f"sudo chmod 0755 {SLOW_GC}")  # fmt: skip
+    since = float(guest.check("date +%s")) - 1
+    gc = f"REGISTRY_GC_COMMAND={SLOW_GC} " + cron_command(cron_text, "gc", container)
+    run_as_cron(maintenance, gc, background=True)
+    deadline = time.monotonic() + 60
+    while "stopping for garbage collection" not in maintenance.journal(since, LOG_TAG):
+        assert time.monotonic() < deadline, "the GC never started"
+        time.sleep(1)
+    run_as_cron(maintenance, cron_command(cron_text, "restart", container))
+    running = guest.check(f"docker inspect --format '{{{{.State.Running}}}}' {container}").strip()
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[restart {container}]: skipped: garbage collection in progress" in journal, journal
+    assert running == "false", f"{container} was started by the restart while its GC ran"
+    deadline = time.monotonic() + 90
+    while "garbage collection done" not in maintenance.journal(since, LOG_TAG):
+        assert time.monotonic() < deadline, "the GC never finished"
+        time.sleep(2)
+    guest.check(f"sudo rm -f {SLOW_GC}")
+    assert wait_healthy(guest, [container]) == {container: "healthy"}
+    lines = maintenance.journal(since, LOG_TAG).splitlines()
+    gc_start = next(i for i, line in enumerate(lines) if "stopping for garbage collection" in line)
+    gc_end = next(i for i, line in enumerate(lines) if "garbage collection done" in line)
+    overlapping = [
+        line for line in lines[gc_start:gc_end] if f"[restart {container}]: restarted" in line
+    ]
+    assert not overlapping, f"a restart ran during the GC: {lines}"
+
+
+# --- the other Distribution major, from the same component ---------------------------------------
+
+CONFIGURED_MAJOR = registry_image.major_of(RegistrySettings().image).name
+OTHER_MAJORS = sorted(set(registry_image.MAJORS) - {CONFIGURED_MAJOR})
+
+
+@pytest.mark.parametrize("major_name", OTHER_MAJORS)
+def test_the_other_major_serves_from_the_components_spec(
+    maintenance: Tier, major_name: str
+) -> None:
+    """registry.image set to the other major: its containers, from the component's spec, serve
+    as pull-through caches. The stack's own caches are put back afterwards."""
+    major = registry_image.MAJORS[major_name]
+    require_registry_binary(major.number)
+    tag = {"2": "registry:2.8.3", "3": "registry:3.1.1"}[major_name]
+    raw = maintenance.stack.settings.model_dump(by_alias=True, exclude_none=True)
+    raw["registry"]["image"] = tag
+    other = capture(load_settings(raw))
+    for name, spec in other.containers.items():
+        mounts = {v["containerPath"] for v in spec["volumes"]}
+        assert major.config_path in mounts, (
+            f"{name}: config.yml is mounted at {sorted(mounts)}, but the {tag} image reads "
+            f"{major.config_path}: the container would serve the image's default config"
+        )
+    guest = maintenance.guest
+    guest.upload(
+        registry_image.build_registry_archive(major, tag, maintenance.workdir), "docker load"
+    )
+    names = " ".join(maintenance.stack.containers)
+    try:
+        guest.check(f"docker rm -f {names} >/dev/null")
+        create_containers(maintenance, other)
+        states = wait_healthy(guest, list(other.containers))
+        assert set(states.values()) == {"healthy"}, states
+        port = other.settings.upstreams[1].port
+        pulled = guest.ssh(f"docker pull -q 127.0.0.1:{port}/org/y:2", timeout=300)
+        assert pulled.returncode == 0, pulled.stderr
+    finally:
+        guest.ssh(f"docker rm -f {names} >/dev/null")
+        create_containers(maintenance, maintenance.stack)
+        wait_healthy(guest, list(maintenance.stack.containers))
