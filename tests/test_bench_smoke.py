@@ -53,3 +53,18 @@ def test_a_child_past_its_limit_is_reported_as_stopped() -> None:
     figure.failure = result["error"]
     row = table([{"name": "program", "figures": [figure.as_json()]}]).splitlines()[-1]
     assert "**STOPPED**" in row and "stopped after" in row
+
+
+def test_per_node_cost_is_the_ratio_of_slopes_not_of_totals() -> None:
+    # Program: 1 s fixed + 10 ms/node; bare SDK: 0.1 s fixed + 2 ms/node -> 5x per node, while
+    # the totals at 100 nodes (2.0 / 0.3 = 6.7) would also count the fixed cost.
+    medians = {100: (2.0, 0.3), 1000: (11.0, 2.1), 2000: (21.0, 4.1)}
+    figures = program_cost.per_node_cost(medians)
+    assert [f.name for f in figures] == [
+        "per-node cost N=100->1000: program / bare SDK",
+        "per-node cost N=1000->2000: program / bare SDK",
+    ]
+    assert [round(f.median, 6) for f in figures] == [5.0, 5.0]
+    assert figures[0].check(lambda v: v <= 3, "<= 3").met is False
+    # A bare slope of zero or less (noise at tiny sizes) gives no figure rather than a division.
+    assert program_cost.per_node_cost({10: (1.0, 0.2), 20: (1.1, 0.2)}) == []
