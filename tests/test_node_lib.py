@@ -1,6 +1,7 @@
 """The file protocol of scripts/node/lib.sh, run as a step sends it (remote_command, nothing of ours
 beside it), with stand-ins for the daemon: a restart command that counts, a ctr that says the CRI
-plugin is ok. What the real daemons add (config dump, rollback with their errors, pulls) is in
+plugin is ok, or one that refuses a change (exit 5) or never recovers (exit 6). What the real
+daemons add (config dump, rollback with their own error texts, pulls) is in
 tests/integration/test_node_e2e.py and test_k3s_e2e.py."""
 
 from __future__ import annotations
@@ -180,3 +181,78 @@ def test_a_restore_whose_restart_fails_exits_5_quoting_the_restart_command(tmp_p
         "config.toml",
         "config.toml.registry-mirrors.before-restore",
     ]
+
+
+# --- a change the daemon refuses: rolled back (exit 5), or the rollback fails too (exit 6) -----
+
+# A stand-in daemon for both scripts: `containerd config dump` accepts any file; `ctr plugins ls`
+# says the CRI plugin is in error while the daemon's file holds BREAKS (a change it refuses) or
+# once a restart left the daemon broken for good (DEAD exists); `--detailed` gives its message.
+FAKE_CTR = """#!/bin/sh
+if [ -e "$DEAD" ] || grep -q BREAKS "$WATCHED" 2>/dev/null; then state=error; else state=ok; fi
+case "$*" in
+  *"plugins ls --detailed"*) echo "Type: io.containerd.grpc.v1"; echo "ID: cri"
+    echo "  Message: invalid plugin config: the stand-in refuses this file" ;;
+  *"plugins ls"*) echo 'TYPE ID PLATFORMS STATUS'; echo "io.containerd.grpc.v1 cri - $state" ;;
+  *) exit 1 ;;
+esac
+"""
+
+
+def failing_node(tmp_path: Path, script: str, break_for_good: bool) -> tuple[Path, str]:
+    """A node whose daemon refuses BREAKS; with ``break_for_good`` the first restart also leaves
+    it broken whatever the file says (so the rollback cannot bring it back)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("ctr", FAKE_CTR), ("containerd", "#!/bin/sh\nexit 0\n")):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    file = tmp_path / ("config.toml" if script == "apply-config" else "registries.yaml")
+    file.write_text("works\n")
+    restart = f"echo restart >>{tmp_path / 'restarts'}"
+    if break_for_good:
+        restart += f"; touch {tmp_path / 'dead'}"
+    params: dict[str, str | int | bool] = {
+        "EXPECTED_SHA256": sha256("works\n"),
+        "RESTART_COMMAND": restart,
+        "RESTART_TIMEOUT": 5,
+        "CONTAINERD_ADDRESS": str(tmp_path / "no.sock"),
+    }
+    if script == "apply-config":
+        params["CONFIG_FILE"] = str(file)
+    else:
+        params |= {"REGISTRIES_FILE": str(file), "CTR": str(bin_dir / "ctr")}
+    env = f"export PATH={bin_dir}:$PATH WATCHED={file} DEAD={tmp_path / 'dead'}\n"
+    return file, env + remote_command(f"node/{script}.sh", params)
+
+
+@pytest.mark.parametrize("script", ["apply-config", "registries"])
+def test_a_change_the_daemon_refuses_is_rolled_back_and_exits_5(
+    tmp_path: Path, script: str
+) -> None:
+    file, command = failing_node(tmp_path, script, break_for_good=False)
+    result = run_sent(command, tmp_path, "BREAKS\n")
+    assert result.returncode == 5, result.stderr
+    assert "rolled_back=1" in result.stdout
+    assert file.read_text() == "works\n"
+    assert "the previous" in result.stderr and "NOT ok" not in result.stderr
+    # Two restarts: into the change, and back into the previous file.
+    assert (tmp_path / "restarts").read_text().count("restart") == 2
+    assert not (tmp_path / f"{file.name}.registry-mirrors.applied").exists()
+
+
+@pytest.mark.parametrize("script", ["apply-config", "registries"])
+def test_a_rollback_the_daemon_does_not_recover_from_exits_6_with_the_file_restored(
+    tmp_path: Path, script: str
+) -> None:
+    """The worst case must still leave the previous file in place (nothing lost) and say loudly
+    that the node is NOT ok: exit 6, never 5 (which means "rolled back, the node is fine")."""
+    file, command = failing_node(tmp_path, script, break_for_good=True)
+    result = run_sent(command, tmp_path, "fine too\n")
+    assert result.returncode == 6, result.stderr
+    assert "rolled_back=1" in result.stdout
+    assert file.read_text() == "works\n"
+    (not_ok,) = [line for line in result.stderr.splitlines() if "NOT ok" in line]
+    assert not_ok.startswith(f"{script}.sh: ")
+    assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
+    assert not (tmp_path / f"{file.name}.registry-mirrors.applied").exists()
