@@ -64,5 +64,5 @@ class SshTarget:
     def ssh_opts(self) -> pulumi.Output[list[str]]:
         """Options for the system ssh client (pulumi-docker)."""
         return pulumi.Output.from_input(self.host).apply(
-            lambda host: ssh_client_options(host, self.host_key)
+            lambda host: ssh_client_options(host, self.host_key, self.port)
         )

@@ -29,12 +29,18 @@ class StepRun:
     stderr: str
 
 
-def ssh_client_options(host: str, host_key: str | None) -> list[str]:
+def known_hosts_name(host: str, port: int = 22) -> str:
+    """The name ssh looks a host key up by: ``[host]:port`` on any port but 22 (a line for the
+    bare host does not match there, and the connection fails host key verification)."""
+    return host if port == 22 else f"[{host}]:{port}"
+
+
+def ssh_client_options(host: str, host_key: str | None, port: int = 22) -> list[str]:
     """Options for the system ssh client (pulumi-docker, the node reads, scripts/verify.py):
     batch mode, and the host key pinned when known, else accepted on first use."""
     opts = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={DIAL_SECONDS}"]
     if host_key:
-        line = shlex.quote(f"{host} {host_key}")
+        line = shlex.quote(f"{known_hosts_name(host, port)} {host_key}")
         opts += ["-o", "StrictHostKeyChecking=yes", "-o", f"KnownHostsCommand=/bin/echo {line}"]
     else:
         opts += ["-o", "StrictHostKeyChecking=accept-new"]
@@ -52,7 +58,10 @@ def run_on_node(
     """Run ``step`` on ``node`` as its ``sshUser``, exactly as pulumi-command would (the command is
     the remote login shell's command line, the content on stdin). ``extra_options`` come first:
     for ssh the first value of an option wins."""
-    options = [*extra_options, *ssh_client_options(node.address, node.ssh_host_public_key)]
+    options = [
+        *extra_options,
+        *ssh_client_options(node.address, node.ssh_host_public_key, node.ssh_port),
+    ]
     env = dict(os.environ)
     if agent_socket:
         env["SSH_AUTH_SOCK"] = agent_socket

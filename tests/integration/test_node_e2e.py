@@ -53,7 +53,7 @@ from tests.integration.registry_proc import (
     plain_registry_config,
     running_registry,
 )
-from tests.integration.testhost import NodeHost, node_host
+from tests.integration.testhost import OTHER_SSH_PORT, NodeHost, node_host
 from tests.prereq import require_binary, require_root
 from tests.sample import sample_raw
 
@@ -581,6 +581,15 @@ def test_unreachable_node_fails_naming_the_node(world: World) -> None:
         NodeStepError, match=r"node node-1 \(root@10\.231\.[0-9.]+:2222\) probe: cannot reach"
     ):
         read_node(world.settings, node, ssh_runner(world.host.agent_socket))
+
+
+@pytest.mark.parametrize("node_start", ANY_NODE, ids=str)
+def test_a_node_on_another_ssh_port_is_read_with_its_pinned_host_key(world: World) -> None:
+    """On a port other than 22 ssh looks the key up as [address]:port: the pinned key must be
+    offered under that name, or every read fails host key verification."""
+    node = world.node.model_copy(update={"ssh_port": OTHER_SSH_PORT})
+    on_22 = read_node(world.settings, world.node, ssh_runner(world.host.agent_socket))
+    assert read_node(world.settings, node, ssh_runner(world.host.agent_socket)) == on_22
 
 
 @pytest.mark.parametrize("node_start", ANY_NODE, ids=str)

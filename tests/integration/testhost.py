@@ -72,6 +72,9 @@ class Step(Protocol):
 
 
 # sshd's default PATH for root sessions (what a node's scripts would otherwise get).
+# sshd listens on 22 and on this one: a node with nodes[].sshPort set (ssh looks its host key up
+# as [address]:port there).
+OTHER_SSH_PORT = 2200
 NODE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _RESTART_HELPER = """#!/usr/bin/env bash
@@ -391,6 +394,7 @@ def node_host(
             [
                 f"ListenAddress {node_address}",
                 "Port 22",
+                f"Port {OTHER_SSH_PORT}",
                 f"HostKey {root / 'ssh_host_ed25519_key'}",
                 f"AuthorizedKeysFile {root / 'authorized_keys'}",
                 f"PidFile {root / 'sshd.pid'}",
