@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pulumi
@@ -237,10 +236,12 @@ class RegistryVm(pulumi.ComponentResource):
 
         Proxmox's instance-id hashes user-data and network-config, not the vendor snippet, so
         cloud-init never re-runs a changed snippet on an existing VM; replacing the VM instead
-        would lose the cache. This runs whenever the snippet's text (or the VM) changes, and is
-        a no-op when the VM already has that vendor-data (as right after its first boot).
+        would lose the cache. This runs whenever the snippet's text (its stdin: an in-place
+        update) or the VM (the trigger) changes, and is a no-op when the VM already has that
+        vendor-data (as right after its first boot). No trigger on the text: pulumi-command
+        replaces a Command on any change of ``triggers`` (pulumi-command #855), and a preview
+        should show a changed snippet as what it is, an update.
         """
-        digest = hashlib.sha256(self._vendor_data.encode()).hexdigest()
         return remote.Command(
             f"{self._name}-vendor-data-apply",
             remote.CommandArgs(
@@ -248,7 +249,7 @@ class RegistryVm(pulumi.ComponentResource):
                 create=remote_command("vm/apply-vendor-data.sh"),
                 update=remote_command("vm/apply-vendor-data.sh"),
                 stdin=self._vendor_data,
-                triggers=[self.vm.id, digest],
+                triggers=[self.vm.id],
             ),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]),
         )

@@ -158,7 +158,8 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
     raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["upstreams"].append({**raw["upstreams"][0], **EXTRA_UPSTREAM})
     changed = capture(load_settings(raw)).step("-vendor-data-apply")
-    assert changed.triggers[1] != apply.triggers[1], "the trigger must follow the snippet's text"
+    assert changed.stdin != apply.stdin, "the step's stdin must follow the snippet's text"
+    assert changed.triggers == apply.triggers, "a text change is an update, not a replacement"
     guest.check("test ! -e /var/lib/registry/registry-gcr")
     result = ready.run(changed)
     assert result.returncode == 0, result.stderr
