@@ -190,17 +190,22 @@ class RegistryProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 5 s; by pid only."""
-        if self.process.poll() is not None:
-            return
+        terminate(self.process, grace=5)
+
+
+def terminate(process: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` s; by pid only (never a pattern: other tests' and
+    other people's processes stay alone)."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
 
 
 def listen_config(

@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.registry_proc import free_port
+from tests.integration.registry_proc import free_port, terminate
 from tests.integration.testhost import ssh_run
 
 
@@ -180,15 +178,7 @@ class Guest:
             return json.loads(sock.makefile("r").readline())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=15)
+        terminate(self.process, grace=15)
 
 
 def boot_guest(
