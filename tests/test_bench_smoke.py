@@ -68,3 +68,26 @@ def test_per_node_cost_is_the_ratio_of_slopes_not_of_totals() -> None:
     assert figures[0].check(lambda v: v <= 3, "<= 3").met is False
     # A bare slope of zero or less (noise at tiny sizes) gives no figure rather than a division.
     assert program_cost.per_node_cost({10: (1.0, 0.2), 20: (1.1, 0.2)}) == []
+
+
+def test_a_distribution_major_that_crashed_shows_as_a_crash_in_every_row_of_it() -> None:
+    """Its pulls of the crashed round are not kept (containerd fell back to the upstream), the
+    rounds before stay in ``runs``, and no row of that major reads as a plain number."""
+    from bench import cache
+    from bench.common import PartResult
+
+    runs = {"direct": [5.0, 5.0, 5.0]}
+    link = {"direct": [31.5, 31.5, 31.5]}
+    for major, rounds in ((2, 3), (3, 1)):
+        for kind in ("cold", "warm", "fallback", "warm-cache-on"):
+            runs[f"{kind}-{major}"] = [5.5] * rounds
+            link[f"{kind}-{major}"] = [31.5] * rounds
+    part = PartResult("cache")
+    cache._figures(part, runs, link, {3: "round 2: ProxyCrashed('exited with 2')"}, "size")
+
+    rows = table([{"name": "cache", "figures": [f.as_json() for f in part.figures]}])
+    crashed = [line for line in rows.splitlines() if "| 3.1.1:" in line]
+    assert len(crashed) == 12, rows  # 3 pulls, 3 MB, 4 ratios, 2 descriptor cache
+    assert all("**CRASH**" in line and "crashed in round 2" in line for line in crashed), rows
+    assert not any("**CRASH**" in line for line in rows.splitlines() if "| 2.8:" in line)
+    assert all(f.met is not True for f in part.figures if f.name.startswith("3.1.1"))
