@@ -1,8 +1,9 @@
 """scripts/vm/wait-cloud-init.sh decisions with stand-in `cloud-init`, `ip` and `systemctl`.
 
 The VM tier runs the script on a real guest (cloud-init 22.4); these cover what that guest
-cannot show: cloud-init 23.4+'s exit code 2 ("done, with recoverable errors"), which Proxmox's
-own `user:` key produces as a deprecation on every VM, and a DHCP lease beside the static address.
+cannot show: cloud-init 23.4+'s exit code 2 ("done, with recoverable errors", from `status
+--wait` and `status --format json` alike), which Proxmox's own `user:` key produces as a
+deprecation on every VM, and a DHCP lease beside the static address.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def run_wait(
         "cloud-init",
         f"""case "$*" in
   "status --wait") exit {status} ;;
-  "status --format json") cat {tmp_path / "status.json"} ;;
+  "status --format json") cat {tmp_path / "status.json"}; exit {status} ;;
   *) echo "status: done" ;;
 esac""",
     )

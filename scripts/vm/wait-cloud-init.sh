@@ -19,12 +19,15 @@ fi
 # one on every VM (`user: <ciuser>`, deprecated in favour of `users`): a deprecation alone is not
 # a broken VM. Anything else recoverable (a WARNING) or any error is.
 if [ "$status" -eq 2 ]; then
-  if cloud-init status --format json | python3 -c '
+  # `status --format json` exits 2 as well when degraded (handle_status_args returns the same code
+  # for every format): under pipefail that would fail the check below whatever the JSON says.
+  status_json=$(cloud-init status --format json || true)
+  if python3 -c '
 import json, sys
 status = json.load(sys.stdin)
 recoverable = status.get("recoverable_errors") or {}
 sys.exit(0 if not status.get("errors") and set(recoverable) <= {"DEPRECATED"} else 1)
-'; then
+' <<<"$status_json"; then
     log "cloud-init finished with deprecation notices only (e.g. Proxmox's 'user:' key):"
     cloud-init status --long >&2 || true
     status=0
