@@ -199,12 +199,25 @@ esac
 """
 
 
-def failing_node(tmp_path: Path, script: str, break_for_good: bool) -> tuple[Path, str]:
+# `cp` that copies half of a source matching $FAIL_CP_FROM and fails (a full disk, a dropped
+# session); any other copy is the real one.
+FAKE_CP = """#!/usr/bin/env bash
+src=${*: -2:1} dst=${*: -1}
+case "$src" in $FAIL_CP_FROM) head -c 5 "$src" >"$dst"; exit 1 ;; esac
+exec /bin/cp "$@"
+"""
+
+
+def failing_node(
+    tmp_path: Path, script: str, break_for_good: bool, fail_cp_from: str = "/nothing"
+) -> tuple[Path, str]:
     """A node whose daemon refuses BREAKS; with ``break_for_good`` the first restart also leaves
-    it broken whatever the file says (so the rollback cannot bring it back)."""
+    it broken whatever the file says (so the rollback cannot bring it back); copies from a path
+    matching the glob ``fail_cp_from`` fail halfway."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("ctr", FAKE_CTR), ("containerd", "#!/bin/sh\nexit 0\n")):
+    tools = (("ctr", FAKE_CTR), ("containerd", "#!/bin/sh\nexit 0\n"), ("cp", FAKE_CP))
+    for name, text in tools:
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     file = tmp_path / ("config.toml" if script == "apply-config" else "registries.yaml")
@@ -222,7 +235,10 @@ def failing_node(tmp_path: Path, script: str, break_for_good: bool) -> tuple[Pat
         params["CONFIG_FILE"] = str(file)
     else:
         params |= {"REGISTRIES_FILE": str(file), "CTR": str(bin_dir / "ctr")}
-    env = f"export PATH={bin_dir}:$PATH WATCHED={file} DEAD={tmp_path / 'dead'}\n"
+    env = (
+        f"export PATH={bin_dir}:$PATH WATCHED={file} DEAD={tmp_path / 'dead'} "
+        f"FAIL_CP_FROM='{fail_cp_from}'\n"
+    )
     return file, env + remote_command(f"node/{script}.sh", params)
 
 
@@ -256,3 +272,39 @@ def test_a_rollback_the_daemon_does_not_recover_from_exits_6_with_the_file_resto
     assert not_ok.startswith(f"{script}.sh: ")
     assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
     assert not (tmp_path / f"{file.name}.registry-mirrors.applied").exists()
+
+
+@pytest.mark.parametrize("script", ["apply-config", "registries"])
+def test_a_rollback_that_cannot_put_the_file_back_exits_6_and_does_not_claim_it(
+    tmp_path: Path, script: str
+) -> None:
+    """The previous file cannot be copied back (e.g. a full disk): not exit 1 with
+    ``rolled_back=1`` printed before the attempt, but exit 6, ``rolled_back=0``, and the words."""
+    file, command = failing_node(
+        tmp_path, script, break_for_good=False, fail_cp_from="*.registry-mirrors.2*"
+    )
+    result = run_sent(command, tmp_path, "BREAKS\n")
+    assert result.returncode == 6, result.stderr
+    assert "rolled_back=0" in result.stdout and "rolled_back=1" not in result.stdout
+    assert "could NOT be put back" in result.stderr
+    assert file.read_text() == "BREAKS\n"  # what is on the node, said as it is
+    assert not list(tmp_path.glob(f".{file.name}.registry-mirrors.*")), "a temporary file left"
+
+
+@pytest.mark.parametrize("script", ["apply-config", "registries"])
+def test_a_copy_of_the_original_that_fails_midway_leaves_no_half_original(
+    tmp_path: Path, script: str
+) -> None:
+    """The saved original is the only lasting copy of the user's file and what delete restores:
+    a copy that fails halfway must leave none (the next run saves it whole), never a truncated
+    one that later runs would take for the original."""
+    name = "config.toml" if script == "apply-config" else "registries.yaml"
+    file, command = failing_node(tmp_path, script, break_for_good=False, fail_cp_from=f"*/{name}")
+    failed = run_sent(command, tmp_path, "fine too\n")
+    assert failed.returncode != 0
+    assert file.read_text() == "works\n"
+    assert sorted(p.name for p in tmp_path.glob(f"*{file.name}*")) == [file.name]
+
+    again = run_sent(command.replace(f"*/{name}", "/nothing"), tmp_path, "fine too\n")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"

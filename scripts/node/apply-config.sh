@@ -82,8 +82,7 @@ fi
 
 reason=$(containerd_error_text)
 echo "restarted=1"
-echo "rolled_back=1"
-roll_back "$CONFIG_FILE" "$backup"
+roll_back_or_exit "$CONFIG_FILE" "$backup"
 {
   if [[ $cri_state == error ]]; then
     echo "${me}: after writing ${CONFIG_FILE} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
@@ -99,8 +98,4 @@ roll_back "$CONFIG_FILE" "$backup"
     echo "hint: containerd refuses registry.mirrors (1.x: also registry.configs.*.tls) next to config_path; remove them (hosts.toml replaces them)"
   fi
 } >&2
-if restart >/dev/null 2>&1 && wait_for_cri; then
-  exit 5
-fi
-echo "${me}: containerd's CRI plugin is NOT ok even with the restored config: $(containerd_error_text)" >&2
-exit 6
+exit_after_roll_back "$CONFIG_FILE" containerd_error_text

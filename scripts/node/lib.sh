@@ -74,12 +74,15 @@ temp_next_to() {
   mktemp "$(dirname "$1")/.${1##*/}.registry-mirrors.XXXXXX"
 }
 
-# put_in_place SOURCE FILE: FILE becomes a copy of SOURCE (mode kept), in one rename.
+# put_in_place SOURCE FILE: FILE becomes a copy of SOURCE (mode kept), in one rename: never half
+# a copy (a full disk, a dropped session), and no temporary file left behind when the copy fails.
 put_in_place() {
   local source=$1 file=$2 tmp
   tmp=$(temp_next_to "$file")
-  cp -p "$source" "$tmp"
-  mv -f "$tmp" "$file"
+  if ! cp -p "$source" "$tmp" || ! mv -f "$tmp" "$file"; then
+    rm -f "$tmp"
+    return 1
+  fi
 }
 
 # stage_stdin FILE: stdin into a temporary file next to FILE, removed on exit unless installed;
@@ -120,10 +123,12 @@ install_new() {
   backup=""
   if [[ -f $file ]]; then
     # Not when the mark says there was no FILE at first: FILE is then our own first change.
+    # The only lasting copy of the user's file: a truncated one would be restored as "the
+    # original" on delete, so it appears whole or not at all.
     [[ -e ${file}.registry-mirrors.orig || -e ${file}.registry-mirrors.absent ]] ||
-      cp -p "$file" "${file}.registry-mirrors.orig"
+      put_in_place "$file" "${file}.registry-mirrors.orig"
     backup="${file}.registry-mirrors.$(date -u +%Y%m%dT%H%M%SZ)"
-    cp -p "$file" "$backup"
+    put_in_place "$file" "$backup"
     chmod --reference="$file" "$staged"
   else
     [[ -e ${file}.registry-mirrors.orig ]] || : >"${file}.registry-mirrors.absent"
@@ -152,6 +157,30 @@ roll_back() {
   else
     rm -f "$file" "${file}.registry-mirrors.absent"
   fi
+}
+
+# roll_back_or_exit FILE BACKUP: after the daemon did not come back with the new FILE, put the
+# previous one back and print rolled_back=1; when even that fails, say so and exit 6 (the new
+# FILE is still in place: the node needs a person).
+roll_back_or_exit() {
+  local file=$1 backup_file=$2
+  if ! roll_back "$file" "$backup_file"; then
+    echo "rolled_back=0"
+    echo "${me}: the daemon did not come back with the new ${file}, and the previous one could NOT be put back (${backup_file:-there was none}): the node is NOT ok" >&2
+    exit 6
+  fi
+  echo "rolled_back=1"
+}
+
+# exit_after_roll_back FILE ERROR_TEXT: restart with the previous FILE back in place; exit 5 when
+# the CRI plugin is ok again (the change failed, the node is as it was), 6 when it is NOT.
+exit_after_roll_back() {
+  local file=$1 error_text=$2
+  if restart_and_wait; then
+    exit 5
+  fi
+  echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
+  exit 6
 }
 
 # restore_original FILE [ERROR_TEXT] (delete: pulumi destroy or the node removed): put back the very

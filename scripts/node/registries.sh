@@ -8,7 +8,8 @@
 # Params (env):
 #   REGISTRIES_FILE      /etc/rancher/k3s/registries.yaml or /etc/rancher/rke2/registries.yaml
 #   EXPECTED_SHA256      sha256 of the file the component merged into ("absent": no file then);
-#                        anything else on disk now means someone edited it: refuse
+#                        anything else on disk now (unless it already is the new text) means
+#                        someone edited it: refuse
 #   RESTART_COMMAND      e.g. "systemctl restart k3s" (k3s-agent, rke2-server, rke2-agent)
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   the distribution's containerd socket (/run/k3s/containerd/containerd.sock)
@@ -98,8 +99,7 @@ fi
 
 reason=$(distribution_error_text)
 echo "restarted=1"
-echo "rolled_back=1"
-roll_back "$REGISTRIES_FILE" "$backup"
+roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {
   if [[ -n $hosts_problem ]]; then
     echo "${me}: after writing ${REGISTRIES_FILE} and restarting, ${hosts_problem}; the previous file was restored."
@@ -110,8 +110,4 @@ roll_back "$REGISTRIES_FILE" "$backup"
   echo "${UNIT:-the service} says:"
   echo "${reason:-<no error text found>}"
 } >&2
-if restart >/dev/null 2>&1 && wait_for_cri; then
-  exit 5
-fi
-echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${REGISTRIES_FILE}: $(distribution_error_text)" >&2
-exit 6
+exit_after_roll_back "$REGISTRIES_FILE" distribution_error_text
