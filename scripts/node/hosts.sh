@@ -66,7 +66,9 @@ while read -r dir; do
     echo "unchanged=${dir}"
   else
     if [[ -f $target && ! -e $target.registry-mirrors.orig ]] && ! managed_before "$dir"; then
-      cp -p "$target" "$target.registry-mirrors.orig"
+      # Whole or not at all (a full disk): a half copy would be put back as the person's file.
+      cp -p "$target" "$target.registry-mirrors.orig.tmp"
+      mv -f "$target.registry-mirrors.orig.tmp" "$target.registry-mirrors.orig"
       echo "backed_up=${dir}"
     fi
     chmod 0644 "$tmp"
