@@ -16,11 +16,9 @@ import time
 from pathlib import Path
 
 from bench.common import Figure, PartResult
-from tests.vm.boot import SSH_TIMEOUT, boot_stack, guest_image
+from tests.vm.boot import READY_TIMEOUT, SSH_TIMEOUT, boot_stack, guest_image
 from tests.vm.qemu import BootShape, wait_for_ssh
 from tests.vm.stack import tier_settings
-
-READY_TIMEOUT = 1200
 
 
 def one_boot(workdir: Path) -> tuple[float, float]:

@@ -15,6 +15,8 @@ from tests.vm.stack import StackResources, capture
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_MAC = "BC:24:11:5E:A0:01"  # a Proxmox-style MAC (its OUI), named in the seed and on the NIC
 SSH_TIMEOUT = 600
+# Until the program's wait step succeeds (first boot installs docker.io under TCG).
+READY_TIMEOUT = 1200
 
 
 def guest_image() -> GuestImage | None:

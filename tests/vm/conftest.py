@@ -33,11 +33,9 @@ from tests.integration.registry_proc import (
 from tests.integration.test_node_e2e import push
 from tests.prereq import missing, require_binary, require_root
 from tests.vm import registry_image
-from tests.vm.boot import SSH_TIMEOUT, boot_stack, guest_image
+from tests.vm.boot import READY_TIMEOUT, SSH_TIMEOUT, boot_stack, guest_image
 from tests.vm.qemu import BootShape, Guest, wait_for_ssh
 from tests.vm.stack import StackResources, Step, engine_create_body, tier_settings
-
-READY_TIMEOUT = 1200
 
 
 @dataclass
