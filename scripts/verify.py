@@ -358,20 +358,18 @@ def describe_metrics(metrics: MirrorMetrics) -> str:
     )
 
 
-def check_metrics(
-    upstream: str, mirror: dict[str, Any], timeout: float
-) -> tuple[Check, MirrorMetrics | None]:
+def check_metrics(upstream: str, mirror: dict[str, Any], timeout: float) -> Check:
     url = mirror.get("metricsUrl")
     container = mirror.get("container", upstream)
     if not url:
-        return Check(upstream, "-", "metrics", True, "skipped: no metricsUrl in the outputs"), None
+        return Check(upstream, "-", "metrics", True, "skipped: no metricsUrl in the outputs")
     try:
         metrics = read_metrics(url, timeout)
     except (urllib.error.URLError, OSError, ValueError) as error:
         detail, advice = _failure(error, container)
         advice = f"Prometheus cannot scrape it either: {advice}"
-        return Check(upstream, url, "metrics", False, detail, advice), None
-    return Check(upstream, url, "metrics", True, describe_metrics(metrics)), metrics
+        return Check(upstream, url, "metrics", False, detail, advice)
+    return Check(upstream, url, "metrics", True, describe_metrics(metrics))
 
 
 def snapshot_requests(mirrors: dict[str, Any], timeout: float) -> dict[str, float | None]:
@@ -617,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():
         # Metrics first: they report what the nodes pulled, before this check's own probe.
-        checks.append(check_metrics(upstream, mirror, args.timeout)[0])
+        checks.append(check_metrics(upstream, mirror, args.timeout))
         checks += check_mirror(upstream, mirror, images.get(upstream), args.timeout)
     if not args.no_vm:
         checks.append(check_vm_disk(outputs, settings, args.ssh_option, args.timeout))
