@@ -225,11 +225,18 @@ def run_child(
     return result
 
 
+def not_run(reason: str) -> dict[str, Any]:
+    """The place of a run that was not started, so that lists of runs stay aligned by round."""
+    return {"status": "not run", "seconds": float("nan"), "maxrss_mb": float("nan"),
+            "resources": None, "error": f"not run: {reason}"}  # fmt: skip
+
+
 def _figure(
     name: str, unit: str, results: list[dict[str, Any]], key: str = "seconds", note: str = ""
 ) -> Figure:
-    """A figure of the runs that finished; a crash or a stop is the figure's failure."""
-    failed = [r for r in results if r["status"] != "ok"]
+    """A figure of the runs that finished; a crash or a stop is the figure's failure (a run
+    that was not started is not: the crash that prevented it is reported where it happened)."""
+    failed = [r for r in results if r["status"] not in ("ok", "not run")]
     figure = Figure("program", name, unit, [r[key] for r in results if r["status"] == "ok"],
                     note=note)  # fmt: skip
     if failed:
@@ -281,8 +288,11 @@ def run(
                 results["full"].append(full)
                 results["nogc"].append(run_child("nogc", n, timeout=timeout))
                 count = full.get("resources") or 0
-                if count:
-                    results["bare"].append(run_child("bare", count))
+                # Always one bare entry per round: the ratio below pairs the lists by position,
+                # so a round without one would pair later rounds' full runs with the wrong bare.
+                results["bare"].append(
+                    run_child("bare", count) if count else not_run("the full run did not finish")
+                )
                 if before and old_tree is not None:
                     results["before"].append(run_child("before", n, timeout, cwd=old_tree))
                 log(f"  program N={n}: " + "; ".join(
@@ -316,9 +326,14 @@ def run(
                     statistics.median(f for f, _ in ok),
                     statistics.median(b for _, b in ok),
                 )
+            before_name = f"N={n} before ({BEFORE_COMMIT}: depends_on chain)"
             if results["before"]:
-                part.add(_figure(f"N={n} before ({BEFORE_COMMIT}: depends_on chain)", "s",
-                                 results["before"]))  # fmt: skip
+                part.add(_figure(before_name, "s", results["before"]))
+            elif before and old_tree is None:
+                # A shallow clone lacks the commit: say so in the table rather than leave out
+                # the rows the comparison is about.
+                missing = f"not run: commit {BEFORE_COMMIT} not in this clone"
+                part.add(Figure("program", before_name, "s", [], failure=missing))
             rss = part.add(_figure(f"N={n} peak memory (maxrss)", "MB", results["full"],
                                    key="maxrss_mb"))  # fmt: skip
             if n == 1000:

@@ -80,8 +80,13 @@ def table(parts: list[dict[str, Any]]) -> str:
             note = f["note"].strip()
             failure = f.get("failure", "")
             if failure:
-                # A crash or a stop is shown as such, never as a number.
-                median = "**CRASH**" if failure.startswith("crashed") else "**STOPPED**"
+                # A crash, a stop or a run that could not start is shown as such, never as a
+                # number.
+                median = (
+                    "**CRASH**" if failure.startswith("crashed")
+                    else "**NOT RUN**" if failure.startswith("not run")
+                    else "**STOPPED**"
+                )  # fmt: skip
                 note = f"{failure}; {note}" if note else failure
             lines.append(
                 f"| {f['part']} | {f['name'].strip()} | {median} | {f['unit']} | "

@@ -64,10 +64,6 @@ class AtomicFiles:
                 self._read_problems.append(f"{path}: cannot read: {_reason(error)}")
         self._files.append(_File(path, data, mode, owner, previous))
 
-    @property
-    def paths(self) -> list[Path]:
-        return [f.path for f in self._files]
-
     def problems(self) -> list[str]:
         """What would stop ``write()``, found without changing anything, one line each."""
         problems = list(self._read_problems)

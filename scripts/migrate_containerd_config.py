@@ -29,6 +29,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import tomlkit
+
 # scripts/ is not a package: make `components` importable when run as a file from anywhere.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,11 +39,18 @@ from components.cli import Parser, fail
 from components.renderers.containerd_config import (
     DEFAULT_CONFIG_PATH,
     ConfigParseError,
+    MigratedRegistry,
     MigrationResult,
     migrate_config,
     parse_containerd_version,
 )
-from components.renderers.hosts_toml import registry_dir_name, render_migrated_hosts
+from components.renderers.hosts_toml import (
+    NOT_A_REGISTRY,
+    own_registries,
+    registry_dir_name,
+    render_migrated_hosts,
+)
+from components.settings import SHOWN_LENGTH
 
 # Bytes that are not UTF-8 travel through the migration as lone surrogates and back out as the
 # same bytes (Python's surrogateescape).
@@ -139,6 +148,17 @@ def _kept_owner(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def _key_of(registry: MigratedRegistry) -> str:
+    """The config.toml key the registry came from: a mirrors entry, or only a configs TLS."""
+    tls_only = not (registry.endpoints or registry.server) and (
+        registry.ca or registry.client or registry.skip_verify is not None
+    )
+    key = tomlkit.key(registry.host).as_string()  # as config.toml spells it: "foo/bar"
+    if len(key) > SHOWN_LENGTH:
+        key = key[:SHOWN_LENGTH] + "..."
+    return f"registry.{'configs' if tls_only else 'mirrors'}.{key}"
+
+
 def _plan_hosts(
     files: AtomicFiles, arguments: argparse.Namespace, result: MigrationResult, stamp: str
 ) -> tuple[list[str], list[str]]:
@@ -146,7 +166,21 @@ def _plan_hosts(
     notes, problems = [], []
     hosts_dir = Path(arguments.hosts_dir)
     for registry in result.migrated:
-        path = hosts_dir / registry_dir_name(registry.host) / "hosts.toml"
+        if registry.host in NOT_A_REGISTRY:
+            notes.append(
+                f"{_key_of(registry)}: no hosts.toml written (a {registry.host} directory would "
+                "apply to every registry without its own)"
+            )
+    for registry in own_registries(result.migrated):
+        try:
+            directory = registry_dir_name(registry.host)
+        except ValueError:
+            problems.append(
+                f"{arguments.file or '<stdin>'}: {_key_of(registry)}: not a registry host[:port],"
+                " so no certs.d directory can be named after it: fix or remove the key"
+            )
+            continue
+        path = hosts_dir / directory / "hosts.toml"
         if path.is_symlink():
             path = Path(os.path.realpath(path))
         content = render_migrated_hosts(registry, arguments.containerd_version).encode()

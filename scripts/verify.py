@@ -358,20 +358,18 @@ def describe_metrics(metrics: MirrorMetrics) -> str:
     )
 
 
-def check_metrics(
-    upstream: str, mirror: dict[str, Any], timeout: float
-) -> tuple[Check, MirrorMetrics | None]:
+def check_metrics(upstream: str, mirror: dict[str, Any], timeout: float) -> Check:
     url = mirror.get("metricsUrl")
     container = mirror.get("container", upstream)
     if not url:
-        return Check(upstream, "-", "metrics", True, "skipped: no metricsUrl in the outputs"), None
+        return Check(upstream, "-", "metrics", True, "skipped: no metricsUrl in the outputs")
     try:
         metrics = read_metrics(url, timeout)
     except (urllib.error.URLError, OSError, ValueError) as error:
         detail, advice = _failure(error, container)
         advice = f"Prometheus cannot scrape it either: {advice}"
-        return Check(upstream, url, "metrics", False, detail, advice), None
-    return Check(upstream, url, "metrics", True, describe_metrics(metrics)), metrics
+        return Check(upstream, url, "metrics", False, detail, advice)
+    return Check(upstream, url, "metrics", True, describe_metrics(metrics))
 
 
 def snapshot_requests(mirrors: dict[str, Any], timeout: float) -> dict[str, float | None]:
@@ -386,12 +384,14 @@ def snapshot_requests(mirrors: dict[str, Any], timeout: float) -> dict[str, floa
 
 
 def check_bypass(
+    node: Node,
     mirrors: dict[str, Any],
     node_checks: list[Check],
     before: dict[str, float | None],
     after: dict[str, float | None],
 ) -> list[Check]:
-    """A node pull that succeeded through hosts.toml must show up in its mirror's counter."""
+    """A pull of this node that succeeded through hosts.toml must show up in its mirror's
+    counter, read just before and just after this node's pulls."""
     checks = []
     for upstream, mirror in mirrors.items():
         pulled = sorted(
@@ -403,19 +403,41 @@ def check_bypass(
         old, new = before.get(upstream), after.get(upstream)
         where = mirror.get("metricsUrl", "-")
         if old is None or new is None:
-            checks.append(Check(upstream, where, "bypass", False, "metrics unreadable",
+            checks.append(Check(node.name, where, "bypass", False,
+                                f"{upstream} mirror: metrics unreadable",
                                 "see the metrics check of this mirror"))  # fmt: skip
             continue
         moved = new - old
         checks.append(
             Check(
-                upstream, where, "bypass", moved > 0,
+                node.name, where, "bypass", moved > 0,
                 f"{moved:.0f} requests during the node pulls of {', '.join(pulled)}",
                 "the nodes pulled without asking this mirror: containerd ignores hosts.toml "
                 "(config_path not set, or a `mirrors` entry), or certs.d/<host>/hosts.toml does "
                 "not list this mirror first",
             )
         )  # fmt: skip
+    return checks
+
+
+def check_nodes(
+    settings: Settings,
+    mirrors: dict[str, Any],
+    images: list[str],
+    ssh_options: list[str],
+    timeout: float,
+) -> list[Check]:
+    """Every node's checks, each followed by its bypass rows. The counters are read around each
+    node on its own: read once around the whole fleet, one node's pull through a mirror would
+    move the counter and hide another node that skipped it."""
+    pulled_through = {split_image(image)[0] for image in images}
+    watched = {host: mirror for host, mirror in mirrors.items() if host in pulled_through}
+    checks: list[Check] = []
+    for node in settings.nodes:
+        before = snapshot_requests(watched, timeout)
+        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout)
+        after = snapshot_requests(watched, timeout)
+        checks += node_checks + check_bypass(node, watched, node_checks, before, after)
     return checks
 
 
@@ -593,19 +615,12 @@ def main(argv: list[str] | None = None) -> int:
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():
         # Metrics first: they report what the nodes pulled, before this check's own probe.
-        checks.append(check_metrics(upstream, mirror, args.timeout)[0])
+        checks.append(check_metrics(upstream, mirror, args.timeout))
         checks += check_mirror(upstream, mirror, images.get(upstream), args.timeout)
     if not args.no_vm:
         checks.append(check_vm_disk(outputs, settings, args.ssh_option, args.timeout))
     if settings is not None:
-        before = snapshot_requests(mirrors, args.timeout)
-        node_checks: list[Check] = []
-        for node in settings.nodes:
-            node_checks += check_node(
-                settings, node, mirrors, args.node_image, args.ssh_option, args.timeout
-            )
-        after = snapshot_requests(mirrors, args.timeout)
-        checks += node_checks + check_bypass(mirrors, node_checks, before, after)
+        checks += check_nodes(settings, mirrors, args.node_image, args.ssh_option, args.timeout)
     print_table(checks)
     failed = [c for c in checks if not c.ok]
     if failed:

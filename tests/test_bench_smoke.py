@@ -5,6 +5,9 @@ are read from bench/results.json)."""
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import pytest
 
 from bench import program_cost
 from bench.common import Figure
@@ -91,3 +94,57 @@ def test_a_distribution_major_that_crashed_shows_as_a_crash_in_every_row_of_it()
     assert all("**CRASH**" in line and "crashed in round 2" in line for line in crashed), rows
     assert not any("**CRASH**" in line for line in rows.splitlines() if "| 2.8:" in line)
     assert all(f.met is not True for f in part.figures if f.name.startswith("3.1.1"))
+
+
+def _fake_runs(full: list[dict], bare_seconds: list[float]):
+    """A stand-in for run_child: ``full`` runs in order, the bare runs in order, the rest fast."""
+    fulls, bares = iter(full), iter(bare_seconds)
+
+    def run_child(mode: str, count: int, timeout: float | None = None, cwd: Any = None) -> dict:
+        assert mode != "before", "no before tree: nothing of it may run"
+        if mode == "full":
+            return next(fulls)
+        seconds = next(bares) if mode == "bare" else 1.0
+        return {"status": "ok", "seconds": seconds, "process_seconds": seconds,
+                "maxrss_mb": 1.0, "resources": count}  # fmt: skip
+
+    return run_child
+
+
+def _ok(seconds: float) -> dict:
+    return {"status": "ok", "seconds": seconds, "process_seconds": seconds, "maxrss_mb": 1.0,
+            "resources": 50}  # fmt: skip
+
+
+def test_ratios_pair_the_runs_of_one_round_after_a_full_run_crashed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Round 2's full run crashed, so it has no bare run: round 3's full must still be divided
+    by round 3's bare, not by whatever came next in the list."""
+    crashed = {"status": "crashed", "seconds": 1.0, "maxrss_mb": float("nan"), "resources": None,
+               "error": "crashed after 1 s: RecursionError"}  # fmt: skip
+    # Round 1: 2.0 / 1.0; round 3: 4.0 / 4.0.
+    fake = _fake_runs([_ok(2.0), crashed, _ok(4.0)], [1.0, 4.0])
+    monkeypatch.setattr(program_cost, "run_child", fake)
+    part = program_cost.run(
+        sizes=(10,), repeats=3, before=False, read_sizes=(), log=lambda _line: None
+    )
+
+    figures = {f.name: f for f in part.figures}
+    assert figures["N=10 program / bare SDK"].runs == [2.0, 1.0]
+    bare = figures["N=10 SDK: bare program, same resource count"]
+    assert bare.runs == [1.0, 4.0] and bare.failure == ""
+    assert figures["N=10 wall time, program run"].failure.startswith("crashed after")
+
+
+def test_a_clone_without_the_before_commit_says_so_in_the_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(program_cost, "BEFORE_COMMIT", "0000000")  # in no clone
+    monkeypatch.setattr(program_cost, "run_child", _fake_runs([_ok(2.0)], [1.0]))
+    part = program_cost.run(sizes=(10,), repeats=1, read_sizes=(), log=lambda _line: None)
+
+    [figure] = [f for f in part.figures if f.name == "N=10 before (0000000: depends_on chain)"]
+    assert figure.failure == "not run: commit 0000000 not in this clone"
+    row = table([{"name": "program", "figures": [figure.as_json()]}]).splitlines()[-1]
+    assert "**NOT RUN**" in row and "not run: commit 0000000 not in this clone" in row

@@ -168,6 +168,16 @@ def _layout(root: Path, layout: dict[str, Any]) -> None:
 
 
 V = ["--containerd-version", "1.6.20"]
+
+
+def _with_registry(
+    key: str, table: str = 'mirrors."{}"]\n  endpoint = ["https://m.example"]'
+) -> bytes:
+    """MIRRORS plus one more registry entry under ``key`` (as written in the file)."""
+    header = '\n[plugins."io.containerd.grpc.v1.cri".registry.'
+    return MIRRORS + (header + table.format(key) + "\n").encode()
+
+
 # (id, layout, argv after the version (paths relative to the test dir), what the line names)
 MISTAKES: list[tuple[str, dict[str, Any], list[str], str]] = [
     ("typo-in-name", {"config.toml": MIRRORS}, ["config.tmol"], "config.tmol: no such file"),
@@ -243,6 +253,24 @@ MISTAKES: list[tuple[str, dict[str, Any], list[str], str]] = [
         {"config.toml": MIRRORS, "certs.d": b"x"},
         ["--hosts-dir", "certs.d", "config.toml"],
         "certs.d: not a directory",
+    ),
+    (
+        "hosts-dir-host-with-slash",
+        {"config.toml": _with_registry("foo/bar")},
+        ["--in-place", "--hosts-dir", "certs.d", "config.toml"],
+        'config.toml: registry.mirrors."foo/bar": not a registry host[:port]',
+    ),
+    (
+        "hosts-dir-host-with-space",
+        {"config.toml": _with_registry("my reg")},
+        ["--hosts-dir", "certs.d", "config.toml"],
+        'config.toml: registry.mirrors."my reg": not a registry host[:port]',
+    ),
+    (
+        "hosts-dir-tls-of-a-bad-host",
+        {"config.toml": _with_registry("a b", 'configs."{}".tls]\n  insecure_skip_verify = true')},
+        ["--in-place", "--hosts-dir", "certs.d", "config.toml"],
+        'config.toml: registry.configs."a b": not a registry host[:port]',
     ),
     (
         "invalid-toml",
@@ -543,6 +571,22 @@ def test_a_different_hosts_toml_is_backed_up_and_an_equal_one_left_alone(tmp_pat
     again = _run(*args, str(FIXTURES / "tls-auth-mirrors.toml"))
     assert again.returncode == 0 and "already up to date" in again.stderr
     assert len(list(mine.parent.glob("hosts.toml.bak-*"))) == 1
+
+
+@pytest.mark.parametrize("key", ["*", "_default"])
+def test_hosts_dir_skips_keys_that_name_no_registry(tmp_path: Path, key: str) -> None:
+    """``*`` (1.x's wildcard) and ``_default`` get no hosts.toml: a certs.d/_default would be the
+    hosts.toml of every registry without its own. The real registries still get theirs."""
+    config = tmp_path / "config.toml"
+    config.write_bytes(_with_registry(key))
+    hosts_dir = tmp_path / "certs.d"
+    outcome = run("migrate_containerd_config", [*V, "--hosts-dir", str(hosts_dir), str(config)])
+    assert outcome.code == 0, outcome.stderr
+    assert sorted(p.parent.name for p in hosts_dir.rglob("hosts.toml")) == HOSTS
+    registry = tomllib.loads(outcome.stdout.decode())["plugins"]["io.containerd.grpc.v1.cri"]
+    assert "mirrors" not in registry["registry"]
+    if key == "_default":
+        assert "registry.mirrors._default: no hosts.toml written" in outcome.stderr
 
 
 # --- property: any bytes in config.toml ---------------------------------------------------------
