@@ -96,6 +96,8 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "proxmoxNode": settings.vm.proxmox_node,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
+                # A public key: verify.py (and other stacks) pin it when they log in.
+                "sshHostPublicKey": settings.vm.ssh_host_public_key,
             }
         ),
         "mirrors": mirrors.mirrors,

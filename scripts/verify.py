@@ -455,7 +455,12 @@ def check_vm_disk(
     where = f"{user}@{address}"
     default = RegistrySettings.model_fields["disk_usage_threshold_percent"].default
     threshold = int(vm.get("diskUsageThresholdPercent") or default)
-    host_key = settings.vm.ssh_host_public_key if settings is not None else None
+    # The stack file when it was read (--nodes), else what the deploy exported: pinned either way.
+    host_key = (
+        settings.vm.ssh_host_public_key
+        if settings is not None
+        else (str(vm["sshHostPublicKey"]) if vm.get("sshHostPublicKey") else None)
+    )
     options = [*ssh_options, *ssh_client_options(address, host_key)]
     command, script = disk_check(threshold)
     try:

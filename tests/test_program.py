@@ -67,6 +67,7 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "sshUser": "debian",
             "proxmoxNode": "pve",
             "diskUsageThresholdPercent": 80,
+            "sshHostPublicKey": None,
         }
         assert mirrors["docker.io"]["endpoint"] == "http://10.0.20.10:5000"
         assert mirrors["docker.io"]["server"] == "https://registry-1.docker.io"

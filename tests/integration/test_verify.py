@@ -219,6 +219,28 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
                 "diskUsageThresholdPercent": threshold,
             }
             results[threshold] = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1", *ssh)
+        # No host key checking options of the caller's: the key the deploy exported is pinned
+        # (no known_hosts file either, so nothing is learned or written on this machine).
+        other = tmp_path / "other_host_key"
+        keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)]
+        subprocess.run(keygen, check=True)
+        for name, key in (
+            ("pinned", vm.host_public_key),
+            ("other key", " ".join(Path(f"{other}.pub").read_text().split()[:2])),
+        ):
+            outputs["registryVm"] = {
+                "address": vm.node_address,
+                "sshUser": "root",
+                "diskUsageThresholdPercent": 100,
+                "sshHostPublicKey": key,
+            }
+            results[name] = _verify(
+                tmp_path, outputs, "--image", "quay.io=org/tool:1", f"--ssh-option=-i{vm.key}",
+                "--ssh-option=-oUserKnownHostsFile=/dev/null",
+            )  # fmt: skip
+    assert results["pinned"].returncode == 0, results["pinned"].stdout
+    assert results["other key"].returncode == 1
+    assert "FAIL" in _row(results["other key"].stdout, "registry-vm", "disk")
     ok = results[100]
     assert ok.returncode == 0, ok.stdout + ok.stderr
     row = _row(ok.stdout, "registry-vm", "disk")
