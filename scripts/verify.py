@@ -470,6 +470,9 @@ def check_vm_disk(
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         return Check("registry-vm", where, "disk", False, "timed out", "is the VM up?")
+    except FileNotFoundError:
+        return Check("registry-vm", where, "disk", False, "no ssh client here",
+                     "apt install openssh-client, or --no-vm")  # fmt: skip
     try:
         report = parse_disk_report(result.stdout)
     except ValueError:
@@ -524,11 +527,29 @@ def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(
             f"{name}: no 'mirrors' output (expected `pulumi stack output --json` of this program)"
         )
+    url = re.compile(r"https?://[^\s/]+/?")
     for host, mirror in mirrors.items():
         endpoint = mirror.get("endpoint") if isinstance(mirror, dict) else None
-        if not isinstance(endpoint, str) or not re.match(r"^https?://[^\s/]+/?$", endpoint):
+        if not isinstance(endpoint, str) or not url.fullmatch(endpoint):
             raise ValueError(
                 f"{name}: mirrors.{key_text(host)}.endpoint: expected http://HOST:PORT"
+            )
+        metrics = mirror.get("metricsUrl")
+        if metrics is not None and not (
+            isinstance(metrics, str) and re.fullmatch(r"https?://[^\s/]+/metrics", metrics)
+        ):
+            raise ValueError(
+                f"{name}: mirrors.{key_text(host)}.metricsUrl: expected http://HOST:PORT/metrics"
+            )
+    vm = outputs.get("registryVm")
+    if vm is not None:
+        threshold = vm.get("diskUsageThresholdPercent") if isinstance(vm, dict) else None
+        if not isinstance(vm, dict) or not (
+            threshold is None or (type(threshold) is int and 1 <= threshold <= 100)
+        ):
+            raise ValueError(
+                f"{name}: registryVm: expected {{address, sshUser, diskUsageThresholdPercent"
+                " (1-100), ...}"
             )
     return outputs
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_harness import assert_user_error, run
+from tests.cli_harness import assert_user_error, run, script
 
 GOOD = json.dumps(
     {"mirrors": {"docker.io": {"endpoint": "http://127.0.0.1:9", "container": "registry"}}}
@@ -29,6 +29,25 @@ CASES: list[tuple[str, bytes | None, list[str], list[str]]] = [
         b'{"mirrors": {"ghcr.io": {"endpoint": "10.0.20.10:5010"}}}',
         [],
         ["mirrors.ghcr.io.endpoint: expected http://HOST:PORT"],
+    ),
+    (
+        "endpoint-trailing-newline",
+        b'{"mirrors": {"ghcr.io": {"endpoint": "http://10.0.20.10:5010\\n"}}}',
+        [],
+        ["mirrors.ghcr.io.endpoint: expected http://HOST:PORT"],
+    ),
+    (
+        "metrics-url-number",
+        b'{"mirrors": {"ghcr.io": {"endpoint": "http://127.0.0.1:9", "metricsUrl": 5}}}',
+        [],
+        ["mirrors.ghcr.io.metricsUrl: expected http://HOST:PORT/metrics"],
+    ),
+    (
+        "vm-threshold-text",
+        b'{"mirrors": {"ghcr.io": {"endpoint": "http://127.0.0.1:9"}},'
+        b' "registryVm": {"address": "127.0.0.1", "diskUsageThresholdPercent": "eighty"}}',
+        [],
+        ["outputs.json: registryVm: expected"],
     ),
     ("image-no-equals", GOOD, ["--image", "ghcr.io"], ["--image ghcr.io: expected HOST=REPO:TAG"]),
     ("image-empty-repo", GOOD, ["--image", "ghcr.io="], ["--image 'ghcr.io=': expected"]),
@@ -67,3 +86,12 @@ def test_every_argument_problem_at_once(tmp_path: Path, monkeypatch: pytest.Monk
     argv = ["--outputs", "o.json", "--image", "x", "--node-image", "y", "--nodes"]
     outcome = run("verify", argv)
     assert_user_error(outcome, ["--image x", "--node-image y", "--nodes needs"], lines=3)
+
+
+def test_no_ssh_client_is_a_failed_disk_check_not_a_traceback(monkeypatch: pytest.MonkeyPatch):
+    verify = script("verify")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
+    check = verify.check_vm_disk(outputs, None, [], timeout=5)
+    assert (check.ok, check.detail) == (False, "no ssh client here")
+    assert "openssh-client" in check.advice
