@@ -68,12 +68,27 @@ class SettingsError(ValueError):
         super().__init__("\n".join(problems))
 
 
+def _without_user_info(text: str) -> str:
+    """``text`` with each URL's user-info (``scheme://user:password@``) masked, from ``://`` to
+    the word's last '@' (a password pasted raw may hold an '@' or a '/'). Word by word, with no
+    regex backtracking: a value of megabytes must not take minutes."""
+
+    def masked(word: re.Match[str]) -> str:
+        start, end = word[0].find("://"), word[0].rfind("@")
+        return word[0] if start < 0 or end < start else word[0][: start + 3] + "***" + word[0][end:]
+
+    return re.sub(r"\S+", masked, text) if "://" in text else text
+
+
 def shown(value: Any) -> str:
-    """A value as an error line echoes it: repr (so one line, control characters escaped),
-    cut to ``SHOWN_LENGTH`` characters."""
-    if isinstance(value, str) and len(value) > SHOWN_LENGTH:
-        return repr(value[:SHOWN_LENGTH]) + "..."
-    text = repr(value)
+    """A value as an error line echoes it: repr (so one line, control characters escaped), a
+    URL's user-info masked, cut to ``SHOWN_LENGTH`` characters. Masked before the cut: a cut
+    alone could keep most of a password."""
+    if isinstance(value, str):
+        value = _without_user_info(value)
+        if len(value) > SHOWN_LENGTH:
+            return repr(value[:SHOWN_LENGTH]) + "..."
+    text = _without_user_info(repr(value))
     return text if len(text) <= SHOWN_LENGTH + 2 else text[:SHOWN_LENGTH] + "..."
 
 
@@ -348,6 +363,11 @@ class ProxmoxSettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
+        if re.match(r"^[^/]*//[^/?#]*@", value):
+            raise ValueError(
+                "credentials do not belong in the URL: write https://HOST[:PORT]/ and set the API "
+                "token as the secret proxmoxApiToken"
+            )
         if not re.match(r"^https://[^\s/@?#]+/?$", value):
             raise ValueError("expected https://HOST[:PORT]/")
         url = urllib.parse.urlsplit(value)
