@@ -52,7 +52,14 @@ BAD_INPUTS = [
         "URL",
     ),
     ("vm-name", {"vm.name": "Registry_VM"}, "vm.name", "hostname"),
-    ("ssh-key", {"vm.sshPublicKeys": ["not a key"]}, "vm.sshPublicKeys", "not an SSH public key"),
+    ("ssh-key", {"vm.sshPublicKeys": ["not a key"]}, "vm.sshPublicKeys[0]", "TYPE BASE64"),
+    (
+        # Cut short when pasted: the same check as a pinned host key, naming the list item.
+        "ssh-key-cut",
+        {"vm.sshPublicKeys": [TEST_KEY, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ"]},
+        "vm.sshPublicKeys[1]",
+        "cut short when pasted",
+    ),
     ("no-ssh-keys", {"vm.sshPublicKeys": []}, "vm.sshPublicKeys", "at least 1"),
     ("dns-not-ip", {"vm.dnsServers": ["dns.lan"]}, "vm.dnsServers", "IP"),
     ("vm-typo", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "unknown key"),
