@@ -479,18 +479,20 @@ def registry_image_major(image: str) -> int:
     _, colon, tag = last.partition(":")
     if not colon:
         if at:
-            fix = f"write its version tag before the digest, e.g. '{name}:3.1.1@sha256:...' "
+            example = shown(f"{name}:3.1.1@sha256:...")
+            fix = f"write its version tag before the digest, e.g. {example} "
             fix += "(docker pulls by the digest; the tag only names the version)"
         else:
-            fix = f"add its version tag, e.g. '{name}:3.1.1'"
+            fix = f"add its version tag, e.g. {shown(f'{name}:3.1.1')}"
         raise ValueError(
             f"names no Distribution version, and the major decides the config path and keys: {fix}"
         )
     match = _VERSION_TAG.match(tag)
     if match is None:
+        example = shown(f"{name.rsplit(':', 1)[0]}:3.1.1")
         raise ValueError(
-            f"tag {tag!r} is not a Distribution version: use the image's version tag, e.g. "
-            f"'{name.rsplit(':', 1)[0]}:3.1.1' (a digest may follow: ':3.1.1@sha256:...')"
+            f"tag {shown(tag)} is not a Distribution version: use the image's version tag, e.g. "
+            f"{example} (a digest may follow: ':3.1.1@sha256:...')"
         )
     major = int(match.group(1))
     if major not in REGISTRY_MAJORS:
