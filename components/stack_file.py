@@ -8,8 +8,9 @@ refuses too, with the same words where the program says it:
 
 - YAML as the Pulumi CLI (Go, yaml.v3) reads it: a duplicate key is an error, ``yes``/``on``/``no``
   are strings (YAML 1.2), a UTF-8 byte order mark is skipped, other non-UTF-8 bytes are errors;
-- a config key is ``<namespace>:<name>``; a namespace other than ``ALLOWED_NAMESPACES`` is an error
-  (a typo such as ``registry-mirror:`` would otherwise be ignored and its defaults used);
+- a config key is ``<namespace>:<name>``; a namespace other than the project's and
+  ``OTHER_NAMESPACES`` is an error (a typo such as ``registry-mirror:`` would otherwise be
+  ignored and its defaults used);
 - ``proxmoxApiToken`` / ``upstreamCredentials`` in plain text are errors (``--secret``).
 """
 
@@ -43,7 +44,6 @@ STACKS_DIR = Path(__file__).resolve().parent.parent / "stacks"
 # keys there configure only default providers, which this program never uses; they are allowed
 # because shared Pulumi ESC environments and org templates put them into every stack.
 OTHER_NAMESPACES = ("pulumi", "proxmoxve", "docker", "command")
-ALLOWED_NAMESPACES = (PROJECT, *OTHER_NAMESPACES)
 # The keys of a stack file (Pulumi's ProjectStack): anything else is a typo Pulumi ignores.
 STACK_FILE_KEYS = ("config", "environment", "secretsprovider", "encryptedkey", "encryptionsalt")
 _STACK_NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -16,6 +16,7 @@ from components.renderers.containerd_config import (
     REGISTRY_PATHS,
     ConfigParseError,
     MigratedRegistry,
+    carried_registries,
     migrate_config,
     parse_containerd_version,
     preferred_config_version,
@@ -160,6 +161,13 @@ def test_mirrors_tls_and_server_are_carried_over() -> None:
     assert by_host["harbor.corp.example"].skip_verify is True
     assert "s3cr3t" in result.text  # auth kept in the file ...
     assert not any("s3cr3t" in line for line in result.summary)  # ... never printed
+
+
+def test_a_saved_original_with_a_byte_order_mark_still_names_its_mirrors() -> None:
+    """containerd reads a config.toml that starts with a UTF-8 BOM, so a node may have one; its
+    saved original is read again on every later run and must not stop the plan there."""
+    text = (FIXTURES / "tls-auth-mirrors.toml").read_text()
+    assert carried_registries("\ufeff" + text) == carried_registries(text) != ()
 
 
 def test_inline_and_dotted_forms_are_removed_and_carried_over() -> None:

@@ -125,15 +125,18 @@ OWN_MIRRORS = (
 )
 
 
-def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run() -> None:
+@pytest.mark.parametrize("bom", ["", "\ufeff"], ids=["plain", "bom"])
+def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run(bom: str) -> None:
     """The second run reads a config.toml without mirrors: the node's own mirrors come from its
-    saved original, or the second `pulumi up` would delete them from hosts.toml."""
+    saved original, or the second `pulumi up` would delete them from hosts.toml. A file that
+    starts with a byte order mark (containerd reads it) is read as well on the second run, when
+    the saved original is parsed too."""
     from components.renderers.node_steps import plan_node
     from tests.mocks import FakeNode
 
     settings = sample_settings()
     node = settings.nodes[0]
-    fake = FakeNode(OWN_MIRRORS)
+    fake = FakeNode(bom + OWN_MIRRORS)
     first = plan_node(settings, node, fake.probe())
     fake.apply(
         {

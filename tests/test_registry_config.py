@@ -138,6 +138,26 @@ def test_an_image_without_a_usable_version_is_refused_with_the_fix(image: str, f
     assert line.startswith("registry.image: ") and fix in line, line
 
 
+@pytest.mark.parametrize(
+    ("image", "fix"),
+    [
+        ("r" * 5000 + "@sha256:" + "a" * 64, "write its version tag before the digest"),
+        ("r" * 5000 + ":stable", "is not a Distribution version"),
+    ],
+    ids=["digest-only", "long-name"],
+)
+def test_an_image_refusal_echoes_its_name_cut(image: str, fix: str) -> None:
+    """An error line shows a value cut to SHOWN_LENGTH, the image reference too: the line
+    names the key and the fix, not 5000 characters of a pasted value."""
+    raw = sample_raw()
+    raw["registry"] = {"image": image}
+    with pytest.raises(SettingsError) as error:
+        load_settings(raw)
+    [line] = error.value.problems
+    assert line.startswith("registry.image: ") and fix in line, line
+    assert len(line) < 400, len(line)
+
+
 @MAJORS
 def test_container_reads_the_config_where_its_major_looks_for_it(major: int) -> None:
     upstream = DEFAULT_UPSTREAMS[1]

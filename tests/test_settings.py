@@ -52,7 +52,14 @@ BAD_INPUTS = [
         "URL",
     ),
     ("vm-name", {"vm.name": "Registry_VM"}, "vm.name", "hostname"),
-    ("ssh-key", {"vm.sshPublicKeys": ["not a key"]}, "vm.sshPublicKeys", "not an SSH public key"),
+    ("ssh-key", {"vm.sshPublicKeys": ["not a key"]}, "vm.sshPublicKeys[0]", "TYPE BASE64"),
+    (
+        # Cut short when pasted: the same check as a pinned host key, naming the list item.
+        "ssh-key-cut",
+        {"vm.sshPublicKeys": [TEST_KEY, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ"]},
+        "vm.sshPublicKeys[1]",
+        "cut short when pasted",
+    ),
     ("no-ssh-keys", {"vm.sshPublicKeys": []}, "vm.sshPublicKeys", "at least 1"),
     ("dns-not-ip", {"vm.dnsServers": ["dns.lan"]}, "vm.dnsServers", "IP"),
     ("vm-typo", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "unknown key"),
@@ -401,6 +408,52 @@ def test_a_value_under_an_unknown_key_is_never_echoed(changes: dict, key: str):
         load_settings(raw)
     assert any(line.startswith(f"{key}: unknown key") for line in caught.value.problems)
     assert SECRET not in str(caught.value) and "123456789" not in str(caught.value)
+
+
+# (id, changes, key named, text in its line): a password in a URL's user-info, refused.
+URL_CREDENTIALS = [
+    (
+        "endpoint",
+        {"proxmox.endpoint": f"https://root:{SECRET}@pve.lan:8006/"},
+        "proxmox.endpoint",
+        "credentials do not belong in the URL",
+    ),
+    (
+        # The password runs past SHOWN_LENGTH: cutting alone would still show most of it.
+        "endpoint-long",
+        {"proxmox.endpoint": f"https://root:{SECRET * 5}@pve.lan:8006/"},
+        "proxmox.endpoint",
+        "proxmoxApiToken",
+    ),
+    (
+        "cloud-image",
+        {"vm.templateVmId": _DELETE, "vm.cloudImage": {"url": f"https://u:{SECRET}@img.lan"}},
+        "vm.cloudImage.url",
+        "'https://***@img.lan'",
+    ),
+    (
+        "upstream-server",
+        {"upstreams": [{**UP[0], "server": f"https://u:{SECRET}@ghcr.io/v2"}]},
+        "upstreams[0].server",
+        "'https://***@ghcr.io/v2'",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "text"),
+    [c[1:] for c in URL_CREDENTIALS],
+    ids=[c[0] for c in URL_CREDENTIALS],
+)
+def test_a_password_in_a_url_is_never_echoed(changes: dict, key: str, text: str):
+    raw = sample_raw()
+    for path, value in changes.items():
+        _set(raw, path, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(raw)
+    matching = [line for line in caught.value.problems if line.startswith(f"{key}:")]
+    assert any(text in line for line in matching), caught.value.problems
+    assert SECRET[:6] not in str(caught.value)
 
 
 def test_echoed_values_are_cut_and_on_one_line():

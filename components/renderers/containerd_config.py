@@ -179,6 +179,10 @@ def preferred_config_version(containerd_version: str) -> int:
 
 
 def _parse(text: str) -> tuple[dict[str, Any], tomlkit.TOMLDocument]:
+    # containerd reads a file that starts with a UTF-8 byte order mark (go-toml skips it);
+    # tomllib and tomlkit refuse it. Every text read here (a node's config.toml, its saved
+    # original) may start with one; migrate_config also puts it back on its output.
+    text = text.removeprefix(BOM)
     try:
         plain = tomllib.loads(text)
     except RecursionError:  # tomllib recurses per nested array/inline table
@@ -753,8 +757,8 @@ def migrate_config(
 ) -> MigrationResult:
     """Return the node's config.toml switched to ``config_path``, plus what changed and why."""
     if text.startswith(BOM):
-        # containerd reads a file that starts with a UTF-8 byte order mark (go-toml skips it);
-        # TOML parsers here do not. Migrate what follows it and keep it, as every other byte.
+        # A byte order mark containerd reads (see _parse): migrate what follows it and keep
+        # it, as every other byte.
         result = migrate_config(text[len(BOM) :], containerd_version, config_path)
         return dataclasses.replace(result, text=BOM + result.text)
     if text and not text.endswith("\n"):

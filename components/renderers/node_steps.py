@@ -130,14 +130,13 @@ def verify_step(
     generated (``verify_expectation`` says what config_path must then be)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_FILE": node.config_file,
-        "CONFIG_PATH": settings.containerd.config_path,
+        "CONFIG_PATH": expected_config_path(settings, flavour),
         "CONTAINERD_ADDRESS": node.containerd_address,
         "IMAGES": " ".join(images),
     }
     if flavour.is_distribution:
         params.update(
             CONFIG_FILE=flavour.config_file,
-            CONFIG_PATH=flavour.hosts_dir,
             CONTAINERD_ADDRESS=flavour.cri_socket,
             CTR=f"{flavour.bin_dir}/ctr",
             CONTAINERD=f"{flavour.bin_dir}/containerd",
