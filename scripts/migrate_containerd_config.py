@@ -44,12 +44,7 @@ from components.renderers.containerd_config import (
     migrate_config,
     parse_containerd_version,
 )
-from components.renderers.hosts_toml import (
-    NOT_A_REGISTRY,
-    own_registries,
-    registry_dir_name,
-    render_migrated_hosts,
-)
+from components.renderers.hosts_toml import registry_dir_name, render_migrated_hosts
 from components.settings import SHOWN_LENGTH
 
 # Bytes that are not UTF-8 travel through the migration as lone surrogates and back out as the
@@ -166,12 +161,6 @@ def _plan_hosts(
     notes, problems = [], []
     hosts_dir = Path(arguments.hosts_dir)
     for registry in result.migrated:
-        if registry.host in NOT_A_REGISTRY:
-            notes.append(
-                f"{_key_of(registry)}: no hosts.toml written (a {registry.host} directory would "
-                "apply to every registry without its own)"
-            )
-    for registry in own_registries(result.migrated):
         try:
             directory = registry_dir_name(registry.host)
         except ValueError:

@@ -109,6 +109,12 @@ class ConfigParseError(ValueError):
         super().__init__(f"config.toml {where}{problem}")
 
 
+# Keys of a node's old registry.mirrors that name no registry: 1.x's wildcard "*", and "_default",
+# which as a certs.d directory is the hosts.toml of EVERY registry without its own (containerd
+# docs/hosts.md). The migration drops both, saying so.
+NOT_A_REGISTRY = frozenset({"*", "_default"})
+
+
 @dataclass(frozen=True)
 class TlsSettings:
     """TLS settings of one endpoint host, from ``registry.configs.<host>.tls``."""
@@ -325,11 +331,13 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
     for host, mirror in mirrors.items():
         raw = mirror.get("endpoint", []) if isinstance(mirror, dict) else []
         raw = [e for e in raw if isinstance(e, str)] if isinstance(raw, list) else []
-        if host == "*":
-            # 1.x used "*" for every registry without its own entry; carrying it to `_default`
-            # would send every registry to one proxy. Our per-upstream hosts.toml replace it.
+        if host in NOT_A_REGISTRY:
+            # 1.x used "*" for every registry without its own entry, and a `_default` directory
+            # is the hosts.toml of every such registry: carried over, either would send every
+            # registry to one proxy. Our per-upstream hosts.toml replace them.
+            what = "wildcard mirror" if host == "*" else "mirror"
             plan.summary.append(
-                f'dropped wildcard mirror "*" -> {", ".join(raw) or "(no endpoints)"}: '
+                f'dropped {what} "{host}" -> {", ".join(raw) or "(no endpoints)"}: '
                 "not carried over (no _default); each upstream gets its own hosts.toml"
             )
             continue
@@ -394,8 +402,8 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
         if not (isinstance(config, dict) and "tls" in config):
             continue
         tls = tls_by_host.get(host.lower())
-        if host == "*":
-            plan.summary.append('dropped configs."*".tls: not carried over (no _default)')
+        if host in NOT_A_REGISTRY:
+            plan.summary.append(f'dropped configs."{host}".tls: not carried over (no _default)')
             continue
         kept = " (auth kept)" if "auth" in config else ""
         if tls and host.lower() not in used_tls:

@@ -29,6 +29,7 @@ import tomlkit
 from tomlkit.items import Table
 
 from components.renderers.containerd_config import (
+    NOT_A_REGISTRY,
     MigratedRegistry,
     TlsSettings,
     default_server,
@@ -52,17 +53,6 @@ def supports_dial_timeout(containerd_version: str | None) -> bool:
     if containerd_version is None:
         return False  # unknown version: an unknown key is the safer omission
     return parse_containerd_version(containerd_version)[:2] >= (2, 1)
-
-
-# Keys of a node's old registry.mirrors that name no registry: 1.x's wildcard "*", and "_default",
-# which as a certs.d directory is the hosts.toml of EVERY registry without its own (containerd
-# docs/hosts.md): carried over, it would send every registry to that entry's mirrors.
-NOT_A_REGISTRY = frozenset({"*", "_default"})
-
-
-def own_registries(migrated: Sequence[MigratedRegistry]) -> list[MigratedRegistry]:
-    """The carried-over registries that get a hosts.toml of their own."""
-    return [m for m in migrated if m.host not in NOT_A_REGISTRY]
 
 
 def registry_dir_name(host: str) -> str:
@@ -163,7 +153,8 @@ def render_node_hosts(
     One per upstream (our cache first, the node's own mirrors for that registry after it), plus
     one per registry the node had mirrors or TLS settings for that is not one of our upstreams.
     """
-    by_host = {m.host.lower(): m for m in own_registries(migrated)}
+    # The migration drops them already; a list from elsewhere must not make them files either.
+    by_host = {m.host.lower(): m for m in migrated if m.host not in NOT_A_REGISTRY}
     files: dict[str, str] = {}
     for upstream in settings.upstreams:
         ours = settings.endpoint(upstream)
