@@ -348,6 +348,12 @@ class ProxmoxSsh(_Model):
         return None if value is None else _check_address(value)
 
 
+def _no_credentials(url: str, form: str, instead: str) -> None:
+    """A user:password@ in a URL would travel in plain text wherever the URL goes."""
+    if re.match(r"^[^/]*//[^/?#]*@", url):
+        raise ValueError(f"credentials do not belong in the URL: write {form} and set {instead}")
+
+
 class ProxmoxSettings(_Model):
     endpoint: str = Field(description="Proxmox API URL, e.g. https://pve.lan:8006/.")
     insecure: bool = Field(default=False, description="Skip TLS verification (not recommended).")
@@ -356,11 +362,9 @@ class ProxmoxSettings(_Model):
     @field_validator("endpoint")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        if re.match(r"^[^/]*//[^/?#]*@", value):
-            raise ValueError(
-                "credentials do not belong in the URL: write https://HOST[:PORT]/ and set the API "
-                "token as the secret proxmoxApiToken"
-            )
+        _no_credentials(
+            value, "https://HOST[:PORT]/", "the API token as the secret proxmoxApiToken"
+        )
         if not re.match(r"^https://[^\s/@?#]+/?$", value):
             raise ValueError("expected https://HOST[:PORT]/")
         url = urllib.parse.urlsplit(value)
@@ -393,6 +397,11 @@ class Upstream(_Model):
     @field_validator("server")
     @classmethod
     def _server(cls, value: str | None) -> str | None:
+        if value is not None:
+            # It lands in hosts.toml, the registry config and the mirrors output: all plain text.
+            _no_credentials(
+                value, "https://HOST[:PORT]", "upstreamCredentials.<host> (a secret) instead"
+            )
         if value is not None and not re.match(r"^https?://[^\s/]+/?$", value):
             raise ValueError("expected the root URL of a registry, e.g. https://ghcr.io")
         return value.rstrip("/") if value else value

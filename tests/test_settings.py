@@ -437,6 +437,13 @@ URL_CREDENTIALS = [
         "upstreams[0].server",
         "'https://***@ghcr.io/v2'",
     ),
+    (
+        # Valid otherwise: refused for the password, which would land in hosts.toml and outputs.
+        "upstream-server-root",
+        {"upstreams": [{**UP[0], "server": f"https://u:{SECRET}@ghcr.io"}]},
+        "upstreams[0].server",
+        "upstreamCredentials",
+    ),
 ]
 
 
