@@ -481,9 +481,10 @@ def test_the_value_of_a_secret_named_key_is_never_echoed():
     """No settings key has a secret-sounding name today; the rule must hold for the next one."""
     from pydantic import ValidationError
 
-    from components import settings
+    from components.settings.checks import _Model
+    from components.settings.errors import _format_error
 
-    class Future(settings._Model):
+    class Future(_Model):
         upstream_password: int
         ca_key_file: int
         ssh_public_keys: int
@@ -492,7 +493,7 @@ def test_the_value_of_a_secret_named_key_is_never_echoed():
         Future.model_validate(
             {"upstreamPassword": SECRET, "caKeyFile": SECRET, "sshPublicKeys": "public-x"}
         )
-    lines = settings._format_error(caught.value)
+    lines = _format_error(caught.value)
     assert [line.split(":")[0] for line in lines] == [
         "upstreamPassword",
         "caKeyFile",

@@ -1,0 +1,180 @@
+"""``Settings``: the sections of one stack together, and the checks that span sections
+(addresses against the VM's subnet, ports and names that must be unique)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any, Self
+
+from pydantic import Field, model_validator
+
+from components.settings.checks import _Model
+from components.settings.containerd import ContainerdSettings
+from components.settings.errors import SettingsError, key_text, shown
+from components.settings.nodes import Node
+from components.settings.proxmox import ProxmoxSettings
+from components.settings.registry import RegistrySettings
+from components.settings.upstreams import DEFAULT_UPSTREAMS, Upstream
+from components.settings.vm import VmSettings
+
+
+class Settings(_Model):
+    """Everything one stack needs, except secrets."""
+
+    proxmox: ProxmoxSettings
+    vm: VmSettings
+    upstreams: list[Upstream] = Field(
+        default_factory=lambda: list(DEFAULT_UPSTREAMS), min_length=1, description="Upstreams."
+    )
+    registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    nodes: list[Node] = Field(default_factory=list, description="Cluster nodes.")
+    containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Self:
+        problems = _cross_problems(self.model_dump(by_alias=True))
+        if problems:
+            raise SettingsError(problems)
+        return self
+
+    def endpoint(self, upstream: Upstream) -> str:
+        return f"http://{self.vm.ip}:{upstream.port}"
+
+    def metrics_url(self, upstream: Upstream) -> str:
+        return f"http://{self.vm.ip}:{upstream.resolved_metrics_port}/metrics"
+
+    @property
+    def allowed_cidrs(self) -> list[str]:
+        if self.registry.allowed_cidrs is not None:
+            return list(self.registry.allowed_cidrs)
+        return [f"{node.address}/32" for node in self.nodes]
+
+
+def _get(mapping: Any, key: str, default: Any = None) -> Any:
+    """Read a camelCase key from raw config (or its snake_case twin) without trusting its type."""
+    if not isinstance(mapping, Mapping):
+        return default
+    snake = re.sub(r"(?<!^)([A-Z])", r"_\\1", key).lower()
+    return mapping.get(key, mapping.get(snake, default))
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):  # None, 'x', inf, nan, 5000 digits
+        return None
+
+
+def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Checks that span keys. Works on raw config so they run even when a field is invalid:
+    the user sees every problem in one go."""
+    problems: list[str] = []
+    vm = _get(raw, "vm", {})
+    address = _get(vm, "address")
+    interface = None
+    if isinstance(address, str):
+        try:
+            interface = ipaddress.IPv4Interface(address)
+        except ValueError:
+            problems.append(
+                f"vm.address: {shown(address)} is not an IPv4 address in CIDR form"
+                " (expected e.g. 10.0.20.10/24)"
+            )
+    if interface is not None:
+        network = interface.network
+        if "/" not in address:
+            problems.append(
+                f"vm.address: {shown(address)} has no prefix (expected e.g. 10.0.20.10/24)"
+            )
+            interface = None
+        elif network.prefixlen < 31 and interface.ip in (
+            network.network_address,
+            network.broadcast_address,
+        ):
+            kind = "network" if interface.ip == network.network_address else "broadcast"
+            problems.append(f"vm.address: {shown(address)} is the {kind} address of {network}")
+    gateway_raw = _get(vm, "gateway")
+    if isinstance(gateway_raw, str):
+        try:
+            gateway = ipaddress.IPv4Address(gateway_raw)
+        except ValueError:
+            problems.append(f"vm.gateway: {shown(gateway_raw)} is not an IPv4 address")
+        else:
+            if interface is not None and gateway not in interface.network:
+                problems.append(
+                    f"vm.gateway: {shown(gateway_raw)} is outside the VM subnet {interface.network}"
+                )
+            elif interface is not None and gateway == interface.ip:
+                problems.append(f"vm.gateway: {shown(gateway_raw)} is the VM's own address")
+    if isinstance(vm, Mapping):
+        sources = [k for k in ("templateVmId", "cloudImage") if _get(vm, k) is not None]
+        if len(sources) != 1:
+            got = "neither" if not sources else "both"
+            problems.append(f"vm: set exactly one source: templateVmId or cloudImage (got {got})")
+
+    upstreams = _get(raw, "upstreams")
+    if upstreams is None:
+        upstreams = [u.model_dump(by_alias=True) for u in DEFAULT_UPSTREAMS]
+    upstreams = [
+        u if isinstance(u, Mapping) else {}
+        for u in (upstreams if isinstance(upstreams, list) else [])
+    ]
+    problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
+    problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
+    port_owner: dict[int, str] = {}
+    for index, upstream in enumerate(upstreams):
+        port = _int_or_none(_get(upstream, "port"))
+        metrics = _int_or_none(_get(upstream, "metricsPort"))
+        if metrics is None and port is not None:
+            metrics = port + 1
+        for field, value in (("port", port), ("metricsPort", metrics)):
+            if value is None or not 1 <= value <= 65535:
+                if (
+                    field == "metricsPort"
+                    and value is not None
+                    and _get(upstream, "metricsPort") is None
+                ):
+                    problems.append(
+                        f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range"
+                    )
+                continue
+            if value == 22:
+                problems.append(f"upstreams[{index}].{field}: {value} clashes with SSH on the VM")
+            owner = port_owner.get(value)
+            if owner is not None:
+                problems.append(f"upstreams[{index}].{field}: {value} clashes with {owner}")
+            else:
+                port_owner[value] = (
+                    f"upstreams[{index}].{field} ({key_text(_get(upstream, 'host'))})"
+                )
+
+    nodes = _get(raw, "nodes", [])
+    nodes = [
+        n if isinstance(n, Mapping) else {} for n in (nodes if isinstance(nodes, list) else [])
+    ]
+    problems += _duplicates("nodes", "name", [_get(n, "name") for n in nodes])
+    problems += _duplicates("nodes", "address", [_get(n, "address") for n in nodes])
+    if interface is not None:
+        for index, node in enumerate(nodes):
+            if _get(node, "address") == str(interface.ip):
+                problems.append(
+                    f"nodes[{index}].address: {shown(_get(node, 'address'))}"
+                    " is the registry VM's own address"
+                )
+    return problems
+
+
+def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:
+    seen: dict[Any, int] = {}
+    problems = []
+    for index, value in enumerate(values):
+        if value is None or not isinstance(value, (str, int)):
+            continue
+        if value in seen:
+            first = f"{section}[{seen[value]}].{key}"
+            problems.append(f"{section}[{index}].{key}: {shown(value)} duplicates {first}")
+        else:
+            seen[value] = index
+    return problems

@@ -1,0 +1,68 @@
+"""Section ``nodes``: the cluster nodes whose containerd the program switches to hosts.toml."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pydantic import Field, field_validator
+
+from components.renderers.flavours import FlavourName
+from components.settings.checks import Hostname, Port, PublicKey, _check_user, _Model
+
+
+class Node(_Model):
+    """A cluster node whose containerd is switched to config_path + hosts.toml."""
+
+    name: Hostname = Field(description="Node name (unique).")
+    address: str = Field(description="Address the program reaches the node at over SSH.")
+    ssh_user: str = Field(default="root", description="SSH user (root or passwordless sudo).")
+    ssh_port: Port = Field(default=22, description="SSH port.")
+    ssh_host_public_key: PublicKey | None = Field(default=None, description="Host key to pin.")
+    config_file: str = Field(
+        default="/etc/containerd/config.toml", description="containerd config.toml path."
+    )
+    restart_command: str = Field(
+        default="systemctl restart containerd", description="How to restart containerd."
+    )
+    containerd_address: str = Field(
+        default="/run/containerd/containerd.sock",
+        description="containerd's socket, where the CRI plugin is checked after a restart.",
+    )
+    skip_config_path: bool = Field(
+        default=False,
+        description="Opt out: leave config.toml alone (only hosts.toml is written; reported).",
+    )
+    flavour: FlavourName | None = Field(
+        default=None,
+        description="Force the node's flavour (containerd, k3s-server, k3s-agent, rke2-server, "
+        "rke2-agent); default: detected by the probe. A mismatch with the node is an error.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError("expected an IPv4 address such as 10.0.20.21") from None
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _user(cls, value: str) -> str:
+        return _check_user(value, "nodes[].address")
+
+    @field_validator("restart_command")
+    @classmethod
+    def _restart(cls, value: str) -> str:
+        # Refused here, not on the node after config.toml has already been changed.
+        if not value.strip():
+            raise ValueError("must not be empty: the command that restarts containerd")
+        return value
+
+    @field_validator("config_file", "containerd_address")
+    @classmethod
+    def _abs(cls, value: str) -> str:
+        if not value.startswith("/") or any(c.isspace() for c in value):
+            raise ValueError("expected an absolute path without spaces")
+        return value
