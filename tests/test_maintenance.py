@@ -10,7 +10,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from components.renderers import maintenance
-from components.settings import Settings, load_settings
+from components.settings import Settings, load_settings, schedule
 from tests.sample import sample_raw, sample_settings
 
 WEEK = 7 * 24 * 60
@@ -33,7 +33,7 @@ def _expand(field: str, low: int, high: int) -> set[int]:
     return values
 
 
-def _minutes_of_week(job: maintenance.CronJob) -> set[int]:
+def _minutes_of_week(job: schedule.CronJob) -> set[int]:
     return {
         day * 1440 + hour * 60 + job.minute
         for day in _expand(job.day_of_week, 0, 6)
@@ -41,7 +41,7 @@ def _minutes_of_week(job: maintenance.CronJob) -> set[int]:
     }
 
 
-def _gc_minutes(window: maintenance.GcWindow) -> set[int]:
+def _gc_minutes(window: schedule.GcWindow) -> set[int]:
     """A window's minutes, as minutes of the week (a daily window recurs every day)."""
     repeats = range(0, WEEK, window.period)
     return {(start + minute) % WEEK for start in repeats for minute in window.minutes()}
@@ -55,7 +55,7 @@ def _lines(settings: Settings) -> list[str]:
 
 
 def test_default_gc_is_staggered_and_carried_into_hours() -> None:
-    jobs = maintenance.gc_jobs(sample_settings())
+    jobs = schedule.gc_jobs(sample_settings())
     assert [(j.container, j.day_of_week, j.hour, j.minute) for j in jobs] == [
         ("registry", "0", "3", 0),
         ("registry-ghcr", "0", "3", 20),
@@ -67,7 +67,7 @@ def test_default_gc_is_staggered_and_carried_into_hours() -> None:
 
 def test_gc_carries_into_the_next_day_and_wraps_the_week() -> None:
     settings = _settings(gc={"minute": "50", "hour": "23", "dayOfWeek": "6", "staggerMinutes": 15})
-    jobs = maintenance.gc_jobs(settings)
+    jobs = schedule.gc_jobs(settings)
     assert [(j.day_of_week, j.hour, j.minute) for j in jobs] == [
         ("6", "23", 50),
         ("0", "0", 5),  # Saturday 23:50 + 15 min = Sunday 00:05
@@ -98,7 +98,7 @@ def test_gc_time_must_be_a_plain_time_to_stagger_from() -> None:
 
 def test_default_restarts_are_hourly_staggered_and_skip_their_gc_slot() -> None:
     settings = sample_settings()
-    jobs = maintenance.restart_jobs(settings)
+    jobs = schedule.restart_jobs(settings)
     minutes = {j.container: j.minute for j in jobs}
     assert list(minutes.values()) == [7, 12, 17, 22, 27]
     # registry (GC Sun 03:00-03:20) would restart at 03:07: that hour is left out on Sundays.
@@ -139,18 +139,18 @@ def test_no_two_gc_overlap_and_no_restart_lands_in_its_own_gc(
         },
         restart={"minute": str(restart_minute), "staggerMinutes": restart_stagger},
     )
-    windows = {w.container: w for w in maintenance.gc_windows(settings)}
+    windows = {w.container: w for w in schedule.gc_windows(settings)}
     seen: set[int] = set()
     for window in windows.values():
         minutes = _gc_minutes(window)
         assert not minutes & seen, "two GC jobs overlap"
         seen |= minutes
-    gc_jobs = maintenance.gc_jobs(settings)
+    gc_jobs = schedule.gc_jobs(settings)
     for job in gc_jobs:
         window = windows[job.container]
         starts = {(window.start + offset) % WEEK for offset in range(0, WEEK, window.period)}
         assert _minutes_of_week(job) == starts
-    restarts = maintenance.restart_jobs(settings)
+    restarts = schedule.restart_jobs(settings)
     for container, window in windows.items():
         occurrences = set().union(
             *(_minutes_of_week(j) for j in restarts if j.container == container)

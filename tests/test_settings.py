@@ -349,7 +349,7 @@ def test_cron_fields_accept_what_a_person_writes(gc: dict, restart: dict, expect
 
 
 def test_sunday_7_is_the_same_gc_slot_as_sunday_0():
-    from components.renderers.maintenance import gc_jobs
+    from components.settings.schedule import gc_jobs
 
     def jobs(day: int) -> list:
         raw = sample_raw()

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Literal
 
 from components.renderers.shell import script_text as _script_text
-from components.settings import Schedule, Settings
+from components.settings import Settings
+from components.settings.schedule import CronJob, gc_jobs, restart_jobs
 
 CRON_PATH = "/etc/cron.d/registry-mirrors"
 SCRIPT_PATH = "/usr/local/sbin/registry-maintenance"
@@ -31,148 +31,14 @@ SCRIPT_SOURCE = "vm/registry-maintenance.sh"
 LOG_TAG = "registry-maintenance"
 # Minute of the hourly disk check: away from the default GC (:00, :20, :40) and restarts (:07+5n).
 DISK_CHECK_MINUTE = 53
-_DAY = 24 * 60
-_WEEK = 7 * _DAY
 
 
-@dataclass(frozen=True)
-class CronJob:
-    action: Literal["gc", "restart"]
-    container: str
-    minute: int
-    hour: str
-    day_of_week: str
-
-    def line(self) -> str:
-        # Everything the script and docker print goes to syslog under one grep-able tag.
-        return (
-            f"{self.minute} {self.hour} * * {self.day_of_week} root "
-            f"{SCRIPT_PATH} {self.action} {self.container} 2>&1 | logger -t {LOG_TAG}"
-        )
-
-
-@dataclass(frozen=True)
-class GcWindow:
-    """One registry's GC slot in minutes from the start of the period (Sunday 00:00 or 00:00)."""
-
-    container: str
-    start: int
-    length: int
-    period: int  # _WEEK for a weekly GC, _DAY for a daily one
-
-    def minutes(self) -> set[int]:
-        return {(self.start + offset) % self.period for offset in range(self.length)}
-
-
-def _integer(field: str, value: str) -> int:
-    if not value.isdigit():
-        raise ValueError(f"{field}: expected a plain number to stagger from (got {value!r})")
-    return int(value)
-
-
-def gc_windows(settings: Settings) -> list[GcWindow]:
-    """Each registry's GC slot: start = gc time + index * stagger, carried into hours and days."""
-    gc = settings.registry.gc
-    minute = _integer("registry.gc.minute", gc.minute)
-    hour = _integer("registry.gc.hour", gc.hour)
-    if minute > 59 or hour > 23:
-        raise ValueError(f"registry.gc: {hour}:{minute} is not a time of day")
-    weekly = gc.day_of_week != "*"
-    day = _integer("registry.gc.dayOfWeek", gc.day_of_week) % 7 if weekly else 0
-    period = _WEEK if weekly else _DAY
-    base = day * _DAY + hour * 60 + minute
-    length = max(gc.stagger_minutes, 1)
-    windows = [
-        GcWindow(u.container, (base + index * gc.stagger_minutes) % period, length, period)
-        for index, u in enumerate(settings.upstreams)
-    ]
-    taken: dict[int, str] = {}
-    for window in windows:
-        for point in window.minutes():
-            if point in taken:
-                raise ValueError(
-                    f"registry.gc.staggerMinutes: GC of {window.container} would overlap "
-                    f"GC of {taken[point]} (stagger {gc.stagger_minutes} min)"
-                )
-            taken[point] = window.container
-    return windows
-
-
-def gc_jobs(settings: Settings) -> list[CronJob]:
-    jobs = []
-    for window in gc_windows(settings):
-        weekly = window.period == _WEEK
-        jobs.append(
-            CronJob(
-                action="gc",
-                container=window.container,
-                minute=window.start % 60,
-                hour=str(window.start % _DAY // 60),
-                day_of_week=str(window.start // _DAY) if weekly else "*",
-            )
-        )
-    return jobs
-
-
-def restart_minute(restart: Schedule, index: int) -> int:
+def _cron_line(job: CronJob) -> str:
+    # Everything the script and docker print goes to syslog under one grep-able tag.
     return (
-        _integer("registry.restart.minute", restart.minute) + index * restart.stagger_minutes
-    ) % 60
-
-
-def restart_jobs(settings: Settings) -> list[CronJob]:
-    """Hourly restart per registry, skipping the hours in which it would land in its GC slot.
-
-    The lock in the script covers the rest (a custom hour/day restart schedule, a slow GC).
-    """
-    restart = settings.registry.restart
-    windows = {w.container: w for w in gc_windows(settings)}
-    jobs: list[CronJob] = []
-    for index, upstream in enumerate(settings.upstreams):
-        minute = restart_minute(restart, index)
-        every_hour = restart.hour == "*" and restart.day_of_week == "*"
-        window = windows[upstream.container]
-        blocked = {
-            (point // _DAY, point % _DAY // 60)
-            for point in window.minutes()
-            if point % 60 == minute
-        }
-        if not every_hour or not blocked:
-            jobs.append(
-                CronJob("restart", upstream.container, minute, restart.hour, restart.day_of_week)
-            )
-            continue
-        days = sorted({day for day, _ in blocked})
-        weekly = window.period == _WEEK
-        for day in days:
-            hours = [h for h in range(24) if (day, h) not in blocked]
-            jobs.append(
-                CronJob(
-                    "restart",
-                    upstream.container,
-                    minute,
-                    _ranges(hours),
-                    str(day) if weekly else "*",
-                )
-            )
-        if weekly:
-            other_days = [d for d in range(7) if d not in days]
-            jobs.append(CronJob("restart", upstream.container, minute, "*", _ranges(other_days)))
-    return jobs
-
-
-def _ranges(values: list[int]) -> str:
-    """[0, 1, 2, 4, 5] -> '0-2,4-5' (cron list syntax)."""
-    parts: list[str] = []
-    start = previous = values[0]
-    for value in [*values[1:], None]:
-        if value is not None and value == previous + 1:
-            previous = value
-            continue
-        parts.append(str(start) if start == previous else f"{start}-{previous}")
-        if value is not None:
-            start = previous = value
-    return ",".join(parts)
+        f"{job.minute} {job.hour} * * {job.day_of_week} root "
+        f"{SCRIPT_PATH} {job.action} {job.container} 2>&1 | logger -t {LOG_TAG}"
+    )
 
 
 def render_cron(settings: Settings) -> str:
@@ -185,8 +51,8 @@ def render_cron(settings: Settings) -> str:
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "",
     ]
-    lines += [job.line() for job in gc_jobs(settings)]
-    lines += [job.line() for job in restart_jobs(settings)]
+    lines += [_cron_line(job) for job in gc_jobs(settings)]
+    lines += [_cron_line(job) for job in restart_jobs(settings)]
     lines.append(disk_check_line(settings))
     # cron ignores a last line without a newline.
     return "\n".join(lines) + "\n"

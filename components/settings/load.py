@@ -16,6 +16,7 @@ from components.settings.errors import (
     unknown_key,
 )
 from components.settings.model import Settings, _cross_problems
+from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
 SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
@@ -42,10 +43,8 @@ def load_settings(raw: Mapping[str, Any]) -> Settings:
 
 
 def _schedule_problems(settings: Settings) -> list[str]:
-    """GC and restart times must be plain times whose staggered slots never overlap; the
-    maintenance renderer knows how slots are laid out, so ask it rather than repeat it."""
-    from components.renderers.maintenance import gc_windows, restart_jobs
-
+    """GC and restart times must be plain times whose staggered slots never overlap; the slot
+    layout the cron file is rendered from knows how slots fall, so ask it rather than repeat it."""
     try:
         gc_windows(settings)
         restart_jobs(settings)

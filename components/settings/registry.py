@@ -18,8 +18,8 @@ class Schedule(_Model):
 
     Fields are range-checked here, so the cron file never gets a value cron would read
     differently (``60`` minutes is not minute 0); whether a field may be more than a plain number
-    is the maintenance renderer's rule (GC slots are staggered from one plain time), checked
-    by ``load_settings`` through that renderer."""
+    is the slot layout's rule (GC slots are staggered from one plain time), checked by
+    ``load_settings`` through components/settings/schedule.py."""
 
     minute: CronField = Field(description="Cron minute of the first registry's job.")
     hour: CronField = Field(default="*", description="Cron hour.")
