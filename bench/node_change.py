@@ -6,7 +6,7 @@ the part's info).
 The test host of tests/integration/testhost.py (netns + sshd + containerd, restart by pid file),
 the settings of tests/integration/test_node_e2e.py (server and mirror addresses remapped onto the
 test host's veth; nothing leaves the machine). One step = what ``pulumi up`` runs for one node:
-probe, then hosts, then config (components/renderers/node_steps.py builds each command + stdin).
+probe, then hosts, then config (components/plan/node_steps.py builds each command + stdin).
 
 Per round: containerd reset to the broken wildcard-mirror config, then
 1. first apply (migration: restart expected), 2. no-op re-apply, 3. hosts.toml-only change
@@ -29,8 +29,8 @@ from typing import Any
 
 from bench.common import Figure, PartResult
 from bench.crimon import Watch
-from components.renderers.node_probe import parse_step_result
-from components.renderers.node_steps import check_step, plan_node, probe_step
+from components.plan.node_probe import parse_step_result
+from components.plan.node_steps import check_step, plan_node, probe_step
 from components.settings import Node, Settings, load_settings
 from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
 from tests.integration.test_node_e2e import make_settings, start_config

@@ -6,7 +6,7 @@ every step's inputs are known in a preview, and a step runs on ``pulumi up`` onl
 differ from the last apply: an unchanged fleet shows no change, a node whose config.toml was
 edited by hand shows exactly its config step.
 
-Per node, the plan's steps become pulumi-command remote Commands (components/renderers/node_steps.py
+Per node, the plan's steps become pulumi-command remote Commands (components/plan/node_steps.py
 builds each (command, stdin); the end-to-end test runs exactly those over real SSH), each after
 the one before:
 - ``<name>-<node>-hosts``: writes the hosts.toml files (stdin: the bundle). containerd re-reads
@@ -53,8 +53,8 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
-from components.renderers.node_probe import parse_step_result
-from components.renderers.node_steps import AnyPlan, NodeStep
+from components.plan.node_probe import parse_step_result
+from components.plan.node_steps import AnyPlan, NodeStep
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 

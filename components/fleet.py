@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from components.renderers.node_steps import (
+from components.plan.node_steps import (
     AnyPlan,
     FleetCache,
     NodeStepError,

@@ -15,7 +15,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from components.renderers.node_steps import SSH_FAILURE, Step
+from components.plan.node_steps import SSH_FAILURE, Step
 from components.settings import Node
 
 # Seconds per SSH dial attempt (pulumi-command retries; the ssh client's ConnectTimeout).

@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.cli import Parser, fail  # noqa: E402
-from components.renderers.maintenance import disk_check, parse_disk_report  # noqa: E402
-from components.renderers.node_steps import (  # noqa: E402
+from components.plan.node_steps import (  # noqa: E402
     NodeStepError,
     check_step,
     expected_config_path,
@@ -46,6 +45,7 @@ from components.renderers.node_steps import (  # noqa: E402
     read_probe,
     verify_step,
 )
+from components.renderers.maintenance import disk_check, parse_disk_report  # noqa: E402
 from components.settings import Node, RegistrySettings, Settings, key_text  # noqa: E402
 from components.ssh_client import run_on_node, ssh_client_options  # noqa: E402
 from components.stack_file import StackFileError, load_stack_settings, stack_path  # noqa: E402

@@ -9,15 +9,15 @@ import shlex
 
 import pytest
 
-from components.renderers.flavours import FLAVOURS, FlavourError, resolve_flavour
-from components.renderers.node_probe import ProbeOutputError, parse_probe
-from components.renderers.node_steps import (
+from components.plan.node_probe import ProbeOutputError, parse_probe
+from components.plan.node_steps import (
     NodeStepError,
     plan_registries,
     probe_step,
     registries_step,
     restore_registries_step,
 )
+from components.renderers.flavours import FLAVOURS, FlavourError, resolve_flavour
 from components.settings import load_settings
 from tests.sample import sample_raw, sample_settings
 

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from components.renderers.node_probe import ProbeOutputError, parse_probe, parse_step_result
-from components.renderers.node_steps import (
+from components.plan.node_probe import ProbeOutputError, parse_probe, parse_step_result
+from components.plan.node_steps import (
     config_step,
     hosts_bundle,
     hosts_step,

@@ -20,9 +20,8 @@ import pytest
 import yaml
 
 from components.fleet import read_node, ssh_runner
-from components.renderers.flavours import FLAVOURS
-from components.renderers.node_probe import parse_probe, parse_step_result
-from components.renderers.node_steps import (
+from components.plan.node_probe import parse_probe, parse_step_result
+from components.plan.node_steps import (
     NodeStepError,
     RegistriesPlan,
     check_step,
@@ -30,6 +29,7 @@ from components.renderers.node_steps import (
     probe_step,
     restore_registries_step,
 )
+from components.renderers.flavours import FLAVOURS
 from components.settings import Node, Settings
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V2_1
@@ -313,7 +313,7 @@ def test_edit_between_probe_and_apply_aborts(tmp_path: Path) -> None:
 
 
 def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_path: Path) -> None:
-    from components.renderers.node_steps import registries_step
+    from components.plan.node_steps import registries_step
 
     _prerequisites()
     with k3s_world(tmp_path, None) as world:

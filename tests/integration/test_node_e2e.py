@@ -32,10 +32,8 @@ import tomlkit
 import yaml
 
 from components.fleet import read_node, ssh_runner
-from components.renderers.bundle import mirrors_export
-from components.renderers.containerd_config import DEFAULT_CONFIG_PATH, REGISTRY_PATHS
-from components.renderers.node_probe import parse_step_result
-from components.renderers.node_steps import (
+from components.plan.node_probe import parse_step_result
+from components.plan.node_steps import (
     NodePlan,
     NodeStepError,
     check_step,
@@ -43,6 +41,8 @@ from components.renderers.node_steps import (
     restore_config_step,
     restore_hosts_step,
 )
+from components.renderers.bundle import mirrors_export
+from components.renderers.containerd_config import DEFAULT_CONFIG_PATH, REGISTRY_PATHS
 from components.renderers.registry_config import registry_config
 from components.settings import Node, Settings, Upstream, load_settings
 from tests.integration import cri_client
@@ -510,7 +510,7 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
 def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error(
     world: World,
 ) -> None:
-    from components.renderers.node_steps import config_step
+    from components.plan.node_steps import config_step
 
     host = world.host
     world.apply(world.plan())

@@ -62,7 +62,7 @@ DISTRIBUTIONS = {
 
 
 class Step(Protocol):
-    """components.renderers.node_steps.Step: what pulumi-command would send."""
+    """components.plan.node_steps.Step: what pulumi-command would send."""
 
     @property
     def command(self) -> str: ...

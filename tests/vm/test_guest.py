@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.plan.node_steps import check_step, plan_node, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
-from components.renderers.node_steps import check_step, plan_node, probe_step
 from components.settings import RegistrySettings, load_settings
 from tests.integration import cri_client
 from tests.integration.registry_proc import require_registry_binary

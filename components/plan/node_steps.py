@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from components.plan.node_probe import ProbeResult, parse_probe
 from components.renderers.containerd_config import (
     MigratedRegistry,
     MigrationResult,
@@ -19,7 +20,6 @@ from components.renderers.containerd_config import (
 )
 from components.renderers.flavours import FLAVOURS, Flavour, resolve_flavour
 from components.renderers.hosts_toml import render_node_hosts
-from components.renderers.node_probe import ProbeResult, parse_probe
 from components.renderers.registries_yaml import merge_registries_yaml
 from components.renderers.shell import remote_command
 from components.settings import Node, Settings
