@@ -29,8 +29,9 @@ from typing import Any
 
 from bench.common import Figure, PartResult
 from bench.crimon import Watch
+from components.plan.node_plan import plan_node
 from components.plan.node_probe import parse_step_result
-from components.plan.node_steps import check_step, plan_node, probe_step
+from components.plan.node_steps import check_step, probe_step
 from components.settings import Node, Settings, load_settings
 from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
 from tests.integration.test_node_e2e import make_settings, start_config

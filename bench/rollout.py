@@ -22,8 +22,9 @@ from bench.common import Figure, PartResult
 from bench.node_change import reset, test_host
 from components.containerd_mirrors import rollout_batches
 from components.fleet import plan_fleet, ssh_runner
+from components.plan.node_plan import AnyPlan
 from components.plan.node_probe import parse_step_result
-from components.plan.node_steps import AnyPlan, check_step
+from components.plan.node_steps import check_step
 from components.settings import Node, Settings, load_settings
 from tests.integration.test_node_e2e import make_settings
 from tests.integration.testhost import NodeHost

@@ -53,8 +53,8 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
+from components.plan.node_plan import AnyPlan, NodeStep
 from components.plan.node_probe import parse_step_result
-from components.plan.node_steps import AnyPlan, NodeStep
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 

@@ -16,15 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from components.plan.node_steps import (
-    AnyPlan,
-    FleetCache,
-    NodeStepError,
-    Step,
-    check_step,
-    plan_any,
-    probe_step,
-)
+from components.plan.node_plan import AnyPlan, FleetCache, plan_any
+from components.plan.node_steps import NodeStepError, Step, check_step, probe_step
 from components.settings import Node, Settings
 from components.ssh_client import StepRun, run_on_node
 

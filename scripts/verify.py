@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.cli import Parser, fail  # noqa: E402
+from components.plan.node_plan import read_probe  # noqa: E402
 from components.plan.node_steps import (  # noqa: E402
     NodeStepError,
     check_step,
     expected_config_path,
     probe_step,
-    read_probe,
     verify_step,
 )
 from components.renderers.maintenance import disk_check, parse_disk_report  # noqa: E402

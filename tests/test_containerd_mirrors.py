@@ -18,7 +18,7 @@ import pytest
 
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
 from components.fleet import FleetReadError, plan_fleet
-from components.plan.node_steps import AnyPlan
+from components.plan.node_plan import AnyPlan
 from components.settings import Settings, load_settings
 from tests.mocks import (
     BROKEN,

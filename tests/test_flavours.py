@@ -9,10 +9,10 @@ import shlex
 
 import pytest
 
+from components.plan.node_plan import plan_registries
 from components.plan.node_probe import ProbeOutputError, parse_probe
 from components.plan.node_steps import (
     NodeStepError,
-    plan_registries,
     probe_step,
     registries_step,
     restore_registries_step,

@@ -8,12 +8,7 @@ import hashlib
 import pytest
 
 from components.plan.node_probe import ProbeOutputError, parse_probe, parse_step_result
-from components.plan.node_steps import (
-    config_step,
-    hosts_bundle,
-    hosts_step,
-    probe_step,
-)
+from components.plan.node_steps import config_step, hosts_bundle, hosts_step, probe_step
 from tests.sample import sample_settings
 
 CONFIG = (

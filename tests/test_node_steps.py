@@ -131,7 +131,7 @@ def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run(bom: str) ->
     saved original, or the second `pulumi up` would delete them from hosts.toml. A file that
     starts with a byte order mark (containerd reads it) is read as well on the second run, when
     the saved original is parsed too."""
-    from components.plan.node_steps import plan_node
+    from components.plan.node_plan import plan_node
     from tests.mocks import FakeNode
 
     settings = sample_settings()
@@ -154,7 +154,7 @@ def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run(bom: str) ->
 
 
 def test_an_unchanged_node_sends_the_guard_it_was_applied_with() -> None:
-    from components.plan.node_steps import plan_node
+    from components.plan.node_plan import plan_node
     from tests.mocks import probe_stdout
 
     settings = sample_settings()

@@ -4,8 +4,8 @@ node laid out like a k3s/RKE2 node, with a real containerd serving CRI on
 (tests/integration/k3s_standin.py) that regenerates config.toml and certs.d from registries.yaml on
 restart. k3s itself is NOT run here (it cannot be installed on these machines).
 
-Commands and stdin come from node_steps (plan_registries, restore_registries_step), the functions
-the Pulumi component uses. Traffic stays on addresses this test created.
+Commands and stdin come from node_plan and node_steps (plan_registries, restore_registries_step),
+the functions the Pulumi component uses. Traffic stays on addresses this test created.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ import pytest
 import yaml
 
 from components.fleet import read_node, ssh_runner
+from components.plan.node_plan import RegistriesPlan, plan_registries
 from components.plan.node_probe import parse_probe, parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
-    RegistriesPlan,
     check_step,
-    plan_registries,
     probe_step,
     restore_registries_step,
 )

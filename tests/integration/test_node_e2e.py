@@ -32,12 +32,11 @@ import tomlkit
 import yaml
 
 from components.fleet import read_node, ssh_runner
+from components.plan.node_plan import NodePlan, plan_node
 from components.plan.node_probe import parse_step_result
 from components.plan.node_steps import (
-    NodePlan,
     NodeStepError,
     check_step,
-    plan_node,
     restore_config_step,
     restore_hosts_step,
 )

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.plan.node_steps import check_step, plan_node, probe_step
+from components.plan.node_plan import plan_node
+from components.plan.node_steps import check_step, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
 from components.settings import RegistrySettings, load_settings

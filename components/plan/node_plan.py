@@ -1,0 +1,257 @@
+"""Decide everything for one node from its probe, before any step that changes it is sent: which
+flavour it is, its config.toml migrated (plain containerd) or its registries.yaml merged (k3s,
+RKE2), the hosts.toml files, and the steps (components/plan/node_steps.py) that apply them, in
+order. A probe or file that cannot be read stops here, naming the node.
+
+Pure: no ``import pulumi``. components/fleet.py plans every node this way while the program runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Union
+
+from components.plan.node_probe import ProbeResult, parse_probe
+from components.plan.node_steps import (
+    NodeStepError,
+    Step,
+    config_step,
+    hosts_step,
+    registries_step,
+    restore_config_step,
+    restore_hosts_step,
+    restore_registries_step,
+)
+from components.renderers.containerd_config import (
+    MigratedRegistry,
+    MigrationResult,
+    carried_registries,
+    migrate_config,
+)
+from components.renderers.flavours import FLAVOURS, Flavour, resolve_flavour
+from components.renderers.hosts_toml import render_node_hosts
+from components.renderers.registries_yaml import merge_registries_yaml
+from components.settings import Node, Settings
+
+
+@dataclass(frozen=True)
+class NodeStep:
+    """One remote command of a node's rollout, in order: what ``create`` runs, what ``delete``
+    runs to undo it, and whether its stdin and output may hold credentials (config.toml may carry
+    ``configs.*.auth``: then secret, and nothing logged)."""
+
+    role: str
+    create: Step
+    delete: Step
+    sensitive: bool
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """Everything decided from one probe of one node."""
+
+    probe: ProbeResult
+    migration: MigrationResult
+    hosts_files: dict[str, str]
+    hosts: Step
+    config: Step
+    config_changed: bool
+    summary: tuple[str, ...]
+    # The remote commands, in order; each runs after the one before (hosts.toml before
+    # config_path: once config_path is set containerd only reads the files).
+    steps: tuple[NodeStep, ...] = ()
+    flavour: Flavour = FLAVOURS["containerd"]
+    # The step whose output says whether the node changed and restarted.
+    report_role: str = "config"
+
+
+# A fleet's nodes mostly share one config.toml and one containerd version: what follows from
+# (config text, original text, version) is computed once per distinct triple (per settings).
+FleetCache = dict[tuple[str, str, str], tuple[MigrationResult, dict[str, str]]]
+
+
+def _carried(
+    original: Sequence[MigratedRegistry], current: Sequence[MigratedRegistry]
+) -> tuple[MigratedRegistry, ...]:
+    """What the node's hosts.toml files must keep: the registries carried over from its first
+    original config.toml, and any mirrors someone has added to config.toml since (those win)."""
+    merged = {registry.host.lower(): registry for registry in original}
+    merged.update({registry.host.lower(): registry for registry in current})
+    return tuple(merged.values())
+
+
+def _migrate_and_render(
+    settings: Settings, probe: ProbeResult, cache: FleetCache | None
+) -> tuple[MigrationResult, dict[str, str]]:
+    key = (probe.config_text or "", probe.original_text or "", probe.containerd_version)
+    if cache is not None and key in cache:
+        return cache[key]
+    migration = migrate_config(
+        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+    )
+    # After the first apply config.toml no longer names the mirrors it had: without the saved
+    # original, the second run would drop them from hosts.toml.
+    original = carried_registries(probe.original_text) if probe.original_text else ()
+    files = render_node_hosts(
+        settings, _carried(original, migration.migrated), probe.containerd_version
+    )
+    if cache is not None:
+        cache[key] = (migration, files)
+    return migration, files
+
+
+def plan_node(
+    settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
+) -> NodePlan:
+    """Decide everything for one node from its probe. A probe or config.toml we cannot read stops
+    here, naming the node, before any step that changes the node is sent. ``cache`` (one dict per
+    settings object) shares the work between nodes with the same config and version."""
+    probe, flavour = read_probe(node, probe_stdout)
+    if flavour.is_distribution:
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) is {flavour.name}: plan it with plan_registries"
+        )
+    return _plan_containerd(settings, node, probe, cache)
+
+
+def read_probe(node: Node, probe_stdout: str) -> tuple[ProbeResult, Flavour]:
+    """The probe, and the flavour to configure (a forced one must match the node)."""
+    where = f"node {node.name} ({node.address})"
+    try:
+        probe = parse_probe(probe_stdout)
+        flavour = resolve_flavour(probe.flavour, probe.flavour_candidates, node.flavour, where)
+    except ValueError as error:  # ProbeOutputError, FlavourError
+        message = str(error) if str(error).startswith(where) else f"{where}: {error}"
+        raise NodeStepError(f"{message}; nothing was changed") from None
+    return probe, flavour
+
+
+# What the rollout needs of any node's plan: ``probe``, ``flavour``, ``steps`` (in order),
+# ``summary``, ``report_role``.
+AnyPlan = Union["NodePlan", "RegistriesPlan"]
+
+
+def plan_any(
+    settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
+) -> AnyPlan:
+    """Plan a node of any flavour from its probe: plain containerd gets its hosts and config
+    steps, k3s/RKE2 their registries step."""
+    probe, flavour = read_probe(node, probe_stdout)
+    if flavour.is_distribution:
+        return _plan_registries(settings, node, probe, flavour)
+    return _plan_containerd(settings, node, probe, cache)
+
+
+def _plan_containerd(
+    settings: Settings, node: Node, probe: ProbeResult, cache: FleetCache | None
+) -> NodePlan:
+    try:
+        migration, files = _migrate_and_render(settings, probe, cache)
+    except ValueError as error:  # ConfigParseError
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
+        ) from None
+    changed = migration.changed and not node.skip_config_path
+    if changed:
+        config = config_step(settings, node, probe.config_sha256, migration.text)
+    else:
+        # Same text as on disk: apply-config.sh sees no difference and does nothing. The guard is
+        # the one sent when that text was written (its source's checksum), so an unchanged node's
+        # step has the same inputs as last time: no diff in the preview, nothing run.
+        guard = probe.applied_from_sha256 or probe.config_sha256
+        config = config_step(settings, node, guard, probe.config_text)
+    hosts = hosts_step(settings, node, files)
+    steps = [NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False)]
+    if not node.skip_config_path:
+        steps.append(
+            NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
+        )
+    summary = list(migration.summary)
+    if node.skip_config_path and migration.changed:
+        summary.insert(
+            0,
+            f"{node.name}: skipConfigPath is set: {node.config_file} left alone although it "
+            "needs migrating; containerd ignores the hosts.toml files until config_path is set",
+        )
+    summary += [f"warning: {w}" for w in migration.warnings]
+    return NodePlan(
+        probe=probe,
+        migration=migration,
+        hosts_files=dict(files),
+        hosts=hosts,
+        config=config,
+        config_changed=changed,
+        summary=tuple(summary),
+        steps=tuple(steps),
+    )
+
+
+# --- k3s / RKE2: registries.yaml instead of config.toml -----------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistriesPlan:
+    """Everything decided from one probe of a k3s/RKE2 node."""
+
+    probe: ProbeResult
+    flavour: Flavour
+    registries: Step
+    changed: bool
+    replaced_wildcard: bool
+    summary: tuple[str, ...]
+    # Its rollout: one step, registries.yaml (it may hold configs.*.auth: sensitive).
+    steps: tuple[NodeStep, ...] = ()
+    report_role: str = "registries"
+
+
+def plan_registries(settings: Settings, node: Node, probe_stdout: str) -> RegistriesPlan:
+    """Parse the probe, settle the flavour (a forced one must match the node), merge our mirrors
+    into the node's registries.yaml. Anything unreadable stops here, naming the node, before a
+    step that changes it is sent. For a plain containerd node use ``plan_node``."""
+    probe, flavour = read_probe(node, probe_stdout)
+    if not flavour.is_distribution:
+        raise NodeStepError(
+            f"node {node.name} ({node.address}) is plain containerd: use plan_node; "
+            "nothing was changed"
+        )
+    return _plan_registries(settings, node, probe, flavour)
+
+
+def _plan_registries(
+    settings: Settings, node: Node, probe: ProbeResult, flavour: Flavour
+) -> RegistriesPlan:
+    where = f"node {node.name} ({node.address})"
+    if probe.registries_file != flavour.registries_file:
+        # The checksum guard only holds for the file that was probed.
+        raise NodeStepError(
+            f"{where}: probe.sh read {probe.registries_file!r}, {flavour.name} reads "
+            f"{flavour.registries_file!r}; nothing was changed"
+        )
+    try:
+        merge = merge_registries_yaml(
+            probe.registries_text if probe.registries_exists else None, settings
+        )
+    except ValueError as error:  # RegistriesYamlError
+        raise NodeStepError(
+            f"{where} {flavour.registries_file}: {error}; nothing was changed"
+        ) from None
+    if merge.changed:
+        text, guard = merge.text, probe.registries_sha256
+    else:
+        # As for config.toml: the guard it was written with, so an unchanged node shows no diff.
+        text = probe.registries_text
+        guard = probe.registries_applied_from_sha256 or probe.registries_sha256
+    summary = [f"{node.name}: {flavour.name} (containerd {probe.containerd_version or '?'})"]
+    summary += [f"{node.name}: {line}" for line in merge.summary]
+    registries = registries_step(settings, node, flavour, guard, text)
+    restore = restore_registries_step(settings, node, flavour)
+    return RegistriesPlan(
+        probe=probe,
+        flavour=flavour,
+        registries=registries,
+        changed=merge.changed,
+        replaced_wildcard=merge.replaced_wildcard,
+        summary=tuple(summary),
+        steps=(NodeStep("registries", registries, restore, sensitive=True),),
+    )
