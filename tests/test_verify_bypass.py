@@ -11,7 +11,11 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cli_harness import run, script
+from components.verify import metrics, nodes
+from components.verify import run as verify_run
+from components.verify.check import Check
+from components.verify.metrics import MirrorMetrics
+from tests.cli_harness import run
 from tests.sample import sample_raw
 
 IMAGE = "docker.io/library/busybox:1.36"
@@ -21,22 +25,21 @@ BYPASSING_NODE = "k8s-worker-1"  # its hosts.toml skips the mirror: it pulls fro
 def test_a_node_that_skips_its_mirror_fails_although_other_nodes_moved_the_counter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    verify = script("verify")
     served = [0.0]  # the docker.io mirror's blob+manifest requests
 
     def read_metrics(url: str, timeout: float) -> Any:
         assert url == "http://127.0.0.1:9/metrics"
-        return verify.MirrorMetrics(requests={"blob": served[0]}, proxy=None)
+        return MirrorMetrics(requests={"blob": served[0]}, proxy=None)
 
     def check_node(settings, node, mirrors, images, ssh_options, timeout) -> list[Any]:
         if node.name != BYPASSING_NODE:
             served[0] += 2  # a manifest and a blob asked of the mirror
-        return [verify.Check(node.name, node.address, "pull", True, f"{i} cached", "", i)
+        return [Check(node.name, node.address, "pull", True, f"{i} cached", "", i)
                 for i in images]  # fmt: skip
 
-    monkeypatch.setattr(verify, "read_metrics", read_metrics)
-    monkeypatch.setattr(verify, "check_node", check_node)
-    monkeypatch.setattr(verify, "check_mirror", lambda *args: [])
+    monkeypatch.setattr(metrics, "read_metrics", read_metrics)
+    monkeypatch.setattr(nodes, "check_node", check_node)
+    monkeypatch.setattr(verify_run, "check_mirror", lambda *args: [])
     mirror = {
         "endpoint": "http://127.0.0.1:9",
         "metricsUrl": "http://127.0.0.1:9/metrics",

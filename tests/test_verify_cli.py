@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_harness import assert_user_error, run, script
+from components.verify.vm_disk import check_vm_disk
+from tests.cli_harness import assert_user_error, run
 
 GOOD = json.dumps(
     {"mirrors": {"docker.io": {"endpoint": "http://127.0.0.1:9", "container": "registry"}}}
@@ -89,9 +90,8 @@ def test_every_argument_problem_at_once(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_no_ssh_client_is_a_failed_disk_check_not_a_traceback(monkeypatch: pytest.MonkeyPatch):
-    verify = script("verify")
     monkeypatch.setenv("PATH", "/nonexistent")
     outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
-    check = verify.check_vm_disk(outputs, None, [], timeout=5)
+    check = check_vm_disk(outputs, None, [], timeout=5)
     assert (check.ok, check.detail) == (False, "no ssh client here")
     assert "openssh-client" in check.advice

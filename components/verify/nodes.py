@@ -1,0 +1,204 @@
+"""With --nodes, per node over SSH (the program's own probe and ssh client): the CRI plugin is ok,
+containerd reads hosts.toml from the expected config_path with no ``mirrors`` left, each image
+pulls through the node's hosts.toml AND lands in its mirror's cache, and the mirror's request
+counter moved during this node's pulls (a node that bypasses its mirror pulls fine and leaves the
+counter still)."""
+
+from __future__ import annotations
+
+import urllib.error
+from typing import Any
+
+from components.plan.node_plan import read_probe
+from components.plan.node_steps import (
+    NodeStepError,
+    check_step,
+    expected_config_path,
+    probe_step,
+    verify_step,
+)
+from components.settings import Node, Settings
+from components.ssh_client import run_on_node
+from components.verify.check import Check
+from components.verify.metrics import snapshot_requests
+from components.verify.mirror import _catalog, split_image
+
+# Named by `ctr deprecations list` (containerd 1.7+) while any registry.mirrors entry is loaded.
+MIRRORS_DEPRECATION = "io.containerd.deprecation/cri-registry-mirrors"
+
+
+def node_report(stdout: str) -> tuple[dict[str, str], dict[str, bool]]:
+    """verify-node.sh output -> (fields, {image: pulled ok})."""
+    fields: dict[str, str] = {}
+    pulls: dict[str, bool] = {}
+    for line in stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        if key == "pull":
+            image, _, result = value.rpartition(" ")
+            pulls[image] = result == "ok"
+        else:
+            fields[key] = value
+    return fields, pulls
+
+
+def check_node(
+    settings: Settings,
+    node: Node,
+    mirrors: dict[str, Any],
+    images: list[str],
+    ssh_options: list[str],
+    timeout: float,
+) -> list[Check]:
+    where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
+    # The same ssh client and options the program reads the nodes with (--ssh-option first).
+    # First the probe, as the program reads a node: which flavour, hence which containerd.
+    probe = run_on_node(
+        node, probe_step(settings, node), extra_options=ssh_options, timeout=timeout + 60
+    )
+    try:
+        check_step(node, "probe", probe.exit_code, probe.stderr)
+        _, flavour = read_probe(node, probe.stdout)
+    except NodeStepError as error:
+        advice = "can this machine reach the node with the program's key (ssh-agent)?"
+        return [Check(node.name, where, "probe", False, str(error), advice)]
+    result = run_on_node(
+        node,
+        verify_step(settings, node, images, flavour),
+        extra_options=ssh_options,
+        timeout=timeout + 60,
+    )
+    if result.exit_code != 0 and "cri=" not in result.stdout:
+        return [
+            Check(
+                node.name, where, "ssh", False,
+                f"exit {result.exit_code}: {result.stderr.strip()[-300:]}",
+                "can this machine reach the node with the program's key (ssh-agent)?",
+            )
+        ]  # fmt: skip
+    fields, pulls = node_report(result.stdout)
+    expected = expected_config_path(settings, flavour)
+    not_migrated = (
+        f"{flavour.name} did not generate config_path from registries.yaml: run pulumi up"
+        if flavour.is_distribution
+        else "config.toml was not migrated (skipConfigPath?) or was edited since: run pulumi up"
+    )
+    checks = [
+        Check(
+            node.name, where, "cri", fields.get("cri") == "ok",
+            f"{flavour.name}: cri plugin {fields.get('cri')}",
+            "the CRI plugin is not ok: `ctr plugins ls --detailed` on the node; run pulumi up",
+        ),
+        Check(
+            node.name, where, "config_path", fields.get("config_path") == expected,
+            f"config_path={fields.get('config_path')!r} (expected {expected!r})", not_migrated,
+        ),
+        Check(
+            node.name, where, "mirrors", fields.get("mirrors") == "0",
+            f"{fields.get('mirrors')} mirrors entries",
+            "`mirrors` next to config_path disables the CRI plugin: run pulumi up",
+        ),
+    ]  # fmt: skip
+    # containerd 1.7+ only (1.6 reports "unsupported"): what the RUNNING daemon loaded, where
+    # config_path/mirrors above come from the file on disk.
+    deprecations = fields.get("deprecations", "unsupported")
+    if deprecations != "unsupported":
+        left = MIRRORS_DEPRECATION in deprecations.split()
+        checks.append(
+            Check(
+                node.name, where, "deprecations", not left,
+                "running containerd still has a `mirrors` entry" if left
+                else "no cri-registry-mirrors deprecation",
+                "containerd was not restarted since config.toml changed, or mirrors come from an "
+                "imported file: `ctr deprecations list` on the node; run pulumi up",
+            )
+        )  # fmt: skip
+    for image in images:
+        host, repository = split_image(image)
+        if not pulls.get(image):
+            checks.append(
+                Check(node.name, where, "pull", False, f"{image}: {result.stderr.strip()[-200:]}",
+                      "see the error; is the mirror up and the upstream reachable?", image)
+            )  # fmt: skip
+            continue
+        mirror = mirrors.get(host)
+        if mirror is None:
+            checks.append(
+                Check(node.name, where, "pull", True, f"{image} ok (no mirror for {host})", "",
+                      image)
+            )  # fmt: skip
+            continue
+        try:
+            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout)
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            checks.append(Check(node.name, where, "pull", False, f"{image}: catalog: {error}",
+                                "the mirror does not answer its catalog", image))  # fmt: skip
+            continue
+        checks.append(
+            Check(
+                node.name, where, "pull", cached,
+                f"{image} {'cached in' if cached else 'NOT in'} {mirror['endpoint']}",
+                "the pull bypassed the mirror: check certs.d/<host>/hosts.toml on the node",
+                image,
+            )
+        )  # fmt: skip
+    return checks
+
+
+def check_bypass(
+    node: Node,
+    mirrors: dict[str, Any],
+    node_checks: list[Check],
+    before: dict[str, float | None],
+    after: dict[str, float | None],
+) -> list[Check]:
+    """A pull of this node that succeeded through hosts.toml must show up in its mirror's
+    counter, read just before and just after this node's pulls."""
+    checks = []
+    for upstream, mirror in mirrors.items():
+        pulled = sorted(
+            {c.image for c in node_checks if c.check == "pull" and c.ok and c.image
+             and split_image(c.image)[0] == upstream}
+        )  # fmt: skip
+        if not pulled:
+            continue
+        old, new = before.get(upstream), after.get(upstream)
+        where = mirror.get("metricsUrl", "-")
+        if old is None or new is None:
+            checks.append(Check(node.name, where, "bypass", False,
+                                f"{upstream} mirror: metrics unreadable",
+                                "see the metrics check of this mirror"))  # fmt: skip
+            continue
+        moved = new - old
+        checks.append(
+            Check(
+                node.name, where, "bypass", moved > 0,
+                f"{moved:.0f} requests during the node pulls of {', '.join(pulled)}",
+                "the nodes pulled without asking this mirror: containerd ignores hosts.toml "
+                "(config_path not set, or a `mirrors` entry), or certs.d/<host>/hosts.toml does "
+                "not list this mirror first",
+            )
+        )  # fmt: skip
+    return checks
+
+
+def check_nodes(
+    settings: Settings,
+    mirrors: dict[str, Any],
+    images: list[str],
+    ssh_options: list[str],
+    timeout: float,
+) -> list[Check]:
+    """Every node's checks, each followed by its bypass rows. The counters are read around each
+    node on its own: read once around the whole fleet, one node's pull through a mirror would
+    move the counter and hide another node that skipped it."""
+    pulled_through = {split_image(image)[0] for image in images}
+    watched = {host: mirror for host, mirror in mirrors.items() if host in pulled_through}
+    checks: list[Check] = []
+    for node in settings.nodes:
+        before = snapshot_requests(watched, timeout)
+        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout)
+        after = snapshot_requests(watched, timeout)
+        checks += node_checks + check_bypass(node, watched, node_checks, before, after)
+    return checks

@@ -1,0 +1,60 @@
+"""Every check in the order the table shows them, and the table itself."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from components.settings import Settings
+from components.verify.check import Check
+from components.verify.metrics import check_metrics
+from components.verify.mirror import check_mirror
+from components.verify.nodes import check_nodes
+from components.verify.vm_disk import check_vm_disk
+
+
+def run_checks(
+    outputs: dict[str, Any],
+    settings: Settings | None,
+    images: dict[str, str],
+    node_images: list[str],
+    ssh_options: list[str],
+    timeout: float,
+    vm: bool = True,
+) -> list[Check]:
+    """Each mirror (metrics, API, ``images[host]`` through it), the VM's disk unless ``vm`` is
+    false, and every node of ``settings`` when given (pulling ``node_images``)."""
+    mirrors = outputs["mirrors"]
+    checks: list[Check] = []
+    for upstream, mirror in mirrors.items():
+        # Metrics first: they report what the nodes pulled, before this check's own probe.
+        checks.append(check_metrics(upstream, mirror, timeout))
+        checks += check_mirror(upstream, mirror, images.get(upstream), timeout)
+    if vm:
+        checks.append(check_vm_disk(outputs, settings, ssh_options, timeout))
+    if settings is not None:
+        checks += check_nodes(settings, mirrors, node_images, ssh_options, timeout)
+    return checks
+
+
+def print_table(checks: list[Check]) -> None:
+    rows = [("TARGET", "WHERE", "CHECK", "RESULT", "DETAIL")] + [
+        (c.upstream, c.endpoint, c.check, "ok" if c.ok else "FAIL", c.detail) for c in checks
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+def report(checks: list[Check]) -> int:
+    """The table on stdout, each failure with what to do on stderr; the exit code."""
+    print_table(checks)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        print(f"\n{len(failed)} check(s) failed:", file=sys.stderr)
+        for check in failed:
+            print(f"  {check.upstream} {check.check}: {check.detail}", file=sys.stderr)
+            print(f"    -> {check.advice}", file=sys.stderr)
+        return 1
+    print(f"\nall {len(checks)} checks passed")
+    return 0
