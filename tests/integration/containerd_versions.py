@@ -76,7 +76,7 @@ class ContainerdVersion:
     def written_config_version(self, start: int) -> int:
         """The config.toml version the program writes for a node of this version whose file is
         version ``start``: the same, except version 1 on 2.x becomes 2 (2.x ignores a v1 file's
-        CRI settings; components/renderers/containerd_config.py)."""
+        CRI settings; components/renderers/containerd_config/v1_to_v2.py)."""
         return 2 if start == 1 and self.major >= 2 else start
 
     def bin_dir(self) -> Path | None:
