@@ -6,8 +6,9 @@ Unknown keys are errors: Distribution and containerd silently ignore typos, so w
 
 One module per section (``proxmox``, ``vm``, ``upstreams``, ``registry``, ``nodes``,
 ``containerd``, ``secrets``); the value checks they share in ``checks``; how a problem is shown in
-``errors``; ``model`` joins the sections into ``Settings``; ``load`` is the entry point. The names
-other modules use are imported from here.
+``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays out the GC and
+restart slots (checked here, rendered by the maintenance cron file); ``load`` is the entry point.
+The names other modules use are imported from here.
 """
 
 from components.settings.checks import check_cron_field, check_host_key
