@@ -6,7 +6,9 @@ column here, never a copy of a test.
 
 Where the binaries come from: 1.6.20 is Debian 12's ``containerd`` package (scripts/test.sh
 installs it, on PATH); 1.7.24 (trixie) and 2.1.9 (sid) are unpacked, never installed, by
-scripts/testenv/setup-containerd.sh under ``$TESTENV_CACHE/containerd/<version>/usr/bin``. A
+scripts/testenv/setup-containerd.sh under
+``$REGISTRY_MIRRORS_TOOLCHAIN_CACHE/containerd/<version>/usr/bin`` (default
+``~/.cache/registry-mirrors``: outside the clone, so every clone on the machine shares them). A
 missing one skips with how to get it, and FAILS under CI=true (tests/prereq.py).
 
 Every row was measured on this machine with that exact binary (FIELD-NOTES, "Added turn 2").
@@ -36,8 +38,9 @@ class ContainerdVersion:
 
     version: str
     """What ``containerd --version`` reports (its third field starts with this)."""
-    packaged: bool
-    """True: the system package on PATH (Debian 12); False: unpacked by setup-containerd.sh."""
+    setup: str
+    """Where the binaries come from: ``""`` for the system package on PATH (Debian 12), else the
+    scripts/testenv script that puts them in the toolchain cache."""
     config_versions: tuple[int, ...]
     """config.toml versions a node of this version can start from (2.x loads a version 1 file,
     but without its CRI settings: see :meth:`written_config_version`)."""
@@ -88,9 +91,9 @@ class ContainerdVersion:
         found = self.bin_dir()
         if found is None:
             how = (
-                "apt-get install containerd (scripts/test.sh does)"
-                if self.packaged
-                else "bash scripts/testenv/setup-containerd.sh (scripts/test.sh runs it)"
+                f"bash scripts/testenv/{self.setup} (scripts/test.sh runs it)"
+                if self.setup
+                else "apt-get install containerd (scripts/test.sh does)"
             )
             missing(f"containerd {self.version} not found: {how}")
         assert found is not None
@@ -101,17 +104,19 @@ class ContainerdVersion:
         return str(self.require() / name)
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("TESTENV_CACHE") or ROOT / ".cache")
+def toolchain_cache() -> Path:
+    """scripts/testenv/lib.sh's TOOLCHAIN_CACHE: the same variable, the same default."""
+    configured = os.environ.get("REGISTRY_MIRRORS_TOOLCHAIN_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "registry-mirrors"
 
 
 @cache
 def _bin_dir(version: ContainerdVersion) -> Path | None:
-    if version.packaged:
+    if not version.setup:
         found = shutil.which("containerd")
         candidate = Path(found).parent if found else None
     else:
-        candidate = cache_dir() / "containerd" / version.version / "usr" / "bin"
+        candidate = toolchain_cache() / "containerd" / version.version / "usr" / "bin"
     if candidate is None or not (candidate / "containerd").is_file():
         return None
     if not (candidate / "ctr").is_file():
@@ -131,7 +136,7 @@ def _bin_dir(version: ContainerdVersion) -> Path | None:
 
 V1_6 = ContainerdVersion(
     version="1.6.20",
-    packaged=True,
+    setup="",
     config_versions=(1, 2),
     conflict_error=CONFLICT_1X,
     conflict_plugin="io.containerd.grpc.v1.cri",
@@ -143,7 +148,7 @@ V1_6 = ContainerdVersion(
 )
 V1_7 = ContainerdVersion(
     version="1.7.24",
-    packaged=False,
+    setup="setup-containerd.sh",
     config_versions=(1, 2),
     conflict_error=CONFLICT_1X,
     conflict_plugin="io.containerd.grpc.v1.cri",
@@ -155,7 +160,7 @@ V1_7 = ContainerdVersion(
 )
 V2_1 = ContainerdVersion(
     version="2.1.9",
-    packaged=False,
+    setup="setup-containerd.sh",
     config_versions=(1, 2, 3),
     conflict_error=CONFLICT_2X,
     conflict_plugin="io.containerd.cri.v1.images",
