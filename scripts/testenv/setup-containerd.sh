@@ -9,7 +9,8 @@
 # the URIs of this machine's own apt sources, private lists/cache/state dirs, an empty dpkg
 # status) and unpack them with `dpkg-deb -x` under $TOOLCHAIN_CACHE/containerd/<version>/ (outside
 # the clone, see lib.sh: a fresh clone on the same machine finds them): nothing is installed
-# system-wide and the system's apt never sees trixie or sid.
+# system-wide and the system's apt never sees trixie or sid. 2.2 and 2.3, which Debian does not
+# package, are built from their Go module by setup-containerd-go.sh into the same layout.
 #
 # Idempotent: a version whose binaries are already unpacked is skipped (no network). The tests
 # find the binaries through tests/integration/containerd_versions.py, which names the same
@@ -40,7 +41,7 @@ done
 
 store="$TOOLCHAIN_CACHE/containerd"
 mkdir -p "$store"
-# Every clone on the machine shares $store: one setup at a time.
+# Every clone on the machine shares $store: one setup at a time (setup-containerd-go.sh too).
 exec 9>"$store/.lock"
 flock 9
 

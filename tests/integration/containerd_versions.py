@@ -6,12 +6,14 @@ column here, never a copy of a test.
 
 Where the binaries come from: 1.6.20 is Debian 12's ``containerd`` package (scripts/test.sh
 installs it, on PATH); 1.7.24 (trixie) and 2.1.9 (sid) are unpacked, never installed, by
-scripts/testenv/setup-containerd.sh under
+scripts/testenv/setup-containerd.sh, and 2.2.9 and 2.3.7 (no Debian package) are built from
+their Go module by scripts/testenv/setup-containerd-go.sh, all under
 ``$REGISTRY_MIRRORS_TOOLCHAIN_CACHE/containerd/<version>/usr/bin`` (default
 ``~/.cache/registry-mirrors``: outside the clone, so every clone on the machine shares them). A
 missing one skips with how to get it, and FAILS under CI=true (tests/prereq.py).
 
-Every row was measured on this machine with that exact binary (FIELD-NOTES, "Added turn 2").
+Every row was measured on this machine with that exact binary (FIELD-NOTES, "Added turn 2"; 2.2.9
+and 2.3.7 behave as 2.1.9 in every column).
 """
 
 from __future__ import annotations
@@ -128,7 +130,8 @@ def _bin_dir(version: ContainerdVersion) -> Path | None:
         timeout=30,
         check=False,
     ).stdout.split()
-    # "containerd github.com/containerd/containerd 1.6.20~ds1 ..." (v2: ".../v2 2.1.9+unknown").
+    # "containerd github.com/containerd/containerd 1.6.20~ds1 ..." (v2: ".../v2 2.1.9+unknown";
+    # built from the module: ".../v2 v2.2.9").
     if len(reported) < 3 or not reported[2].lstrip("v").startswith(f"{version.version}"):
         return None
     return candidate
@@ -171,4 +174,29 @@ V2_1 = ContainerdVersion(
     cri_status_has_registry=False,
 )
 
-VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1)
+V2_2 = ContainerdVersion(
+    version="2.2.9",
+    setup="setup-containerd-go.sh",
+    config_versions=(1, 2, 3),
+    conflict_error=CONFLICT_2X,
+    conflict_plugin="io.containerd.cri.v1.images",
+    refuses_tls_with_config_path=False,
+    has_deprecations=True,
+    dump_quote="'",
+    tls_on_http_tries_https=True,
+    cri_status_has_registry=False,
+)
+V2_3 = ContainerdVersion(
+    version="2.3.7",
+    setup="setup-containerd-go.sh",
+    config_versions=(1, 2, 3),
+    conflict_error=CONFLICT_2X,
+    conflict_plugin="io.containerd.cri.v1.images",
+    refuses_tls_with_config_path=False,
+    has_deprecations=True,
+    dump_quote="'",
+    tls_on_http_tries_https=True,
+    cri_status_has_registry=False,
+)
+
+VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1, V2_2, V2_3)

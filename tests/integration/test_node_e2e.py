@@ -3,11 +3,11 @@ through real Distribution proxies. Commands and stdin come from node_steps, the 
 Pulumi component uses, so this runs exactly what ``pulumi up`` sends.
 
 Every test runs on every containerd version of tests/integration/containerd_versions.py (1.6.20,
-1.7.24, 2.1.9): the ``node_start`` fixture gives each ``world`` a version and the config.toml
-version the node starts from (2 by default: every containerd reads it). The pull test runs from
-every config version each containerd can load (v1 and v2; v3 too on 2.x). A new test that takes
-``world`` runs on all of them without touching the parametrisation; version differences are
-columns of that table, never copies of a test.
+1.7.24, 2.1.9, 2.2.9, 2.3.7): the ``node_start`` fixture gives each ``world`` a version and the
+config.toml version the node starts from (2 by default: every containerd reads it). The pull test
+runs from every config version each containerd can load (v1 and v2; v3 too on 2.x). A new test
+that takes ``world`` runs on all of them without touching the parametrisation; version
+differences are columns of that table, never copies of a test.
 
 Traffic stays on addresses this test created: the registries listen on the host end of the test
 node's veth, the node's netns has no default route.
