@@ -60,6 +60,11 @@ class ContainerdVersion:
     """A TLS setting on an ``http://`` host makes it try HTTPS first (1.7+)."""
     cri_status_has_registry: bool
     """CRI ``Status(verbose)`` reports the registry config (1.x); 2.x reports only the runtime's."""
+    cri_pull_splits_config_path: bool
+    """A CRI pull reads a colon-separated ``config_path`` as a list of directories (1.x). 2.x
+    pulls through the transfer service, which takes the whole value as ONE directory
+    (core/transfer/registry/registry.go ``HostDirFromRoot``): hosts.toml is never found. 2.2+
+    default to such a list when the file sets no registry option."""
 
     @property
     def series(self) -> str:
@@ -148,6 +153,7 @@ V1_6 = ContainerdVersion(
     dump_quote='"',
     tls_on_http_tries_https=False,
     cri_status_has_registry=True,
+    cri_pull_splits_config_path=True,
 )
 V1_7 = ContainerdVersion(
     version="1.7.24",
@@ -160,6 +166,7 @@ V1_7 = ContainerdVersion(
     dump_quote='"',
     tls_on_http_tries_https=True,
     cri_status_has_registry=True,
+    cri_pull_splits_config_path=True,
 )
 V2_1 = ContainerdVersion(
     version="2.1.9",
@@ -172,6 +179,7 @@ V2_1 = ContainerdVersion(
     dump_quote="'",
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
+    cri_pull_splits_config_path=False,
 )
 
 V2_2 = ContainerdVersion(
@@ -185,6 +193,7 @@ V2_2 = ContainerdVersion(
     dump_quote="'",
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
+    cri_pull_splits_config_path=False,
 )
 V2_3 = ContainerdVersion(
     version="2.3.7",
@@ -197,6 +206,7 @@ V2_3 = ContainerdVersion(
     dump_quote="'",
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
+    cri_pull_splits_config_path=False,
 )
 
 VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1, V2_2, V2_3)
