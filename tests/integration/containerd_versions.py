@@ -24,6 +24,7 @@ import subprocess
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Literal
 
 from tests.prereq import missing
 
@@ -32,6 +33,45 @@ ROOT = Path(__file__).resolve().parents[2]
 # What each version logs (and ctr shows as the plugin's error) for `mirrors` next to `config_path`.
 CONFLICT_1X = "invalid plugin config: `mirrors` cannot be set when `config_path` is provided"
 CONFLICT_2X = "invalid cri image config: `mirrors` cannot be set when `config_path` is provided"
+
+
+@dataclass(frozen=True)
+class ImportRules:
+    """How a version reads the files its config's ``imports`` names: measured by
+    tests/integration/test_containerd_imports.py, explained with the sources in
+    docs/containerd-imports.md. The same on every version: the main file first, then each
+    imported file breadth first (a drop-in's own ``imports`` after every file already queued),
+    glob matches in lexical order, a file imported twice read once; a later file's scalar wins;
+    ``disabled_plugins``/``required_plugins``/``imports`` are appended; a missing file (not a
+    pattern) stops the daemon."""
+
+    plugin_tables: Literal["replaced", "merged"]
+    """A drop-in's ``[plugins."<id>"]`` table replaces the whole table the files before it built
+    (1.x: every other key of that plugin is lost), or is merged into it key by key, nested tables
+    merged, a later scalar or array winning (2.x)."""
+    relative_glob_base: Literal["cwd", "file"]
+    """A relative pattern with ``*`` is matched in the daemon's working directory (1.6) or next
+    to the importing file (1.7+); a relative path without ``*`` is next to the file everywhere."""
+    older_dropins: Literal["refused", "renamed", "migrated"]
+    """A drop-in whose config version is older than the files before it. ``refused`` (1.x):
+    nothing is migrated; version 1 plugin names in a version 2 config stop the daemon.
+    ``renamed`` (2.0-2.2): only a version 1 file's plugin names are renamed; the merged config
+    takes the LAST file's version and the plugins' own migrations run once, on the merged result.
+    ``migrated`` (2.3): every file is migrated on its own to the current version, plugin
+    migrations included, before it is merged."""
+    dump_ignores_missing_import: bool
+    """``containerd config dump`` exits 0 with a partial merge when an imported file is missing
+    (2.x): only the daemon's start shows the error."""
+    dump_lists_conf_d: bool
+    """``config dump`` shows ``imports = ['/etc/containerd/conf.d/*.toml']`` (the default config's
+    new entry) although the daemon reads only what the file itself imports (2.2+)."""
+
+
+IMPORTS_1_6 = ImportRules("replaced", "cwd", "refused", False, False)
+IMPORTS_1_7 = ImportRules("replaced", "file", "refused", False, False)
+IMPORTS_2_1 = ImportRules("merged", "file", "renamed", True, False)
+IMPORTS_2_2 = ImportRules("merged", "file", "renamed", True, True)
+IMPORTS_2_3 = ImportRules("merged", "file", "migrated", True, True)
 
 
 @dataclass(frozen=True)
@@ -65,6 +105,8 @@ class ContainerdVersion:
     pulls through the transfer service, which takes the whole value as ONE directory
     (core/transfer/registry/registry.go ``HostDirFromRoot``): hosts.toml is never found. 2.2+
     default to such a list when the file sets no registry option."""
+    imports: ImportRules
+    """How it resolves and merges ``imports`` drop-ins."""
 
     @property
     def series(self) -> str:
@@ -74,6 +116,13 @@ class ContainerdVersion:
     @property
     def major(self) -> int:
         return int(self.version.split(".")[0])
+
+    @property
+    def effective_sandbox_image(self) -> tuple[str, ...]:
+        """Where ``containerd config dump`` shows the pinned pause image (2.x: version 3)."""
+        if self.major >= 2:
+            return ("plugins", "io.containerd.cri.v1.images", "pinned_images", "sandbox")
+        return ("plugins", "io.containerd.grpc.v1.cri", "sandbox_image")
 
     @property
     def effective_registry(self) -> tuple[str, ...]:
@@ -154,6 +203,7 @@ V1_6 = ContainerdVersion(
     tls_on_http_tries_https=False,
     cri_status_has_registry=True,
     cri_pull_splits_config_path=True,
+    imports=IMPORTS_1_6,
 )
 V1_7 = ContainerdVersion(
     version="1.7.24",
@@ -167,6 +217,7 @@ V1_7 = ContainerdVersion(
     tls_on_http_tries_https=True,
     cri_status_has_registry=True,
     cri_pull_splits_config_path=True,
+    imports=IMPORTS_1_7,
 )
 V2_1 = ContainerdVersion(
     version="2.1.9",
@@ -180,6 +231,7 @@ V2_1 = ContainerdVersion(
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
     cri_pull_splits_config_path=False,
+    imports=IMPORTS_2_1,
 )
 
 V2_2 = ContainerdVersion(
@@ -194,6 +246,7 @@ V2_2 = ContainerdVersion(
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
     cri_pull_splits_config_path=False,
+    imports=IMPORTS_2_2,
 )
 V2_3 = ContainerdVersion(
     version="2.3.7",
@@ -207,6 +260,7 @@ V2_3 = ContainerdVersion(
     tls_on_http_tries_https=True,
     cri_status_has_registry=False,
     cri_pull_splits_config_path=False,
+    imports=IMPORTS_2_3,
 )
 
 VERSIONS: tuple[ContainerdVersion, ...] = (V1_6, V1_7, V2_1, V2_2, V2_3)
