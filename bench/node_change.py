@@ -1,7 +1,8 @@
-"""Part 2: what a change does to a node (real containerd 1.6.20, 1.7.24 and 2.1.9, the project's
-node scripts over SSH), per containerd version (tests/integration/containerd_versions.py; 1.7 and
-2.1 come from scripts/testenv/setup-containerd.sh, a version not found is skipped and listed in
-the part's info).
+"""Part 2: what a change does to a node (real containerd 1.6.20, 1.7.24, 2.1.9, 2.2.9 and 2.3.7,
+the project's node scripts over SSH), per containerd version
+(tests/integration/containerd_versions.py; 1.7 and 2.1 come from
+scripts/testenv/setup-containerd.sh, 2.2 and 2.3 from scripts/testenv/setup-containerd-go.sh; a
+version not found is skipped and listed in the part's info).
 
 The test host of tests/integration/testhost.py (netns + sshd + containerd, restart by pid file),
 the settings of tests/integration/test_node_e2e.py (server and mirror addresses remapped onto the
@@ -114,7 +115,7 @@ def run(
     part.info["containerd"] = {}
     for version in versions:
         if version.bin_dir() is None:
-            log(f"  node: containerd {version.version} not found: skipped (setup-containerd.sh)")
+            log(f"  node: containerd {version.version} not found: skipped ({version.setup})")
             part.info["containerd"][version.version] = "not found: skipped"
             continue
         load_before = os.getloadavg()[0]

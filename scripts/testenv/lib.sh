@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
 # Shared by scripts/test.sh and the scripts/testenv/setup-*.sh steps it runs. Sourced, not run.
-# Everything a setup step builds or downloads goes under $TESTENV_CACHE (default .cache/ in the
-# project, gitignored): a second run on the same machine reuses it.
+# What a setup step builds or downloads goes under $TESTENV_CACHE (default .cache/ in the project,
+# gitignored), or under $TOOLCHAIN_CACHE (below) when every clone should share it: a second run on
+# the same machine reuses it.
 
 TESTENV_CACHE=${TESTENV_CACHE:-"$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)/.cache"}
 export TESTENV_CACHE
+
+# Toolchains that cost minutes or a download to get (containerd builds and unpacks) live OUTSIDE
+# the clone, keyed by version, so every clone on the machine (a fresh CI clone, each worktree)
+# finds them without building again. tests/integration/containerd_versions.py reads the same
+# variable with the same default.
+TOOLCHAIN_CACHE=${REGISTRY_MIRRORS_TOOLCHAIN_CACHE:-"$HOME/.cache/registry-mirrors"}
+export TOOLCHAIN_CACHE
 
 log() { printf '\n==> %s\n' "$*"; }
 

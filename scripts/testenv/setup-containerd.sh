@@ -7,8 +7,10 @@
 # in trixie and 2.1.9 in sid; their binaries run on bookworm as they are. We fetch the two .debs
 # with `apt-get download` against a PRIVATE apt configuration (sources for those suites built from
 # the URIs of this machine's own apt sources, private lists/cache/state dirs, an empty dpkg
-# status) and unpack them with `dpkg-deb -x` under $TESTENV_CACHE/containerd/<version>/: nothing
-# is installed system-wide and the system's apt never sees trixie or sid.
+# status) and unpack them with `dpkg-deb -x` under $TOOLCHAIN_CACHE/containerd/<version>/ (outside
+# the clone, see lib.sh: a fresh clone on the same machine finds them): nothing is installed
+# system-wide and the system's apt never sees trixie or sid. 2.2 and 2.3, which Debian does not
+# package, are built from their Go module by setup-containerd-go.sh into the same layout.
 #
 # Idempotent: a version whose binaries are already unpacked is skipped (no network). The tests
 # find the binaries through tests/integration/containerd_versions.py, which names the same
@@ -37,7 +39,11 @@ for tool in apt-get apt-cache dpkg-deb; do
   fi
 done
 
-store="$TESTENV_CACHE/containerd"
+store="$TOOLCHAIN_CACHE/containerd"
+mkdir -p "$store"
+# Every clone on the machine shares $store: one setup at a time (setup-containerd-go.sh too).
+exec 9>"$store/.lock"
+flock 9
 
 unpacked() {
   local dir=$1 binary
@@ -154,3 +160,6 @@ for pin in "${needed[@]}"; do
   fi
   "$target/usr/bin/containerd" --version
 done
+# The private apt dir (package lists of two suites, the .debs) served this run only: a later run
+# finds the unpacked binaries and never reads it.
+rm -rf "$apt_dir"

@@ -1,8 +1,8 @@
 """Every migrated config is loaded by a REAL containerd of each version in the table
-(tests/integration/containerd_versions.py: 1.6.20, 1.7.24, 2.1.9) with the CRI plugin ok AND
-config_path in effect, as that version reads the file (``containerd config dump``: 2.x drops the
-registry section of a version 1 file while the CRI plugin stays ok, so "ok" alone proves
-nothing). Version 3 files are loaded by 2.x; 1.x cannot read them.
+(tests/integration/containerd_versions.py: 1.6.20, 1.7.24, 2.1.9, 2.2.9, 2.3.7) with the CRI
+plugin ok AND config_path in effect, as that version reads the file (``containerd config dump``:
+2.x drops the registry section of a version 1 file while the CRI plugin stays ok, so "ok" alone
+proves nothing). Version 3 files are loaded by 2.x; 1.x cannot read them.
 
 The control tests prove the checks can fail: mirrors next to config_path make the CRI plugin
 `error` with that version's own text while the daemon keeps running (FIELD-NOTES).

@@ -3,11 +3,11 @@ through real Distribution proxies. Commands and stdin come from node_steps, the 
 Pulumi component uses, so this runs exactly what ``pulumi up`` sends.
 
 Every test runs on every containerd version of tests/integration/containerd_versions.py (1.6.20,
-1.7.24, 2.1.9): the ``node_start`` fixture gives each ``world`` a version and the config.toml
-version the node starts from (2 by default: every containerd reads it). The pull test runs from
-every config version each containerd can load (v1 and v2; v3 too on 2.x). A new test that takes
-``world`` runs on all of them without touching the parametrisation; version differences are
-columns of that table, never copies of a test.
+1.7.24, 2.1.9, 2.2.9, 2.3.7): the ``node_start`` fixture gives each ``world`` a version and the
+config.toml version the node starts from (2 by default: every containerd reads it). The pull test
+runs from every config version each containerd can load (v1 and v2; v3 too on 2.x). A new test
+that takes ``world`` runs on all of them without touching the parametrisation; version
+differences are columns of that table, never copies of a test.
 
 Traffic stays on addresses this test created: the registries listen on the host end of the test
 node's veth, the node's netns has no default route.
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import tomlkit
 import yaml
@@ -399,6 +400,57 @@ def test_apply_switches_to_config_path_and_pulls_go_through_each_upstreams_proxy
     upstream_hits = requests_in(world.registries["ghcr-upstream"], "/v2/org/y/manifests/2")
     world.pull("ghcr.io/org/y:2")
     assert requests_in(world.registries["ghcr-upstream"], "/v2/org/y/manifests/2") > upstream_hits
+
+
+# A node whose file names no single hosts directory: no registry option at all (2.2+ then use
+# /etc/containerd/certs.d:/etc/docker/certs.d), or that list written out.
+COLON_LIST = "/etc/containerd/certs.d:/etc/docker/certs.d"
+_NO_SINGLE_DIR = {"unset": None, "colon-list": COLON_LIST}
+
+
+@pytest.mark.parametrize("registry_setting", list(_NO_SINGLE_DIR))
+def test_a_node_without_one_config_path_uses_the_cache_only_after_the_config_step(
+    world: World, registry_setting: str
+) -> None:
+    """Our hosts.toml in /etc/containerd/certs.d is not enough: unset, no version reads it (2.2+'s
+    colon default included), and a colon list is one literal directory to a 2.x CRI pull. The
+    config step writes one directory and the same pull then goes through the cache."""
+    host, containerd = world.host, world.containerd
+    text = (
+        'version = 2\n\n[plugins."io.containerd.grpc.v1.cri"]\n'
+        f'  sandbox_image = "{PAUSE}"\n'
+        '  [plugins."io.containerd.grpc.v1.cri".containerd]\n    snapshotter = "native"\n'
+        '  [plugins."io.containerd.grpc.v1.cri".cni]\n    conf_dir = "/etc/containerd/cni"\n'
+    )
+    if (setting := _NO_SINGLE_DIR[registry_setting]) is not None:
+        text += f'  [plugins."io.containerd.grpc.v1.cri".registry]\n    config_path = "{setting}"\n'
+    host.start_containerd(text)
+    plan = world.plan()
+    assert plan.config_changed
+    hosts = host.run_step(plan.hosts)
+    check_step(world.node, "hosts", hosts.returncode, hosts.stderr)
+    assert (host.etc_containerd / "certs.d" / "docker.io" / "hosts.toml").is_file()
+    proxy = world.registries["docker-proxy"]
+
+    reads_our_hosts_toml = setting is not None and containerd.cri_pull_splits_config_path
+    before = requests_in(proxy, "ns=docker.io")
+    if reads_our_hosts_toml:
+        world.pull("docker.io/library/x:1")
+        assert requests_in(proxy, "ns=docker.io") > before
+    else:
+        # Straight to registry-1.docker.io, which the node's netns cannot reach: the pull fails
+        # at once and the cache never hears of it.
+        with pytest.raises(grpc.RpcError):
+            world.pull("docker.io/library/x:1")
+        assert requests_in(proxy, "ns=docker.io") == before
+
+    config = host.run_step(plan.config)
+    check_step(world.node, "config", config.returncode, config.stderr)
+    assert parse_step_result(config.stdout).restarted
+    assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+    before = requests_in(proxy, "ns=docker.io")
+    world.pull("docker.io/library/x:2")
+    assert requests_in(proxy, "ns=docker.io") > before
 
 
 def _inputs(plan: NodePlan) -> list[tuple[str, str, str]]:

@@ -5,8 +5,9 @@ Layout (all under one tmp dir, nothing of the host's containerd is touched):
   ``10.231.X.2/30``. No default route inside: an accidental pull from a real registry fails at once
   with "network is unreachable" instead of leaving the machine.
 - ``sshd -D`` inside the netns under ``unshare --mount``, with bind mounts over ``/etc/containerd``,
-  ``/run`` and ``/var/lib``: every process started over SSH (the node scripts, containerd) sees the
-  node's own files at the real paths, so the scripts run with their production defaults.
+  ``/run``, ``/var/lib`` and ``/opt``: every process started over SSH (the node scripts,
+  containerd) sees the node's own files at the real paths, so the scripts run with their
+  production defaults.
 - containerd is started and restarted by a helper script (the node's ``restart_command``) that
   kills the previous daemon by pid file: there is no systemd here.
 - The node runs one containerd version of tests/integration/containerd_versions.py: sshd gives
@@ -380,7 +381,7 @@ def node_host(
     host_address, node_address = f"10.231.{third}.{fourth + 1}", f"10.231.{third}.{fourth + 2}"
     host_if, node_if = f"rmh{token}", f"rmn{token}"
     root = tmp_path / "node-host"
-    for sub in ("etc-containerd", "run/sshd", "var-lib"):
+    for sub in ("etc-containerd", "run/sshd", "var-lib", "opt"):
         (root / "node" / sub).mkdir(parents=True)
     (root / "node" / "etc-containerd" / "cni").mkdir()
     key = root / "id_ed25519"
@@ -450,6 +451,8 @@ def node_host(
                 ("etc-containerd", "/etc/containerd"),
                 ("run", "/run"),
                 ("var-lib", "/var/lib"),
+                # containerd's opt plugin creates /opt/containerd/{bin,lib} at start.
+                ("opt", "/opt"),
             )
         )
         if flavour != "containerd":
