@@ -1,0 +1,462 @@
+"""The rendered front (components/renderers/front_proxy.py) run by the REAL Varnish (and hitch for
+TLS) from Debian, in front of the REAL Distribution of both majors, proving what issue 26 and the
+TLS design ask of it (docs/design/front-proxy.md):
+
+(a) N = 10 concurrent cold pulls of a multi-layer image (16 MiB layers) cost the upstream ONE
+    fetch per blob (what the major does for one miss: 3.1.1 once, 2.8 twice); the control without
+    the front fetches again for every client;
+(b) a client that joins an in-flight fetch gets body bytes while that one fetch still runs;
+(d) the upstream stopped mid-fetch: every waiting client gets an error, none hangs;
+(e) the registry down: the front answers 503 at once; the front down: connection refused;
+(f) only blob GETs are coalesced: manifests by tag, HEAD, ?ns=, auth challenges and redirects
+    pass through as the registry answers them;
+(g) Distribution 3's proxy counters still count (one miss per blob, hits on a warm pull);
+(h) a blob leaves the front's storage a moment after its fetch (nothing stored twice, nothing
+    served past a GC), and a blob too large for the storage is passed instead of failing.
+
+The upstream is a plain Distribution behind bench/relay.py (a shaped link that is slow enough
+for the clients to overlap, and counts bytes); the upstream's access log counts its GETs per
+blob. Traffic stays on 127.0.0.1. No test asserts a duration: "none hangs" is a client timeout
+that would fail the test, "bytes before the fetch ended" an order of events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.image import Image, build
+from bench.relay import ShapedRelay
+from components.renderers.front_proxy import Front, FrontCache, check_front
+from components.renderers.registry_config import DISTRIBUTIONS, render_registry_config
+from components.settings import DEFAULT_UPSTREAMS
+from tests.integration.blob_client import (
+    BlobResult,
+    fetch_blob,
+    manifest,
+    pull_concurrently,
+    pull_image,
+    request,
+)
+from tests.integration.front_proc import FrontProcess, running_front, start_front, vcl_compiles
+from tests.integration.registry_proc import (
+    RegistryProcess,
+    free_port,
+    plain_registry_config,
+    running_registry,
+    start_registry,
+)
+from tests.prereq import require_binary
+from tests.sample import REGISTRY_IMAGES as IMAGES
+from tests.sample import sample_settings
+
+pytestmark = pytest.mark.integration
+
+MAJORS = pytest.mark.parametrize("major", sorted(IMAGES), ids=lambda m: f"v{m}")
+N = 10
+REPOSITORY = "library/fronttest"
+TAG = "1"
+NS = "docker.io"
+LAYER_BYTES = 16 * 1024 * 1024
+# Fast enough for ten uncoalesced copies in the control, slow enough that ten clients started
+# together all arrive while the first fetch is still running.
+FAST_LINK_BPS = 400e6
+SLOW_LINK_BPS = 40e6
+
+
+@dataclass(frozen=True)
+class OriginStore:
+    storage: Path
+    image: Image
+    manifest: dict[str, Any]
+
+    @property
+    def layers(self) -> list[str]:
+        return [layer["digest"] for layer in self.manifest["layers"]]
+
+    @property
+    def blobs(self) -> list[str]:
+        return [self.manifest["config"]["digest"], *self.layers]
+
+
+@pytest.fixture(scope="module")
+def origin_store(tmp_path_factory: pytest.TempPathFactory) -> OriginStore:
+    """A two-layer image (16 MiB of random bytes per layer), pushed once to a plain registry's
+    storage; every test serves that storage as its upstream."""
+    require_binary("skopeo")
+    workdir = tmp_path_factory.mktemp("origin")
+    image = build(workdir / "layout", TAG, layers=2, layer_bytes=LAYER_BYTES)
+    storage = workdir / "storage"
+    with running_registry(plain_registry_config(storage), workdir / "push", major=2) as origin:
+        pushed = subprocess.run(
+            ["skopeo", "--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false",
+             image.oci_ref, f"docker://{origin.address}/{REPOSITORY}:{TAG}"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert pushed.returncode == 0, pushed.stderr
+        status, body = manifest(origin.url, REPOSITORY, TAG)
+        assert status == 200
+    return OriginStore(storage, image, body)
+
+
+@dataclass
+class Stack:
+    """origin registry <- shaped relay <- Distribution proxy (rendered) <- front (rendered)."""
+
+    origin: RegistryProcess
+    relay: ShapedRelay
+    proxy: RegistryProcess
+    front: FrontProcess | None
+    cache: FrontCache
+    store: OriginStore
+
+    @property
+    def url(self) -> str:
+        """Where nodes pull: the front's public port, or the registry itself without a front."""
+        return self.front.url(self.cache) if self.front else self.proxy.url
+
+    def origin_gets(self, digest: str) -> int:
+        """Full GETs of ``digest`` the upstream served (its access log)."""
+        return self.origin.log().count(f'"GET /v2/{REPOSITORY}/blobs/{digest} ')
+
+    def registry_requests(self, method: str, path: str) -> int:
+        return self.proxy.log().count(f'"{method} {path}')
+
+    def pull(self) -> Any:
+        return pull_image(self.url, REPOSITORY, TAG, ns=NS)
+
+
+def _origin_config(storage: Path) -> dict[str, Any]:
+    config = plain_registry_config(storage)
+    # Access log on: it counts the upstream's GETs per blob.
+    config["log"] = {"level": "info", "formatter": "text", "accesslog": {"disabled": False}}
+    return config
+
+
+def _proxy_config(major: int, storage: Path, remote_url: str) -> dict[str, Any]:
+    """The RENDERED cache config for ``major``, pointed at local paths and the local upstream."""
+    registry = sample_settings().registry.model_copy(update={"image": IMAGES[major]})
+    config = yaml.safe_load(render_registry_config(DEFAULT_UPSTREAMS[0], registry))
+    config["storage"]["filesystem"]["rootdirectory"] = str(storage)
+    config["proxy"]["remoteurl"] = remote_url
+    return config
+
+
+def _front(backend_port: int, **options: Any) -> Front:
+    cache = FrontCache("registry", free_port(), backend_port, options.pop("tls_port", None))
+    front = Front((cache,), storage_mb=options.pop("storage_mb", 256), **options)
+    assert check_front(front) == []
+    return front
+
+
+@contextlib.contextmanager
+def stack(
+    store: OriginStore, major: int, workdir: Path, *, with_front: bool = True,
+    rate_bps: float = FAST_LINK_BPS, **front_options: Any,
+) -> Iterator[Stack]:  # fmt: skip
+    origin = start_registry(_origin_config(store.storage), workdir / "origin", major=2)
+    relay = ShapedRelay(("127.0.0.1", free_port()), ("127.0.0.1", origin.port),
+                        delay_s=0.005, rate_bps=rate_bps)  # fmt: skip
+    relay.start()
+    proxy = front = None
+    try:
+        config = _proxy_config(major, workdir / "cache", f"http://127.0.0.1:{relay.listen[1]}")
+        proxy = start_registry(config, workdir / "proxy", major=major)
+        cache_front = _front(proxy.port, **front_options)
+        if with_front:
+            front = start_front(cache_front, workdir / "front")
+        yield Stack(origin, relay, proxy, front, cache_front.caches[0], store)
+    finally:
+        if front is not None:
+            front.stop()
+        if proxy is not None:
+            proxy.stop()
+        relay.stop()
+        origin.stop()
+
+
+def _metrics(registry: RegistryProcess) -> str:
+    assert registry.metrics_url is not None
+    status, _headers, body = request(registry.metrics_url.rsplit("/metrics", 1)[0], "GET",
+                                     "/metrics")  # fmt: skip
+    assert status == 200
+    return body.decode()
+
+
+def _counter(metrics: str, name: str, **labels: str) -> float:
+    want = [f'{key}="{value}"' for key, value in labels.items()]
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith((f"{name}{{", f"{name} ")) and all(w in line for w in want)
+    )
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# --- (a) and (g): one upstream fetch per blob for ten concurrent cold pulls -----------------------
+@MAJORS
+def test_ten_concurrent_cold_pulls_fetch_each_blob_once(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    per_miss = DISTRIBUTIONS[major].upstream_fetches_per_miss
+    with stack(origin_store, major, tmp_path) as s:
+        results = pull_concurrently(N, s.pull)
+        assert all(r.ok for r in results), [r.error or r.blobs for r in results if not r.ok]
+        for digest in origin_store.blobs:
+            assert s.origin_gets(digest) == per_miss, digest
+            # The registry itself saw the blob once: the front fetched it for all ten. (Its access
+            # log line comes once the blob is committed, after the client has it all.)
+            path = f"/v2/{REPOSITORY}/blobs/{digest}"
+            _wait_for(lambda path=path: s.registry_requests("GET", path) >= 1, f"GET {path}")
+            assert s.registry_requests("GET", path) == 1
+        assert s.front is not None
+        stats = s.front.stats()
+        assert stats["MAIN.cache_miss"] == len(origin_store.blobs)
+        # Requests that found the blob in flight waited on it instead of fetching it again.
+        assert stats["MAIN.busy_sleep"] + stats["MAIN.cache_hit"] >= (N - 1) * 1
+        if major == 3:
+            metrics = _metrics(s.proxy)
+            assert _counter(metrics, "registry_proxy_misses_total", type="blob") == len(
+                origin_store.blobs
+            )
+            # Past the coalescing window the next pull reaches the registry, which counts hits.
+            time.sleep(1.5)
+            warm = s.pull()
+            assert warm.ok
+            assert _counter(_metrics(s.proxy), "registry_proxy_hits_total", type="blob") == len(
+                origin_store.blobs
+            )
+        for digest in origin_store.blobs:
+            assert s.origin_gets(digest) == per_miss
+
+
+@MAJORS
+def test_control_without_the_front_every_concurrent_pull_fetches_again(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    """Distribution alone (distribution #3969): each of the ten concurrent misses goes to the
+    upstream on its own."""
+    with stack(origin_store, major, tmp_path, with_front=False) as s:
+        results = pull_concurrently(N, s.pull)
+        assert all(r.ok for r in results)
+        for digest in origin_store.layers:
+            assert s.origin_gets(digest) >= N, digest
+
+
+# --- (b): a client joining an in-flight fetch is streamed to --------------------------------------
+@MAJORS
+def test_a_client_joining_an_inflight_fetch_gets_bytes_before_it_ends(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    layer = origin_store.layers[0]
+    with stack(origin_store, major, tmp_path, rate_bps=SLOW_LINK_BPS) as s:
+        first: list[BlobResult] = []
+        leader = threading.Thread(
+            target=lambda: first.append(fetch_blob(s.url, REPOSITORY, layer, ns=NS))
+        )
+        leader.start()
+        # Join once the one upstream fetch is well under way.
+        _wait_for(lambda: s.relay.bytes_down > 2 * 1024 * 1024, "the fetch to be under way")
+        joined = [None] * (N - 1)
+
+        def join(index: int) -> None:
+            joined[index] = fetch_blob(s.url, REPOSITORY, layer, ns=NS)  # type: ignore[call-overload]
+
+        joiners = [threading.Thread(target=join, args=(i,)) for i in range(N - 1)]
+        for thread in joiners:
+            thread.start()
+        for thread in [leader, *joiners]:
+            thread.join(timeout=300)
+        fetch = first[0]
+        assert fetch.ok, fetch.error
+        assert fetch.ended_at is not None
+        for result in joined:
+            assert isinstance(result, BlobResult) and result.ok, result
+            # Streamed: its first bytes came while the single upstream fetch was still running.
+            assert result.first_byte_at is not None and result.first_byte_at < fetch.ended_at
+        assert s.origin_gets(layer) == DISTRIBUTIONS[major].upstream_fetches_per_miss
+
+
+# --- (d): upstream stopped mid-fetch --------------------------------------------------------------
+@MAJORS
+def test_upstream_stopped_mid_fetch_fails_every_waiting_client(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    layer = origin_store.layers[1]
+    with stack(origin_store, major, tmp_path, rate_bps=SLOW_LINK_BPS) as s:
+        results: list[BlobResult | None] = [None] * N
+
+        def one(index: int) -> None:
+            # The timeout is the hang detector: a client still waiting after it fails the test.
+            results[index] = fetch_blob(s.url, REPOSITORY, layer, ns=NS, timeout=60)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(N)]
+        for thread in threads:
+            thread.start()
+        _wait_for(lambda: s.relay.bytes_down > 2 * 1024 * 1024, "the fetch to be under way")
+        s.origin.stop()
+        s.relay.stop()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        for result in results:
+            assert result is not None
+            assert not result.ok
+            assert "timed out" not in result.error, result.error  # an error, not a hang
+            assert result.error or result.status >= 500
+        # Nothing truncated stays in the front: with the upstream back, the blob is whole.
+        origin = start_registry(_origin_config(origin_store.storage), tmp_path / "origin2",
+                                major=2, port=s.origin.port)  # fmt: skip
+        relay = ShapedRelay(s.relay.listen, ("127.0.0.1", origin.port), 0.005, FAST_LINK_BPS)
+        relay.start()
+        try:
+            again = fetch_blob(s.url, REPOSITORY, layer, ns=NS, timeout=60)
+            assert again.ok, again.error
+        finally:
+            relay.stop()
+            origin.stop()
+
+
+# --- (e): registry down, front down ---------------------------------------------------------------
+@MAJORS
+def test_registry_down_the_front_answers_503_at_once_and_a_stopped_front_refuses(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    with stack(origin_store, major, tmp_path) as s:
+        s.proxy.stop()
+        for path in (
+            f"/v2/{REPOSITORY}/blobs/{origin_store.layers[0]}?ns={NS}",
+            f"/v2/{REPOSITORY}/manifests/{TAG}?ns={NS}",
+            "/v2/",
+        ):
+            status, _headers, _body = request(s.url, "GET", path, timeout=10)
+            # containerd moves to its next host on any status >= 400.
+            assert status == 503, path
+        assert s.front is not None
+        s.front.stop()
+        with pytest.raises(ConnectionRefusedError):
+            request(s.url, "GET", "/v2/", timeout=10)
+
+
+# --- (f): what passes through ---------------------------------------------------------------------
+@MAJORS
+def test_only_blob_gets_are_coalesced_everything_else_passes_through(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    layer = origin_store.layers[0]
+    with stack(origin_store, major, tmp_path) as s:
+        manifest_path = f"/v2/{REPOSITORY}/manifests/{TAG}"
+        for _ in range(2):
+            status, body = manifest(s.url, REPOSITORY, TAG, ns=NS)
+            assert status == 200 and body == origin_store.manifest
+        # Both reached the registry, with the query string: a tag is never answered by the front.
+        assert s.registry_requests("GET", f"{manifest_path}?ns={NS}") == 2
+
+        status, headers, body = request(s.url, "HEAD", f"/v2/{REPOSITORY}/blobs/{layer}?ns={NS}")
+        assert (status, body) == (200, b"")
+        assert headers["Docker-Content-Digest"] == layer
+        assert int(headers["Content-Length"]) > LAYER_BYTES
+        # A HEAD stays a HEAD: the front did not turn it into a fetch of the whole blob.
+        assert s.registry_requests("HEAD", f"/v2/{REPOSITORY}/blobs/{layer}") == 1
+        assert s.registry_requests("GET", f"/v2/{REPOSITORY}/blobs/{layer}") == 0
+
+        unknown = "sha256:" + "0" * 64
+        for _ in range(2):
+            status, _h, _b = request(s.url, "GET", f"/v2/{REPOSITORY}/blobs/{unknown}?ns={NS}")
+            assert status == 404
+        # A 404 is never cached: the second one asked the registry again.
+        assert s.registry_requests("GET", f"/v2/{REPOSITORY}/blobs/{unknown}") == 2
+
+        # A redirect is the registry's, untouched (not followed, not cached).
+        status, headers, _b = request(s.url, "GET", "/v2")
+        direct = request(s.proxy.url, "GET", "/v2")
+        assert status == direct[0]
+        assert headers.get("Location") == direct[1].get("Location")
+
+    # An auth challenge and a request with credentials: a registry that asks for them.
+    challenged = plain_registry_config(tmp_path / "auth-storage")
+    challenged["auth"] = {"silly": {"realm": "https://auth.example.test/token",
+                                    "service": "registry.test"}}  # fmt: skip
+    with running_registry(challenged, tmp_path / "auth", major=major) as registry:
+        front = _front(registry.port)
+        with running_front(front, tmp_path / "auth-front") as proc:
+            url = proc.url(front.caches[0])
+            status, headers, _b = request(url, "GET", f"/v2/{REPOSITORY}/blobs/{layer}?ns={NS}")
+            assert status == 401
+            assert "auth.example.test" in headers["WWW-Authenticate"]
+            for _ in range(2):
+                status, _h, _b = request(
+                    url, "GET", f"/v2/{REPOSITORY}/blobs/{layer}",
+                    headers={"Authorization": "Bearer anything"},
+                )  # fmt: skip
+                assert status == 404  # the registry's answer, for the registry's client
+            # Requests with credentials are never looked up in the front.
+            assert proc.stat("MAIN.cache_miss") + proc.stat("MAIN.cache_hit") == 1
+
+
+# --- (h): storage is short-lived and bounded ------------------------------------------------------
+def _storage_bytes(front: FrontProcess) -> int:
+    stats = front.stats()
+    return stats.get("SMF.blobs.g_bytes", 0) + stats.get("SMA.blobs.g_bytes", 0)
+
+
+@MAJORS
+def test_a_blob_leaves_the_front_a_moment_after_its_fetch(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    with stack(origin_store, major, tmp_path) as s:
+        assert s.front is not None
+        first = s.pull()
+        assert first.ok
+        assert _storage_bytes(s.front) >= LAYER_BYTES  # it was there to be streamed ...
+        _wait_for(lambda: _storage_bytes(s.front) == 0, "the front to drop the blobs")  # type: ignore[arg-type]
+        # ... and is gone: the next pull asks the registry again (after a GC it gets what the
+        # registry has now, never the front's copy), and hits the registry's cache.
+        layer = origin_store.layers[0]
+        before = s.registry_requests("GET", f"/v2/{REPOSITORY}/blobs/{layer}")
+        assert s.pull().ok
+        assert s.registry_requests("GET", f"/v2/{REPOSITORY}/blobs/{layer}") == before + 1
+        assert s.origin_gets(layer) == DISTRIBUTIONS[major].upstream_fetches_per_miss
+
+
+def test_a_blob_larger_than_the_storage_allows_is_passed_not_failed(
+    origin_store: OriginStore, tmp_path: Path
+) -> None:
+    """A layer above max_object_mb cannot be held while it streams: it goes through uncoalesced
+    (each client its own fetch) instead of failing everyone's pull."""
+    with stack(origin_store, 3, tmp_path, storage_mb=64, max_object_mb=8) as s:
+        results = pull_concurrently(3, s.pull)
+        assert all(r.ok for r in results), [r.error for r in results]
+        assert s.front is not None
+        assert _storage_bytes(s.front) < LAYER_BYTES
+
+
+# --- the rendered files are what the real tools accept --------------------------------------------
+def test_rendered_vcl_compiles_with_varnishs_compiler(tmp_path: Path) -> None:
+    for front in (
+        _front(free_port()),
+        dataclasses.replace(
+            _front(free_port(), tls_port=free_port()),
+            pem_file=str(tmp_path / "x.pem"),
+            plain_http=False,
+        ),
+    ):
+        compiled = vcl_compiles(front, tmp_path / f"vcl-{front.plain_http}")
+        assert compiled.returncode == 0, compiled.stderr[-3000:]
