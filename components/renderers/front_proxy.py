@@ -293,7 +293,10 @@ def varnishd_argv(
     else:
         argv += ["-s", f"blobs=malloc,{front.storage_mb}M"]
     argv += ["-s", f"Transient=malloc,{front.transient_mb}M"]
-    for key, value in sorted(front.extra_params.items()):
+    # Varnish puts every object whose ttl + grace + keep is below `shortlived` (10 s) into
+    # Transient, whatever the VCL says: the coalesced blobs (1 s) must go to the bounded storage.
+    params = {"shortlived": "0", **front.extra_params}
+    for key, value in sorted(params.items()):
         argv += ["-p", f"{key}={value}"]
     return argv
 

@@ -166,7 +166,7 @@ def vcl_compiles(front: Front, workdir: Path) -> subprocess.CompletedProcess[str
     front = loopback_front(front, workdir)
     Path(front.vcl_path).write_text(render_vcl(front))
     # -C needs the storages the VCL names, not their sizes or kind.
-    argv = [varnishd, "-C", "-n", str(workdir / "vd"), "-f", front.vcl_path,
+    argv = [varnishd, "-C", "-j", "none", "-n", str(workdir / "vd"), "-f", front.vcl_path,
             "-s", "blobs=malloc,16M"]  # fmt: skip
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
