@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
-import shutil
 import socket
 import subprocess
 import time
@@ -134,7 +134,10 @@ def start_front(front: Front, workdir: Path) -> FrontProcess:
         if front.tls:
             hitch = require_binary("hitch")
             conf = workdir / "hitch.conf"
-            conf.write_text(render_hitch_conf(front, user=None))
+            # hitch refuses to run its workers as root: as root, the production user (Debian's
+            # hitch package creates it); it reads the pem before dropping privileges.
+            user = "_hitch" if os.geteuid() == 0 else None
+            conf.write_text(render_hitch_conf(front, user=user))
             with (workdir / "hitch.log").open("ab") as log:
                 proc.hitch = subprocess.Popen(
                     [hitch, "--config", str(conf)],
@@ -171,5 +174,37 @@ def vcl_compiles(front: Front, workdir: Path) -> subprocess.CompletedProcess[str
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
-def has_tls_tools() -> bool:
-    return shutil.which("hitch") is not None and shutil.which("openssl") is not None
+@dataclass(frozen=True)
+class TestCa:
+    ca_cert: Path  # what nodes trust (hosts.toml `ca = [...]`)
+    pem: Path  # hitch's pem-file: server certificate, then its key
+    server_cert: Path
+
+
+def make_test_ca(workdir: Path, ip: str = LOOPBACK, name: str = "test") -> TestCa:
+    """A throwaway CA (openssl) and a server certificate with ``ip`` as its IP SAN, as the
+    registry VM's would be: nodes name the VM by IP."""
+    openssl = require_binary("openssl")
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = workdir / "ca.key", workdir / "ca.crt"
+    key, csr, cert = workdir / "server.key", workdir / "server.csr", workdir / "server.crt"
+    ext = workdir / "san.ext"
+    ext.write_text(
+        f"subjectAltName = IP:{ip}\nextendedKeyUsage = serverAuth\n"
+        "basicConstraints = critical, CA:FALSE\nkeyUsage = critical, digitalSignature\n"
+    )
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "2", "-subj",
+        f"/CN=registry-mirrors {name} CA")  # fmt: skip
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ip}")  # fmt: skip
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    pem = workdir / "front.pem"
+    pem.write_text(cert.read_text() + key.read_text())
+    pem.chmod(0o600)
+    return TestCa(ca_cert, pem, cert)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import ssl
 import subprocess
 import threading
 import time
@@ -48,7 +49,13 @@ from tests.integration.blob_client import (
     pull_image,
     request,
 )
-from tests.integration.front_proc import FrontProcess, running_front, start_front, vcl_compiles
+from tests.integration.front_proc import (
+    FrontProcess,
+    make_test_ca,
+    running_front,
+    start_front,
+    vcl_compiles,
+)
 from tests.integration.registry_proc import (
     RegistryProcess,
     free_port,
@@ -465,3 +472,40 @@ def test_rendered_vcl_compiles_with_varnishs_compiler(tmp_path: Path) -> None:
     ):
         compiled = vcl_compiles(front, tmp_path / f"vcl-{front.plain_http}")
         assert compiled.returncode == 0, compiled.stderr[-3000:]
+
+
+# --- TLS: hitch in front of the same Varnish ------------------------------------------------------
+@MAJORS
+def test_tls_front_with_an_ip_san_coalesces_and_a_wrong_ca_is_refused(
+    major: int, origin_store: OriginStore, tmp_path: Path
+) -> None:
+    ca = make_test_ca(tmp_path / "ca")
+    other = make_test_ca(tmp_path / "other-ca", name="other")
+    with stack(origin_store, major, tmp_path, tls_port=free_port(), pem_file=str(ca.pem)) as s:
+        assert s.front is not None
+        https = s.front.url(s.cache, tls=True)
+        results = pull_concurrently(
+            N, lambda: pull_image(https, REPOSITORY, TAG, ns=NS, ca_file=str(ca.ca_cert))
+        )
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        for digest in origin_store.blobs:
+            assert s.origin_gets(digest) == DISTRIBUTIONS[major].upstream_fetches_per_miss
+        # During the HTTP -> HTTPS switch the plain port still serves the nodes not yet switched.
+        assert pull_image(s.url, REPOSITORY, TAG, ns=NS).ok
+        # A client that trusts another CA does not get past the handshake.
+        with pytest.raises(ssl.SSLCertVerificationError):
+            request(https, "GET", "/v2/", ca_file=str(other.ca_cert))
+
+
+def test_with_plain_http_off_only_the_tls_port_listens(
+    origin_store: OriginStore, tmp_path: Path
+) -> None:
+    ca = make_test_ca(tmp_path / "ca")
+    with stack(origin_store, 3, tmp_path, tls_port=free_port(), pem_file=str(ca.pem),
+               plain_http=False) as s:  # fmt: skip
+        assert s.front is not None
+        status, _h, _b = request(s.front.url(s.cache, tls=True), "GET", "/v2/",
+                                 ca_file=str(ca.ca_cert))  # fmt: skip
+        assert status == 200
+        with pytest.raises(ConnectionRefusedError):
+            request(s.front.url(s.cache), "GET", "/v2/", timeout=10)
