@@ -1,10 +1,11 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm] [--out bench/results.json]
+    python bench/run.py [--quick] [--only program,node,cache,front,rollout,vm] [--out ...]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), node
-(bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
+(bench/node_change.py), cache (bench/cache.py), front (bench/front.py: concurrent cold pulls
+and TLS through the front, on loopback), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU); all but program need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
@@ -31,7 +32,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm")
+PARTS = ("program", "node", "cache", "front", "rollout", "vm")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -50,6 +51,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "front":
+        from bench import front
+
+        return front.run(rounds=1 if quick else 2)
     if name == "vm":
         from bench import vm_boot
 

@@ -96,13 +96,10 @@ class OriginStore:
         return [self.manifest["config"]["digest"], *self.layers]
 
 
-@pytest.fixture(scope="module")
-def origin_store(tmp_path_factory: pytest.TempPathFactory) -> OriginStore:
-    """A two-layer image (16 MiB of random bytes per layer), pushed once to a plain registry's
-    storage; every test serves that storage as its upstream."""
-    require_binary("skopeo")
-    workdir = tmp_path_factory.mktemp("origin")
-    image = build(workdir / "layout", TAG, layers=2, layer_bytes=LAYER_BYTES)
+def make_origin_store(workdir: Path, layers: int = 2) -> OriginStore:
+    """An image of ``layers`` layers (16 MiB of random bytes each), pushed once to a plain
+    registry's storage under ``workdir``."""
+    image = build(workdir / "layout", TAG, layers=layers, layer_bytes=LAYER_BYTES)
     storage = workdir / "storage"
     with running_registry(plain_registry_config(storage), workdir / "push", major=2) as origin:
         pushed = subprocess.run(
@@ -114,6 +111,13 @@ def origin_store(tmp_path_factory: pytest.TempPathFactory) -> OriginStore:
         status, body = manifest(origin.url, REPOSITORY, TAG)
         assert status == 200
     return OriginStore(storage, image, body)
+
+
+@pytest.fixture(scope="module")
+def origin_store(tmp_path_factory: pytest.TempPathFactory) -> OriginStore:
+    """Every test serves this storage as its upstream: a two-layer image."""
+    require_binary("skopeo")
+    return make_origin_store(tmp_path_factory.mktemp("origin"))
 
 
 @dataclass
@@ -169,11 +173,11 @@ def _front(backend_port: int, **options: Any) -> Front:
 @contextlib.contextmanager
 def stack(
     store: OriginStore, major: int, workdir: Path, *, with_front: bool = True,
-    rate_bps: float = FAST_LINK_BPS, **front_options: Any,
+    rate_bps: float = FAST_LINK_BPS, delay_s: float = 0.005, **front_options: Any,
 ) -> Iterator[Stack]:  # fmt: skip
     origin = start_registry(_origin_config(store.storage), workdir / "origin", major=2)
     relay = ShapedRelay(("127.0.0.1", free_port()), ("127.0.0.1", origin.port),
-                        delay_s=0.005, rate_bps=rate_bps)  # fmt: skip
+                        delay_s=delay_s, rate_bps=rate_bps)  # fmt: skip
     relay.start()
     proxy = front = None
     try:
