@@ -36,11 +36,11 @@ def _options(argv: list[str], flag: str) -> list[str]:
 def _hitch(text: str) -> tuple[list[str], dict[str, str]]:
     """hitch.conf as (frontend ports, top-level key -> value)."""
     ports = re.findall(r'frontend = \{\n    host = "[^"]*"\n    port = "(\d+)"\n\}', text)
-    top = dict(
-        re.match(r"^([a-z0-9-]+) = (.*)$", line).groups()  # type: ignore[union-attr]
-        for line in text.splitlines()
-        if re.match(r"^[a-z0-9-]+ = ", line) and not line.startswith("frontend")
-    )
+    top: dict[str, str] = {}
+    for line in text.splitlines():
+        match = re.match(r"^([a-z0-9-]+) = (.*)$", line)
+        if match and match.group(1) != "frontend":
+            top[match.group(1)] = match.group(2)
     return ports, top
 
 
