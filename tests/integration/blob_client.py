@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import ssl
+import subprocess
 import threading
 import time
 import urllib.parse
@@ -184,3 +185,36 @@ def pull_concurrently(count: int, pull: Callable[[], PullResult]) -> list[PullRe
 
     with concurrent.futures.ThreadPoolExecutor(count) as pool:
         return list(pool.map(one, range(count)))
+
+
+def curl_pull(
+    base_url: str, repository: str, tag: str, *, ns: str | None = None, parallel: int = 3
+) -> PullResult:
+    """The same pull with curl doing the blob transfers (``--parallel``): a client that costs
+    the machine almost no CPU, for benchmarks where Python clients would compete with what is
+    measured. Digests are not checked here (the tests check them with ``pull_image``)."""
+    result = PullResult()
+    started = time.monotonic()
+    query = f"?ns={ns}" if ns else ""
+    try:
+        result.manifest_status, body = manifest(base_url, repository, tag, ns=ns)
+        digests = [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
+        write_out = "%{http_code} %{size_download} %{time_starttransfer}\\n"
+        argv = ["curl", "--silent", "--parallel", "--parallel-max", str(parallel),
+                "--write-out", write_out]  # fmt: skip
+        for digest in digests:
+            argv += ["--output", "/dev/null", f"{base_url}/v2/{repository}/blobs/{digest}{query}"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        lines = done.stdout.split()
+        for index, digest in enumerate(digests):
+            status, size, first = lines[3 * index : 3 * index + 3]
+            blob = BlobResult(digest, status=int(status), size=int(size), sha256=digest,
+                              started_at=started, headers_at=started + float(first))  # fmt: skip
+            result.blobs[digest] = blob
+        if done.returncode != 0:
+            result.error = f"curl exited {done.returncode}: {done.stderr[-300:]}"
+    except (OSError, ValueError, subprocess.SubprocessError) as error:
+        result.error = f"{type(error).__name__}: {error}"
+    finally:
+        result.seconds = time.monotonic() - started
+    return result
