@@ -1,5 +1,5 @@
-"""The front's renderer (components/renderers/front_proxy.py), inspected as text and argv. The
-real varnishd and hitch run the same output in tests/integration/test_front_proxy.py."""
+"""The front's renderer (components/renderers/front_proxy.py), inspected as text. The real
+traffic_server runs the same output in tests/integration/test_front_proxy.py."""
 
 from __future__ import annotations
 
@@ -19,29 +19,20 @@ from components.renderers.front_proxy import (
     front_files,
     front_for,
     public_ports,
-    render_hitch_conf,
-    render_varnish_dropin,
-    render_vcl,
-    varnishd_argv,
+    records,
+    render_blob_rules,
+    render_records,
+    render_remap,
+    render_ssl_multicert,
 )
 from components.settings import DEFAULT_UPSTREAMS
 
 CACHES = [(u.container, u.port) for u in DEFAULT_UPSTREAMS]
+CONF = front_proxy.CONFIG_DIR
 
 
-def _options(argv: list[str], flag: str) -> list[str]:
-    return [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == flag]
-
-
-def _hitch(text: str) -> tuple[list[str], dict[str, str]]:
-    """hitch.conf as (frontend ports, top-level key -> value)."""
-    ports = re.findall(r'frontend = \{\n    host = "[^"]*"\n    port = "(\d+)"\n\}', text)
-    top: dict[str, str] = {}
-    for line in text.splitlines():
-        match = re.match(r"^([a-z0-9-]+) = (.*)$", line)
-        if match and match.group(1) != "frontend":
-            top[match.group(1)] = match.group(2)
-    return ports, top
+def _value(front: Front, name: str) -> str | int | float:
+    return records(front)[name][1]
 
 
 def test_default_front_keeps_each_public_port_and_moves_the_registry_behind_it() -> None:
@@ -49,48 +40,56 @@ def test_default_front_keeps_each_public_port_and_moves_the_registry_behind_it()
     assert [c.port for c in front.caches] == [5000, 5010, 5020, 5030, 5040]
     assert [c.backend_port for c in front.caches] == [15000, 15010, 15020, 15030, 15040]
     assert public_ports(front) == [5000, 5010, 5020, 5030, 5040]
-    argv = varnishd_argv(front)
-    assert _options(argv, "-a") == [
-        "cache_registry=:5000,HTTP",
-        "cache_registry_ghcr=:5010,HTTP",
-        "cache_registry_quay=:5020,HTTP",
-        "cache_registry_k8s=:5030,HTTP",
-        "cache_registry_kyverno=:5040,HTTP",
-    ]
-    # Bounded storages only, and coalesced blobs kept out of the unbounded-by-default Transient.
-    assert _options(argv, "-s") == [
-        "blobs=file,/var/lib/registry-front/blobs.bin,8192M",
-        "Transient=malloc,512M",
-    ]
-    assert "shortlived=0" in _options(argv, "-p")
-    assert _options(argv, "-f") == [front_proxy.VCL_PATH]
-    assert "hitch" not in " ".join(argv)
+    # Every address, IPv4 and IPv6; no TLS port.
+    assert _value(front, "proxy.config.http.server_ports") == (
+        "5000 5000:ipv6 5010 5010:ipv6 5020 5020:ipv6 5030 5030:ipv6 5040 5040:ipv6"
+    )
+    remap = render_remap(front)
+    for port in (5000, 5010, 5020, 5030, 5040):
+        # Any name the node uses for the VM; the port picks the registry.
+        assert f"regex_map http://^.*$:{port} http://127.0.0.1:{port + 10000} " in remap
+    assert "https://" not in remap
+    assert _value(front, "proxy.config.admin.user_id") == "trafficserver"
+    assert front_proxy.render_storage(front) == "/var/lib/registry-front/cache.db 8192M\n"
 
 
-def test_vcl_routes_each_port_to_its_registry_and_looks_up_only_blob_gets() -> None:
-    vcl = render_vcl(front_for(CACHES, tls=True))
-    assert vcl.startswith("vcl 4.1;")
-    for name, port in CACHES:
-        backend = "cache_" + name.replace("-", "_")
-        assert (
-            f'backend {backend} {{\n    .host = "127.0.0.1";\n    .port = "{port + 10000}";' in vcl
-        )
-        # Plain and TLS port of one cache pick the same registry.
-        assert (
-            f"(std.port(server.ip) == {port} || std.port(server.ip) == {port + 2}) {{\n"
-            f"        set req.backend_hint = {backend};"
-        ) in vcl
-    assert f'req.method == "GET" && req.url ~ "{BLOB_PATH_RE}"' in vcl
-    assert "!req.http.Authorization" in vcl
-    assert "return (pass);" in vcl
-    # The key: the cache and the path without the query string; never the Host header.
-    hash_sub = vcl[vcl.index("sub vcl_hash") :]
-    hash_sub = hash_sub[: hash_sub.index("\n}\n")]
-    assert "req.http.host" not in hash_sub.lower()
-    assert 'regsub(req.url, "\\?.*$", "")' in hash_sub
-    assert f"set beresp.ttl = {COALESCE_TTL_S}s;" in vcl
-    assert "set beresp.do_stream = true;" in vcl
-    assert "set beresp.uncacheable = true;" in vcl
+def test_records_coalesce_with_read_while_writer_and_keep_blobs_one_second() -> None:
+    front = front_for(CACHES)
+    rec = records(front)
+    # The four read-while-writer settings ATS's docs require.
+    assert rec["proxy.config.cache.enable_read_while_writer"] == ("INT", 1)
+    assert rec["proxy.config.http.background_fill_active_timeout"] == ("INT", 0)
+    assert rec["proxy.config.http.background_fill_completed_threshold"] == ("FLOAT", 0.0)
+    assert rec["proxy.config.cache.max_doc_size"] == ("INT", 0)
+    # Waiters retry the read (READ_RETRY) for as long as the first byte may take.
+    assert rec["proxy.config.http.cache.open_write_fail_action"] == ("INT", 5)
+    retries = rec["proxy.config.http.cache.max_open_read_retries"][1]
+    interval = rec["proxy.config.http.cache.open_read_retry_time"][1]
+    assert isinstance(retries, int) and isinstance(interval, int)
+    assert retries * interval == front.first_byte_timeout_s * 1000
+    for name in ("heuristic_min_lifetime", "heuristic_max_lifetime", "guaranteed_max_lifetime"):
+        assert rec[f"proxy.config.http.cache.{name}"] == ("INT", COALESCE_TTL_S)
+    assert rec["proxy.config.http.negative_caching_enabled"] == ("INT", 0)
+    assert rec["proxy.config.http.connect_attempts_max_retries"] == ("INT", 0)
+    assert rec["proxy.config.http.down_server.cache_time"] == ("INT", 0)
+    text = render_records(front)
+    assert "CONFIG proxy.config.http.background_fill_completed_threshold FLOAT 0.000000\n" in text
+    assert "CONFIG proxy.config.cache.enable_read_while_writer INT 1\n" in text
+
+
+def test_only_blob_gets_without_credentials_use_the_cache() -> None:
+    rules = render_blob_rules()
+    assert "cond %{METHOD} =GET [NOT,OR]" in rules
+    assert "cond %{CLIENT-HEADER:Authorization} /./ [OR]" in rules
+    assert "cond %{CLIENT-URL:PATH} /^v2\\/.+\\/blobs\\/sha256:[0-9a-f]{64}$/ [NOT]" in rules
+    assert "    set-config proxy.config.http.cache.http 0" in rules
+    # An unreachable registry is a 503, as before the front.
+    assert "cond %{STATUS} =502\n    set-status 503" in rules
+    remap = render_remap(front_for(CACHES))
+    for line in remap.splitlines()[1:]:
+        # The rules on every cache's rule, and a key without the query string (?ns=).
+        assert f"@plugin=header_rewrite.so @pparam={CONF}/{front_proxy.BLOB_RULES_NAME}" in line
+        assert "@plugin=cachekey.so @pparam=--remove-all-params=true" in line
 
 
 def test_blob_path_pattern() -> None:
@@ -102,57 +101,60 @@ def test_blob_path_pattern() -> None:
     assert not matches("/v2/library/nginx/manifests/latest")
     assert not matches("/v2/library/nginx/blobs/sha256:abc")
     assert not matches("/v2/library/nginx/blobs/uploads/")
+    # header_rewrite's form of it: the path without its leading slash and query.
+    hrw = re.search(r"CLIENT-URL:PATH\} /(.*)/ \[NOT\]", render_blob_rules())
+    assert hrw is not None
+    hrw_re = re.compile(hrw.group(1).replace("\\/", "/"))
+    assert hrw_re.match(f"v2/library/nginx/blobs/{digest}")
+    assert not hrw_re.match("v2/library/nginx/manifests/latest")
 
 
-def test_oversize_blobs_are_passed_with_a_limit_below_the_storage() -> None:
-    vcl = render_vcl(front_for(CACHES, storage_mb=1024))
-    limit = 512 * 1024 * 1024
-    assert f"std.integer(beresp.http.Content-Length, {limit + 1}) <= {limit}" in vcl
-    vcl = render_vcl(front_for(CACHES, storage_mb=1024, max_object_mb=100))
-    assert f"<= {100 * 1024 * 1024})" in vcl
-
-
-def test_tls_adds_hitch_with_one_frontend_per_cache_and_a_proxy_listener() -> None:
+def test_tls_is_the_same_process_one_port_per_cache() -> None:
     front = front_for(CACHES, tls=True)
-    argv = varnishd_argv(front)
-    assert "hitch=127.0.0.1:6086,PROXY" in _options(argv, "-a")
-    ports, top = _hitch(render_hitch_conf(front))
-    assert ports == ["5002", "5012", "5022", "5032", "5042"]
-    assert top["backend"] == '"[127.0.0.1]:6086"'
-    assert top["write-proxy-v2"] == "on"
-    assert top["pem-file"] == f'"{front_proxy.PEM_PATH}"'
-    assert top["tls-protos"] == "TLSv1.2 TLSv1.3"
-    assert top["user"] == '"_hitch"'
+    ports = str(_value(front, "proxy.config.http.server_ports")).split()
+    assert "5002:ssl" in ports and "5002:ssl:ipv6" in ports and "5000" in ports
+    remap = render_remap(front)
+    # Plain and TLS port of one cache: the same registry (the same key).
+    assert "regex_map http://^.*$:5000 http://127.0.0.1:15000 " in remap
+    assert "regex_map https://^.*$:5002 http://127.0.0.1:15000 " in remap
+    assert render_ssl_multicert(front) == f"dest_ip=* ssl_cert_name={front_proxy.PEM_PATH}\n"
+    assert _value(front, "proxy.config.ssl.TLSv1") == 0
+    assert _value(front, "proxy.config.ssl.TLSv1_1") == 0
     assert public_ports(front) == [5000, 5002, 5010, 5012, 5020, 5022, 5030, 5032, 5040, 5042]
     assert set(front_files(front)) == {
-        front_proxy.VCL_PATH,
-        front_proxy.VARNISH_DROPIN_PATH,
-        front_proxy.HITCH_CONF_PATH,
+        f"{CONF}/records.config",
+        f"{CONF}/remap.config",
+        f"{CONF}/{front_proxy.BLOB_RULES_NAME}",
+        f"{CONF}/storage.config",
+        f"{CONF}/ssl_multicert.config",
+        f"{CONF}/ip_allow.yaml",
+        f"{CONF}/plugin.config",
+        f"{CONF}/{front_proxy.STATS_CONFIG_NAME}",
     }
 
 
 def test_plain_http_off_leaves_only_the_tls_ports() -> None:
     front = front_for(CACHES, tls=True, plain_http=False)
-    assert [a for a in _options(varnishd_argv(front), "-a") if a.endswith(",HTTP")] == []
+    ports = str(_value(front, "proxy.config.http.server_ports")).split()
+    assert all(":ssl" in port for port in ports)
     assert public_ports(front) == [5002, 5012, 5022, 5032, 5042]
-    vcl = render_vcl(front)
-    assert "std.port(server.ip) == 5000" not in vcl
-    assert "(std.port(server.ip) == 5002) {" in vcl
+    remap = render_remap(front)
+    assert "http://^.*$:5000 " not in remap
+    assert "https://^.*$:5002 " in remap
 
 
-def test_without_tls_there_is_no_hitch() -> None:
+def test_without_tls_no_certificate_is_loaded() -> None:
     front = front_for(CACHES)
-    assert front_proxy.HITCH_CONF_PATH not in front_files(front)
-    with pytest.raises(FrontConfigError, match="hitch needs TLS"):
-        render_hitch_conf(front)
+    assert render_ssl_multicert(front) == "# No TLS.\n"
+    assert ":ssl" not in str(_value(front, "proxy.config.http.server_ports"))
 
 
-def test_dropin_replaces_the_packages_exec_start_and_restarts() -> None:
-    text = render_varnish_dropin(front_for(CACHES))
-    assert text.count("ExecStart=") == 2  # the empty one clears the package's
-    assert "ExecStart=\nExecStart=/usr/sbin/varnishd \\\n    -j unix,user=vcache \\\n" in text
-    assert "    -a cache_registry=:5000,HTTP \\\n" in text
-    assert "Restart=always" in text
+def test_counters_only_for_loopback() -> None:
+    files = front_files(front_for(CACHES))
+    assert files[f"{CONF}/{front_proxy.STATS_CONFIG_NAME}"] == (
+        f"path={front_proxy.STATS_PATH}\nallow_ip=127.0.0.1\nallow_ip6=::1\n"
+    )
+    assert files[f"{CONF}/plugin.config"].startswith("stats_over_http.so --integer-counters ")
 
 
 @pytest.mark.parametrize(
@@ -185,7 +187,8 @@ def test_dropin_replaces_the_packages_exec_start_and_restarts() -> None:
             ),
             "not a name",
         ),
-        (lambda f: dataclasses.replace(f, max_object_mb=99999), "larger than the storage"),
+        (lambda f: dataclasses.replace(f, storage_mb=32), "storage_mb below 64"),
+        (lambda f: dataclasses.replace(f, ram_cache_mb=99999), "larger than the storage"),
     ],
 )
 def test_check_front_refuses(change: object, problem: str) -> None:
@@ -195,9 +198,13 @@ def test_check_front_refuses(change: object, problem: str) -> None:
     problems = check_front(front)
     assert any(problem in line for line in problems), problems
     with pytest.raises(FrontConfigError):
-        render_vcl(front)
+        render_records(front)
+    with pytest.raises(FrontConfigError):
+        render_remap(front)
 
 
-def test_ipv6_listen_host_is_bracketed() -> None:
+def test_a_listen_host_binds_each_port_to_it() -> None:
     front = Front((FrontCache("registry", 5000, 15000),), listen_host="::1")
-    assert "cache_registry=[::1]:5000,HTTP" in _options(varnishd_argv(front), "-a")
+    assert _value(front, "proxy.config.http.server_ports") == "5000:ipv6:ip-in=[::1]"
+    front = Front((FrontCache("registry", 5000, 15000),), listen_host="10.0.20.10")
+    assert _value(front, "proxy.config.http.server_ports") == "5000:ip-in=10.0.20.10"

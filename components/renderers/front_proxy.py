@@ -1,27 +1,28 @@
-"""The front of the caches: Varnish (coalesces concurrent cold blob fetches and streams them to
-every waiting client) and, with TLS on, hitch (terminates TLS, hands the plain connection to
-Varnish with the PROXY protocol). Both from Debian; one varnishd and one hitch serve every cache.
+"""The front of the caches: Apache Traffic Server (Debian's ``trafficserver``), ONE process that
+coalesces concurrent cold blob fetches, streams the one fetch to every waiting client
+(read-while-writer) and terminates TLS. One traffic_server serves every cache.
 
-Pure: plain values in, text and argv out, no ``import pulumi``. The design and the measurements
-behind every value here are in docs/design/front-proxy.md. In short:
+Pure: plain values in, config text out, no ``import pulumi``. The design and the measurements
+behind every value here are in docs/design/front-proxy.md (Varnish + hitch, Squid and nginx were
+measured against the same tests). In short:
 
-- Only ``GET /v2/<name>/blobs/sha256:<hex>`` (no ``Authorization``) is looked up. Blobs are
-  content-addressed: every other request (manifests by tag or digest, HEAD, ``/v2/``, pushes,
-  anything with credentials) is passed to the registry untouched, query string included, and its
-  answer (``WWW-Authenticate``, redirects, errors) goes back as the registry gave it.
-- A blob the registry answers 200 for becomes a Varnish object for ``COALESCE_TTL`` seconds and
-  is streamed (``do_stream``): the first request fetches it once; the others wait on it and get
-  the bytes as they arrive (Distribution 2.8 and 3.1.1 ignore ``Range`` on a miss, so nginx's
-  ``slice`` cannot do this and ``proxy_cache_lock`` alone makes them wait for the whole blob).
-  Then it expires: the front never keeps a blob longer than the fetch plus a second, so it does
-  not store the cache twice and never outlives a registry GC by more than that.
-- Any other status is never cached (a hit-for-miss of one second: queued requests go to the
-  registry on their own instead of one by one). A registry that is down gives 503 at once
-  (connect refused on loopback), which containerd treats as "next host".
-- Objects live in one bounded storage (``-s blobs=...``); a blob larger than ``max_object_mb``
-  is passed uncoalesced rather than failing a fetch that cannot be stored.
-- The key is the cache and the path, never the query string (``?ns=`` differs by client setup,
-  not by content) nor the ``Host`` header (nodes name the VM by IP, a DNS name or anything).
+- Only ``GET /v2/<name>/blobs/sha256:<hex>`` without ``Authorization`` goes through the cache
+  (a header_rewrite rule turns the cache off for everything else: manifests by tag or digest,
+  HEAD, ``/v2/``, pushes, anything with credentials). Those are proxied untouched, query string
+  included, and the registry's answer (``WWW-Authenticate``, redirects, errors) comes back as is.
+- The first request for a blob opens the cache write and fetches it once; a request that finds
+  the write taken retries the cache read (``open_write_fail_action`` 5, READ_RETRY) and, once the
+  response headers are in, reads the object while it is written (``enable_read_while_writer``):
+  waiting clients get the bytes as they arrive. Distribution 2.8 and 3.1.1 ignore ``Range`` on a
+  miss, so nothing range-based could do this.
+- A blob is fresh for ``COALESCE_TTL_S`` (the heuristic lifetime: the registry sends no expiry):
+  a request after that asks the registry again, so the registry's hit counters count it and a
+  blob GC'd there is never answered by the front past that second. The bytes stay in the
+  front's bounded disk store until its cyclic writes reuse the space.
+- Non-200 answers are never cached (negative caching off). A registry that is down answers at
+  once (connect refused on loopback, no retry), as 503: containerd takes its next host.
+- The key is the cache (its backend) and the path, never the query string (``?ns=`` differs by
+  client setup, not by content) nor the name the node used for the VM.
 """
 
 from __future__ import annotations
@@ -30,26 +31,22 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-# Seconds a fetched blob stays in the front after its fetch ended: long enough for a request that
-# arrives right at the end of the fetch to join it, short enough that the front never serves what
-# the registry no longer has (GC, expiry) for longer than this.
+# Seconds a fetched blob stays fresh in the front after its fetch: long enough for a request
+# that arrives right at the end of the fetch to join it, short enough that the front never
+# answers for what the registry no longer has (GC, expiry) for longer than this.
 COALESCE_TTL_S = 1
-# Seconds a non-200 answer for a blob is remembered as "not coalescable" (hit-for-miss): the
-# requests queued behind it go to the registry at once, not one after the other.
-HIT_FOR_MISS_S = 1
 BLOB_PATH_RE = r"^/v2/.+/blobs/sha256:[0-9a-f]{64}(\?.*)?$"
+# The same, as header_rewrite sees the path (no leading slash, no query string).
+_HRW_BLOB_PATH = r"/^v2\/.+\/blobs\/sha256:[0-9a-f]{64}$/"
 
-VCL_PATH = "/etc/varnish/registry-mirrors.vcl"
-VARNISH_DROPIN_PATH = "/etc/systemd/system/varnish.service.d/registry-mirrors.conf"
-HITCH_CONF_PATH = "/etc/hitch/hitch.conf"
-PEM_PATH = "/etc/registry-mirrors/tls/front.pem"
-STORAGE_PATH = "/var/lib/registry-front/blobs.bin"
-# Debian's varnish.service values (admin socket and its secret stay where the package puts them:
-# varnishreload and varnishadm find them there).
-ADMIN_LISTEN = "localhost:6082"
-SECRET_PATH = "/etc/varnish/secret"  # noqa: S105 (a path, not a secret)
-# Loopback listener of varnishd that only hitch talks to (PROXY protocol v2).
-PROXY_PORT = 6086
+CONFIG_DIR = "/etc/trafficserver"
+BLOB_RULES_NAME = "registry-mirrors-blobs.config"
+STATS_CONFIG_NAME = "registry-mirrors-stats.config"
+STATS_PATH = "_front_stats"
+PEM_PATH = "/etc/registry-mirrors/tls/front.pem"  # 0600, owned by ATS_USER
+STORAGE_PATH = "/var/lib/registry-front/cache.db"
+# What Debian's trafficserver package creates and runs as.
+ATS_USER = "trafficserver"
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
@@ -61,12 +58,7 @@ class FrontCache:
     name: str  # the cache's container name (registry, registry-ghcr, ...)
     port: int  # public plain-HTTP port (the cache's port today)
     backend_port: int  # where the registry container is published, on backend_host only
-    tls_port: int | None = None  # public HTTPS port (hitch), when TLS is on
-
-    @property
-    def backend(self) -> str:
-        """The VCL backend name (VCL names take no '-')."""
-        return "cache_" + self.name.replace("-", "_")
+    tls_port: int | None = None  # public HTTPS port, when TLS is on
 
 
 @dataclass(frozen=True)
@@ -78,32 +70,29 @@ class Front:
     # Serve plain HTTP on each cache's ``port``. Off once every node speaks HTTPS (see the HTTP ->
     # HTTPS switch in the design): then only the TLS ports are public.
     plain_http: bool = True
-    # hitch's PEM: server certificate, its chain and its key, in one file. None: no TLS.
+    # The PEM: server certificate, its chain and its key, in one file. None: no TLS.
     pem_file: str | None = None
-    # Bounded storage for in-flight blobs: a file (``storage_path``) or memory (None).
-    storage_path: str | None = STORAGE_PATH
+    # The bounded disk store the blobs in flight are written to (a file; ATS reuses it
+    # cyclically). It must hold every blob in flight at one moment.
+    storage_path: str = STORAGE_PATH
     storage_mb: int = 8192
-    # Varnish's Transient storage (pass-through bodies, hit-for-miss): bounded too.
-    transient_mb: int = 512
-    # A blob larger than this is passed, not coalesced (default: half the storage).
-    max_object_mb: int | None = None
-    proxy_port: int = PROXY_PORT
-    admin_listen: str = ADMIN_LISTEN
-    secret_path: str = SECRET_PATH
-    vcl_path: str = VCL_PATH
-    connect_timeout_s: float = 1.0
-    # Upstream time to first byte on a miss is the registry's (it fetches from its upstream).
+    # RAM cache in front of the disk store (small objects: config blobs).
+    ram_cache_mb: int = 64
+    config_dir: str = CONFIG_DIR
+    user: str | None = ATS_USER  # None: stay the user that starts it (tests)
+    # Worker threads: None = ATS's own choice from the cores.
+    threads: int | None = None
+    connect_timeout_s: int = 1
+    # Upstream time to first byte on a miss is the registry's (it fetches from its upstream):
+    # a request waiting on a fetch in flight waits this long for its response headers.
     first_byte_timeout_s: int = 60
     between_bytes_timeout_s: int = 60
-    extra_params: Mapping[str, str] = field(default_factory=dict)
+    # Extra records.config entries: name -> (type, value).
+    extra_records: Mapping[str, tuple[str, str | int | float]] = field(default_factory=dict)
 
     @property
     def tls(self) -> bool:
         return self.pem_file is not None
-
-    @property
-    def resolved_max_object_mb(self) -> int:
-        return self.max_object_mb if self.max_object_mb is not None else self.storage_mb // 2
 
 
 class FrontConfigError(ValueError):
@@ -136,9 +125,9 @@ def check_front(front: Front) -> list[str]:
     for cache in front.caches:
         if not _NAME.match(cache.name):
             problems.append(f"cache {cache.name!r}: not a name (letters, digits, - and _)")
-        if cache.backend in names:
+        if cache.name in names:
             problems.append(f"cache {cache.name!r}: listed twice")
-        names.add(cache.backend)
+        names.add(cache.name)
         claim(public, cache.port, f"{cache.name} HTTP")
         if front.tls:
             if cache.tls_port is None:
@@ -153,14 +142,10 @@ def check_front(front: Front) -> list[str]:
                 f"{public[cache.backend_port]}"
             )
         claim(loopback, cache.backend_port, f"{cache.name} backend")
-    if front.tls:
-        for port in (front.proxy_port,):
-            if port in public or port in loopback:
-                problems.append(f"front PROXY listener: port {port} is already in use")
     if front.storage_mb < 64:
         problems.append("front: storage_mb below 64 cannot hold a useful blob")
-    if front.resolved_max_object_mb > front.storage_mb:
-        problems.append("front: max_object_mb is larger than the storage")
+    if front.ram_cache_mb > front.storage_mb:
+        problems.append("front: ram_cache_mb is larger than the storage")
     return problems
 
 
@@ -171,196 +156,189 @@ def _checked(front: Front) -> Front:
     return front
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}s"
+def _port_descriptors(front: Front, port: int, *, ssl: bool) -> list[str]:
+    """records.config server_ports entries for one public port."""
+    tail = ":ssl" if ssl else ""
+    host = front.listen_host
+    if not host:
+        return [f"{port}{tail}", f"{port}{tail}:ipv6"]
+    family = ":ipv6" if ":" in host else ""
+    address = f"[{host}]" if ":" in host else host
+    return [f"{port}{tail}{family}:ip-in={address}"]
 
 
-def render_vcl(front: Front) -> str:
-    """The VCL: one backend per cache, chosen by the port the client connected to."""
+def records(front: Front) -> dict[str, tuple[str, str | int | float]]:
+    """records.config as name -> (type, value)."""
     _checked(front)
-    lines = [
-        "vcl 4.1;",
-        "# Rendered by registry-mirrors (components/renderers/front_proxy.py); changes are",
-        "# overwritten. Why each rule is here: docs/design/front-proxy.md.",
-        "",
-        "import std;",
-        "",
-    ]
+    ports: list[str] = []
     for cache in front.caches:
-        lines += [
-            f"backend {cache.backend} {{",
-            f'    .host = "{front.backend_host}";',
-            f'    .port = "{cache.backend_port}";',
-            f"    .connect_timeout = {_seconds(front.connect_timeout_s)};",
-            f"    .first_byte_timeout = {_seconds(front.first_byte_timeout_s)};",
-            f"    .between_bytes_timeout = {_seconds(front.between_bytes_timeout_s)};",
-            "}",
-            "",
-        ]
-    max_bytes = front.resolved_max_object_mb * 1024 * 1024
-    lines += [
-        "sub vcl_recv {",
-        "    # server.ip is the address the client connected to (behind hitch: from the PROXY",
-        "    # header), so one port of each cache, plain or TLS, picks its registry.",
-    ]
-    keyword = "if"
-    for cache in front.caches:
-        ports = [cache.port] if front.plain_http else []
+        if front.plain_http:
+            ports += _port_descriptors(front, cache.port, ssl=False)
         if front.tls and cache.tls_port is not None:
-            ports.append(cache.tls_port)
-        test = " || ".join(f"std.port(server.ip) == {port}" for port in ports)
-        lines += [
-            f"    {keyword} ({test}) {{",
-            f"        set req.backend_hint = {cache.backend};",
-        ]
-        keyword = "} elsif"
-    lines += [
-        "    } else {",
-        '        return (synth(404, "No cache on this port"));',
-        "    }",
-        "    # Only blobs, which are content-addressed, and only without credentials.",
-        f'    if (req.method == "GET" && req.url ~ "{BLOB_PATH_RE}"',
-        "        && !req.http.Authorization) {",
-        "        return (hash);",
-        "    }",
-        "    return (pass);",
-        "}",
-        "",
-        "sub vcl_hash {",
-        "    # The cache and the path; never the query string (?ns=) nor the Host header.",
-        "    hash_data(req.backend_hint);",
-        '    hash_data(regsub(req.url, "\\?.*$", ""));',
-        "    return (lookup);",
-        "}",
-        "",
-        "sub vcl_backend_response {",
-        "    if (bereq.uncacheable) {",
-        "        return (deliver);",
-        "    }",
-        "    if (beresp.status == 200",
-        f"        && std.integer(beresp.http.Content-Length, {max_bytes + 1}) <= {max_bytes}) {{",
-        "        # Streamed to every client waiting on it while it arrives; gone a moment after.",
-        "        set beresp.storage = storage.blobs;",
-        f"        set beresp.ttl = {COALESCE_TTL_S}s;",
-        "        set beresp.grace = 0s;",
-        "        set beresp.keep = 0s;",
-        "        set beresp.do_stream = true;",
-        "        return (deliver);",
-        "    }",
-        "    # Errors, redirects, 404 and blobs too large for the storage: never cached; the",
-        "    # requests waiting on this one go to the registry on their own.",
-        "    set beresp.uncacheable = true;",
-        f"    set beresp.ttl = {HIT_FOR_MISS_S}s;",
-        "    set beresp.grace = 0s;",
-        "    set beresp.do_stream = true;",
-        "    return (deliver);",
-        "}",
-        "",
-        "sub vcl_deliver {",
-        "    unset resp.http.Via;",
-        "}",
-        "",
+            ports += _port_descriptors(front, cache.tls_port, ssl=True)
+    result: dict[str, tuple[str, str | int | float]] = {
+        "proxy.config.http.server_ports": ("STRING", " ".join(ports)),
+        "proxy.config.admin.user_id": ("STRING", front.user or "#-1"),
+        "proxy.config.proxy_name": ("STRING", "registry-front"),
+        # A reverse proxy only: a request must match a remap rule (one per cache port).
+        "proxy.config.reverse_proxy.enabled": ("INT", 1),
+        "proxy.config.url_remap.remap_required": ("INT", 1),
+        "proxy.config.url_remap.pristine_host_hdr": ("INT", 1),
+        "proxy.config.http.insert_request_via_str": ("INT", 0),
+        "proxy.config.http.insert_response_via_str": ("INT", 0),
+        "proxy.config.http.response_server_enabled": ("INT", 0),
+        # What is cached: blobs only (the header_rewrite rule turns it off for the rest); the
+        # registry sends neither Expires nor Last-Modified, so the heuristic lifetime is the
+        # object's life; ``?ns=`` is not "dynamic"; errors are never cached.
+        "proxy.config.http.cache.http": ("INT", 1),
+        "proxy.config.http.cache.required_headers": ("INT", 0),
+        "proxy.config.http.cache.cache_urls_that_look_dynamic": ("INT", 1),
+        "proxy.config.http.cache.heuristic_min_lifetime": ("INT", COALESCE_TTL_S),
+        "proxy.config.http.cache.heuristic_max_lifetime": ("INT", COALESCE_TTL_S),
+        "proxy.config.http.cache.guaranteed_max_lifetime": ("INT", COALESCE_TTL_S),
+        "proxy.config.http.cache.max_stale_age": ("INT", 0),
+        "proxy.config.http.cache.ignore_authentication": ("INT", 0),
+        "proxy.config.http.negative_caching_enabled": ("INT", 0),
+        "proxy.config.http.cache.range.lookup": ("INT", 0),
+        # Read-while-writer: ATS's docs require all four. max_doc_size 0 is one of them:
+        # measured, with a size limit the waiting clients got nothing until the fetch ended.
+        "proxy.config.cache.enable_read_while_writer": ("INT", 1),
+        "proxy.config.http.background_fill_active_timeout": ("INT", 0),
+        "proxy.config.http.background_fill_completed_threshold": ("FLOAT", 0.0),
+        "proxy.config.cache.max_doc_size": ("INT", 0),
+        "proxy.config.cache.read_while_writer.max_retries": ("INT", 100),
+        "proxy.config.cache.read_while_writer_retry.delay": ("INT", 50),
+        # A request that finds the blob's write taken (a fetch in flight, headers not in yet)
+        # retries the cache read instead of going to the registry itself (5 = READ_RETRY), for
+        # up to the first-byte timeout.
+        "proxy.config.http.cache.open_write_fail_action": ("INT", 5),
+        "proxy.config.http.cache.max_open_write_retries": ("INT", 1),
+        "proxy.config.http.cache.open_read_retry_time": ("INT", 100),
+        "proxy.config.http.cache.max_open_read_retries": ("INT", front.first_byte_timeout_s * 10),
+        # A registry that is down: refused at once on loopback, no retry, no "down" memory.
+        "proxy.config.http.connect_attempts_max_retries": ("INT", 0),
+        "proxy.config.http.connect_attempts_max_retries_dead_server": ("INT", 0),
+        "proxy.config.http.connect_attempts_rr_retries": ("INT", 0),
+        "proxy.config.http.connect_attempts_timeout": ("INT", front.connect_timeout_s),
+        "proxy.config.http.down_server.cache_time": ("INT", 0),
+        "proxy.config.http.transaction_no_activity_timeout_out": (
+            "INT",
+            max(front.first_byte_timeout_s, front.between_bytes_timeout_s),
+        ),
+        "proxy.config.http.transaction_active_timeout_out": ("INT", 0),
+        # Nodes keep their connections between pulls (seconds).
+        "proxy.config.http.keep_alive_no_activity_timeout_in": ("INT", 3600),
+        "proxy.config.cache.ram_cache.size": ("INT", front.ram_cache_mb * 1024 * 1024),
+        # Refuse to start without the disk store (nothing could be coalesced).
+        "proxy.config.http.wait_for_cache": ("INT", 2),
+        "proxy.config.ssl.server.multicert.exit_on_load_fail": ("INT", 1),
+        "proxy.config.ssl.TLSv1": ("INT", 0),
+        "proxy.config.ssl.TLSv1_1": ("INT", 0),
+        "proxy.config.ssl.server.cert.path": ("STRING", front.config_dir),
+        "proxy.config.ssl.server.private_key.path": ("STRING", front.config_dir),
+    }
+    if front.threads is not None:
+        result["proxy.config.exec_thread.autoconfig"] = ("INT", 0)
+        result["proxy.config.exec_thread.limit"] = ("INT", front.threads)
+    result.update(front.extra_records)
+    return result
+
+
+def render_records(front: Front) -> str:
+    lines = [
+        "# Rendered by registry-mirrors (components/renderers/front_proxy.py); changes are",
+        "# overwritten. Why each record is here: docs/design/front-proxy.md.",
     ]
-    return "\n".join(lines)
-
-
-def _listen(host: str, port: int) -> str:
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}"
-
-
-def varnishd_argv(
-    front: Front,
-    *,
-    binary: str = "/usr/sbin/varnishd",
-    jail: str = "unix,user=vcache",
-    workdir: str | None = None,
-) -> list[str]:
-    """varnishd's command line (foreground, as systemd runs it)."""
-    _checked(front)
-    argv = [binary, "-j", jail, "-F"]
-    if workdir is not None:
-        argv += ["-n", workdir]
-    if front.plain_http:
-        for cache in front.caches:
-            argv += ["-a", f"{cache.backend}={_listen(front.listen_host, cache.port)},HTTP"]
-    if front.tls:
-        argv += ["-a", f"hitch={_listen('127.0.0.1', front.proxy_port)},PROXY"]
-    argv += ["-T", front.admin_listen, "-S", front.secret_path, "-f", front.vcl_path]
-    if front.storage_path is not None:
-        argv += ["-s", f"blobs=file,{front.storage_path},{front.storage_mb}M"]
-    else:
-        argv += ["-s", f"blobs=malloc,{front.storage_mb}M"]
-    argv += ["-s", f"Transient=malloc,{front.transient_mb}M"]
-    # Varnish puts every object whose ttl + grace + keep is below `shortlived` (10 s) into
-    # Transient, whatever the VCL says: the coalesced blobs (1 s) must go to the bounded storage.
-    params = {"shortlived": "0", **front.extra_params}
-    for key, value in sorted(params.items()):
-        argv += ["-p", f"{key}={value}"]
-    return argv
-
-
-def _systemd_quote(arg: str) -> str:
-    if re.match(r"^[A-Za-z0-9_./:=,+@-]+$", arg):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def render_varnish_dropin(front: Front) -> str:
-    """A drop-in for Debian's varnish.service: our listeners, VCL and storage."""
-    argv = varnishd_argv(front)
-    # One option and its value per line.
-    lines = [_systemd_quote(argv[0])]
-    for arg in argv[1:]:
-        if arg.startswith("-"):
-            lines.append(_systemd_quote(arg))
-        else:
-            lines[-1] += " " + _systemd_quote(arg)
-    exec_start = " \\\n    ".join(lines)
-    return (
-        "# Rendered by registry-mirrors (components/renderers/front_proxy.py).\n"
-        "[Service]\n"
-        "ExecStart=\n"
-        f"ExecStart={exec_start}\n"
-        # Never leave the caches without their front for long (containerd then goes upstream).
-        "Restart=always\n"
-        "RestartSec=1\n"
-    )
-
-
-def render_hitch_conf(front: Front, *, user: str | None = "_hitch") -> str:
-    """hitch.conf: one frontend per cache's TLS port, all handed to varnishd's PROXY listener."""
-    _checked(front)
-    if front.pem_file is None:
-        raise FrontConfigError(["front: hitch needs TLS (pem_file)"])
-    host = front.listen_host or "*"
-    lines = ["# Rendered by registry-mirrors (components/renderers/front_proxy.py)."]
-    for cache in front.caches:
-        lines += ["frontend = {", f'    host = "{host}"', f'    port = "{cache.tls_port}"', "}"]
-    lines += [
-        f'backend = "[127.0.0.1]:{front.proxy_port}"',
-        f'pem-file = "{front.pem_file}"',
-        "write-proxy-v2 = on",
-        "tls-protos = TLSv1.2 TLSv1.3",
-        'alpn-protos = "http/1.1"',
-        "workers = 2",
-        "backlog = 1024",
-        # Nodes keep connections open between pulls: keep them (seconds).
-        "keepalive = 3600",
-        "daemon = off",
-    ]
-    if user is not None:
-        lines += [f'user = "{user}"', f'group = "{user}"']
+    for name, (kind, value) in records(front).items():
+        if isinstance(value, float):
+            value = f"{value:f}"
+        lines.append(f"CONFIG {name} {kind} {value}")
     return "\n".join(lines) + "\n"
 
 
+def render_blob_rules() -> str:
+    """header_rewrite rules for every cache's remap rule."""
+    return "\n".join(
+        [
+            "# Rendered by registry-mirrors (components/renderers/front_proxy.py).",
+            "# Only blob GETs without credentials go through the cache (content-addressed);",
+            "# everything else is proxied as it came, never looked up, never stored.",
+            "cond %{METHOD} =GET [NOT,OR]",
+            "cond %{CLIENT-HEADER:Authorization} /./ [OR]",
+            f"cond %{{CLIENT-URL:PATH}} {_HRW_BLOB_PATH} [NOT]",
+            "    set-config proxy.config.http.cache.http 0",
+            "# The registry unreachable (ATS says 502): 503, as Distribution and Varnish say it;",
+            "# containerd takes its next host on either.",
+            "cond %{SEND_RESPONSE_HDR_HOOK} [AND]",
+            "cond %{STATUS} =502",
+            "    set-status 503",
+            "",
+        ]
+    )
+
+
+def render_remap(front: Front) -> str:
+    """One rule per public port: any name the node uses for the VM, this port -> its registry.
+    The cache key is the registry (the remapped URL) and the path, never the query string."""
+    _checked(front)
+    rules_path = f"{front.config_dir}/{BLOB_RULES_NAME}"
+    plugins = (
+        f"@plugin=header_rewrite.so @pparam={rules_path} "
+        "@plugin=cachekey.so @pparam=--remove-all-params=true"
+    )
+    lines = ["# Rendered by registry-mirrors (components/renderers/front_proxy.py)."]
+    for cache in front.caches:
+        target = f"http://{front.backend_host}:{cache.backend_port}"
+        if front.plain_http:
+            lines.append(f"regex_map http://^.*$:{cache.port} {target} {plugins}")
+        if front.tls and cache.tls_port is not None:
+            lines.append(f"regex_map https://^.*$:{cache.tls_port} {target} {plugins}")
+    return "\n".join(lines) + "\n"
+
+
+def render_storage(front: Front) -> str:
+    return f"{front.storage_path} {front.storage_mb}M\n"
+
+
+def render_ssl_multicert(front: Front) -> str:
+    if front.pem_file is None:
+        return "# No TLS.\n"
+    return f"dest_ip=* ssl_cert_name={front.pem_file}\n"
+
+
+def render_ip_allow() -> str:
+    """Nodes may use any method (pushes pass through to the registry, which decides)."""
+    return (
+        "ip_allow:\n"
+        "  - apply: in\n    ip_addrs: [0/0, ::/0]\n    action: allow\n    methods: ALL\n"
+        "  - apply: out\n    ip_addrs: [0/0, ::/0]\n    action: allow\n    methods: ALL\n"
+    )
+
+
+def render_plugin_config(front: Front) -> str:
+    # Counters (cache_miss_cold, cache_hit_rww, ...) as JSON for health checks and the exporter.
+    return f"stats_over_http.so --integer-counters {front.config_dir}/{STATS_CONFIG_NAME}\n"
+
+
+def render_stats_config() -> str:
+    """stats_over_http answers ``/_front_stats`` on every port, to loopback clients only."""
+    return f"path={STATS_PATH}\nallow_ip=127.0.0.1\nallow_ip6=::1\n"
+
+
 def front_files(front: Front) -> dict[str, str]:
-    """What the front needs on the VM: absolute path -> text."""
-    files = {front.vcl_path: render_vcl(front), VARNISH_DROPIN_PATH: render_varnish_dropin(front)}
-    if front.tls:
-        files[HITCH_CONF_PATH] = render_hitch_conf(front)
-    return files
+    """What the front needs on the VM: absolute path -> text (Debian's trafficserver package
+    provides every other file of /etc/trafficserver)."""
+    base = front.config_dir
+    return {
+        f"{base}/records.config": render_records(front),
+        f"{base}/remap.config": render_remap(front),
+        f"{base}/{BLOB_RULES_NAME}": render_blob_rules(),
+        f"{base}/storage.config": render_storage(front),
+        f"{base}/ssl_multicert.config": render_ssl_multicert(front),
+        f"{base}/ip_allow.yaml": render_ip_allow(),
+        f"{base}/plugin.config": render_plugin_config(front),
+        f"{base}/{STATS_CONFIG_NAME}": render_stats_config(),
+    }
 
 
 def default_backend_port(port: int) -> int:

@@ -1,15 +1,17 @@
-"""Run the real front (Debian's varnishd, and hitch when TLS is on) with the RENDERED config
-(components/renderers/front_proxy.py), on loopback, for tests and benchmarks.
+"""Run the real front (Debian's Apache Traffic Server, ``traffic_server``) with the RENDERED
+config (components/renderers/front_proxy.py), on loopback, for tests and benchmarks.
 
-    front = front_for([("registry", free_port())], ...)        # plain values, as rendered
+    front = Front((FrontCache("registry", free_port(), backend_port),), ...)  # plain values
     with running_front(front, workdir) as proc:
         proc.url(cache)           # "http://127.0.0.1:<port>" (or https://...:<tls_port>)
-        proc.stat("MAIN.busy_sleep")   # a varnishstat counter
-        proc.log()                # varnishd's (and hitch's) output
+        proc.stat("proxy.process.http.cache_hit_rww")   # an ATS counter
+        proc.log()                # traffic_server's output and diags.log
 
-Only what cannot be the production value changes: varnishd runs without a jail (``-j none``),
-in its own working directory (``-n``), with an admin port and secret of its own; hitch runs as
-the caller. Processes are stopped by pid.
+Only what cannot be the production value changes: the files go to ``workdir/etc`` (a runroot
+points traffic_server at them instead of /etc/trafficserver), the disk store is a file in
+``workdir``, it stays the caller's user, binds loopback, uses two threads (2 shared cores) and
+syncs its counters every 100 ms so a test reads them right after the requests. The package's
+other config files are copied as they are. The process is stopped by pid.
 """
 
 from __future__ import annotations
@@ -17,24 +19,27 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-import secrets
+import shutil
 import socket
+import ssl
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.renderers.front_proxy import (
+    STATS_PATH,
     Front,
     FrontCache,
-    render_hitch_conf,
-    render_vcl,
-    varnishd_argv,
+    check_front,
+    front_files,
 )
-from tests.integration.registry_proc import LOOPBACK, free_port, terminate
+from tests.integration.registry_proc import LOOPBACK, terminate
 from tests.prereq import require_binary
+
+PACKAGE_CONFIG = Path("/etc/trafficserver")
 
 
 class FrontStartError(RuntimeError):
@@ -45,8 +50,7 @@ class FrontStartError(RuntimeError):
 class FrontProcess:
     front: Front
     workdir: Path
-    varnishd: subprocess.Popen[bytes]
-    hitch: subprocess.Popen[bytes] | None
+    process: subprocess.Popen[bytes]
     host: str = LOOPBACK
 
     def url(self, cache: FrontCache, *, tls: bool = False) -> str:
@@ -57,97 +61,117 @@ class FrontProcess:
     def log(self) -> str:
         return "".join(
             path.read_text(errors="replace")
-            for path in (self.workdir / "varnishd.log", self.workdir / "hitch.log")
+            for path in (self.workdir / "traffic_server.out", self.workdir / "log" / "diags.log")
             if path.exists()
         )
 
     def stats(self) -> dict[str, int]:
-        """Every varnishstat counter: name -> value."""
-        result = subprocess.run(
-            ["varnishstat", "-n", str(self.workdir / "vd"), "-1", "-j"],
-            capture_output=True, text=True, check=True, timeout=30,
-        )  # fmt: skip
-        data = json.loads(result.stdout)
-        counters = data.get("counters", data)  # 7.x nests them under "counters"
+        """Every numeric ATS counter: name -> value (stats_over_http, from loopback)."""
+        time.sleep(0.3)  # two counter syncs (raw_stat_sync_interval_ms = 100)
+        cache = self.front.caches[0]
+        if self.front.plain_http:
+            url = f"http://{self.host}:{cache.port}/{STATS_PATH}"
+            opener = urllib.request.build_opener()
+        else:
+            url = f"https://{self.host}:{cache.tls_port}/{STATS_PATH}"
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context))
+        with opener.open(url, timeout=30) as response:
+            data = json.load(response)
         return {
-            name: int(value["value"])
-            for name, value in counters.items()
-            if isinstance(value, dict) and "value" in value
+            name: int(value)
+            for name, value in data["global"].items()
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit())
         }
 
     def stat(self, name: str) -> int:
         return self.stats().get(name, 0)
 
     def stop(self) -> None:
-        if self.hitch is not None:
-            terminate(self.hitch, grace=5)
-        terminate(self.varnishd, grace=10)
+        terminate(self.process, grace=10)
 
 
 def _wait_listening(port: int, host: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise FrontStartError(f"exited with {process.returncode}:\n{log.read_text()[-3000:]}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
             return
         time.sleep(0.05)
-    raise FrontStartError(f"{host}:{port} not listening after 30 s:\n{log.read_text()[-3000:]}")
+    raise FrontStartError(f"{host}:{port} not listening after 60 s:\n{log.read_text()[-3000:]}")
 
 
 def loopback_front(front: Front, workdir: Path) -> Front:
-    """``front`` bound to loopback, with a storage file, admin port and secret in ``workdir``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    secret = workdir / "secret"
-    secret.write_text(secrets.token_hex(16))
-    secret.chmod(0o600)
+    """``front`` bound to loopback, with its config directory and disk store in ``workdir``."""
     return dataclasses.replace(
         front,
         listen_host=LOOPBACK,
         backend_host=LOOPBACK,
-        storage_path=str(workdir / "blobs.bin") if front.storage_path else None,
-        admin_listen=f"{LOOPBACK}:{free_port()}",
-        secret_path=str(secret),
-        vcl_path=str(workdir / "front.vcl"),
-        proxy_port=free_port() if front.tls else front.proxy_port,
+        storage_path=str(workdir / "cache" / "cache.db"),
+        config_dir=str(workdir / "etc"),
+        user=None,
+        threads=2,
+        extra_records={
+            "proxy.config.raw_stat_sync_interval_ms": ("INT", 100),
+            "proxy.config.log.logfile_dir": ("STRING", str(workdir / "log")),
+            "proxy.config.log.max_space_mb_headroom": ("INT", 10),
+            # Nothing to resolve: every backend is an address.
+            "proxy.config.dns.resolv_conf": ("STRING", "NULL"),
+            "proxy.config.dns.nameservers": ("STRING", LOOPBACK),
+            **front.extra_records,
+        },
     )
 
 
-def start_front(front: Front, workdir: Path) -> FrontProcess:
-    """Serve ``front`` (rendered, then bound to loopback by ``loopback_front``) until stopped.
-    Returns once every public port accepts connections."""
-    varnishd = require_binary("varnishd")
+def write_config(front: Front, workdir: Path) -> tuple[Front, Path]:
+    """The rendered files for ``front`` (bound to loopback) under ``workdir``; returns the
+    loopback front and the runroot file that points traffic_server at them."""
     front = loopback_front(front, workdir)
-    Path(front.vcl_path).write_text(render_vcl(front))
-    argv = varnishd_argv(front, binary=varnishd, jail="none", workdir=str(workdir / "vd"))
-    log_path = workdir / "varnishd.log"
+    problems = check_front(front)
+    if problems:
+        raise FrontStartError("\n".join(problems))
+    etc = Path(front.config_dir)
+    if etc.exists():
+        shutil.rmtree(etc)
+    shutil.copytree(PACKAGE_CONFIG, etc)
+    for name in ("log", "run", "cache"):
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+    for path, text in front_files(front).items():
+        Path(path).write_text(text)
+    # ATS wants the store file to exist; sparse, as the production file is before it fills.
+    with Path(front.storage_path).open("wb") as store:
+        store.truncate(front.storage_mb * 1024 * 1024)
+    runroot = workdir / "runroot.yaml"
+    runroot.write_text(
+        "prefix: /usr\nexec_prefix: /usr\nbindir: /usr/bin\nsbindir: /usr/sbin\n"
+        f"sysconfdir: {etc}\ndatadir: /usr/share/trafficserver\nincludedir: /usr/include\n"
+        "libdir: /usr/lib/trafficserver\nlibexecdir: /usr/lib/trafficserver/modules\n"
+        f"localstatedir: {workdir}/run\nruntimedir: {workdir}/run\nlogdir: {workdir}/log\n"
+        f"cachedir: {workdir}/cache\n"
+    )
+    return front, runroot
+
+
+def start_front(front: Front, workdir: Path) -> FrontProcess:
+    """Serve ``front`` (rendered, bound to loopback by ``loopback_front``) until stopped.
+    Returns once every public port accepts connections."""
+    binary = require_binary("traffic_server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    front, runroot = write_config(front, workdir)
+    log_path = workdir / "traffic_server.out"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL)  # fmt: skip
-    proc = FrontProcess(front, workdir, process, None)
+        process = subprocess.Popen([binary, f"--run-root={runroot}"], stdout=log,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+    proc = FrontProcess(front, workdir, process)
     try:
-        ports = [c.port for c in front.caches] if front.plain_http else []
-        if front.tls:
-            ports.append(front.proxy_port)
-        for port in ports:
-            _wait_listening(port, LOOPBACK, process, log_path)
-        if front.tls:
-            hitch = require_binary("hitch")
-            conf = workdir / "hitch.conf"
-            # hitch refuses to run its workers as root: as root, the production user (Debian's
-            # hitch package creates it); it reads the pem before dropping privileges.
-            user = "_hitch" if os.geteuid() == 0 else None
-            conf.write_text(render_hitch_conf(front, user=user))
-            with (workdir / "hitch.log").open("ab") as log:
-                proc.hitch = subprocess.Popen(
-                    [hitch, "--config", str(conf)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            for cache in front.caches:
-                assert cache.tls_port is not None
-                _wait_listening(cache.tls_port, LOOPBACK, proc.hitch, workdir / "hitch.log")
+        for cache in front.caches:
+            if front.plain_http:
+                _wait_listening(cache.port, LOOPBACK, process, log_path)
+            if front.tls and cache.tls_port is not None:
+                _wait_listening(cache.tls_port, LOOPBACK, process, log_path)
     except BaseException:
         proc.stop()
         raise
@@ -163,21 +187,21 @@ def running_front(front: Front, workdir: Path) -> Iterator[FrontProcess]:
         proc.stop()
 
 
-def vcl_compiles(front: Front, workdir: Path) -> subprocess.CompletedProcess[str]:
-    """``varnishd -C``: the rendered VCL through Varnish's own compiler (with its storages)."""
-    varnishd = require_binary("varnishd")
-    front = loopback_front(front, workdir)
-    Path(front.vcl_path).write_text(render_vcl(front))
-    # -C needs the storages the VCL names, not their sizes or kind.
-    argv = [varnishd, "-C", "-j", "none", "-n", str(workdir / "vd"), "-f", front.vcl_path,
-            "-s", "blobs=malloc,16M"]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+def verify_config(front: Front, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """``traffic_server -C verify_config``: the rendered files through ATS's own loader."""
+    binary = require_binary("traffic_server")
+    workdir.mkdir(parents=True, exist_ok=True)
+    _front, runroot = write_config(front, workdir)
+    return subprocess.run(
+        [binary, f"--run-root={runroot}", "-C", "verify_config"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class TestCa:
     ca_cert: Path  # what nodes trust (hosts.toml `ca = [...]`)
-    pem: Path  # hitch's pem-file: server certificate, then its key
+    pem: Path  # the front's PEM: server certificate, then its key
     server_cert: Path
 
 
