@@ -1,7 +1,9 @@
-"""One Distribution pull-through cache per upstream on the registry VM, plus their maintenance.
+"""One Distribution pull-through cache per upstream on the registry VM, the front in front of
+them (one Apache Traffic Server: it coalesces concurrent cold blob fetches and terminates TLS),
+plus their maintenance.
 
-Wiring only: config text comes from ``renderers.registry_config``, cron text from
-``renderers.maintenance``, node-side actions from ``scripts/vm/*.sh``.
+Wiring only: config text comes from ``renderers.registry_config`` and ``renderers.front_proxy``,
+cron text from ``renderers.maintenance``, VM-side actions from ``scripts/vm/*.sh``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from pulumi_command import remote
 
 from components.renderers import maintenance
 from components.renderers.bundle import mirrors_export
+from components.renderers.front_proxy import (
+    FRONT_SCRIPT,
+    front_bundle,
+    front_params,
+    settings_front,
+)
 from components.renderers.registry_config import (
     container_spec,
     distribution,
@@ -23,7 +31,7 @@ from components.renderers.registry_config import (
     vm_config_path,
     vm_data_dir,
 )
-from components.renderers.shell import remote_command
+from components.renderers.shell import as_root, remote_command
 from components.settings import Settings, Upstream
 from components.ssh import SshTarget
 
@@ -95,13 +103,15 @@ class RegistryMirrors(pulumi.ComponentResource):
             config = self._create_config(upstream, content)
             self.configs[upstream.host] = config
             self.containers[upstream.host] = self._create_container(upstream, config, content)
+        self.front = self._create_front()
         self.maintenance = self._create_maintenance()
 
         plain = mirrors_export(settings)
-        # Resolves once every container exists, so consumers never point nodes at a missing cache.
-        self.mirrors = pulumi.Output.all(*[c.id for c in self.containers.values()]).apply(
-            lambda _ids: plain
-        )
+        # Resolves once every container and the front exist, so consumers never point nodes at a
+        # missing cache.
+        self.mirrors = pulumi.Output.all(
+            self.front.id, *[c.id for c in self.containers.values()]
+        ).apply(lambda _ids: plain)
         self.register_outputs({"mirrors": self.mirrors})
 
     def _create_config(self, upstream: Upstream, content: pulumi.Output[str]) -> remote.Command:
@@ -149,7 +159,11 @@ class RegistryMirrors(pulumi.ComponentResource):
             # A proxy panics at start when its upstream is unreachable (e.g. VM boot before the
             # network is up): docker must keep restarting it.
             restart="always",
-            ports=[docker.ContainerPortArgs(internal=port, external=port) for port in spec.ports],
+            # The registry on the VM's loopback (the front forwards to it), its metrics public.
+            ports=[
+                docker.ContainerPortArgs(internal=internal, external=external, ip=address)
+                for address, external, internal in spec.published
+            ],
             volumes=[
                 docker.ContainerVolumeArgs(
                     host_path=spec.config_host_path,
@@ -186,6 +200,28 @@ class RegistryMirrors(pulumi.ComponentResource):
                 provider=self.provider,
                 depends_on=[config],
                 # Same name and host ports: the old container must go before the new one starts.
+                delete_before_replace=True,
+            ),
+        )
+
+    def _create_front(self) -> remote.Command:
+        """The front's files installed and live (scripts/vm/front.sh): after the containers, so
+        each public port is free for it (a cache used to publish its registry there); plain
+        ports serving, since a node not yet switched to https:// still uses them."""
+        front = settings_front(self._settings, serve_plain=True)
+        user = self._settings.vm.ssh_user
+        command = as_root(remote_command(FRONT_SCRIPT, front_params(front)), user)
+        return remote.Command(
+            f"{self._name}-front",
+            connection=self._ssh.connection(),
+            create=command,
+            update=command,
+            # The caches stay; nothing listens on their public ports any more.
+            delete=as_root("systemctl disable --now trafficserver\n", user),
+            stdin=front_bundle(front),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self._ready, *self.containers.values()],
                 delete_before_replace=True,
             ),
         )

@@ -88,7 +88,8 @@ def test_only_blob_gets_without_credentials_use_the_cache() -> None:
     remap = render_remap(front_for(CACHES))
     for line in remap.splitlines()[1:]:
         # The rules on every cache's rule, and a key without the query string (?ns=).
-        assert f"@plugin=header_rewrite.so @pparam={CONF}/{front_proxy.BLOB_RULES_NAME}" in line
+        # By name: ATS reads it from its config directory (front.sh checks a staged copy).
+        assert f"@plugin=header_rewrite.so @pparam={front_proxy.BLOB_RULES_NAME} " in line
         assert "@plugin=cachekey.so @pparam=--remove-all-params=true" in line
 
 
@@ -117,7 +118,8 @@ def test_tls_is_the_same_process_one_port_per_cache() -> None:
     # Plain and TLS port of one cache: the same registry (the same key).
     assert "regex_map http://^.*$:5000 http://127.0.0.1:15000 " in remap
     assert "regex_map https://^.*$:5002 http://127.0.0.1:15000 " in remap
-    assert render_ssl_multicert(front) == f"dest_ip=* ssl_cert_name={front_proxy.PEM_PATH}\n"
+    # The certificate is the VM's certificate script's: it writes ssl_multicert.config.
+    assert front.managed_certificate
     assert _value(front, "proxy.config.ssl.TLSv1") == 0
     assert _value(front, "proxy.config.ssl.TLSv1_1") == 0
     assert public_ports(front) == [5000, 5002, 5010, 5012, 5020, 5022, 5030, 5032, 5040, 5042]
@@ -125,27 +127,35 @@ def test_tls_is_the_same_process_one_port_per_cache() -> None:
         f"{CONF}/records.config",
         f"{CONF}/remap.config",
         f"{CONF}/{front_proxy.BLOB_RULES_NAME}",
+        f"{CONF}/{front_proxy.PLAIN_OFF_RULES_NAME}",
         f"{CONF}/storage.config",
-        f"{CONF}/ssl_multicert.config",
         f"{CONF}/ip_allow.yaml",
         f"{CONF}/plugin.config",
         f"{CONF}/{front_proxy.STATS_CONFIG_NAME}",
     }
 
 
-def test_plain_http_off_leaves_only_the_tls_ports() -> None:
+def test_plain_http_off_keeps_the_listener_and_refuses_every_request_on_it() -> None:
+    """The end of the HTTP -> HTTPS switch changes remap rules only (a reload, no connection
+    cut): the plain port stays a listener (ATS reads those at start) and answers 403."""
+    serving = front_for(CACHES, tls=True)
     front = front_for(CACHES, tls=True, plain_http=False)
-    ports = str(_value(front, "proxy.config.http.server_ports")).split()
-    assert all(":ssl" in port for port in ports)
-    assert public_ports(front) == [5002, 5012, 5022, 5032, 5042]
-    remap = render_remap(front)
-    assert "http://^.*$:5000 " not in remap
-    assert "https://^.*$:5002 " in remap
+    assert _value(front, "proxy.config.http.server_ports") == _value(
+        serving, "proxy.config.http.server_ports"
+    )
+    assert public_ports(front) == public_ports(serving)
+    remap = render_remap(front).splitlines()
+    refuse = f"@plugin=header_rewrite.so @pparam={front_proxy.PLAIN_OFF_RULES_NAME}"
+    assert f"regex_map http://^.*$:5000 http://127.0.0.1:15000 {refuse}" in remap
+    assert any(line.startswith("regex_map https://^.*$:5002 ") and "cachekey" in line
+               for line in remap)  # fmt: skip
+    assert front_proxy.render_plain_off_rules().splitlines()[-1] == "set-status 403"
 
 
 def test_without_tls_no_certificate_is_loaded() -> None:
     front = front_for(CACHES)
     assert render_ssl_multicert(front) == "# No TLS.\n"
+    assert front_files(front)[f"{CONF}/ssl_multicert.config"] == "# No TLS.\n"
     assert ":ssl" not in str(_value(front, "proxy.config.http.server_ports"))
 
 
@@ -164,6 +174,10 @@ def test_counters_only_for_loopback() -> None:
         (
             lambda f: dataclasses.replace(f, plain_http=False),
             "neither plain HTTP nor TLS",
+        ),
+        (
+            lambda f: dataclasses.replace(f, pem_file="/x.pem", managed_certificate=True),
+            "one names the PEM",
         ),
         (
             lambda f: dataclasses.replace(

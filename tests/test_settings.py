@@ -300,6 +300,35 @@ BAD_INPUTS = [
     ),
     ("restart-empty", {"nodes.0.restartCommand": ""}, "nodes[0].restartCommand", "empty"),
     ("restart-blank", {"nodes.1.restartCommand": "   "}, "nodes[1].restartCommand", "empty"),
+    # The front's ports: HTTPS (port + 2) and the registry behind it (port + 10000).
+    (
+        "tls-port-clash",
+        {"upstreams": [UP[0], {**UP[1], "port": 5002}], "tls": {"enabled": True}},
+        "upstreams[1].port",
+        "upstreams[0].tlsPort",
+    ),
+    (
+        "backend-port-clash",
+        {"upstreams": [UP[0], {**UP[1], "port": 15000}]},
+        "upstreams[1].port",
+        "upstreams[0].backendPort",
+    ),
+    (
+        "backend-default-out-of-range",
+        {"upstreams": [{**UP[0], "port": 60000}]},
+        "upstreams[0].backendPort",
+        "default port+10000",
+    ),
+    ("tls-typo", {"tls": {"enable": False}}, "tls.enable", "did you mean enabled"),
+    (
+        "tls-renew-after-expiry",
+        {"tls": {"certificateDays": 30, "renewBeforeDays": 30}},
+        "tls",
+        "must be below certificateDays",
+    ),
+    ("tls-previous-ca-1", {"tls": {"trustPreviousCa": True}}, "tls", "caGeneration 2"),
+    ("tls-dns-name", {"tls": {"dnsNames": ["not a name"]}}, "tls.dnsNames[0]", "hostname"),
+    ("front-store-small", {"front": {"storageMb": 32}}, "front.storageMb", "64"),
     # Unknown keys name the closest known key.
     ("typo-hint", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "did you mean address"),
     ("typo-hint-gc", {"registry.gc.dayofweek": 1}, "registry.gc.dayofweek", "dayOfWeek"),

@@ -6,12 +6,11 @@ what ``pulumi up`` would send. Pure: no ``import pulumi``.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour
-from components.renderers.shell import remote_command
+from components.renderers.shell import as_root, remote_command
 from components.settings import Node, Settings
 
 
@@ -22,11 +21,8 @@ class Step:
 
 
 def _as_node_root(node: Node, command: str) -> str:
-    # The scripts need root (config.toml, restart). sudo resets the environment, so the whole
-    # exported preamble runs inside the sudo'd shell; -n fails at once instead of prompting.
-    if node.ssh_user == "root":
-        return command
-    return f"exec sudo -n bash -c {shlex.quote(command)}\n"
+    # The scripts need root (config.toml, restart).
+    return as_root(command, node.ssh_user)
 
 
 def _step(node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = "") -> Step:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from components.renderers.cloud_init import ipconfig0, render_vendor_data
+from components.renderers.front_proxy import front_files, settings_front
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.registry_config import registry_summary, render_registry_files
@@ -35,6 +36,8 @@ def summary(settings: Settings) -> dict:
                 "container": upstream.container,
                 "port": upstream.port,
                 "metrics_port": upstream.resolved_metrics_port,
+                "tls_port": upstream.resolved_tls_port if settings.tls.enabled else None,
+                "backend_port": upstream.resolved_backend_port,
                 "endpoint": settings.endpoint(upstream),
                 "metrics": settings.metrics_url(upstream),
                 "server": upstream.resolved_server,
@@ -83,6 +86,10 @@ def render_bundle(settings: Settings) -> dict[str, str]:
         "nodes/talos-patch.yaml": render_talos_patch(settings),
     }
     files.update(render_registry_files(settings))
+    # The front as it serves once every node is switched (until then its plain ports serve too).
+    front = settings_front(settings, serve_plain=settings.tls.plain_http)
+    for path, text in front_files(front).items():
+        files[f"registry-vm/front/{path.rpartition('/')[2]}"] = text
     # What every node gets before its own mirrors are merged in (those need the node's probe).
     for directory, text in render_node_hosts(settings).items():
         files[f"nodes/certs.d/{directory}/hosts.toml"] = text

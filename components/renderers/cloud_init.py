@@ -49,6 +49,9 @@ def vendor_data(settings: Settings) -> dict:
         "package_update": True,
         "packages": [
             "docker.io",
+            # The front of the caches (components/renderers/front_proxy.py): Debian's package
+            # starts it with its own defaults; scripts/vm/front.sh configures and restarts it.
+            "trafficserver",
             "apparmor",
             "ca-certificates",
             "qemu-guest-agent",

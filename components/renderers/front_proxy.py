@@ -23,6 +23,10 @@ measured against the same tests). In short:
   once (connect refused on loopback, no retry), as 503: containerd takes its next host.
 - The key is the cache (its backend) and the path, never the query string (``?ns=`` differs by
   client setup, not by content) nor the name the node used for the VM.
+- Every cache's plain port is always a listener; with ``plain_http`` off it refuses every
+  request at once (403, the registry never asked). The end of the HTTP -> HTTPS switch is then a
+  ``traffic_ctl config reload`` of remap.config, which keeps every connection, never a restart
+  (ATS reads its listening ports only at start).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+from components.settings import Settings
 
 # Seconds a fetched blob stays fresh in the front after its fetch: long enough for a request
 # that arrives right at the end of the fetch to join it, short enough that the front never
@@ -41,9 +47,13 @@ _HRW_BLOB_PATH = r"/^v2\/.+\/blobs\/sha256:[0-9a-f]{64}$/"
 
 CONFIG_DIR = "/etc/trafficserver"
 BLOB_RULES_NAME = "registry-mirrors-blobs.config"
+PLAIN_OFF_RULES_NAME = "registry-mirrors-plain-off.config"
 STATS_CONFIG_NAME = "registry-mirrors-stats.config"
 STATS_PATH = "_front_stats"
-PEM_PATH = "/etc/registry-mirrors/tls/front.pem"  # 0600, owned by ATS_USER
+# The certificate (scripts/vm/registry-tls.sh): ssl_multicert.config names the current PEM,
+# a new file per issue (ATS caches a certificate by its path: a reload with the same path kept
+# serving the old one, measured).
+TLS_DIR = "/etc/registry-mirrors/tls"
 STORAGE_PATH = "/var/lib/registry-front/cache.db"
 # What Debian's trafficserver package creates and runs as.
 ATS_USER = "trafficserver"
@@ -68,10 +78,14 @@ class Front:
     listen_host: str = ""
     backend_host: str = "127.0.0.1"
     # Serve plain HTTP on each cache's ``port``. Off once every node speaks HTTPS (see the HTTP ->
-    # HTTPS switch in the design): then only the TLS ports are public.
+    # HTTPS switch in the design): the port then refuses every request (403).
     plain_http: bool = True
-    # The PEM: server certificate, its chain and its key, in one file. None: no TLS.
+    # The PEM: server certificate, its chain and its key, in one file; ssl_multicert.config names
+    # it. None: no TLS, unless ``managed_certificate``.
     pem_file: str | None = None
+    # TLS with ssl_multicert.config written by the certificate script on the VM (which names a
+    # new PEM at every issue): not one of ``front_files``.
+    managed_certificate: bool = False
     # The bounded disk store the blobs in flight are written to (a file; ATS reuses it
     # cyclically). It must hold every blob in flight at one moment.
     storage_path: str = STORAGE_PATH
@@ -92,7 +106,7 @@ class Front:
 
     @property
     def tls(self) -> bool:
-        return self.pem_file is not None
+        return self.pem_file is not None or self.managed_certificate
 
 
 class FrontConfigError(ValueError):
@@ -107,7 +121,9 @@ def check_front(front: Front) -> list[str]:
     if not front.caches:
         problems.append("front: no cache to serve")
     if not front.plain_http and not front.tls:
-        problems.append("front: neither plain HTTP nor TLS: nothing would listen")
+        problems.append("front: neither plain HTTP nor TLS: nothing would be served")
+    if front.pem_file is not None and front.managed_certificate:
+        problems.append("front: a pem_file and a managed certificate: one names the PEM")
     public: dict[int, str] = {}
     loopback: dict[int, str] = {}
     names: set[str] = set()
@@ -172,8 +188,8 @@ def records(front: Front) -> dict[str, tuple[str, str | int | float]]:
     _checked(front)
     ports: list[str] = []
     for cache in front.caches:
-        if front.plain_http:
-            ports += _port_descriptors(front, cache.port, ssl=False)
+        # Always: with plain_http off the port refuses (a listener ATS only reads at start).
+        ports += _port_descriptors(front, cache.port, ssl=False)
         if front.tls and cache.tls_port is not None:
             ports += _port_descriptors(front, cache.tls_port, ssl=True)
     result: dict[str, tuple[str, str | int | float]] = {
@@ -277,20 +293,34 @@ def render_blob_rules() -> str:
     )
 
 
+def render_plain_off_rules() -> str:
+    """header_rewrite rules of a plain port once plain HTTP is off: 403 at the remap, the
+    registry is never asked. containerd takes its next host on it, as on a refused port."""
+    return (
+        "# Rendered by registry-mirrors (components/renderers/front_proxy.py).\n"
+        "# Plain HTTP is off: every request on this port is refused; use the HTTPS port.\n"
+        "set-status 403\n"
+    )
+
+
 def render_remap(front: Front) -> str:
     """One rule per public port: any name the node uses for the VM, this port -> its registry.
     The cache key is the registry (the remapped URL) and the path, never the query string."""
     _checked(front)
-    rules_path = f"{front.config_dir}/{BLOB_RULES_NAME}"
+    # Rule files by name: the plugins read a relative path from ATS's config directory, so the
+    # same text checks a staged copy of the directory (scripts/vm/front.sh) and serves from it.
     plugins = (
-        f"@plugin=header_rewrite.so @pparam={rules_path} "
+        f"@plugin=header_rewrite.so @pparam={BLOB_RULES_NAME} "
         "@plugin=cachekey.so @pparam=--remove-all-params=true"
     )
+    refuse = f"@plugin=header_rewrite.so @pparam={PLAIN_OFF_RULES_NAME}"
     lines = ["# Rendered by registry-mirrors (components/renderers/front_proxy.py)."]
     for cache in front.caches:
         target = f"http://{front.backend_host}:{cache.backend_port}"
         if front.plain_http:
             lines.append(f"regex_map http://^.*$:{cache.port} {target} {plugins}")
+        else:
+            lines.append(f"regex_map http://^.*$:{cache.port} {target} {refuse}")
         if front.tls and cache.tls_port is not None:
             lines.append(f"regex_map https://^.*$:{cache.tls_port} {target} {plugins}")
     return "\n".join(lines) + "\n"
@@ -303,7 +333,12 @@ def render_storage(front: Front) -> str:
 def render_ssl_multicert(front: Front) -> str:
     if front.pem_file is None:
         return "# No TLS.\n"
-    return f"dest_ip=* ssl_cert_name={front.pem_file}\n"
+    return ssl_multicert_line(front.pem_file)
+
+
+def ssl_multicert_line(pem_file: str) -> str:
+    """What scripts/vm/registry-tls.sh writes too, naming each new PEM."""
+    return f"dest_ip=* ssl_cert_name={pem_file}\n"
 
 
 def render_ip_allow() -> str:
@@ -317,6 +352,7 @@ def render_ip_allow() -> str:
 
 def render_plugin_config(front: Front) -> str:
     # Counters (cache_miss_cold, cache_hit_rww, ...) as JSON for health checks and the exporter.
+    # An absolute path: stats_over_http does not read a relative one from the config directory.
     return f"stats_over_http.so --integer-counters {front.config_dir}/{STATS_CONFIG_NAME}\n"
 
 
@@ -329,15 +365,50 @@ def front_files(front: Front) -> dict[str, str]:
     """What the front needs on the VM: absolute path -> text (Debian's trafficserver package
     provides every other file of /etc/trafficserver)."""
     base = front.config_dir
-    return {
+    files = {
         f"{base}/records.config": render_records(front),
         f"{base}/remap.config": render_remap(front),
         f"{base}/{BLOB_RULES_NAME}": render_blob_rules(),
+        f"{base}/{PLAIN_OFF_RULES_NAME}": render_plain_off_rules(),
         f"{base}/storage.config": render_storage(front),
-        f"{base}/ssl_multicert.config": render_ssl_multicert(front),
         f"{base}/ip_allow.yaml": render_ip_allow(),
         f"{base}/plugin.config": render_plugin_config(front),
         f"{base}/{STATS_CONFIG_NAME}": render_stats_config(),
+    }
+    if not front.managed_certificate:
+        files[f"{base}/ssl_multicert.config"] = render_ssl_multicert(front)
+    return files
+
+
+FRONT_HEADER = "# registry-mirrors-front: "
+FRONT_SCRIPT = "vm/front.sh"
+
+
+def front_bundle(front: Front) -> str:
+    """scripts/vm/front.sh's stdin: every file of ``front_files`` after a header line naming it
+    (all of them live in ``config_dir``). Plain text: a reviewer reads the change in the
+    preview; nothing in it is secret."""
+    parts = []
+    for path, text in front_files(front).items():
+        directory, _, name = path.rpartition("/")
+        if directory != front.config_dir or not text.endswith("\n"):
+            raise ValueError(f"{path} cannot travel in the front's bundle")
+        if any(line.startswith(FRONT_HEADER) for line in text.splitlines()):
+            raise ValueError(f"{path} holds a bundle header line")
+        parts.append(f"{FRONT_HEADER}{name}\n{text}")
+    return "".join(parts)
+
+
+def front_params(front: Front, *, restart: bool = True) -> dict[str, str | int | bool]:
+    """scripts/vm/front.sh's parameters for ``front``."""
+    return {
+        "PORTS": " ".join(str(port) for port in public_ports(front)),
+        "STORE": front.storage_path,
+        "STORE_MB": front.storage_mb,
+        "CONFIG_DIR": front.config_dir,
+        "STATS_PATH": STATS_PATH,
+        "PLAIN_OFF_RULES": PLAIN_OFF_RULES_NAME,
+        "RESTART": restart,
     }
 
 
@@ -371,17 +442,42 @@ def front_for(
     return Front(
         built,
         plain_http=plain_http,
-        pem_file=PEM_PATH if tls else None,
+        managed_certificate=tls,
         **options,  # type: ignore[arg-type]
     )
 
 
 def public_ports(front: Front) -> Sequence[int]:
-    """Every port the front listens on for nodes (the firewall opens these)."""
+    """Every port the front listens on for nodes (the firewall opens these): each plain port
+    (it serves, or refuses with plain HTTP off) and each HTTPS port."""
     ports: list[int] = []
     for cache in front.caches:
-        if front.plain_http:
-            ports.append(cache.port)
+        ports.append(cache.port)
         if front.tls and cache.tls_port is not None:
             ports.append(cache.tls_port)
     return ports
+
+
+def settings_front(settings: Settings, *, serve_plain: bool) -> Front:
+    """The VM's front for ``settings``. ``serve_plain``: whether the plain ports serve (True
+    while nodes may still be on ``http://``; after every node step, ``tls.plainHttp``); with TLS
+    off they always do."""
+    tls = settings.tls.enabled
+    caches = tuple(
+        FrontCache(
+            upstream.container,
+            upstream.port,
+            upstream.resolved_backend_port,
+            upstream.resolved_tls_port if tls else None,
+        )
+        for upstream in settings.upstreams
+    )
+    return _checked(
+        Front(
+            caches,
+            plain_http=serve_plain or not tls,
+            managed_certificate=tls,
+            storage_mb=settings.front.storage_mb,
+            ram_cache_mb=settings.front.ram_cache_mb,
+        )
+    )

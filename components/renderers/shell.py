@@ -61,3 +61,12 @@ def remote_command(relative: str, params: Mapping[str, str | int | bool] | None 
         lines.append(f"export {key}={shlex.quote(text)}")
     lines.append(f"exec bash -c {shlex.quote(script_text(relative))} {shlex.quote(relative)}")
     return "\n".join(lines) + "\n"
+
+
+def as_root(command: str, user: str) -> str:
+    """``command`` run by root when ``user`` logs in as someone else. sudo resets the
+    environment, so the whole exported preamble runs inside the sudo'd shell; -n fails at once
+    instead of prompting."""
+    if user == "root":
+        return command
+    return f"exec sudo -n bash -c {shlex.quote(command)}\n"

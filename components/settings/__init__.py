@@ -5,15 +5,17 @@ Keys in stack config are camelCase (``vmId``); Python attributes are snake_case.
 Unknown keys are errors: Distribution and containerd silently ignore typos, so we must not.
 
 One module per section (``proxmox``, ``vm``, ``upstreams``, ``registry``, ``nodes``,
-``containerd``, ``secrets``); the value checks they share in ``checks``; how a problem is shown in
-``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays out the GC and
-restart slots (checked here, rendered by the maintenance cron file); ``load`` is the entry point.
+``containerd``, ``front`` (with ``tls``), ``secrets``); the value checks they share in ``checks``;
+how a problem is shown in ``errors``; ``model`` joins the sections into ``Settings``;
+``schedule`` lays out the GC and restart slots (checked here, rendered by the maintenance cron
+file); ``load`` is the entry point.
 The names other modules use are imported from here.
 """
 
 from components.settings.checks import check_cron_field, check_host_key
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SHOWN_LENGTH, SettingsError, key_text, secret_name, shown
+from components.settings.front import FrontSettings, TlsSettings
 from components.settings.load import SECRET_KEYS, SECTIONS, load_secrets, load_settings
 from components.settings.model import Settings
 from components.settings.nodes import Node
@@ -40,6 +42,7 @@ __all__ = [
     "SHOWN_LENGTH",
     "CloudImage",
     "ContainerdSettings",
+    "FrontSettings",
     "GcSchedule",
     "Node",
     "ProxmoxSettings",
@@ -50,6 +53,7 @@ __all__ = [
     "Secrets",
     "Settings",
     "SettingsError",
+    "TlsSettings",
     "Upstream",
     "UpstreamCredentials",
     "VmSettings",

@@ -13,6 +13,7 @@ from pydantic import Field, model_validator
 from components.settings.checks import _Model
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SettingsError, key_text, shown
+from components.settings.front import FrontSettings, TlsSettings
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings
 from components.settings.registry import RegistrySettings
@@ -31,6 +32,8 @@ class Settings(_Model):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     nodes: list[Node] = Field(default_factory=list, description="Cluster nodes.")
     containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+    front: FrontSettings = Field(default_factory=FrontSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -40,7 +43,17 @@ class Settings(_Model):
         return self
 
     def endpoint(self, upstream: Upstream) -> str:
+        """Where nodes pull this upstream from: the front's HTTPS port, or its plain one with
+        TLS off."""
+        if self.tls.enabled:
+            return self.tls_endpoint(upstream)
+        return self.plain_endpoint(upstream)
+
+    def plain_endpoint(self, upstream: Upstream) -> str:
         return f"http://{self.vm.ip}:{upstream.port}"
+
+    def tls_endpoint(self, upstream: Upstream) -> str:
+        return f"https://{self.vm.ip}:{upstream.resolved_tls_port}"
 
     def metrics_url(self, upstream: Upstream) -> str:
         return f"http://{self.vm.ip}:{upstream.resolved_metrics_port}/metrics"
@@ -124,21 +137,29 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
     problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
     problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
     port_owner: dict[int, str] = {}
+    tls_enabled = _get(_get(raw, "tls", {}), "enabled", True) is not False
     for index, upstream in enumerate(upstreams):
         port = _int_or_none(_get(upstream, "port"))
-        metrics = _int_or_none(_get(upstream, "metricsPort"))
-        if metrics is None and port is not None:
-            metrics = port + 1
-        for field, value in (("port", port), ("metricsPort", metrics)):
-            if value is None or not 1 <= value <= 65535:
-                if (
-                    field == "metricsPort"
-                    and value is not None
-                    and _get(upstream, "metricsPort") is None
-                ):
+        # Every port the VM listens on for this cache: the front's plain (port) and HTTPS ones,
+        # the registry's metrics, and the registry itself on loopback (a front port with the same
+        # number would collide with it: the front listens on every address).
+        derived = [("metricsPort", 1), ("backendPort", 10000)]
+        if tls_enabled:
+            derived.insert(1, ("tlsPort", 2))
+        fields: list[tuple[str, int | None]] = [("port", port)]
+        for key, offset in derived:
+            value = _int_or_none(_get(upstream, key))
+            if value is None and port is not None and _get(upstream, key) is None:
+                value = port + offset
+                if not 1 <= value <= 65535:
                     problems.append(
-                        f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range"
+                        f"upstreams[{index}].{key}: default port+{offset} = {value} is out of "
+                        f"range (set {key})"
                     )
+                    continue
+            fields.append((key, value))
+        for field, value in fields:
+            if value is None or not 1 <= value <= 65535:
                 continue
             if value == 22:
                 problems.append(f"upstreams[{index}].{field}: {value} clashes with SSH on the VM")

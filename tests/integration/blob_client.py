@@ -98,8 +98,10 @@ def fetch_blob(
     ns: str | None = None,
     timeout: float = 120,
     ca_file: str | None = None,
+    pause_s: float = 0.0,
 ) -> BlobResult:
-    """GET one blob, reading it to the end (or to the error)."""
+    """GET one blob, reading it to the end (or to the error); ``pause_s`` after each 64 KiB
+    chunk makes a slow client, whose transfer stays in flight."""
     result = BlobResult(digest, started_at=time.monotonic())
     query = f"?ns={ns}" if ns else ""
     connection = connect(base_url, timeout, ca_file)
@@ -116,6 +118,8 @@ def fetch_blob(
                 result.first_byte_at = time.monotonic()
             hasher.update(chunk)
             result.size += len(chunk)
+            if pause_s:
+                time.sleep(pause_s)
         if result.expected_size is not None and result.size != result.expected_size:
             result.error = f"short body: {result.size} of {result.expected_size} bytes"
     except (OSError, http.client.HTTPException) as error:

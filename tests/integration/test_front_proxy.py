@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import shutil
 import ssl
 import subprocess
 import threading
@@ -52,6 +53,7 @@ from tests.integration.blob_client import (
 from tests.integration.front_proc import (
     FrontProcess,
     make_test_ca,
+    managed_front,
     running_front,
     start_front,
     verify_config,
@@ -503,9 +505,12 @@ def test_tls_front_with_an_ip_san_coalesces_and_a_wrong_ca_is_refused(
             request(https, "GET", "/v2/", ca_file=str(other.ca_cert))
 
 
-def test_with_plain_http_off_only_the_tls_port_listens(
+def test_with_plain_http_off_the_plain_port_refuses_and_never_asks_the_registry(
     origin_store: OriginStore, tmp_path: Path
 ) -> None:
+    """The end of the HTTP -> HTTPS switch: HTTPS serves; the plain port, still a listener (the
+    switch is a reload, not a restart), answers 403 at once and the registry never hears of it
+    (containerd takes its next host on a 403 as on a refused port)."""
     ca = make_test_ca(tmp_path / "ca")
     with stack(origin_store, 3, tmp_path, tls_port=free_port(), pem_file=str(ca.pem),
                plain_http=False) as s:  # fmt: skip
@@ -513,5 +518,97 @@ def test_with_plain_http_off_only_the_tls_port_listens(
         status, _h, _b = request(s.front.url(s.cache, tls=True), "GET", "/v2/",
                                  ca_file=str(ca.ca_cert))  # fmt: skip
         assert status == 200
-        with pytest.raises(ConnectionRefusedError):
-            request(s.front.url(s.cache), "GET", "/v2/", timeout=10)
+        seen = s.registry_requests("GET", "/v2/")
+        for path in ("/v2/", f"/v2/{REPOSITORY}/manifests/{TAG}?ns={NS}",
+                     f"/v2/{REPOSITORY}/blobs/{origin_store.layers[0]}?ns={NS}"):  # fmt: skip
+            status, _h, _b = request(s.front.url(s.cache), "GET", path, timeout=10)
+            assert status == 403
+        assert s.registry_requests("GET", "/v2/") == seen
+        assert s.registry_requests("GET", f"/v2/{REPOSITORY}/manifests/{TAG}") == 0
+
+
+# --- scripts/vm/front.sh: how a change goes live ------------------------------------------------
+@contextlib.contextmanager
+def _in_flight(url: str, blob: str, ca_file: str | None = None) -> Iterator[list[BlobResult]]:
+    """A slow client fetching ``blob`` (16 MiB at ~3 MB/s), under way when the block starts."""
+    results: list[BlobResult] = []
+    thread = threading.Thread(target=lambda: results.append(
+        fetch_blob(url, REPOSITORY, blob, ns=NS, ca_file=ca_file, pause_s=0.02)))  # fmt: skip
+    thread.start()
+    _wait_for(lambda: bool(results) or _bytes_moving(thread), "the transfer under way")
+    yield results
+    thread.join(timeout=180)
+    assert results, "the transfer never ended"
+
+
+def _bytes_moving(thread: threading.Thread) -> bool:
+    time.sleep(0.5)  # the client's first chunks: its request is in, its connection open
+    return thread.is_alive()
+
+
+def test_front_script_reloads_for_rules_restarts_drained_for_a_new_port_and_refuses_bad_files(
+    origin_store: OriginStore, tmp_path: Path
+) -> None:
+    """scripts/vm/front.sh for real (real traffic_ctl, traffic_server and traffic_manager; only
+    systemctl is a stand-in): a first apply starts the front; the same files again change
+    nothing; plain HTTP off (remap rules only) is a reload and a transfer in flight finishes;
+    a new cache (a new listening port) is a restart that waits for the transfer in flight to
+    end; a file set traffic_server refuses is never installed and the front keeps serving."""
+    ca = make_test_ca(tmp_path / "ca")
+    storage = tmp_path / "registry-storage"
+    shutil.copytree(origin_store.storage, storage)
+    layer = origin_store.layers[0]
+    with (
+        running_registry(plain_registry_config(storage), tmp_path / "registry") as registry,
+        managed_front(tmp_path / "front") as managed,
+    ):
+        cache = FrontCache("registry", free_port(), registry.port, free_port())
+        front = Front((cache,), pem_file=str(ca.pem), storage_mb=128)
+        https, plain = f"https://127.0.0.1:{cache.tls_port}", f"http://127.0.0.1:{cache.port}"
+        ca_file = str(ca.ca_cert)
+
+        first = managed.apply(front)
+        assert first.returncode == 0, first.stderr + managed.log()[-2000:]
+        assert "action=start" in first.stdout and "store=created" in first.stdout
+        assert fetch_blob(https, REPOSITORY, layer, ns=NS, ca_file=ca_file).ok
+        assert fetch_blob(plain, REPOSITORY, layer, ns=NS).ok
+
+        again = managed.apply(front)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.splitlines()[-2:] == ["action=none", "changed=0"]
+
+        plain_off = dataclasses.replace(front, plain_http=False)
+        with _in_flight(https, layer, ca_file) as transfer:
+            started = time.monotonic()
+            off = managed.apply(plain_off, restart=False)
+            assert off.returncode == 0, off.stderr
+            assert "action=reload" in off.stdout and "written=remap.config" in off.stdout
+        [done] = transfer
+        assert done.ok, done.error
+        assert done.ended_at is not None and done.ended_at > started
+        assert request(plain, "GET", "/v2/")[0] == 403
+        assert fetch_blob(https, REPOSITORY, layer, ns=NS, ca_file=ca_file).ok
+
+        # A cache whose registry is not running: its new port answers, and says 503.
+        second = FrontCache("registry-ghcr", free_port(), free_port(), free_port())
+        grown = dataclasses.replace(plain_off, caches=(cache, second))
+        refused = managed.apply(grown, restart=False)
+        assert refused.returncode != 0 and "may not restart the front" in refused.stderr
+        with _in_flight(https, layer, ca_file) as transfer:
+            started = time.monotonic()
+            added = managed.apply(grown)
+            assert added.returncode == 0, added.stderr + managed.log()[-2000:]
+            assert "action=drained-restart" in added.stdout
+        [done] = transfer
+        assert done.ok, done.error
+        assert done.ended_at is not None and started < done.ended_at
+        new_port = f"https://127.0.0.1:{second.tls_port}"
+        assert request(new_port, "GET", "/v2/", ca_file=ca_file)[0] == 503
+
+        # A bundle traffic_server refuses: nothing installed, the front still serving.
+        installed = (managed.workdir / "etc" / "remap.config").read_text()
+        broken = managed.apply(grown, edit=lambda text: text.replace("cachekey.so", "nope.so"))
+        assert broken.returncode == 3, broken.stdout + broken.stderr
+        assert "refuses the new configuration; nothing was installed" in broken.stderr
+        assert (managed.workdir / "etc" / "remap.config").read_text() == installed
+        assert fetch_blob(https, REPOSITORY, layer, ns=NS, ca_file=ca_file).ok

@@ -49,6 +49,7 @@ class Tier:
     public_key: str
     seed: dict[str, str]
     timings: dict[str, float]
+    front_output: str = ""
 
     def run(self, step: Step, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """A remote.Command's create step, as pulumi-command runs it."""
@@ -195,6 +196,17 @@ def caches(ready: Tier) -> Tier:
             "docker ps -a; for c in $(docker ps -aq); do docker logs --tail 20 $c; done"
         ).stdout
     )
+    # The front (Apache Traffic Server from the guest's apt): the step that runs once every
+    # container has moved its registry to the VM's loopback.
+    front = tier.run(tier.stack.step("-front"))
+    assert front.returncode == 0, (
+        front.stderr
+        + tier.guest.ssh(
+            "sudo journalctl -u trafficserver --no-pager | tail -n 30; "
+            "sudo tail -n 30 /var/log/trafficserver/diags.log"
+        ).stdout
+    )
+    tier.front_output = front.stdout
     return tier
 
 

@@ -174,6 +174,10 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
     guest.check("sudo rmdir /var/lib/registry/registry-gcr /etc/docker-registry/registry-gcr")
 
 
+# curl's options for an https:// endpoint of the tier's front (the CA on the guest).
+CURL_TLS = ""
+
+
 # --- the caches --------------------------------------------------------------------------------
 
 
@@ -188,11 +192,14 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
         assert host["Memory"] == int(spec["memory"]) * 1024 * 1024
         assert host["LogConfig"] == {"Type": spec["logDriver"], "Config": spec["logOpts"]}
         published = {
-            key: [b["HostPort"] for b in bindings] for key, bindings in host["PortBindings"].items()
+            key: [(b["HostIp"], b["HostPort"]) for b in bindings]
+            for key, bindings in host["PortBindings"].items()
         }
         assert published == {
-            f"{int(p['internal'])}/tcp": [str(int(p["external"]))] for p in spec["ports"]
+            f"{int(p['internal'])}/tcp": [(p["ip"], str(int(p["external"])))] for p in spec["ports"]
         }
+        # The registry itself only on the VM's loopback: nodes reach it through the front.
+        assert published[f"{int(spec['ports'][0]['internal'])}/tcp"][0][0] == "127.0.0.1"
         assert sorted(host["Binds"]) == sorted(
             f"{v['hostPath']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
             for v in spec["volumes"]
@@ -202,9 +209,33 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
         for label in spec["labels"]:
             assert labels[label["label"]] == label["value"]
         assert info["State"]["Health"]["Status"] == "healthy", name
-        # Each cache answers on the port the nodes' hosts.toml names, from inside the VM.
-        port = int(spec["ports"][0]["external"])
-        assert guest.ssh(f"curl -fsS http://127.0.0.1:{port}/v2/").returncode == 0, (name, port)
+        # Each cache answers through the front on the port the nodes' hosts.toml names.
+        [upstream] = [u for u in caches.stack.settings.upstreams if u.container == name]
+        endpoint = caches.stack.settings.endpoint(upstream).replace(
+            caches.stack.settings.vm.ip, "127.0.0.1"
+        )
+        assert guest.ssh(f"curl -fsS {CURL_TLS} {endpoint}/v2/").returncode == 0, (name, endpoint)
+
+
+def test_the_front_comes_from_the_guests_apt_and_serves_every_cache(caches: Tier) -> None:
+    """Debian's trafficserver, installed by the vendor-data from the guest's own apt sources,
+    configured and started by the front step (scripts/vm/front.sh): one traffic_server listening
+    on every cache's public port, the registries on loopback behind it."""
+    guest = caches.guest
+    assert guest.check("dpkg-query -W -f '${Status}' trafficserver") == "install ok installed"
+    assert "action=start" in caches.front_output or "action=restart" in caches.front_output
+    assert guest.check("systemctl is-active trafficserver").strip() == "active"
+    for upstream in caches.stack.settings.upstreams:
+        # The public port is ATS's (traffic_manager holds the socket, traffic_server serves it),
+        # the registry's own only on loopback.
+        public = guest.check(f"sudo ss -Hltnp 'sport = :{upstream.port}'")
+        assert "traffic_" in public or "[TS_MAIN]" in public, public
+        backend = guest.check(f"sudo ss -Hltn 'sport = :{upstream.resolved_backend_port}'")
+        assert backend.split()[3] == f"127.0.0.1:{upstream.resolved_backend_port}", backend
+    # The same step again changes nothing (no diff in `pulumi up`, and the front keeps running).
+    again = caches.run(caches.stack.step("-front"))
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-2:] == ["action=none", "changed=0"]
 
 
 def test_pull_through_from_inside_the_guest_reaches_the_upstream(caches: Tier) -> None:
@@ -244,7 +275,8 @@ def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path:
         plan = plan_node(settings, node, probe.stdout)
         hosts = host.run_step(plan.hosts)
         check_step(node, "hosts", hosts.returncode, hosts.stderr)
-        with forwarded(caches.guest, host.host_address, [u.port for u in upstreams]):
+        ports = [int(settings.endpoint(u).rsplit(":", 1)[1]) for u in upstreams]
+        with forwarded(caches.guest, host.host_address, ports):
             before = caches.upstream.log().count("/v2/org/y/manifests/2")
             cri_client.pull_image(host.containerd_socket, "ghcr.io/org/y:2", timeout=180)
             cri_client.pull_image(host.containerd_socket, "docker.io/library/x:2", timeout=180)
