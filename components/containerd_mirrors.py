@@ -114,6 +114,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
             )
             self.gates.append(gate)
             previous = [self._create_node(node, plans[node.name], gate) for node in batch]
+        # The last step of every node of the last batch (the gates make them wait for every
+        # earlier batch); with no nodes, what the first gate would wait for.
+        self.last_steps: list[pulumi.Resource] = previous
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 

@@ -2,9 +2,11 @@
 
 Before any resource: the settings are validated and every node is read and planned
 (components/fleet.py); a bad setting or a node that does not answer stops the program there.
-Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream ->
-nodes (canary, then batches). Nodes come last so a node never points at a cache that is not up;
-even so, containerd falls back to the upstream (``server``) while a cache is down.
+Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream,
+the CA and the front -> nodes (canary, then batches) -> with TLS, the certificate from the CA the
+nodes now trust and plain HTTP refused (FrontSwitch). Nodes come after the caches so a node
+never points at a cache that is not up; even so, containerd falls back to the upstream
+(``server``) while a cache is down.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from components import fleet, stack_config
 from components.containerd_mirrors import ContainerdMirrors
 from components.firewall import RegistryFirewall
 from components.fleet import FleetReadError, StepRunner, plan_fleet
+from components.front_switch import FrontSwitch
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
@@ -82,10 +85,21 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         ssh=registry_vm.ssh,
         ready=registry_vm.ready,
         credentials=credentials,
+        vm_id=registry_vm.vm.id,
     )
     nodes = ContainerdMirrors(
         "containerd", settings=settings, plans=plans, agent_socket=socket, depends_on=[mirrors]
     )
+    if settings.tls.enabled:
+        # Only once every node step succeeded: the certificate from the CA they now trust, and
+        # plain HTTP refused.
+        FrontSwitch(
+            "registry-front-switch",
+            settings=settings,
+            ssh=registry_vm.ssh,
+            after=nodes.last_steps,
+            vm_id=registry_vm.vm.id,
+        )
 
     exports: dict[str, pulumi.Output[Any]] = {
         "registryVm": pulumi.Output.all(registry_vm.vm_id, registry_vm.address).apply(

@@ -184,3 +184,28 @@ def test_a_node_that_does_not_answer_stops_the_program_before_any_resource():
     assert "cannot read 1 of 3 node(s) (nothing was changed)" in str(caught.value)
     assert "node k8s-worker-1 (root@10.0.20.31:22) probe: cannot reach" in str(caught.value)
     assert _registered(mocks) == []
+
+
+def test_with_tls_the_vm_switches_only_after_the_last_node_step():
+    """FrontSwitch (the certificate from the CA the nodes now trust, plain HTTP refused) waits for
+    the last step of every node of the last batch: the gates make those wait for every earlier
+    batch, and the engine creates nothing after a step that failed."""
+    raw = sample_raw()
+    raw["tls"] = {"enabled": True}
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    program.run(runner=FakeFleet())
+    names = {r.name for r in _registered(mocks)}
+    assert {"registry-front-switch-tls-issue", "registry-front-switch-front"} <= names
+    issue = mocks.named("registry-front-switch-tls-issue")
+    # (and the VM, through its id: a new VM gets both steps again)
+    assert issue.depends_on == [
+        "containerd-k8s-worker-1-config",
+        "containerd-k8s-worker-2-config",
+        "registry-vm-vm",
+    ]
+    front = mocks.named("registry-front-switch-front")
+    assert front.depends_on == ["registry-front-switch-tls-issue", "registry-vm-vm"]
+    inputs = plain(front.inputs)
+    assert "export RESTART=0" in inputs["create"]
+    assert "registry-mirrors-plain-off.config" in inputs["stdin"]

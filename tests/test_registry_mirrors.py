@@ -335,3 +335,38 @@ def test_the_front_is_installed_after_the_containers_free_its_ports(mocks: Recor
         assert "systemctl disable --now trafficserver" in inputs["delete"]
 
     return _settled(mirrors).apply(check)
+
+
+def _tls_settings() -> Settings:
+    raw = sample_raw()
+    raw["tls"] = {"enabled": True, "dnsNames": ["registry.lab.example"]}
+    return load_settings(raw)
+
+
+@pulumi.runtime.test
+def test_with_tls_the_ca_is_made_on_the_vm_before_the_front_and_renewed_by_cron(
+    mocks: RecordingMocks,
+):
+    """The trust step (scripts/vm/registry-tls.sh) runs on the VM before the front, which
+    cannot serve TLS without its certificate; only its stdout (the CA certificate) leaves the VM;
+    cron gets the installed script and an hourly renewal line."""
+    ssh = SshTarget(host="10.0.20.10", user="debian", agent_socket="/tmp/a.sock", host_key=HOST_KEY)
+    ready = remote.Command("tls-vm-ready", connection=ssh.connection(), create="true")
+    mirrors = RegistryMirrors("tls", settings=_tls_settings(), ssh=ssh, ready=ready, vm_id="210")
+
+    def check(_: Any) -> None:
+        trust = plain(mocks.named("tls-tls-trust").inputs)
+        command = shlex.split(trust["create"])[-1]
+        assert "export ACTION=trust" in command
+        assert "export SANS='IP:10.0.20.10 DNS:registry.lab.example'" in command
+        assert "stdin" not in trust  # nothing secret goes in; the key is made there
+        assert trust["triggers"] == ["210"]  # a new VM gets its own CA, pushed to the nodes
+        assert "tls-tls-trust" in mocks.named("tls-front").depends_on
+        cron = plain(mocks.named("tls-maintenance-cron").inputs)["stdin"]
+        assert "root /usr/local/sbin/registry-tls renew" in cron
+        script = plain(mocks.named("tls-tls-script").inputs)
+        assert "DEST=/usr/local/sbin/registry-tls" in script["create"]
+        assert "tls-tls-script" in mocks.named("tls-maintenance-cron").depends_on
+
+    assert mirrors.trust_bundle is not None
+    return pulumi.Output.all(_settled(mirrors), mirrors.trust_bundle).apply(check)

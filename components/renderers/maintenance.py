@@ -1,5 +1,5 @@
-"""The VM's maintenance cron file: weekly GC and hourly restart of every cache, staggered, and an
-hourly check of the cache disk.
+"""The VM's maintenance cron file: weekly GC and hourly restart of every cache, staggered, an
+hourly check of the cache disk, and (TLS on) the hourly renewal check of the front's certificate.
 
 Pure: no ``import pulumi``. The jobs run ``scripts/vm/registry-maintenance.sh`` (installed at
 ``SCRIPT_PATH``), which takes a per-registry lock so a restart and a GC never overlap.
@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from components.renderers.shell import script_text as _script_text
+from components.renderers.tls import renew_cron_line
 from components.settings import Settings
 from components.settings.schedule import CronJob, gc_jobs, restart_jobs
 
@@ -54,6 +55,9 @@ def render_cron(settings: Settings) -> str:
     lines += [_cron_line(job) for job in gc_jobs(settings)]
     lines += [_cron_line(job) for job in restart_jobs(settings)]
     lines.append(disk_check_line(settings))
+    if settings.tls.enabled:
+        # Renews the front's certificate before it expires (scripts/vm/registry-tls.sh).
+        lines.append(renew_cron_line(LOG_TAG))
     # cron ignores a last line without a newline.
     return "\n".join(lines) + "\n"
 

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shlex
 import shutil
 import socket
@@ -27,7 +28,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,8 @@ from components.renderers.front_proxy import (
     front_files,
     front_params,
 )
-from components.renderers.shell import remote_command
+from components.renderers.shell import SCRIPTS_DIR, remote_command
+from components.renderers.tls import TLS_SCRIPT
 from tests.integration.registry_proc import LOOPBACK, terminate
 from tests.prereq import require_binary
 
@@ -309,6 +311,28 @@ class ManagedFront:
         if result.returncode == 0:
             self.front = front
         return result
+
+    def tls(self, params: Mapping[str, str | int | bool]) -> subprocess.CompletedProcess[str]:
+        """scripts/vm/registry-tls.sh as the steps run it (parameters only), its TLS_DIR in
+        ``workdir/tls`` and ATS's config directory the managed one."""
+        command = remote_command(TLS_SCRIPT, {**params, "TLS_DIR": str(self.tls_dir),
+                                              "CONFIG_DIR": str(self.workdir / "etc")})  # fmt: skip
+        return subprocess.run(["bash", "-c", command], text=True, capture_output=True,
+                              env=self.env(), timeout=120)  # fmt: skip
+
+    def renew_now(self) -> subprocess.CompletedProcess[str]:
+        """What the VM's cron runs (``registry-tls renew``), with the state's renewal threshold
+        moved past the certificate's lifetime: the renewal a certificate gets near its end."""
+        state = self.tls_dir / "state.env"
+        text = re.sub(r"(?m)^RENEW_BEFORE_DAYS=.*$", "RENEW_BEFORE_DAYS=100000", state.read_text())
+        state.write_text(text)
+        return subprocess.run(["bash", str(SCRIPTS_DIR / TLS_SCRIPT), "renew"], text=True,
+                              capture_output=True, env={**self.env(), "TLS_DIR": str(self.tls_dir)},
+                              timeout=120)  # fmt: skip
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.workdir / "tls"
 
     def ctl(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["traffic_ctl", *args], capture_output=True, text=True,

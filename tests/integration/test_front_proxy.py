@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -612,3 +613,95 @@ def test_front_script_reloads_for_rules_restarts_drained_for_a_new_port_and_refu
         assert "refuses the new configuration; nothing was installed" in broken.stderr
         assert (managed.workdir / "etc" / "remap.config").read_text() == installed
         assert fetch_blob(https, REPOSITORY, layer, ns=NS, ca_file=ca_file).ok
+
+
+# --- the certificate: made on the VM, renewed and rotated without cutting a transfer -----------
+def _tls_params(front: Front, **changes: Any) -> dict[str, Any]:
+    return {"ACTION": "trust", "GENERATION": 1, "TRUST_PREVIOUS": 0, "SANS": "IP:127.0.0.1",
+            "CA_DAYS": 3650, "CERT_DAYS": 90, "RENEW_BEFORE_DAYS": 30,
+            "TLS_PORT": front.caches[0].tls_port, **changes}  # fmt: skip
+
+
+def _served(url: str, ca_file: Path) -> dict[str, Any]:
+    """The certificate a new handshake gets, verified against ``ca_file`` (IP SAN included)."""
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((host, int(port)), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        certificate = tls.getpeercert()
+    assert certificate is not None
+    return dict(certificate)
+
+
+def test_certificate_made_on_the_vm_renews_and_rotates_without_cutting_a_transfer(
+    origin_store: OriginStore, tmp_path: Path
+) -> None:
+    """scripts/vm/registry-tls.sh with the real front: the trust step makes the CA and a first
+    certificate and prints only the CA certificate; a client trusting exactly that verifies the
+    IP SAN; cron's renewal (a new PEM, a reload) switches to a new certificate while a transfer is
+    in flight, and the transfer finishes; a CA rotation in one step is refused before anything
+    changes; in two steps the nodes' bundle holds both CAs, the issue step switches the served
+    certificate to the new CA and shreds the old CA's key."""
+    storage = tmp_path / "registry-storage"
+    shutil.copytree(origin_store.storage, storage)
+    layer = origin_store.layers[0]
+    with (
+        running_registry(plain_registry_config(storage), tmp_path / "registry") as registry,
+        managed_front(tmp_path / "front") as managed,
+    ):
+        cache = FrontCache("registry", free_port(), registry.port, free_port())
+        front = Front((cache,), managed_certificate=True, storage_mb=128)
+        https = f"https://127.0.0.1:{cache.tls_port}"
+
+        trust = managed.tls(_tls_params(front))
+        assert trust.returncode == 0, trust.stderr
+        bundle = tmp_path / "bundle.pem"
+        bundle.write_text(trust.stdout)
+        # Only the CA's certificate crosses: one certificate, no key.
+        assert trust.stdout.count("BEGIN CERTIFICATE") == 1 and "PRIVATE KEY" not in trust.stdout
+        ca_key = managed.tls_dir / "ca" / "1" / "ca.key"
+        assert ca_key.stat().st_mode & 0o777 == 0o600
+        applied = managed.apply(front)
+        assert applied.returncode == 0, applied.stderr + managed.log()[-2000:]
+        first = _served(https, bundle)
+        assert ("IP Address", "127.0.0.1") in first["subjectAltName"]
+        assert fetch_blob(https, REPOSITORY, layer, ns=NS, ca_file=str(bundle)).ok
+
+        with _in_flight(https, layer, str(bundle)) as transfer:
+            started = time.monotonic()
+            renewed = managed.renew_now()
+            assert renewed.returncode == 0, renewed.stderr
+            assert "issued=1" in renewed.stdout
+        [done] = transfer
+        assert done.ok, done.error
+        assert done.ended_at is not None and started < done.ended_at
+        second = _served(https, bundle)
+        assert second["serialNumber"] != first["serialNumber"]
+
+        # A rotation in one step would leave nodes trusting only CA 2 while CA 1's certificate
+        # is served until the step after the nodes: refused, nothing changed.
+        one_step = managed.tls(_tls_params(front, GENERATION=2))
+        assert one_step.returncode == 1
+        assert "rotate in two steps" in one_step.stderr
+        assert _served(https, bundle)["serialNumber"] == second["serialNumber"]
+
+        both = managed.tls(_tls_params(front, GENERATION=2, TRUST_PREVIOUS=1))
+        assert both.returncode == 0, both.stderr
+        assert both.stdout.count("BEGIN CERTIFICATE") == 2
+        bundle.write_text(both.stdout)  # the nodes' step writes this
+        with _in_flight(https, layer, str(bundle)) as transfer:
+            issued = managed.tls(_tls_params(front, ACTION="issue", GENERATION=2))
+            assert issued.returncode == 0, issued.stderr
+            assert "issued=1" in issued.stdout and "issuer_generation=2" in issued.stdout
+        [done] = transfer
+        assert done.ok, done.error
+        only_new = tmp_path / "ca-2.pem"
+        only_new.write_text((managed.tls_dir / "ca" / "2" / "ca.crt").read_text())
+        assert _served(https, only_new)["serialNumber"] != second["serialNumber"]
+        only_old = tmp_path / "ca-1.pem"
+        only_old.write_text((managed.tls_dir / "ca" / "1" / "ca.crt").read_text())
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _served(https, only_old)
+        assert not ca_key.exists()
