@@ -53,7 +53,7 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
-from components.plan.node_plan import AnyPlan, NodeStep
+from components.plan.node_plan import AnyPlan, NodeStep, step_to_send
 from components.plan.node_probe import parse_step_result
 from components.settings import Node, Settings
 from components.ssh import SshTarget
@@ -94,11 +94,15 @@ class ContainerdMirrors(pulumi.ComponentResource):
         plans: Mapping[str, AnyPlan],
         agent_socket: str,
         depends_on: Sequence[pulumi.Resource] = (),
+        trust_bundle: pulumi.Output[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE, name, None, opts)
         self._base_name = name
         self._agent_socket = agent_socket
+        # The CA certificates the VM made (TLS on): in front of the stdin of each step that
+        # writes a file naming them (node_steps.with_trust).
+        self._trust_bundle = trust_bundle
         batches = rollout_batches(settings.nodes, settings.containerd.batch_size)
         self.batches = [[node.name for node in batch] for batch in batches]
         self.nodes = {}
@@ -155,6 +159,11 @@ class ContainerdMirrors(pulumi.ComponentResource):
         previous: remote.Command | None,
     ) -> remote.Command:
         secret = step.sensitive
+        stdin: pulumi.Input[str] = step.create.stdin
+        if step.trusts_ca:
+            if self._trust_bundle is None:
+                raise ValueError(f"{node.name} {step.role}: TLS is on but no CA was given")
+            stdin = self._trust_bundle.apply(lambda pem: step_to_send(step, pem).stdin)
         return remote.Command(
             f"{self._base_name}-{node.name}-{step.role}",
             connection=connection,
@@ -162,7 +171,7 @@ class ContainerdMirrors(pulumi.ComponentResource):
             # shown in the diff. The content travels on stdin.
             create=step.create.command,
             delete=step.delete.command,
-            stdin=pulumi.Output.secret(step.create.stdin) if secret else step.create.stdin,
+            stdin=pulumi.Output.secret(stdin) if secret else stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions(

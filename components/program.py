@@ -23,7 +23,7 @@ from components.fleet import FleetReadError, StepRunner, plan_fleet
 from components.front_switch import FrontSwitch
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
-from components.renderers.bundle import containerd_export
+from components.renderers.bundle import containerd_export, tls_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
 from components.ssh import SshAgentMissing, agent_socket
@@ -88,7 +88,12 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         vm_id=registry_vm.vm.id,
     )
     nodes = ContainerdMirrors(
-        "containerd", settings=settings, plans=plans, agent_socket=socket, depends_on=[mirrors]
+        "containerd",
+        settings=settings,
+        plans=plans,
+        agent_socket=socket,
+        depends_on=[mirrors],
+        trust_bundle=mirrors.trust_bundle,
     )
     if settings.tls.enabled:
         # Only once every node step succeeded: the certificate from the CA they now trust, and
@@ -101,6 +106,10 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
             vm_id=registry_vm.vm.id,
         )
 
+    # The CA certificates the VM made (TLS on): public, in the outputs consumers read.
+    trust: pulumi.Output[str | None] = (
+        mirrors.trust_bundle if mirrors.trust_bundle is not None else pulumi.Output.from_input(None)
+    )
     exports: dict[str, pulumi.Output[Any]] = {
         "registryVm": pulumi.Output.all(registry_vm.vm_id, registry_vm.address).apply(
             lambda values: {
@@ -115,9 +124,10 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
             }
         ),
         "mirrors": mirrors.mirrors,
-        "containerd": pulumi.Output.from_input(containerd_export(settings)),
+        "containerd": trust.apply(lambda pem: containerd_export(settings, pem)),
         "registriesYaml": pulumi.Output.from_input(render_registries_yaml(settings)),
-        "talosPatch": pulumi.Output.from_input(render_talos_patch(settings)),
+        "talosPatch": trust.apply(lambda pem: render_talos_patch(settings, pem)),
+        "tls": trust.apply(lambda pem: tls_export(settings, pem)),
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }

@@ -300,15 +300,28 @@ class FakeNode:
         kept, the source recorded."""
         self.hosts_stdin = steps.get("hosts", {}).get("stdin", self.hosts_stdin)
         step = steps.get("config") or steps.get("registries")
-        if step is None or step["stdin"] == self.config:
+        if step is None:
+            return
+        # registries.sh writes the CA section to its own file first (lib.sh take_trust_section).
+        text = _without_trust(step["stdin"])
+        if text == self.config:
             return
         guard = _guard(step["create"])
         current = _sha(self.config) if self.config is not None else "absent"
         assert guard == current, "the node was edited since the probe: the script refuses"
         if self.original is None and self.config is not None:
             self.original = self.config
-        self.config = step["stdin"]
-        self.applied = (_sha(step["stdin"]), guard)
+        self.config = text
+        self.applied = (_sha(text), guard)
+
+
+def _without_trust(stdin: str) -> str:
+    """A step's stdin without the CA section in front of it (node_steps.trust_section)."""
+    from components.plan.node_steps import CA_SECTION, CA_SECTION_END
+
+    if not stdin.startswith(CA_SECTION + "\n"):
+        return stdin
+    return stdin.split(CA_SECTION_END + "\n", 1)[1]
 
 
 class FakeFleet:
@@ -332,8 +345,20 @@ class FakeFleet:
         return StepRun(0, fake.probe(), "")
 
 
+# What the VM's trust step prints (scripts/vm/registry-tls.sh trust): the CA certificate. A
+# stand-in in PEM form; the mocks tests only carry it, real ones are made in the integration tests.
+TEST_CA_PEM = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "dGVzdCBDQSBmb3IgdGhlIG1vY2tzIHRlc3RzIG9ubHk=\n"
+    "-----END CERTIFICATE-----\n"
+)
+
+
 def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    """What the node steps print on a first apply (config/registries changed and restarted)."""
+    """What the node steps print on a first apply (config/registries changed and restarted), and
+    the VM's trust step its CA certificate."""
+    if args.name.endswith("-tls-trust"):
+        return {"stdout": TEST_CA_PEM, "stderr": ""}
     if args.name.endswith(("-config", "-registries")):
         return {
             "stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n"

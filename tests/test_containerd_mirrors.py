@@ -23,6 +23,7 @@ from components.settings import Settings, load_settings
 from tests.mocks import (
     BROKEN,
     COMMAND,
+    TEST_CA_PEM,
     FakeFleet,
     FakeNode,
     RecordingMocks,
@@ -66,7 +67,8 @@ def build(
     settings: Settings, fleet: FakeFleet | None = None, name: str = "cm"
 ) -> tuple[ContainerdMirrors, dict[str, AnyPlan]]:
     plans = plan_fleet(settings, fleet or FakeFleet())
-    return ContainerdMirrors(name, settings, plans, "/agent.sock"), plans
+    trust = pulumi.Output.from_input(TEST_CA_PEM)
+    return ContainerdMirrors(name, settings, plans, "/agent.sock", trust_bundle=trust), plans
 
 
 def steps_of(mocks: RecordingMocks) -> dict[str, Registered]:
@@ -467,7 +469,7 @@ def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
             assert "systemctl restart rke2-agent" in steps["cm-node-3-registries"].inputs["create"]
             assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
             merged = plain(k3s["stdin"])
-            assert '"*"' not in merged and "http://10.0.20.10:5010" in merged
+            assert '"*"' not in merged and "https://10.0.20.10:5012" in merged
             assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-registries"]
             reports = dict(zip(mirrors.nodes, values, strict=False))
             assert reports["node-2"]["flavour"] == "k3s-server"

@@ -167,8 +167,12 @@ def test_cron_file_format() -> None:
     text = maintenance.render_cron(sample_settings())
     assert text.endswith("\n")  # cron ignores a last line without newline
     lines = _lines(sample_settings())
-    assert len(lines) == 5 + 7 + 1
-    for line in lines:
+    # GC, restarts, the disk check, the certificate's renewal (TLS on: the default)
+    assert len(lines) == 5 + 7 + 1 + 1
+    assert lines[-1] == (
+        "41 * * * * root /usr/local/sbin/registry-tls renew 2>&1 | logger -t registry-maintenance"
+    )
+    for line in lines[:-1]:
         fields = line.split()
         assert fields[5] == "root"
         assert fields[6] == maintenance.SCRIPT_PATH

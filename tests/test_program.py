@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pulumi
 import pytest
@@ -11,8 +12,10 @@ import yaml
 from components import program
 from tests.mocks import (
     COMMAND,
+    TEST_CA_PEM,
     FakeFleet,
     FakeNode,
+    Registered,
     fake_node_outputs,
     install_mocks,
     is_secret,
@@ -59,8 +62,11 @@ def test_good_config_builds_every_part_and_exports_the_contract():
 
     def check(values):
         vm, mirrors, containerd, nodes, rollout, talos = values
-        patch = yaml.safe_load(talos)["machine"]["registries"]["mirrors"]
-        assert patch["ghcr.io"] == {"endpoints": ["http://10.0.20.10:5010"]}
+        registries = yaml.safe_load(talos)["machine"]["registries"]
+        assert registries["mirrors"]["ghcr.io"] == {"endpoints": ["https://10.0.20.10:5012"]}
+        # Talos trusts exactly the CA the VM made (base64 of the PEM the trust step printed).
+        ca = registries["config"]["10.0.20.10:5012"]["tls"]["ca"]
+        assert base64.b64decode(ca).decode() == TEST_CA_PEM
         assert vm == {
             "vmId": 210,
             "address": "10.0.20.10",
@@ -69,7 +75,13 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "diskUsageThresholdPercent": 80,
             "sshHostPublicKey": None,
         }
-        assert mirrors["docker.io"]["endpoint"] == "http://10.0.20.10:5000"
+        assert mirrors["docker.io"]["endpoint"] == "https://10.0.20.10:5002"
+        assert containerd["caFile"] == {
+            "path": "/etc/containerd/certs.d/registry-mirrors-ca.pem",
+            "pem": TEST_CA_PEM,
+        }
+        hosts = containerd["hostsToml"]["docker.io"]
+        assert '[host."https://10.0.20.10:5002"]' in hosts and "registry-mirrors-ca.pem" in hosts
         assert mirrors["docker.io"]["server"] == "https://registry-1.docker.io"
         assert containerd["configPath"] == "/etc/containerd/certs.d"
         assert set(containerd["hostsToml"]) == {u["host"] for u in _default_upstreams()}
@@ -159,8 +171,11 @@ def test_no_ssh_agent_is_a_clear_error_before_any_resource(monkeypatch):
 
 def test_preview_shows_every_node_step_with_its_real_inputs():
     """What `pulumi preview` does in pull-request checks: the nodes are read while the program
-    runs, so every node step is registered with known inputs (the diff a reviewer reads)."""
+    runs, so every node step is registered with known inputs (the diff a reviewer reads). The
+    CA the hosts steps carry comes from the VM's trust step: in a stack that exists, from its
+    state (here the mocks' answer); a brand-new stack's preview shows it as unknown."""
     mocks = install_mocks(*_config(sample_raw()), preview=True)
+    mocks.outputs_for[COMMAND] = fake_node_outputs
 
     @pulumi.runtime.test
     def preview():
@@ -209,3 +224,47 @@ def test_with_tls_the_vm_switches_only_after_the_last_node_step():
     inputs = plain(front.inputs)
     assert "export RESTART=0" in inputs["create"]
     assert "registry-mirrors-plain-off.config" in inputs["stdin"]
+
+
+def _registrations(raw: dict) -> dict[str, Registered]:
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    program.run(runner=FakeFleet())
+    return {r.name: r for r in _registered(mocks)}
+
+
+def test_turning_tls_on_replaces_no_vm_keeps_every_cache_volume_and_adds_only_the_tls_steps():
+    """The upgrade of an existing stack to TLS (the default) as the engine will diff it: the VM,
+    its vendor-data and firewall options have the same inputs (nothing replaced, the cache disk
+    kept); each cache container keeps its volumes (the same host paths: the cached data stays);
+    what is new is the trust step, the installed renewal script and FrontSwitch; the node steps
+    keep their names (an update, never a replacement that would restore a node)."""
+    raw = sample_raw()
+    raw["tls"] = {"enabled": False}
+    before = _registrations(raw)
+    after = _registrations(sample_raw())
+
+    for name in ("registry-vm-vm", "registry-vm-vendor-data", "registry-firewall-options"):
+        assert plain(before[name].inputs) == plain(after[name].inputs), name
+    containers = [n for n, r in after.items() if r.type == "docker:index/container:Container"]
+    assert containers
+    for name in containers:
+        old, new = plain(before[name].inputs), plain(after[name].inputs)
+        assert old["volumes"] == new["volumes"], name
+        assert old["ports"] == new["ports"], name  # the registry's ports do not depend on TLS
+    added = set(after) - set(before)
+    assert added == {
+        "registry-mirrors-tls-trust",
+        "registry-mirrors-tls-script",
+        "registry-front-switch",
+        "registry-front-switch-tls-issue",
+        "registry-front-switch-front",
+    }, added
+    assert not set(before) - set(after)
+    # Every node step is still there under its name: updated in place (no trigger to replace).
+    for node in ("k8s-cp-1", "k8s-worker-1", "k8s-worker-2"):
+        hosts = f"containerd-{node}-hosts"
+        assert plain(before[hosts].inputs)["stdin"] != plain(after[hosts].inputs)["stdin"]
+        assert "triggers" not in plain(after[hosts].inputs)
+        config = f"containerd-{node}-config"
+        assert before[config].inputs["create"] == after[config].inputs["create"]

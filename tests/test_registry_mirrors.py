@@ -228,8 +228,9 @@ def test_outputs_per_upstream(mocks: RecordingMocks):
     def check(outputs: dict[str, dict[str, Any]]) -> None:
         assert set(outputs) == {u.host for u in sample_settings().upstreams}
         assert outputs["ghcr.io"] == {
-            "endpoint": "http://10.0.20.10:5010",
+            "endpoint": "https://10.0.20.10:5012",
             "port": 5010,
+            "tlsPort": 5012,
             "container": "registry-ghcr",
             "metricsUrl": "http://10.0.20.10:5011/metrics",
             "server": "https://ghcr.io",
@@ -328,8 +329,10 @@ def test_the_front_is_installed_after_the_containers_free_its_ports(mocks: Recor
         assert not is_secret(front.inputs["stdin"])
         for name in ("records.config", "remap.config", "storage.config"):
             assert f"# registry-mirrors-front: {name}\n" in inputs["stdin"]
+        # (and, TLS on, the CA and the first certificate: the front cannot serve TLS without)
         assert set(front.depends_on) == {
             "mirrors-vm-ready",
+            "mirrors-tls-trust",
             *(f"mirrors-{u.container}" for u in settings.upstreams),
         }
         assert "systemctl disable --now trafficserver" in inputs["delete"]

@@ -565,7 +565,10 @@ def test_defaults_are_the_five_upstreams():
     assert docker_hub.resolved_server == "https://registry-1.docker.io"
     assert docker_hub.resolved_metrics_port == 5001
     assert settings.upstreams[1].resolved_server == "https://ghcr.io"
-    assert settings.endpoint(docker_hub) == "http://10.0.20.10:5000"
+    # TLS on by default: the front's HTTPS port; the plain one still exists (the switch).
+    assert settings.endpoint(docker_hub) == "https://10.0.20.10:5002"
+    assert settings.plain_endpoint(docker_hub) == "http://10.0.20.10:5000"
+    assert (docker_hub.resolved_tls_port, docker_hub.resolved_backend_port) == (5002, 15000)
 
 
 def test_allowed_cidrs_default_to_the_nodes():

@@ -13,7 +13,7 @@ from components.renderers.shell import SCRIPTS_DIR, inline_libraries, remote_com
 
 LIBRARY = SCRIPTS_DIR / "node" / "lib.sh"
 LIBRARY_LINE = '. "$(dirname "$0")/lib.sh"'
-USERS = ("node/apply-config.sh", "node/registries.sh", "node/restore.sh")
+USERS = ("node/apply-config.sh", "node/hosts.sh", "node/registries.sh", "node/restore.sh")
 
 
 def _sent(relative: str, params: dict[str, str | int | bool]) -> tuple[str, str]:
@@ -27,7 +27,7 @@ def _library_functions() -> list[str]:
     return re.findall(r"^([a-z_][a-z0-9_]*)\(\) \{", LIBRARY.read_text(), re.MULTILINE)
 
 
-def test_the_scripts_that_share_the_library_are_the_three_that_replace_a_file() -> None:
+def test_the_scripts_that_share_the_library_are_the_ones_that_replace_a_file() -> None:
     users = {
         str(path.relative_to(SCRIPTS_DIR))
         for path in SCRIPTS_DIR.rglob("*.sh")

@@ -22,6 +22,7 @@ from components.plan.node_steps import (
     restore_config_step,
     restore_hosts_step,
     restore_registries_step,
+    with_trust,
 )
 from components.renderers.containerd_config import (
     MigratedRegistry,
@@ -45,6 +46,9 @@ class NodeStep:
     create: Step
     delete: Step
     sensitive: bool
+    # TLS on: the create step's stdin gets the CA certificates of our caches in front
+    # (node_steps.with_trust), known once the VM has made its CA.
+    trusts_ca: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,22 @@ class NodePlan:
     flavour: Flavour = FLAVOURS["containerd"]
     # The step whose output says whether the node changed and restarted.
     report_role: str = "config"
+
+
+def step_to_send(step: NodeStep, ca_pem: str | None) -> Step:
+    """What the node step's create runs: with TLS on, its stdin carries ``ca_pem`` (the CA
+    certificates the VM made) in front (node_steps.with_trust)."""
+    if not step.trusts_ca:
+        return step.create
+    if ca_pem is None:
+        raise NodeStepError(f"{step.role}: TLS is on, so this step needs the caches' CA")
+    return with_trust(step.create, ca_pem)
+
+
+def role_to_send(plan: AnyPlan, role: str, ca_pem: str | None) -> Step:
+    """``step_to_send`` for the plan's step of ``role`` (hosts, config, registries)."""
+    [step] = [step for step in plan.steps if step.role == role]
+    return step_to_send(step, ca_pem)
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
@@ -162,7 +182,10 @@ def _plan_containerd(
         guard = probe.applied_from_sha256 or probe.config_sha256
         config = config_step(settings, node, guard, probe.config_text)
     hosts = hosts_step(settings, node, files)
-    steps = [NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False)]
+    tls = settings.tls.enabled
+    steps = [
+        NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False, trusts_ca=tls)
+    ]
     if not node.skip_config_path:
         steps.append(
             NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
@@ -253,5 +276,9 @@ def _plan_registries(
         changed=merge.changed,
         replaced_wildcard=merge.replaced_wildcard,
         summary=tuple(summary),
-        steps=(NodeStep("registries", registries, restore, sensitive=True),),
+        steps=(
+            NodeStep(
+                "registries", registries, restore, sensitive=True, trusts_ca=settings.tls.enabled
+            ),
+        ),
     )

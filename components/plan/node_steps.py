@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour
 from components.renderers.shell import as_root, remote_command
+from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file
 from components.settings import Node, Settings
 
 
@@ -58,12 +59,34 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
 
 
 def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
+    """hosts.sh with the bundle; with TLS on, ``with_trust`` puts the CA certificates in front
+    (they are known once the VM has made its CA: components/containerd_mirrors.py)."""
     return _step(
         node,
         "node/hosts.sh",
-        {"CONFIG_PATH": settings.containerd.config_path},
+        {"CONFIG_PATH": settings.containerd.config_path, "CA_FILE": containerd_ca_file(settings)},
         hosts_bundle(files),
     )
+
+
+CA_SECTION = "# registry-mirrors-ca"
+CA_SECTION_END = "# registry-mirrors-ca-end"
+
+
+def trust_section(ca_pem: str) -> str:
+    """The CA certificates of our caches as the first part of a step's stdin (scripts/node/lib.sh
+    take_trust_section writes them to the step's CA_FILE before anything that names it)."""
+    text = ca_pem if ca_pem.endswith("\n") else ca_pem + "\n"
+    if "-----BEGIN CERTIFICATE-----" not in text or "PRIVATE KEY" in text:
+        raise ValueError("the CA bundle must hold certificates and nothing else")
+    if CA_SECTION_END in text or text.startswith(CA_SECTION):
+        raise ValueError("the CA bundle cannot travel in a step's stdin")
+    return f"{CA_SECTION}\n{text}{CA_SECTION_END}\n"
+
+
+def with_trust(step: Step, ca_pem: str) -> Step:
+    """``step`` with the CA certificates in front of its stdin."""
+    return Step(step.command, trust_section(ca_pem) + step.stdin)
 
 
 def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
@@ -101,7 +124,13 @@ def restore_hosts_step(settings: Settings, node: Node) -> Step:
     # REMOVE_ALL, not an empty stdin: whether pulumi-command feeds a delete the resource's stdin is
     # not something to rely on, and that stdin (the bundle) would write the files again.
     return _step(
-        node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
+        node,
+        "node/hosts.sh",
+        {
+            "CONFIG_PATH": settings.containerd.config_path,
+            "CA_FILE": containerd_ca_file(settings),
+            "REMOVE_ALL": 1,
+        },
     )
 
 
@@ -183,6 +212,7 @@ def _distribution_params(
         "CTR": f"{flavour.bin_dir}/ctr",
         "UNIT": flavour.unit,
         "CONTAINERD_LOG": flavour.containerd_log,
+        "CA_FILE": RANCHER_CA_FILE,
     }
 
 

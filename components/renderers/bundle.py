@@ -14,6 +14,7 @@ from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.registry_config import registry_summary, render_registry_files
 from components.renderers.talos import render_talos_patch
+from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file, subject_alt_names
 from components.settings import Settings
 
 
@@ -54,11 +55,13 @@ def summary(settings: Settings) -> dict:
 
 
 def mirrors_export(settings: Settings) -> dict[str, dict]:
-    """Stack output ``mirrors``: per upstream host, where its cache is."""
+    """Stack output ``mirrors``: per upstream host, where its cache is (``endpoint``: what nodes
+    pull from, https:// with TLS on; ``port``: the plain port; ``tlsPort``: null with TLS off)."""
     return {
         upstream.host: {
             "endpoint": settings.endpoint(upstream),
             "port": upstream.port,
+            "tlsPort": upstream.resolved_tls_port if settings.tls.enabled else None,
             "container": upstream.container,
             "metricsUrl": settings.metrics_url(upstream),
             "server": upstream.resolved_server,
@@ -67,12 +70,32 @@ def mirrors_export(settings: Settings) -> dict[str, dict]:
     }
 
 
-def containerd_export(settings: Settings) -> dict:
+def containerd_export(settings: Settings, ca_pem: str | None = None) -> dict:
     """Stack output ``containerd``: the files a new node needs, so another stack can bake them
-    into its cloud-init. No dial_timeout: the files must load on every containerd version."""
+    into its cloud-init. No dial_timeout: the files must load on every containerd version. With
+    TLS on, ``caFile`` is the CA file the hosts.toml files name, to be written beside them."""
     return {
         "configPath": settings.containerd.config_path,
         "hostsToml": render_node_hosts(settings),
+        "caFile": {"path": containerd_ca_file(settings), "pem": ca_pem}
+        if settings.tls.enabled
+        else None,
+    }
+
+
+def tls_export(settings: Settings, ca_pem: str | None = None) -> dict:
+    """Stack output ``tls``: the CA certificates every consumer must trust (public: the key
+    stays on the VM) and what scripts/verify.py checks the served certificate against."""
+    tls = settings.tls
+    return {
+        "enabled": tls.enabled,
+        "caCertificates": ca_pem if tls.enabled else None,
+        "subjectAltNames": subject_alt_names(settings) if tls.enabled else [],
+        "expiryWarningDays": tls.expiry_warning_days,
+        "plainHttp": tls.plain_http or not tls.enabled,
+        "caFiles": {"containerd": containerd_ca_file(settings), "k3sRke2": RANCHER_CA_FILE}
+        if tls.enabled
+        else None,
     }
 
 

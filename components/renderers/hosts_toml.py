@@ -35,6 +35,7 @@ from components.renderers.containerd_config import (
     default_server,
     parse_containerd_version,
 )
+from components.renderers.tls import containerd_ca_file
 from components.settings import Settings
 
 CAPABILITIES = ("pull", "resolve")
@@ -156,10 +157,21 @@ def render_node_hosts(
     # The migration drops them already; a list from elsewhere must not make them files either.
     by_host = {m.host.lower(): m for m in migrated if m.host not in NOT_A_REGISTRY}
     files: dict[str, str] = {}
+    # TLS on: our cache over https, trusting exactly our CA (the file the hosts step writes).
+    our_tls = TlsSettings(ca=(containerd_ca_file(settings),)) if settings.tls.enabled else None
+    # Every endpoint of our caches, either scheme: only ours is kept, first. Our plain one kept
+    # after our https:// host (carried over from the node's old config) would let whoever
+    # answers for the VM's address serve the tags in plain text once the https:// host fails.
+    all_ours = {
+        url.lower()
+        for u in settings.upstreams
+        for url in (settings.plain_endpoint(u), settings.tls_endpoint(u))
+    }
     for upstream in settings.upstreams:
         ours = settings.endpoint(upstream)
         node = by_host.pop(upstream.host.lower(), None)
-        mirrors = [HostEntry(ours), *_entries_of(node, {ours.lower()})]
+        others = _entries_of(node, all_ours)
+        mirrors = [HostEntry(ours, our_tls or TlsSettings()), *others]
         files[registry_dir_name(upstream.host)] = render_hosts_toml(
             upstream.resolved_server,
             mirrors,

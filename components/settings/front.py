@@ -10,11 +10,13 @@ ever changes its scheme while nodes switch.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.settings.checks import Hostname, _Model
+from components.settings.errors import shown
 
 
 class FrontSettings(_Model):
@@ -42,7 +44,7 @@ class TlsSettings(_Model):
     """HTTPS on every cache, with a CA of its own whose key never leaves the VM."""
 
     enabled: bool = Field(
-        default=False,
+        default=True,
         description="Serve HTTPS on every cache's tlsPort and point every node at it. Off: plain "
         "HTTP only (TLS terminated elsewhere; README).",
     )
@@ -56,6 +58,22 @@ class TlsSettings(_Model):
         default_factory=list,
         description="DNS names of the VM for the server certificate (its IP is always in it).",
     )
+    ip_addresses: list[str] = Field(
+        default_factory=list,
+        description="Other addresses the VM is reached at (a second NIC, a NAT), for the server "
+        "certificate: a client checks the address it dialled against these.",
+    )
+
+    @field_validator("ip_addresses")
+    @classmethod
+    def _ips(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValueError(f"{shown(address)} is not an IP address") from None
+        return value
+
     certificate_days: int = Field(
         default=90, ge=2, le=825, description="Lifetime of the server certificate (days)."
     )

@@ -6,6 +6,7 @@ counter still)."""
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 from typing import Any
 
@@ -50,6 +51,7 @@ def check_node(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    context: ssl.SSLContext | None = None,
 ) -> list[Check]:
     where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
     # The same ssh client and options the program reads the nodes with (--ssh-option first).
@@ -130,7 +132,7 @@ def check_node(
             )  # fmt: skip
             continue
         try:
-            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout)
+            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout, context)
         except (urllib.error.URLError, OSError, ValueError) as error:
             checks.append(Check(node.name, where, "pull", False, f"{image}: catalog: {error}",
                                 "the mirror does not answer its catalog", image))  # fmt: skip
@@ -189,6 +191,7 @@ def check_nodes(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    context: ssl.SSLContext | None = None,
 ) -> list[Check]:
     """Every node's checks, each followed by its bypass rows. The counters are read around each
     node on its own: read once around the whole fleet, one node's pull through a mirror would
@@ -198,7 +201,7 @@ def check_nodes(
     checks: list[Check] = []
     for node in settings.nodes:
         before = snapshot_requests(watched, timeout)
-        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout)
+        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout, context)
         after = snapshot_requests(watched, timeout)
         checks += node_checks + check_bypass(node, watched, node_checks, before, after)
     return checks

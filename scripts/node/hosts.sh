@@ -8,17 +8,21 @@
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
-# Params (env): CONFIG_PATH; REMOVE_ALL=1 ignores stdin and lets go of every registry we manage
-# (the delete step: pulumi destroy or a node removed from the settings).
-# Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
+# TLS on: stdin starts with the CA certificates of our caches (lib.sh, take_trust_section),
+# written to CA_FILE before any hosts.toml that names it; without them CA_FILE is removed.
+# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go); REMOVE_ALL=1 ignores stdin
+# and lets go of every registry we manage and of CA_FILE (the delete step: pulumi destroy or a
+# node removed from the settings).
+# Output: key=value lines: trust=..., written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
+: "${CA_FILE:=}"
 : "${REMOVE_ALL:=0}"
-if [[ $(id -u) -ne 0 ]]; then
-  echo "hosts.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
+
+# shellcheck source=scripts/node/lib.sh
+. "$(dirname "$0")/lib.sh"
+require_root
 
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
 mkdir -p "$CONFIG_PATH"
@@ -34,6 +38,16 @@ managed_before() { [[ -f $manifest ]] && grep -qxF "$1" "$manifest"; }
 
 changed=0
 : >"$work/wanted"
+
+# stdin, staged: the CA section first (written now, before the files that name it).
+staged="$work/stdin"
+if [[ $REMOVE_ALL == 1 ]]; then : >"$staged"; else cat >"$staged"; fi
+take_trust_section "$staged"
+if [[ -n $CA_FILE ]]; then
+  trust=$(install_trust "$CA_FILE")
+  echo "$trust"
+  [[ $trust == trust=unchanged || $trust == trust=none ]] || changed=1
+fi
 
 # Split stdin into $work/files/<dir> (one file per header), checking every name first.
 mkdir "$work/files"
@@ -53,7 +67,7 @@ while IFS= read -r line || [[ -n $line ]]; do
     echo "hosts.sh: stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" >&2
     exit 4
   fi
-done < <([[ $REMOVE_ALL == 1 ]] || cat)
+done <"$staged"
 
 while read -r dir; do
   [[ -z $dir ]] && continue

@@ -221,3 +221,67 @@ restore_original() {
   fi
   echo "restarted=1"
 }
+
+# --- the CA of our caches ------------------------------------------------------------------------
+# A step's stdin may start with the CA certificates the node must trust for our caches (TLS on):
+#   # registry-mirrors-ca
+#   -----BEGIN CERTIFICATE----- ...
+#   # registry-mirrors-ca-end
+# followed by the step's own stdin. The file that holds them is written BEFORE any file that
+# names it (hosts.toml `ca = [...]`, registries.yaml `tls.ca_file`), and removed when TLS is off.
+
+# take_trust_section STAGED: when STAGED starts with the section, its certificates go to a
+# temporary file (sets trust_pem) and STAGED keeps the rest; trust_pem="" when there is none.
+trust_pem=""
+take_trust_section() {
+  local staged=$1 rest
+  trust_pem=""
+  [[ $(head -n 1 "$staged") == "# registry-mirrors-ca" ]] || return 0
+  trust_pem=$(mktemp)
+  rest=$(mktemp)
+  awk -v pem="$trust_pem" -v rest="$rest" '
+    NR == 1 { next }
+    !done && $0 == "# registry-mirrors-ca-end" { done = 1; next }
+    !done { print > pem; next }
+    { print > rest }
+    END { if (!done) exit 1 }' "$staged" || {
+    rm -f "$trust_pem" "$rest"
+    echo "${me}: the CA section of stdin has no end line" >&2
+    exit 4
+  }
+  if ! grep -q -- '-----END CERTIFICATE-----' "$trust_pem"; then
+    rm -f "$trust_pem" "$rest"
+    echo "${me}: the CA section of stdin holds no certificate" >&2
+    exit 4
+  fi
+  cat "$rest" >"$staged"
+  rm -f "$rest"
+}
+
+# install_trust CA_FILE: CA_FILE holds trust_pem's certificates (0644: public; one rename), or,
+# when stdin had no section, CA_FILE is removed (ours: no one else writes that name).
+# Prints trust=written|unchanged|removed|none.
+install_trust() {
+  local ca_file=$1 tmp
+  if [[ -z $trust_pem ]]; then
+    if [[ -e $ca_file ]]; then
+      rm -f "$ca_file"
+      echo "trust=removed"
+    else
+      echo "trust=none"
+    fi
+    return 0
+  fi
+  if [[ -f $ca_file ]] && cmp -s "$trust_pem" "$ca_file"; then
+    rm -f "$trust_pem"
+    echo "trust=unchanged"
+    return 0
+  fi
+  mkdir -p "$(dirname "$ca_file")"
+  tmp=$(temp_next_to "$ca_file")
+  cp "$trust_pem" "$tmp"
+  rm -f "$trust_pem"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$ca_file"
+  echo "trust=written"
+}

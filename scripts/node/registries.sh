@@ -19,9 +19,13 @@
 #   UNIT                 the unit, for its journal on failure
 #   SERVICE_LOG          optional log file of the service to quote on failure (else the journal)
 #   CONTAINERD_LOG       the distribution's containerd log (k3s logs containerd to a file)
+#   CA_FILE              where the CA certificates of our caches go (registries.yaml's
+#                        configs.<cache>.tls.ca_file names it); removed when stdin has none
 #   RESTORE              1: no stdin; put back the very first original (pulumi destroy / node
 #                        removed), restart and wait, like restore.sh for config.toml
-# stdin: the new registries.yaml (not read with RESTORE=1).
+# stdin: TLS on, the CA section (lib.sh, take_trust_section) written to CA_FILE before the
+# restart that makes the distribution read it; then the new registries.yaml (not read with
+# RESTORE=1).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
 #       distribution is ok again; 6 failed and so did the rollback.
@@ -38,6 +42,7 @@ set -euo pipefail
 : "${SERVICE_LOG:=}"
 : "${CONTAINERD_LOG:=}"
 : "${RESTORE:=0}"
+: "${CA_FILE:=}"
 
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -78,11 +83,16 @@ distribution_error_text() {
 
 if [[ $RESTORE == 1 ]]; then
   restore_original "$REGISTRIES_FILE" distribution_error_text
+  [[ -z $CA_FILE ]] || rm -f "$CA_FILE"
   exit 0
 fi
 
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 stage_stdin "$REGISTRIES_FILE"
+take_trust_section "$new"
+# Before anything that names it; a changed CA alone needs no restart (containerd reads the file
+# on every connection), and registries.yaml is then unchanged.
+[[ -z $CA_FILE ]] || install_trust "$CA_FILE"
 skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
 install_new "$REGISTRIES_FILE" "$new"
 

@@ -29,6 +29,7 @@
 #   SERVICE       default trafficserver (systemd unit; Debian's ExecReload is traffic_ctl)
 #   STATS_PATH    default _front_stats (the counters, on loopback)
 #   PLAIN_OFF_RULES the header_rewrite rules a refusing plain port's remap rule names
+#   LOCAL_ADDRESS where this script reaches the front itself, default 127.0.0.1
 # Output: key=value lines: written=<file> ..., store=kept|created|resized,
 #         action=none|reload|start|restart|drained-restart, changed=0|1.
 set -euo pipefail
@@ -36,7 +37,7 @@ set -euo pipefail
 : "${PORTS:?PORTS is required}" "${STORE:?STORE is required}" "${STORE_MB:?STORE_MB is required}"
 : "${RESTART:=1}" "${CONFIG_DIR:=/etc/trafficserver}" "${DRAIN_SECONDS:=120}"
 : "${ATS_USER:=trafficserver}" "${SERVICE:=trafficserver}" "${STATS_PATH:=_front_stats}"
-: "${PLAIN_OFF_RULES:=registry-mirrors-plain-off.config}"
+: "${PLAIN_OFF_RULES:=registry-mirrors-plain-off.config}" "${LOCAL_ADDRESS:=127.0.0.1}"
 
 die() {
     echo "front.sh: $*" >&2
@@ -157,7 +158,7 @@ plain_ports_as_ruled() {
     while read -r line; do
         [[ $line =~ ^regex_map\ http://\^\.\*\$:([0-9]+)\  ]] || continue
         port=${BASH_REMATCH[1]}
-        status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$port/v2/") || true
+        status=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://$LOCAL_ADDRESS:$port/v2/") || true
         if [[ $line == *"@pparam=$PLAIN_OFF_RULES"* ]]; then
             [[ $status == 403 ]] || return 1
         else
@@ -203,7 +204,7 @@ restart)
         # From traffic_server itself (stats_over_http on loopback; traffic_ctl's copy of the
         # counters lags): transactions with a client, this request not counted.
         local port=${PORTS%% *} count
-        count=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/$STATS_PATH" 2>/dev/null |
+        count=$(curl -fsS --max-time 5 "http://$LOCAL_ADDRESS:$port/$STATS_PATH" 2>/dev/null |
             grep -o '"proxy.process.http.current_active_client_connections": *[0-9]*' |
             grep -o '[0-9]*$') || true
         echo "${count:-0}"

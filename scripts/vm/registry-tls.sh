@@ -27,6 +27,7 @@
 #   SANS                subjectAltName entries, space separated: "IP:10.0.20.10 DNS:reg.lab"
 #   CA_DAYS CERT_DAYS RENEW_BEFORE_DAYS
 #   TLS_PORT            an HTTPS port of the front, to check the served certificate
+#   TLS_HOST            where to reach it, default 127.0.0.1 (the front listens on every address)
 #   TLS_DIR             default /etc/registry-mirrors/tls
 #   CONFIG_DIR          ATS's config directory, default /etc/trafficserver
 #   ATS_USER            default trafficserver (reads the PEM)
@@ -37,7 +38,7 @@ set -euo pipefail
 # The action: the first argument (cron), or ACTION (a `pulumi up` step: parameters only).
 action=${1:-${ACTION:-}}
 : "${TLS_DIR:=/etc/registry-mirrors/tls}" "${CONFIG_DIR:=/etc/trafficserver}"
-: "${ATS_USER:=trafficserver}" "${RELOAD:=traffic_ctl config reload}"
+: "${ATS_USER:=trafficserver}" "${RELOAD:=traffic_ctl config reload}" "${TLS_HOST:=127.0.0.1}"
 state=$TLS_DIR/state.env
 GENERATION=${GENERATION:-}
 
@@ -100,7 +101,7 @@ sans_of() {
 serial_of() { openssl x509 -in "$1" -noout -serial | cut -d= -f2; }
 
 served_serial() {
-    openssl s_client -connect "127.0.0.1:$TLS_PORT" -servername registry </dev/null 2>/dev/null |
+    openssl s_client -connect "$TLS_HOST:$TLS_PORT" -servername registry </dev/null 2>/dev/null |
         openssl x509 -noout -serial 2>/dev/null | cut -d= -f2
 }
 
@@ -168,6 +169,7 @@ write_state() {
         printf 'CERT_DAYS=%q\n' "$CERT_DAYS"
         printf 'RENEW_BEFORE_DAYS=%q\n' "$RENEW_BEFORE_DAYS"
         printf 'TLS_PORT=%q\n' "${TLS_PORT:-}"
+        printf 'TLS_HOST=%q\n' "$TLS_HOST"
         printf 'CONFIG_DIR=%q\n' "$CONFIG_DIR"
     } >"$tmp"
     chmod 0644 "$tmp"

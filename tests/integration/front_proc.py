@@ -114,11 +114,12 @@ def _wait_listening(port: int, host: str, process: subprocess.Popen[bytes], log:
     raise FrontStartError(f"{host}:{port} not listening after 60 s:\n{log.read_text()[-3000:]}")
 
 
-def loopback_front(front: Front, workdir: Path) -> Front:
-    """``front`` bound to loopback, with its config directory and disk store in ``workdir``."""
+def loopback_front(front: Front, workdir: Path, listen: str = LOOPBACK) -> Front:
+    """``front`` bound to loopback (or ``listen``: a test node's side of its veth), with its
+    config directory and disk store in ``workdir``; its registries on loopback."""
     return dataclasses.replace(
         front,
-        listen_host=LOOPBACK,
+        listen_host=listen,
         backend_host=LOOPBACK,
         storage_path=str(workdir / "cache" / "cache.db"),
         config_dir=str(workdir / "etc"),
@@ -156,10 +157,10 @@ def package_runroot(workdir: Path) -> Path:
     return runroot
 
 
-def write_config(front: Front, workdir: Path) -> tuple[Front, Path]:
+def write_config(front: Front, workdir: Path, listen: str = LOOPBACK) -> tuple[Front, Path]:
     """The rendered files for ``front`` (bound to loopback) under ``workdir``; returns the
     loopback front and the runroot file that points traffic_server at them."""
-    front = loopback_front(front, workdir)
+    front = loopback_front(front, workdir, listen)
     problems = check_front(front)
     if problems:
         raise FrontStartError("\n".join(problems))
@@ -172,23 +173,22 @@ def write_config(front: Front, workdir: Path) -> tuple[Front, Path]:
     return front, runroot
 
 
-def start_front(front: Front, workdir: Path) -> FrontProcess:
+def start_front(front: Front, workdir: Path, listen: str = LOOPBACK) -> FrontProcess:
     """Serve ``front`` (rendered, bound to loopback by ``loopback_front``) until stopped.
     Returns once every public port accepts connections."""
     binary = require_binary("traffic_server")
     workdir.mkdir(parents=True, exist_ok=True)
-    front, runroot = write_config(front, workdir)
+    front, runroot = write_config(front, workdir, listen)
     log_path = workdir / "traffic_server.out"
     with log_path.open("ab") as log:
         process = subprocess.Popen([binary, f"--run-root={runroot}"], stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-    proc = FrontProcess(front, workdir, process)
+    proc = FrontProcess(front, workdir, process, listen)
     try:
         for cache in front.caches:
-            if front.plain_http:
-                _wait_listening(cache.port, LOOPBACK, process, log_path)
+            _wait_listening(cache.port, listen, process, log_path)
             if front.tls and cache.tls_port is not None:
-                _wait_listening(cache.tls_port, LOOPBACK, process, log_path)
+                _wait_listening(cache.tls_port, listen, process, log_path)
     except BaseException:
         proc.stop()
         raise
@@ -196,8 +196,8 @@ def start_front(front: Front, workdir: Path) -> FrontProcess:
 
 
 @contextlib.contextmanager
-def running_front(front: Front, workdir: Path) -> Iterator[FrontProcess]:
-    proc = start_front(front, workdir)
+def running_front(front: Front, workdir: Path, listen: str = LOOPBACK) -> Iterator[FrontProcess]:
+    proc = start_front(front, workdir, listen)
     try:
         yield proc
     finally:
@@ -217,14 +217,23 @@ def verify_config(front: Front, workdir: Path) -> subprocess.CompletedProcess[st
 
 @dataclass(frozen=True)
 class TestCa:
+    __test__ = False  # a fixture's value, not a test class
     ca_cert: Path  # what nodes trust (hosts.toml `ca = [...]`)
     pem: Path  # the front's PEM: server certificate, then its key
     server_cert: Path
 
 
-def make_test_ca(workdir: Path, ip: str = LOOPBACK, name: str = "test") -> TestCa:
+def make_test_ca(
+    workdir: Path,
+    ip: str = LOOPBACK,
+    name: str = "test",
+    *,
+    days: int = 1,
+    window: tuple[str, str] | None = None,
+) -> TestCa:
     """A throwaway CA (openssl) and a server certificate with ``ip`` as its IP SAN, as the
-    registry VM's would be: nodes name the VM by IP."""
+    registry VM's would be: nodes name the VM by IP. The server certificate is valid ``days``
+    from now, or over ``window`` (notBefore, notAfter as ``YYYYMMDDHHMMSSZ``: an expired one)."""
     openssl = require_binary("openssl")
     workdir.mkdir(parents=True, exist_ok=True)
     ca_key, ca_cert = workdir / "ca.key", workdir / "ca.crt"
@@ -239,12 +248,28 @@ def make_test_ca(workdir: Path, ip: str = LOOPBACK, name: str = "test") -> TestC
         subprocess.run([openssl, *args], check=True, capture_output=True, timeout=60)
 
     run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(ca_key), "-out", str(ca_cert), "-days", "2", "-subj",
+        "-keyout", str(ca_key), "-out", str(ca_cert), "-days", str(days + 1), "-subj",
         f"/CN=registry-mirrors {name} CA")  # fmt: skip
     run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
         "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={ip}")  # fmt: skip
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-        "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
+    if window is None:
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(cert), "-days", str(days),
+            "-extfile", str(ext))  # fmt: skip
+    else:
+        # `openssl ca` sets both dates (3.0's x509 -req has no notBefore).
+        (workdir / "index.txt").write_text("")
+        (workdir / "serial").write_text("01\n")
+        (workdir / "issued").mkdir(exist_ok=True)
+        (workdir / "ca.cnf").write_text(
+            "[ca]\ndefault_ca = test\n[test]\n"
+            f"database = {workdir}/index.txt\nnew_certs_dir = {workdir}/issued\n"
+            f"serial = {workdir}/serial\ndefault_md = sha256\npolicy = any\n"
+            "[any]\ncommonName = supplied\n"
+        )
+        run("ca", "-batch", "-notext", "-config", str(workdir / "ca.cnf"), "-keyfile",
+            str(ca_key), "-cert", str(ca_cert), "-in", str(csr), "-out", str(cert),
+            "-startdate", window[0], "-enddate", window[1], "-extfile", str(ext))  # fmt: skip
     pem = workdir / "front.pem"
     pem.write_text(cert.read_text() + key.read_text())
     pem.chmod(0o600)
@@ -289,6 +314,7 @@ class ManagedFront:
     runroot: Path
     bin_dir: Path
     front: Front | None = None
+    listen: str = LOOPBACK  # where the public ports listen (a test node's side of its veth)
 
     @property
     def pidfile(self) -> Path:
@@ -303,9 +329,16 @@ class ManagedFront:
     ) -> subprocess.CompletedProcess[str]:
         """front.sh with ``front``'s files (bound to loopback) on stdin (``edit``: changed on
         the way, to send what the renderer never would)."""
-        front = loopback_front(front, self.workdir)
-        command = remote_command(FRONT_SCRIPT, front_params(front, restart=restart))
-        result = subprocess.run(["bash", "-c", command], input=edit(front_bundle(front)),
+        front = loopback_front(front, self.workdir, self.listen)
+        params = {**front_params(front, restart=restart), "LOCAL_ADDRESS": self.listen}
+        command = remote_command(FRONT_SCRIPT, params)
+        bundle = front_bundle(front)
+        if self.listen != LOOPBACK:
+            # The script reads the counters from where the front listens here (the VM: loopback).
+            bundle = bundle.replace(
+                "allow_ip=127.0.0.1\n", f"allow_ip=127.0.0.1\nallow_ip={self.listen}\n"
+            )
+        result = subprocess.run(["bash", "-c", command], input=edit(bundle),
                                 text=True, capture_output=True, env=self.env(),
                                 timeout=300)  # fmt: skip
         if result.returncode == 0:
@@ -316,7 +349,8 @@ class ManagedFront:
         """scripts/vm/registry-tls.sh as the steps run it (parameters only), its TLS_DIR in
         ``workdir/tls`` and ATS's config directory the managed one."""
         command = remote_command(TLS_SCRIPT, {**params, "TLS_DIR": str(self.tls_dir),
-                                              "CONFIG_DIR": str(self.workdir / "etc")})  # fmt: skip
+                                              "CONFIG_DIR": str(self.workdir / "etc"),
+                                              "TLS_HOST": self.listen})  # fmt: skip
         return subprocess.run(["bash", "-c", command], text=True, capture_output=True,
                               env=self.env(), timeout=120)  # fmt: skip
 
@@ -356,7 +390,7 @@ class ManagedFront:
 
 
 @contextlib.contextmanager
-def managed_front(workdir: Path) -> Iterator[ManagedFront]:
+def managed_front(workdir: Path, listen: str = LOOPBACK) -> Iterator[ManagedFront]:
     require_binary("traffic_manager")
     workdir.mkdir(parents=True, exist_ok=True)
     runroot = package_runroot(workdir)
@@ -366,7 +400,7 @@ def managed_front(workdir: Path) -> Iterator[ManagedFront]:
     pidfile, log = (shlex.quote(str(workdir / name)) for name in ("manager.pid", "manager.out"))
     systemctl.write_text(_SYSTEMCTL_STANDIN.format(pidfile=pidfile, log=log))
     systemctl.chmod(0o755)
-    managed = ManagedFront(workdir, runroot, bin_dir)
+    managed = ManagedFront(workdir, runroot, bin_dir, listen=listen)
     try:
         yield managed
     finally:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from components.fleet import read_node, ssh_runner
-from components.plan.node_plan import RegistriesPlan, plan_registries
+from components.plan.node_plan import RegistriesPlan, plan_registries, role_to_send
 from components.plan.node_probe import parse_probe, parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
@@ -32,14 +32,15 @@ from components.renderers.flavours import FLAVOURS
 from components.settings import Node, Settings
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V2_1
+from tests.integration.front_proc import TestCa, make_test_ca
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import RegistryProcess, running_registry
 from tests.integration.test_node_e2e import (
     UPSTREAM_PORTS,
     make_settings,
-    proxy_config,
     push,
     run_verify_nodes,
+    serve_caches,
     upstream_registry_config,
 )
 from tests.integration.testhost import NodeHost, node_host
@@ -79,6 +80,13 @@ class K3sWorld:
     settings: Settings
     node: Node
     registries: dict[str, RegistryProcess]
+    # The CA the caches' certificate comes from, as the VM's trust step prints it.
+    ca: TestCa
+
+    @property
+    def ca_file(self) -> Path:
+        """The node's /etc/rancher/registry-mirrors-ca.pem, seen from the host."""
+        return self.host.etc_upper / "rancher" / "registry-mirrors-ca.pem"
 
     def probe(self) -> str:
         """Read the node exactly as the program does while it runs (preview included)."""
@@ -87,8 +95,12 @@ class K3sWorld:
     def plan(self) -> RegistriesPlan:
         return plan_registries(self.settings, self.node, self.probe())
 
+    def send(self, plan: RegistriesPlan) -> Any:
+        """The registries step as the component sends it (TLS on: the CA in front of stdin)."""
+        return self.host.run_step(role_to_send(plan, "registries", self.ca.ca_cert.read_text()))
+
     def apply(self, plan: RegistriesPlan) -> Any:
-        result = self.host.run_step(plan.registries)
+        result = self.send(plan)
         check_step(self.node, "registries", result.returncode, result.stderr)
         return parse_step_result(result.stdout)
 
@@ -117,10 +129,11 @@ def k3s_world(
         node = settings.nodes[0]
         with contextlib.ExitStack() as running:
             registries: dict[str, RegistryProcess] = {}
+            addr = host.host_address
+            ca = make_test_ca(tmp_path / "ca", ip=addr, days=90)
             if images is not None:
                 require_binary("docker-registry")
                 require_binary("skopeo")
-                addr = host.host_address
                 upstream_dir = tmp_path / "docker-upstream"
                 registries["docker-upstream"] = running.enter_context(
                     running_registry(
@@ -132,24 +145,19 @@ def k3s_world(
                 )
                 for image in images.values():
                     push(image, registries["docker-upstream"], "library/x")
-                docker_io = settings.upstreams[0]
-                proxy_dir = tmp_path / "docker-proxy"
-                registries["docker-proxy"] = running.enter_context(
-                    running_registry(
-                        proxy_config(settings, docker_io, proxy_dir),
-                        proxy_dir,
-                        host=addr,
-                        port=docker_io.port,
-                    )
+                # The Docker Hub cache behind the rendered front, as the VM serves it.
+                running.enter_context(
+                    serve_caches(settings, tmp_path, ca, addr, settings.upstreams[:1], registries)
                 )
             # The broken state: the person's file with the wildcard, k3s running with it.
+            # (made while the caches spoke plain HTTP: the wildcard names the plain port)
             host.registries_file.write_text(
-                users_registries_yaml(settings.endpoint(settings.upstreams[0]))
+                users_registries_yaml(settings.plain_endpoint(settings.upstreams[0]))
             )
             start = host.ssh(host.restart_command)
             assert start.returncode == 0, start.stderr + host.service_log.read_text()
             _wait_cri_ok(host)
-            yield K3sWorld(host, settings, node, registries)
+            yield K3sWorld(host, settings, node, registries, ca)
 
 
 def _wait_cri_ok(host: NodeHost, timeout: float = 20) -> None:
@@ -260,7 +268,10 @@ def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
             data["mirrors"]["registry.example.com"]
             == yaml.safe_load(before)["mirrors"]["registry.example.com"]
         )
-        assert data["configs"] == yaml.safe_load(before)["configs"]
+        ours = {k for k in data["configs"] if k.startswith(f"{host.host_address}:")}
+        assert {k: v for k, v in data["configs"].items() if k not in ours} == yaml.safe_load(
+            before
+        )["configs"]
         assert "# Written by hand on the node: keep this comment." in written
         assert (
             host.registries_file.parent / "registries.yaml.registry-mirrors.orig"
@@ -273,9 +284,20 @@ def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
             assert first == f'[host."{world.settings.endpoint(upstream)}/v2"]'
         assert not (host.generated_hosts_dir / "_default").exists()
 
+        # Over TLS, trusting exactly our CA: the file the step wrote before the restart, named
+        # by registries.yaml and by the hosts.toml k3s generated from it.
+        assert (
+            cache == f"https://{host.host_address}:{world.settings.upstreams[0].resolved_tls_port}"
+        )
+        assert world.ca_file.read_text() == world.ca.ca_cert.read_text()
+        assert data["configs"][cache.removeprefix("https://")] == {
+            "tls": {"ca_file": "/etc/rancher/registry-mirrors-ca.pem"}
+        }
+        generated = (host.generated_hosts_dir / "docker.io" / "hosts.toml").read_text()
+        assert 'ca = ["/etc/rancher/registry-mirrors-ca.pem"]' in generated
+        assert "skip_verify" not in generated
         world.pull("docker.io/library/x:1")
         assert world.registries["docker-proxy"].log().count("ns=docker.io") > 0
-        assert cache.endswith(f":{world.settings.upstreams[0].port}")
 
 
 def test_reapply_is_a_no_op_without_restart(tmp_path: Path) -> None:
@@ -357,12 +379,11 @@ def test_a_generated_hosts_toml_without_our_cache_is_rolled_back(tmp_path: Path)
         # Another port in the expectation than the one written: the generated file names 5000.
         settings = make_settings(host)
         plan = plan_registries(settings, world.node, world.probe())
-        wrong = plan.registries.command.replace(
-            f"docker.io=http://{host.host_address}:5000",
-            f"docker.io=http://{host.host_address}:5999",
-        )
-        assert wrong != plan.registries.command
-        result = host.ssh(wrong, plan.registries.stdin)
+        sent = role_to_send(plan, "registries", world.ca.ca_cert.read_text())
+        cache = settings.endpoint(settings.upstreams[0])
+        wrong = sent.command.replace(f"docker.io={cache}", f"docker.io={cache}9")
+        assert wrong != sent.command
+        result = host.ssh(wrong, sent.stdin)
         assert result.returncode == 5, result.stderr
         assert "does not try our cache" in result.stderr
         assert host.registries_file.read_text() == before
@@ -376,6 +397,7 @@ def test_delete_restores_the_original_file(tmp_path: Path) -> None:
         original = host.registries_file.read_text()
         world.apply(world.plan())
         assert host.registries_file.read_text() != original
+        assert world.ca_file.exists()
 
         delete = host.run_step(
             restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
@@ -384,6 +406,7 @@ def test_delete_restores_the_original_file(tmp_path: Path) -> None:
 
         assert "restored=1" in delete.stdout and "restarted=1" in delete.stdout
         assert host.registries_file.read_text() == original
+        assert not world.ca_file.exists()  # ours, named only by what was just restored away
         assert not (host.registries_file.parent / "registries.yaml.registry-mirrors.orig").exists()
         assert host.cri_status() == "ok"
         # The distribution regenerated its certs.d from the original: the wildcard is back.
@@ -406,7 +429,7 @@ def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache
 
         after = run_verify_nodes(
             docker_io, world.host, tmp_path, "docker.io/library/x:2",
-            mirror_images=("docker.io=library/x:1",),
+            mirror_images=("docker.io=library/x:1",), ca_pem=world.ca.ca_cert.read_text(),
         )  # fmt: skip
 
         assert after.returncode == 0, after.stdout + after.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.plan.node_plan import plan_node
+from components.plan.node_plan import plan_node, role_to_send
 from components.plan.node_steps import check_step, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
@@ -28,6 +28,7 @@ from tests.prereq import require_binary
 from tests.vm import proxmox_seed, registry_image
 from tests.vm.boot import GUEST_MAC, make_seed
 from tests.vm.conftest import (
+    GUEST_CA,
     Tier,
     create_containers,
     engine,
@@ -174,8 +175,9 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
     guest.check("sudo rmdir /var/lib/registry/registry-gcr /etc/docker-registry/registry-gcr")
 
 
-# curl's options for an https:// endpoint of the tier's front (the CA on the guest).
-CURL_TLS = ""
+# curl's options for an https:// endpoint of the tier's front: trusting exactly the CA the
+# guest made (the endpoints name the VM by its address, which is the guest's own).
+CURL_TLS = f"--cacert {GUEST_CA}"
 
 
 # --- the caches --------------------------------------------------------------------------------
@@ -211,9 +213,8 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
         assert info["State"]["Health"]["Status"] == "healthy", name
         # Each cache answers through the front on the port the nodes' hosts.toml names.
         [upstream] = [u for u in caches.stack.settings.upstreams if u.container == name]
-        endpoint = caches.stack.settings.endpoint(upstream).replace(
-            caches.stack.settings.vm.ip, "127.0.0.1"
-        )
+        endpoint = caches.stack.settings.endpoint(upstream)
+        assert endpoint.startswith("https://")
         assert guest.ssh(f"curl -fsS {CURL_TLS} {endpoint}/v2/").returncode == 0, (name, endpoint)
 
 
@@ -252,11 +253,21 @@ def test_pull_through_from_inside_the_guest_reaches_the_upstream(caches: Tier) -
 
 
 def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path: Path) -> None:
-    """node containerd (CRI, the program's hosts.toml) -> hostfwd -> guest cache -> upstream."""
+    """node containerd (CRI, the program's hosts.toml, the CA the guest made) -> hostfwd ->
+    the guest's front over HTTPS -> its cache -> upstream."""
     for binary in ("ip", "unshare", "sshd", "containerd", "ctr"):
         require_binary(binary)
     upstreams = caches.stack.settings.upstreams[:2]  # docker.io, ghcr.io
     with node_host(tmp_path) as host:
+        # The node dials the VM at the host end of its veth (forwarded to the guest): that
+        # address goes into the certificate (tls.ipAddresses) by the step that runs after the
+        # nodes, as a change of names does in production.
+        vm_view = tier_settings(
+            caches.public_key, upstreams[0].resolved_server, tls_ip_addresses=(host.host_address,)
+        )
+        issue = caches.run(capture(vm_view).step("-tls-issue"))
+        assert issue.returncode == 0, issue.stderr
+        assert "issued=1" in issue.stdout
         settings = tier_settings(
             caches.public_key,
             upstreams[0].resolved_server,
@@ -273,8 +284,10 @@ def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path:
         probe = host.run_step(probe_step(settings, node))
         check_step(node, "probe", probe.returncode, probe.stderr)
         plan = plan_node(settings, node, probe.stdout)
-        hosts = host.run_step(plan.hosts)
+        # The hosts step as the component sends it: the CA the guest made in front.
+        hosts = host.run_step(role_to_send(plan, "hosts", caches.ca_pem))
         check_step(node, "hosts", hosts.returncode, hosts.stderr)
+        assert "https://" in plan.hosts_files["ghcr.io"]
         ports = [int(settings.endpoint(u).rsplit(":", 1)[1]) for u in upstreams]
         with forwarded(caches.guest, host.host_address, ports):
             before = caches.upstream.log().count("/v2/org/y/manifests/2")
@@ -469,3 +482,59 @@ def test_the_other_major_serves_from_the_components_spec(
         guest.ssh(f"docker rm -f {names} >/dev/null")
         create_containers(maintenance, maintenance.stack)
         wait_healthy(guest, list(maintenance.stack.containers))
+
+
+# --- TLS: the certificate's renewal ------------------------------------------------------------
+
+
+def _served_serial(tier: Tier, endpoint: str) -> str:
+    address = endpoint.removeprefix("https://")
+    return tier.guest.check(
+        f"openssl s_client -connect {address} -CAfile {GUEST_CA} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial"
+    ).strip()
+
+
+def test_the_renewal_runs_from_the_guests_cron_entry_and_a_pull_during_it_succeeds(
+    maintenance: Tier,
+) -> None:
+    """The cron entry the program installs (registry-tls renew), run as cron runs it, while a
+    blob is being fetched over HTTPS (rate-limited: under way for seconds): a new certificate
+    from the same CA is served afterwards, the fetch completes with the right digest, and the
+    renewal logged under the maintenance tag. 'Time passed' is the state's renewal threshold
+    moved past the certificate's lifetime (the renewal a certificate near its end gets)."""
+    tier, guest = maintenance, maintenance.guest
+    settings = tier.stack.settings
+    endpoint = settings.endpoint(settings.upstreams[0])
+    cron = guest.check(f"sudo cat {maintenance_renderer.CRON_PATH}")
+    [line] = [line for line in cron.splitlines() if " registry-tls renew" in line]
+    command = line.split(maxsplit=6)[6]
+    guest.check(
+        "sudo sed -i 's/^RENEW_BEFORE_DAYS=.*/RENEW_BEFORE_DAYS=100000/' "
+        "/etc/registry-mirrors/tls/state.env"
+    )
+    before = _served_serial(tier, endpoint)
+    layer = tier.images["2"].blob_digests[-1]
+    url = f"{endpoint}/v2/library/x/blobs/{layer}?ns=docker.io"
+    fetch = (f"curl -fsS --limit-rate 16k {CURL_TLS} -o /tmp/renewal-blob {shlex.quote(url)};"
+             " echo $? > /tmp/renewal-blob.rc")  # fmt: skip
+    guest.check("rm -f /tmp/renewal-blob /tmp/renewal-blob.rc")
+    guest.check(f"nohup sh -c {shlex.quote(fetch)} >/dev/null 2>&1 &")
+    time.sleep(2)  # the fetch under way
+    since = time.time()
+    run_as_cron(tier, command)
+    assert guest.ssh("test -e /tmp/renewal-blob.rc").returncode != 0, "the fetch ended too soon"
+    deadline = time.monotonic() + 120
+    while guest.ssh("test -e /tmp/renewal-blob.rc").returncode != 0:
+        assert time.monotonic() < deadline, "the fetch never ended"
+        time.sleep(1)
+    assert guest.check("cat /tmp/renewal-blob.rc").strip() == "0"
+    digest = guest.check("sha256sum /tmp/renewal-blob").split()[0]
+    assert f"sha256:{digest}" == layer
+    after = _served_serial(tier, endpoint)
+    assert after != before
+    assert "issued" in tier.journal(since, maintenance_renderer.LOG_TAG)
+    guest.check(
+        "sudo sed -i 's/^RENEW_BEFORE_DAYS=.*/RENEW_BEFORE_DAYS=30/' "
+        "/etc/registry-mirrors/tls/state.env"
+    )
