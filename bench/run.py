@@ -1,11 +1,12 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,front,rollout,vm] [--out ...]
+    python bench/run.py [--quick] [--only program,node,cache,front,tls,rollout,vm] [--out ...]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), node
 (bench/node_change.py), cache (bench/cache.py), front (bench/front.py: concurrent cold pulls
-and TLS through the front, on loopback), rollout (bench/rollout.py), vm
+and TLS through the front, on loopback), tls (bench/tls.py: a CRI pull through the front over
+HTTPS vs HTTP, and cold vs direct), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU); all but program need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
@@ -32,8 +33,8 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "front", "rollout", "vm")
-NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
+PARTS = ("program", "node", "cache", "front", "tls", "rollout", "vm")
+NEEDS_ROOT = {"node", "cache", "tls", "rollout", "vm"}
 
 
 def run_part(name: str, quick: bool) -> PartResult:
@@ -55,6 +56,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import front
 
         return front.run(rounds=1 if quick else 2)
+    if name == "tls":
+        from bench import tls
+
+        return tls.run(rounds=1 if quick else 2)
     if name == "vm":
         from bench import vm_boot
 

@@ -287,8 +287,11 @@ class World:
         return dig(tomllib.loads(dump.stdout), (*self.containerd.effective_registry, "config_path"))
 
 
-def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
+def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010, *, tls: bool = True) -> Settings:
+    """The test node's settings. ``tls=False``: the caches on plain HTTP (benchmarks that serve
+    Distribution itself on the cache ports, without the front)."""
     raw = sample_raw()
+    raw["tls"] = {"enabled": tls}
     # The "registry VM" is the host end of the veth; upstream servers are local registries.
     raw["vm"]["address"] = f"{host.host_address}/30"
     raw["vm"]["gateway"] = host.node_address
