@@ -1,6 +1,6 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory]
+    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain]
                         [--out bench/results.json]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
@@ -8,8 +8,9 @@ Parts (see each module's docstring): program (bench/program_cost.py, no root), n
 (bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
 (bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
-loopback only, no root); all but program and memory need root (network namespaces, sshd,
-containerd, QEMU) and what scripts/test.sh installs.
+loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
+and without http.draintimeout; loopback, no root); all but program, memory and drain need root
+(network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
 (processes by pid, namespaces, veths, relays) is torn down in ``finally`` blocks; SIGINT and SIGTERM
@@ -34,7 +35,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm", "memory")
+PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -53,6 +54,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "drain":
+        from bench import drain
+
+        return drain.run(rounds=1 if quick else 3)
     if name == "memory":
         from bench import cache_memory
 
