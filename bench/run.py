@@ -1,6 +1,6 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain]
+    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain,disk]
                         [--out bench/results.json]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
@@ -9,7 +9,8 @@ Parts (see each module's docstring): program (bench/program_cost.py, no root), n
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
 (bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
 loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
-and without http.draintimeout; loopback, no root); all but program, memory and drain need root
+and without http.draintimeout; loopback, no root), disk (bench/cache_disk.py: what TTL expiry and
+the GC procedure free; loopback, no root); all but program, memory, drain and disk need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
@@ -35,7 +36,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain")
+PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain", "disk")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -54,6 +55,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "disk":
+        from bench import cache_disk
+
+        return cache_disk.run()
     if name == "drain":
         from bench import drain
 
