@@ -105,10 +105,17 @@ def servable(proxy: RegistryProcess, repository: str) -> bool:
 
 
 def expiries(root: Path) -> dict[str, str]:
+    """The saved schedule: key -> expiry. The registry rewrites the file in place, so a read
+    can catch it empty or half written: read again."""
     path = root / "scheduler-state.json"
-    if not path.exists():
-        return {}
-    return {key: entry["ExpiryData"] for key, entry in json.loads(path.read_text()).items()}
+    for _ in range(50):
+        if not path.exists():
+            return {}
+        with contextlib.suppress(json.JSONDecodeError):
+            state = json.loads(path.read_text())
+            return {key: entry["ExpiryData"] for key, entry in state.items()}
+        time.sleep(0.1)
+    raise RuntimeError(f"{path} stayed unreadable")
 
 
 def wait_for(predicate: Any, what: str, timeout: float) -> float:
