@@ -171,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in earlier.get("parts", [])
         }
         kept.update({entry["name"]: entry for entry in results})
+        # Parts this checkout does not know (written by a newer one) are kept too, last.
         parts = [kept[name] for name in PARTS if name in kept]
+        parts += [part for name, part in kept.items() if name not in PARTS]
     document = {
         "date": date,
         "command": command + (" --merge" if args.merge else ""),
