@@ -8,8 +8,10 @@
 #            hence the stop. Never --delete-untagged: it deletes the per-platform child manifests
 #            of multi-arch indexes, which containerd pulls by digest. Logs how long the cache
 #            was down (drain, GC, start).
-#   restart  restart it (Distribution 2.x's in-memory caches grow without bound). Skipped while a
-#            GC of the same registry holds the lock; a GC waits for a running restart.
+#   restart  restart it, on the schedule the operator chose (with the blob descriptor cache off,
+#            neither major's memory was measured growing per request:
+#            docs/measurements/drain-and-memory.md). Skipped while a GC of the same registry
+#            holds the lock; a GC waits for a running restart.
 #
 # Every stop drains: the rendered config sets http.draintimeout, so on docker's SIGTERM the
 # registry refuses new connections at once (nodes go to the upstream) and finishes the blob
