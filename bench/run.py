@@ -1,11 +1,16 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm] [--out bench/results.json]
+    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain,disk]
+                        [--out bench/results.json]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), node
 (bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
-(bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU); all but program need root
+(bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
+(bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
+loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
+and without http.draintimeout; loopback, no root), disk (bench/cache_disk.py: what TTL expiry and
+the GC procedure free; loopback, no root); all but program, memory, drain and disk need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
@@ -31,7 +36,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm")
+PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain", "disk")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -50,6 +55,20 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "disk":
+        from bench import cache_disk
+
+        return cache_disk.run()
+    if name == "drain":
+        from bench import drain
+
+        return drain.run(rounds=1 if quick else 3)
+    if name == "memory":
+        from bench import cache_memory
+
+        if quick:
+            return cache_memory.run(steady_s=120, repositories=60, tags=2)
+        return cache_memory.run()
     if name == "vm":
         from bench import vm_boot
 
@@ -152,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in earlier.get("parts", [])
         }
         kept.update({entry["name"]: entry for entry in results})
+        # Parts this checkout does not know (written by a newer one) are kept too, last.
         parts = [kept[name] for name in PARTS if name in kept]
+        parts += [part for name, part in kept.items() if name not in PARTS]
     document = {
         "date": date,
         "command": command + (" --merge" if args.merge else ""),

@@ -12,6 +12,8 @@ import yaml
 from components.renderers.registry_config import (
     CONFIG_PATH_LABEL,
     DISTRIBUTIONS,
+    DRAIN_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
     RegistryConfigError,
     check_registry_config,
     container_spec,
@@ -56,6 +58,8 @@ def test_rendered_config_per_upstream(upstream: Upstream, major: int) -> None:
         "delete": {"enabled": True},
     }
     assert config["http"]["addr"] == f":{upstream.port}"
+    # Both majors drain on SIGTERM (test_distribution.py restarts a cache mid-pull).
+    assert config["http"]["draintimeout"] == f"{DRAIN_TIMEOUT_SECONDS}s"
     assert config["http"]["debug"] == {
         "addr": f":{upstream.port + 1}",
         "prometheus": {"enabled": True, "path": "/metrics"},
@@ -175,6 +179,17 @@ def test_container_reads_the_config_where_its_major_looks_for_it(major: int) -> 
     assert spec.data_container_path == "/var/lib/registry"
     assert spec.ports == (5010, 5011)
     assert spec.healthcheck[-1] == "http://127.0.0.1:5010/v2/"
+    assert spec.stop_timeout == STOP_TIMEOUT_SECONDS
+
+
+def test_docker_kills_a_cache_only_after_its_drain() -> None:
+    """The SIGKILL of every stop comes after the drain: the container's StopTimeout (daemon
+    shutdown, replacement) and the maintenance script's default `--time` (hourly restart, GC)."""
+    from components.renderers import maintenance
+
+    assert STOP_TIMEOUT_SECONDS > DRAIN_TIMEOUT_SECONDS
+    script = maintenance.script_text()
+    assert f"stop_timeout=${{REGISTRY_STOP_TIMEOUT:-{STOP_TIMEOUT_SECONDS}}}" in script
 
 
 @MAJORS

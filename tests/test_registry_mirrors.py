@@ -259,6 +259,9 @@ def test_container_inputs_are_exactly_the_plain_container_spec(mocks: RecordingM
                 ]  # fmt: skip
                 assert inputs.get("envs", []) == list(spec.env)
                 assert inputs["healthcheck"]["tests"] == list(spec.healthcheck)
+                # SIGKILL after the drain: on `docker stop`, the daemon's shutdown, a replacement.
+                assert inputs["stopTimeout"] == float(spec.stop_timeout)
+                assert inputs["destroyGraceSeconds"] == float(spec.stop_timeout)
                 labels = {entry["label"]: entry["value"] for entry in inputs["labels"]}
                 assert labels[CONFIG_PATH_LABEL] == spec.config_container_path
                 assert set(labels) == {CONFIG_SHA_LABEL, *spec.labels}

@@ -33,6 +33,23 @@ CONFIG_PATH_LABEL = "registry-mirrors.config-path"
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
 
+# On SIGTERM (every `docker stop`/`restart`: the hourly restart, the GC's stop, a `pulumi up`
+# that replaces the container, the VM shutting down) Distribution without `http.draintimeout`
+# exits at once and cuts every blob transfer in flight: the node's pull fails. With it, both
+# majors (registry/registry.go, v2.8.2 and v3.1.1 alike) close the listener at once, so a new
+# connection is refused (containerd goes to the next host, the upstream, without waiting) and
+# let the transfers in flight finish, exiting as soon as the last one does, at most after the
+# drain (docs/measurements/drain-and-memory.md). 60 s, not Gardener's 25 s (bound to its pods'
+# 30 s grace period): the drain only lasts while a transfer is in flight, and what a longer one
+# buys is a bigger layer finished: 60 s covers ~750 MB at 100 Mbit/s, a cold layer streaming
+# from the upstream at a homelab's downlink; what it costs is at most 60 s of the cache's
+# requests going to the upstream, once per stop.
+DRAIN_TIMEOUT_SECONDS = 60
+# docker's SIGKILL comes this long after SIGTERM: the drain plus time to exit (the registry's
+# own shutdown after the drain). The maintenance script's REGISTRY_STOP_TIMEOUT default is the
+# same number (tests/test_registry_config.py keeps them equal).
+STOP_TIMEOUT_SECONDS = DRAIN_TIMEOUT_SECONDS + 15
+
 ANY_KEYS = "*"
 
 
@@ -158,6 +175,7 @@ def registry_config(
         },
         "http": {
             "addr": f":{upstream.port}",
+            "draintimeout": f"{DRAIN_TIMEOUT_SECONDS}s",
             "debug": {
                 "addr": f":{upstream.resolved_metrics_port}",
                 "prometheus": {"enabled": True, "path": "/metrics"},
@@ -201,6 +219,9 @@ class ContainerSpec:
     env: tuple[str, ...]  # KEY=value
     healthcheck: tuple[str, ...]
     labels: Mapping[str, str]
+    # Seconds docker waits after SIGTERM before SIGKILL (`docker stop`, the daemon's own
+    # shutdown) and before removing it on a replacement: longer than the drain.
+    stop_timeout: int
 
 
 def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerSpec:
@@ -215,7 +236,9 @@ def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerS
         env=tuple(f"{key}={value}" for key, value in sorted(dist.env.items())),
         # /v2/ is answered locally, without a round trip to the upstream. Both majors' official
         # images are Alpine-based, and busybox's wget takes -q -O (the images' own Dockerfiles run
-        # wget in the same Alpine stage to fetch the binary).
+        # wget in the same Alpine stage to fetch the binary). During a drain /v2/ refuses (the
+        # listener is closed first) and the probe fails: harmless, docker outside Swarm only
+        # marks a container unhealthy, it never stops or restarts it for that.
         healthcheck=(
             "CMD",
             "wget",
@@ -225,6 +248,7 @@ def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerS
             f"http://127.0.0.1:{upstream.port}/v2/",
         ),
         labels={CONFIG_PATH_LABEL: dist.config_path},
+        stop_timeout=STOP_TIMEOUT_SECONDS,
     )
 
 

@@ -6,9 +6,18 @@
 #            one-off container, start it again. Distribution corrupts a SERVING registry when GC
 #            runs under it (stale in-memory descriptor cache: re-pulls answer 200 with 0 bytes),
 #            hence the stop. Never --delete-untagged: it deletes the per-platform child manifests
-#            of multi-arch indexes, which containerd pulls by digest.
-#   restart  restart it (Distribution 2.x's in-memory caches grow without bound). Skipped while a
-#            GC of the same registry holds the lock; a GC waits for a running restart.
+#            of multi-arch indexes, which containerd pulls by digest. Logs how long the cache
+#            was down (drain, GC, start).
+#   restart  restart it, on the schedule the operator chose (with the blob descriptor cache off,
+#            neither major's memory was measured growing per request:
+#            docs/measurements/drain-and-memory.md). Skipped while a GC of the same registry
+#            holds the lock; a GC waits for a running restart.
+#
+# Every stop drains: the rendered config sets http.draintimeout, so on docker's SIGTERM the
+# registry refuses new connections at once (nodes go to the upstream) and finishes the blob
+# transfers in flight before it exits. docker waits REGISTRY_STOP_TIMEOUT seconds before its
+# SIGKILL: longer than the drain (components/renderers/registry_config.py STOP_TIMEOUT_SECONDS,
+# also the container's own StopTimeout), so a pull in flight is never cut.
 #   disk     Distribution never evicts by size: print the data filesystem's usage and each cache's
 #            size as key=value lines on stdout (read by scripts/verify.py), log one line, and a
 #            WARNING when the usage reaches THRESHOLD_PERCENT. Changes nothing.
@@ -21,7 +30,7 @@
 #   REGISTRY_DATA_ROOT    data dirs, DATA_ROOT/NAME                 (default: /var/lib/registry)
 #   REGISTRY_LOCK_DIR     lock files                                (default: /run/lock)
 #   REGISTRY_GC_LOCK_WAIT seconds a GC waits for the lock           (default: 900)
-#   REGISTRY_STOP_TIMEOUT seconds docker waits before SIGKILL       (default: 30)
+#   REGISTRY_STOP_TIMEOUT seconds docker waits before SIGKILL       (default: 75, the drain + 15)
 set -euo pipefail
 
 usage() {
@@ -38,7 +47,7 @@ config_root=${REGISTRY_CONFIG_ROOT:-/etc/docker-registry}
 data_root=${REGISTRY_DATA_ROOT:-/var/lib/registry}
 lock_dir=${REGISTRY_LOCK_DIR:-/run/lock}
 gc_lock_wait=${REGISTRY_GC_LOCK_WAIT:-900}
-stop_timeout=${REGISTRY_STOP_TIMEOUT:-30}
+stop_timeout=${REGISTRY_STOP_TIMEOUT:-75}
 # Set by the component on each container (components/renderers/registry_config.py): where that
 # image reads its config. Containers made before the label existed all ran Distribution 2.x.
 config_path_label=registry-mirrors.config-path
@@ -120,7 +129,7 @@ run_gc() {
 
 start_again() {
     if "$docker" start "$name" >/dev/null; then
-        log "started"
+        log "started; down for $(($(date +%s) - stopping))s (drain, garbage collection, start)"
     else
         log "ERROR: could not start $name again"
         return 1
@@ -144,10 +153,12 @@ gc)
         log "ERROR: lock still held after ${gc_lock_wait}s, GC not run"
         exit 1
     fi
-    log "stopping for garbage collection"
-    "$docker" stop --time "$stop_timeout" "$name" >/dev/null
-    # Whatever GC does, the cache must serve again afterwards.
+    log "stopping for garbage collection (draining transfers in flight)"
+    stopping=$(date +%s)
+    # Whatever happens from here, the cache must serve again afterwards.
     trap start_again EXIT
+    "$docker" stop --time "$stop_timeout" "$name" >/dev/null
+    log "stopped in $(($(date +%s) - stopping))s"
     started=$(date +%s)
     if run_gc; then
         log "garbage collection done in $(($(date +%s) - started))s"
@@ -162,7 +173,8 @@ restart)
         log "skipped: garbage collection in progress"
         exit 0
     fi
+    stopping=$(date +%s)
     "$docker" restart --time "$stop_timeout" "$name" >/dev/null
-    log "restarted"
+    log "restarted in $(($(date +%s) - stopping))s (drain included)"
     ;;
 esac

@@ -14,11 +14,15 @@ import contextlib
 import datetime
 import fcntl
 import hashlib
+import http.client
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ import yaml
 from components.renderers import maintenance
 from components.renderers.registry_config import (
     DISTRIBUTIONS,
+    STOP_TIMEOUT_SECONDS,
     check_registry_config,
     render_registry_config,
 )
@@ -382,7 +387,8 @@ def test_start_registry_reports_a_proxy_panic(major: int, tmp_path: Path) -> Non
 # --- maintenance script, run for real -----------------------------------------------------------
 # A stand-in for the docker client: `start NAME` serves CONFIG_ROOT/NAME/config.yml with the real
 # binary of the major under test (detached, pid in STATE/NAME.pid, the container's env), `stop
-# NAME` kills that pid and waits, `inspect` answers the two questions the script asks (image,
+# [--time N] NAME` does what docker does: SIGTERM, wait for the exit, SIGKILL after N seconds
+# (docker's default 10), `inspect` answers the two questions the script asks (image,
 # config-path label). Every call is appended to STATE/calls so the test can check the script's
 # order and arguments: stop, GC, start.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
@@ -399,12 +405,19 @@ fi
 [[ ${FAKE_DOCKER_RECORD_ONLY:-0} == 1 ]] && exit 0
 name=${!#}
 pidfile="$FAKE_DOCKER_STATE/$name.pid"
+grace=10
+[[ ${2:-} == --time ]] && grace=$3
 stop() {
     [[ -f $pidfile ]] || return 0
     pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || true
+    deadline=$((SECONDS + grace))
     # Exited, or a zombie of an exited parent: either way it no longer serves.
     while [[ -e /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            echo "killed $pid" >>"$FAKE_DOCKER_STATE/calls"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
         sleep 0.05
     done
     rm -f "$pidfile"
@@ -527,7 +540,11 @@ def _gc_procedure(
         gc = vm_layout.run("gc", name)
         assert gc.returncode == 0, gc.stderr
         # Stopped before GC (GC under a serving registry corrupts it), started after.
-        assert vm_layout.calls() == ["start " + name, f"stop --time 30 {name}", f"start {name}"]
+        assert vm_layout.calls() == [
+            "start " + name,
+            f"stop --time {STOP_TIMEOUT_SECONDS} {name}",
+            f"start {name}",
+        ]
         assert "blobs marked" in gc.stdout + gc.stderr, gc.stderr
         assert "garbage collection done" in gc.stderr
         assert vm_layout.pid(name) not in (None, first_pid)
@@ -542,6 +559,204 @@ def _gc_procedure(
     _pull_children_by_digest(f"127.0.0.1:{port}", repository, image, tmp_path)
     for digest in image.blob_digests:
         assert _blob_path(storage, digest).exists(), f"GC removed {digest}"
+
+
+# --- every stop drains: a pull in flight completes, a new one is refused at once ----------------
+# A layer big enough that a client reading at SLOW_RATE is still downloading it seconds later.
+LARGE_LAYER_BYTES = 16 * 1024 * 1024
+SLOW_RATE = 2 * 1024 * 1024  # bytes per second, the client's own pace
+
+
+@pytest.fixture(scope="module")
+def large_store(tmp_path_factory: pytest.TempPathFactory) -> UpstreamStore:
+    """A single-platform image with one 16 MiB layer, in the default upstream's repository."""
+    require_binary("skopeo")
+    workdir = tmp_path_factory.mktemp("large-upstream")
+    image = build_multiarch_image(
+        workdir / "layout", "1", size_bytes=LARGE_LAYER_BYTES, platforms=("linux/amd64",)
+    )
+    store = UpstreamStore(workdir / "storage", image, workdir)
+    with store.serve("push") as upstream:
+        _push(image, upstream, _repository(DEFAULT_UPSTREAMS[0]))
+    return store
+
+
+class SlowPull(threading.Thread):
+    """GET one blob at ``rate`` bytes/s, as a node on a slow link would, and check what arrives
+    against its digest. A small receive buffer keeps the server writing for most of the
+    transfer (loopback would otherwise buffer megabytes of it)."""
+
+    def __init__(self, address: tuple[str, int], path: str, digest: str, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.address, self.path, self.digest, self.rate = address, path, digest, rate
+        self.received = 0
+        self.expected: int | None = None
+        self.digest_ok = False
+        self.error = ""
+
+    def run(self) -> None:
+        sha = hashlib.sha256()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            sock.settimeout(120)
+            sock.connect(self.address)
+            host = f"{self.address[0]}:{self.address[1]}"
+            sock.sendall(
+                f"GET {self.path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+            )
+            response = http.client.HTTPResponse(sock, method="GET")
+            response.begin()
+            if response.status != 200:
+                self.error = f"HTTP {response.status}"
+                return
+            self.expected = int(response.getheader("Content-Length") or -1)
+            started = time.monotonic()
+            # read(amt) returns b"" when the server closes early: a cut shows as a short body.
+            while chunk := response.read(32 * 1024):
+                sha.update(chunk)
+                self.received += len(chunk)
+                ahead = self.received / self.rate - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+            self.digest_ok = (
+                self.received == self.expected and f"sha256:{sha.hexdigest()}" == self.digest
+            )
+        except (OSError, http.client.HTTPException) as error:
+            self.error = repr(error)
+        finally:
+            sock.close()
+
+
+@dataclass
+class DrainRun:
+    pull: SlowPull
+    script: subprocess.CompletedProcess[str]
+    calls: list[str]
+    # What a pull started while the old process drained got (None: no drain was seen).
+    new_pull_during_drain: BaseException | None
+    first_pull_in_flight_then: bool
+    served_after: bool
+
+
+def _serving(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status")
+    try:
+        return "\nState:\tZ" not in status.read_text()
+    except OSError:
+        return False
+
+
+def _get(url: str) -> bytes:
+    # Without an Accept naming them, Distribution answers 404 for OCI indexes and manifests.
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+    request = urllib.request.Request(url, headers={"Accept": accept})  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+        return response.read()
+
+
+def _start_pull(url: str) -> BaseException | None:
+    """The first request of a pull (the tag's manifest); the error it got, None if answered."""
+    try:
+        _get(url)
+    except urllib.error.URLError as error:
+        return error.reason if isinstance(error.reason, BaseException) else error
+    return None
+
+
+def _stop_mid_pull(
+    major: int, store: UpstreamStore, tmp_path: Path, action: str, *, drain: bool = True
+) -> DrainRun:
+    """Serve the rendered config through the fake docker, start a slow pull of the large layer
+    (after its index and manifest, containerd's order), run the REAL maintenance script's
+    ``action`` (restart or gc) in the middle of it, and watch: the old process still serving
+    with its port closed is the drain; a pull started then; the pull in flight at the end."""
+    upstream = DEFAULT_UPSTREAMS[0]
+    name = upstream.container
+    repository = _repository(upstream)
+    ((_platform, child),) = store.image.manifest_digests.items()
+    layer = store.image.blob_digests[1]  # [config, layer] of the one platform
+    port, metrics_port = free_port(), free_port()
+    with _vm_layout(tmp_path, major) as vm, store.serve(f"up-{action}") as origin:
+        config = listen_config(
+            _proxy_config(upstream, vm.data_root / name, origin.url, major), port, metrics_port
+        )
+        if not drain:
+            del config["http"]["draintimeout"]
+        (vm.config_root / name).mkdir(parents=True)
+        (vm.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
+        subprocess.run([vm.env["REGISTRY_DOCKER"], "start", name], env=vm.env, check=True)
+        proxy_url = f"http://127.0.0.1:{port}"
+        wait_until_answers(f"{proxy_url}/v2/")
+        manifests = f"{proxy_url}/v2/{repository}/manifests"
+        for reference in ("1", child):
+            _get(f"{manifests}/{reference}")
+        old_pid = vm.pid(name)
+        assert old_pid is not None
+        pull = SlowPull(("127.0.0.1", port), f"/v2/{repository}/blobs/{layer}", layer, SLOW_RATE)
+        pull.start()
+        _wait_for(lambda: pull.received >= 1024 * 1024 or not pull.is_alive(), "the pull", 30)
+        assert pull.is_alive(), pull.error
+        script = subprocess.Popen(
+            ["bash", str(MAINTENANCE_SCRIPT), action, name],
+            env=vm.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        during: BaseException | None = None
+        in_flight = False
+        while script.poll() is None:
+            if _serving(old_pid) and not answers(f"{proxy_url}/v2/"):
+                during = _start_pull(f"{manifests}/1")
+                in_flight = pull.is_alive()
+                break
+            time.sleep(0.02)
+        stdout, stderr = script.communicate(timeout=STOP_TIMEOUT_SECONDS + 120)
+        pull.join(timeout=120)
+        wait_until_answers(f"{proxy_url}/v2/")
+        served = hashlib.sha256(_get(f"{proxy_url}/v2/{repository}/blobs/{layer}")).hexdigest()
+        return DrainRun(
+            pull=pull,
+            script=subprocess.CompletedProcess(script.args, script.returncode, stdout, stderr),
+            calls=vm.calls(),
+            new_pull_during_drain=during,
+            first_pull_in_flight_then=in_flight,
+            served_after=f"sha256:{served}" == layer and vm.pid(name) != old_pid,
+        )
+
+
+@MAJORS
+@pytest.mark.parametrize("action", ["restart", "gc"])
+def test_a_stop_drains_the_pull_in_flight_and_refuses_new_ones_at_once(
+    major: int, action: str, large_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """The hourly restart and the GC's stop, by the real script, in the middle of a slow pull
+    through the rendered config: the pull completes with the right digest; a pull started during
+    the drain is refused (a dial error: containerd goes to the next host, the upstream, at once);
+    docker never had to SIGKILL; the cache serves again afterwards."""
+    run = _stop_mid_pull(major, large_store, tmp_path, action)
+    assert run.script.returncode == 0, run.script.stderr
+    assert run.pull.error == "" and run.pull.digest_ok, (run.pull.received, run.pull.expected)
+    assert isinstance(run.new_pull_during_drain, ConnectionRefusedError), run
+    assert run.first_pull_in_flight_then
+    assert not [call for call in run.calls if call.startswith("killed")], run.calls
+    verb = "restart" if action == "restart" else "stop"
+    assert f"{verb} --time {STOP_TIMEOUT_SECONDS} {DEFAULT_UPSTREAMS[0].container}" in run.calls
+    log = {"restart": "restarted in", "gc": "down for"}[action]
+    assert log in run.script.stderr, run.script.stderr
+    assert run.served_after
+
+
+@MAJORS
+def test_without_the_drain_a_restart_cuts_the_pull_in_flight(
+    major: int, large_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """The control: the same restart with http.draintimeout removed from the config. Distribution
+    exits on SIGTERM at once and the node's pull gets a truncated layer."""
+    run = _stop_mid_pull(major, large_store, tmp_path, "restart", drain=False)
+    assert run.script.returncode == 0, run.script.stderr
+    assert not run.pull.digest_ok
+    assert run.pull.expected is not None and run.pull.received < run.pull.expected
+    assert run.new_pull_during_drain is None  # no drain: nothing was serving with its port closed
+    assert run.served_after
 
 
 @pytest.mark.parametrize(
@@ -601,7 +816,7 @@ def test_restart_is_skipped_while_gc_holds_the_lock(vm_layout: VmLayout) -> None
     vm_layout.env = env
     restarted = vm_layout.run("restart", "registry-ghcr")
     assert restarted.returncode == 0, restarted.stderr
-    assert vm_layout.calls() == ["restart --time 30 registry-ghcr"]
+    assert vm_layout.calls() == [f"restart --time {STOP_TIMEOUT_SECONDS} registry-ghcr"]
 
 
 def test_disk_check_reports_each_cache_and_warns_past_the_threshold(vm_layout: VmLayout) -> None:

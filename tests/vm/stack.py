@@ -105,7 +105,9 @@ _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 # Inputs this translation understands; anything else fails the tier instead of being dropped.
 _KNOWN = {
     "name", "image", "restart", "ports", "volumes", "memory", "healthcheck", "logDriver",
-    "logOpts", "labels", "envs", "mustRun", "command", "entrypoints",
+    "logOpts", "labels", "envs", "mustRun", "command", "entrypoints", "stopTimeout",
+    # The provider's own delete (the stop's grace before removal), not part of ContainerCreate.
+    "destroyGraceSeconds",
 }  # fmt: skip
 
 
@@ -161,6 +163,8 @@ def engine_create_body(inputs: Mapping[str, Any], image_id: str) -> dict[str, An
         "ExposedPorts": exposed,
         "HostConfig": host_config,
     }
+    if "stopTimeout" in inputs:
+        body["StopTimeout"] = int(inputs["stopTimeout"])
     if "command" in inputs:
         body["Cmd"] = list(inputs["command"])
     if "entrypoints" in inputs:

@@ -198,6 +198,7 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
             for v in spec["volumes"]
         )
         assert info["Config"]["Healthcheck"]["Test"] == spec["healthcheck"]["tests"]
+        assert info["Config"]["StopTimeout"] == int(spec["stopTimeout"])
         labels = info["Config"]["Labels"]
         for label in spec["labels"]:
             assert labels[label["label"]] == label["value"]
