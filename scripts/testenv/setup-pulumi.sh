@@ -248,13 +248,15 @@ for pin in "${PLUGINS[@]}"; do
   note "resource-$name v$version installed from $provided (sha256 $(sha256sum "$provided" | cut -c1-16))"
 done
 
-# The environment for tests, rewritten on every run (cheap), sourced by bash or read as KEY=VALUE.
+# The environment for tests, rewritten on every run (cheap): KEY=VALUE lines without quotes or
+# spaces, for `set -a; . env; set +a` in bash or tests/engine/toolchain.py.
 {
   echo "# Written by scripts/testenv/setup-pulumi.sh (recipe $recipe); KEY=VALUE lines, no quoting."
   echo "PATH=$bin:\$PATH"
   printf '%s\n' "${offline_env[@]}"
   echo "PULUMI_CLI_VERSION=$CLI_VERSION"
-  echo "PULUMI_PLUGINS=$(for pin in "${PLUGINS[@]}"; do printf '%s ' "${pin/ /@}"; done | sed 's/ $//')"
+  # NAME@VERSION,...: one word, so that `. env` (bash) reads it as the KEY=VALUE readers do.
+  echo "PULUMI_PLUGINS=$(for pin in "${PLUGINS[@]}"; do printf '%s,' "${pin/ /@}"; done | sed 's/,$//')"
 } >"$dest/env.tmp"
 mv -f "$dest/env.tmp" "$dest/env"
 

@@ -86,7 +86,7 @@ class Toolchain:
     @property
     def plugins(self) -> dict[str, str]:
         """NAME -> VERSION, as the setup step pins them (the pip packages' pulumi-plugin.json)."""
-        pins = (pin.split("@", 1) for pin in self.env.get("PULUMI_PLUGINS", "").split())
+        pins = (pin.split("@", 1) for pin in self.env.get("PULUMI_PLUGINS", "").split(",") if pin)
         return {name: version for name, version in pins}
 
     def has_language_host(self) -> bool:
