@@ -6,17 +6,23 @@
 #
 # What the Go module proxy serves here (HTTP 403 "This module version is not available" for the
 # rest, also for their @v/list; a refusal is final, so this step asks once and says so):
-#   github.com/pulumi/pulumi/pkg/v3 (the CLI)                          served (v3.274.0 - v3.277.0)
+#   github.com/pulumi/pulumi/pkg/v3 (the CLI)                          served (not v3.271-v3.273)
 #   github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3  refused
 #   github.com/pulumi/pulumi-command/provider                          refused
 #   github.com/pulumi/pulumi-docker/provider/v5                        refused
 #   github.com/muhlba91/pulumi-proxmoxve/provider                      refused
+# and even with their sources, the two bridged providers need modules that the terraform bridge
+# (v3.133.0, served) imports for program conversion and C# schema data, all refused:
+# github.com/pulumi/pulumi-java v1.30.0, .../pulumi-dotnet/pulumi-language-dotnet/v3 v3.107.1,
+# github.com/pulumi/pulumi-yaml v1.36.0.
 # so this step BUILDS the CLI and TAKES the language host and the plugins as binaries you provide:
 #   PULUMI_LANGUAGE_PYTHON_BINARY=/path/to/pulumi-language-python
 #   PULUMI_RESOURCE_COMMAND_BINARY=/path/to/pulumi-resource-command     (must be v1.2.1)
 #   PULUMI_RESOURCE_DOCKER_BINARY=/path/to/pulumi-resource-docker       (must be v5.2.0)
 #   PULUMI_RESOURCE_PROXMOXVE_BINARY=/path/to/pulumi-resource-proxmoxve (must be v8.6.0)
-# Each is copied into the cache once; a later run needs none of them.
+# Each is copied into the cache once; a later run needs none of them. A binary built from another
+# version than its pin installs all the same (the engine only warns at run time; tests/engine
+# fails on that warning).
 #
 # Cache: outside the clone, so a clean clone on the same machine reuses it:
 #   ${REGISTRY_MIRRORS_TOOLCHAIN_CACHE:-~/.cache/registry-mirrors}/pulumi/<cli version>-<recipe>/
