@@ -83,13 +83,16 @@ def test_wildcard_migrated_entry_never_becomes_a_file() -> None:
         ("1.6.20~ds1", False),
         ("1.7.27", False),
         ("2.0.5", False),
+        ("2.0.6", False),
+        # Backported to the 2.0 line in 2.0.7 (core/remotes/docker/config/hosts.go).
+        ("2.0.7", True),
+        ("v2.0.8", True),
         ("2.1.0", True),
         ("v2.2.1", True),
+        ("2.3.7", True),
     ],
 )
-def test_dial_timeout_only_for_containerd_2_1_and_later(
-    version: str | None, expected: bool
-) -> None:
+def test_dial_timeout_for_containerd_2_0_7_and_later(version: str | None, expected: bool) -> None:
     text = render_hosts_toml(
         "https://ghcr.io", ["http://10.0.20.10:5010"], containerd_version=version
     )

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
 from components.plan.node_steps import (
     NodeStepError,
@@ -64,6 +65,8 @@ class NodePlan:
     flavour: Flavour = FLAVOURS["containerd"]
     # The step whose output says whether the node changed and restarted.
     report_role: str = "config"
+    # The files config.toml imports and what the config step does to them (None: it imports none).
+    imports: ImportsPlan | None = None
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
@@ -99,6 +102,25 @@ def _migrate_and_render(
     if cache is not None:
         cache[key] = (migration, files)
     return migration, files
+
+
+def _migrate_with_imports(
+    settings: Settings, probe: ProbeResult
+) -> tuple[MigrationResult, dict[str, str], ImportsPlan]:
+    """config.toml and every file it imports, as the node's containerd merges them."""
+    migration = migrate_config(
+        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+    )
+    imports = plan_imports(
+        probe, migration.config_version, settings.containerd.config_path, probe.containerd_version
+    )
+    original = carried_registries(probe.original_text) if probe.original_text else ()
+    main = _carried(original, migration.migrated)
+    if imports.main_replaced_by is not None:
+        # containerd 1.x: a drop-in's CRI table replaces config.toml's; its mirrors never applied.
+        main = ()
+    files = render_node_hosts(settings, _carried(main, imports.carried), probe.containerd_version)
+    return migration, files, imports
 
 
 def plan_node(
@@ -146,21 +168,32 @@ def plan_any(
 def _plan_containerd(
     settings: Settings, node: Node, probe: ProbeResult, cache: FleetCache | None
 ) -> NodePlan:
+    where = f"node {node.name} ({node.address})"
     try:
-        migration, files = _migrate_and_render(settings, probe, cache)
+        if probe.dropins or probe.imports_errors:
+            # The drop-ins are part of what decides: nothing to share with other nodes.
+            migration, files, imports = _migrate_with_imports(settings, probe)
+        else:
+            migration, files = _migrate_and_render(settings, probe, cache)
+            imports = None
+    except ImportsError as error:
+        raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     except ValueError as error:  # ConfigParseError
-        raise NodeStepError(
-            f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
-        ) from None
-    changed = migration.changed and not node.skip_config_path
-    if changed:
-        config = config_step(settings, node, probe.config_sha256, migration.text)
+        raise NodeStepError(f"{where} {node.config_file}: {error}; nothing was changed") from None
+    changed = (migration.changed or (imports is not None and imports.changed)) and (
+        not node.skip_config_path
+    )
+    dropins = (
+        [(plan.probed.path, plan.guard, plan.text) for plan in imports.sent] if imports else []
+    )
+    if migration.changed:
+        config = config_step(settings, node, probe.config_sha256, migration.text, dropins)
     else:
         # Same text as on disk: apply-config.sh sees no difference and does nothing. The guard is
         # the one sent when that text was written (its source's checksum), so an unchanged node's
         # step has the same inputs as last time: no diff in the preview, nothing run.
         guard = probe.applied_from_sha256 or probe.config_sha256
-        config = config_step(settings, node, guard, probe.config_text)
+        config = config_step(settings, node, guard, probe.config_text, dropins)
     hosts = hosts_step(settings, node, files)
     steps = [NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False)]
     if not node.skip_config_path:
@@ -175,6 +208,9 @@ def _plan_containerd(
             "needs migrating; containerd ignores the hosts.toml files until config_path is set",
         )
     summary += [f"warning: {w}" for w in migration.warnings]
+    if imports is not None:
+        summary += list(imports.summary)
+        summary += [f"warning: {w}" for w in imports.warnings]
     return NodePlan(
         probe=probe,
         migration=migration,
@@ -184,6 +220,7 @@ def _plan_containerd(
         config_changed=changed,
         summary=tuple(summary),
         steps=tuple(steps),
+        imports=imports,
     )
 
 

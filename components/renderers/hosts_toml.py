@@ -8,9 +8,9 @@ docs/hosts.md):
   is rejected ("invalid `host` tree") -- both silently bypass the cache. So every mirror carries
   its scheme and every file has at least one ``[host]`` table.
 - ``capabilities = ["pull", "resolve"]``: a pull-through cache must never receive a push.
-- ``dial_timeout`` exists from containerd 2.1; older versions do not know it, so it is only
-  written when the node's version is known to support it. Without it a dead mirror costs up to
-  30 s per request before the fallback (containerd #4861).
+- ``dial_timeout`` exists from containerd 2.1 and 2.0.7; older versions do not know it, so it is
+  only written when the node's version is known to support it. Without it a mirror that does
+  not answer costs up to 30 s per request before the fallback (containerd #4861).
 - Never ``_default``: it would send every registry to one upstream's cache.
 - TLS settings (``ca``, ``client``, ``skip_verify``) only for ``https://`` hosts: on an
   ``http://`` host any of them makes containerd 1.7+ try HTTPS first on every connection
@@ -49,10 +49,15 @@ class HostEntry:
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
+# containerd reads hosts.toml `dial_timeout` from 2.1.0, and from 2.0.7 in the 2.0 line (a
+# backport; core/remotes/docker/config/hosts.go): every version from 2.0.7 on.
+DIAL_TIMEOUT_SINCE = (2, 0, 7)
+
+
 def supports_dial_timeout(containerd_version: str | None) -> bool:
     if containerd_version is None:
         return False  # unknown version: an unknown key is the safer omission
-    return parse_containerd_version(containerd_version)[:2] >= (2, 1)
+    return parse_containerd_version(containerd_version) >= DIAL_TIMEOUT_SINCE
 
 
 def registry_dir_name(host: str) -> str:

@@ -270,13 +270,15 @@ def _pruned(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _expected(
-    plain: dict[str, Any], plan: _Plan, path: tuple[str, ...], value: str
+    plain: dict[str, Any], plan: _Plan, path: tuple[str, ...], value: str | None
 ) -> dict[str, Any]:
     expected = copy.deepcopy(plain)
     for removal in plan.removals:
         parent = _lookup(expected, removal[:-1])
         if isinstance(parent, dict):
             parent.pop(removal[-1], None)
+    if value is None:
+        return expected
     node = expected
     for part in path:
         node = node.setdefault(part, {})
