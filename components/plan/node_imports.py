@@ -38,6 +38,7 @@ from components.renderers.containerd_config import (
     ConfigParseError,
     MigratedRegistry,
     carried_registries,
+    carried_wildcard,
 )
 from components.renderers.containerd_config.imports import (
     ImportRules,
@@ -78,6 +79,8 @@ class ImportsPlan:
     dropins: tuple[DropInPlan, ...]
     # What the drop-ins carry over to hosts.toml, in containerd's order (a later file wins).
     carried: tuple[MigratedRegistry, ...]
+    # The last wildcard mirror a drop-in in effect held (None: none did).
+    wildcard: MigratedRegistry | None
     # containerd 1.x: config.toml's CRI table is replaced by a drop-in's (its mirrors were
     # never in effect and are not carried over).
     main_replaced_by: str | None
@@ -184,7 +187,7 @@ def plan_imports(
         )
     order = containerd_order(probe, rules)
     if not order:
-        return ImportsPlan((), (), (), None, (), ())
+        return ImportsPlan((), (), (), None, None, (), ())
     try:
         versions = {dropin.path: dropin_version(dropin.text) for dropin in order}
     except ConfigParseError as error:
@@ -214,6 +217,7 @@ def plan_imports(
     summary: list[str] = []
     warnings: list[str] = []
     carried: list[MigratedRegistry] = []
+    wildcard: MigratedRegistry | None = None
     for dropin in order:
         try:
             found = migrate_dropin(dropin.text, None)
@@ -234,6 +238,8 @@ def plan_imports(
         migration = migrate_dropin(dropin.text, wanted) if wanted else found
         if rules.plugin_tables == "merged" or dropin.path == replacing:
             carried += _carried_from(dropin, migration)
+            original = carried_wildcard(dropin.original_text) if dropin.original_text else None
+            wildcard = migration.wildcard or original or wildcard
         elif migration.migrated:
             summary.append(
                 f"{dropin.path}: its mirrors were never in effect (containerd 1.x: "
@@ -264,6 +270,7 @@ def plan_imports(
         order=tuple(dropin.path for dropin in order),
         dropins=tuple(plans),
         carried=_latest(carried),
+        wildcard=wildcard,
         main_replaced_by=replacing,
         summary=tuple(summary),
         warnings=tuple(warnings),

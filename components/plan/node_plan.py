@@ -8,6 +8,7 @@ Pure: no ``import pulumi``. components/fleet.py plans every node this way while 
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -28,6 +29,7 @@ from components.renderers.containerd_config import (
     MigratedRegistry,
     MigrationResult,
     carried_registries,
+    carried_wildcard,
     migrate_config,
 )
 from components.renderers.flavours import FLAVOURS, Flavour, resolve_flavour
@@ -96,8 +98,11 @@ def _migrate_and_render(
     # After the first apply config.toml no longer names the mirrors it had: without the saved
     # original, the second run would drop them from hosts.toml.
     original = carried_registries(probe.original_text) if probe.original_text else ()
+    wildcard = migration.wildcard or (
+        carried_wildcard(probe.original_text) if probe.original_text else None
+    )
     files = render_node_hosts(
-        settings, _carried(original, migration.migrated), probe.containerd_version
+        settings, _carried(original, migration.migrated), probe.containerd_version, wildcard
     )
     if cache is not None:
         cache[key] = (migration, files)
@@ -116,11 +121,37 @@ def _migrate_with_imports(
     )
     original = carried_registries(probe.original_text) if probe.original_text else ()
     main = _carried(original, migration.migrated)
+    wildcard = migration.wildcard or (
+        carried_wildcard(probe.original_text) if probe.original_text else None
+    )
     if imports.main_replaced_by is not None:
         # containerd 1.x: a drop-in's CRI table replaces config.toml's; its mirrors never applied.
-        main = ()
-    files = render_node_hosts(settings, _carried(main, imports.carried), probe.containerd_version)
+        main, wildcard = (), None
+    files = render_node_hosts(
+        settings,
+        _carried(main, imports.carried),
+        probe.containerd_version,
+        imports.wildcard or wildcard,
+    )
     return migration, files, imports
+
+
+_DROPPED_WILDCARD = ('dropped wildcard mirror "*"', 'dropped mirror "_default"')
+
+
+def _wildcard_summary(summary: list[str], settings: Settings, files: dict[str, str]) -> list[str]:
+    """The migration says it dropped the wildcard mirror (it cannot tell our cache from a route of
+    the node's own); when it is carried to _default/hosts.toml, say that instead."""
+    if "_default" not in files:
+        return summary
+    hosts = ", ".join(tomllib.loads(files["_default"]).get("host", {}))
+    upstreams = ", ".join(upstream.host for upstream in settings.upstreams)
+    carried = (
+        f"wildcard mirror carried to _default/hosts.toml ({hosts}): every registry without a "
+        f"hosts.toml of its own goes there first; {upstreams} try it after our cache"
+    )
+    kept = [line for line in summary if not line.startswith(_DROPPED_WILDCARD)]
+    return [carried, *kept]
 
 
 def plan_node(
@@ -200,7 +231,7 @@ def _plan_containerd(
         steps.append(
             NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
         )
-    summary = list(migration.summary)
+    summary = _wildcard_summary(list(migration.summary), settings, files)
     if node.skip_config_path and migration.changed:
         summary.insert(
             0,

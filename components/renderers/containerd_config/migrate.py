@@ -75,6 +75,8 @@ class MigrationResult:
     summary: tuple[str, ...]
     warnings: tuple[str, ...]
     migrated: tuple[MigratedRegistry, ...]
+    # The file's wildcard mirror, as a registry named "_default" (None: it had none).
+    wildcard: MigratedRegistry | None = None
 
 
 # --- the migration ------------------------------------------------------------------------------
@@ -96,6 +98,15 @@ def carried_registries(text: str) -> tuple[MigratedRegistry, ...]:
     if not plain:
         return ()
     return tuple(_plan(plain, _file_version(plain, text)).migrated)
+
+
+def carried_wildcard(text: str) -> MigratedRegistry | None:
+    """The wildcard mirror ``text`` holds (``mirrors."*"`` or ``mirrors."_default"``), as
+    :func:`carried_registries` reads the rest."""
+    plain, _ = _parse(text)
+    if not plain:
+        return None
+    return _plan(plain, _file_version(plain, text)).wildcard
 
 
 def migrate_config(
@@ -195,6 +206,7 @@ def migrate_config(
         summary=tuple(summary),
         warnings=tuple(warnings),
         migrated=tuple(plan.migrated),
+        wildcard=plan.wildcard,
     )
 
 
@@ -243,6 +255,7 @@ class DropInMigration:
     registry_keys: tuple[str, ...]
     # The file's own config_path in its active layout (None: it sets none).
     config_path: str | None
+    wildcard: MigratedRegistry | None = None
 
 
 def dropin_version(text: str) -> int:
@@ -297,4 +310,5 @@ def migrate_dropin(text: str, config_path: str | None) -> DropInMigration:
         migrated=tuple(plan.migrated),
         registry_keys=tuple(keys),
         config_path=current if isinstance(current, str) else None,
+        wildcard=plan.wildcard,
     )
