@@ -50,8 +50,17 @@ wait_for_cri() {
   return 1
 }
 
+# The restart command gets RESTART_TIMEOUT seconds too (then SIGTERM, SIGKILL 5 s later): k3s and
+# RKE2 units are Type=notify, often with no start timeout, so `systemctl restart` can wait forever
+# on a daemon that never reports ready (issue 27). A restart that does not return is a failed
+# restart: the caller rolls back as for a CRI plugin that is not ok.
 restart() {
-  bash -c "$RESTART_COMMAND"
+  local code=0
+  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" || code=$?
+  if ((code == 124 || code == 137)); then
+    echo "the restart command did not return within ${RESTART_TIMEOUT}s and was stopped"
+  fi
+  return "$code"
 }
 
 # restart_and_wait: restart, then wait for the CRI plugin; sets restart_output (the restart
