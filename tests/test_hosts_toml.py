@@ -181,9 +181,8 @@ def test_a_foreign_wildcard_becomes_default_and_follows_our_cache() -> None:
     files = render_node_hosts(settings, [own_ghcr], "2.1.9", wildcard)
     default = tomllib.loads(files["_default"])
     assert "server" not in default
-    assert default["host"] == {
-        nexus: {"capabilities": ["pull", "resolve"], "ca": ["/etc/ssl/corp.pem"], "dial_timeout": "3s"}
-    }
+    corp = {"capabilities": ["pull", "resolve"], "ca": ["/etc/ssl/corp.pem"], "dial_timeout": "3s"}
+    assert default["host"] == {nexus: corp}
     docker = tomllib.loads(files["docker.io"])
     assert list(docker["host"]) == [settings.endpoint(settings.upstreams[0]), nexus]
     # ghcr.io had a mirror of its own: under `mirrors` the wildcard never applied to it.
