@@ -56,7 +56,7 @@ CRI_CONFIG = """version = 2
 
 def test_seed_carries_the_rendered_vendor_data_and_no_first_boot_upgrade(tier: Tier) -> None:
     seed = tier.seed
-    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings)
+    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings, tier.stack.host_key)
     assert seed["meta-data"] == proxmox_seed.nocloud_gen_metadata(
         seed["user-data"], seed["network-config"]
     )
@@ -90,7 +90,7 @@ def test_wait_cloud_init_succeeds_with_the_static_address_and_no_lease(ready: Ti
     guest = ready.guest
     # What the guest's cloud-init ran is exactly the snippet the component uploads.
     applied = guest.check("sudo cat /var/lib/cloud/instance/vendor-data.txt")
-    assert applied == render_vendor_data(ready.stack.settings)
+    assert applied == render_vendor_data(ready.stack.settings, ready.stack.host_key)
     addresses = guest.check("ip -4 -o addr show scope global").split()
     assert "10.0.20.10/24" in addresses, addresses
     assert guest.check("ip -4 -o addr show dynamic").strip() == "", "a DHCP lease is configured"
