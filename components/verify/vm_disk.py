@@ -47,6 +47,14 @@ def check_vm_disk(
     except FileNotFoundError:
         return Check("registry-vm", where, "disk", False, "no ssh client here",
                      "apt install openssh-client, or --no-vm")  # fmt: skip
+    if result.returncode == 255 and "Host key verification failed" in result.stderr:
+        return Check(
+            "registry-vm", where, "disk", False,
+            "Host key verification failed: the VM presents another key than the exported "
+            "sshHostPublicKey, so nothing was run on it",
+            "a VM not made by this stack's pulumi up, or a host answering in its place: check "
+            "the VM's key on its console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)",
+        )  # fmt: skip
     try:
         report = parse_disk_report(result.stdout)
     except ValueError:
