@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from components.fleet import FleetReadError, plan_fleet, ssh_runner
+from components.plan.node_plan import NodePlan
 from components.plan.node_steps import NodeStepError, check_step
 from components.settings import Settings
 from components.ssh_client import run_on_node
@@ -64,7 +65,7 @@ def test_a_node_whose_host_key_changed_is_refused_on_read_and_write(host: NodeHo
     assert node.ssh_host_public_key == host.host_public_key
     # The rollout with the pinned key: read, then the hosts step, over verified connections.
     [plan] = plan_fleet(settings, ssh_runner(host.agent_socket)).values()
-    assert plan.config is not None
+    assert isinstance(plan, NodePlan) and plan.config is not None
     _run_step(settings, host, "hosts", plan.hosts)
     before = _sha(host.config_file)
 

@@ -184,6 +184,7 @@ class NodeHost:
         # Until the node presents the new key (the old listener may answer for a moment).
         new = self.host_public_key
         deadline = time.monotonic() + 15
+        scanned = None
         while time.monotonic() < deadline:
             scanned = subprocess.run(
                 ["ssh-keyscan", "-T", "2", "-t", "ed25519", self.node_address],
@@ -192,7 +193,7 @@ class NodeHost:
             if new.split()[1] in scanned.stdout:
                 return
             time.sleep(0.1)
-        raise AssertionError(f"sshd did not present its new host key: {scanned.stdout!r}")
+        raise AssertionError(f"sshd did not present its new host key: {scanned!r}")
 
     @property
     def agent_socket(self) -> str:
