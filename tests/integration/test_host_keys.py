@@ -177,3 +177,29 @@ def test_pin_tool_never_repins_a_changed_key_unless_told(host: NodeHost, tmp_pat
     repinned = run("pin_host_keys", ["--stack-file", str(stack), "--yes", "--repin", "node-1"])
     assert repinned.code == 0, repinned
     assert load_stack_settings(stack).nodes[0].ssh_host_public_key == host.host_public_key
+
+
+def test_pin_tool_pins_the_vms_current_key_for_an_upgrade(host: NodeHost, tmp_path: Path) -> None:
+    """``--vm``: a VM made before the program generated its key (here the test host stands in
+    for it at the VM's address) gets its current key into vm.sshHostPublicKey, for the one login
+    that installs the generated key."""
+    stack = tmp_path / "Pulumi.lab.yaml"
+    stack.write_text(
+        "config:\n"
+        "  registry-mirrors:proxmox:\n"
+        "    endpoint: https://pve.lan:8006/\n"
+        "  registry-mirrors:vm:\n"
+        "    proxmoxNode: pve\n"
+        "    vmId: 2010\n"
+        "    templateVmId: 9000\n"
+        f"    address: {host.node_address}/30\n"
+        f"    gateway: {host.host_address}\n"
+        "    sshPublicKeys:\n"
+        f"      - {TEST_KEY}\n"
+        "  registry-mirrors:nodes: []\n"
+    )
+    without = run("pin_host_keys", ["--stack-file", str(stack), "--yes"])
+    assert without.code == 0 and without.stdout == b"", "without --vm the VM is not contacted"
+    pinned = run("pin_host_keys", ["--stack-file", str(stack), "--yes", "--vm"])
+    assert pinned.code == 0, pinned
+    assert load_stack_settings(stack).vm.ssh_host_public_key == host.host_public_key

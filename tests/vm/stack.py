@@ -12,6 +12,7 @@ The tier never re-describes what ``pulumi up`` would do: it builds ``RegistryVm`
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ FILE_TYPE = "proxmoxve:index/fileLegacy:FileLegacy"
 COMMAND_TYPE = "command:remote:Command"
 CONTAINER_TYPE = "docker:index/container:Container"
 IMAGE_TYPE = "docker:index/remoteImage:RemoteImage"
+DOCKER_PROVIDER_TYPE = "pulumi:providers:docker"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Step:
     command: str
     stdin: str
     triggers: tuple[Any, ...] = ()
+    host_key: str = ""  # the connection's hostKey: the one key pulumi-command accepts
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class StackResources:
     containers: dict[str, dict[str, Any]]  # container name -> inputs
     image: str  # the RemoteImage's name: the configured registry image
     host_key: HostKey  # the VM's host key, as the Stash holds it
+    docker_ssh_opts: list[str]  # pulumi-docker's ssh options (its ssh:// transport)
 
     def step(self, suffix: str) -> Step:
         [match] = [step for name, step in self.steps.items() if name.endswith(suffix)]
@@ -94,6 +98,7 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
             plain(r.inputs)["create"],
             plain(r.inputs).get("stdin", ""),
             tuple(plain(r.inputs).get("triggers") or ()),
+            plain(r.inputs)["connection"].get("hostKey", ""),
         )
         for r in mocks.of_type(COMMAND_TYPE)
     }
@@ -103,6 +108,8 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
     containers = {plain(r.inputs)["name"]: plain(r.inputs) for r in mocks.of_type(CONTAINER_TYPE)}
     [image] = mocks.of_type(IMAGE_TYPE)
     [stash] = [r for r in mocks.of_type(STASH) if r.name.endswith("-host-key")]
+    [docker] = mocks.of_type(DOCKER_PROVIDER_TYPE)
+    docker_ssh_opts = json.loads(plain(docker.inputs)["sshOpts"])  # providers get JSON
     private = host_key.private if host_key is not None else plain(stash.inputs["input"])
     return StackResources(
         settings,
@@ -112,6 +119,7 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
         containers,
         plain(image.inputs)["name"],
         HostKey(private, public_key_of(private)),
+        docker_ssh_opts,
     )
 
 
