@@ -175,8 +175,9 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
         reason = lines[-1] if lines else "no output from ssh"
         if "Host key verification failed" in stderr:
             reason += (
-                " (the node's host key is not the pinned nodes[].sshHostPublicKey, or it was "
-                "reinstalled: check the key, then update the setting)"
+                " (the node's host key is not the pinned nodes[].sshHostPublicKey: if it was "
+                "reinstalled, compare its key on its console, then re-pin it: python "
+                f"scripts/pin_host_keys.py --stack <stack> --repin {node.name})"
             )
         raise NodeStepError(f"{where}: cannot reach the node over SSH: {reason}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")
