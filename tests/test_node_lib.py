@@ -331,3 +331,57 @@ def test_a_restart_that_never_returns_is_stopped_at_the_time_limit(tmp_path: Pat
     )
     assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
     assert "the restart command did not return within 1s and was stopped" in result.stderr
+
+
+# --- control-plane nodes: healthy as a cluster member (issue 27, item 4) --------------------------
+
+
+def _member(root: Path, script: str) -> Path:
+    """A HEALTH_COMMAND stand-in whose answer the test sets: `ok` in ``answer`` is healthy."""
+    answer = root / "answer"
+    check = root / "member-check"
+    check.write_text(f'#!/bin/sh\necho "{script}: $(cat {answer})"\ngrep -qx ok {answer}\n')
+    check.chmod(0o755)
+    return answer
+
+
+def test_a_server_that_does_not_become_healthy_again_is_rolled_back(tmp_path: Path) -> None:
+    """CRI answers, but the node is not back in the cluster within HEALTH_TIMEOUT: the change is
+    a failed one (exit 5, previous file back, a restart with it, healthy again)."""
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("ok\n")
+    # The restart of the new file leaves the member unhealthy; the rollback's restart heals it.
+    node.params.update(
+        HEALTH_COMMAND=str(tmp_path / "member-check"),
+        HEALTH_TIMEOUT=2,
+        RESTART_COMMAND=(
+            f"echo restart >>{node.restarts}; "
+            f"if [ $(wc -l <{node.restarts}) -eq 2 ]; then echo '[-]etcd failed' >{answer}; "
+            f"else echo ok >{answer}; fi"
+        ),
+    )
+    assert node.apply("absent", FIRST).returncode == 0
+    result = node.apply(sha256(FIRST), SECOND)
+    assert result.returncode == 5, result.stderr
+    assert "rolled_back=1" in result.stdout
+    assert "did not become healthy as a cluster member within 2s" in result.stderr
+    assert "readyz: [-]etcd failed" in result.stderr
+    assert node.file.read_text() == FIRST
+    assert node.restart_count() == 3
+
+
+def test_a_server_that_is_not_healthy_before_the_change_is_not_touched(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("[-]etcd failed\n")
+    node.params.update(HEALTH_COMMAND=str(tmp_path / "member-check"), HEALTH_TIMEOUT=10)
+    result = node.apply("absent", FIRST)
+    assert result.returncode == 7, result.stderr
+    assert "not healthy as a cluster member before the change" in result.stderr
+    assert "nothing changed" in result.stderr
+    assert not node.file.exists() and node.restart_count() == 0
+    # Control: healthy, the same step goes through and waits for the member after the restart.
+    answer.write_text("ok\n")
+    assert node.apply("absent", FIRST).returncode == 0
+    assert node.restart_count() == 1
