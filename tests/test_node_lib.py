@@ -385,3 +385,68 @@ def test_a_server_that_is_not_healthy_before_the_change_is_not_touched(tmp_path:
     answer.write_text("ok\n")
     assert node.apply("absent", FIRST).returncode == 0
     assert node.restart_count() == 1
+
+
+# --- hosts.sh: directories of a previous config_path carried (issue 27, item 5) ----------------
+
+
+def _digest(directory: Path) -> str:
+    """lib.sh dir_digest: sha256 over "<name> <sha256>" lines, names in byte order."""
+    lines = "".join(
+        f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for p in sorted(directory.iterdir(), key=lambda p: p.name.encode())
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_hosts_sh_carries_a_directory_and_lets_go_of_it(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp:5443"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    (source / "client.key").write_text("KEY\n")
+    (source / "client.key").chmod(0o600)
+    (source / "hosts.toml").write_text('server = "https://registry.corp:5443"\n')
+    ours = tmp_path / "certs.d"
+    carry = f"{_digest(source)} registry.corp:5443 {source}\n"
+    params: dict[str, str | int | bool] = {"CONFIG_PATH": str(ours), "CARRY": carry}
+
+    first = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "written=registry.corp:5443" in first.stdout
+    copy = ours / "registry.corp:5443"
+    assert sorted(p.name for p in copy.iterdir()) == [
+        ".registry-mirrors-carried", "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+    assert (copy / "client.key").stat().st_mode & 0o777 == 0o600
+    assert (ours / ".registry-mirrors-managed").read_text() == "registry.corp:5443\n"
+    again = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert "unchanged=registry.corp:5443" in again.stdout and "changed=0" in again.stdout
+
+    # The source changed since the probe: nothing is written.
+    (source / "ca.crt").write_text("ANOTHER CA\n")
+    stale = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert stale.returncode == 3 and "changed since it was probed" in stale.stderr
+    assert (copy / "ca.crt").read_text() == "CA\n"
+
+    delete = run_sent(
+        remote_command("node/hosts.sh", {"CONFIG_PATH": str(ours), "REMOVE_ALL": 1}), tmp_path
+    )
+    assert delete.returncode == 0, delete.stderr
+    assert "removed=registry.corp:5443" in delete.stdout
+    assert not copy.exists() and sorted(p.name for p in source.iterdir()) == [
+        "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+
+
+def test_hosts_sh_does_not_carry_over_a_directory_that_is_not_ours(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    ours = tmp_path / "certs.d"
+    (ours / "registry.corp").mkdir(parents=True)
+    (ours / "registry.corp" / "ca.crt").write_text("MINE\n")
+    params = {"CONFIG_PATH": str(ours), "CARRY": f"{_digest(source)} registry.corp {source}\n"}
+    result = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert result.returncode == 4 and "exists and is not ours" in result.stderr
+    assert (ours / "registry.corp" / "ca.crt").read_text() == "MINE\n"

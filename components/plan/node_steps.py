@@ -61,13 +61,22 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
-    return _step(
-        node,
-        "node/hosts.sh",
-        {"CONFIG_PATH": settings.containerd.config_path},
-        hosts_bundle(files),
-    )
+def hosts_step(
+    settings: Settings,
+    node: Node,
+    files: Mapping[str, str],
+    carried: Sequence[tuple[str, str, str]] = (),
+) -> Step:
+    """hosts.sh: ``files`` (the bundle on stdin) and the directories of a previous config_path it
+    copies on the node, as (digest, name, source) (``CARRY``; only when there are some, so every
+    other node's command is what it was)."""
+    params: dict[str, str | int | bool] = {"CONFIG_PATH": settings.containerd.config_path}
+    if carried:
+        for digest, name, source in carried:
+            if any(c.isspace() for c in f"{digest}{name}{source}"):
+                raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
+        params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
+    return _step(node, "node/hosts.sh", params, hosts_bundle(files))
 
 
 def node_role(node: Node, flavour: Flavour) -> Role:

@@ -121,6 +121,26 @@ restart_and_wait() {
   restart_output=$(restart 2>&1) && wait_for_cri && wait_for_member
 }
 
+# --- directories carried from a previous config_path (probe.sh reads, hosts.sh copies) ----------
+
+# dir_files DIR: the regular files directly in DIR, one name a line, in byte order.
+dir_files() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s\n' "${file##*/}"; fi
+  done
+  return 0
+}
+
+# dir_digest DIR: sha256 over "<name> <sha256>" of each of those files: what probe.sh read is what
+# hosts.sh copies, or hosts.sh refuses.
+dir_digest() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s %s\n' "${file##*/}" "$(sha256sum <"$file" | awk '{print $1}')"; fi
+  done | sha256sum | awk '{print $1}'
+}
+
 # --- the file ------------------------------------------------------------------------------------
 
 sha256_of() {
