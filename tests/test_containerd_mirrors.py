@@ -531,7 +531,10 @@ def _servers_and_agents(batch_size: int = 5) -> tuple[Settings, FakeFleet]:
     """Three k3s servers (embedded etcd) and three agents, listed mixed, as an inventory may be."""
     raw = sample_raw()
     order = ["agent-1", "server-1", "agent-2", "server-2", "server-3", "agent-3"]
-    raw["nodes"] = [{"name": name, "address": f"10.0.30.{i}"} for i, name in enumerate(order, 1)]
+    raw["nodes"] = [
+        {"name": name, "address": f"10.0.30.{i}", "sshHostPublicKey": NODE_HOST_KEYS[0]}
+        for i, name in enumerate(order, 1)
+    ]
     raw["containerd"] = {"batchSize": batch_size}
     flavours = {name: "k3s-server" if name.startswith("server") else "k3s-agent" for name in order}
     fleet = FakeFleet({name: FakeNode(K3S_WILDCARD, flavour=f) for name, f in flavours.items()})
@@ -612,6 +615,8 @@ def test_a_plain_containerd_node_is_a_control_plane_node_when_its_role_says_so(
          "healthCommand": "curl -fsk https://127.0.0.1:6443/readyz"},
         {"name": "k3s-1", "address": "10.0.30.4", "role": "worker"},
     ]  # fmt: skip
+    for node in raw["nodes"]:
+        node["sshHostPublicKey"] = NODE_HOST_KEYS[0]
     raw["containerd"] = {"batchSize": 5, "healthTimeoutSeconds": 120}
     fleet = FakeFleet({"k3s-1": FakeNode(K3S_WILDCARD, flavour="k3s-server")})
 
@@ -644,7 +649,10 @@ def test_a_plain_containerd_node_is_a_control_plane_node_when_its_role_says_so(
 
 def test_an_agent_set_to_control_plane_without_a_check_stops_the_program() -> None:
     raw = sample_raw()
-    raw["nodes"] = [{"name": "agent-1", "address": "10.0.30.1", "role": "control-plane"}]
+    raw["nodes"] = [
+        {"name": "agent-1", "address": "10.0.30.1", "role": "control-plane",
+         "sshHostPublicKey": NODE_HOST_KEYS[0]},
+    ]  # fmt: skip
     fleet = FakeFleet({"agent-1": FakeNode(K3S_WILDCARD, flavour="k3s-agent")})
     with pytest.raises(FleetReadError, match=r"agent-1 .*k3s-agent runs no API server.*healthComm"):
         plan_fleet(load_settings(raw), fleet)
