@@ -15,6 +15,7 @@ from typing import Union
 
 from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
+from components.plan.node_routes import CarriedRoutes, RoutesError, plan_routes
 from components.plan.node_steps import (
     NodeStepError,
     Step,
@@ -69,6 +70,8 @@ class NodePlan:
     report_role: str = "config"
     # The files config.toml imports and what the config step does to them (None: it imports none).
     imports: ImportsPlan | None = None
+    # The directories of a previous config_path carried into ours (issue 27, item 5).
+    routes: CarriedRoutes | None = None
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
@@ -211,6 +214,14 @@ def _plan_containerd(
         raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     except ValueError as error:  # ConfigParseError
         raise NodeStepError(f"{where} {node.config_file}: {error}; nothing was changed") from None
+    routes = None
+    if not node.skip_config_path:
+        try:
+            routes = plan_routes(settings, probe, where, list(files))
+        except RoutesError as error:
+            raise NodeStepError(str(error)) from None
+        except ValueError as error:  # a saved original that no longer parses
+            raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     changed = (migration.changed or (imports is not None and imports.changed)) and (
         not node.skip_config_path
     )
@@ -225,7 +236,8 @@ def _plan_containerd(
         # step has the same inputs as last time: no diff in the preview, nothing run.
         guard = probe.applied_from_sha256 or probe.config_sha256
         config = config_step(settings, node, guard, probe.config_text, dropins)
-    hosts = hosts_step(settings, node, files)
+    carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
+    hosts = hosts_step(settings, node, files, carried)
     steps = [NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False)]
     if not node.skip_config_path:
         steps.append(
@@ -239,6 +251,8 @@ def _plan_containerd(
             "needs migrating; containerd ignores the hosts.toml files until config_path is set",
         )
     summary += [f"warning: {w}" for w in migration.warnings]
+    if routes is not None:
+        summary += list(routes.summary)
     if imports is not None:
         summary += list(imports.summary)
         summary += [f"warning: {w}" for w in imports.warnings]
@@ -252,6 +266,7 @@ def _plan_containerd(
         summary=tuple(summary),
         steps=tuple(steps),
         imports=imports,
+        routes=routes,
     )
 
 
