@@ -1,0 +1,350 @@
+"""The rollout's order, kept by the REAL engine: gates, children, ``destroy`` and ``--target``.
+
+The graph is the one components/containerd_mirrors.py builds, by the same class: the real
+``ContainerdMirrors`` with its gates (``pulumi:index:Stash``, built in to the engine) and each
+step's options from its own ``_step_options`` (parent = the batch's gate, ``depends_on`` = the
+node's step before, the alias to the component). Only the leaf resource is a stand-in: each node
+step is a Stash whose input is the step's exact command, delete command and stdin, where the
+program makes a pulumi-command ``remote.Command`` (no provider plugin can be had here). So this
+proves the ENGINE's ordering and diff of the rollout's graph, not pulumi-command: what a step
+does on a node is proven over real SSH in tests/integration/test_node_e2e.py.
+
+The nodes are planned by the real planner from FakeNodes (tests/mocks.py: what probe.sh prints,
+and what an apply does to a node), so the step inputs are the program's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.containerd_mirrors import ContainerdMirrors
+from components.fleet import plan_fleet
+from components.plan.node_plan import AnyPlan, NodeStep
+from components.settings import Node, Settings, load_settings
+from tests.engine.inline import EngineFailed, EngineStack, EventLog
+from tests.engine.toolchain import require
+from tests.mocks import FakeFleet
+from tests.sample import sample_raw
+
+pytestmark = pytest.mark.engine
+
+NAME = "containerd"
+HAND_EDIT = (
+    '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
+    '  endpoint = ["http://10.0.20.10:5000"]\n'
+)
+
+
+def fleet_settings(nodes: int, batch_size: int) -> Settings:
+    raw = sample_raw()
+    # Never contacted: the FakeFleet answers every probe.
+    raw["nodes"] = [{"name": f"node-{i}", "address": f"10.0.30.{i}"} for i in range(1, nodes + 1)]
+    raw["containerd"] = {"batchSize": batch_size}
+    return load_settings(raw)
+
+
+class StepStandIn(pulumi.Stash):
+    """Where the program has a remote.Command: a Stash of the same name holding the step's
+    inputs, so the engine diffs exactly what it would diff for the command (an input change is
+    an update; Stash has no replace)."""
+
+    def __init__(
+        self,
+        name: str,
+        step: NodeStep,
+        opts: pulumi.ResourceOptions,
+        delay: float = 0.0,
+    ) -> None:
+        inputs: Any = {
+            "create": step.create.command,
+            "delete": step.delete.command,
+            "stdin": (
+                pulumi.Output.secret(step.create.stdin) if step.sensitive else step.create.stdin
+            ),
+        }
+        if delay:
+            # Resolves only after ``delay`` seconds: the step is registered (and created) late,
+            # which gives an order the engine did not enforce the chance to show.
+            inputs = pulumi.Output.from_input(asyncio.sleep(delay, result=inputs))
+        super().__init__(name, input=inputs, opts=opts)
+        # What ContainerdMirrors reads from the node's report step.
+        self.stdout = pulumi.Output.from_input("")
+
+
+class StandInMirrors(ContainerdMirrors):
+    """The real component; its steps are StepStandIns with the real step options."""
+
+    slow: frozenset[str] = frozenset()
+
+    def _create_step(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        node: Node,
+        step: NodeStep,
+        connection: Any,
+        gate: pulumi.Stash,
+        previous: Any,
+    ) -> StepStandIn:
+        name = f"{self._base_name}-{node.name}-{step.role}"
+        delay = 1.5 if name in self.slow else 0.0
+        return StepStandIn(name, step, self._step_options(gate, previous), delay)
+
+
+class UngatedMirrors(StandInMirrors):
+    """CONTROL: the same steps without their gate (children of the component, no order between
+    nodes): the order checks below must fail on it."""
+
+    def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self)
+
+
+def program(
+    settings: Settings,
+    fleet: FakeFleet,
+    plans_seen: list[Mapping[str, AnyPlan]],
+    component: type[StandInMirrors] = StandInMirrors,
+    slow: frozenset[str] = frozenset(),
+) -> Callable[[], None]:
+    """What components/program.py does for the nodes: read and plan every node first, then the
+    caches (a stand-in: the program's RegistryMirrors needs the docker provider), then the
+    rollout after them."""
+
+    def run() -> None:
+        plans = plan_fleet(settings, fleet)
+        plans_seen.append(plans)
+        caches = pulumi.Stash("registry-mirrors", input={"stand-in": "the caches"})
+        cls = type("Mirrors", (component,), {"slow": slow})
+        mirrors = cls(NAME, settings, plans, "/agent.sock", depends_on=[caches])
+        pulumi.export("rollout", mirrors.batches)
+
+    return run
+
+
+def apply_to_nodes(fleet: FakeFleet, plans: Mapping[str, AnyPlan]) -> None:
+    """What the steps do to the nodes on `pulumi up` (the FakeNode model of the scripts)."""
+    for name, plan in plans.items():
+        fleet.nodes[name].apply(
+            {s.role: {"stdin": s.create.stdin, "create": s.create.command} for s in plan.steps}
+        )
+
+
+def step_names(plans: Mapping[str, AnyPlan], node: str) -> list[str]:
+    return [f"{NAME}-{node}-{step.role}" for step in plans[node].steps]
+
+
+def assert_created_in_rollout_order(
+    log: EventLog, batches: list[list[str]], plans: Mapping[str, AnyPlan]
+) -> None:
+    """From the engine's events: a gate is created after the caches (gate 0) or after the last
+    step of every node of the batch before; every step after its gate is created and after the
+    node's step before it."""
+    assert log.started(f"{NAME}-batch-0", "create") > log.done("registry-mirrors", "create")
+    for index, batch in enumerate(batches):
+        gate = f"{NAME}-batch-{index}"
+        if index:
+            for node in batches[index - 1]:
+                last = step_names(plans, node)[-1]
+                assert log.started(gate, "create") > log.done(last, "create"), (gate, last)
+        for node in batch:
+            names = step_names(plans, node)
+            assert log.started(names[0], "create") > log.done(gate, "create"), (names[0], gate)
+            for before, after in itertools.pairwise(names):
+                assert log.started(after, "create") > log.done(before, "create"), (after, before)
+
+
+@pytest.fixture
+def engine():
+    return require()
+
+
+def test_up_creates_in_rollout_order_and_destroy_undoes_it_in_reverse(
+    engine, tmp_path: Path
+) -> None:
+    settings = fleet_settings(nodes=7, batch_size=2)
+    fleet = FakeFleet()
+    seen: list[Mapping[str, AnyPlan]] = []
+    # The canary's last step is slow: without the gate, batch 1 would start before it is done.
+    slow = frozenset({f"{NAME}-node-1-config"})
+    stack = EngineStack.create(
+        engine, tmp_path, "rollout", program(settings, fleet, seen, slow=slow)
+    )
+
+    log = stack.up()
+
+    batches = [["node-1"], ["node-2", "node-3"], ["node-4", "node-5"], ["node-6", "node-7"]]
+    assert stack.stack.outputs()["rollout"].value == batches
+    plans = seen[-1]
+    assert_created_in_rollout_order(log, batches, plans)
+    every_step = {name for node in plans for name in step_names(plans, node)}
+    assert set(log.ops()) == every_step | {f"{NAME}-batch-{i}" for i in range(4)} | {
+        NAME,
+        "registry-mirrors",
+    }
+    assert set(log.ops().values()) == {"create"}
+
+    # destroy needs no program: the engine orders the deletes from the state alone.
+    log = stack.destroy()
+    for index, batch in enumerate(batches):
+        gate = f"{NAME}-batch-{index}"
+        for node in batch:
+            names = step_names(plans, node)
+            # A node's config.toml is restored before its hosts.toml files go, all before the
+            # gate goes.
+            for before, after in itertools.pairwise(names):
+                assert log.done(after, "delete") < log.started(before, "delete"), (after, before)
+            assert log.done(names[0], "delete") < log.started(gate, "delete")
+        if index:
+            # Batch k is undone completely (its gate included) before batch k-1 starts.
+            for node in batches[index - 1]:
+                for name in step_names(plans, node):
+                    assert log.done(gate, "delete") < log.started(name, "delete"), (gate, name)
+    assert log.done(f"{NAME}-batch-0", "delete") < log.started("registry-mirrors", "delete")
+    assert stack.our_resources() == []
+
+
+def test_control_without_gates_the_order_check_fails(engine, tmp_path: Path) -> None:
+    """The same fleet, the steps without their gates: the slow canary step is still running when
+    batch 1 is created, and the check above says so. (It would pass if the check could not see
+    disorder.)"""
+    settings = fleet_settings(nodes=3, batch_size=2)
+    seen: list[Mapping[str, AnyPlan]] = []
+    slow = frozenset({f"{NAME}-node-1-config"})
+    stack = EngineStack.create(
+        engine,
+        tmp_path,
+        "ungated",
+        program(settings, FakeFleet(), seen, component=UngatedMirrors, slow=slow),
+    )
+    log = stack.up()
+    plans = seen[-1]
+    canary_done = log.done(f"{NAME}-node-1-config", "create")
+    assert log.started(f"{NAME}-node-2-hosts", "create") < canary_done
+    with pytest.raises(AssertionError):
+        assert_created_in_rollout_order(log, [["node-1"], ["node-2", "node-3"]], plans)
+
+
+def test_no_change_then_a_hand_edit_shows_exactly_that_nodes_config_step(
+    engine, tmp_path: Path
+) -> None:
+    """What README "What a reviewer sees in pulumi preview" promises, from the engine's diff: an
+    unchanged fleet previews with no change (--expect-no-changes passes), a node edited by hand
+    shows one update, its config step, and nothing else."""
+    settings = fleet_settings(nodes=5, batch_size=2)
+    fleet = FakeFleet()
+    seen: list[Mapping[str, AnyPlan]] = []
+    stack = EngineStack.create(engine, tmp_path, "diff", program(settings, fleet, seen))
+    stack.up()
+    apply_to_nodes(fleet, seen[-1])
+
+    log = stack.preview(expect_no_changes=True)
+    assert log.changed() == {}
+    log = stack.up(expect_no_changes=True)
+    assert log.changed() == {}
+    apply_to_nodes(fleet, seen[-1])
+
+    edited = fleet.nodes["node-4"]
+    assert edited.config is not None
+    edited.config += HAND_EDIT
+    log = stack.preview()
+    assert log.changed() == {f"{NAME}-node-4-config": "update"}
+    failure = stack.fails("preview", expect_no_changes=True)
+    assert "no changes were expected" in failure.text.lower()
+
+    # A sixth node: batches [1], [2, 3], [4, 5] are full, so it gets a new gate and batch;
+    # nothing of the five deployed nodes changes.
+    grown = fleet_settings(nodes=6, batch_size=2)
+    edited.config = edited.config.removesuffix(HAND_EDIT)
+    log = stack.preview(program=program(grown, fleet, seen))
+    assert log.changed() == {
+        f"{NAME}-node-6-hosts": "create",
+        f"{NAME}-node-6-config": "create",
+        f"{NAME}-batch-3": "create",
+    }
+
+
+def test_target_of_one_node_keeps_the_order(engine, tmp_path: Path) -> None:
+    """``up --target`` of one node's step: on a deployed fleet it updates that step alone; on a
+    fresh stack the engine refuses to create it before its gate exists."""
+    settings = fleet_settings(nodes=5, batch_size=2)
+    fleet = FakeFleet()
+    seen: list[Mapping[str, AnyPlan]] = []
+    stack = EngineStack.create(engine, tmp_path, "target", program(settings, fleet, seen))
+    stack.up()
+    apply_to_nodes(fleet, seen[-1])
+    for node in ("node-2", "node-5"):
+        config = fleet.nodes[node].config
+        assert config is not None
+        fleet.nodes[node].config = config + HAND_EDIT
+
+    target = stack.urn(f"{NAME}-node-5-config")
+    log = stack.up(target=[target])
+    assert log.changed() == {f"{NAME}-node-5-config": "update"}
+    # node-2 (an earlier batch) was left alone: it still shows its change.
+    assert stack.preview().changed() == {f"{NAME}-node-2-config": "update"}
+
+    fresh = EngineStack.create(
+        engine, tmp_path, "target-fresh", program(settings, FakeFleet(), []), backend=stack.backend
+    )
+    child = target.replace("urn:pulumi:target::", "urn:pulumi:target-fresh::")
+    failure = fresh.fails("up", target=[child])
+    assert "not specified in --target list" in failure.text, failure.text[-2000:]
+    assert f"{NAME}-batch-2" in failure.text
+    assert fresh.our_resources() == []
+
+
+def test_upgrade_from_steps_under_the_component_replaces_nothing(engine, tmp_path: Path) -> None:
+    """The alias the steps carry: a stack whose steps were children of the component (before
+    the gates) is updated in place. Without the alias the engine would delete and recreate every
+    step (for a remote.Command: restore the node, then migrate it again)."""
+    settings = fleet_settings(nodes=3, batch_size=2)
+    fleet = FakeFleet()
+    seen: list[Mapping[str, AnyPlan]] = []
+
+    class Before(StandInMirrors):
+        """The previous release's shape: steps are the component's children, no alias."""
+
+        def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(
+                parent=self, depends_on=[previous] if previous is not None else None
+            )
+
+    class NoAlias(StandInMirrors):
+        """CONTROL: the gated shape, without the alias."""
+
+        def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
+            options = super()._step_options(gate, previous)
+            options.aliases = None
+            return options
+
+    stack = EngineStack.create(
+        engine, tmp_path, "upgrade", program(settings, fleet, seen, component=Before)
+    )
+    stack.up()
+    apply_to_nodes(fleet, seen[-1])
+    steps = {name for node in seen[-1] for name in step_names(seen[-1], node)}
+
+    control = stack.preview(program=program(settings, fleet, seen, component=NoAlias)).changed()
+    assert {name for name, op in control.items() if name in steps} == steps
+    assert {op for name, op in control.items() if name in steps} <= {"create", "delete", "replace"}
+
+    log = stack.up(program=program(settings, fleet, seen))
+    assert not {name for name in log.changed() if name in steps}, log.changed()
+    assert {r["urn"].rsplit("::", 1)[-1] for r in stack.our_resources()} >= steps
+
+
+def test_the_engine_reports_a_failed_preview(engine, tmp_path: Path) -> None:
+    """EngineStack.fails sees a failing command (the helper the tests above rely on)."""
+
+    def broken() -> None:
+        raise pulumi.RunError("stand-in failure")
+
+    stack = EngineStack.create(engine, tmp_path, "broken", broken)
+    failure = stack.fails("preview")
+    assert isinstance(failure, EngineFailed)
+    assert "stand-in failure" in failure.text
