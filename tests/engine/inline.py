@@ -33,8 +33,11 @@ from pulumi.automation.events import EngineEvent
 from tests.engine.toolchain import Toolchain
 
 PASSPHRASE = "engine-test-passphrase"
-# Resources every stack has that no program of ours makes.
-ENGINE_OWN_TYPES = ("pulumi:pulumi:Stack", "pulumi:providers:")
+
+
+def engine_own(type_: str) -> bool:
+    """Resources every stack has that no program of ours makes: the stack, default providers."""
+    return type_ == "pulumi:pulumi:Stack" or type_.startswith("pulumi:providers:")
 
 
 def backend_env(backend: Path) -> dict[str, str]:
@@ -71,7 +74,7 @@ class Step:
 
     @property
     def ours(self) -> bool:
-        return not self.type.startswith(ENGINE_OWN_TYPES)
+        return not engine_own(self.type)
 
 
 @dataclass
@@ -94,8 +97,15 @@ class EventLog:
         return steps
 
     def ops(self) -> dict[str, str]:
-        """Logical name -> the op the engine chose, for resources of our program."""
-        return {s.name: s.op for s in self.steps() if s.phase == "start" and s.ours}
+        """Logical name -> the op the engine chose, for resources of our program. A replacement
+        (create-replacement, replace, delete-replaced steps) reads ``replace``."""
+        by_name: dict[str, list[str]] = {}
+        for step in self.steps():
+            if step.phase == "start" and step.ours:
+                by_name.setdefault(step.name, []).append(step.op)
+        return {
+            name: "replace" if "replace" in ops else "+".join(ops) for name, ops in by_name.items()
+        }
 
     def changed(self) -> dict[str, str]:
         """Only the resources whose op is not ``same``."""
@@ -149,11 +159,13 @@ class EngineStack:
         work_dir: Path | None = None,
         backend: Path | None = None,
         pulumi_root: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> EngineStack:
         """A new stack of ``project`` on the file backend ``backend`` (default ``root/state``).
         ``work_dir``: a directory holding the project's Pulumi.yaml (and its stack config dir), as
         the CLI reads them; default: a fresh one with a minimal Pulumi.yaml for ``project``.
-        ``pulumi_root``: a directory whose ``bin/pulumi`` runs instead of the toolchain's."""
+        ``pulumi_root``: a directory whose ``bin/pulumi`` runs instead of the toolchain's;
+        ``env``: more environment for every command."""
         backend = backend or root / "state"
         backend.mkdir(parents=True, exist_ok=True)
         settings = None
@@ -164,7 +176,7 @@ class EngineStack:
         options = auto.LocalWorkspaceOptions(
             work_dir=str(work_dir),
             pulumi_home=engine.env["PULUMI_HOME"],
-            env_vars={**offline_env(engine), **backend_env(backend)},
+            env_vars={**offline_env(engine), **backend_env(backend), **(env or {})},
             project_settings=settings,
             pulumi_command=auto.PulumiCommand(root=str(pulumi_root or engine.directory)),
         )
@@ -225,7 +237,7 @@ class EngineStack:
         return list(deployment.get("resources") or [])
 
     def our_resources(self) -> list[dict[str, Any]]:
-        return [r for r in self.resources() if not r["type"].startswith(ENGINE_OWN_TYPES)]
+        return [r for r in self.resources() if not engine_own(r["type"])]
 
     def urn(self, name: str) -> str:
         found = [r["urn"] for r in self.resources() if r["urn"].endswith(f"::{name}")]
