@@ -53,13 +53,14 @@ def project_stack(
     *,
     token: str | None = TOKEN,
     work: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> EngineStack:
     """Stack ``stack`` of the project, on a file backend, from a copy of the project's files,
     with the Proxmox token set as a secret the way the README says (``pulumi config set
     --secret``). The program runs inline (tests/engine/inline.py)."""
     work = work or copy_project(tmp_path)
     engine_stack = EngineStack.create(
-        engine, tmp_path, stack, program, project=PROJECT, work_dir=work
+        engine, tmp_path, stack, program, project=PROJECT, work_dir=work, env=env
     )
     if token is not None:
         engine_stack.set_config(

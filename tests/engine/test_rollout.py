@@ -28,14 +28,14 @@ from components.containerd_mirrors import ContainerdMirrors
 from components.fleet import plan_fleet
 from components.plan.node_plan import AnyPlan, NodeStep
 from components.settings import Node, Settings, load_settings
-from tests.engine.inline import EngineFailed, EngineStack, EventLog
+from tests.engine.inline import EngineFailed, EngineStack
+from tests.engine.rollout_order import NAME, assert_created_in_rollout_order, step_names
 from tests.engine.toolchain import require
 from tests.mocks import FakeFleet
 from tests.sample import sample_raw
 
 pytestmark = pytest.mark.engine
 
-NAME = "containerd"
 HAND_EDIT = (
     '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
     '  endpoint = ["http://10.0.20.10:5000"]\n'
@@ -132,30 +132,6 @@ def apply_to_nodes(fleet: FakeFleet, plans: Mapping[str, AnyPlan]) -> None:
         fleet.nodes[name].apply(
             {s.role: {"stdin": s.create.stdin, "create": s.create.command} for s in plan.steps}
         )
-
-
-def step_names(plans: Mapping[str, AnyPlan], node: str) -> list[str]:
-    return [f"{NAME}-{node}-{step.role}" for step in plans[node].steps]
-
-
-def assert_created_in_rollout_order(
-    log: EventLog, batches: list[list[str]], plans: Mapping[str, AnyPlan]
-) -> None:
-    """From the engine's events: a gate is created after the caches (gate 0) or after the last
-    step of every node of the batch before; every step after its gate is created and after the
-    node's step before it."""
-    assert log.started(f"{NAME}-batch-0", "create") > log.done("registry-mirrors", "create")
-    for index, batch in enumerate(batches):
-        gate = f"{NAME}-batch-{index}"
-        if index:
-            for node in batches[index - 1]:
-                last = step_names(plans, node)[-1]
-                assert log.started(gate, "create") > log.done(last, "create"), (gate, last)
-        for node in batch:
-            names = step_names(plans, node)
-            assert log.started(names[0], "create") > log.done(gate, "create"), (names[0], gate)
-            for before, after in itertools.pairwise(names):
-                assert log.started(after, "create") > log.done(before, "create"), (after, before)
 
 
 @pytest.fixture
