@@ -15,123 +15,31 @@ and what an apply does to a node), so the step inputs are the program's own.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pulumi
 import pytest
 
-from components.containerd_mirrors import ContainerdMirrors
-from components.fleet import plan_fleet
-from components.plan.node_plan import AnyPlan, NodeStep
-from components.settings import Node, Settings, load_settings
+from components.plan.node_plan import AnyPlan
 from tests.engine.inline import EngineFailed, EngineStack
-from tests.engine.rollout_order import NAME, assert_created_in_rollout_order, step_names
+from tests.engine.rollout import (
+    HAND_EDIT,
+    NAME,
+    StandInMirrors,
+    UngatedMirrors,
+    apply_to_nodes,
+    assert_created_in_rollout_order,
+    fleet_settings,
+    program,
+    step_names,
+)
 from tests.engine.toolchain import require
 from tests.mocks import FakeFleet
-from tests.sample import sample_raw
 
 pytestmark = pytest.mark.engine
-
-HAND_EDIT = (
-    '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
-    '  endpoint = ["http://10.0.20.10:5000"]\n'
-)
-
-
-def fleet_settings(nodes: int, batch_size: int) -> Settings:
-    raw = sample_raw()
-    # Never contacted: the FakeFleet answers every probe.
-    raw["nodes"] = [{"name": f"node-{i}", "address": f"10.0.30.{i}"} for i in range(1, nodes + 1)]
-    raw["containerd"] = {"batchSize": batch_size}
-    return load_settings(raw)
-
-
-class StepStandIn(pulumi.Stash):
-    """Where the program has a remote.Command: a Stash of the same name holding the step's
-    inputs, so the engine diffs exactly what it would diff for the command (an input change is
-    an update; Stash has no replace)."""
-
-    def __init__(
-        self,
-        name: str,
-        step: NodeStep,
-        opts: pulumi.ResourceOptions,
-        delay: float = 0.0,
-    ) -> None:
-        inputs: Any = {
-            "create": step.create.command,
-            "delete": step.delete.command,
-            "stdin": (
-                pulumi.Output.secret(step.create.stdin) if step.sensitive else step.create.stdin
-            ),
-        }
-        if delay:
-            # Resolves only after ``delay`` seconds: the step is registered (and created) late,
-            # which gives an order the engine did not enforce the chance to show.
-            inputs = pulumi.Output.from_input(asyncio.sleep(delay, result=inputs))
-        super().__init__(name, input=inputs, opts=opts)
-        # What ContainerdMirrors reads from the node's report step.
-        self.stdout = pulumi.Output.from_input("")
-
-
-class StandInMirrors(ContainerdMirrors):
-    """The real component; its steps are StepStandIns with the real step options."""
-
-    slow: frozenset[str] = frozenset()
-
-    def _create_step(  # pyright: ignore[reportIncompatibleMethodOverride]
-        self,
-        node: Node,
-        step: NodeStep,
-        connection: Any,
-        gate: pulumi.Stash,
-        previous: Any,
-    ) -> StepStandIn:
-        name = f"{self._base_name}-{node.name}-{step.role}"
-        delay = 1.5 if name in self.slow else 0.0
-        return StepStandIn(name, step, self._step_options(gate, previous), delay)
-
-
-class UngatedMirrors(StandInMirrors):
-    """CONTROL: the same steps without their gate (children of the component, no order between
-    nodes): the order checks below must fail on it."""
-
-    def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
-        return pulumi.ResourceOptions(parent=self)
-
-
-def program(
-    settings: Settings,
-    fleet: FakeFleet,
-    plans_seen: list[Mapping[str, AnyPlan]],
-    component: type[StandInMirrors] = StandInMirrors,
-    slow: frozenset[str] = frozenset(),
-) -> Callable[[], None]:
-    """What components/program.py does for the nodes: read and plan every node first, then the
-    caches (a stand-in: the program's RegistryMirrors needs the docker provider), then the
-    rollout after them."""
-
-    def run() -> None:
-        plans = plan_fleet(settings, fleet)
-        plans_seen.append(plans)
-        caches = pulumi.Stash("registry-mirrors", input={"stand-in": "the caches"})
-        cls = type("Mirrors", (component,), {"slow": slow})
-        mirrors = cls(NAME, settings, plans, "/agent.sock", depends_on=[caches])
-        pulumi.export("rollout", mirrors.batches)
-
-    return run
-
-
-def apply_to_nodes(fleet: FakeFleet, plans: Mapping[str, AnyPlan]) -> None:
-    """What the steps do to the nodes on `pulumi up` (the FakeNode model of the scripts)."""
-    for name, plan in plans.items():
-        fleet.nodes[name].apply(
-            {s.role: {"stdin": s.create.stdin, "create": s.create.command} for s in plan.steps}
-        )
 
 
 @pytest.fixture

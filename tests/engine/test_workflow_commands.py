@@ -27,7 +27,7 @@ import yaml
 
 from components.plan.node_plan import AnyPlan
 from tests.engine.inline import EngineStack, backend_env
-from tests.engine.test_rollout import HAND_EDIT, apply_to_nodes, fleet_settings, program
+from tests.engine.rollout import HAND_EDIT, apply_to_nodes, fleet_settings, program
 from tests.engine.toolchain import ROOT, require
 from tests.mocks import FakeFleet
 
