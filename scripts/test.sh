@@ -99,10 +99,11 @@ done
 # step NAME COMMAND...: run a step in a lane, its output in $runs/NAME.log, its exit status in
 # $runs/NAME.status (written last: its presence means the step is over).
 step() {
-  local name=$1 status=0
+  local name=$1 status=0 begun
   shift
+  begun=$(date +%s)
   "$@" >"$runs/$name.log" 2>&1 || status=$?
-  echo "$status" >"$runs/$name.status"
+  echo "$status $((begun - started)) $(($(date +%s) - started))" >"$runs/$name.status"
   return "$status"
 }
 
@@ -111,9 +112,9 @@ step() {
 await() {
   local name=$1
   while [ ! -f "$runs/$name.status" ]; do sleep 2; done
-  local status
-  status=$(cat "$runs/$name.status")
-  log "$name finished (exit $status) at $(elapsed)"
+  local status from to
+  read -r status from to <"$runs/$name.status"
+  log "$name: exit $status, ran from ${from}s to ${to}s (now $(elapsed))"
   if [ "$status" -ne 0 ]; then tail -n 30 "$runs/$name.log"; fi
   return "$status"
 }
@@ -161,7 +162,7 @@ run_tier engine -m "engine and not engine_plugins" \
 
 await setup-vm-guest || setup_status=1
 vm_status=0
-if [ -f "$runs/vm-tier.status" ] || [ "$(cat "$runs/setup-vm-guest.status")" -eq 0 ]; then
+if [ -f "$runs/vm-tier.status" ] || [ "$(cut -d' ' -f1 "$runs/setup-vm-guest.status")" -eq 0 ]; then
   await vm-tier || vm_status=$?
   log "pytest: VM tier output"
   cat "$runs/vm-tier.log"

@@ -20,7 +20,7 @@ from components.plan.node_plan import AnyPlan, NodeStep
 from components.settings import Node, Settings, load_settings
 from tests.engine.inline import EventLog
 from tests.mocks import FakeFleet
-from tests.sample import sample_raw
+from tests.sample import TEST_KEY, sample_raw
 
 NAME = "containerd"
 
@@ -58,8 +58,14 @@ HAND_EDIT = (
 def fleet_settings(nodes: int, batch_size: int) -> Settings:
     raw = sample_raw()
     # Never contacted: the FakeFleet answers every probe.
+    # Pinned (the program sends nothing to an unpinned node); never contacted either way.
+    host_key = " ".join(TEST_KEY.split()[:2])
     raw["nodes"] = [
-        {"name": f"node-{i}", "address": f"10.0.{30 + i // 250}.{i % 250 + 1}"}
+        {
+            "name": f"node-{i}",
+            "address": f"10.0.{30 + i // 250}.{i % 250 + 1}",
+            "sshHostPublicKey": host_key,
+        }
         for i in range(1, nodes + 1)
     ]
     raw["containerd"] = {"batchSize": batch_size}

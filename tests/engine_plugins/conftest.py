@@ -27,6 +27,9 @@ import pytest
 from tests.engine.toolchain import Toolchain, require
 from tests.prereq import missing
 
+# The VM tier's session fixtures: the guest booted from the program's cloud-init, cloud-init done.
+from tests.vm.conftest import ready, tier  # noqa: F401
+
 PLUGINS = ("command", "docker", "proxmoxve")
 
 

@@ -4,9 +4,12 @@ What runs, and what does not (docs/engine-proof.md has the results of the run):
 - Nodes (pulumi-command): the program's ``ContainerdMirrors`` with its real ``remote.Command``
   steps, on test hosts (tests/integration/testhost.py: sshd + containerd 1.6, 1.7 and 2.1 in
   network namespaces), read by the program's own ``plan_fleet`` over the system ssh client. The
-  caches are Distribution proxies rendered by the program's renderer, run as local processes on
-  an address every node is routed to (a dummy interface): the stand-in for the VM, whose
-  ``RegistryMirrors`` (pulumi-docker over ``ssh://`` to the VM tier's QEMU guest) is NOT run here.
+  caches for these nodes are Distribution proxies rendered by the program's renderer, run as
+  local processes on an address every node is routed to (an address on this host's loopback
+  device).
+- Caches (pulumi-docker, pulumi-command): the program's ``RegistryMirrors`` over ``ssh://`` to
+  the VM tier's QEMU guest (tests/vm: booted from the program's own cloud-init), the guest
+  standing in for the VM pulumi-proxmoxve would create.
 - Proxmox: ``pulumi preview`` of the program (RegistryVm, RegistryFirewall, RegistryMirrors) for
   stacks/Pulumi.dev.yaml with the real pulumi-proxmoxve, pulumi-docker and pulumi-command
   plugins, its endpoint moved to a loopback port nothing answers, in a network namespace with
@@ -22,6 +25,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,7 @@ from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.settings import Settings, load_settings
 from tests.engine.inline import EngineStack, EventLog
 from tests.engine.project import PROJECT, copy_project, edit_stack_file, project_stack
-from tests.engine.rollout_order import NAME, assert_created_in_rollout_order
+from tests.engine.rollout import NAME, assert_created_in_rollout_order
 from tests.engine_plugins.conftest import PluginEngine
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V1_6, V1_7, V2_1, ContainerdVersion
@@ -397,3 +401,102 @@ def test_proxmox_preview_inner(
             indent=1,
         )
     )
+
+
+# --- the caches: pulumi-docker over ssh:// to the VM tier's QEMU guest -------------------------
+
+
+def _guest_host_key(port: int) -> str:
+    """The guest's ed25519 host key, to pin (so nothing is written to a known_hosts file)."""
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-t", "ed25519", "-p", str(port), "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    line = next(line for line in scanned.stdout.splitlines() if "ssh-ed25519" in line)
+    return " ".join(line.split()[1:3])
+
+
+@contextlib.contextmanager
+def agent_holding(key: Path, directory: Path) -> Iterator[str]:
+    socket = str(directory / "agent.sock")
+    agent = subprocess.Popen(
+        ["ssh-agent", "-D", "-a", socket], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        for _ in range(250):
+            added = subprocess.run(
+                ["ssh-add", "-q", str(key)], env={**os.environ, "SSH_AUTH_SOCK": socket},
+                capture_output=True, check=False,
+            )  # fmt: skip
+            if added.returncode == 0:
+                break
+            time.sleep(0.02)
+        yield socket
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+def test_caches_through_pulumi_docker_in_the_vm_guest(
+    plugin_engine: PluginEngine, ready: Any, tmp_path: Path
+) -> None:
+    """The program's RegistryMirrors (docker.Provider over ssh://, RemoteImage, one Container per
+    upstream, the config and maintenance Commands) created by the real docker and command plugins
+    in the VM tier's guest (booted from the program's own cloud-init, cloud-init done). The VM
+    itself stands in for what pulumi-proxmoxve would have made; its readiness is a Stash."""
+    from components.ssh import SshTarget
+    from tests.vm import registry_image
+    from tests.vm.conftest import wait_healthy
+
+    guest_tier = ready
+    settings = guest_tier.stack.settings
+    # The image the caches run: loaded under its configured name (the guest reaches no registry
+    # to pull it from); RemoteImage then finds it locally.
+    major = registry_image.major_of(guest_tier.stack.image)
+    guest_tier.guest.upload(
+        registry_image.build_registry_archive(major, guest_tier.stack.image, guest_tier.workdir),
+        "docker load",
+    )
+    with agent_holding(guest_tier.key, tmp_path) as agent:
+        ssh = SshTarget(
+            host="127.0.0.1",
+            user=settings.vm.ssh_user,
+            agent_socket=agent,
+            port=guest_tier.guest.ssh_port,
+            host_key=_guest_host_key(guest_tier.guest.ssh_port),
+        )
+
+        def caches() -> None:
+            vm_ready = pulumi.Stash("registry-vm-ready", input={"stand-in": "the VM tier's guest"})
+            mirrors = RegistryMirrors(
+                "registry-mirrors", settings=settings, ssh=ssh, ready=vm_ready
+            )
+            pulumi.export("mirrors", mirrors.mirrors)
+
+        stack = EngineStack.create(
+            plugin_engine.engine, tmp_path, "caches", caches, env=plugin_engine.env
+        )
+        try:
+            log = stack.up()
+            types = {s.type for s in log.steps() if s.phase == "done" and s.op == "create"}
+            assert "docker:index/container:Container" in types, types
+            names = [u.container for u in settings.upstreams]
+            states = wait_healthy(guest_tier.guest, names)
+            assert all(state == "healthy" for state in states.values()), states
+            assert set(stack.stack.outputs()["mirrors"].value) == {
+                u.host for u in settings.upstreams
+            }
+
+            before = guest_tier.upstream.log().count("/v2/library/x/manifests/1")
+            port = settings.upstreams[0].port
+            pulled = guest_tier.guest.ssh(
+                f"docker pull -q 127.0.0.1:{port}/library/x:1", timeout=300
+            )
+            assert pulled.returncode == 0, pulled.stderr
+            assert guest_tier.upstream.log().count("/v2/library/x/manifests/1") > before
+
+            assert stack.preview(expect_no_changes=True).changed() == {}
+        finally:
+            stack.destroy()
+        left = guest_tier.guest.check("docker ps -aq --filter label=registry-mirrors.config-sha256")
+        assert left.strip() == "", left
