@@ -17,8 +17,8 @@ Each measurement runs in a fresh child process (``python -m bench.engine_cost ch
   step rewrites the whole state file, so a new stack's ``up`` grows with the square of its
   resource count. (Skipping them is a trade: an ``up`` killed midway leaves no record of the
   steps it ran, and those steps restore a node on delete.)
-- ``bare``: the same number of Stash resources, flat (no parent, no dependency): the engine's
-  floor for that many resources.
+- ``bare``: the same number of Stash resources, flat (no parent, no dependency), with
+  ``PULUMI_SKIP_CHECKPOINTS=true`` like ``skip``: the engine's floor for that many resources.
 - ``mocks``: the same rollout program under the tests' recording mocks (no engine).
 """
 
@@ -117,7 +117,7 @@ def child_main(mode: str, count: int) -> None:
     elif mode == "skip":
         result = _child_engine(count, bare=False, skip_checkpoints=True)
     elif mode == "bare":
-        result = _child_engine(count, bare=True)
+        result = _child_engine(count, bare=True, skip_checkpoints=True)
     elif mode == "mocks":
         result = _child_mocks(count)
     else:
@@ -136,7 +136,7 @@ def _figure(name: str, results: list[dict[str, Any]], key: str, note: str = "") 
 
 
 def run(
-    sizes: tuple[int, ...] = SIZES, repeats: int = 1, timeout: float = 900, log: Any = print
+    sizes: tuple[int, ...] = SIZES, repeats: int = 1, timeout: float = 600, log: Any = print
 ) -> PartResult:
     from tests.engine.toolchain import find
 
@@ -170,8 +170,8 @@ def run(
                          "the state written once, at the end"))  # fmt: skip
         part.add(_figure(f"N={n} engine preview, PULUMI_SKIP_CHECKPOINTS=true", runs["skip"],
                          "preview"))  # fmt: skip
-        part.add(_figure(f"N={n} engine up, flat Stash x same count", runs["bare"], "seconds",
-                         "no parent, no dependency"))  # fmt: skip
+        part.add(_figure(f"N={n} engine up, flat Stash x same count, no checkpoints", runs["bare"],
+                         "seconds", "no parent, no dependency"))  # fmt: skip
         part.add(_figure(f"N={n} same program under mocks", runs["mocks"], "seconds",
                          "no engine: what bench/program_cost.py measures"))  # fmt: skip
         for mode, label in (

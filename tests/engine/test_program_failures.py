@@ -25,6 +25,7 @@ from components import program
 from tests.engine.project import PROJECT, copy_project, edit_stack_file, project_stack
 from tests.engine.toolchain import require
 from tests.prereq import require_binary
+from tests.sample import NODE_HOST_KEYS
 
 pytestmark = pytest.mark.engine
 
@@ -85,6 +86,8 @@ def test_nodes_that_do_not_answer_fail_preview_and_up_naming_each_and_nothing_ex
         for index, node in enumerate(config[f"{PROJECT}:nodes"], start=1):
             node["address"] = f"127.0.0.{index}"
             node["sshPort"] = closed_port
+            # Pinned, or the program refuses the node before trying it (README "Trust model").
+            node["sshHostPublicKey"] = NODE_HOST_KEYS[index - 1]
             names.append(node["name"])
 
     edit_stack_file(work, "dev", to_loopback)
@@ -101,3 +104,20 @@ def test_nodes_that_do_not_answer_fail_preview_and_up_naming_each_and_nothing_ex
             ],
         )
         assert stack.our_resources() == []
+
+
+def test_unpinned_nodes_fail_preview_naming_each_and_nothing_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stacks/Pulumi.dev.yaml as shipped pins no node: the program refuses every node before it
+    sends anything (10.0.20.x is never contacted: the refusal comes first)."""
+    engine = require()
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(tmp_path / "agent.sock"))
+    stack = project_stack(engine, tmp_path, "dev", program.run)
+    failure = stack.fails("preview")
+    assert_failed_cleanly(
+        failure.text,
+        ["3 of 3 node(s) have no pinned host key (nothing was changed):"]
+        + [f"node {name} " for name in ("k8s-dev-cp-1", "k8s-dev-worker-1", "k8s-dev-worker-2")],
+    )
+    assert stack.our_resources() == []
