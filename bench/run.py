@@ -1,10 +1,12 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain,disk]
+    python bench/run.py [--quick] [--only program,engine,node,cache,rollout,vm,memory,drain,disk]
                         [--out bench/results.json]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
-Parts (see each module's docstring): program (bench/program_cost.py, no root), node
+Parts (see each module's docstring): program (bench/program_cost.py, no root), engine
+(bench/engine_cost.py: the real engine on programs of the rollout's shape; no root, needs the CLI
+from scripts/testenv/setup-pulumi.sh), node
 (bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
 (bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
@@ -36,7 +38,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain", "disk")
+PARTS = ("program", "engine", "node", "cache", "rollout", "vm", "memory", "drain", "disk")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -47,6 +49,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         if quick:
             return program_cost.run(sizes=(10, 100), repeats=3, before=False, read_sizes=(100,))
         return program_cost.run()
+    if name == "engine":
+        from bench import engine_cost
+
+        return engine_cost.run(sizes=(10, 100) if quick else engine_cost.SIZES)
     if name == "node":
         from bench import node_change
 

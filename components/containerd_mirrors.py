@@ -190,10 +190,22 @@ class ContainerdMirrors(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(step.create.stdin) if secret else step.create.stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=gate,
-                depends_on=[previous] if previous is not None else None,
-                additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
-                aliases=[pulumi.Alias(parent=self)],
+            opts=pulumi.ResourceOptions.merge(
+                self._step_options(gate, previous),
+                pulumi.ResourceOptions(
+                    additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None
+                ),
             ),
+        )
+
+    def _step_options(
+        self, gate: pulumi.Stash, previous: pulumi.Resource | None
+    ) -> pulumi.ResourceOptions:
+        """Where a step sits in the rollout: a child of its batch's gate, after the node's step
+        before it, and the same resource as when it was a child of this component. The engine
+        tier (tests/engine/test_rollout.py) builds its stand-in steps with exactly these."""
+        return pulumi.ResourceOptions(
+            parent=gate,
+            depends_on=[previous] if previous is not None else None,
+            aliases=[pulumi.Alias(parent=self)],
         )
