@@ -92,6 +92,6 @@ def test_every_argument_problem_at_once(tmp_path: Path, monkeypatch: pytest.Monk
 def test_no_ssh_client_is_a_failed_disk_check_not_a_traceback(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
-    check = check_vm_disk(outputs, None, [], timeout=5)
+    (check,) = check_vm_disk(outputs, None, [], timeout=5)
     assert (check.ok, check.detail) == (False, "no ssh client here")
     assert "openssh-client" in check.advice
