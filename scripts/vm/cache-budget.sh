@@ -119,7 +119,8 @@ last_pulls() {
 # The eviction plan for BUDGET bytes, on stdout:
 #   size BYTES                      the cache now
 #   oldest EPOCH REPO               the least recently pulled repository
-#   evict EPOCH REPO FREED          in order, FREED = bytes freed by then (blobs no kept repo links)
+#   evict EPOCH REPO FREED          in order, FREED = bytes freed by then: the repositories' own
+#                                   trees and the blobs no kept repository links, as du counts them
 #   protected COUNT                 over budget, but pulled within evict_min_age seconds
 #   after BYTES                     the estimated size once the plan is carried out
 # Nothing is evicted while the cache is within BUDGET; once over, down to evict_low_water % of it
@@ -132,8 +133,18 @@ plan_eviction() { # BUDGET
     echo "size ${size:-0}"
     [[ -d $repos ]] || return 0
     tmp=$(mktemp -d)
-    # Blob sizes as allocated on disk (what du counts), and which repository links which blob.
-    find "$blobs" -type f -name data -printf '%b %h\n' 2>/dev/null >"$tmp/sizes" || true
+    # What du counts, per blob (its data file and its own directory) and per repository (its
+    # link files and directories: a few thousand small files weigh as much as the blobs), and
+    # which repository links which blob. %b: 512-byte blocks allocated.
+    find "$blobs" -mindepth 3 -maxdepth 4 -printf '%d %b %p\n' 2>/dev/null |
+        awk '{n = split($3, parts, "/"); print $2, ($1 == 3 ? parts[n] : parts[n - 1])}' \
+            >"$tmp/sizes" || true
+    find "$repos" -mindepth 1 -printf '%b %p\n' 2>/dev/null |
+        awk -v root="$repos/" '{
+            path = substr($0, index($0, " ") + 1 + length(root))
+            cut = index(path, "/_")
+            if (cut > 0) print $1, substr(path, 1, cut - 1)
+        }' >"$tmp/trees" || true
     find "$repos" -type f -name link \( -path '*/_layers/sha256/*' -o \
         -path '*/_manifests/revisions/sha256/*' \) -printf '%h\n' 2>/dev/null |
         awk -v root="$repos/" '{
@@ -144,14 +155,17 @@ plan_eviction() { # BUDGET
             print substr(path, 1, cut - 1), parts[n]
         }' | sort -u >"$tmp/links"
     last_pulls >"$tmp/last"
-    awk -v sizes="$tmp/sizes" -v links="$tmp/links" -v now="$(date +%s)" \
+    awk -v sizes="$tmp/sizes" -v trees="$tmp/trees" -v links="$tmp/links" -v now="$(date +%s)" \
         -v min_age="$evict_min_age" -v size="${size:-0}" -v budget="$budget" \
         -v low_water="$evict_low_water" '
         BEGIN {
             while ((getline line < sizes) > 0) {
                 split(line, f, " ")
-                n = split(f[2], parts, "/")
-                bytes[parts[n]] = f[1] * 512
+                bytes[f[2]] += f[1] * 512
+            }
+            while ((getline line < trees) > 0) {
+                split(line, f, " ")
+                tree[f[2]] += f[1] * 512
             }
             while ((getline line < links) > 0) {
                 split(line, f, " ")
@@ -166,6 +180,7 @@ plan_eviction() { # BUDGET
         {
             if (!over || size - freed <= target) next
             if (now - $1 < min_age) { protected++; next }
+            freed += tree[$2]
             n = split(linked[$2], digests, " ")
             for (i = 1; i <= n; i++)
                 if (--refs[digests[i]] == 0) freed += bytes[digests[i]]
