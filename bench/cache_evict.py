@@ -199,6 +199,7 @@ def scenario(major: int, workdir: Path, images: Catalog, log: Any) -> dict[str, 
             errors=[e for p in pullers for e in p.errors][:5],
             refusal_ms_median=refusals[len(refusals) // 2] if refusals else None,
             refusal_ms_max=refusals[-1] if refusals else None,
+            log=[line for line in output.splitlines() if "registry-maintenance[" in line],
         )  # fmt: skip
         log(f"  {LABELS[major]}: evict {result['evict_s']:.1f}s, down {result['down_s']}s, "
             f"{result['evicted']} repositories, pulls during it: {result['pulls_from_cache']} "

@@ -17,8 +17,8 @@
 # pull): a lower bound the VM really has. File access times are not used: GC reads every link and
 # manifest of every repository, and relatime moves atime on such a read once a day.
 #
-# Eviction unlinks whole repositories (their directory under repositories/) while the registry is
-# stopped, then runs the same GC as the weekly job: GC's mark keeps every blob a kept repository
+# Eviction unlinks whole repositories (moves their directory out of repositories/) while the
+# registry is stopped, then runs the same GC as the weekly job: GC's mark keeps every blob a kept repository
 # still links (a shared base layer), which the proxy's TTL expiry does not
 # (docs/measurements/cache-disk.md). The stop drains like every other stop; a pull arriving then
 # is refused at once and containerd takes the upstream.
@@ -194,17 +194,34 @@ plan_eviction() { # BUDGET
     rm -rf "$tmp"
 }
 
-# Remove one repository's directory, and its parents (library/ of library/x) once empty.
-unlink_repository() { # REPO
-    local repos dir
+# Where unlinked repositories wait, outside what Distribution reads (docker/registry/v2), until
+# the registry serves again: a rename per repository while it is down, the deletion of their
+# files (thousands of small ones: seconds on a busy disk) after it is up.
+evicting_dir() { echo "$data/.evicting"; }
+
+# Move the repositories' directories out of repositories/, then remove their namespaces
+# (library/ of library/x) left empty.
+unlink_repositories() { # REPO...
+    local repos repo parent trash count=0
     repos=$(repositories_dir)
-    dir=$repos/$1
-    [[ -d $dir && $1 != *..* ]] || return 0
-    rm -rf "$dir"
-    dir=$(dirname "$dir")
-    while [[ $dir != "$repos" && $dir == "$repos"/* ]] && rmdir "$dir" 2>/dev/null; do
-        dir=$(dirname "$dir")
+    trash=$(evicting_dir)
+    mkdir -p "$trash"
+    local -A parents=()
+    for repo in "$@"; do
+        [[ $repo != *..* && -d $repos/$repo ]] || continue
+        count=$((count + 1))
+        mv -- "$repos/$repo" "$trash/$count"
+        parent=$repo
+        while [[ $parent == */* ]]; do
+            parent=${parent%/*}
+            parents[$parent]=1
+        done
     done
+    ((${#parents[@]} > 0)) || return 0
+    # Deepest first, so a namespace's own parent is empty by the time its turn comes.
+    printf '%s\n' "${!parents[@]}" | awk -F/ -v root="$repos/" '{print NF, root $0}' |
+        sort -rn | cut -d' ' -f2- | xargs -d '\n' rmdir --ignore-fail-on-non-empty -- 2>/dev/null ||
+        true
 }
 
 # `evict NAME BUDGET`: hourly. Refresh the last-pull record; over BUDGET, stop the registry
@@ -217,6 +234,8 @@ evict_cache() { # BUDGET
         return 0
     fi
     echo "$budget" | write_state budget
+    # Left by a run that died after unlinking: nothing reads it.
+    rm -rf -- "$(evicting_dir)"
     scan_pulls
     plan=$(plan_eviction "$budget")
     size=$(awk '$1 == "size" {print $2}' <<<"$plan")
@@ -241,32 +260,43 @@ evict_cache() { # BUDGET
     downtime_kind=evict
     trap start_again EXIT
     "$docker" stop --time "$stop_timeout" "$name" >/dev/null
+    log "stopped in $(($(date +%s) - stopping))s"
     # Pulls answered before the stop count too: plan again from the complete log.
     scan_pulls
     plan=$(plan_eviction "$budget")
-    removed=()
-    local verb repo
+    local -a removed=()
+    local verb repo unlinking
     while read -r verb _ repo _; do
-        [[ $verb == evict ]] || continue
-        unlink_repository "$repo"
-        removed+=("$repo")
+        if [[ $verb == evict ]]; then removed+=("$repo"); fi
     done <<<"$plan"
+    unlinking=$(date +%s)
+    unlink_repositories "${removed[@]}"
     # Evicted repositories leave the record; a later pull of one starts a new entry.
     if ((${#removed[@]} > 0)); then
         printf '%s\n' "${removed[@]}" |
             awk 'NR == FNR {gone[$0] = 1; next} !($2 in gone)' - "$state_root/$name/last-pull" |
             write_state last-pull
     fi
-    log "unlinked ${#removed[@]} repositories: ${removed[*]:-none}"
+    # The whole list in the state directory; the log line names the first 20.
+    printf '%s\n' "${removed[@]}" | write_state last-evicted
+    local shown="${removed[*]:0:20}"
+    ((${#removed[@]} > 20)) && shown+=" and $((${#removed[@]} - 20)) more"
+    log "unlinked ${#removed[@]} repositories in $(($(date +%s) - unlinking))s: ${shown:-none}" \
+        "(all: $state_root/$name/last-evicted)"
     started=$(date +%s)
     if run_gc; then
+        local size_after
+        size_after=$(($(cache_bytes) - $(du -s -B1 "$(evicting_dir)" | cut -f1)))
         log "garbage collection done in $(($(date +%s) - started))s;" \
-            "cache $(cache_bytes) bytes (budget $budget)"
+            "cache $size_after bytes (budget $budget)"
     else
         local status=$?
         log "ERROR: garbage collection after eviction failed (exit $status)"
         exit "$status"
     fi
+    trap - EXIT
+    start_again
+    rm -rf -- "$(evicting_dir)"
 }
 
 # `memory NAME PERCENT`: hourly. Restart (drained) only when the container uses PERCENT % of its

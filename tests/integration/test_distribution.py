@@ -17,6 +17,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -992,7 +993,12 @@ def test_eviction_unlinks_the_least_recently_pulled_and_keeps_the_cache_within_b
         assert evicted, stderr
         assert evicted == order[2 : 2 + len(evicted)], (evicted, stderr)  # least recent first
         assert len(evicted) < len(order) - len(hot), "evicted more than the budget needed"
-        assert f"unlinked {len(evicted)} repositories: {' '.join(evicted)}" in stderr, stderr
+        names = " ".join(evicted)
+        assert re.search(rf"unlinked {len(evicted)} repositories in \d+s: {names} \(", stderr)
+        state = Path(vm.env["REGISTRY_STATE_ROOT"]) / name
+        assert (state / "last-evicted").read_text().split() == evicted
+        # Their namespaces (team2/ of team2/app2) went too, having held nothing else.
+        assert not [r for r in evicted if (repositories / r.split("/")[0]).exists()]
         with registry_client("127.0.0.1", port) as client:
             for image in images:
                 errors = _pull_all_platforms(client, image)
