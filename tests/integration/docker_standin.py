@@ -8,8 +8,9 @@ from __future__ import annotations
 # [--time N] NAME` does what docker does: SIGTERM, wait for the exit, SIGKILL after N seconds
 # (docker's default 10), `inspect` answers the two questions the script asks (image,
 # config-path label). `logs --timestamps NAME` prints the registry's output with docker's UTC
-# RFC 3339 stamp before each line (every line: --since only narrows what docker prints, and the
-# script keeps the latest pull either way); `stats` prints docker's MemPerc and MemUsage from the
+# RFC 3339 stamp (to the second) before each line (every line: --since only narrows what docker
+# prints, and the script keeps the latest pull either way); `stats` prints docker's MemPerc and
+# MemUsage from the
 # real process's VmRSS against FAKE_DOCKER_MEMORY_LIMIT_MB (default 1024). Every call is
 # appended to STATE/calls so the test can check the script's order and arguments: stop, GC, start.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
@@ -44,14 +45,13 @@ stop() {
     rm -f "$pidfile"
 }
 stamp() {
-    # Not the caller's stdout: the test waits for its EOF.
-    exec >>"$FAKE_DOCKER_STATE/$name.log" 2>&1
-    export TZ=UTC
-    local line now
-    while IFS= read -r line; do
-        now=$EPOCHREALTIME
-        printf '%(%Y-%m-%dT%H:%M:%S)T.%sZ %s\n' "${now%.*}" "${now#*.}" "$line"
-    done
+    # Not the caller's stdout: the test waits for its EOF. awk, not a bash read loop (which reads
+    # a pipe a byte at a time and would hold the registry back on its log writes under load).
+    # Docker stamps nanoseconds; the script reads the seconds.
+    exec awk '{
+        printf "%s.000000000Z %s\n", strftime("%Y-%m-%dT%H:%M:%S", systime(), 1), $0
+        fflush()
+    }' >>"$FAKE_DOCKER_STATE/$name.log" 2>&1
 }
 start() {
     setsid "$FAKE_REGISTRY_BINARY" serve "$REGISTRY_CONFIG_ROOT/$name/config.yml" \

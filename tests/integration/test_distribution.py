@@ -344,7 +344,9 @@ def test_shared_blob_expiry_is_refetched_without_the_descriptor_cache(
     with upstream_store.serve("up-expiry") as origin:
         for variant in ("rendered", "with-cache"):
             storage = tmp_path / variant / "cache"
-            config = _proxy_config(DEFAULT_UPSTREAMS[1], storage, origin.url, major)
+            # With expiry on: always on 2.x, and on 3.x when proxyTtl is set (rendered 0 otherwise).
+            ttl = {"proxy_ttl": "168h"} if major == 3 else {}
+            config = _proxy_config(DEFAULT_UPSTREAMS[1], storage, origin.url, major, registry=ttl)
             if variant == "with-cache":
                 config["storage"]["cache"] = {"blobdescriptor": "inmemory"}
             workdir = tmp_path / variant
