@@ -10,9 +10,9 @@ from __future__ import annotations
 # config-path label). `logs --timestamps NAME` prints the registry's output with docker's UTC
 # RFC 3339 stamp (to the second) before each line (every line: --since only narrows what docker
 # prints, and the script keeps the latest pull either way); `stats` prints docker's MemPerc and
-# MemUsage from the
-# real process's VmRSS against FAKE_DOCKER_MEMORY_LIMIT_MB (default 1024). Every call is
-# appended to STATE/calls so the test can check the script's order and arguments: stop, GC, start.
+# MemUsage from the real process's VmRSS against FAKE_DOCKER_MEMORY_LIMIT_MB (default 1024).
+# Every call is appended to STATE/calls so the test can check the script's order and arguments:
+# stop, GC, start.
 FAKE_DOCKER = r"""#!/usr/bin/env bash
 set -euo pipefail
 echo "$*" >>"$FAKE_DOCKER_STATE/calls"
