@@ -123,7 +123,8 @@ class ContainerdMirrors(pulumi.ComponentResource):
             user=node.ssh_user,
             agent_socket=self._agent_socket,
             port=node.ssh_port,
-            host_key=node.ssh_host_public_key,
+            # Unpinned nodes are refused before planning; SshTarget refuses an empty key too.
+            host_key=node.ssh_host_public_key or "",
         ).connection()
         commands: dict[str, remote.Command] = {}
         last: remote.Command | None = None

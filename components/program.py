@@ -25,6 +25,7 @@ from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
 from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
+from components.ssh_client import unpinned_nodes
 
 
 def tune_gc() -> None:
@@ -50,7 +51,14 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     except SshAgentMissing as error:
         raise pulumi.RunError(str(error)) from None
     # Before any resource: the engine starts creating resources as soon as they are registered,
-    # so a node that does not answer must stop the program before the first one.
+    # so a node that does not answer must stop the program before the first one. Nothing is sent
+    # to a node whose host key is not pinned (README "Trust model").
+    unpinned = unpinned_nodes(settings.nodes, pulumi.get_stack())
+    if unpinned:
+        raise pulumi.RunError(
+            f"{len(unpinned)} of {len(settings.nodes)} node(s) have no pinned host key "
+            "(nothing was changed):\n" + "\n".join(f"  {line}" for line in unpinned)
+        )
     try:
         plans = plan_fleet(settings, runner or fleet.ssh_runner(socket))
     except FleetReadError as error:
@@ -89,7 +97,9 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     )
 
     exports: dict[str, pulumi.Output[Any]] = {
-        "registryVm": pulumi.Output.all(registry_vm.vm_id, registry_vm.address).apply(
+        "registryVm": pulumi.Output.all(
+            registry_vm.vm_id, registry_vm.address, registry_vm.host_public_key
+        ).apply(
             lambda values: {
                 "vmId": values[0],
                 "address": values[1],
@@ -99,8 +109,8 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
                 # verify.py reports each cache's size against it (bytes).
                 "cacheBudgets": cache_budgets(settings),
-                # A public key: verify.py (and other stacks) pin it when they log in.
-                "sshHostPublicKey": settings.vm.ssh_host_public_key,
+                # The VM's generated host key (public half): verify.py and other stacks pin it.
+                "sshHostPublicKey": values[2],
             }
         ),
         "mirrors": mirrors.mirrors,

@@ -85,6 +85,8 @@ ruff format --check .
 log "pyright"
 pyright
 
+# Everything else includes tests/engine (marker `engine`): the real Pulumi CLI that
+# scripts/testenv/setup-pulumi.sh built, on a file backend.
 log "pytest: everything else"
 tests_status=0
 python -m pytest -m "not vm" --basetemp "$runs/tests-tmp" "$@" | tee "$runs/tests.log" ||

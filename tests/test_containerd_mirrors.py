@@ -33,7 +33,7 @@ from tests.mocks import (
     plain,
     urn_of,
 )
-from tests.sample import sample_raw
+from tests.sample import NODE_HOST_KEYS, sample_raw
 
 STASH = "pulumi:index:Stash"
 COMPONENT = "registry-mirrors:cluster:ContainerdMirrors"
@@ -48,7 +48,12 @@ WITH_OWN_MIRROR = BROKEN + (
 def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()) -> Settings:
     raw = sample_raw()
     raw["nodes"] = [
-        {"name": f"node-{i}", "address": f"10.0.30.{i}", "skipConfigPath": f"node-{i}" in skip}
+        {
+            "name": f"node-{i}",
+            "address": f"10.0.30.{i}",
+            "skipConfigPath": f"node-{i}" in skip,
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
         for i in range(1, nodes + 1)
     ]
     raw["containerd"] = {"batchSize": batch_size}
@@ -182,7 +187,12 @@ def test_a_fleet_deep_enough_to_have_crashed_the_sdk_keeps_its_order() -> None:
     mocks.outputs_for[COMMAND] = fake_node_outputs
     raw = sample_raw()
     raw["nodes"] = [
-        {"name": f"n{i:04d}", "address": f"10.100.{i // 250}.{i % 250 + 1}"} for i in range(1700)
+        {
+            "name": f"n{i:04d}",
+            "address": f"10.100.{i // 250}.{i % 250 + 1}",
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
+        for i in range(1700)
     ]
     settings = load_settings(raw)
     holder: dict[str, ContainerdMirrors] = {}
@@ -396,6 +406,8 @@ def test_an_existing_stack_upgrades_without_replacing_or_restoring_any_node(
     before = json.loads((FIXTURES / "state" / "containerd-707aa7b.json").read_text())
     raw = sample_raw()
     raw["nodes"], raw["containerd"] = before["nodes"], before["containerd"]
+    # That stack's nodes, pinned as the program now requires (URNs do not depend on the key).
+    raw["nodes"] = [{**node, "sshHostPublicKey": NODE_HOST_KEYS[0]} for node in raw["nodes"]]
 
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
@@ -493,7 +505,14 @@ def test_an_unchanged_k3s_node_shows_no_change_on_the_next_run() -> None:
 
 def test_a_node_that_is_not_the_flavour_it_is_set_to_stops_the_program() -> None:
     raw = sample_raw()
-    raw["nodes"] = [{"name": "node-1", "address": "10.0.30.1", "flavour": "k3s-agent"}]
+    raw["nodes"] = [
+        {
+            "name": "node-1",
+            "address": "10.0.30.1",
+            "flavour": "k3s-agent",
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
+    ]
     with pytest.raises(
         FleetReadError, match=r"node node-1 .*'k3s-agent' but the node is 'k3s-server'"
     ):

@@ -308,3 +308,26 @@ def test_a_copy_of_the_original_that_fails_midway_leaves_no_half_original(
     again = run_sent(command.replace(f"*/{name}", "/nothing"), tmp_path, "fine too\n")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
+
+
+def test_a_restart_that_never_returns_is_stopped_at_the_time_limit(tmp_path: Path) -> None:
+    """k3s/RKE2 units are Type=notify, often without a start timeout: `systemctl restart` can
+    hang. The restart gets RESTART_TIMEOUT and is then a failed restart (here the delete step's:
+    exit 5, saying so). Without the limit this test would hang until its own timeout."""
+    config = tmp_path / "config.toml"
+    config.write_text("ours\n")
+    (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
+    command = remote_command(
+        "node/restore.sh",
+        {"CONFIG_FILE": str(config), "RESTART_COMMAND": "sleep 600", "RESTART_TIMEOUT": 1},
+    )
+    result = subprocess.run(
+        ["bash", "-c", "id() { echo 0; }; export -f id\n" + command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
+    assert "the restart command did not return within 1s and was stopped" in result.stderr

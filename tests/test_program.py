@@ -69,7 +69,7 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "diskUsageThresholdPercent": 80,
             # 70 % of the 100 GiB disk shared by the five caches (components/settings/budget.py).
             "cacheBudgets": {u["container"]: 15032385536 for u in _default_upstreams()},
-            "sshHostPublicKey": None,
+            "sshHostPublicKey": _generated_public_key(mocks),
         }
         assert mirrors["docker.io"]["endpoint"] == "http://10.0.20.10:5000"
         assert mirrors["docker.io"]["server"] == "https://registry-1.docker.io"
@@ -102,6 +102,73 @@ def test_good_config_builds_every_part_and_exports_the_contract():
         exports["rollout"],
         exports["talosPatch"],
     ).apply(check)
+
+
+def _generated_public_key(mocks) -> str:
+    from components.ssh_host_key import public_key_of
+
+    return public_key_of(plain(mocks.named("registry-vm-host-key").inputs["input"]))
+
+
+def test_unpinned_nodes_stop_the_program_before_any_resource():
+    """Fail closed: a node with no sshHostPublicKey is named, with the command that pins it,
+    before any node is read or any resource registered (the fake fleet would answer any read)."""
+    raw = sample_raw()
+    del raw["nodes"][0]["sshHostPublicKey"]
+    del raw["nodes"][2]["sshHostPublicKey"]
+    mocks = install_mocks(*_config(raw))
+    fleet = FakeFleet()
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run(runner=fleet)
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "2 of 3 node(s) have no pinned host key (nothing was changed):",
+        "  node k8s-cp-1 (root@10.0.20.21:22): no pinned host key (nodes[].sshHostPublicKey), so "
+        "nothing is sent to it; compare and pin its key: python scripts/pin_host_keys.py "
+        "--stack test",
+        "  node k8s-worker-2 (root@10.0.20.32:22): no pinned host key (nodes[].sshHostPublicKey), "
+        "so nothing is sent to it; compare and pin its key: python scripts/pin_host_keys.py "
+        "--stack test",
+    ]
+    assert fleet.nodes == {}, "no node was read"
+    assert _registered(mocks) == []
+
+
+@pulumi.runtime.test
+def test_no_provider_gets_an_unverified_connection():
+    """Every remote.Command of the whole program has ``hostKey`` (pulumi-command ignores the
+    host key without it): the VM's steps the generated key, each node's steps its pinned key;
+    pulumi-docker's ssh:// transport pins the generated key with strict checking and reads no
+    known_hosts file; the private key is in no output and in no plain input."""
+    mocks = install_mocks(*_config(sample_raw()))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    exports = program.run(runner=FakeFleet())
+    pinned = {node["name"]: node["sshHostPublicKey"] for node in sample_raw()["nodes"]}
+
+    def check(values):
+        private = plain(mocks.named("registry-vm-host-key").inputs["input"])
+        public = _generated_public_key(mocks)
+        commands = mocks.of_type(COMMAND)
+        assert len(commands) > 10
+        for command in commands:
+            host_key = plain(command.inputs["connection"]).get("hostKey")
+            node = command.name.split("-", 1)[1].rsplit("-", 1)[0]
+            expected = pinned[node] if command.name.startswith("containerd-") else public
+            assert host_key == expected, command.name
+        [provider] = [r for r in mocks.resources if r.type == "pulumi:providers:docker"]
+        opts = yaml.safe_load(provider.inputs["sshOpts"])
+        assert "StrictHostKeyChecking=yes" in opts
+        assert f"KnownHostsCommand=/bin/echo '10.0.20.10 {public}'" in opts
+        assert {"UserKnownHostsFile=/dev/null", "GlobalKnownHostsFile=/dev/null"} <= set(opts)
+        assert not any("accept-new" in o or "StrictHostKeyChecking=no" in o for o in opts)
+        body = private.split("\n")[1]
+        assert body not in repr(values), "key material in a stack output"
+        for resource in mocks.resources:
+            for key, value in resource.inputs.items():
+                if not is_secret(value):
+                    assert body not in repr(value), (resource.name, key)
+
+    return pulumi.Output.all(*exports.values()).apply(check)
 
 
 def _default_upstreams():

@@ -80,17 +80,33 @@ def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | boo
     }
 
 
-def config_step(settings: Settings, node: Node, expected_sha256: str, new_text: str) -> Step:
-    return _step(
-        node,
-        "node/apply-config.sh",
-        {
-            "CONFIG_FILE": node.config_file,
-            "EXPECTED_SHA256": expected_sha256,
-            **_restart_params(settings, node),
-        },
-        new_text,
+def config_step(
+    settings: Settings,
+    node: Node,
+    expected_sha256: str,
+    new_text: str,
+    dropins: Sequence[tuple[str, str, str]] = (),
+) -> Step:
+    """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
+    ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
+    Without drop-ins the command and stdin are what they always were (no diff for a stack)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": node.config_file,
+        "EXPECTED_SHA256": expected_sha256,
+        **_restart_params(settings, node),
+    }
+    if not dropins:
+        return _step(node, "node/apply-config.sh", params, new_text)
+    params["DROPIN_COUNT"] = len(dropins)
+    files = [(node.config_file, expected_sha256, new_text), *dropins]
+    for path, _, _ in files:
+        if "\n" in path or not path.startswith("/"):
+            raise ValueError(f"cannot send {path!r} in apply-config.sh's bundle")
+    bundle = "".join(
+        f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
+        for path, guard, text in files
     )
+    return _step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
@@ -159,8 +175,9 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
         reason = lines[-1] if lines else "no output from ssh"
         if "Host key verification failed" in stderr:
             reason += (
-                " (the node's host key is not the pinned nodes[].sshHostPublicKey, or it was "
-                "reinstalled: check the key, then update the setting)"
+                " (the node's host key is not the pinned nodes[].sshHostPublicKey: if it was "
+                "reinstalled, compare its key on its console, then re-pin it: python "
+                f"scripts/pin_host_keys.py --stack <stack> --repin {node.name})"
             )
         raise NodeStepError(f"{where}: cannot reach the node over SSH: {reason}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")

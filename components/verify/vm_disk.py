@@ -30,13 +30,17 @@ def check_vm_disk(
     where = f"{user}@{address}"
     default = RegistrySettings.model_fields["disk_usage_threshold_percent"].default
     threshold = int(vm.get("diskUsageThresholdPercent") or default)
-    # The stack file when it was read (--nodes), else what the deploy exported: pinned either way.
-    host_key = (
-        settings.vm.ssh_host_public_key
-        if settings is not None
-        else (str(vm["sshHostPublicKey"]) if vm.get("sshHostPublicKey") else None)
-    )
-    options = [*ssh_options, *ssh_client_options(address, host_key)]
+    # The VM's generated host key, as the deploy exported it: the one key it may present.
+    host_key = str(vm.get("sshHostPublicKey") or "")
+    if not host_key:
+        return [Check(
+            "registry-vm", where, "disk", False,
+            "no sshHostPublicKey in the registryVm output: the VM's host key cannot be checked,"
+            " so it is not contacted",
+            "run `pulumi up` with this release (it makes and pins the VM's host key), or --no-vm",
+        )]  # fmt: skip
+    # The pin first: for ssh the first value of an option wins (--ssh-option cannot loosen it).
+    options = [*ssh_client_options(address, host_key), *ssh_options]
     # The stack file's budgets, else the deployed ones; else the script reports what the last
     # hourly eviction run recorded on the VM.
     budgets = cache_budgets(settings) if settings is not None else _exported(vm)
@@ -51,6 +55,14 @@ def check_vm_disk(
     except FileNotFoundError:
         return [Check("registry-vm", where, "disk", False, "no ssh client here",
                       "apt install openssh-client, or --no-vm")]  # fmt: skip
+    if result.returncode == 255 and "Host key verification failed" in result.stderr:
+        return [Check(
+            "registry-vm", where, "disk", False,
+            "Host key verification failed: the VM presents another key than the exported "
+            "sshHostPublicKey, so nothing was run on it",
+            "a VM not made by this stack's pulumi up, or a host answering in its place: check "
+            "the VM's key on its console (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub)",
+        )]  # fmt: skip
     try:
         report = parse_disk_report(result.stdout)
     except ValueError:

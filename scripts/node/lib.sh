@@ -50,8 +50,17 @@ wait_for_cri() {
   return 1
 }
 
+# The restart command gets RESTART_TIMEOUT seconds too (then SIGTERM, SIGKILL 5 s later): k3s and
+# RKE2 units are Type=notify, often with no start timeout, so `systemctl restart` can wait forever
+# on a daemon that never reports ready (issue 27). A restart that does not return is a failed
+# restart: the caller rolls back as for a CRI plugin that is not ok.
 restart() {
-  bash -c "$RESTART_COMMAND"
+  local code=0
+  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" || code=$?
+  if ((code == 124 || code == 137)); then
+    echo "the restart command did not return within ${RESTART_TIMEOUT}s and was stopped"
+  fi
+  return "$code"
 }
 
 # restart_and_wait: restart, then wait for the CRI plugin; sets restart_output (the restart
@@ -185,11 +194,14 @@ exit_after_roll_back() {
 
 # restore_original FILE [ERROR_TEXT] (delete: pulumi destroy or the node removed): put back the very
 # first original, or remove FILE if there was none (a FILE changed after us is kept as
-# .before-restore), then restart and wait for the CRI plugin. Prints restored=0|1 restarted=0|1;
-# exit 5 when the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of
-# the caller's: the daemon's own words).
-restore_original() {
-  local file=$1 error_text=${2:-} restored=0
+# .before-restore), then restart and wait for the CRI plugin. The files in the array
+# restore_also (restore.sh: the imports drop-ins apply-config.sh changed) are put back the same
+# way first, and the one restart covers them all. Prints restored=0|1 restarted=0|1; exit 5 when
+# the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of the
+# caller's: the daemon's own words).
+restore_also=()
+put_back_original() {
+  local file=$1
   local orig="${file}.registry-mirrors.orig" absent="${file}.registry-mirrors.absent"
   rm -f "${file}.registry-mirrors.applied"
   # The mark first: an .orig beside it is our own first change, saved as the original by the
@@ -206,6 +218,16 @@ restore_original() {
     fi
     rm -f "$orig"
   fi
+}
+
+restored=0
+restore_original() {
+  local file=$1 error_text=${2:-} also
+  restored=0
+  for also in "${restore_also[@]}"; do
+    put_back_original "$also"
+  done
+  put_back_original "$file"
   echo "restored=${restored}"
   if ((!restored)); then
     echo "restarted=0"
@@ -213,7 +235,7 @@ restore_original() {
   fi
   if ! restart_and_wait; then
     {
-      echo "${me}: ${file} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
       [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
       [[ -z $error_text ]] || "$error_text"
     } >&2

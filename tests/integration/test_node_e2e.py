@@ -723,8 +723,6 @@ def run_verify_nodes(
             "--outputs", str(outputs), "--stack-file", str(stack_file), "--nodes",
             "--timeout", "20", *image_args, *mirror_args,
             f"--ssh-option=-i{host.key}",
-            "--ssh-option=-oStrictHostKeyChecking=no",
-            f"--ssh-option=-oUserKnownHostsFile={workdir / 'verify_known_hosts'}",
         ],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from components.ssh_client import ssh_client_options
 from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
 from tests.integration.containerd_versions import V1_6, ContainerdVersion
 
@@ -171,6 +172,29 @@ class NodeHost:
         """The node's SSH host key, as ``nodes[].sshHostPublicKey`` pins it."""
         return " ".join((self.root / "ssh_host_ed25519_key.pub").read_text().split()[:2])
 
+    def regenerate_host_key(self) -> None:
+        """A reinstalled node (or a host impersonating it): a new host key, and sshd reloaded
+        with it (SIGHUP: sshd re-executes and reads its host keys again)."""
+        key = self.root / "ssh_host_ed25519_key"
+        for path in (key, key.with_name(f"{key.name}.pub")):
+            path.unlink()
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        sshd = self.processes[0]  # exec'd through ip netns exec, unshare and bash: sshd's pid
+        os.kill(sshd.pid, signal.SIGHUP)
+        # Until the node presents the new key (the old listener may answer for a moment).
+        new = self.host_public_key
+        deadline = time.monotonic() + 15
+        scanned = None
+        while time.monotonic() < deadline:
+            scanned = subprocess.run(
+                ["ssh-keyscan", "-T", "2", "-t", "ed25519", self.node_address],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if new.split()[1] in scanned.stdout:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"sshd did not present its new host key: {scanned!r}")
+
     @property
     def agent_socket(self) -> str:
         """An ssh-agent holding the node's login key: the program's SSH story."""
@@ -199,13 +223,14 @@ class NodeHost:
              "-o", "ControlPersist=300"]
             if self.share_ssh else []
         )  # fmt: skip
+        # Verified as the program's connections are: the node's own host key, pinned.
         return ssh_run(
             self.key,
             f"root@{address or self.node_address}",
             command,
             stdin,
             port=port,
-            known_hosts=self.root / "known_hosts",
+            host_key=self.host_public_key,
             extra_options=sharing,
             timeout=timeout,
         )
@@ -252,19 +277,25 @@ def ssh_run(
     stdin: str = "",
     *,
     port: int = 22,
-    known_hosts: Path | None = None,
+    host_key: str | None = None,
     extra_options: list[str] | None = None,
     timeout: float = 90,
 ) -> subprocess.CompletedProcess[str]:
     """``command`` as the remote login shell's command with ``stdin``: what pulumi-command does
-    with a Command's ``create`` and ``stdin``. Host keys of test hosts are not pinned."""
+    with a Command's ``create`` and ``stdin``. With ``host_key``, the host must present exactly
+    that key (the program's pinning options, components/ssh_client.py); without, it is not
+    checked (only before a test knows the key)."""
+    address = destination.rpartition("@")[2]
+    checking = (
+        ssh_client_options(address, host_key, port)
+        if host_key
+        else ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    )
     return subprocess.run(
         [
             "ssh", "-i", str(key),
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={known_hosts or '/dev/null'}",
             "-o", "ConnectTimeout=5",
+            *checking,
             "-o", "LogLevel=ERROR",
             *(extra_options or []),
             "-p", str(port),

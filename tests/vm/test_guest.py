@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,14 @@ from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
 from components.settings import RegistrySettings, load_settings
 from components.settings.budget import cache_budgets
+from components.ssh_client import ssh_client_options
+from components.ssh_host_key import generate_host_key
 from tests.integration import cri_client
 from tests.integration.registry_proc import require_registry_binary
 from tests.integration.testhost import node_host
 from tests.prereq import require_binary
 from tests.vm import proxmox_seed, registry_image
-from tests.vm.boot import GUEST_MAC, make_seed
+from tests.vm.boot import GUEST_MAC, SSH_TIMEOUT, guest_image, make_seed
 from tests.vm.conftest import (
     Tier,
     create_containers,
@@ -37,6 +40,7 @@ from tests.vm.conftest import (
     image_id,
     wait_healthy,
 )
+from tests.vm.qemu import BootShape, boot_guest, wait_for_ssh
 from tests.vm.stack import TIER_DNS, Step, capture, tier_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -58,7 +62,7 @@ CRI_CONFIG = """version = 2
 
 def test_seed_carries_the_rendered_vendor_data_and_no_first_boot_upgrade(tier: Tier) -> None:
     seed = tier.seed
-    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings)
+    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings, tier.stack.host_key)
     assert seed["meta-data"] == proxmox_seed.nocloud_gen_metadata(
         seed["user-data"], seed["network-config"]
     )
@@ -79,7 +83,7 @@ def test_a_vendor_data_change_keeps_the_instance_id(tier: Tier, tmp_path: Path) 
     guest's cloud-init would never run a changed snippet again."""
     raw_settings = tier.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw_settings["upstreams"].append({**raw_settings["upstreams"][0], **EXTRA_UPSTREAM})
-    changed = capture(load_settings(raw_settings))
+    changed = capture(load_settings(raw_settings), tier.stack.host_key)
     _, seed, _ = make_seed(changed, tmp_path)
     assert seed["vendor-data"] != tier.seed["vendor-data"]
     assert seed["meta-data"] == tier.seed["meta-data"]
@@ -92,7 +96,7 @@ def test_wait_cloud_init_succeeds_with_the_static_address_and_no_lease(ready: Ti
     guest = ready.guest
     # What the guest's cloud-init ran is exactly the snippet the component uploads.
     applied = guest.check("sudo cat /var/lib/cloud/instance/vendor-data.txt")
-    assert applied == render_vendor_data(ready.stack.settings)
+    assert applied == render_vendor_data(ready.stack.settings, ready.stack.host_key)
     addresses = guest.check("ip -4 -o addr show scope global").split()
     assert "10.0.20.10/24" in addresses, addresses
     assert guest.check("ip -4 -o addr show dynamic").strip() == "", "a DHCP lease is configured"
@@ -122,10 +126,82 @@ def test_vendor_data_installed_docker_agent_cron_and_the_registry_dirs(ready: Ti
     assert ready.guest.agent("guest-ping") == {"return": {}}
 
 
+# --- the VM's SSH host key: the program's, from the first boot on --------------------------------
+
+
+def offered_keys(port: int) -> set[str]:
+    """Every host key the guest's sshd offers, of any type (``ssh-keyscan``)."""
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-T", "20", "-p", str(port), "-t", "rsa,ecdsa,ed25519", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return {
+        " ".join(line.split()[1:3])
+        for line in scanned.stdout.splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def test_the_guest_presents_exactly_the_generated_host_key(tier: Tier) -> None:
+    """cloud-init's ssh_keys from the vendor-data (Proxmox's user-data is not ours): the first
+    boot's sshd offers the generated key and no other (the tier's every SSH connection, from
+    ``wait_for_ssh`` on, pinned it already)."""
+    guest, key = tier.guest, tier.stack.host_key
+    assert offered_keys(guest.ssh_port) == {key.public}
+    files = guest.check("ls /etc/ssh | grep '^ssh_host_'").split()
+    assert files == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    assert guest.check("sudo stat -c '%a %U' /etc/ssh/ssh_host_ed25519_key").split() == [
+        "600",
+        "root",
+    ]
+    # Control: the program's client options pinned to any other key refuse this guest.
+    refused = guest.pinned(generate_host_key().public).ssh("true")
+    assert refused.returncode == 255, refused
+    assert "Host key verification failed" in refused.stderr
+    # The private key is in no log on the guest.
+    body = key.private.splitlines()[1]
+    logs = guest.check(
+        "sudo cat /var/log/cloud-init.log /var/log/cloud-init-output.log; "
+        "sudo journalctl --no-pager -o cat"
+    )
+    assert body not in logs
+
+
+def dial_stdio(tier: Tier, options: list[str]) -> subprocess.CompletedProcess[str]:
+    """pulumi-docker's ssh:// transport (docker/cli connhelper): ``ssh <sshOpts> -T -l USER -p PORT
+    -- HOST docker system dial-stdio``, one Engine API ping through it. The VM is reached at its
+    forwarded port; ``HostKeyAlias`` looks its key up under the VM's address, as the provider's
+    own connection to ``ssh://user@<vm address>`` does."""
+    vm = tier.stack.settings.vm
+    argv = [
+        "ssh", *options, "-o", f"HostKeyAlias={vm.ip}", "-i", str(tier.key), "-T",
+        "-l", vm.ssh_user, "-p", str(tier.guest.ssh_port), "--", "127.0.0.1",
+        "docker", "system", "dial-stdio",
+    ]  # fmt: skip
+    return subprocess.run(
+        argv, input="GET /_ping HTTP/1.0\r\n\r\n", capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_docker_transport_connects_only_to_the_pinned_key(ready: Tier) -> None:
+    opts = ready.stack.docker_ssh_opts
+    vm_ip = ready.stack.settings.vm.ip
+    assert "StrictHostKeyChecking=yes" in opts
+    assert f"KnownHostsCommand=/bin/echo '{vm_ip} {ready.stack.host_key.public}'" in opts
+    answered = dial_stdio(ready, opts)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.startswith("HTTP/1.0 200"), answered.stdout
+    # Control: the same transport pinned to another key never reaches Docker.
+    refused = dial_stdio(ready, ssh_client_options(vm_ip, generate_host_key().public))
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+    assert "HTTP/1.0" not in refused.stdout
+
+
 def test_wait_fails_naming_the_address_when_it_differs(ready: Tier) -> None:
     raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["vm"]["address"] = "10.0.20.11/24"
-    other = capture(load_settings(raw))
+    other = capture(load_settings(raw), ready.stack.host_key)
     result = ready.run(other.step("-wait-cloud-init"))
     assert result.returncode == 1
     assert "expected static address 10.0.20.11 is not configured" in result.stderr, result.stderr
@@ -160,7 +236,7 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
 
     raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["upstreams"].append({**raw["upstreams"][0], **EXTRA_UPSTREAM})
-    changed = capture(load_settings(raw)).step("-vendor-data-apply")
+    changed = capture(load_settings(raw), ready.stack.host_key).step("-vendor-data-apply")
     assert changed.stdin != apply.stdin, "the step's stdin must follow the snippet's text"
     assert changed.triggers == apply.triggers, "a text change is an update, not a replacement"
     guest.check("test ! -e /var/lib/registry/registry-gcr")
@@ -490,7 +566,7 @@ def test_the_other_major_serves_from_the_components_spec(
     tag = {"2": "registry:2.8.3", "3": "registry:3.1.1"}[major_name]
     raw = maintenance.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["registry"]["image"] = tag
-    other = capture(load_settings(raw))
+    other = capture(load_settings(raw), maintenance.stack.host_key)
     for name, spec in other.containers.items():
         mounts = {v["containerPath"] for v in spec["volumes"]}
         assert major.config_path in mounts, (
@@ -514,3 +590,70 @@ def test_the_other_major_serves_from_the_components_spec(
         guest.ssh(f"docker rm -f {names} >/dev/null")
         create_containers(maintenance, maintenance.stack)
         wait_healthy(guest, list(maintenance.stack.containers))
+
+
+def test_a_recreated_vm_presents_the_same_key(maintenance: Tier, tmp_path: Path) -> None:
+    """A recreated VM (new disk from the image, the stack's snippet): the Stash answers with the
+    key the stack holds, so the seed carries it and the new guest presents it. Last but one, once
+    the tier's own guest is idle: two first boots at once on 2 cores starve both."""
+    tier = maintenance
+    again = capture(tier.stack.settings, tier.stack.host_key)
+    _, seed, iso = make_seed(again, tmp_path)
+    assert seed["vendor-data"] == tier.seed["vendor-data"]
+    # Control: a new stack's Stash holds another key (the seed would differ).
+    assert capture(tier.stack.settings).host_key.public != tier.stack.host_key.public
+    image = guest_image()
+    assert image is not None
+    shape = BootShape(mac=GUEST_MAC, guest_ip=tier.stack.settings.vm.ip)
+    guest = boot_guest(
+        image, tmp_path / "recreated", iso, shape, tier.key, tier.stack.settings.vm.ssh_user,
+        tier.stack.host_key.public,
+    )  # fmt: skip
+    try:
+        wait_for_ssh(guest, SSH_TIMEOUT)  # pinned: only the same key lets it in
+        assert offered_keys(guest.ssh_port) == {tier.stack.host_key.public}
+    finally:
+        guest.stop()
+
+
+# --- rotating the VM's host key (and upgrading a VM made before the program made its key) -------
+
+
+def test_rotation_installs_the_new_key_over_the_old_pin(maintenance: Tier) -> None:
+    """`pulumi up --replace <the Stash>` with vm.sshHostPublicKey = the key the VM presents now:
+    the install step logs in pinned to that key, installs the new one and reloads sshd; every
+    later step pins the new key. The same path serves a VM made before the program generated
+    keys (its own key pinned in vm.sshHostPublicKey). The tier's key is put back afterwards."""
+    tier = maintenance
+    old, new = tier.stack.host_key, generate_host_key()
+
+    def rotation(current: str | None, key):
+        raw = tier.stack.settings.model_dump(by_alias=True, exclude_none=True)
+        if current:
+            raw["vm"]["sshHostPublicKey"] = current
+        return capture(load_settings(raw), key)
+
+    rotated = rotation(old.public, new)
+    install = rotated.step("-host-key-install")
+    assert install.host_key == old.public, "the install step pins the key the VM presents now"
+    assert rotated.step("-wait-cloud-init").host_key == old.public
+    later = [s for n, s in rotated.steps.items() if not n.endswith(("-install", "-cloud-init"))]
+    assert later and all(step.host_key == new.public for step in later)
+    try:
+        result = tier.run(install)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["changed=1", f"public={new.public}"]
+        assert offered_keys(tier.guest.ssh_port) == {new.public}
+        assert tier.run(rotated.step("-maintenance-cron")).returncode == 0, "a later step"
+        # A leftover vm.sshHostPublicKey fails closed: the old pin no longer gets in.
+        leftover = tier.run(install)
+        assert leftover.returncode == 255 and "Host key verification failed" in leftover.stderr
+        # With the setting removed, the step pins the new key and finds it installed.
+        settled = rotation(None, new).step("-host-key-install")
+        assert settled.host_key == new.public
+        assert tier.run(settled).stdout.splitlines()[0] == "changed=0"
+    finally:
+        back = rotation(new.public, old).step("-host-key-install")
+        restored = tier.run(back)
+        assert restored.returncode == 0, restored.stderr
+        assert offered_keys(tier.guest.ssh_port) == {old.public}
