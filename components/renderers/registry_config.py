@@ -33,7 +33,7 @@ CONFIG_PATH_LABEL = "registry-mirrors.config-path"
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
 
-# On SIGTERM (every `docker stop`/`restart`: the hourly restart, the GC's stop, a `pulumi up`
+# On SIGTERM (every `docker stop`/`restart`: a memory restart, the GC's stop, a `pulumi up`
 # that replaces the container, the VM shutting down) Distribution without `http.draintimeout`
 # exits at once and cuts every blob transfer in flight: the node's pull fails. With it, both
 # majors (registry/registry.go, v2.8.2 and v3.1.1 alike) close the listener at once, so a new

@@ -16,7 +16,7 @@ from components.settings.errors import shown
 
 
 class Schedule(_Model):
-    """A cron schedule: weekly GC or hourly restart, staggered per registry.
+    """A cron schedule: weekly GC or the hourly restart/memory slot, staggered per registry.
 
     Fields are range-checked here, so the cron file never gets a value cron would read
     differently (``60`` minutes is not minute 0); whether a field may be more than a plain number
