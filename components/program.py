@@ -24,6 +24,7 @@ from components.renderers.bundle import containerd_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
 from components.settings import Settings
+from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
 from components.ssh_client import unpinned_nodes
 
@@ -117,6 +118,8 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "proxmoxNode": settings.vm.proxmox_node,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
+                # verify.py reports each cache's size against it (bytes).
+                "cacheBudgets": cache_budgets(settings),
                 # The VM's generated host key (public half): verify.py and other stacks pin it.
                 "sshHostPublicKey": values[2],
             }
