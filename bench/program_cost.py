@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import ROOT, Figure, PartResult
+from tests.sample import NODE_HOST_KEYS
 
 SIZES = (100, 1000, 2000, 5000)
 QUICK_SIZES = (10, 100, 1000)
@@ -54,8 +55,13 @@ TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"  # noqa: S105
 
 
 def node_entries(count: int) -> list[dict[str, Any]]:
+    # Every node pinned, as the program requires (the same key: nothing connects here).
     return [
-        {"name": f"node-{i:05d}", "address": f"10.100.{i // 250}.{i % 250 + 1}"}
+        {
+            "name": f"node-{i:05d}",
+            "address": f"10.100.{i // 250}.{i % 250 + 1}",
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
         for i in range(count)
     ]
 
@@ -185,7 +191,11 @@ def before_tree() -> Iterator[Path | None]:
 
 
 def run_child(
-    mode: str, count: int, timeout: float | None = None, cwd: Path = ROOT
+    mode: str,
+    count: int,
+    timeout: float | None = None,
+    cwd: Path = ROOT,
+    module: str = "bench.program_cost",
 ) -> dict[str, Any]:
     """One measurement in a fresh interpreter. Its ``status`` is ``ok``, ``crashed`` (with the
     child's last error line in ``error``) or ``stopped`` (killed after ``timeout``; the peak RSS
@@ -193,7 +203,7 @@ def run_child(
     start = time.perf_counter()
     child_mode = "full" if mode == "before" else mode
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.program_cost", "child", child_mode, str(count)],
+        [sys.executable, "-m", module, "child", child_mode, str(count)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

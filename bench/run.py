@@ -1,13 +1,22 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,front,tls,rollout,vm] [--out ...]
+    python bench/run.py [--quick] [--out bench/results.json]
+        [--only program,engine,node,cache,front,tls,rollout,vm,memory,drain,disk,evict]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
-Parts (see each module's docstring): program (bench/program_cost.py, no root), node
+Parts (see each module's docstring): program (bench/program_cost.py, no root), engine
+(bench/engine_cost.py: the real engine on programs of the rollout's shape; no root, needs the CLI
+from scripts/testenv/setup-pulumi.sh), node
 (bench/node_change.py), cache (bench/cache.py), front (bench/front.py: concurrent cold pulls
-and TLS through the front, on loopback), tls (bench/tls.py: a CRI pull through the front over
-HTTPS vs HTTP, and cold vs direct), rollout (bench/rollout.py), vm
-(bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU); all but program need root
+and TLS through the front, on loopback, no root), tls (bench/tls.py: a CRI pull through the front
+over HTTPS vs HTTP, and cold vs direct), rollout (bench/rollout.py), vm
+(bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
+(bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
+loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
+and without http.draintimeout; loopback, no root), disk (bench/cache_disk.py: what TTL expiry and
+the GC procedure free; loopback, no root), evict (bench/cache_evict.py: the hourly eviction's
+time on a cache of a few thousand blobs and the pulls served during it; loopback, no root); all
+but program, engine, front, memory, drain, disk and evict need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
@@ -33,7 +42,10 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "front", "tls", "rollout", "vm")
+PARTS = (
+    "program", "engine", "node", "cache", "front", "tls", "rollout", "vm", "memory", "drain",
+    "disk", "evict",
+)  # fmt: skip
 NEEDS_ROOT = {"node", "cache", "tls", "rollout", "vm"}
 
 
@@ -44,6 +56,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         if quick:
             return program_cost.run(sizes=(10, 100), repeats=3, before=False, read_sizes=(100,))
         return program_cost.run()
+    if name == "engine":
+        from bench import engine_cost
+
+        return engine_cost.run(sizes=(10, 100) if quick else engine_cost.SIZES)
     if name == "node":
         from bench import node_change
 
@@ -60,6 +76,26 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import tls
 
         return tls.run(rounds=1 if quick else 2)
+    if name == "disk":
+        from bench import cache_disk
+
+        return cache_disk.run()
+    if name == "evict":
+        from bench import cache_evict
+
+        if quick:
+            return cache_evict.run(repositories=40, tags=2)
+        return cache_evict.run()
+    if name == "drain":
+        from bench import drain
+
+        return drain.run(rounds=1 if quick else 3)
+    if name == "memory":
+        from bench import cache_memory
+
+        if quick:
+            return cache_memory.run(steady_s=120, repositories=60, tags=2)
+        return cache_memory.run()
     if name == "vm":
         from bench import vm_boot
 
@@ -162,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             for p in earlier.get("parts", [])
         }
         kept.update({entry["name"]: entry for entry in results})
+        # Parts this checkout does not know (written by a newer one) are kept too, last.
         parts = [kept[name] for name in PARTS if name in kept]
+        parts += [part for name, part in kept.items() if name not in PARTS]
     document = {
         "date": date,
         "command": command + (" --merge" if args.merge else ""),

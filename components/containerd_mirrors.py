@@ -28,17 +28,21 @@ up in the diff even when secret (pulumi-command #260), so the config and registr
 nothing (``Logging.NONE``), their stdout, stderr and stdin are secret outputs, and the previous
 stdout is not put into the next run's environment (``add_previous_output_in_env=False``).
 
-Rollout: the first node is a canary; the rest go in batches of ``containerd.batch_size``; a batch
-starts only after the last step of every node of the batch before, so a broken config stops at the
-canary. The order is carried by one gate per batch, a ``pulumi:index:Stash`` (a value kept in the
-state; nothing runs): gate k depends on the last step of every node of batch k-1 (gate 0 on
-``depends_on``, the caches), and the steps of batch k are its CHILDREN. The engine creates a child
-only after its parent and deletes children before their parent, so ``pulumi up``, ``destroy`` and
-``--target`` keep the order. Why parents and not ``depends_on`` from batch to batch: the Python
-SDK checks every dependency edge for a cycle by walking all transitive dependencies of its target
-(pulumi/runtime/resource_cycle_breaker.py, a recursive generator), so a chain of batches made every
-walk cover every earlier batch: quadratic, and a ``RecursionError`` past ~1,650 nodes. It does not
-walk parents. docs/upstream/pulumi-python-cycle-check.md has the numbers and the upstream report.
+Rollout (``rollout_batches``): control-plane nodes (k3s/RKE2 servers, or ``nodes[].role``) first,
+one per batch whatever ``containerd.batch_size``; then the workers: the first is a canary, the rest
+go in batches of ``containerd.batch_size``; a batch starts only after the last step of every node of
+the batch before, so a broken config stops at the canary, and a server's step ends only once it is
+healthy as a cluster member again. The order is carried by one gate per batch, a
+``pulumi:index:Stash`` (a value kept in the state; nothing runs): gate k depends on the last step
+of every node of batch k-1 (gate 0 on ``depends_on``, the caches), and the steps of batch k are
+its CHILDREN. The engine creates a child only after its parent and deletes children before their
+parent, so ``pulumi up``, ``destroy`` and ``--target`` keep the order. A step's URN names its
+parent's type, not its name: a node that moves to another batch keeps its URN. Why parents and
+not ``depends_on`` from batch to batch: the Python SDK checks every dependency edge for a cycle by
+walking all transitive dependencies of its target (pulumi/runtime/resource_cycle_breaker.py, a
+recursive generator), so a chain of batches made every walk cover every earlier batch: quadratic,
+and a ``RecursionError`` past ~1,650 nodes. It does not walk parents.
+docs/upstream/pulumi-python-cycle-check.md has the numbers and the upstream report.
 
 The node steps used to be children of this component: ``Alias(parent=self)`` tells the engine they
 are the same resources (a gate's type in their URN is new), so an existing stack updates them in
@@ -47,7 +51,7 @@ place instead of replacing them (which would run restore on the whole fleet).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -55,25 +59,42 @@ from pulumi_command import remote
 
 from components.plan.node_plan import AnyPlan, NodeStep, step_to_send
 from components.plan.node_probe import parse_step_result
+from components.plan.node_steps import node_role
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 
 TYPE = "registry-mirrors:cluster:ContainerdMirrors"
 
 
-def rollout_batches(nodes: Sequence[Node], batch_size: int) -> list[list[Node]]:
-    """Canary first (alone), then the rest in batches of ``batch_size``."""
-    if not nodes:
-        return []
-    rest = list(nodes[1:])
-    return [[nodes[0]]] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+def rollout_batches(
+    nodes: Sequence[Node], batch_size: int, control_planes: Collection[str] = ()
+) -> list[list[Node]]:
+    """Control-plane nodes first, each alone, in the settings' order (the first is the canary);
+    then the workers: the first alone (their canary), the rest in batches of ``batch_size``.
+
+    One at a time whatever ``batch_size``: two of three k3s servers with embedded etcd restarting
+    together lose quorum, and each server's step only ends once it is healthy as a cluster member
+    again (components/plan/node_steps.py HEALTH_COMMAND). Before the workers: as in any Kubernetes
+    upgrade, the control plane first. A fleet without control-plane nodes is batched as before
+    (same gates, same order)."""
+    servers = [[node] for node in nodes if node.name in control_planes]
+    workers = [node for node in nodes if node.name not in control_planes]
+    if not workers:
+        return servers
+    rest = workers[1:]
+    return [
+        *servers,
+        [workers[0]],
+        *(rest[i : i + batch_size] for i in range(0, len(rest), batch_size)),
+    ]
 
 
-def _report(plan: AnyPlan, stdout: str | None) -> dict[str, Any]:
+def _report(plan: AnyPlan, role: str, stdout: str | None) -> dict[str, Any]:
     """What the last apply did to the node (its config or registries step's output)."""
     result = parse_step_result(stdout or "")
     return {
         "flavour": plan.flavour.name,
+        "role": role,
         "containerdVersion": plan.probe.containerd_version,
         "configChanged": result.changed,
         "restarted": result.restarted,
@@ -103,7 +124,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
         # The CA certificates the VM made (TLS on): in front of the stdin of each step that
         # writes a file naming them (node_steps.with_trust).
         self._trust_bundle = trust_bundle
-        batches = rollout_batches(settings.nodes, settings.containerd.batch_size)
+        roles = {node.name: node_role(node, plans[node.name].flavour) for node in settings.nodes}
+        control_planes = {name for name, role in roles.items() if role == "control-plane"}
+        batches = rollout_batches(settings.nodes, settings.containerd.batch_size, control_planes)
         self.batches = [[node.name for node in batch] for batch in batches]
         self.nodes = {}
         self.commands: dict[str, dict[str, remote.Command]] = {}
@@ -117,20 +140,25 @@ class ContainerdMirrors(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=previous),
             )
             self.gates.append(gate)
-            previous = [self._create_node(node, plans[node.name], gate) for node in batch]
+            previous = [
+                self._create_node(node, plans[node.name], gate, roles[node.name]) for node in batch
+            ]
         # The last step of every node of the last batch (the gates make them wait for every
         # earlier batch); with no nodes, what the first gate would wait for.
         self.last_steps: list[pulumi.Resource] = previous
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 
-    def _create_node(self, node: Node, plan: AnyPlan, gate: pulumi.Stash) -> remote.Command:
+    def _create_node(
+        self, node: Node, plan: AnyPlan, gate: pulumi.Stash, role: str
+    ) -> remote.Command:
         connection = SshTarget(
             host=node.address,
             user=node.ssh_user,
             agent_socket=self._agent_socket,
             port=node.ssh_port,
-            host_key=node.ssh_host_public_key,
+            # Unpinned nodes are refused before planning; SshTarget refuses an empty key too.
+            host_key=node.ssh_host_public_key or "",
         ).connection()
         commands: dict[str, remote.Command] = {}
         last: remote.Command | None = None
@@ -142,9 +170,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
 
         reporter = commands.get(plan.report_role)
         report = (
-            pulumi.Output.from_input(_report(plan, None))
+            pulumi.Output.from_input(_report(plan, role, None))
             if reporter is None
-            else reporter.stdout.apply(lambda stdout: _report(plan, stdout))
+            else reporter.stdout.apply(lambda stdout: _report(plan, role, stdout))
         )
         # Versions, booleans and summary lines only: no config text, so no secret.
         self.nodes[node.name] = pulumi.Output.unsecret(report)
@@ -174,10 +202,22 @@ class ContainerdMirrors(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(stdin) if secret else stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=gate,
-                depends_on=[previous] if previous is not None else None,
-                additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
-                aliases=[pulumi.Alias(parent=self)],
+            opts=pulumi.ResourceOptions.merge(
+                self._step_options(gate, previous),
+                pulumi.ResourceOptions(
+                    additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None
+                ),
             ),
+        )
+
+    def _step_options(
+        self, gate: pulumi.Stash, previous: pulumi.Resource | None
+    ) -> pulumi.ResourceOptions:
+        """Where a step sits in the rollout: a child of its batch's gate, after the node's step
+        before it, and the same resource as when it was a child of this component. The engine
+        tier (tests/engine/test_rollout.py) builds its stand-in steps with exactly these."""
+        return pulumi.ResourceOptions(
+            parent=gate,
+            depends_on=[previous] if previous is not None else None,
+            aliases=[pulumi.Alias(parent=self)],
         )

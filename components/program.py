@@ -26,7 +26,10 @@ from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export, tls_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
+from components.settings import Settings
+from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
+from components.ssh_client import unpinned_nodes
 
 
 def tune_gc() -> None:
@@ -41,6 +44,18 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def rendered_exports(settings: Settings, ca_pem: str | None = None) -> dict[str, Any]:
+    """The outputs computed by pure renderers from the settings and, TLS on, the CA certificates
+    the VM made (``ca_pem``; public): the engine tier's StackReference test exports exactly these
+    from a producer stack."""
+    return {
+        "containerd": containerd_export(settings, ca_pem),
+        "registriesYaml": render_registries_yaml(settings),
+        "talosPatch": render_talos_patch(settings, ca_pem),
+        "tls": tls_export(settings, ca_pem),
+    }
+
+
 def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     """Validate, read every node, then register everything. ``runner`` runs a node step (the
     probe) and defaults to the system ssh client with the operator's agent; tests pass their own.
@@ -52,7 +67,14 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     except SshAgentMissing as error:
         raise pulumi.RunError(str(error)) from None
     # Before any resource: the engine starts creating resources as soon as they are registered,
-    # so a node that does not answer must stop the program before the first one.
+    # so a node that does not answer must stop the program before the first one. Nothing is sent
+    # to a node whose host key is not pinned (README "Trust model").
+    unpinned = unpinned_nodes(settings.nodes, pulumi.get_stack())
+    if unpinned:
+        raise pulumi.RunError(
+            f"{len(unpinned)} of {len(settings.nodes)} node(s) have no pinned host key "
+            "(nothing was changed):\n" + "\n".join(f"  {line}" for line in unpinned)
+        )
     try:
         plans = plan_fleet(settings, runner or fleet.ssh_runner(socket))
     except FleetReadError as error:
@@ -111,7 +133,9 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         mirrors.trust_bundle if mirrors.trust_bundle is not None else pulumi.Output.from_input(None)
     )
     exports: dict[str, pulumi.Output[Any]] = {
-        "registryVm": pulumi.Output.all(registry_vm.vm_id, registry_vm.address).apply(
+        "registryVm": pulumi.Output.all(
+            registry_vm.vm_id, registry_vm.address, registry_vm.host_public_key
+        ).apply(
             lambda values: {
                 "vmId": values[0],
                 "address": values[1],
@@ -119,15 +143,17 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "proxmoxNode": settings.vm.proxmox_node,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
-                # A public key: verify.py (and other stacks) pin it when they log in.
-                "sshHostPublicKey": settings.vm.ssh_host_public_key,
+                # verify.py reports each cache's size against it (bytes).
+                "cacheBudgets": cache_budgets(settings),
+                # The VM's generated host key (public half): verify.py and other stacks pin it.
+                "sshHostPublicKey": values[2],
             }
         ),
         "mirrors": mirrors.mirrors,
-        "containerd": trust.apply(lambda pem: containerd_export(settings, pem)),
-        "registriesYaml": pulumi.Output.from_input(render_registries_yaml(settings)),
-        "talosPatch": trust.apply(lambda pem: render_talos_patch(settings, pem)),
-        "tls": trust.apply(lambda pem: tls_export(settings, pem)),
+        **{
+            key: trust.apply(lambda pem, key=key: rendered_exports(settings, pem)[key])
+            for key in rendered_exports(settings)
+        },
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }

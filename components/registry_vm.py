@@ -1,4 +1,17 @@
-"""The registry VM on Proxmox VE, with a STATIC cloud-init address, and a wait until it is ready."""
+"""The registry VM on Proxmox VE, with a STATIC cloud-init address, its SSH host key, and a wait
+until it is ready.
+
+The host key is the program's (components/ssh_host_key.py): generated once and kept as a secret in
+the state by a ``pulumi:index:Stash`` (``registry-vm-host-key``), given to the VM in its
+vendor-data so it presents that key from its first boot, and pinned on every connection to the VM
+(pulumi-command's ``host_key``, pulumi-docker's ssh options, scripts/verify.py through the
+``registryVm`` output). A recreated VM gets the same key from the same snippet.
+
+A Stash keeps the value it was created with as its ``output`` (the engine's builtins.go: Create
+copies ``input`` to ``output``, Update keeps the old ``output``); the program makes a new random
+key on every run as the ``input``, and ``ignore_changes=["input"]`` keeps that from showing as a
+diff. Only ``pulumi up --replace <the Stash's URN>`` makes a new key (README "Trust model").
+"""
 
 from __future__ import annotations
 
@@ -12,6 +25,7 @@ from components.renderers.cloud_init import render_vendor_data
 from components.renderers.shell import remote_command
 from components.settings import Settings
 from components.ssh import DIAL_SECONDS, SshTarget
+from components.ssh_host_key import HostKey, generate_host_key, public_key_of
 
 
 @dataclass(frozen=True)
@@ -22,12 +36,17 @@ class RegistryVmArgs:
 
 
 class RegistryVm(pulumi.ComponentResource):
-    """Provider, vendor-data snippet, (image,) VM, a command that waits for cloud-init, and one
-    that applies a changed vendor-data to the running VM (``ready``: the VM is usable)."""
+    """Provider, host key, vendor-data snippet, (image,) VM, a command that waits for cloud-init,
+    one that installs the host key on a VM that presents another (``vm.sshHostPublicKey``: an
+    upgrade or a rotation), and one that applies a changed vendor-data to the running VM
+    (``ready``: the VM is usable)."""
 
     provider: proxmox.Provider
+    host_key: pulumi.Stash
+    host_public_key: pulumi.Output[str]
     vm: proxmox.VmLegacy
     wait: remote.Command
+    install_host_key: remote.Command
     ready: remote.Command
     ssh: SshTarget
     vm_id: pulumi.Output[int]
@@ -42,18 +61,47 @@ class RegistryVm(pulumi.ComponentResource):
         self._settings = args.settings
         vm = args.settings.vm
         self.provider = self._create_provider(args)
-        self._vendor_data = render_vendor_data(args.settings)
+        self.host_key = self._create_host_key()
+        # Secret: the private key. Only its public half leaves as a plain value.
+        self._private_key: pulumi.Output[str] = pulumi.Output.secret(
+            self.host_key.output.apply(str)
+        )
+        self.host_public_key = pulumi.Output.unsecret(self._private_key.apply(public_key_of))
+        self._vendor_data: pulumi.Output[str] = pulumi.Output.secret(
+            self._private_key.apply(
+                lambda private: render_vendor_data(
+                    args.settings, HostKey(private, public_key_of(private))
+                )
+            )
+        )
         snippet = self._create_vendor_data()
         image = self._create_cloud_image() if vm.cloud_image else None
         self.vm = self._create_vm(snippet, image)
-        # The VM's address is known from config; the wait proves it is really there.
+        # The VM's address is known from config; the wait proves it is really there. Every
+        # connection after the host key step pins the generated key.
         self.ssh = SshTarget(
             host=vm.ip,
             user=vm.ssh_user,
             agent_socket=args.agent_socket,
-            host_key=vm.ssh_host_public_key,
+            host_key=self.host_public_key,
         )
+        # Until that step has run, the VM presents the key it had: ours on a VM made from our
+        # snippet, else the one the operator pinned for the upgrade or rotation.
+        self._before_install = SshTarget(
+            host=vm.ip,
+            user=vm.ssh_user,
+            agent_socket=args.agent_socket,
+            host_key=vm.ssh_host_public_key or self.host_public_key,
+        )
+        if vm.ssh_host_public_key:
+            pulumi.log.warn(
+                "vm.sshHostPublicKey is set: the program logs in to the VM with it only to install "
+                "its own host key there (registry-vm-host-key-install); remove it from the stack "
+                "once this `pulumi up` has succeeded (README: Trust model)",
+                resource=self,
+            )
         self.wait = self._create_wait()
+        self.install_host_key = self._create_host_key_install()
         self.ready = self._create_vendor_data_apply()
         self.vm_id = self.vm.vm_id.apply(
             lambda value: int(value) if value is not None else vm.vm_id
@@ -61,7 +109,12 @@ class RegistryVm(pulumi.ComponentResource):
         self.address = pulumi.Output.from_input(vm.ip)
         self.ssh_user = pulumi.Output.from_input(vm.ssh_user)
         self.register_outputs(
-            {"vm_id": self.vm_id, "address": self.address, "ssh_user": self.ssh_user}
+            {
+                "vm_id": self.vm_id,
+                "address": self.address,
+                "ssh_user": self.ssh_user,
+                "host_public_key": self.host_public_key,
+            }
         )
 
     def _child(self, **kwargs) -> pulumi.ResourceOptions:
@@ -94,6 +147,18 @@ class RegistryVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
 
+    def _create_host_key(self) -> pulumi.Stash:
+        return pulumi.Stash(
+            f"{self._name}-host-key",
+            # A fresh key on every run; only the first one is kept (see the module docstring).
+            input=pulumi.Output.secret(generate_host_key().private),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                ignore_changes=["input"],
+                additional_secret_outputs=["input", "output"],
+            ),
+        )
+
     def _create_vendor_data(self) -> proxmox.FileLegacy:
         vm = self._settings.vm
         return proxmox.FileLegacy(
@@ -107,7 +172,8 @@ class RegistryVm(pulumi.ComponentResource):
                     file_name=f"{vm.name}-{vm.vm_id}-vendor-data.yaml",
                 ),
             ),
-            opts=self._child(),
+            # The snippet carries the host key: secret in the state and in every diff.
+            opts=self._child(additional_secret_outputs=["sourceRaw"]),
         )
 
     def _create_cloud_image(self) -> proxmox.download.File:
@@ -214,7 +280,7 @@ class RegistryVm(pulumi.ComponentResource):
             f"{self._name}-wait-cloud-init",
             remote.CommandArgs(
                 # Retry the dial while the VM boots, bounded by the cloud-init timeout.
-                connection=self.ssh.connection(
+                connection=self._before_install.connection(
                     dial_error_limit=max(1, vm.cloud_init_timeout_seconds // DIAL_SECONDS)
                 ),
                 create=remote_command(
@@ -231,6 +297,35 @@ class RegistryVm(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.vm]),
         )
 
+    def _create_host_key_install(self) -> remote.Command:
+        """Put the generated host key on a running VM that presents another one
+        (scripts/vm/install-host-key.sh), over a connection pinned to the key it presents now.
+
+        A VM made from our snippet already has it (a no-op, ``changed=0``). A VM made before the
+        program generated its key, or one whose key is being rotated (``--replace`` of the
+        Stash), presents ``vm.sshHostPublicKey``: this step logs in with that key, installs the
+        new one and reloads sshd; every later step pins the new key. The key travels on stdin;
+        nothing of it is logged or shown in a diff.
+        """
+        install = remote_command("vm/install-host-key.sh")
+        return remote.Command(
+            f"{self._name}-host-key-install",
+            remote.CommandArgs(
+                connection=self._before_install.connection(),
+                create=install,
+                update=install,
+                stdin=self._private_key,
+                logging=remote.Logging.NONE,
+                add_previous_output_in_env=False,
+                triggers=[self.vm.id],
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.wait],
+                additional_secret_outputs=["stdin", "stdout", "stderr"],
+            ),
+        )
+
     def _create_vendor_data_apply(self) -> remote.Command:
         """Apply a changed vendor-data to the running VM (scripts/vm/apply-vendor-data.sh).
 
@@ -240,7 +335,8 @@ class RegistryVm(pulumi.ComponentResource):
         update) or the VM (the trigger) changes, and is a no-op when the VM already has that
         vendor-data (as right after its first boot). No trigger on the text: pulumi-command
         replaces a Command on any change of ``triggers`` (pulumi-command #855), and a preview
-        should show a changed snippet as what it is, an update.
+        should show a changed snippet as what it is, an update (of a secret stdin, since the text
+        carries the host key: ``scripts/render.py`` shows the text itself for review).
         """
         return remote.Command(
             f"{self._name}-vendor-data-apply",
@@ -248,8 +344,14 @@ class RegistryVm(pulumi.ComponentResource):
                 connection=self.ssh.connection(),
                 create=remote_command("vm/apply-vendor-data.sh"),
                 update=remote_command("vm/apply-vendor-data.sh"),
+                # Secret: the vendor-data carries the host key (the snippet's text, as uploaded).
                 stdin=self._vendor_data,
+                add_previous_output_in_env=False,
                 triggers=[self.vm.id],
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.wait]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[self.install_host_key],
+                additional_secret_outputs=["stdin"],
+            ),
         )

@@ -1,9 +1,13 @@
-"""One SSH story for every remote action: the operator's ssh-agent.
+"""One SSH story for every remote action: the operator's ssh-agent, and a pinned host key.
 
 pulumi-command can take a private key, but pulumi-docker's SSH transport is the system ssh client
 and takes no key: only an agent serves both. It also keeps the private key out of Pulumi state.
-Host keys are pinned where configured (``host_key`` for pulumi-command; for the ssh client a
-``KnownHostsCommand`` that prints the pinned line, so no known_hosts file is needed).
+
+Every connection verifies the host it talks to (the trust model, README "Trust model"):
+pulumi-command gets ``host_key`` (without it, pulumi-command ignores the host key: its
+connection.go falls back to ``InsecureIgnoreHostKey``), the system ssh client a
+``KnownHostsCommand`` that prints the pinned line with strict checking (components/ssh_client.py).
+A target without a key cannot be built.
 """
 
 from __future__ import annotations
@@ -35,13 +39,21 @@ def agent_socket() -> str:
 
 @dataclass(frozen=True)
 class SshTarget:
-    """Where and as whom to log in. ``host`` may be an Output (the VM's address)."""
+    """Where and as whom to log in, and the host key the host must present. ``host`` and
+    ``host_key`` may be Outputs (the VM's key is generated and kept in the state)."""
 
     host: pulumi.Input[str]
     user: str
     agent_socket: str
+    host_key: pulumi.Input[str]
     port: int = 22
-    host_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.host_key is None or self.host_key == "":
+            raise ValueError(
+                f"{self.user}@{self.host}: no host key to pin;"
+                " the program never connects unverified"
+            )
 
     def connection(
         self, dial_error_limit: int = 10, per_dial_timeout: int = DIAL_SECONDS
@@ -62,7 +74,7 @@ class SshTarget:
         )
 
     def ssh_opts(self) -> pulumi.Output[list[str]]:
-        """Options for the system ssh client (pulumi-docker)."""
-        return pulumi.Output.from_input(self.host).apply(
-            lambda host: ssh_client_options(host, self.host_key, self.port)
+        """Options for the system ssh client (pulumi-docker's ssh:// transport)."""
+        return pulumi.Output.all(self.host, self.host_key).apply(
+            lambda values: ssh_client_options(str(values[0]), str(values[1]), self.port)
         )

@@ -39,6 +39,10 @@ class Registered:
     # Alias specs as the SDK sends them: {"name", "type", "parentUrn", "noParent"} (empty = same).
     aliases: list[dict[str, Any]] = field(default_factory=list)
     urn: str = ""
+    # Input paths the engine keeps from the state instead of the program (``ignoreChanges``).
+    ignore_changes: list[str] = field(default_factory=list)
+    # Outputs the engine stores and shows as secrets (``additionalSecretOutputs``).
+    additional_secret_outputs: list[str] = field(default_factory=list)
 
 
 def _urn_name(urn: str) -> str:
@@ -129,9 +133,14 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 replace_on_changes=list(getattr(request, "replaceOnChanges", [])),
                 aliases=[_alias_spec(alias) for alias in getattr(request, "aliases", [])],
                 urn=_urn(request, args.typ, args.name),
+                ignore_changes=list(getattr(request, "ignoreChanges", [])),
+                additional_secret_outputs=list(getattr(request, "additionalSecretOutputs", [])),
             )
         )
         outputs = dict(args.inputs)
+        if args.typ == STASH:
+            # The engine's Create (pkg/resource/deploy/builtins.go): output = input.
+            outputs["output"] = args.inputs.get("input")
         extra = self.outputs_for.get(args.typ)
         if extra is not None:
             outputs.update(extra(args))
@@ -175,6 +184,8 @@ def install_mocks(
     )
     return mocks
 
+
+STASH = "pulumi:index:Stash"
 
 # How a secret input reaches the mocks: {SECRET_SIG_KEY: SECRET_SIG, "value": ...}.
 SECRET_SIG_KEY = "4dabf18193072939515e22adb298388d"

@@ -34,7 +34,7 @@ from tests.mocks import (
     plain,
     urn_of,
 )
-from tests.sample import sample_raw
+from tests.sample import NODE_HOST_KEYS, sample_raw
 
 STASH = "pulumi:index:Stash"
 COMPONENT = "registry-mirrors:cluster:ContainerdMirrors"
@@ -49,7 +49,12 @@ WITH_OWN_MIRROR = BROKEN + (
 def settings_with(nodes: int = 3, batch_size: int = 2, skip: tuple[str, ...] = ()) -> Settings:
     raw = sample_raw()
     raw["nodes"] = [
-        {"name": f"node-{i}", "address": f"10.0.30.{i}", "skipConfigPath": f"node-{i}" in skip}
+        {
+            "name": f"node-{i}",
+            "address": f"10.0.30.{i}",
+            "skipConfigPath": f"node-{i}" in skip,
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
         for i in range(1, nodes + 1)
     ]
     raw["containerd"] = {"batchSize": batch_size}
@@ -184,7 +189,12 @@ def test_a_fleet_deep_enough_to_have_crashed_the_sdk_keeps_its_order() -> None:
     mocks.outputs_for[COMMAND] = fake_node_outputs
     raw = sample_raw()
     raw["nodes"] = [
-        {"name": f"n{i:04d}", "address": f"10.100.{i // 250}.{i % 250 + 1}"} for i in range(1700)
+        {
+            "name": f"n{i:04d}",
+            "address": f"10.100.{i // 250}.{i % 250 + 1}",
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
+        for i in range(1700)
     ]
     settings = load_settings(raw)
     holder: dict[str, ContainerdMirrors] = {}
@@ -398,6 +408,8 @@ def test_an_existing_stack_upgrades_without_replacing_or_restoring_any_node(
     before = json.loads((FIXTURES / "state" / "containerd-707aa7b.json").read_text())
     raw = sample_raw()
     raw["nodes"], raw["containerd"] = before["nodes"], before["containerd"]
+    # That stack's nodes, pinned as the program now requires (URNs do not depend on the key).
+    raw["nodes"] = [{**node, "sshHostPublicKey": NODE_HOST_KEYS[0]} for node in raw["nodes"]]
 
     @pulumi.runtime.test
     def run() -> pulumi.Output[Any]:
@@ -470,9 +482,14 @@ def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
             assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
             merged = plain(k3s["stdin"])
             assert '"*"' not in merged and "https://10.0.20.10:5012" in merged
-            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-registries"]
+            # node-2 is a k3s server: a control-plane node, first and alone; then the workers.
+            assert mirrors.batches == [["node-2"], ["node-1"], ["node-3"]]
+            assert node_mocks.named("cm-batch-1").depends_on == ["cm-node-2-registries"]
+            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-1-config"]
             reports = dict(zip(mirrors.nodes, values, strict=False))
             assert reports["node-2"]["flavour"] == "k3s-server"
+            assert reports["node-2"]["role"] == "control-plane"
+            assert reports["node-3"]["role"] == reports["node-1"]["role"] == "worker"
             assert reports["node-2"]["restarted"] is True
             assert reports["node-1"]["flavour"] == "containerd"
             assert_rollout_order(node_mocks, mirrors, "cm")
@@ -495,8 +512,149 @@ def test_an_unchanged_k3s_node_shows_no_change_on_the_next_run() -> None:
 
 def test_a_node_that_is_not_the_flavour_it_is_set_to_stops_the_program() -> None:
     raw = sample_raw()
-    raw["nodes"] = [{"name": "node-1", "address": "10.0.30.1", "flavour": "k3s-agent"}]
+    raw["nodes"] = [
+        {
+            "name": "node-1",
+            "address": "10.0.30.1",
+            "flavour": "k3s-agent",
+            "sshHostPublicKey": NODE_HOST_KEYS[0],
+        }
+    ]
     with pytest.raises(
         FleetReadError, match=r"node node-1 .*'k3s-agent' but the node is 'k3s-server'"
     ):
         plan_fleet(load_settings(raw), FakeFleet({"node-1": FakeNode(flavour="k3s-server")}))
+
+
+# --- control-plane nodes (issue 27, item 4) ------------------------------------------------------
+
+
+def _servers_and_agents(batch_size: int = 5) -> tuple[Settings, FakeFleet]:
+    """Three k3s servers (embedded etcd) and three agents, listed mixed, as an inventory may be."""
+    raw = sample_raw()
+    order = ["agent-1", "server-1", "agent-2", "server-2", "server-3", "agent-3"]
+    raw["nodes"] = [
+        {"name": name, "address": f"10.0.30.{i}", "sshHostPublicKey": NODE_HOST_KEYS[0]}
+        for i, name in enumerate(order, 1)
+    ]
+    raw["containerd"] = {"batchSize": batch_size}
+    flavours = {name: "k3s-server" if name.startswith("server") else "k3s-agent" for name in order}
+    fleet = FakeFleet({name: FakeNode(K3S_WILDCARD, flavour=f) for name, f in flavours.items()})
+    return load_settings(raw), fleet
+
+
+def test_rollout_puts_control_plane_nodes_first_and_alone() -> None:
+    nodes = settings_with(nodes=7, batch_size=5).nodes
+    control = {"node-3", "node-5", "node-7"}
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 5, control)] == [
+        ["node-3"], ["node-5"], ["node-7"], ["node-1"], ["node-2", "node-4", "node-6"],
+    ]  # fmt: skip
+    # Only control-plane nodes: each alone; none: canary then batches, as before.
+    assert [[n.name for n in b] for b in rollout_batches(nodes[:2], 5, {"node-1", "node-2"})] == [
+        ["node-1"], ["node-2"],
+    ]  # fmt: skip
+    assert rollout_batches(nodes, 5) == rollout_batches(nodes, 5, ())
+
+
+def test_three_servers_with_batch_size_5_restart_one_at_a_time_before_the_agents(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """Under mocks: the batches and gates. (Over SSH, tests/integration/test_k3s_e2e.py runs the
+    same batches against three stand-in servers and records the order and overlap of restarts.)"""
+    settings, fleet = _servers_and_agents(batch_size=5)
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings, fleet)
+
+        def check(values: list[Any]) -> None:
+            assert mirrors.batches == [
+                ["server-1"], ["server-2"], ["server-3"], ["agent-1"], ["agent-2", "agent-3"],
+            ]  # fmt: skip
+            gates = {r.name: r for r in node_mocks.of_type(STASH)}
+            assert gates["cm-batch-1"].depends_on == ["cm-server-1-registries"]
+            assert gates["cm-batch-2"].depends_on == ["cm-server-2-registries"]
+            assert gates["cm-batch-3"].depends_on == ["cm-server-3-registries"]
+            assert gates["cm-batch-4"].depends_on == ["cm-agent-1-registries"]
+            assert_rollout_order(node_mocks, mirrors, "cm")
+            steps = steps_of(node_mocks)
+            for name in ("server-1", "server-2", "server-3"):
+                step = steps[f"cm-{name}-registries"].inputs
+                assert (
+                    steps[f"cm-{name}-registries"].parent
+                    == gates[f"cm-batch-{int(name[-1]) - 1}"].name
+                )
+                # Waits until healthy as a cluster member, on apply and on delete (restore).
+                for command in (step["create"], step["delete"]):
+                    assert (
+                        "export HEALTH_COMMAND=" + "'/var/lib/rancher/k3s/data/current/bin/kubectl"
+                        " --kubeconfig /etc/rancher/k3s/k3s.yaml get --raw /readyz'"
+                    ) in command
+                    assert "export HEALTH_TIMEOUT=300" in command
+            for name in ("agent-1", "agent-2", "agent-3"):
+                step = steps[f"cm-{name}-registries"].inputs
+                assert "export HEALTH" not in step["create"] + step["delete"]
+            reports = dict(zip(mirrors.nodes, values, strict=False))
+            assert {name: r["role"] for name, r in reports.items()} == {
+                name: "control-plane" if name.startswith("server") else "worker" for name in reports
+            }
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_a_plain_containerd_node_is_a_control_plane_node_when_its_role_says_so(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """``nodes[].role`` wins over the flavour: a kubeadm control plane (plain containerd) gets the
+    API server check; a k3s server set to worker gets none and is batched with the workers."""
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": "worker-1", "address": "10.0.30.1"},
+        {"name": "cp-1", "address": "10.0.30.2", "role": "control-plane"},
+        {"name": "cp-2", "address": "10.0.30.3", "role": "control-plane",
+         "healthCommand": "curl -fsk https://127.0.0.1:6443/readyz"},
+        {"name": "k3s-1", "address": "10.0.30.4", "role": "worker"},
+    ]  # fmt: skip
+    for node in raw["nodes"]:
+        node["sshHostPublicKey"] = NODE_HOST_KEYS[0]
+    raw["containerd"] = {"batchSize": 5, "healthTimeoutSeconds": 120}
+    fleet = FakeFleet({"k3s-1": FakeNode(K3S_WILDCARD, flavour="k3s-server")})
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(load_settings(raw), fleet)
+
+        def check(_: Any) -> None:
+            assert mirrors.batches == [["cp-1"], ["cp-2"], ["worker-1"], ["k3s-1"]]
+            steps = steps_of(node_mocks)
+            cp1 = steps["cm-cp-1-config"].inputs
+            assert (
+                "--kubeconfig /etc/kubernetes/admin.conf --server https://127.0.0.1:6443"
+                in (cp1["create"])
+            )
+            assert "export HEALTH_TIMEOUT=120" in cp1["create"] and "export HEALTH" in cp1["delete"]
+            assert (
+                "export HEALTH_COMMAND='curl -fsk https://127.0.0.1:6443/readyz'"
+                in steps["cm-cp-2-config"].inputs["create"]
+            )
+            # The hosts step restarts nothing: no check there.
+            assert "export HEALTH" not in steps["cm-cp-1-hosts"].inputs["create"]
+            for name in ("cm-worker-1-config", "cm-k3s-1-registries"):
+                assert "export HEALTH" not in steps[name].inputs["create"], name
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_an_agent_set_to_control_plane_without_a_check_stops_the_program() -> None:
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": "agent-1", "address": "10.0.30.1", "role": "control-plane",
+         "sshHostPublicKey": NODE_HOST_KEYS[0]},
+    ]  # fmt: skip
+    fleet = FakeFleet({"agent-1": FakeNode(K3S_WILDCARD, flavour="k3s-agent")})
+    with pytest.raises(FleetReadError, match=r"agent-1 .*k3s-agent runs no API server.*healthComm"):
+        plan_fleet(load_settings(raw), fleet)

@@ -90,13 +90,16 @@ def test_wildcard_migrated_entry_never_becomes_a_file() -> None:
         ("1.6.20~ds1", False),
         ("1.7.27", False),
         ("2.0.5", False),
+        ("2.0.6", False),
+        # Backported to the 2.0 line in 2.0.7 (core/remotes/docker/config/hosts.go).
+        ("2.0.7", True),
+        ("v2.0.8", True),
         ("2.1.0", True),
         ("v2.2.1", True),
+        ("2.3.7", True),
     ],
 )
-def test_dial_timeout_only_for_containerd_2_1_and_later(
-    version: str | None, expected: bool
-) -> None:
+def test_dial_timeout_for_containerd_2_0_7_and_later(version: str | None, expected: bool) -> None:
     text = render_hosts_toml(
         "https://ghcr.io", ["http://10.0.20.10:5010"], containerd_version=version
     )
@@ -188,3 +191,29 @@ def test_with_tls_our_cache_is_https_trusting_exactly_our_ca_and_our_plain_port_
     assert "skip_verify" not in ours
     for text in files.values():
         assert "skip_verify" not in text
+
+
+def test_a_foreign_wildcard_becomes_default_and_follows_our_cache() -> None:
+    """A wildcard mirror of the node's own (not on the registry VM) is carried: _default/hosts.toml
+    (no server: the registry the pull names is the fallback) and, after our cache, in each
+    upstream's file the node had no mirror of its own for. One on the VM's address is ours:
+    dropped."""
+    settings = sample_settings()
+    nexus = "https://nexus.corp.example:8443"
+    wildcard = MigratedRegistry(
+        host="_default",
+        endpoints=(nexus, f"http://{settings.vm.ip}:5000"),
+        endpoint_tls=((nexus, TlsSettings(ca=("/etc/ssl/corp.pem",))),),
+    )
+    own_ghcr = MigratedRegistry(host="ghcr.io", endpoints=("http://ghcr-mirror.example",))
+    files = render_node_hosts(settings, [own_ghcr], "2.1.9", wildcard)
+    default = tomllib.loads(files["_default"])
+    assert "server" not in default
+    corp = {"capabilities": ["pull", "resolve"], "ca": ["/etc/ssl/corp.pem"], "dial_timeout": "3s"}
+    assert default["host"] == {nexus: corp}
+    docker = tomllib.loads(files["docker.io"])
+    assert list(docker["host"]) == [settings.endpoint(settings.upstreams[0]), nexus]
+    # ghcr.io had a mirror of its own: under `mirrors` the wildcard never applied to it.
+    assert nexus not in tomllib.loads(files["ghcr.io"])["host"]
+    ours_only = MigratedRegistry(host="_default", endpoints=(f"http://{settings.vm.ip}:5000",))
+    assert "_default" not in render_node_hosts(settings, [], "2.1.9", ours_only)

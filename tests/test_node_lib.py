@@ -308,3 +308,145 @@ def test_a_copy_of_the_original_that_fails_midway_leaves_no_half_original(
     again = run_sent(command.replace(f"*/{name}", "/nothing"), tmp_path, "fine too\n")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
+
+
+def test_a_restart_that_never_returns_is_stopped_at_the_time_limit(tmp_path: Path) -> None:
+    """k3s/RKE2 units are Type=notify, often without a start timeout: `systemctl restart` can
+    hang. The restart gets RESTART_TIMEOUT and is then a failed restart (here the delete step's:
+    exit 5, saying so). Without the limit this test would hang until its own timeout."""
+    config = tmp_path / "config.toml"
+    config.write_text("ours\n")
+    (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
+    command = remote_command(
+        "node/restore.sh",
+        {"CONFIG_FILE": str(config), "RESTART_COMMAND": "sleep 600", "RESTART_TIMEOUT": 1},
+    )
+    result = subprocess.run(
+        ["bash", "-c", "id() { echo 0; }; export -f id\n" + command],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
+    assert "the restart command did not return within 1s and was stopped" in result.stderr
+
+
+# --- control-plane nodes: healthy as a cluster member (issue 27, item 4) --------------------------
+
+
+def _member(root: Path, script: str) -> Path:
+    """A HEALTH_COMMAND stand-in whose answer the test sets: `ok` in ``answer`` is healthy."""
+    answer = root / "answer"
+    check = root / "member-check"
+    check.write_text(f'#!/bin/sh\necho "{script}: $(cat {answer})"\ngrep -qx ok {answer}\n')
+    check.chmod(0o755)
+    return answer
+
+
+def test_a_server_that_does_not_become_healthy_again_is_rolled_back(tmp_path: Path) -> None:
+    """CRI answers, but the node is not back in the cluster within HEALTH_TIMEOUT: the change is
+    a failed one (exit 5, previous file back, a restart with it, healthy again)."""
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("ok\n")
+    # The restart of the new file leaves the member unhealthy; the rollback's restart heals it.
+    node.params.update(
+        HEALTH_COMMAND=str(tmp_path / "member-check"),
+        HEALTH_TIMEOUT=2,
+        RESTART_COMMAND=(
+            f"echo restart >>{node.restarts}; "
+            f"if [ $(wc -l <{node.restarts}) -eq 2 ]; then echo '[-]etcd failed' >{answer}; "
+            f"else echo ok >{answer}; fi"
+        ),
+    )
+    assert node.apply("absent", FIRST).returncode == 0
+    result = node.apply(sha256(FIRST), SECOND)
+    assert result.returncode == 5, result.stderr
+    assert "rolled_back=1" in result.stdout
+    assert "did not become healthy as a cluster member within 2s" in result.stderr
+    assert "readyz: [-]etcd failed" in result.stderr
+    assert node.file.read_text() == FIRST
+    assert node.restart_count() == 3
+
+
+def test_a_server_that_is_not_healthy_before_the_change_is_not_touched(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("[-]etcd failed\n")
+    node.params.update(HEALTH_COMMAND=str(tmp_path / "member-check"), HEALTH_TIMEOUT=10)
+    result = node.apply("absent", FIRST)
+    assert result.returncode == 7, result.stderr
+    assert "not healthy as a cluster member before the change" in result.stderr
+    assert "nothing changed" in result.stderr
+    assert not node.file.exists() and node.restart_count() == 0
+    # Control: healthy, the same step goes through and waits for the member after the restart.
+    answer.write_text("ok\n")
+    assert node.apply("absent", FIRST).returncode == 0
+    assert node.restart_count() == 1
+
+
+# --- hosts.sh: directories of a previous config_path carried (issue 27, item 5) ----------------
+
+
+def _digest(directory: Path) -> str:
+    """lib.sh dir_digest: sha256 over "<name> <sha256>" lines, names in byte order."""
+    lines = "".join(
+        f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for p in sorted(directory.iterdir(), key=lambda p: p.name.encode())
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_hosts_sh_carries_a_directory_and_lets_go_of_it(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp:5443"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    (source / "client.key").write_text("KEY\n")
+    (source / "client.key").chmod(0o600)
+    (source / "hosts.toml").write_text('server = "https://registry.corp:5443"\n')
+    ours = tmp_path / "certs.d"
+    carry = f"{_digest(source)} registry.corp:5443 {source}\n"
+    params: dict[str, str | int | bool] = {"CONFIG_PATH": str(ours), "CARRY": carry}
+
+    first = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "written=registry.corp:5443" in first.stdout
+    copy = ours / "registry.corp:5443"
+    assert sorted(p.name for p in copy.iterdir()) == [
+        ".registry-mirrors-carried", "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+    assert (copy / "client.key").stat().st_mode & 0o777 == 0o600
+    assert (ours / ".registry-mirrors-managed").read_text() == "registry.corp:5443\n"
+    again = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert "unchanged=registry.corp:5443" in again.stdout and "changed=0" in again.stdout
+
+    # The source changed since the probe: nothing is written.
+    (source / "ca.crt").write_text("ANOTHER CA\n")
+    stale = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert stale.returncode == 3 and "changed since it was probed" in stale.stderr
+    assert (copy / "ca.crt").read_text() == "CA\n"
+
+    delete = run_sent(
+        remote_command("node/hosts.sh", {"CONFIG_PATH": str(ours), "REMOVE_ALL": 1}), tmp_path
+    )
+    assert delete.returncode == 0, delete.stderr
+    assert "removed=registry.corp:5443" in delete.stdout
+    assert not copy.exists() and sorted(p.name for p in source.iterdir()) == [
+        "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+
+
+def test_hosts_sh_does_not_carry_over_a_directory_that_is_not_ours(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    ours = tmp_path / "certs.d"
+    (ours / "registry.corp").mkdir(parents=True)
+    (ours / "registry.corp" / "ca.crt").write_text("MINE\n")
+    params = {"CONFIG_PATH": str(ours), "CARRY": f"{_digest(source)} registry.corp {source}\n"}
+    result = run_sent(remote_command("node/hosts.sh", params), tmp_path)
+    assert result.returncode == 4 and "exists and is not ours" in result.stderr
+    assert (ours / "registry.corp" / "ca.crt").read_text() == "MINE\n"

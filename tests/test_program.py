@@ -9,7 +9,7 @@ import pulumi
 import pytest
 import yaml
 
-from components import program
+from components import program, registry_vm
 from tests.mocks import (
     COMMAND,
     TEST_CA_PEM,
@@ -73,7 +73,9 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "sshUser": "debian",
             "proxmoxNode": "pve",
             "diskUsageThresholdPercent": 80,
-            "sshHostPublicKey": None,
+            # 70 % of the 100 GiB disk shared by the five caches (components/settings/budget.py).
+            "cacheBudgets": {u["container"]: 15032385536 for u in _default_upstreams()},
+            "sshHostPublicKey": _generated_public_key(mocks),
         }
         assert mirrors["docker.io"]["endpoint"] == "https://10.0.20.10:5002"
         assert containerd["caFile"] == {
@@ -112,6 +114,73 @@ def test_good_config_builds_every_part_and_exports_the_contract():
         exports["rollout"],
         exports["talosPatch"],
     ).apply(check)
+
+
+def _generated_public_key(mocks) -> str:
+    from components.ssh_host_key import public_key_of
+
+    return public_key_of(plain(mocks.named("registry-vm-host-key").inputs["input"]))
+
+
+def test_unpinned_nodes_stop_the_program_before_any_resource():
+    """Fail closed: a node with no sshHostPublicKey is named, with the command that pins it,
+    before any node is read or any resource registered (the fake fleet would answer any read)."""
+    raw = sample_raw()
+    del raw["nodes"][0]["sshHostPublicKey"]
+    del raw["nodes"][2]["sshHostPublicKey"]
+    mocks = install_mocks(*_config(raw))
+    fleet = FakeFleet()
+    with pytest.raises(pulumi.RunError) as caught:
+        program.run(runner=fleet)
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "2 of 3 node(s) have no pinned host key (nothing was changed):",
+        "  node k8s-cp-1 (root@10.0.20.21:22): no pinned host key (nodes[].sshHostPublicKey), so "
+        "nothing is sent to it; compare and pin its key: python scripts/pin_host_keys.py "
+        "--stack test",
+        "  node k8s-worker-2 (root@10.0.20.32:22): no pinned host key (nodes[].sshHostPublicKey), "
+        "so nothing is sent to it; compare and pin its key: python scripts/pin_host_keys.py "
+        "--stack test",
+    ]
+    assert fleet.nodes == {}, "no node was read"
+    assert _registered(mocks) == []
+
+
+@pulumi.runtime.test
+def test_no_provider_gets_an_unverified_connection():
+    """Every remote.Command of the whole program has ``hostKey`` (pulumi-command ignores the
+    host key without it): the VM's steps the generated key, each node's steps its pinned key;
+    pulumi-docker's ssh:// transport pins the generated key with strict checking and reads no
+    known_hosts file; the private key is in no output and in no plain input."""
+    mocks = install_mocks(*_config(sample_raw()))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    exports = program.run(runner=FakeFleet())
+    pinned = {node["name"]: node["sshHostPublicKey"] for node in sample_raw()["nodes"]}
+
+    def check(values):
+        private = plain(mocks.named("registry-vm-host-key").inputs["input"])
+        public = _generated_public_key(mocks)
+        commands = mocks.of_type(COMMAND)
+        assert len(commands) > 10
+        for command in commands:
+            host_key = plain(command.inputs["connection"]).get("hostKey")
+            node = command.name.split("-", 1)[1].rsplit("-", 1)[0]
+            expected = pinned[node] if command.name.startswith("containerd-") else public
+            assert host_key == expected, command.name
+        [provider] = [r for r in mocks.resources if r.type == "pulumi:providers:docker"]
+        opts = yaml.safe_load(provider.inputs["sshOpts"])
+        assert "StrictHostKeyChecking=yes" in opts
+        assert f"KnownHostsCommand=/bin/echo '10.0.20.10 {public}'" in opts
+        assert {"UserKnownHostsFile=/dev/null", "GlobalKnownHostsFile=/dev/null"} <= set(opts)
+        assert not any("accept-new" in o or "StrictHostKeyChecking=no" in o for o in opts)
+        body = private.split("\n")[1]
+        assert body not in repr(values), "key material in a stack output"
+        for resource in mocks.resources:
+            for key, value in resource.inputs.items():
+                if not is_secret(value):
+                    assert body not in repr(value), (resource.name, key)
+
+    return pulumi.Output.all(*exports.values()).apply(check)
 
 
 def _default_upstreams():
@@ -217,10 +286,15 @@ def test_with_tls_the_vm_switches_only_after_the_last_node_step():
     assert issue.depends_on == [
         "containerd-k8s-worker-1-config",
         "containerd-k8s-worker-2-config",
+        "registry-vm-host-key",  # the VM's key, pinned on every SSH step
         "registry-vm-vm",
     ]
     front = mocks.named("registry-front-switch-front")
-    assert front.depends_on == ["registry-front-switch-tls-issue", "registry-vm-vm"]
+    assert front.depends_on == [
+        "registry-front-switch-tls-issue",
+        "registry-vm-host-key",
+        "registry-vm-vm",
+    ]
     inputs = plain(front.inputs)
     assert "export RESTART=0" in inputs["create"]
     assert "registry-mirrors-plain-off.config" in inputs["stdin"]
@@ -233,12 +307,18 @@ def _registrations(raw: dict) -> dict[str, Registered]:
     return {r.name: r for r in _registered(mocks)}
 
 
-def test_turning_tls_on_replaces_no_vm_keeps_every_cache_volume_and_adds_only_the_tls_steps():
+def test_turning_tls_on_replaces_no_vm_keeps_every_cache_volume_and_adds_only_the_tls_steps(
+    monkeypatch: pytest.MonkeyPatch,
+):
     """The upgrade of an existing stack to TLS (the default) as the engine will diff it: the VM,
     its vendor-data and firewall options have the same inputs (nothing replaced, the cache disk
     kept); each cache container keeps its volumes (the same host paths: the cached data stays);
     what is new is the trust step, the installed renewal script and FrontSwitch; the node steps
     keep their names (an update, never a replacement that would restore a node)."""
+    # The VM's host key: the engine's Stash keeps the one the stack made (its input is ignored
+    # after the create); under mocks each run would generate another, so both runs get one.
+    key = registry_vm.generate_host_key()
+    monkeypatch.setattr(registry_vm, "generate_host_key", lambda: key)
     raw = sample_raw()
     raw["tls"] = {"enabled": False}
     before = _registrations(raw)

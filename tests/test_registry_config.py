@@ -12,6 +12,8 @@ import yaml
 from components.renderers.registry_config import (
     CONFIG_PATH_LABEL,
     DISTRIBUTIONS,
+    DRAIN_TIMEOUT_SECONDS,
+    STOP_TIMEOUT_SECONDS,
     RegistryConfigError,
     check_registry_config,
     container_spec,
@@ -56,11 +58,15 @@ def test_rendered_config_per_upstream(upstream: Upstream, major: int) -> None:
         "delete": {"enabled": True},
     }
     assert config["http"]["addr"] == f":{upstream.port}"
+    # Both majors drain on SIGTERM (test_distribution.py restarts a cache mid-pull).
+    assert config["http"]["draintimeout"] == f"{DRAIN_TIMEOUT_SECONDS}s"
     assert config["http"]["debug"] == {
         "addr": f":{upstream.port + 1}",
         "prometheus": {"enabled": True, "path": "/metrics"},
     }
-    assert config["proxy"] == {"remoteurl": upstream.resolved_server}
+    # 3.x: no expiry by default (the cache budget bounds the disk); 2.x has no such key.
+    ttl = {"ttl": "0"} if major == 3 else {}
+    assert config["proxy"] == {"remoteurl": upstream.resolved_server, **ttl}
     assert config["log"]["level"] == "info"
     assert config["log"]["accesslog"] == {"disabled": False}
     assert check_registry_config(config, major) == []
@@ -69,8 +75,11 @@ def test_rendered_config_per_upstream(upstream: Upstream, major: int) -> None:
 def test_proxy_ttl_is_rendered_for_distribution_3() -> None:
     config = registry_config(DEFAULT_UPSTREAMS[1], _registry(3, proxy_ttl="72h"))
     assert config["proxy"] == {"remoteurl": "https://ghcr.io", "ttl": "72h"}
-    # Unset: Distribution's own default (168h), nothing rendered.
-    assert "ttl" not in registry_config(DEFAULT_UPSTREAMS[1], _registry(3))["proxy"]
+    # Unset: 0, no expiry. TTL expiry deleted layers other repositories still linked and did
+    # not move on a pull (docs/measurements/cache-disk.md); the budget's eviction bounds the disk.
+    assert registry_config(DEFAULT_UPSTREAMS[1], _registry(3))["proxy"]["ttl"] == "0"
+    assert registry_summary(_registry(3))["proxyTtl"].startswith("0 (no expiry")
+    assert registry_summary(_registry(2))["proxyTtl"] == "168h (hard-coded)"
 
 
 def test_proxy_ttl_on_distribution_2_is_refused_by_settings_and_by_the_schema() -> None:
@@ -176,6 +185,17 @@ def test_container_reads_the_config_where_its_major_looks_for_it(major: int) -> 
     # The registry on the VM's loopback only (the front forwards to it), its metrics public.
     assert spec.published == (("127.0.0.1", 15010, 5010), ("0.0.0.0", 5011, 5011))
     assert spec.healthcheck[-1] == "http://127.0.0.1:5010/v2/"
+    assert spec.stop_timeout == STOP_TIMEOUT_SECONDS
+
+
+def test_docker_kills_a_cache_only_after_its_drain() -> None:
+    """The SIGKILL of every stop comes after the drain: the container's StopTimeout (daemon
+    shutdown, replacement) and the maintenance script's default `--time` (hourly restart, GC)."""
+    from components.renderers import maintenance
+
+    assert STOP_TIMEOUT_SECONDS > DRAIN_TIMEOUT_SECONDS
+    script = maintenance.script_text()
+    assert f"stop_timeout=${{REGISTRY_STOP_TIMEOUT:-{STOP_TIMEOUT_SECONDS}}}" in script
 
 
 @MAJORS

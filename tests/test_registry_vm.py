@@ -9,10 +9,17 @@ import pytest
 
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.cloud_init import render_vendor_data
-from tests.mocks import RecordingMocks, is_secret, plain
-from tests.sample import sample_raw, sample_settings
+from components.ssh_host_key import HostKey, generate_host_key, public_key_of
+from tests.mocks import STASH, RecordingMocks, is_secret, plain
+from tests.sample import TEST_KEY, sample_raw, sample_settings
 
 TOKEN = "pulumi@pve!registry=00000000-1111-2222-3333-444444444444"
+
+
+def generated_key(mocks: RecordingMocks) -> HostKey:
+    """The host key the component generated: its Stash's value (the engine's output = input)."""
+    private = plain(mocks.named("registry-vm-host-key").inputs["input"])
+    return HostKey(private, public_key_of(private))
 
 
 def build(settings=None) -> RegistryVm:
@@ -37,7 +44,9 @@ def test_vm_gets_static_ipconfig0_and_vendor_data(mocks: RecordingMocks):
         snippet = mocks.named("registry-vm-vendor-data")
         assert vm["initialization"]["vendorDataFileId"] == "registry-vm-vendor-data-id"
         assert snippet.inputs["contentType"] == "snippets"
-        assert snippet.inputs["sourceRaw"]["data"] == render_vendor_data(sample_settings())
+        assert plain(snippet.inputs["sourceRaw"])["data"] == render_vendor_data(
+            sample_settings(), generated_key(mocks)
+        )
         assert vm["initialization"]["userAccount"]["username"] == "debian"
         assert vm["initialization"]["dns"]["servers"] == ["10.0.20.1"]
         assert vm["onBoot"] is True and vm["started"] is True
@@ -98,7 +107,7 @@ def test_api_token_is_secret_and_tls_verified(mocks: RecordingMocks):
         assert provider.inputs["endpoint"] == "https://pve.lan:8006/"
         assert json.loads(provider.inputs["ssh"])["agent"] is True
         # The token reaches the provider; it must never land in cloud-init.
-        snippet = mocks.named("registry-vm-vendor-data").inputs["sourceRaw"]["data"]
+        snippet = plain(mocks.named("registry-vm-vendor-data").inputs["sourceRaw"])["data"]
         assert TOKEN not in snippet
         vm = mocks.named("registry-vm-vm")
         assert TOKEN not in repr(vm.inputs)
@@ -176,16 +185,137 @@ def test_changed_vendor_data_is_applied_over_ssh_not_by_replacing_the_vm(mocks: 
 
     def check(_):
         apply = plain(mocks.named("registry-vm-vendor-data-apply").inputs)
-        text = render_vendor_data(sample_settings())
+        text = render_vendor_data(sample_settings(), generated_key(mocks))
         assert apply["stdin"] == text
         assert apply["triggers"] == ["registry-vm-vm-id"]
         assert "apply-vendor-data.sh" in apply["create"]
         assert apply["update"] == apply["create"]
         assert mocks.named("registry-vm-vendor-data-apply").depends_on == [
+            "registry-vm-host-key",
+            "registry-vm-host-key-install",
             "registry-vm-vm",
-            "registry-vm-wait-cloud-init",
         ]
         wait = plain(mocks.named("registry-vm-wait-cloud-init").inputs)
         assert "export EXPECTED_GATEWAY=10.0.20.1" in wait["create"]
+
+    return registry_vm.ready.id.apply(check)
+
+
+# --- the VM's host key: generated, kept secret in the state, pinned everywhere -----------------
+
+
+@pulumi.runtime.test
+def test_the_host_key_is_a_secret_stash_whose_new_value_each_run_shows_no_diff(
+    mocks: RecordingMocks,
+):
+    """The program makes a fresh key on every run (two runs differ); the engine keeps the first
+    one as the Stash's output (builtins.go) and ``ignore_changes=["input"]`` keeps the fresh one
+    from showing as a diff. The real engine's "no diff on re-run" is the engine tier's to prove."""
+    first = build()
+
+    def check(_):
+        [stash] = mocks.of_type(STASH)
+        assert stash.name == "registry-vm-host-key"
+        assert stash.parent == "registry-vm"
+        assert stash.ignore_changes == ["input"]
+        assert set(stash.additional_secret_outputs) == {"input", "output"}
+        assert is_secret(stash.inputs["input"])
+        private = plain(stash.inputs["input"])
+        assert private.startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+        assert public_key_of(private).startswith("ssh-ed25519 ")
+        # Another run of the program (here: another component) draws another key.
+        assert generate_host_key().private != private
+        return public_key_of(private)
+
+    def compare(values):
+        public, exported = values
+        assert exported == public, "the pinned public key is the Stash's key"
+        assert not is_secret(exported)
+
+    return pulumi.Output.all(first.ready.id.apply(check), first.host_public_key).apply(compare)
+
+
+@pulumi.runtime.test
+def test_every_input_carrying_the_private_key_is_secret(mocks: RecordingMocks):
+    registry_vm = build()
+
+    def check(_):
+        key = generated_key(mocks)
+        body = key.private.split("\n")[1]  # a line of the key's base64: found in any encoding
+        carriers = set()
+        for resource in mocks.resources:
+            for name, value in resource.inputs.items():
+                if body in repr(plain(value)):
+                    carriers.add((resource.name, name))
+                    assert is_secret(value), f"{resource.name}.{name} carries the key in plain"
+        assert carriers == {
+            ("registry-vm-host-key", "input"),
+            ("registry-vm-vendor-data", "sourceRaw"),
+            ("registry-vm-host-key-install", "stdin"),
+            ("registry-vm-vendor-data-apply", "stdin"),
+        }
+        assert "sourceRaw" in mocks.named("registry-vm-vendor-data").additional_secret_outputs
+        install = mocks.named("registry-vm-host-key-install")
+        assert plain(install.inputs["logging"]) == "none"
+        assert {"stdin", "stdout", "stderr"} <= set(install.additional_secret_outputs)
+        assert "stdin" in mocks.named("registry-vm-vendor-data-apply").additional_secret_outputs
+        # Never on a command line.
+        for resource in mocks.resources:
+            for field in ("create", "update", "delete"):
+                assert body not in str(plain(resource.inputs.get(field, ""))), resource.name
+
+    return registry_vm.ready.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_every_connection_to_the_vm_pins_the_generated_key(mocks: RecordingMocks):
+    """A fresh stack: the VM is made from the snippet, so it presents the generated key from its
+    first boot; every step, the wait and the install step included, pins exactly that key."""
+    registry_vm = build()
+
+    def check(_):
+        public = generated_key(mocks).public
+        commands = [r for r in mocks.resources if r.type == "command:remote:Command"]
+        assert {r.name for r in commands} == {
+            "registry-vm-wait-cloud-init",
+            "registry-vm-host-key-install",
+            "registry-vm-vendor-data-apply",
+        }
+        for command in commands:
+            assert plain(command.inputs["connection"])["hostKey"] == public, command.name
+        install = plain(mocks.named("registry-vm-host-key-install").inputs)
+        assert "install-host-key.sh" in install["create"] and install["update"] == install["create"]
+        assert install["stdin"] == generated_key(mocks).private
+        assert install["triggers"] == ["registry-vm-vm-id"]
+        assert mocks.named("registry-vm-host-key-install").depends_on == [
+            "registry-vm-host-key",
+            "registry-vm-vm",
+            "registry-vm-wait-cloud-init",
+        ]
+        assert registry_vm.ssh.host_key is registry_vm.host_public_key
+
+    return registry_vm.ready.id.apply(check)
+
+
+@pulumi.runtime.test
+def test_an_upgraded_or_rotated_vm_is_reached_with_its_current_key_until_ours_is_installed(
+    mocks: RecordingMocks,
+):
+    """vm.sshHostPublicKey = the key the running VM presents now (made before the program
+    generated keys, or a rotation): the wait and the install step pin THAT key; everything after
+    the install pins the generated one."""
+    raw = sample_raw()
+    raw["vm"]["sshHostPublicKey"] = TEST_KEY
+    from components.settings import load_settings
+
+    registry_vm = build(load_settings(raw))
+
+    def check(_):
+        public = generated_key(mocks).public
+        assert public != " ".join(TEST_KEY.split()[:2])
+        for name in ("registry-vm-wait-cloud-init", "registry-vm-host-key-install"):
+            assert plain(mocks.named(name).inputs["connection"])["hostKey"] == TEST_KEY, name
+        apply = plain(mocks.named("registry-vm-vendor-data-apply").inputs)
+        assert apply["connection"]["hostKey"] == public
 
     return registry_vm.ready.id.apply(check)

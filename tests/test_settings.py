@@ -329,6 +329,14 @@ BAD_INPUTS = [
     ("tls-previous-ca-1", {"tls": {"trustPreviousCa": True}}, "tls", "caGeneration 2"),
     ("tls-dns-name", {"tls": {"dnsNames": ["not a name"]}}, "tls.dnsNames[0]", "hostname"),
     ("front-store-small", {"front": {"storageMb": 32}}, "front.storageMb", "64"),
+    ("role", {"nodes.0.role": "master"}, "nodes[0].role", "control-plane"),
+    ("health-blank", {"nodes.0.healthCommand": " "}, "nodes[0].healthCommand", "empty"),
+    (
+        "health-timeout",
+        {"containerd.healthTimeoutSeconds": 5},
+        "containerd.healthTimeoutSeconds",
+        "10",
+    ),
     # Unknown keys name the closest known key.
     ("typo-hint", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "did you mean address"),
     ("typo-hint-gc", {"registry.gc.dayofweek": 1}, "registry.gc.dayofweek", "dayOfWeek"),

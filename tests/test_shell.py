@@ -13,7 +13,12 @@ from components.renderers.shell import SCRIPTS_DIR, inline_libraries, remote_com
 
 LIBRARY = SCRIPTS_DIR / "node" / "lib.sh"
 LIBRARY_LINE = '. "$(dirname "$0")/lib.sh"'
-USERS = ("node/apply-config.sh", "node/hosts.sh", "node/registries.sh", "node/restore.sh")
+# The three that replace a file, and the two that read (probe.sh) and copy (hosts.sh) the
+# directories of a previous config_path with its dir_files/dir_digest.
+USERS = (
+    "node/apply-config.sh", "node/registries.sh", "node/restore.sh", "node/probe.sh",
+    "node/hosts.sh",
+)  # fmt: skip
 
 
 def _sent(relative: str, params: dict[str, str | int | bool]) -> tuple[str, str]:
@@ -27,7 +32,7 @@ def _library_functions() -> list[str]:
     return re.findall(r"^([a-z_][a-z0-9_]*)\(\) \{", LIBRARY.read_text(), re.MULTILINE)
 
 
-def test_the_scripts_that_share_the_library_are_the_ones_that_replace_a_file() -> None:
+def test_the_scripts_that_share_the_library_are_the_ones_listed() -> None:
     users = {
         str(path.relative_to(SCRIPTS_DIR))
         for path in SCRIPTS_DIR.rglob("*.sh")
@@ -53,8 +58,8 @@ def test_remote_command_carries_the_library_instead_of_sourcing_it(relative: str
 
 
 def test_a_script_without_the_line_is_sent_as_it_is() -> None:
-    text, _ = _sent("node/probe.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
-    assert text == (SCRIPTS_DIR / "node" / "probe.sh").read_text()
+    text, _ = _sent("node/verify-node.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
+    assert text == (SCRIPTS_DIR / "node" / "verify-node.sh").read_text()
 
 
 def test_a_library_that_does_not_exist_is_an_error(tmp_path: Path) -> None:

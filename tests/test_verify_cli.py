@@ -10,6 +10,7 @@ import pytest
 
 from components.verify.vm_disk import check_vm_disk
 from tests.cli_harness import assert_user_error, run
+from tests.sample import TEST_KEY
 
 GOOD = json.dumps(
     {"mirrors": {"docker.io": {"endpoint": "http://127.0.0.1:9", "container": "registry"}}}
@@ -91,7 +92,20 @@ def test_every_argument_problem_at_once(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_no_ssh_client_is_a_failed_disk_check_not_a_traceback(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
-    check = check_vm_disk(outputs, None, [], timeout=5)
+    outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian",
+                              "sshHostPublicKey": TEST_KEY}}  # fmt: skip
+    (check,) = check_vm_disk(outputs, None, [], timeout=5)
     assert (check.ok, check.detail) == (False, "no ssh client here")
     assert "openssh-client" in check.advice
+
+
+def test_a_vm_with_no_exported_host_key_is_not_contacted(monkeypatch: pytest.MonkeyPatch):
+    """Outputs of a stack deployed before the program made the VM's key: no key to pin, so the
+    check fails naming why instead of trusting whatever answers (PATH is empty: had it tried to
+    run ssh, the detail would say "no ssh client here")."""
+    monkeypatch.setenv("PATH", "/nonexistent")
+    outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
+    (check,) = check_vm_disk(outputs, None, [], timeout=5)
+    assert not check.ok
+    assert "no sshHostPublicKey in the registryVm output" in check.detail
+    assert "pulumi up" in check.advice

@@ -8,11 +8,14 @@ Pure: no ``import pulumi``. components/fleet.py plans every node this way while 
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
+from components.plan.node_routes import CarriedRoutes, RoutesError, plan_routes
 from components.plan.node_steps import (
     NodeStepError,
     Step,
@@ -28,6 +31,7 @@ from components.renderers.containerd_config import (
     MigratedRegistry,
     MigrationResult,
     carried_registries,
+    carried_wildcard,
     migrate_config,
 )
 from components.renderers.flavours import FLAVOURS, Flavour, resolve_flavour
@@ -68,6 +72,10 @@ class NodePlan:
     flavour: Flavour = FLAVOURS["containerd"]
     # The step whose output says whether the node changed and restarted.
     report_role: str = "config"
+    # The files config.toml imports and what the config step does to them (None: it imports none).
+    imports: ImportsPlan | None = None
+    # The directories of a previous config_path carried into ours (issue 27, item 5).
+    routes: CarriedRoutes | None = None
 
 
 def step_to_send(step: NodeStep, ca_pem: str | None) -> Step:
@@ -113,12 +121,60 @@ def _migrate_and_render(
     # After the first apply config.toml no longer names the mirrors it had: without the saved
     # original, the second run would drop them from hosts.toml.
     original = carried_registries(probe.original_text) if probe.original_text else ()
+    wildcard = migration.wildcard or (
+        carried_wildcard(probe.original_text) if probe.original_text else None
+    )
     files = render_node_hosts(
-        settings, _carried(original, migration.migrated), probe.containerd_version
+        settings, _carried(original, migration.migrated), probe.containerd_version, wildcard
     )
     if cache is not None:
         cache[key] = (migration, files)
     return migration, files
+
+
+def _migrate_with_imports(
+    settings: Settings, probe: ProbeResult
+) -> tuple[MigrationResult, dict[str, str], ImportsPlan]:
+    """config.toml and every file it imports, as the node's containerd merges them."""
+    migration = migrate_config(
+        probe.config_text, probe.containerd_version, config_path=settings.containerd.config_path
+    )
+    imports = plan_imports(
+        probe, migration.config_version, settings.containerd.config_path, probe.containerd_version
+    )
+    original = carried_registries(probe.original_text) if probe.original_text else ()
+    main = _carried(original, migration.migrated)
+    wildcard = migration.wildcard or (
+        carried_wildcard(probe.original_text) if probe.original_text else None
+    )
+    if imports.main_replaced_by is not None:
+        # containerd 1.x: a drop-in's CRI table replaces config.toml's; its mirrors never applied.
+        main, wildcard = (), None
+    files = render_node_hosts(
+        settings,
+        _carried(main, imports.carried),
+        probe.containerd_version,
+        imports.wildcard or wildcard,
+    )
+    return migration, files, imports
+
+
+_DROPPED_WILDCARD = ('dropped wildcard mirror "*"', 'dropped mirror "_default"')
+
+
+def _wildcard_summary(summary: list[str], settings: Settings, files: dict[str, str]) -> list[str]:
+    """The migration says it dropped the wildcard mirror (it cannot tell our cache from a route of
+    the node's own); when it is carried to _default/hosts.toml, say that instead."""
+    if "_default" not in files:
+        return summary
+    hosts = ", ".join(tomllib.loads(files["_default"]).get("host", {}))
+    upstreams = ", ".join(upstream.host for upstream in settings.upstreams)
+    carried = (
+        f"wildcard mirror carried to _default/hosts.toml ({hosts}): every registry without a "
+        f"hosts.toml of its own goes there first; {upstreams} try it after our cache"
+    )
+    kept = [line for line in summary if not line.startswith(_DROPPED_WILDCARD)]
+    return [carried, *kept]
 
 
 def plan_node(
@@ -166,22 +222,42 @@ def plan_any(
 def _plan_containerd(
     settings: Settings, node: Node, probe: ProbeResult, cache: FleetCache | None
 ) -> NodePlan:
+    where = f"node {node.name} ({node.address})"
     try:
-        migration, files = _migrate_and_render(settings, probe, cache)
+        if probe.dropins or probe.imports_errors:
+            # The drop-ins are part of what decides: nothing to share with other nodes.
+            migration, files, imports = _migrate_with_imports(settings, probe)
+        else:
+            migration, files = _migrate_and_render(settings, probe, cache)
+            imports = None
+    except ImportsError as error:
+        raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     except ValueError as error:  # ConfigParseError
-        raise NodeStepError(
-            f"node {node.name} ({node.address}) {node.config_file}: {error}; nothing was changed"
-        ) from None
-    changed = migration.changed and not node.skip_config_path
-    if changed:
-        config = config_step(settings, node, probe.config_sha256, migration.text)
+        raise NodeStepError(f"{where} {node.config_file}: {error}; nothing was changed") from None
+    routes = None
+    if not node.skip_config_path:
+        try:
+            routes = plan_routes(settings, probe, where, list(files))
+        except RoutesError as error:
+            raise NodeStepError(str(error)) from None
+        except ValueError as error:  # a saved original that no longer parses
+            raise NodeStepError(f"{where}: {error}; nothing was changed") from None
+    changed = (migration.changed or (imports is not None and imports.changed)) and (
+        not node.skip_config_path
+    )
+    dropins = (
+        [(plan.probed.path, plan.guard, plan.text) for plan in imports.sent] if imports else []
+    )
+    if migration.changed:
+        config = config_step(settings, node, probe.config_sha256, migration.text, dropins)
     else:
         # Same text as on disk: apply-config.sh sees no difference and does nothing. The guard is
         # the one sent when that text was written (its source's checksum), so an unchanged node's
         # step has the same inputs as last time: no diff in the preview, nothing run.
         guard = probe.applied_from_sha256 or probe.config_sha256
-        config = config_step(settings, node, guard, probe.config_text)
-    hosts = hosts_step(settings, node, files)
+        config = config_step(settings, node, guard, probe.config_text, dropins)
+    carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
+    hosts = hosts_step(settings, node, files, carried)
     tls = settings.tls.enabled
     steps = [
         NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False, trusts_ca=tls)
@@ -190,7 +266,7 @@ def _plan_containerd(
         steps.append(
             NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
         )
-    summary = list(migration.summary)
+    summary = _wildcard_summary(list(migration.summary), settings, files)
     if node.skip_config_path and migration.changed:
         summary.insert(
             0,
@@ -198,6 +274,11 @@ def _plan_containerd(
             "needs migrating; containerd ignores the hosts.toml files until config_path is set",
         )
     summary += [f"warning: {w}" for w in migration.warnings]
+    if routes is not None:
+        summary += list(routes.summary)
+    if imports is not None:
+        summary += list(imports.summary)
+        summary += [f"warning: {w}" for w in imports.warnings]
     return NodePlan(
         probe=probe,
         migration=migration,
@@ -207,6 +288,8 @@ def _plan_containerd(
         config_changed=changed,
         summary=tuple(summary),
         steps=tuple(steps),
+        imports=imports,
+        routes=routes,
     )
 
 

@@ -31,6 +31,31 @@ def parse_key_values(text: str) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
+class ProbedDropIn:
+    """One file the main config imports (directly or not), as probe.sh read it."""
+
+    path: str
+    sha256: str
+    text: str
+    # The entries probe.sh read from its own ``imports`` (checked against a TOML parser's).
+    imports: tuple[str, ...] = ()
+    original_saved: bool = False
+    applied_from_sha256: str | None = None
+    original_text: str | None = None
+
+
+@dataclass(frozen=True)
+class PreviousDir:
+    """A directory in a root of a previous config_path, as probe.sh read it (not the files'
+    content: only hosts.toml, and a digest of them all)."""
+
+    path: str
+    files: tuple[str, ...]
+    digest: str
+    hosts_toml: str | None
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     containerd_version: str
     config_file: str
@@ -63,6 +88,92 @@ class ProbeResult:
     containerd_log: str = ""
     distribution_binary: str = ""
     distribution_version: str = ""
+    # imports drop-ins (probe.sh's imports block): the entries it read from the main file's
+    # ``imports``, where it matched relative patterns, every imported file it read (a set: the
+    # planner puts them in containerd's order), and each named file that does not exist.
+    imports_entries: tuple[str, ...] = ()
+    imports_glob_base: str = ""
+    dropins: tuple[ProbedDropIn, ...] = ()
+    imports_errors: tuple[str, ...] = ()
+    # The roots of a previous config_path probe.sh listed (node_routes.py), the directories in
+    # them, and the directories already in CONFIG_PATH.
+    previous_roots: tuple[str, ...] = ()
+    previous_dirs: tuple[PreviousDir, ...] = ()
+    config_path_dirs: tuple[str, ...] = ()
+
+
+def _lines_b64(value: str, key: str) -> tuple[str, ...]:
+    try:
+        text = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProbeOutputError(f"probe.sh {key} is not base64 of UTF-8 text: {exc}") from None
+    return tuple(text.splitlines())
+
+
+def _text_b64(value: str, key: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise ProbeOutputError(f"probe.sh {key} is not base64 of UTF-8 text: {exc}") from None
+
+
+def _dropins(values: dict[str, list[str]]) -> tuple[ProbedDropIn, ...]:
+    """probe.sh prints the same dropin_* keys once per file, in the same order."""
+    paths = values.get("dropin_path", [])
+    keys = (
+        "dropin_exists", "dropin_sha256", "dropin_b64", "dropin_imports_b64",
+        "dropin_original_saved", "dropin_applied_from_sha256", "dropin_original_b64",
+    )  # fmt: skip
+    for key in keys:
+        if len(values.get(key, [])) != len(paths):
+            raise ProbeOutputError(
+                f"probe.sh printed {len(paths)} dropin_path lines but "
+                f"{len(values.get(key, []))} {key} lines (output truncated?)"
+            )
+    result = []
+    for index, path in enumerate(paths):
+        sha = values["dropin_sha256"][index]
+        exists = values["dropin_exists"][index] == "1"
+        if not exists:
+            raise ProbeOutputError(f"probe.sh read {path} but says it does not exist")
+        text = _decoded({"b": [values["dropin_b64"][index]]}, "b", sha, exists)
+        result.append(
+            ProbedDropIn(
+                path=path,
+                sha256=sha,
+                text=text,
+                imports=_lines_b64(values["dropin_imports_b64"][index], "dropin_imports_b64"),
+                original_saved=values["dropin_original_saved"][index] == "1",
+                applied_from_sha256=values["dropin_applied_from_sha256"][index] or None,
+                original_text=_text_b64(
+                    values["dropin_original_b64"][index], "dropin_original_b64"
+                ),
+            )
+        )
+    return tuple(result)
+
+
+def _previous_dirs(values: dict[str, list[str]]) -> tuple[PreviousDir, ...]:
+    """probe.sh prints the same previous_dir_* keys once per directory, in the same order."""
+    paths = values.get("previous_dir", [])
+    keys = ("previous_dir_files_b64", "previous_dir_digest", "previous_dir_hosts_b64")
+    for key in keys:
+        if len(values.get(key, [])) != len(paths):
+            raise ProbeOutputError(
+                f"probe.sh printed {len(paths)} previous_dir lines but "
+                f"{len(values.get(key, []))} {key} lines (output truncated?)"
+            )
+    return tuple(
+        PreviousDir(
+            path=path,
+            files=_lines_b64(values["previous_dir_files_b64"][i], "previous_dir_files_b64"),
+            digest=values["previous_dir_digest"][i],
+            hosts_toml=_text_b64(values["previous_dir_hosts_b64"][i], "previous_dir_hosts_b64"),
+        )
+        for i, path in enumerate(paths)
+    )
 
 
 def _decoded(values: dict[str, list[str]], key: str, sha: str, exists: bool) -> str:
@@ -154,6 +265,13 @@ def parse_probe(stdout: str) -> ProbeResult:
         managed_dirs=tuple(values.get("managed_dirs", [""])[-1].split()),
         original_text=original_text,
         applied_from_sha256=values.get("applied_from_sha256", [""])[-1] or None,
+        imports_entries=_lines_b64(values.get("imports_b64", [""])[-1], "imports_b64"),
+        imports_glob_base=values.get("imports_glob_base", [""])[-1],
+        dropins=_dropins(values),
+        imports_errors=tuple(values.get("imports_error", [])),
+        previous_roots=tuple(values.get("previous_root", [])),
+        previous_dirs=_previous_dirs(values),
+        config_path_dirs=tuple(values.get("config_path_dirs", [""])[-1].split()),
         **flavour,
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from components.renderers.flavours import FLAVOURS, Flavour
+from components.renderers.flavours import FLAVOURS, Flavour, Role
 from components.renderers.shell import as_root, remote_command
 from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file
 from components.settings import Node, Settings
@@ -58,15 +58,57 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
-    """hosts.sh with the bundle; with TLS on, ``with_trust`` puts the CA certificates in front
-    (they are known once the VM has made its CA: components/containerd_mirrors.py)."""
-    return _step(
-        node,
-        "node/hosts.sh",
-        {"CONFIG_PATH": settings.containerd.config_path, "CA_FILE": containerd_ca_file(settings)},
-        hosts_bundle(files),
-    )
+def hosts_step(
+    settings: Settings,
+    node: Node,
+    files: Mapping[str, str],
+    carried: Sequence[tuple[str, str, str]] = (),
+) -> Step:
+    """hosts.sh: ``files`` (the bundle on stdin) and the directories of a previous config_path it
+    copies on the node, as (digest, name, source) (``CARRY``; only when there are some, so every
+    other node's command is what it was). With TLS on, ``with_trust`` puts the CA certificates in
+    front of the bundle (known once the VM has made its CA: components/containerd_mirrors.py)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_PATH": settings.containerd.config_path,
+        "CA_FILE": containerd_ca_file(settings),
+    }
+    if carried:
+        for digest, name, source in carried:
+            if any(c.isspace() for c in f"{digest}{name}{source}"):
+                raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
+        params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
+    return _step(node, "node/hosts.sh", params, hosts_bundle(files))
+
+
+def node_role(node: Node, flavour: Flavour) -> Role:
+    """``nodes[].role``, else the flavour's: k3s/RKE2 servers are control-plane nodes."""
+    return node.role or flavour.role
+
+
+def health_command(node: Node, flavour: Flavour) -> str:
+    """How a control-plane node tells, by itself, that it is healthy as a cluster member."""
+    if node.health_command:
+        return node.health_command
+    if flavour.is_distribution and not flavour.kubeconfig:
+        raise NodeStepError(
+            f"node {node.name} ({node.address}): nodes[].role is control-plane but a "
+            f"{flavour.name} runs no API server of its own to ask: set nodes[].healthCommand; "
+            "nothing was changed"
+        )
+    return flavour.health_command
+
+
+def _health_params(settings: Settings, node: Node, flavour: Flavour) -> dict[str, str | int | bool]:
+    # Control-plane nodes only (a worker's commands stay byte for byte what they were): after the
+    # CRI plugin is ok, HEALTH_COMMAND must succeed within HEALTH_TIMEOUT or the change is rolled
+    # back; before a change it must already succeed (else nothing is changed). A k3s/RKE2 server
+    # whose CRI answers may still be rejoining etcd: the next server must not restart until then.
+    if node_role(node, flavour) != "control-plane":
+        return {}
+    return {
+        "HEALTH_COMMAND": health_command(node, flavour),
+        "HEALTH_TIMEOUT": settings.containerd.health_timeout_seconds,
+    }
 
 
 CA_SECTION = "# registry-mirrors-ca"
@@ -96,20 +138,37 @@ def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | boo
         "RESTART_COMMAND": node.restart_command,
         "RESTART_TIMEOUT": settings.containerd.restart_timeout_seconds,
         "CONTAINERD_ADDRESS": node.containerd_address,
+        **_health_params(settings, node, FLAVOURS["containerd"]),
     }
 
 
-def config_step(settings: Settings, node: Node, expected_sha256: str, new_text: str) -> Step:
-    return _step(
-        node,
-        "node/apply-config.sh",
-        {
-            "CONFIG_FILE": node.config_file,
-            "EXPECTED_SHA256": expected_sha256,
-            **_restart_params(settings, node),
-        },
-        new_text,
+def config_step(
+    settings: Settings,
+    node: Node,
+    expected_sha256: str,
+    new_text: str,
+    dropins: Sequence[tuple[str, str, str]] = (),
+) -> Step:
+    """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
+    ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
+    Without drop-ins the command and stdin are what they always were (no diff for a stack)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": node.config_file,
+        "EXPECTED_SHA256": expected_sha256,
+        **_restart_params(settings, node),
+    }
+    if not dropins:
+        return _step(node, "node/apply-config.sh", params, new_text)
+    params["DROPIN_COUNT"] = len(dropins)
+    files = [(node.config_file, expected_sha256, new_text), *dropins]
+    for path, _, _ in files:
+        if "\n" in path or not path.startswith("/"):
+            raise ValueError(f"cannot send {path!r} in apply-config.sh's bundle")
+    bundle = "".join(
+        f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
+        for path, guard, text in files
     )
+    return _step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
@@ -184,8 +243,9 @@ def check_step(node: Node, role: str, exit_code: int, stderr: str) -> None:
         reason = lines[-1] if lines else "no output from ssh"
         if "Host key verification failed" in stderr:
             reason += (
-                " (the node's host key is not the pinned nodes[].sshHostPublicKey, or it was "
-                "reinstalled: check the key, then update the setting)"
+                " (the node's host key is not the pinned nodes[].sshHostPublicKey: if it was "
+                "reinstalled, compare its key on its console, then re-pin it: python "
+                f"scripts/pin_host_keys.py --stack <stack> --repin {node.name})"
             )
         raise NodeStepError(f"{where}: cannot reach the node over SSH: {reason}")
     raise NodeStepError(f"{where} failed (exit {exit_code}): {stderr.strip()}")
@@ -213,6 +273,7 @@ def _distribution_params(
         "UNIT": flavour.unit,
         "CONTAINERD_LOG": flavour.containerd_log,
         "CA_FILE": RANCHER_CA_FILE,
+        **_health_params(settings, node, flavour),
     }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from components.renderers.cloud_init import ipconfig0, render_vendor_data
+from components.renderers.cloud_init import HOST_KEY_PLACEHOLDER, ipconfig0, render_vendor_data
 from components.renderers.front_proxy import front_files, settings_front
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
@@ -103,7 +103,8 @@ def render_bundle(settings: Settings) -> dict[str, str]:
     """Relative path -> file text."""
     files = {
         "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
-        "registry-vm/vendor-data.yaml": render_vendor_data(settings),
+        # The host key is made by `pulumi up` and kept secret: a placeholder stands in for it.
+        "registry-vm/vendor-data.yaml": render_vendor_data(settings, HOST_KEY_PLACEHOLDER),
         "summary.json": json.dumps(summary(settings), indent=2) + "\n",
         "nodes/registries.yaml": render_registries_yaml(settings),
         "nodes/talos-patch.yaml": render_talos_patch(settings),

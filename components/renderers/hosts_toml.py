@@ -8,10 +8,11 @@ docs/hosts.md):
   is rejected ("invalid `host` tree") -- both silently bypass the cache. So every mirror carries
   its scheme and every file has at least one ``[host]`` table.
 - ``capabilities = ["pull", "resolve"]``: a pull-through cache must never receive a push.
-- ``dial_timeout`` exists from containerd 2.1; older versions do not know it, so it is only
-  written when the node's version is known to support it. Without it a dead mirror costs up to
-  30 s per request before the fallback (containerd #4861).
-- Never ``_default``: it would send every registry to one upstream's cache.
+- ``dial_timeout`` exists from containerd 2.1 and 2.0.7; older versions do not know it, so it is
+  only written when the node's version is known to support it. Without it a mirror that does
+  not answer costs up to 30 s per request before the fallback (containerd #4861).
+- ``_default`` only for a wildcard mirror of the node's own (a corporate proxy): never for one
+  upstream's cache, which would send every registry to it.
 - TLS settings (``ca``, ``client``, ``skip_verify``) only for ``https://`` hosts: on an
   ``http://`` host any of them makes containerd 1.7+ try HTTPS first on every connection
   (remotes/docker/config/hosts.go: "host will try HTTPS first since it is configured for HTTP
@@ -50,10 +51,15 @@ class HostEntry:
     tls: TlsSettings = field(default_factory=TlsSettings)
 
 
+# containerd reads hosts.toml `dial_timeout` from 2.1.0, and from 2.0.7 in the 2.0 line (a
+# backport; core/remotes/docker/config/hosts.go): every version from 2.0.7 on.
+DIAL_TIMEOUT_SINCE = (2, 0, 7)
+
+
 def supports_dial_timeout(containerd_version: str | None) -> bool:
     if containerd_version is None:
         return False  # unknown version: an unknown key is the safer omission
-    return parse_containerd_version(containerd_version)[:2] >= (2, 1)
+    return parse_containerd_version(containerd_version) >= DIAL_TIMEOUT_SINCE
 
 
 def registry_dir_name(host: str) -> str:
@@ -144,18 +150,64 @@ def _entries_of(migrated: MigratedRegistry | None, skip: set[str]) -> list[HostE
     ]
 
 
+def foreign_wildcard(
+    settings: Settings, wildcard: MigratedRegistry | None
+) -> tuple[tuple[HostEntry, ...], tuple[str, ...]]:
+    """A node's wildcard mirror split into the endpoints that are a route of its own (a corporate
+    proxy, a Nexus: carried) and those that point at our registry VM (dropped: each upstream gets
+    its own cache)."""
+    if wildcard is None:
+        return (), ()
+    vm = settings.vm.ip.lower()
+    foreign, ours = [], []
+    for entry in _entries_of(wildcard, set()):
+        host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", entry.url).split("/")[0]
+        (ours if host.rsplit(":", 1)[0].lower() == vm else foreign).append(entry)
+    return tuple(foreign), tuple(entry.url for entry in ours)
+
+
+def render_default_hosts(
+    entries: Sequence[HostEntry], containerd_version: str | None = None
+) -> str:
+    """``_default/hosts.toml``: the hosts.toml of every registry WITHOUT a directory of its own
+    (containerd looks for ``<host>`` first, then ``_default``). No ``server``: containerd then
+    falls back to the registry the pull names, as the old wildcard mirror did."""
+    if not entries:
+        raise ValueError("_default/hosts.toml needs at least one mirror")
+    timeout = "3s" if supports_dial_timeout(containerd_version) else None
+    document = tomlkit.document()
+    hosts = tomlkit.table(is_super_table=True)
+    for entry in entries:
+        url = _check_url(entry.url, "mirror")
+        host = tomlkit.table()
+        host["capabilities"] = list(CAPABILITIES)
+        _tls_items(host, entry.tls, url)
+        if timeout:
+            host["dial_timeout"] = timeout
+        hosts.append(url, host)
+    document["host"] = hosts
+    return document.as_string()
+
+
 def render_node_hosts(
     settings: Settings,
     migrated: Sequence[MigratedRegistry] = (),
     containerd_version: str | None = None,
+    wildcard: MigratedRegistry | None = None,
 ) -> dict[str, str]:
     """Every hosts.toml one node needs: directory name -> file text.
 
     One per upstream (our cache first, the node's own mirrors for that registry after it), plus
     one per registry the node had mirrors or TLS settings for that is not one of our upstreams.
+    A ``wildcard`` mirror of the node's own (not our cache) becomes ``_default/hosts.toml`` (the
+    registries without a directory of their own) and, as under ``mirrors`` where it applied to
+    every registry without its own entry, comes after our cache for each upstream the node had
+    no mirror of its own for.
     """
     # The migration drops them already; a list from elsewhere must not make them files either.
     by_host = {m.host.lower(): m for m in migrated if m.host not in NOT_A_REGISTRY}
+    by_host.pop("_default", None)
+    foreign, _ = foreign_wildcard(settings, wildcard)
     files: dict[str, str] = {}
     # TLS on: our cache over https, trusting exactly our CA (the file the hosts step writes).
     our_tls = TlsSettings(ca=(containerd_ca_file(settings),)) if settings.tls.enabled else None
@@ -170,8 +222,9 @@ def render_node_hosts(
     for upstream in settings.upstreams:
         ours = settings.endpoint(upstream)
         node = by_host.pop(upstream.host.lower(), None)
-        others = _entries_of(node, all_ours)
-        mirrors = [HostEntry(ours, our_tls or TlsSettings()), *others]
+        # The foreign wildcard names no address of the VM (foreign_wildcard drops those).
+        own = _entries_of(node, all_ours) if node else list(foreign)
+        mirrors = [HostEntry(ours, our_tls or TlsSettings()), *own]
         files[registry_dir_name(upstream.host)] = render_hosts_toml(
             upstream.resolved_server,
             mirrors,
@@ -182,6 +235,8 @@ def render_node_hosts(
         )
     for node in by_host.values():
         files[registry_dir_name(node.host)] = render_migrated_hosts(node, containerd_version)
+    if foreign:
+        files["_default"] = render_default_hosts(foreign, containerd_version)
     return files
 
 

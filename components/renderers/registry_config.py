@@ -37,6 +37,23 @@ ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 (the metrics port is public on purpose: 
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
 
+# On SIGTERM (every `docker stop`/`restart`: a memory restart, the GC's stop, a `pulumi up`
+# that replaces the container, the VM shutting down) Distribution without `http.draintimeout`
+# exits at once and cuts every blob transfer in flight: the node's pull fails. With it, both
+# majors (registry/registry.go, v2.8.2 and v3.1.1 alike) close the listener at once, so a new
+# connection is refused (containerd goes to the next host, the upstream, without waiting) and
+# let the transfers in flight finish, exiting as soon as the last one does, at most after the
+# drain (docs/measurements/drain-and-memory.md). 60 s, not Gardener's 25 s (bound to its pods'
+# 30 s grace period): the drain only lasts while a transfer is in flight, and what a longer one
+# buys is a bigger layer finished: 60 s covers ~750 MB at 100 Mbit/s, a cold layer streaming
+# from the upstream at a homelab's downlink; what it costs is at most 60 s of the cache's
+# requests going to the upstream, once per stop.
+DRAIN_TIMEOUT_SECONDS = 60
+# docker's SIGKILL comes this long after SIGTERM: the drain plus time to exit (the registry's
+# own shutdown after the drain). The maintenance script's REGISTRY_STOP_TIMEOUT default is the
+# same number (tests/test_registry_config.py keeps them equal).
+STOP_TIMEOUT_SECONDS = DRAIN_TIMEOUT_SECONDS + 15
+
 ANY_KEYS = "*"
 
 
@@ -56,6 +73,10 @@ class Distribution:
     ignored_keys: Mapping[str, str]
     # Upstream fetches per blob on a cache miss (the benchmark counts the bytes).
     upstream_fetches_per_miss: int
+    # proxy.ttl rendered when registry.proxyTtl is unset (None: the version has no such key).
+    default_proxy_ttl: str | None
+    # What an unset proxyTtl means, for summary.json.
+    default_proxy_ttl_text: str
     # Said once per stack (summary.json, pulumi up): what an operator should know.
     notes: tuple[str, ...] = ()
 
@@ -73,6 +94,8 @@ DISTRIBUTIONS: dict[int, Distribution] = {
         # registry/proxy/proxyblobstore.go ServeBlob: a storeLocal goroutine AND copyContent to
         # the client, each a full upstream fetch.
         upstream_fetches_per_miss=2,
+        default_proxy_ttl=None,
+        default_proxy_ttl_text="168h (hard-coded)",
         notes=(
             "Distribution 2.x fetches every blob from the upstream twice on a cache miss "
             "(proxyblobstore.go ServeBlob): a cold pull through the cache costs about twice a "
@@ -95,6 +118,13 @@ DISTRIBUTIONS: dict[int, Distribution] = {
         },
         # v3.0.0 (distribution PR #3569): one upstream fetch through an io.MultiWriter.
         upstream_fetches_per_miss=1,
+        # No expiry: the cache budget's eviction bounds the disk instead. Expiry deleted layers
+        # that other repositories still linked (they could no longer be served offline), did not
+        # move on a pull (distribution #4659: a base image used hourly is fetched again every
+        # TTL), and freed nothing GC would not (docs/measurements/cache-disk.md). With ttl 0
+        # proxyregistry.go starts no scheduler at all.
+        default_proxy_ttl="0",
+        default_proxy_ttl_text="0 (no expiry: the cache budget's eviction bounds the disk)",
     ),
 }
 
@@ -141,9 +171,14 @@ def registry_config(
         username, password = credentials
         proxy["username"] = username
         proxy["password"] = password
-    if registry.proxy_ttl is not None:
+    ttl = (
+        registry.proxy_ttl
+        if registry.proxy_ttl is not None
+        else distribution(registry).default_proxy_ttl
+    )
+    if ttl is not None:
         # Settings refuse proxyTtl for 2.x (it would be ignored); the schema below refuses it too.
-        proxy["ttl"] = registry.proxy_ttl
+        proxy["ttl"] = ttl
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {
@@ -162,6 +197,7 @@ def registry_config(
         },
         "http": {
             "addr": f":{upstream.port}",
+            "draintimeout": f"{DRAIN_TIMEOUT_SECONDS}s",
             "debug": {
                 "addr": f":{upstream.resolved_metrics_port}",
                 "prometheus": {"enabled": True, "path": "/metrics"},
@@ -208,6 +244,9 @@ class ContainerSpec:
     env: tuple[str, ...]  # KEY=value
     healthcheck: tuple[str, ...]
     labels: Mapping[str, str]
+    # Seconds docker waits after SIGTERM before SIGKILL (`docker stop`, the daemon's own
+    # shutdown) and before removing it on a replacement: longer than the drain.
+    stop_timeout: int
 
 
 def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerSpec:
@@ -225,7 +264,9 @@ def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerS
         env=tuple(f"{key}={value}" for key, value in sorted(dist.env.items())),
         # /v2/ is answered locally, without a round trip to the upstream. Both majors' official
         # images are Alpine-based, and busybox's wget takes -q -O (the images' own Dockerfiles run
-        # wget in the same Alpine stage to fetch the binary).
+        # wget in the same Alpine stage to fetch the binary). During a drain /v2/ refuses (the
+        # listener is closed first) and the probe fails: harmless, docker outside Swarm only
+        # marks a container unhealthy, it never stops or restarts it for that.
         healthcheck=(
             "CMD",
             "wget",
@@ -235,6 +276,7 @@ def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerS
             f"http://127.0.0.1:{upstream.port}/v2/",
         ),
         labels={CONFIG_PATH_LABEL: dist.config_path},
+        stop_timeout=STOP_TIMEOUT_SECONDS,
     )
 
 
@@ -246,8 +288,7 @@ def registry_summary(registry: RegistrySettings) -> dict[str, Any]:
         "distributionMajor": dist.major,
         "configPath": dist.config_path,
         "env": dict(dist.env),
-        "proxyTtl": registry.proxy_ttl
-        or ("168h (hard-coded)" if dist.major == 2 else "168h (Distribution's default)"),
+        "proxyTtl": registry.proxy_ttl or dist.default_proxy_ttl_text,
         "blobDescriptorCache": "off",
         "upstreamFetchesPerMiss": dist.upstream_fetches_per_miss,
         "diskUsageThresholdPercent": registry.disk_usage_threshold_percent,

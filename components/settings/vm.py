@@ -66,7 +66,10 @@ class VmSettings(_Model):
     )
     ssh_host_public_key: PublicKey | None = Field(
         default=None,
-        description="The VM's SSH host key to pin (recommended); unset: accept on first use.",
+        description="Only for an upgrade or a rotation: the host key the running VM presents "
+        "NOW, when that is not the program's generated key. The program logs in with it once to "
+        "install its own key (registry-vm-host-key-install); remove it afterwards. Unset: the VM "
+        "presents the generated key (the registryVm output's sshHostPublicKey).",
     )
     cloud_init_timeout_seconds: int = Field(
         default=900, ge=30, le=7200, description="How long to wait for cloud-init to finish."

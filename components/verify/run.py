@@ -39,7 +39,7 @@ def run_checks(
             checks.append(check_tls(upstream, mirror, context, warning_days, timeout))
         checks += check_mirror(upstream, mirror, images.get(upstream), timeout, context)
     if vm:
-        checks.append(check_vm_disk(outputs, settings, ssh_options, timeout))
+        checks += check_vm_disk(outputs, settings, ssh_options, timeout)
     if proxmox is not None:
         checks.append(check_proxmox_firewall(proxmox, outputs, timeout))
     if settings is not None:

@@ -13,34 +13,97 @@
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   CONTAINERD_LOG       optional log file to quote on failure (else the journal)
-# stdin: the new config.toml.
+#   HEALTH_COMMAND       control-plane nodes only (empty: a worker): the node's own check that it
+#                        is healthy as a cluster member (exit 0), e.g. its API server's /readyz;
+#                        it must pass before the change (else exit 7, nothing changed) and again
+#                        within HEALTH_TIMEOUT after the restart (else the change is rolled back)
+#   HEALTH_TIMEOUT       seconds for that, after the CRI plugin is ok
+#   DROPIN_COUNT         0 (default): stdin is the new config.toml. N > 0: stdin is a bundle of
+#                        N+1 files, config.toml first, then the `imports` drop-ins that change
+#                        with it (issue 22), each after a line
+#                        "# registry-mirrors-file: <expected sha256> <bytes> <path>" and exactly
+#                        <bytes> bytes of text; each file has its own guard (the one line
+#                        EXPECTED_SHA256 is config.toml's), all are checked before any is
+#                        changed, one restart, and a failed CRI check puts every one back.
+#                        Their paths are kept in <CONFIG_FILE>.registry-mirrors.dropins, so
+#                        restore.sh puts them back too.
+# stdin: the new config.toml (or the bundle).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1, and after a
 #   successful restart deprecations=<ids> (what `ctr deprecations list` names, containerd 1.7+;
 #   "unsupported" on 1.6): io.containerd.deprecation/cri-registry-mirrors there means the running
 #   daemon still has a `mirrors` entry.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 4 rejected by `containerd config dump`;
-#       5 CRI plugin failed, old config restored; 6 CRI failed and so did the rollback.
+#       5 CRI plugin failed (or a control-plane node did not become healthy), old config restored;
+#       6 that, and so did the rollback; 7 a control-plane node not healthy before: nothing changed.
 set -euo pipefail
 
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 : "${RESTART_COMMAND:?RESTART_COMMAND is required}"
 : "${RESTART_TIMEOUT:=60}"
+: "${HEALTH_COMMAND:=}"
+: "${HEALTH_TIMEOUT:=300}"
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 : "${CONTAINERD_LOG:=}"
+: "${DROPIN_COUNT:=0}"
 
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root
 
-stage_stdin "$CONFIG_FILE"
-skip_or_refuse "$CONFIG_FILE" "$new" "$EXPECTED_SHA256"
-
-if ! check_output=$(containerd -c "$new" config dump 2>&1 >/dev/null); then
-  echo "${me}: containerd rejects the new ${CONFIG_FILE}; nothing changed:" >&2
-  echo "$check_output" >&2
-  exit 4
+# files[i] gets staged[i] unless its checksum is no longer guards[i]; files[0] is CONFIG_FILE.
+files=() guards=() staged=()
+trap 'rm -f "${staged[@]}"' EXIT
+if ((DROPIN_COUNT == 0)); then
+  stage_stdin "$CONFIG_FILE"
+  files=("$CONFIG_FILE") guards=("$EXPECTED_SHA256") staged=("$new")
+else
+  for ((i = 0; i <= DROPIN_COUNT; i++)); do
+    IFS= read -r header || header=""
+    if [[ ! $header =~ ^#\ registry-mirrors-file:\ ([0-9a-f]{64}|absent)\ ([0-9]+)\ (/.+)$ ]]; then
+      echo "${me}: stdin is not a bundle of $((DROPIN_COUNT + 1)) files (file $((i + 1)): ${header@Q}); nothing changed" >&2
+      exit 4
+    fi
+    path=${BASH_REMATCH[3]}
+    if ((i == 0)) && [[ $path != "$CONFIG_FILE" ]]; then
+      echo "${me}: the bundle starts with ${path}, not ${CONFIG_FILE}; nothing changed" >&2
+      exit 4
+    fi
+    mkdir -p "$(dirname "$path")"
+    staged+=("$(temp_next_to "$path")")
+    # GNU head -c reads no byte past its count, even from a pipe: the next header is next.
+    head -c "${BASH_REMATCH[2]}" >"${staged[i]}"
+    files+=("$path") guards+=("${BASH_REMATCH[1]}")
+  done
 fi
+
+# Every guard before any change: a file edited since the probe stops the step with nothing changed.
+changing=()
+for i in "${!files[@]}"; do
+  [[ -f ${files[i]} ]] && cmp -s "${staged[i]}" "${files[i]}" && continue
+  current=absent
+  [[ -f ${files[i]} ]] && current=$(sha256_of "${files[i]}")
+  if [[ $current != "${guards[i]}" ]]; then
+    echo "${me}: ${files[i]} changed since it was probed (expected sha256 ${guards[i]}, now ${current}); nothing changed, run pulumi up again" >&2
+    exit 3
+  fi
+  changing+=("$i")
+done
+if ((${#changing[@]} == 0)); then
+  echo "changed=0"
+  echo "restarted=0"
+  exit 0
+fi
+
+for i in "${changing[@]}"; do
+  # A drop-in is checked on its own (it is a whole config to containerd's loader); config.toml
+  # reads the drop-ins on disk, which are still the old ones here.
+  if ! check_output=$(containerd -c "${staged[i]}" config dump 2>&1 >/dev/null); then
+    echo "${me}: containerd rejects the new ${files[i]}; nothing changed:" >&2
+    echo "$check_output" >&2
+    exit 4
+  fi
+done
 
 containerd_error_text() {
   # containerd's own words: the init error of every CRI plugin that failed, then the log lines
@@ -69,11 +132,40 @@ deprecations() {
   fi
 }
 
-install_new "$CONFIG_FILE" "$new"
+require_member_healthy
+
+# restore.sh puts these back with config.toml; written before the first of them changes.
+dropin_list="${CONFIG_FILE}.registry-mirrors.dropins"
+for i in "${changing[@]}"; do
+  ((i == 0)) && continue
+  if ! { [[ -f $dropin_list ]] && grep -qxF -- "${files[i]}" "$dropin_list"; }; then
+    echo "${files[i]}" >>"$dropin_list"
+  fi
+done
+backups=()
+for i in "${changing[@]}"; do
+  install_new "${files[i]}" "${staged[i]}"
+  backups[i]=$backup
+done
+
+# roll_back_all: every file installed above as it was (exit 6 when one cannot be put back).
+roll_back_all() {
+  local i
+  for i in "${changing[@]}"; do
+    if ! roll_back "${files[i]}" "${backups[i]}"; then
+      echo "rolled_back=0"
+      echo "${me}: the daemon did not come back with the new ${files[i]}, and the previous one could NOT be put back (${backups[i]:-there was none}): the node is NOT ok" >&2
+      exit 6
+    fi
+  done
+  echo "rolled_back=1"
+}
 
 if restart_and_wait; then
   # probe.sh reads it back; restore.sh removes it.
-  record_applied "$CONFIG_FILE" "$EXPECTED_SHA256"
+  for i in "${changing[@]}"; do
+    record_applied "${files[i]}" "${guards[i]}"
+  done
   echo "restarted=1"
   echo "rolled_back=0"
   echo "deprecations=$(deprecations)"
@@ -82,12 +174,16 @@ fi
 
 reason=$(containerd_error_text)
 echo "restarted=1"
-roll_back_or_exit "$CONFIG_FILE" "$backup"
+roll_back_all
+written=""
+for i in "${changing[@]}"; do written+="${written:+ and }${files[i]}"; done
 {
-  if [[ $cri_state == error ]]; then
-    echo "${me}: after writing ${CONFIG_FILE} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
+  if ((member_failed)); then
+    echo "${me}: after writing ${written}, $(member_text); the previous config was restored."
+  elif [[ $cri_state == error ]]; then
+    echo "${me}: after writing ${written} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
   else
-    echo "${me}: after writing ${CONFIG_FILE} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
+    echo "${me}: after writing ${written} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."
   fi
   [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
   echo "containerd says:"

@@ -9,17 +9,26 @@
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
 # TLS on: stdin starts with the CA certificates of our caches (lib.sh, take_trust_section),
-# written to CA_FILE before any hosts.toml that names it; without them CA_FILE is removed.
-# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go); REMOVE_ALL=1 ignores stdin
-# and lets go of every registry we manage and of CA_FILE (the delete step: pulumi destroy or a
-# node removed from the settings).
+# written to CA_FILE before any hosts.toml that names it (a hosts.toml naming a missing CA file
+# fails every pull, with no fallback); without them CA_FILE is removed once no file we write
+# names it.
+# CARRY (issue 27, item 5): directories of a previous config_path that containerd read before,
+# one "<digest> <name> <source dir>" a line (components/plan/node_routes.py): every regular file of
+# <source dir> is copied into CONFIG_PATH/<name> (a relative ca/client path in its hosts.toml
+# resolves there as it did in the source; the source is never touched), its file names kept in
+# CONFIG_PATH/<name>/.registry-mirrors-carried, and <name> managed like our own directories (so
+# REMOVE_ALL, or a later run without it, removes the copies). A source whose files are no longer
+# what the probe read (digest) stops the step before anything is written (exit 3).
+# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go); CARRY; REMOVE_ALL=1 ignores
+# stdin and CARRY and lets go of every registry we manage and of CA_FILE (the delete step: pulumi
+# destroy or a node removed from the settings).
 # Output: key=value lines: trust=..., written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
 : "${CA_FILE:=}"
+: "${CARRY:=}"
 : "${REMOVE_ALL:=0}"
-
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
 require_root
@@ -39,15 +48,18 @@ managed_before() { [[ -f $manifest ]] && grep -qxF "$1" "$manifest"; }
 changed=0
 : >"$work/wanted"
 
-# stdin, staged: the CA section first (written now, before the files that name it).
+# stdin, staged: the CA section first (installed once every input is checked, before the files
+# that name it).
 staged="$work/stdin"
 if [[ $REMOVE_ALL == 1 ]]; then : >"$staged"; else cat >"$staged"; fi
 take_trust_section "$staged"
-if [[ -n $CA_FILE ]]; then
+update_trust() {
+  [[ -n $CA_FILE ]] || return 0
+  local trust
   trust=$(install_trust "$CA_FILE")
   echo "$trust"
   [[ $trust == trust=unchanged || $trust == trust=none ]] || changed=1
-fi
+}
 
 # Split stdin into $work/files/<dir> (one file per header), checking every name first.
 mkdir "$work/files"
@@ -68,6 +80,34 @@ while IFS= read -r line || [[ -n $line ]]; do
     exit 4
   fi
 done <"$staged"
+
+# The directories to carry: every one checked before anything is written.
+carry=()
+[[ $REMOVE_ALL == 1 ]] && CARRY=""
+while read -r digest name source; do
+  [[ -z ${digest:-} ]] && continue
+  if ! valid_dir "$name" || [[ $name == _default || $source != /* ]]; then
+    echo "hosts.sh: refusing to carry ${source@Q} as ${name@Q}" >&2
+    exit 4
+  fi
+  if grep -qxF "$name" "$work/wanted"; then
+    echo "hosts.sh: ${name} is both written and carried" >&2
+    exit 4
+  fi
+  if [[ ! -d $source || $(dir_digest "$source") != "$digest" ]]; then
+    echo "hosts.sh: ${source} changed since it was probed; nothing changed, run pulumi up again" >&2
+    exit 3
+  fi
+  target="${CONFIG_PATH}/${name}"
+  if [[ -e $target ]] && ! managed_before "$name"; then
+    echo "hosts.sh: ${target} exists and is not ours: cannot carry ${source} there; nothing changed" >&2
+    exit 4
+  fi
+  carry+=("${name} ${source}")
+done <<<"$CARRY"
+
+# Certificates to trust: in place before any hosts.toml naming them.
+[[ -z $trust_pem ]] || update_trust
 
 while read -r dir; do
   [[ -z $dir ]] && continue
@@ -93,12 +133,63 @@ while read -r dir; do
   fi
 done <"$work/wanted"
 
+# carry_files SOURCE TARGET: TARGET's files become SOURCE's (each renamed into place: a pull never
+# reads half a CA), our list of them updated, files we carried before and SOURCE no longer has
+# removed. Sets carry_same=1 when nothing changed.
+carry_same=1
+carry_files() {
+  local source=$1 target=$2 list="$2/.registry-mirrors-carried" name tmp
+  carry_same=1
+  mkdir -p "$target"
+  while IFS= read -r name; do
+    [[ -n $name ]] || continue
+    if [[ -f $target/$name ]] && cmp -s "$source/$name" "$target/$name"; then continue; fi
+    tmp=$(mktemp "${target}/.${name}.registry-mirrors.XXXXXX")
+    if ! cp -p "$source/$name" "$tmp" || ! mv -f "$tmp" "$target/$name"; then
+      rm -f "$tmp"
+      echo "hosts.sh: cannot copy ${source}/${name} into ${target}" >&2
+      exit 5
+    fi
+    carry_same=0
+  done < <(dir_files "$source")
+  if [[ -f $list ]]; then
+    while IFS= read -r name; do
+      [[ -n $name && ! -f $source/$name ]] || continue
+      rm -f "${target:?}/${name}"
+      carry_same=0
+    done <"$list"
+  fi
+  dir_files "$source" >"$list.tmp"
+  mv -f "$list.tmp" "$list"
+}
+
+for entry in "${carry[@]}"; do
+  name=${entry%% *}
+  source=${entry#* }
+  carry_files "$source" "${CONFIG_PATH}/${name}"
+  if ((carry_same)); then
+    echo "unchanged=${name}"
+  else
+    echo "written=${name}"
+    changed=1
+  fi
+  echo "$name" >>"$work/wanted"
+done
+
 if [[ -f $manifest ]]; then
   while read -r old; do
     [[ -z $old ]] && continue
     valid_dir "$old" || continue
     grep -qxF "$old" "$work/wanted" && continue
-    if [[ -f ${CONFIG_PATH}/${old}/hosts.toml.registry-mirrors.orig ]]; then
+    carried_list="${CONFIG_PATH}/${old}/.registry-mirrors-carried"
+    if [[ -f $carried_list ]]; then
+      # A carried directory: only the files we copied (the source stays where it was).
+      while IFS= read -r name; do
+        [[ -n $name && $name != */* ]] && rm -f "${CONFIG_PATH:?}/${old}/${name}"
+      done <"$carried_list"
+      rm -f "$carried_list"
+      rmdir "${CONFIG_PATH}/${old}" 2>/dev/null || true
+    elif [[ -f ${CONFIG_PATH}/${old}/hosts.toml.registry-mirrors.orig ]]; then
       mv -f "${CONFIG_PATH}/${old}/hosts.toml.registry-mirrors.orig" "${CONFIG_PATH}/${old}/hosts.toml"
     else
       rm -f "${CONFIG_PATH}/${old}/hosts.toml"
@@ -109,6 +200,9 @@ if [[ -f $manifest ]]; then
     changed=1
   done <"$manifest"
 fi
+
+# No certificates: CA_FILE goes once the files that named it are rewritten or removed.
+[[ -n $trust_pem ]] || update_trust
 
 if [[ -s "$work/wanted" ]]; then
   sort -u "$work/wanted" >"$work/manifest"

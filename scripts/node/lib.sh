@@ -7,7 +7,8 @@
 # `. "$(dirname "$0")/lib.sh"` line. From a checkout that line sources this file (and
 # `shellcheck -x` follows it).
 # Reads no parameter of its own (tests/test_node_steps.py checks): each script declares the
-# CONTAINERD_ADDRESS, RESTART_COMMAND and RESTART_TIMEOUT used here in its own header.
+# CONTAINERD_ADDRESS, RESTART_COMMAND, RESTART_TIMEOUT, HEALTH_COMMAND and HEALTH_TIMEOUT used
+# here in its own header.
 #
 # Next to FILE (probe.sh reads .orig, .absent and .applied back):
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
@@ -50,16 +51,94 @@ wait_for_cri() {
   return 1
 }
 
+# The restart command gets RESTART_TIMEOUT seconds too (then SIGTERM, SIGKILL 5 s later): k3s and
+# RKE2 units are Type=notify, often with no start timeout, so `systemctl restart` can wait forever
+# on a daemon that never reports ready (issue 27). A restart that does not return is a failed
+# restart: the caller rolls back as for a CRI plugin that is not ok.
 restart() {
-  bash -c "$RESTART_COMMAND"
+  local code=0
+  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" || code=$?
+  if ((code == 124 || code == 137)); then
+    echo "the restart command did not return within ${RESTART_TIMEOUT}s and was stopped"
+  fi
+  return "$code"
 }
 
-# restart_and_wait: restart, then wait for the CRI plugin; sets restart_output (the restart
-# command's own words, for the caller's failure message).
+# --- control-plane nodes: healthy as a cluster member -------------------------------------------
+# HEALTH_COMMAND (control-plane nodes only; empty for workers) is the node's own check that it is
+# back in the cluster, e.g. its API server's /readyz, which on k3s/RKE2 includes the embedded etcd
+# member's health: "CRI answers" is not "this server rejoined etcd", and the next server of the
+# rollout must not restart before it has (two of three down is no quorum).
+
+# member_healthy: one attempt, at most 15 s (then SIGKILL 5 s later); sets member_output.
+member_output=""
+member_healthy() {
+  member_output=$(timeout --kill-after=5 15 bash -c "$HEALTH_COMMAND" 2>&1 | tail -c 2000) &&
+    return 0
+  return 1
+}
+
+# wait_for_member: until HEALTH_COMMAND succeeds, at most HEALTH_TIMEOUT seconds (workers: at
+# once). Sets member_failed=1 when it gave up.
+member_failed=0
+wait_for_member() {
+  member_failed=0
+  [[ -z $HEALTH_COMMAND ]] && return 0
+  local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  while ! member_healthy; do
+    if ((SECONDS >= deadline)); then
+      member_failed=1
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+# require_member_healthy: before a change, a control-plane node must already be healthy (a
+# restart of a member that is not would not tell us anything, and may take the last quorum with
+# it); exit 7 with nothing changed otherwise.
+require_member_healthy() {
+  [[ -z $HEALTH_COMMAND ]] && return 0
+  member_healthy && return 0
+  echo "${me}: the node is not healthy as a cluster member before the change (${HEALTH_COMMAND}: ${member_output:-no output}); nothing changed" >&2
+  exit 7
+}
+
+# member_text: the failure line for a node whose check gave up (empty when it did not).
+member_text() {
+  if ((member_failed)); then
+    echo "the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s after its CRI plugin was ok (${HEALTH_COMMAND}: ${member_output:-no output})"
+  fi
+}
+
+# restart_and_wait: restart, then wait for the CRI plugin and (control-plane nodes) for the node to
+# be healthy as a cluster member; sets restart_output (the restart command's own words, for the
+# caller's failure message).
 restart_output=""
 # shellcheck disable=SC2034 # read by the caller
 restart_and_wait() {
-  restart_output=$(restart 2>&1) && wait_for_cri
+  member_failed=0
+  restart_output=$(restart 2>&1) && wait_for_cri && wait_for_member
+}
+
+# --- directories carried from a previous config_path (probe.sh reads, hosts.sh copies) ----------
+
+# dir_files DIR: the regular files directly in DIR, one name a line, in byte order.
+dir_files() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s\n' "${file##*/}"; fi
+  done
+  return 0
+}
+
+# dir_digest DIR: sha256 over "<name> <sha256>" of each of those files: what probe.sh read is what
+# hosts.sh copies, or hosts.sh refuses.
+dir_digest() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s %s\n' "${file##*/}" "$(sha256sum <"$file" | awk '{print $1}')"; fi
+  done | sha256sum | awk '{print $1}'
 }
 
 # --- the file ------------------------------------------------------------------------------------
@@ -179,17 +258,24 @@ exit_after_roll_back() {
   if restart_and_wait; then
     exit 5
   fi
-  echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
+  if ((member_failed)); then
+    echo "${me}: even with the restored ${file}, $(member_text): the node is NOT ok" >&2
+  else
+    echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
+  fi
   exit 6
 }
 
 # restore_original FILE [ERROR_TEXT] (delete: pulumi destroy or the node removed): put back the very
 # first original, or remove FILE if there was none (a FILE changed after us is kept as
-# .before-restore), then restart and wait for the CRI plugin. Prints restored=0|1 restarted=0|1;
-# exit 5 when the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of
-# the caller's: the daemon's own words).
-restore_original() {
-  local file=$1 error_text=${2:-} restored=0
+# .before-restore), then restart and wait for the CRI plugin. The files in the array
+# restore_also (restore.sh: the imports drop-ins apply-config.sh changed) are put back the same
+# way first, and the one restart covers them all. Prints restored=0|1 restarted=0|1; exit 5 when
+# the CRI plugin is not ok, quoting the restart command and ERROR_TEXT (a function of the
+# caller's: the daemon's own words).
+restore_also=()
+put_back_original() {
+  local file=$1
   local orig="${file}.registry-mirrors.orig" absent="${file}.registry-mirrors.absent"
   rm -f "${file}.registry-mirrors.applied"
   # The mark first: an .orig beside it is our own first change, saved as the original by the
@@ -206,6 +292,16 @@ restore_original() {
     fi
     rm -f "$orig"
   fi
+}
+
+restored=0
+restore_original() {
+  local file=$1 error_text=${2:-} also
+  restored=0
+  for also in "${restore_also[@]}"; do
+    put_back_original "$also"
+  done
+  put_back_original "$file"
   echo "restored=${restored}"
   if ((!restored)); then
     echo "restarted=0"
@@ -213,7 +309,11 @@ restore_original() {
   fi
   if ! restart_and_wait; then
     {
-      echo "${me}: ${file} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      if ((member_failed)); then
+        echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but $(member_text)"
+      else
+        echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      fi
       [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
       [[ -z $error_text ]] || "$error_text"
     } >&2

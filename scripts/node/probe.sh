@@ -9,10 +9,9 @@ set -euo pipefail
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
 : "${CONFIG_PATH:=/etc/containerd/certs.d}"
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "probe.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
+# shellcheck source=scripts/node/lib.sh
+. "$(dirname "$0")/lib.sh"
+require_root
 # file_report PREFIX FILE: PREFIX_exists=, PREFIX_sha256= ("absent" when missing) and PREFIX_b64=.
 # The file travels base64-encoded on one line: it may hold credentials and must reach the parser
 # byte for byte (the checksum guards the apply that follows).
@@ -173,3 +172,166 @@ if [[ -f $manifest ]]; then
 else
   echo "managed_dirs="
 fi
+
+# --- imports drop-ins (issue 22; docs/containerd-imports.md) -----------------------------------
+# containerd reads the main file, then every file its `imports` names, breadth first (a file's own
+# imports go to the end of the queue), a file read once. An entry with `*` is a Go glob (no match
+# is no error; 1.6 matches a relative pattern in its working directory, `/` under systemd, 1.7+
+# next to the importing file); any other entry is a file next to the importing file that must
+# exist. The set of files read is reported; the planner (components/plan/node_imports.py) replays
+# containerd's order with its per-version table and checks it reaches exactly these files.
+# Output (additive): imports_glob_base=, imports_b64= (the entries this script read from the main
+# file's `imports`, one per line), per imported file dropin_path=, dropin_exists=, dropin_sha256=,
+# dropin_b64=, dropin_imports_b64=, dropin_original_saved=, dropin_applied_from_sha256=,
+# dropin_original_b64= (the same keys, in the same order, once per file), and imports_error= for a
+# named file that does not exist.
+
+# import_entries FILE: the strings of FILE's top-level `imports = [...]`, one a line. Plain TOML
+# strings without escapes; anything else is read differently by the planner's TOML parser, which
+# then refuses the node (it compares these lines with its own reading).
+import_entries() {
+  LC_ALL=C awk -v q="'" '
+    NR == 1 { sub(/^\357\273\277/, "") }
+    {
+      line = $0
+      if (!inside) {
+        if (line ~ /^[ \t]*\[/) exit
+        if (line !~ /^[ \t]*imports[ \t]*=/) next
+        sub(/^[ \t]*imports[ \t]*=[ \t]*/, "", line)
+        if (substr(line, 1, 1) != "[") exit
+        line = substr(line, 2)
+        inside = 1
+      }
+      while (length(line) > 0) {
+        c = substr(line, 1, 1)
+        if (c == "\"" || c == q) {
+          rest = substr(line, 2)
+          end = index(rest, c)
+          if (end == 0) exit
+          print substr(rest, 1, end - 1)
+          line = substr(rest, end + 1)
+        } else if (c == "]") {
+          exit
+        } else if (c == "#") {
+          break
+        } else {
+          line = substr(line, 2)
+        }
+      }
+    }' "$1"
+}
+
+containerd_release=$(awk '{print $3}' <<<"$version_line")
+containerd_release=${containerd_release#v}
+glob_base="file"
+[[ $containerd_release == 1.[0-6].* ]] && glob_base=cwd
+echo "imports_glob_base=${glob_base}"
+
+declare -A read_already=()
+queue=()
+if [[ -f $CONFIG_FILE ]]; then
+  queue=("$CONFIG_FILE")
+  read_already[$CONFIG_FILE]=1
+fi
+shopt -s nullglob dotglob
+next=0
+while ((next < ${#queue[@]})); do
+  file=${queue[next]}
+  next=$((next + 1))
+  mapfile -t entries < <(import_entries "$file")
+  entries_b64=""
+  ((${#entries[@]})) && entries_b64=$(printf '%s\n' "${entries[@]}" | base64 -w 0)
+  if [[ $file == "$CONFIG_FILE" ]]; then
+    echo "imports_b64=${entries_b64}"
+  else
+    echo "dropin_path=${file}"
+    file_report dropin "$file"
+    echo "dropin_imports_b64=${entries_b64}"
+    echo "dropin_original_saved=$(original_saved "$file")"
+    echo "dropin_applied_from_sha256=$(applied_from "$file")"
+    if [[ -f ${file}.registry-mirrors.orig ]]; then
+      echo "dropin_original_b64=$(base64 -w 0 <"${file}.registry-mirrors.orig")"
+    else
+      echo "dropin_original_b64="
+    fi
+  fi
+  for entry in "${entries[@]}"; do
+    [[ -n $entry ]] || continue
+    found=()
+    if [[ $entry == *"*"* ]]; then
+      pattern=$entry
+      if [[ $pattern != /* ]]; then
+        if [[ $glob_base == cwd ]]; then pattern="/${pattern}"; else pattern="$(dirname "$file")/${pattern}"; fi
+      fi
+      # No word splitting, only the glob; byte order (the planner sorts as Go does anyway).
+      IFS='' eval 'found=($pattern)'
+    else
+      path=$entry
+      [[ $path == /* ]] || path="$(dirname "$file")/${path}"
+      # As Go's filepath.Clean: the same path string containerd keys its "read already" on.
+      path=$(realpath -m -s -- "$path")
+      if [[ ! -f $path ]]; then
+        echo "imports_error=${path} (named in ${file}) does not exist"
+        continue
+      fi
+      found=("$path")
+    fi
+    for path in "${found[@]}"; do
+      [[ -f $path ]] || continue
+      path=$(realpath -m -s -- "$path")
+      [[ -n ${read_already[$path]:-} ]] && continue
+      read_already[$path]=1
+      queue+=("$path")
+    done
+  done
+done
+shopt -u nullglob dotglob
+
+# --- directories of a previous config_path (issue 27, item 5) ----------------------------------
+# containerd read hosts.toml (or Docker's *.crt/*.cert/*.key layout) from every root of its
+# config_path (a ':' list; containerd 2.2+ without config_path and mirrors:
+# /etc/containerd/certs.d:/etc/docker/certs.d). The planner (components/plan/node_routes.py)
+# carries what was in effect into CONFIG_PATH. Roots: 2.2's defaults, and every config_path
+# string in the files read above and their saved originals (the planner reads the value with a
+# TOML parser and refuses the node if a root it needs is not listed here).
+# Output (additive): previous_root= per root (CONFIG_PATH excluded), then per directory in it
+# previous_dir=, previous_dir_files_b64= (its regular files, one a line), previous_dir_digest=,
+# previous_dir_hosts_b64= (its hosts.toml, or empty), in that order; config_path_dirs= (the
+# directories in CONFIG_PATH).
+roots=(/etc/containerd/certs.d /etc/docker/certs.d)
+for file in "${queue[@]}"; do
+  for source in "$file" "${file}.registry-mirrors.orig"; do
+    [[ -f $source ]] || continue
+    while IFS= read -r value; do
+      IFS=: read -r -a parts <<<"$value"
+      roots+=("${parts[@]}")
+    done < <(sed -n -E "s/^[[:space:]]*config_path[[:space:]]*=[[:space:]]*[\"']([^\"']*)[\"'].*/\1/p" "$source")
+  done
+done
+declare -A root_listed=()
+shopt -s nullglob
+for root in "${roots[@]}"; do
+  [[ -n $root ]] || continue
+  root=$(realpath -m -s -- "$root")
+  [[ $root == "$(realpath -m -s -- "$CONFIG_PATH")" || -n ${root_listed[$root]:-} ]] && continue
+  root_listed[$root]=1
+  echo "previous_root=${root}"
+  for dir in "$root"/*/; do
+    dir=${dir%/}
+    echo "previous_dir=${dir}"
+    echo "previous_dir_files_b64=$(dir_files "$dir" | base64 -w 0)"
+    echo "previous_dir_digest=$(dir_digest "$dir")"
+    if [[ -f $dir/hosts.toml ]]; then
+      echo "previous_dir_hosts_b64=$(base64 -w 0 <"$dir/hosts.toml")"
+    else
+      echo "previous_dir_hosts_b64="
+    fi
+  done
+done
+names=()
+for dir in "$CONFIG_PATH"/*/; do
+  dir=${dir%/}
+  names+=("${dir##*/}")
+done
+shopt -u nullglob
+echo "config_path_dirs=${names[*]}"

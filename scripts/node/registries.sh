@@ -13,6 +13,11 @@
 #   RESTART_COMMAND      e.g. "systemctl restart k3s" (k3s-agent, rke2-server, rke2-agent)
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   the distribution's containerd socket (/run/k3s/containerd/containerd.sock)
+#   HEALTH_COMMAND       control-plane nodes only (empty: a worker): the node's own check that it
+#                        is healthy as a cluster member (exit 0), e.g. its API server's /readyz;
+#                        it must pass before the change (else exit 7, nothing changed) and again
+#                        within HEALTH_TIMEOUT after the restart (else the change is rolled back)
+#   HEALTH_TIMEOUT       seconds for that, after the CRI plugin is ok
 #   CTR                  its ctr (k3s: /var/lib/rancher/k3s/data/current/bin/ctr); default: PATH
 #   HOSTS_DIR            where it generates <host>/hosts.toml
 #   EXPECTED_HOSTS       "<host>=<our cache URL> ..." to find first in each generated hosts.toml
@@ -28,12 +33,15 @@
 # RESTORE=1).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
-#       distribution is ok again; 6 failed and so did the rollback.
+#       distribution is ok again; 6 failed and so did the rollback; 7 a control-plane node (a
+#       server) was not healthy as a cluster member before the change: nothing changed.
 set -euo pipefail
 
 : "${REGISTRIES_FILE:?REGISTRIES_FILE is required}"
 : "${RESTART_COMMAND:?RESTART_COMMAND is required}"
 : "${RESTART_TIMEOUT:=60}"
+: "${HEALTH_COMMAND:=}"
+: "${HEALTH_TIMEOUT:=300}"
 : "${CONTAINERD_ADDRESS:=/run/k3s/containerd/containerd.sock}"
 : "${CTR:=}"
 : "${HOSTS_DIR:=}"
@@ -94,6 +102,7 @@ take_trust_section "$new"
 # on every connection), and registries.yaml is then unchanged.
 [[ -z $CA_FILE ]] || install_trust "$CA_FILE"
 skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+require_member_healthy
 install_new "$REGISTRIES_FILE" "$new"
 
 hosts_problem=""
@@ -111,7 +120,9 @@ reason=$(distribution_error_text)
 echo "restarted=1"
 roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {
-  if [[ -n $hosts_problem ]]; then
+  if ((member_failed)); then
+    echo "${me}: after writing ${REGISTRIES_FILE} and restarting, $(member_text); the previous file was restored."
+  elif [[ -n $hosts_problem ]]; then
     echo "${me}: after writing ${REGISTRIES_FILE} and restarting, ${hosts_problem}; the previous file was restored."
   else
     echo "${me}: after writing ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s; the previous file was restored."

@@ -1,7 +1,7 @@
 """What each real containerd does with ``imports`` drop-ins (docs/containerd-imports.md).
 
-These tests document behaviour the product must handle (issue 22), not behaviour of the product:
-the probe and the migration read config.toml alone today. Each one starts the version's own
+These tests document containerd's behaviour, not the product's (the product follows it:
+tests/integration/test_node_dropins.py). Each one starts the version's own
 daemon (or runs its ``config dump``, which goes through the same loader) on a main config that
 imports a drop-in, and asserts what that version does, as a column of the table in
 tests/integration/containerd_versions.py (``ImportRules``): one test per fact, every version.

@@ -14,6 +14,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,10 +212,12 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
         for container, size in ((HUB.container, 2_000_000), (GHCR.container, 300_000)):
             (data / container / "docker").mkdir(parents=True)
             (data / container / "docker" / "blob").write_bytes(b"x" * size)
-        ssh = [
-            f"--ssh-option=-i{vm.key}", "--ssh-option=-oStrictHostKeyChecking=no",
-            f"--ssh-option=-oUserKnownHostsFile={tmp_path / 'known_hosts'}",
-        ]  # fmt: skip
+        # What the maintenance's weekly GC left on the VM (scripts/vm/cache-budget.sh).
+        state = vm.root / "node" / "var-lib" / "registry-maintenance" / HUB.container
+        state.mkdir(parents=True)
+        (state / "last-gc").write_text(f"at={int(time.time()) - 7200}\nkind=gc\ndown_seconds=12\n")
+        # A caller's own options cannot loosen the check: the pin comes first (first value wins).
+        ssh = [f"--ssh-option=-i{vm.key}", "--ssh-option=-oStrictHostKeyChecking=no"]
         outputs = mirrors.outputs()
         outputs["mirrors"] = {QUAY.host: outputs["mirrors"][QUAY.host]}
         results = {}
@@ -223,30 +226,36 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
                 "address": vm.node_address,
                 "sshUser": "root",
                 "diskUsageThresholdPercent": threshold,
+                "cacheBudgets": {HUB.container: 5_000_000},
+                "sshHostPublicKey": vm.host_public_key,
             }
             results[threshold] = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1", *ssh)
-        # No host key checking options of the caller's: the key the deploy exported is pinned
-        # (no known_hosts file either, so nothing is learned or written on this machine).
+        # The key the deploy exported is the only one accepted (no known_hosts file is read or
+        # written on this machine); outputs without one: the VM is not contacted at all.
         other = tmp_path / "other_host_key"
         keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)]
         subprocess.run(keygen, check=True)
         for name, key in (
-            ("pinned", vm.host_public_key),
             ("other key", " ".join(Path(f"{other}.pub").read_text().split()[:2])),
+            ("no key", None),
         ):
             outputs["registryVm"] = {
                 "address": vm.node_address,
                 "sshUser": "root",
                 "diskUsageThresholdPercent": 100,
-                "sshHostPublicKey": key,
+                **({"sshHostPublicKey": key} if key else {}),
             }
-            results[name] = _verify(
-                tmp_path, outputs, "--image", "quay.io=org/tool:1", f"--ssh-option=-i{vm.key}",
-                "--ssh-option=-oUserKnownHostsFile=/dev/null",
-            )  # fmt: skip
-    assert results["pinned"].returncode == 0, results["pinned"].stdout
+            results[name] = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1", *ssh)
+        sshd_log = (vm.root / "sshd.log").read_text()
     assert results["other key"].returncode == 1
-    assert "FAIL" in _row(results["other key"].stdout, "registry-vm", "disk")
+    other_row = _row(results["other key"].stdout, "registry-vm", "disk")
+    assert "FAIL" in other_row and "Host key verification failed" in other_row, other_row
+    assert results["no key"].returncode == 1
+    assert "no sshHostPublicKey in the registryVm output" in _row(
+        results["no key"].stdout, "registry-vm", "disk"
+    )
+    # Two successful logins (the thresholds); the other key and no key never authenticated.
+    assert sshd_log.count("Accepted publickey") == 2, sshd_log
     ok = results[100]
     assert ok.returncode == 0, ok.stdout + ok.stderr
     row = _row(ok.stdout, "registry-vm", "disk")
@@ -256,10 +265,15 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
     # du counts the directories' own blocks too.
     sizes = {name: float(kb) for name, kb in re.findall(r"(registry[-a-z]*) ([0-9.]+) kB", row)}
     assert "registry 2.0 MB" in row and 300 <= sizes["registry-ghcr"] < 330, row
+    # Per cache: its size against the deployed budget, and its last GC's downtime.
+    hub = _row(ok.stdout, "registry-vm", HUB.container)
+    assert "cache budget" in hub and "2.0 MB of 5.0 MB budget" in hub, hub
+    assert "last GC down 12s (2h ago)" in hub and "ok" in hub, hub
+    assert "no budget yet" in _row(ok.stdout, "registry-vm", GHCR.container)
     crossed = results[1]
     assert crossed.returncode == 1
     assert "FAIL" in _row(crossed.stdout, "registry-vm", "disk")
-    assert "Distribution never evicts by size" in crossed.stderr
+    assert "registry.cacheBudget" in crossed.stderr
 
 
 # --- TLS: the handshake as a node makes it, the names, the days left ---------------------------

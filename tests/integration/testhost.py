@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from components.ssh_client import ssh_client_options
 from tests.integration.containerd_proc import CRI_PLUGIN, parse_plugins_ls
 from tests.integration.containerd_versions import V1_6, ContainerdVersion
 
@@ -171,6 +172,29 @@ class NodeHost:
         """The node's SSH host key, as ``nodes[].sshHostPublicKey`` pins it."""
         return " ".join((self.root / "ssh_host_ed25519_key.pub").read_text().split()[:2])
 
+    def regenerate_host_key(self) -> None:
+        """A reinstalled node (or a host impersonating it): a new host key, and sshd reloaded
+        with it (SIGHUP: sshd re-executes and reads its host keys again)."""
+        key = self.root / "ssh_host_ed25519_key"
+        for path in (key, key.with_name(f"{key.name}.pub")):
+            path.unlink()
+        _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key))
+        sshd = self.processes[0]  # exec'd through ip netns exec, unshare and bash: sshd's pid
+        os.kill(sshd.pid, signal.SIGHUP)
+        # Until the node presents the new key (the old listener may answer for a moment).
+        new = self.host_public_key
+        deadline = time.monotonic() + 15
+        scanned = None
+        while time.monotonic() < deadline:
+            scanned = subprocess.run(
+                ["ssh-keyscan", "-T", "2", "-t", "ed25519", self.node_address],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if new.split()[1] in scanned.stdout:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"sshd did not present its new host key: {scanned!r}")
+
     @property
     def agent_socket(self) -> str:
         """An ssh-agent holding the node's login key: the program's SSH story."""
@@ -199,13 +223,14 @@ class NodeHost:
              "-o", "ControlPersist=300"]
             if self.share_ssh else []
         )  # fmt: skip
+        # Verified as the program's connections are: the node's own host key, pinned.
         return ssh_run(
             self.key,
             f"root@{address or self.node_address}",
             command,
             stdin,
             port=port,
-            known_hosts=self.root / "known_hosts",
+            host_key=self.host_public_key,
             extra_options=sharing,
             timeout=timeout,
         )
@@ -252,19 +277,25 @@ def ssh_run(
     stdin: str = "",
     *,
     port: int = 22,
-    known_hosts: Path | None = None,
+    host_key: str | None = None,
     extra_options: list[str] | None = None,
     timeout: float = 90,
 ) -> subprocess.CompletedProcess[str]:
     """``command`` as the remote login shell's command with ``stdin``: what pulumi-command does
-    with a Command's ``create`` and ``stdin``. Host keys of test hosts are not pinned."""
+    with a Command's ``create`` and ``stdin``. With ``host_key``, the host must present exactly
+    that key (the program's pinning options, components/ssh_client.py); without, it is not
+    checked (only before a test knows the key)."""
+    address = destination.rpartition("@")[2]
+    checking = (
+        ssh_client_options(address, host_key, port)
+        if host_key
+        else ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
+    )
     return subprocess.run(
         [
             "ssh", "-i", str(key),
-            "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", f"UserKnownHostsFile={known_hosts or '/dev/null'}",
             "-o", "ConnectTimeout=5",
+            *checking,
             "-o", "LogLevel=ERROR",
             *(extra_options or []),
             "-p", str(port),
@@ -319,17 +350,28 @@ if [[ ${{1:-}} == --version ]]; then
   echo "{dist} version v0.0.0+test-standin (TEST STAND-IN)"
   exit 0
 fi
-exec {python} {standin} "${{1:-restart}}" --dist {dist} --containerd {containerd} \\
-  --log {log} --pidfile {pidfile}
+command=${{1:-restart}}
+(($#)) && shift
+exec {python} {standin} "$command" --dist {dist} --containerd {containerd} \\
+  --log {log} --pidfile {pidfile} --role {role} --member {member} --cluster {cluster} \\
+  --events {events} -- "$@"
+"""
+# The multicall links k3s puts in its bin dir (kubectl, like ctr and containerd, is k3s itself).
+_KUBECTL_LINK = """#!/usr/bin/env bash
+exec {binary} kubectl "$@"
 """
 
 
-def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
+def _install_distribution(
+    root: Path, flavour: str, containerd: str, cluster: Path | None, events: Path | None
+) -> Path:
     """The files a k3s/RKE2 installer leaves where the probe looks (``containerd``: the path of
-    the containerd it embeds); returns the restart command."""
+    the containerd it embeds); returns the restart command. ``cluster``: the directory whose
+    servers form one etcd cluster (the stand-in's quorum); ``events``: where restarts are logged."""
     dist, unit, units = DISTRIBUTIONS[flavour]
     binary = root / "bin" / dist
     binary.parent.mkdir(parents=True, exist_ok=True)
+    member = root.parent.name
     binary.write_text(
         _DISTRIBUTION_BINARY.format(
             dist=dist,
@@ -338,8 +380,14 @@ def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
             containerd=shlex.quote(containerd),
             log=shlex.quote(str(root / "service.log")),
             pidfile=shlex.quote(str(root / "containerd.pid")),
+            role="agent" if unit.endswith("agent") else "server",
+            member=shlex.quote(member),
+            cluster=shlex.quote(str(cluster or "")),
+            events=shlex.quote(str(events or "")),
         )
     )
+    if cluster is not None and not unit.endswith("agent"):
+        (cluster / f"{member}.member").write_text(f"{root / 'containerd.pid'}\n")
     binary.chmod(0o755)
     systemd = root / "node" / "etc-upper" / "systemd" / "system"
     (systemd / "multi-user.target.wants").mkdir(parents=True)
@@ -357,6 +405,8 @@ def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
     bin_dir.mkdir(parents=True)
     (bin_dir / "containerd").symlink_to(containerd)
     (bin_dir / "ctr").symlink_to(Path(containerd).parent / "ctr")
+    (bin_dir / "kubectl").write_text(_KUBECTL_LINK.format(binary=shlex.quote(str(binary))))
+    (bin_dir / "kubectl").chmod(0o755)
     return binary
 
 
@@ -367,12 +417,18 @@ def node_host(
     *,
     flavour: str = "containerd",
     share_ssh: bool = True,
+    cluster: Path | None = None,
+    events: Path | None = None,
+    etc_overlay: bool = False,
 ) -> Iterator[NodeHost]:
     """Create a node running ``containerd``; tear everything down (processes by pid, netns,
     veth) even on failure. ``share_ssh=False``: a new SSH connection per command.
 
     ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node is laid out like one (see
-    the module docstring); no containerd runs until the test starts one."""
+    the module docstring); no containerd runs until the test starts one. ``cluster``/``events``:
+    see k3s_standin.py (the servers of one etcd cluster; the restarts' log). ``etc_overlay``: a
+    plain containerd node's /etc is an overlay too (files a test puts in ``etc_upper``, e.g.
+    /etc/docker/certs.d, never land in the host's /etc)."""
     bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
@@ -420,7 +476,9 @@ def node_host(
     )
     helper.chmod(0o755)
     if flavour != "containerd":
-        binary = _install_distribution(root, flavour, containerd.binary("containerd"))
+        binary = _install_distribution(
+            root, flavour, containerd.binary("containerd"), cluster, events
+        )
         helper.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(str(binary))} restart\n")
 
     socket_dir = Path(tempfile.mkdtemp(prefix="rmnode-", dir="/tmp"))
@@ -455,10 +513,11 @@ def node_host(
                 ("opt", "/opt"),
             )
         )
-        if flavour != "containerd":
+        if flavour != "containerd" or etc_overlay:
             # /etc/rancher does not exist on the host and must not be created there: the node's
             # /etc is an overlay whose changes land in etc-upper.
             (root / "node" / "etc-work").mkdir()
+            (root / "node" / "etc-upper").mkdir(exist_ok=True)
             overlay = (
                 f"lowerdir=/etc,upperdir={root / 'node' / 'etc-upper'},"
                 f"workdir={root / 'node' / 'etc-work'}"

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from components.settings import Settings
+from components.ssh_host_key import HostKey
 from tests.vm import proxmox_seed
 from tests.vm.qemu import BootShape, Guest, GuestImage, boot_guest
 from tests.vm.stack import StackResources, capture
@@ -39,10 +40,15 @@ def make_seed(stack: StackResources, workdir: Path) -> tuple[dict[str, str], dic
 
 
 def boot_stack(
-    settings: Settings, image: GuestImage, workdir: Path, key: Path
+    settings: Settings,
+    image: GuestImage,
+    workdir: Path,
+    key: Path,
+    host_key: HostKey | None = None,
 ) -> tuple[StackResources, dict[str, str], Guest]:
-    """Capture the program's resources for ``settings``, make the seed, start QEMU (not waited)."""
-    stack = capture(settings)
+    """Capture the program's resources for ``settings``, make the seed, start QEMU (not waited).
+    ``host_key``: the key the stack already holds (a recreated VM), else a new stack's."""
+    stack = capture(settings, host_key)
     conf, seed, iso = make_seed(stack, workdir)
     # The devices Proxmox adds for this config: `agent: enabled=1`, `serial0: socket`.
     shape = BootShape(
@@ -51,5 +57,8 @@ def boot_stack(
         agent_channel=conf.get("agent") == "enabled=1",
         serial_port="serial0" in conf,
     )
-    guest = boot_guest(image, workdir / "guest", iso, shape, key, settings.vm.ssh_user)
+    # Every SSH connection of the tier pins the key the program generated for this stack.
+    guest = boot_guest(
+        image, workdir / "guest", iso, shape, key, settings.vm.ssh_user, stack.host_key.public
+    )
     return stack, seed, guest

@@ -54,8 +54,10 @@ class Tier:
     ca_pem: str = ""
 
     def run(self, step: Step, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """A remote.Command's create step, as pulumi-command runs it."""
-        return self.guest.ssh(step.command, step.stdin, timeout=timeout)
+        """A remote.Command's create step, as pulumi-command runs it: over a connection that
+        accepts only the key the step's connection pins."""
+        assert step.host_key, f"{step.name}: no pinned host key"
+        return self.guest.pinned(step.host_key).ssh(step.command, step.stdin, timeout=timeout)
 
     def journal(self, since: float, tag: str) -> str:
         return self.guest.check(
@@ -133,6 +135,10 @@ def ready(tier: Tier) -> Tier:
         f"{tier.guest.console()}"
     )
     tier.timings["ready (cloud-init done, docker active)"] = time.monotonic() - tier.guest.started
+    # The program's order: wait, host key step (a no-op on a VM made from the snippet), apply.
+    installed = tier.run(tier.stack.step("-host-key-install"))
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.splitlines()[0] == "changed=0", installed.stdout
     applied = tier.run(tier.stack.step("-vendor-data-apply"))
     assert applied.returncode == 0, applied.stderr
     return tier

@@ -22,6 +22,7 @@ The machine (scripts/testenv/setup-vm-guest.sh builds the disk, kernel and initr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import socket
 import subprocess
@@ -29,6 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from components.ssh_client import ssh_client_options
 from tests.integration.registry_proc import free_port, terminate
 from tests.integration.testhost import ssh_run
 
@@ -81,6 +83,8 @@ class Guest:
     user: str
     shape: BootShape
     started: float
+    # The one host key the guest may present (the program's generated key); None: unchecked.
+    host_key: str | None = None
     forwards: list[str] = field(default_factory=list)
 
     @property
@@ -109,8 +113,18 @@ class Guest:
                 f"the guest has exited ({self.process.returncode}):\n{self.console()}"
             )
         return ssh_run(
-            self.key, f"{self.user}@127.0.0.1", command, stdin, port=self.ssh_port, timeout=timeout
+            self.key,
+            f"{self.user}@127.0.0.1",
+            command,
+            stdin,
+            port=self.ssh_port,
+            host_key=self.host_key,
+            timeout=timeout,
         )
+
+    def pinned(self, host_key: str) -> Guest:
+        """The same guest, reached with another pinned key (what a step's connection pins)."""
+        return dataclasses.replace(self, host_key=host_key)
 
     def check(self, command: str, stdin: str = "", timeout: float = 600) -> str:
         """``ssh`` that must succeed; its stdout."""
@@ -126,9 +140,7 @@ class Guest:
         with local.open("rb") as data:
             result = subprocess.run(
                 [
-                    "ssh", "-i", str(self.key),
-                    "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
-                    "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+                    "ssh", "-i", str(self.key), *self._checking(), "-o", "LogLevel=ERROR",
                     "-p", str(self.ssh_port), f"{self.user}@127.0.0.1", command,
                 ],
                 stdin=data,
@@ -138,6 +150,12 @@ class Guest:
             )  # fmt: skip
         assert result.returncode == 0, f"{command}: {result.stderr.decode(errors='replace')}"
         return result.stdout.decode(errors="replace")
+
+    def _checking(self) -> list[str]:
+        if self.host_key:
+            return ssh_client_options("127.0.0.1", self.host_key, self.ssh_port)
+        return ["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                "-o", "UserKnownHostsFile=/dev/null"]  # fmt: skip
 
     def hmp(self, command: str) -> str:
         """One QEMU human-monitor command (through QMP's human-monitor-command)."""
@@ -182,7 +200,13 @@ class Guest:
 
 
 def boot_guest(
-    image: GuestImage, workdir: Path, seed_iso: Path, shape: BootShape, key: Path, user: str
+    image: GuestImage,
+    workdir: Path,
+    seed_iso: Path,
+    shape: BootShape,
+    key: Path,
+    user: str,
+    host_key: str | None = None,
 ) -> Guest:
     """Start QEMU (returns at once; ``wait_for_ssh`` waits for the guest)."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +255,7 @@ def boot_guest(
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    return Guest(process, workdir, ssh_port, key, user, shape, time.monotonic())
+    return Guest(process, workdir, ssh_port, key, user, shape, time.monotonic(), host_key)
 
 
 def wait_for_ssh(guest: Guest, timeout: float) -> float:
@@ -250,6 +274,7 @@ def wait_for_ssh(guest: Guest, timeout: float) -> float:
         time.sleep(3)
     raise AssertionError(
         f"no SSH at {guest.shape.guest_ip} (the static address) within {timeout:.0f}s: either the "
-        f"guest did not boot or the address from ipconfig0 was not configured\n"
+        f"guest did not boot, the address from ipconfig0 was not configured, or it never "
+        f"presented the pinned host key {guest.host_key}\n"
         f"--- console:\n{guest.console()}"
     )

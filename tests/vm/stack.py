@@ -12,6 +12,7 @@ The tier never re-describes what ``pulumi up`` would do: it builds ``RegistryVm`
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ from components.front_switch import FrontSwitch
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.settings import Settings
-from tests.mocks import install_mocks, plain
+from components.ssh_host_key import HostKey, public_key_of
+from tests.mocks import STASH, install_mocks, plain
 
 VM_TYPE = "proxmoxve:index/vmLegacy:VmLegacy"
 FILE_TYPE = "proxmoxve:index/fileLegacy:FileLegacy"
 COMMAND_TYPE = "command:remote:Command"
 CONTAINER_TYPE = "docker:index/container:Container"
 IMAGE_TYPE = "docker:index/remoteImage:RemoteImage"
+DOCKER_PROVIDER_TYPE = "pulumi:providers:docker"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Step:
     command: str
     stdin: str
     triggers: tuple[Any, ...] = ()
+    host_key: str = ""  # the connection's hostKey: the one key pulumi-command accepts
 
 
 @dataclass(frozen=True)
@@ -50,17 +54,25 @@ class StackResources:
     steps: dict[str, Step]  # logical name -> step
     containers: dict[str, dict[str, Any]]  # container name -> inputs
     image: str  # the RemoteImage's name: the configured registry image
+    host_key: HostKey  # the VM's host key, as the Stash holds it
+    docker_ssh_opts: list[str]  # pulumi-docker's ssh options (its ssh:// transport)
 
     def step(self, suffix: str) -> Step:
         [match] = [step for name, step in self.steps.items() if name.endswith(suffix)]
         return match
 
 
-def capture(settings: Settings) -> StackResources:
-    """Run the VM half of the program under mocks and return what it registered."""
+def capture(settings: Settings, host_key: HostKey | None = None) -> StackResources:
+    """Run the VM half of the program under mocks and return what it registered.
+
+    ``host_key``: the key a stack already holds. The engine then answers the host key Stash with
+    the value it was created with, whatever fresh key this run passes (the Stash's update keeps
+    its output); None is a new stack, whose Stash keeps this run's key."""
     mocks = install_mocks()
     # pulumi-docker answers with the pulled image's id; the tier resolves that id in the guest.
     mocks.outputs_for[IMAGE_TYPE] = lambda args: {"imageId": args.inputs["name"]}
+    if host_key is not None:
+        mocks.outputs_for[STASH] = lambda _args: {"output": host_key.private}
 
     @pulumi.runtime.test
     def program() -> pulumi.Output[Any]:
@@ -94,13 +106,28 @@ def capture(settings: Settings) -> StackResources:
             plain(r.inputs)["create"],
             plain(r.inputs).get("stdin", ""),
             tuple(plain(r.inputs).get("triggers") or ()),
+            plain(r.inputs)["connection"].get("hostKey", ""),
         )
         for r in mocks.of_type(COMMAND_TYPE)
     }
+    # Every step the tier runs as pulumi-command would: its connection pins a host key.
+    for r in mocks.of_type(COMMAND_TYPE):
+        assert plain(r.inputs["connection"]).get("hostKey"), f"{r.name}: no hostKey"
     containers = {plain(r.inputs)["name"]: plain(r.inputs) for r in mocks.of_type(CONTAINER_TYPE)}
     [image] = mocks.of_type(IMAGE_TYPE)
+    [stash] = [r for r in mocks.of_type(STASH) if r.name.endswith("-host-key")]
+    [docker] = mocks.of_type(DOCKER_PROVIDER_TYPE)
+    docker_ssh_opts = json.loads(plain(docker.inputs)["sshOpts"])  # providers get JSON
+    private = host_key.private if host_key is not None else plain(stash.inputs["input"])
     return StackResources(
-        settings, plain(vm.inputs), files, steps, containers, plain(image.inputs)["name"]
+        settings,
+        plain(vm.inputs),
+        files,
+        steps,
+        containers,
+        plain(image.inputs)["name"],
+        HostKey(private, public_key_of(private)),
+        docker_ssh_opts,
     )
 
 
@@ -113,7 +140,9 @@ _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 # Inputs this translation understands; anything else fails the tier instead of being dropped.
 _KNOWN = {
     "name", "image", "restart", "ports", "volumes", "memory", "healthcheck", "logDriver",
-    "logOpts", "labels", "envs", "mustRun", "command", "entrypoints",
+    "logOpts", "labels", "envs", "mustRun", "command", "entrypoints", "stopTimeout",
+    # The provider's own delete (the stop's grace before removal), not part of ContainerCreate.
+    "destroyGraceSeconds",
 }  # fmt: skip
 
 
@@ -169,6 +198,8 @@ def engine_create_body(inputs: Mapping[str, Any], image_id: str) -> dict[str, An
         "ExposedPorts": exposed,
         "HostConfig": host_config,
     }
+    if "stopTimeout" in inputs:
+        body["StopTimeout"] = int(inputs["stopTimeout"])
     if "command" in inputs:
         body["Cmd"] = list(inputs["command"])
     if "entrypoints" in inputs:

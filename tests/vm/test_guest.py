@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import shlex
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -21,12 +23,15 @@ from components.plan.node_steps import check_step, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
 from components.settings import RegistrySettings, load_settings
+from components.settings.budget import cache_budgets
+from components.ssh_client import ssh_client_options
+from components.ssh_host_key import generate_host_key
 from tests.integration import cri_client
 from tests.integration.registry_proc import require_registry_binary
 from tests.integration.testhost import node_host
 from tests.prereq import require_binary
 from tests.vm import proxmox_seed, registry_image
-from tests.vm.boot import GUEST_MAC, make_seed
+from tests.vm.boot import GUEST_MAC, SSH_TIMEOUT, guest_image, make_seed
 from tests.vm.conftest import (
     GUEST_CA,
     Tier,
@@ -36,6 +41,7 @@ from tests.vm.conftest import (
     image_id,
     wait_healthy,
 )
+from tests.vm.qemu import BootShape, boot_guest, wait_for_ssh
 from tests.vm.stack import TIER_DNS, Step, capture, tier_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.vm]
@@ -57,7 +63,7 @@ CRI_CONFIG = """version = 2
 
 def test_seed_carries_the_rendered_vendor_data_and_no_first_boot_upgrade(tier: Tier) -> None:
     seed = tier.seed
-    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings)
+    assert seed["vendor-data"] == render_vendor_data(tier.stack.settings, tier.stack.host_key)
     assert seed["meta-data"] == proxmox_seed.nocloud_gen_metadata(
         seed["user-data"], seed["network-config"]
     )
@@ -78,7 +84,7 @@ def test_a_vendor_data_change_keeps_the_instance_id(tier: Tier, tmp_path: Path) 
     guest's cloud-init would never run a changed snippet again."""
     raw_settings = tier.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw_settings["upstreams"].append({**raw_settings["upstreams"][0], **EXTRA_UPSTREAM})
-    changed = capture(load_settings(raw_settings))
+    changed = capture(load_settings(raw_settings), tier.stack.host_key)
     _, seed, _ = make_seed(changed, tmp_path)
     assert seed["vendor-data"] != tier.seed["vendor-data"]
     assert seed["meta-data"] == tier.seed["meta-data"]
@@ -91,7 +97,7 @@ def test_wait_cloud_init_succeeds_with_the_static_address_and_no_lease(ready: Ti
     guest = ready.guest
     # What the guest's cloud-init ran is exactly the snippet the component uploads.
     applied = guest.check("sudo cat /var/lib/cloud/instance/vendor-data.txt")
-    assert applied == render_vendor_data(ready.stack.settings)
+    assert applied == render_vendor_data(ready.stack.settings, ready.stack.host_key)
     addresses = guest.check("ip -4 -o addr show scope global").split()
     assert "10.0.20.10/24" in addresses, addresses
     assert guest.check("ip -4 -o addr show dynamic").strip() == "", "a DHCP lease is configured"
@@ -121,10 +127,82 @@ def test_vendor_data_installed_docker_agent_cron_and_the_registry_dirs(ready: Ti
     assert ready.guest.agent("guest-ping") == {"return": {}}
 
 
+# --- the VM's SSH host key: the program's, from the first boot on --------------------------------
+
+
+def offered_keys(port: int) -> set[str]:
+    """Every host key the guest's sshd offers, of any type (``ssh-keyscan``)."""
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-T", "20", "-p", str(port), "-t", "rsa,ecdsa,ed25519", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return {
+        " ".join(line.split()[1:3])
+        for line in scanned.stdout.splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+
+
+def test_the_guest_presents_exactly_the_generated_host_key(tier: Tier) -> None:
+    """cloud-init's ssh_keys from the vendor-data (Proxmox's user-data is not ours): the first
+    boot's sshd offers the generated key and no other (the tier's every SSH connection, from
+    ``wait_for_ssh`` on, pinned it already)."""
+    guest, key = tier.guest, tier.stack.host_key
+    assert offered_keys(guest.ssh_port) == {key.public}
+    files = guest.check("ls /etc/ssh | grep '^ssh_host_'").split()
+    assert files == ["ssh_host_ed25519_key", "ssh_host_ed25519_key.pub"]
+    assert guest.check("sudo stat -c '%a %U' /etc/ssh/ssh_host_ed25519_key").split() == [
+        "600",
+        "root",
+    ]
+    # Control: the program's client options pinned to any other key refuse this guest.
+    refused = guest.pinned(generate_host_key().public).ssh("true")
+    assert refused.returncode == 255, refused
+    assert "Host key verification failed" in refused.stderr
+    # The private key is in no log on the guest.
+    body = key.private.splitlines()[1]
+    logs = guest.check(
+        "sudo cat /var/log/cloud-init.log /var/log/cloud-init-output.log; "
+        "sudo journalctl --no-pager -o cat"
+    )
+    assert body not in logs
+
+
+def dial_stdio(tier: Tier, options: list[str]) -> subprocess.CompletedProcess[str]:
+    """pulumi-docker's ssh:// transport (docker/cli connhelper): ``ssh <sshOpts> -T -l USER -p PORT
+    -- HOST docker system dial-stdio``, one Engine API ping through it. The VM is reached at its
+    forwarded port; ``HostKeyAlias`` looks its key up under the VM's address, as the provider's
+    own connection to ``ssh://user@<vm address>`` does."""
+    vm = tier.stack.settings.vm
+    argv = [
+        "ssh", *options, "-o", f"HostKeyAlias={vm.ip}", "-i", str(tier.key), "-T",
+        "-l", vm.ssh_user, "-p", str(tier.guest.ssh_port), "--", "127.0.0.1",
+        "docker", "system", "dial-stdio",
+    ]  # fmt: skip
+    return subprocess.run(
+        argv, input="GET /_ping HTTP/1.0\r\n\r\n", capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_the_docker_transport_connects_only_to_the_pinned_key(ready: Tier) -> None:
+    opts = ready.stack.docker_ssh_opts
+    vm_ip = ready.stack.settings.vm.ip
+    assert "StrictHostKeyChecking=yes" in opts
+    assert f"KnownHostsCommand=/bin/echo '{vm_ip} {ready.stack.host_key.public}'" in opts
+    answered = dial_stdio(ready, opts)
+    assert answered.returncode == 0, answered.stderr
+    assert answered.stdout.startswith("HTTP/1.0 200"), answered.stdout
+    # Control: the same transport pinned to another key never reaches Docker.
+    refused = dial_stdio(ready, ssh_client_options(vm_ip, generate_host_key().public))
+    assert refused.returncode == 255 and "Host key verification failed" in refused.stderr
+    assert "HTTP/1.0" not in refused.stdout
+
+
 def test_wait_fails_naming_the_address_when_it_differs(ready: Tier) -> None:
     raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["vm"]["address"] = "10.0.20.11/24"
-    other = capture(load_settings(raw))
+    other = capture(load_settings(raw), ready.stack.host_key)
     result = ready.run(other.step("-wait-cloud-init"))
     assert result.returncode == 1
     assert "expected static address 10.0.20.11 is not configured" in result.stderr, result.stderr
@@ -159,7 +237,7 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
 
     raw = ready.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["upstreams"].append({**raw["upstreams"][0], **EXTRA_UPSTREAM})
-    changed = capture(load_settings(raw)).step("-vendor-data-apply")
+    changed = capture(load_settings(raw), ready.stack.host_key).step("-vendor-data-apply")
     assert changed.stdin != apply.stdin, "the step's stdin must follow the snippet's text"
     assert changed.triggers == apply.triggers, "a text change is an update, not a replacement"
     guest.check("test ! -e /var/lib/registry/registry-gcr")
@@ -207,6 +285,7 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
             for v in spec["volumes"]
         )
         assert info["Config"]["Healthcheck"]["Test"] == spec["healthcheck"]["tests"]
+        assert info["Config"]["StopTimeout"] == int(spec["stopTimeout"])
         labels = info["Config"]["Labels"]
         for label in spec["labels"]:
             assert labels[label["label"]] == label["value"]
@@ -441,6 +520,80 @@ def test_restart_during_a_gc_skips_and_never_overlaps(maintenance: Tier) -> None
     assert not overlapping, f"a restart ran during the GC: {lines}"
 
 
+def _started_at(guest: Any, container: str) -> str:
+    return guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}").strip()
+
+
+def test_memory_mode_restarts_only_a_cache_over_its_share(maintenance: Tier) -> None:
+    """The default restart mode from its cron line, with the guest's real `docker stats`: under
+    its share of the memory limit a cache is left alone; the same line with a share below what
+    any registry uses (1 % of memoryMb) restarts it, drained (`docker restart --time 75`)."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    container = maintenance.stack.settings.upstreams[2].container
+    percent = maintenance.stack.settings.registry.restart.memory_percent
+    line = cron_command(cron_text, "memory", container)
+    assert f" memory {container} {percent} " in line, line
+    before = _started_at(guest, container)
+    since = float(guest.check("date +%s")) - 1
+    run_as_cron(maintenance, line)
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[memory {container}]: memory " in journal and "not restarted" in journal, journal
+    assert _started_at(guest, container) == before, "restarted below its share"
+    run_as_cron(maintenance, line.replace(f" memory {container} {percent} ",
+                                          f" memory {container} 1 "))  # fmt: skip
+    journal = maintenance.journal(since, LOG_TAG)
+    assert "reached 1%: restarted in" in journal, journal
+    assert _started_at(guest, container) != before, "not restarted above its share"
+    assert wait_healthy(guest, [container]) == {container: "healthy"}
+
+
+def test_eviction_from_cron_unlinks_the_least_recently_pulled(maintenance: Tier) -> None:
+    """The cache's hourly `evict` line, run as cron runs it, with a budget everything exceeds:
+    the repository pulled longest ago (org/y) is unlinked and collected, the one pulled
+    recently (library/x: younger than REGISTRY_EVICT_MIN_AGE, which stands in for the day) is
+    kept and still served from the cache, index and children by digest, without asking the
+    upstream. Last pulls come from the real `docker logs --timestamps`."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    upstream = maintenance.stack.settings.upstreams[2]
+    container, port = upstream.container, upstream.port
+    budget = cache_budgets(maintenance.stack.settings)[container]
+    line = cron_command(cron_text, "evict", container)
+    assert f" evict {container} {budget} " in line, line
+    data = f"/var/lib/registry/{container}/docker/registry/v2/repositories"
+    for reference in ("org/y:1", "library/x:1"):
+        pulled = guest.ssh(f"docker pull -q 127.0.0.1:{port}/{reference}", timeout=300)
+        assert pulled.returncode == 0, pulled.stderr
+        if reference == "org/y:1":
+            time.sleep(20)  # org/y's last pull: 20 s older than library/x's
+    pulled_x = float(guest.check("date +%s"))
+    guest.check(f"sudo test -d {data}/org/y && sudo test -d {data}/library/x")
+    # The real minimum age is a day; this one makes library/x (pulled just now) too young to
+    # evict and org/y (20 s older) old enough.
+    min_age = int(float(guest.check("date +%s")) - pulled_x) + 10
+    since = float(guest.check("date +%s")) - 1
+    tiny = line.replace(f" evict {container} {budget} ", f" evict {container} 1 ")
+    run_as_cron(maintenance, f"REGISTRY_EVICT_MIN_AGE={min_age} {tiny}")
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[evict {container}]: over budget" in journal, journal
+    assert "unlinked 1 repositories in " in journal and "s: org/y (all: " in journal, journal
+    assert "down for" in journal and "eviction, garbage collection" in journal, journal
+    assert "ERROR" not in journal, journal
+    guest.check(f"sudo test ! -e {data}/org/y && sudo test -d {data}/library/x")
+    last_gc = guest.check(f"cat /var/lib/registry-maintenance/{container}/last-gc")
+    assert "kind=evict" in last_gc, last_gc
+    assert wait_healthy(guest, [container]) == {container: "healthy"}
+    image = maintenance.images["1"]
+    asked = maintenance.upstream.log().count("/v2/library/x/")
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+    # docker pulled the guest's platform only: its child, and the index, by digest.
+    for digest in (image.index_digest, image.manifest_digests["linux/amd64"]):
+        guest.check(f"curl -fsS -o /dev/null -H {shlex.quote('Accept: ' + accept)} "
+                    f"http://127.0.0.1:{port}/v2/library/x/manifests/{digest}")  # fmt: skip
+    assert maintenance.upstream.log().count("/v2/library/x/") == asked, "asked the upstream"
+
+
 # --- the other Distribution major, from the same component ---------------------------------------
 
 CONFIGURED_MAJOR = registry_image.major_of(RegistrySettings().image).name
@@ -458,7 +611,7 @@ def test_the_other_major_serves_from_the_components_spec(
     tag = {"2": "registry:2.8.3", "3": "registry:3.1.1"}[major_name]
     raw = maintenance.stack.settings.model_dump(by_alias=True, exclude_none=True)
     raw["registry"]["image"] = tag
-    other = capture(load_settings(raw))
+    other = capture(load_settings(raw), maintenance.stack.host_key)
     for name, spec in other.containers.items():
         mounts = {v["containerPath"] for v in spec["volumes"]}
         assert major.config_path in mounts, (
@@ -538,3 +691,70 @@ def test_the_renewal_runs_from_the_guests_cron_entry_and_a_pull_during_it_succee
         "sudo sed -i 's/^RENEW_BEFORE_DAYS=.*/RENEW_BEFORE_DAYS=30/' "
         "/etc/registry-mirrors/tls/state.env"
     )
+
+
+def test_a_recreated_vm_presents_the_same_key(maintenance: Tier, tmp_path: Path) -> None:
+    """A recreated VM (new disk from the image, the stack's snippet): the Stash answers with the
+    key the stack holds, so the seed carries it and the new guest presents it. Last but one, once
+    the tier's own guest is idle: two first boots at once on 2 cores starve both."""
+    tier = maintenance
+    again = capture(tier.stack.settings, tier.stack.host_key)
+    _, seed, iso = make_seed(again, tmp_path)
+    assert seed["vendor-data"] == tier.seed["vendor-data"]
+    # Control: a new stack's Stash holds another key (the seed would differ).
+    assert capture(tier.stack.settings).host_key.public != tier.stack.host_key.public
+    image = guest_image()
+    assert image is not None
+    shape = BootShape(mac=GUEST_MAC, guest_ip=tier.stack.settings.vm.ip)
+    guest = boot_guest(
+        image, tmp_path / "recreated", iso, shape, tier.key, tier.stack.settings.vm.ssh_user,
+        tier.stack.host_key.public,
+    )  # fmt: skip
+    try:
+        wait_for_ssh(guest, SSH_TIMEOUT)  # pinned: only the same key lets it in
+        assert offered_keys(guest.ssh_port) == {tier.stack.host_key.public}
+    finally:
+        guest.stop()
+
+
+# --- rotating the VM's host key (and upgrading a VM made before the program made its key) -------
+
+
+def test_rotation_installs_the_new_key_over_the_old_pin(maintenance: Tier) -> None:
+    """`pulumi up --replace <the Stash>` with vm.sshHostPublicKey = the key the VM presents now:
+    the install step logs in pinned to that key, installs the new one and reloads sshd; every
+    later step pins the new key. The same path serves a VM made before the program generated
+    keys (its own key pinned in vm.sshHostPublicKey). The tier's key is put back afterwards."""
+    tier = maintenance
+    old, new = tier.stack.host_key, generate_host_key()
+
+    def rotation(current: str | None, key):
+        raw = tier.stack.settings.model_dump(by_alias=True, exclude_none=True)
+        if current:
+            raw["vm"]["sshHostPublicKey"] = current
+        return capture(load_settings(raw), key)
+
+    rotated = rotation(old.public, new)
+    install = rotated.step("-host-key-install")
+    assert install.host_key == old.public, "the install step pins the key the VM presents now"
+    assert rotated.step("-wait-cloud-init").host_key == old.public
+    later = [s for n, s in rotated.steps.items() if not n.endswith(("-install", "-cloud-init"))]
+    assert later and all(step.host_key == new.public for step in later)
+    try:
+        result = tier.run(install)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines() == ["changed=1", f"public={new.public}"]
+        assert offered_keys(tier.guest.ssh_port) == {new.public}
+        assert tier.run(rotated.step("-maintenance-cron")).returncode == 0, "a later step"
+        # A leftover vm.sshHostPublicKey fails closed: the old pin no longer gets in.
+        leftover = tier.run(install)
+        assert leftover.returncode == 255 and "Host key verification failed" in leftover.stderr
+        # With the setting removed, the step pins the new key and finds it installed.
+        settled = rotation(None, new).step("-host-key-install")
+        assert settled.host_key == new.public
+        assert tier.run(settled).stdout.splitlines()[0] == "changed=0"
+    finally:
+        back = rotation(new.public, old).step("-host-key-install")
+        restored = tier.run(back)
+        assert restored.returncode == 0, restored.stderr
+        assert offered_keys(tier.guest.ssh_port) == {old.public}

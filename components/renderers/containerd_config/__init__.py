@@ -10,6 +10,7 @@ from components.renderers.containerd_config.migrate import (
     DEFAULT_CONFIG_PATH,
     MigrationResult,
     carried_registries,
+    carried_wildcard,
     migrate_config,
 )
 from components.renderers.containerd_config.mirrors import (
@@ -38,6 +39,7 @@ __all__ = [
     "MigrationResult",
     "TlsSettings",
     "carried_registries",
+    "carried_wildcard",
     "default_server",
     "migrate_config",
     "parse_containerd_version",

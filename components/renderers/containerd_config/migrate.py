@@ -40,14 +40,17 @@ import dataclasses
 import tomllib
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import tomlkit
 
 from components.renderers.containerd_config.mirrors import (
     MigratedRegistry,
     _expected,
+    _Plan,
     _plan,
     _pruned,
+    _quoted,
 )
 from components.renderers.containerd_config.toml_edit import _remove, _set_config_path
 from components.renderers.containerd_config.v1_to_v2 import _convert_v1_to_v2
@@ -72,6 +75,8 @@ class MigrationResult:
     summary: tuple[str, ...]
     warnings: tuple[str, ...]
     migrated: tuple[MigratedRegistry, ...]
+    # The file's wildcard mirror, as a registry named "_default" (None: it had none).
+    wildcard: MigratedRegistry | None = None
 
 
 # --- the migration ------------------------------------------------------------------------------
@@ -93,6 +98,15 @@ def carried_registries(text: str) -> tuple[MigratedRegistry, ...]:
     if not plain:
         return ()
     return tuple(_plan(plain, _file_version(plain, text)).migrated)
+
+
+def carried_wildcard(text: str) -> MigratedRegistry | None:
+    """The wildcard mirror ``text`` holds (``mirrors."*"`` or ``mirrors."_default"``), as
+    :func:`carried_registries` reads the rest."""
+    plain, _ = _parse(text)
+    if not plain:
+        return None
+    return _plan(plain, _file_version(plain, text)).wildcard
 
 
 def migrate_config(
@@ -184,11 +198,35 @@ def migrate_config(
             source, source != text, version, tuple(converted), tuple(warnings), ()
         )
 
+    new_text = _edited(document, plain, plan, path, config_path)
+    return MigrationResult(
+        text=new_text,
+        changed=new_text != text,
+        config_version=version,
+        summary=tuple(summary),
+        warnings=tuple(warnings),
+        migrated=tuple(plan.migrated),
+        wildcard=plan.wildcard,
+    )
+
+
+def _edited(
+    document: tomlkit.TOMLDocument,
+    plain: dict[str, Any],
+    plan: _Plan,
+    path: tuple[str, ...],
+    config_path: str | None,
+) -> str:
+    """``document`` without ``plan.removals`` and, unless None, with ``config_path`` at ``path``;
+    checked to parse to exactly that change of ``plain``."""
     cut = f"#@@containerd-migration-cut-{uuid.uuid4().hex}@@"
     removed = _remove(document, set(plan.removals), cut)
     _, document = _parse(removed)
-    new_text = _set_config_path(document, path, config_path)
-
+    new_text = (
+        document.as_string()
+        if config_path is None
+        else _set_config_path(document, path, config_path)
+    )
     expected = _expected(plain, plan, path, config_path)
     try:
         produced = tomllib.loads(new_text)
@@ -199,11 +237,78 @@ def migrate_config(
     # Tables left empty by a removal disappear from the text; containerd reads both the same.
     if _pruned(produced) != _pruned(expected):
         raise RuntimeError("migration changed unrelated settings (tomlkit edit went wrong)")
-    return MigrationResult(
+    return new_text
+
+
+@dataclass(frozen=True)
+class DropInMigration:
+    """What :func:`migrate_dropin` made of one ``imports`` drop-in."""
+
+    text: str
+    changed: bool
+    config_version: int
+    summary: tuple[str, ...]
+    warnings: tuple[str, ...]
+    migrated: tuple[MigratedRegistry, ...]
+    # The registry settings it held (``mirrors``, ``configs.<host>.tls``, ``config_path``), as
+    # dotted keys in the file's own layout: what a refusal names when the file is not ours to edit.
+    registry_keys: tuple[str, ...]
+    # The file's own config_path in its active layout (None: it sets none).
+    config_path: str | None
+    wildcard: MigratedRegistry | None = None
+
+
+def dropin_version(text: str) -> int:
+    """A drop-in's config version (no ``version`` key: 1, as containerd reads it)."""
+    plain, _ = _parse(text.removeprefix(BOM))
+    return _file_version(plain, text) if plain else 0
+
+
+def migrate_dropin(text: str, config_path: str | None) -> DropInMigration:
+    """One ``imports`` drop-in cleared of the registry settings containerd refuses next to
+    ``config_path`` (``mirrors``, on 1.x ``configs.<host>.tls``: carried over to hosts.toml as in
+    config.toml), in its own config version's layout; ``config_path`` is written only when given
+    (the caller decides: a drop-in whose own config_path would win over config.toml's, or on
+    containerd 1.x the last file with a CRI table, which replaces config.toml's whole). Every other
+    byte stays: a drop-in is somebody's file (NVIDIA's runtime, a distribution's defaults)."""
+    if text.startswith(BOM):
+        result = migrate_dropin(text[len(BOM) :], config_path)
+        return dataclasses.replace(result, text=BOM + result.text)
+    if text and not text.endswith("\n"):
+        result = migrate_dropin(text + "\n", config_path)
+        return result if result.changed else dataclasses.replace(result, text=text)
+    plain, document = _parse(text)
+    if not plain:
+        return DropInMigration(text, False, 0, (), (), (), (), None)
+    version = _file_version(plain, text)
+    plan = _plan(plain, version)
+    path = REGISTRY_PATHS[version]
+    current = _lookup(plain, (*path, "config_path"))
+    keys = [".".join(_quoted(part) for part in removal) for removal in plan.removals]
+    if isinstance(current, str):
+        keys.append(".".join(_quoted(part) for part in (*path, "config_path")))
+    summary = list(plan.summary)
+    wanted = config_path if config_path is not None and current != config_path else None
+    if wanted is not None:
+        summary.append(
+            f"config_path changed from {current!r} to {wanted!r}"
+            if current
+            else f"config_path set to {wanted!r}"
+        )
+    if not plan.removals and wanted is None:
+        return DropInMigration(
+            text, False, version, (), tuple(plan.warnings), (), tuple(keys),
+            current if isinstance(current, str) else None,
+        )  # fmt: skip
+    new_text = _edited(document, plain, plan, path, wanted)
+    return DropInMigration(
         text=new_text,
         changed=new_text != text,
         config_version=version,
         summary=tuple(summary),
-        warnings=tuple(warnings),
+        warnings=tuple(plan.warnings),
         migrated=tuple(plan.migrated),
+        registry_keys=tuple(keys),
+        config_path=current if isinstance(current, str) else None,
+        wildcard=plan.wildcard,
     )

@@ -112,6 +112,10 @@ class _Plan:
     summary: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     migrated: list[MigratedRegistry] = field(default_factory=list)
+    # The wildcard mirror ("*", or a "_default" key), as a registry named "_default": the
+    # planner decides whether it is our cache (dropped) or a route of the node's own (carried to
+    # _default/hosts.toml, issue 27).
+    wildcard: MigratedRegistry | None = None
 
 
 def _plan(plain: dict[str, Any], version: int) -> _Plan:
@@ -168,6 +172,15 @@ def _carry_over(registry: dict[str, Any], plan: _Plan) -> list[MigratedRegistry]
             # is the hosts.toml of every such registry: carried over, either would send every
             # registry to one proxy. Our per-upstream hosts.toml replace them.
             what = "wildcard mirror" if host == "*" else "mirror"
+            usable = [e.rstrip("/") for e in raw if _strip_scheme_host(e) is not None]
+            tls = [
+                (e, tls_by_host[h])
+                for e in usable
+                if not _is_http(e) and (h := _strip_scheme_host(e) or "") in tls_by_host
+            ]
+            plan.wildcard = MigratedRegistry(
+                host="_default", endpoints=tuple(usable), endpoint_tls=tuple(tls)
+            )
             plan.summary.append(
                 f'dropped {what} "{host}" -> {", ".join(raw) or "(no endpoints)"}: '
                 "not carried over (no _default); each upstream gets its own hosts.toml"
@@ -270,13 +283,15 @@ def _pruned(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _expected(
-    plain: dict[str, Any], plan: _Plan, path: tuple[str, ...], value: str
+    plain: dict[str, Any], plan: _Plan, path: tuple[str, ...], value: str | None
 ) -> dict[str, Any]:
     expected = copy.deepcopy(plain)
     for removal in plan.removals:
         parent = _lookup(expected, removal[:-1])
         if isinstance(parent, dict):
             parent.pop(removal[-1], None)
+    if value is None:
+        return expected
     node = expected
     for part in path:
         node = node.setdefault(part, {})
