@@ -130,7 +130,10 @@ def run(rounds: int = 2, log: Any = print) -> PartResult:
                         for scheme in ("https", "http"):
                             use(scheme)
                             time.sleep(1.2)  # past the front's window: a registry hit
-                            warm[scheme].append(_pull(sock, mirror_ref, relay, refs)[0])
+                            seconds, mb = _pull(sock, mirror_ref, relay, refs)
+                            warm[scheme].append(seconds)
+                            # Anything over the link: a request fell back to the upstream.
+                            link[f"warm-{scheme}"].append(mb)
                     for scheme, values in warm.items():
                         runs[f"warm-{scheme}"].append(median(values))
                     proxy.stop()
@@ -149,6 +152,10 @@ def run(rounds: int = 2, log: Any = print) -> PartResult:
                         ("warm-http", "warm pull through the front, HTTP"),
                         ("warm-https", "warm pull through the front, HTTPS")):  # fmt: skip
         part.add(Figure("tls", f"CRI {label}", "s", runs[kind]))
+    part.add(Figure("tls", "CRI warm pulls, HTTP and HTTPS: most MB over the link in one", "MB",
+                    [max(link["warm-http"] + link["warm-https"])],
+                    note="0: no request fell back to the upstream")).check(
+        lambda v: v < 0.01, "0")  # fmt: skip
     part.add(Figure("tls", "CRI warm HTTPS / HTTP", "ratio",
                     [t / h for h, t in zip(runs["warm-http"], runs["warm-https"], strict=False)],
                     note=f"median of {WARM_PULLS} per round, containerd 1.6.20")).check(
