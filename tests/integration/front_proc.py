@@ -23,6 +23,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -180,19 +181,38 @@ def start_front(front: Front, workdir: Path, listen: str = LOOPBACK) -> FrontPro
     workdir.mkdir(parents=True, exist_ok=True)
     front, runroot = write_config(front, workdir, listen)
     log_path = workdir / "traffic_server.out"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen([binary, f"--run-root={runroot}"], stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-    proc = FrontProcess(front, workdir, process, listen)
-    try:
-        for cache in front.caches:
-            _wait_listening(cache.port, listen, process, log_path)
-            if front.tls and cache.tls_port is not None:
-                _wait_listening(cache.tls_port, listen, process, log_path)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc
+    for attempt in (1, 2):
+        started = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [binary, f"--run-root={runroot}"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = FrontProcess(front, workdir, process, listen)
+        try:
+            for cache in front.caches:
+                _wait_listening(cache.port, listen, process, log_path)
+                if front.tls and cache.tls_port is not None:
+                    _wait_listening(cache.tls_port, listen, process, log_path)
+        except FrontStartError:
+            proc.stop()
+            # ATS 9.2 can segfault while it starts, in its first counter sync
+            # (EThread::summarize_stats from RecExecRawStatSyncCbs, a thread not yet set up;
+            # seen twice in a day of runs here, on a loaded machine, with this harness's 100 ms
+            # sync interval). On the VM traffic_manager starts traffic_server again at once;
+            # without it the harness does the same, once, for that crash only.
+            output = log_path.read_bytes()[started:].decode(errors="replace")
+            crashed_in_sync = process.returncode == -signal.SIGSEGV and "summarize_stats" in output
+            if attempt == 1 and crashed_in_sync:
+                continue
+            raise
+        except BaseException:
+            proc.stop()
+            raise
+        return proc
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
