@@ -31,7 +31,7 @@ def test_a_node_that_skips_its_mirror_fails_although_other_nodes_moved_the_count
         assert url == "http://127.0.0.1:9/metrics"
         return MirrorMetrics(requests={"blob": served[0]}, proxy=None)
 
-    def check_node(settings, node, mirrors, images, ssh_options, timeout) -> list[Any]:
+    def check_node(settings, node, mirrors, images, ssh_options, timeout, mode) -> list[Any]:
         if node.name != BYPASSING_NODE:
             served[0] += 2  # a manifest and a blob asked of the mirror
         return [Check(node.name, node.address, "pull", True, f"{i} cached", "", i)

@@ -9,16 +9,11 @@ from __future__ import annotations
 import urllib.error
 from typing import Any
 
+from components.fleet import ReadMode, read_node_as, run_read
 from components.plan.node_plan import read_probe
-from components.plan.node_steps import (
-    NodeStepError,
-    check_step,
-    expected_config_path,
-    probe_step,
-    verify_step,
-)
+from components.plan.node_steps import NodeStepError, Step, expected_config_path, verify_step
 from components.settings import Node, Settings
-from components.ssh_client import run_on_node
+from components.ssh_client import StepRun, run_on_node
 from components.verify.check import Check
 from components.verify.metrics import snapshot_requests
 from components.verify.mirror import _catalog, split_image
@@ -50,31 +45,42 @@ def check_node(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    mode: ReadMode = "apply",
 ) -> list[Check]:
+    # The same ssh client and options the program reads the nodes with (--ssh-option first), and
+    # the same identities (``mode``: README "The read identity").
+    def runner(target: Node, step: Step) -> StepRun:
+        return run_on_node(target, step, extra_options=ssh_options, timeout=timeout + 60)
+
     where = f"{node.ssh_user}@{node.address}:{node.ssh_port}"
-    # The same ssh client and options the program reads the nodes with (--ssh-option first).
+    advice = "can this machine reach the node with the program's key (ssh-agent)?"
     # First the probe, as the program reads a node: which flavour, hence which containerd.
-    probe = run_on_node(
-        node, probe_step(settings, node), extra_options=ssh_options, timeout=timeout + 60
-    )
     try:
-        check_step(node, "probe", probe.exit_code, probe.stderr)
-        _, flavour = read_probe(node, probe.stdout)
+        probe = read_node_as(settings, node, runner, mode)
+        _, flavour = read_probe(node, probe.run.stdout)
     except NodeStepError as error:
-        advice = "can this machine reach the node with the program's key (ssh-agent)?"
         return [Check(node.name, where, "probe", False, str(error), advice)]
-    result = run_on_node(
-        node,
-        verify_step(settings, node, images, flavour),
-        extra_options=ssh_options,
-        timeout=timeout + 60,
-    )
+    # Whoever answered the probe runs the check: the read identity asks for it by name only.
+    where = f"{probe.node.ssh_user}@{node.address}:{node.ssh_port}"
+    try:
+        read = run_read(
+            settings,
+            node,
+            runner,
+            "verify",
+            verify_step(settings, node, images, flavour),
+            mode="apply" if probe.node.ssh_user == node.ssh_user else mode,
+            flavour=flavour,
+            images=images,
+        )
+    except NodeStepError as error:
+        return [Check(node.name, where, "ssh", False, str(error), advice)]
+    result = read.run
     if result.exit_code != 0 and "cri=" not in result.stdout:
         return [
             Check(
                 node.name, where, "ssh", False,
-                f"exit {result.exit_code}: {result.stderr.strip()[-300:]}",
-                "can this machine reach the node with the program's key (ssh-agent)?",
+                f"exit {result.exit_code}: {result.stderr.strip()[-300:]}", advice,
             )
         ]  # fmt: skip
     fields, pulls = node_report(result.stdout)
@@ -189,6 +195,7 @@ def check_nodes(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    mode: ReadMode = "apply",
 ) -> list[Check]:
     """Every node's checks, each followed by its bypass rows. The counters are read around each
     node on its own: read once around the whole fleet, one node's pull through a mirror would
@@ -198,7 +205,7 @@ def check_nodes(
     checks: list[Check] = []
     for node in settings.nodes:
         before = snapshot_requests(watched, timeout)
-        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout)
+        node_checks = check_node(settings, node, mirrors, images, ssh_options, timeout, mode)
         after = snapshot_requests(watched, timeout)
         checks += node_checks + check_bypass(node, watched, node_checks, before, after)
     return checks
