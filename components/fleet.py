@@ -104,7 +104,7 @@ def _judge(
             # meet the same node. The caller reports it as it stands.
             return _Judged(run)
         if run.exit_code == read_access.REFUSED:
-            return _Judged(run, f"the read gate refused the request (an older one?): {said}")
+            return _Judged(run, f"the read gate refused the request: {said}")
         if run.exit_code == read_access.CONF_UNUSABLE:
             return _Judged(run, f"the installed read access is unusable: {said}")
         return _Judged(run, f"the read access does not work (exit {run.exit_code}): {said}")

@@ -112,9 +112,12 @@ def _prerequisites() -> None:
 
 @contextlib.contextmanager
 def k3s_world(
-    tmp_path: Path, images: dict[str, MultiArchImage] | None, flavour: str = "k3s-server"
+    tmp_path: Path,
+    images: dict[str, MultiArchImage] | None,
+    flavour: str = "k3s-server",
+    private_system: bool = False,
 ) -> Iterator[K3sWorld]:
-    with node_host(tmp_path, CONTAINERD, flavour=flavour) as host:
+    with node_host(tmp_path, CONTAINERD, flavour=flavour, private_system=private_system) as host:
         settings = make_settings(host)
         node = settings.nodes[0]
         with contextlib.ExitStack() as running:

@@ -304,8 +304,19 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
 
 
 @pytest.fixture
+def private_system() -> bool:
+    """Override with True in a module whose node gets users and sudo rules (the read identity):
+    testhost's ``private_system``."""
+    return False
+
+
+@pytest.fixture
 def world(
-    request: pytest.FixtureRequest, tmp_path: Path, upstream_storage: Path, node_start: NodeStart
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    upstream_storage: Path,
+    node_start: NodeStart,
+    private_system: bool,
 ) -> Iterator[World]:
     """``@pytest.mark.etc_overlay``: the node's /etc is an overlay (``host.etc_upper``), for tests
     that put files in /etc outside /etc/containerd (never in the host's)."""
@@ -315,7 +326,9 @@ def world(
     overlay = request.node.get_closest_marker("etc_overlay") is not None
     # Registries stop (ExitStack) before node_host removes the veth they listen on.
     with (
-        node_host(tmp_path, node_start.containerd, etc_overlay=overlay) as host,
+        node_host(
+            tmp_path, node_start.containerd, etc_overlay=overlay, private_system=private_system
+        ) as host,
         contextlib.ExitStack() as running,
     ):
         settings = make_settings(host)
@@ -712,9 +725,17 @@ def test_tls_settings_of_an_http_mirror_are_dropped_so_containerd_does_not_try_h
 
 
 def run_verify_nodes(
-    settings: Settings, host: NodeHost, workdir: Path, *images: str, mirror_images: Any = ()
+    settings: Settings,
+    host: NodeHost,
+    workdir: Path,
+    *images: str,
+    mirror_images: Any = (),
+    ssh_key: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run scripts/verify.py --nodes against a test node, as an operator would."""
+    """Run scripts/verify.py --nodes against a test node, as an operator would (with the node's
+    root key, or ``ssh_key``)."""
     stack_file = workdir / "Pulumi.test.yaml"
     raw = settings.model_dump(by_alias=True, exclude_none=True)
     stack_file.write_text(
@@ -730,9 +751,9 @@ def run_verify_nodes(
             sys.executable, str(ROOT / "scripts" / "verify.py"),
             "--outputs", str(outputs), "--stack-file", str(stack_file), "--nodes",
             "--timeout", "20", *image_args, *mirror_args,
-            f"--ssh-option=-i{host.key}",
+            f"--ssh-option=-i{ssh_key or host.key}", *extra_args,
         ],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=env,
     )  # fmt: skip
 
 
