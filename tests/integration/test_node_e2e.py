@@ -304,13 +304,6 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
 
 
 @pytest.fixture
-def private_system() -> bool:
-    """Override with True in a module whose node gets users and sudo rules (the read identity):
-    testhost's ``private_system``."""
-    return False
-
-
-@pytest.fixture
 def world(
     request: pytest.FixtureRequest,
     tmp_path: Path,
