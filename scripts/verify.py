@@ -6,8 +6,9 @@ the registry API answers, and a manifest for a small known image resolves THROUG
 `pulumi up`; skip with --no-vm), the cache disk's usage against registry.diskUsageThresholdPercent.
 With --nodes, also per node over SSH: the CRI plugin is ok, the effective config reads hosts.toml
 from containerd.configPath with no `mirrors` left, each --node-image pulls through the node's
-hosts.toml AND lands in its mirror's cache, and the mirror's request counter moved (a node that
-bypasses its mirror pulls fine and leaves the counter still).
+hosts.toml AND lands in its mirror's cache, and per cache a request only this node made (a random
+digest) is in that cache's access log on the VM: a node that bypasses its mirror never asks it,
+whatever other clients pull meanwhile (without the VM, --no-vm, that check fails as not checked).
 
     pulumi stack output --json --stack dev > outputs.json
     python scripts/verify.py --outputs outputs.json

@@ -36,7 +36,9 @@ def run_checks(
     if vm:
         checks += check_vm_disk(outputs, settings, ssh_options, timeout)
     if settings is not None:
-        checks += check_nodes(settings, mirrors, node_images, ssh_options, timeout, node_mode)
+        checks += check_nodes(
+            settings, outputs, images, node_images, ssh_options, timeout, node_mode, vm=vm
+        )
     return checks
 
 

@@ -46,6 +46,7 @@ from tests.integration.test_node_e2e import (
     ANY_NODE,
     World,
     make_settings,
+    registry_vm,
     run_verify_nodes,
     start_config,
 )
@@ -636,19 +637,23 @@ def test_verify_nodes_works_with_the_read_key_alone(world: World) -> None:
 
     options = ("--identity", "read", "--ssh-option=-oIdentitiesOnly=yes")
     env_without_agent = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    passed = run_verify_nodes(
-        settings, world.host, world.workdir, "docker.io/library/x:2",
-        mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
-        env=env_without_agent,
-    )  # fmt: skip
+    with registry_vm(world.workdir, settings, world.registries) as vm:
+        passed = run_verify_nodes(
+            settings, world.host, world.workdir, "docker.io/library/x:2",
+            mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
+            env=env_without_agent, vm=vm,
+        )  # fmt: skip
+        # The control: an image of a registry without a cache is not the read key's to pull.
+        refused = run_verify_nodes(
+            settings, world.host, world.workdir, "quay.io/org/z:1",
+            mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
+            env=env_without_agent, vm=vm,
+        )  # fmt: skip
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert f"{READ_USER}@{world.host.node_address}" in passed.stdout
     assert "docker.io/library/x:2 cached in" in passed.stdout
-    # The control: an image of a registry without a cache is not the read key's to pull.
-    refused = run_verify_nodes(
-        settings, world.host, world.workdir, "quay.io/org/z:1",
-        mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
-        env=env_without_agent,
-    )  # fmt: skip
+    # The bypass probes (a digest per cache) pass the gate, and reach each cache.
+    bypass = [line for line in passed.stdout.splitlines() if "  bypass  " in line]
+    assert len(bypass) == 2 and all("reached the cache" in line for line in bypass), bypass
     assert refused.returncode == 1
     assert "quay.io has no cache" in refused.stdout + refused.stderr
