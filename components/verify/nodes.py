@@ -6,13 +6,14 @@ asks it, whatever other clients pull meanwhile)."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 import urllib.error
 from collections.abc import Mapping
 from typing import Any
 
 from components.fleet import ReadMode, read_node_as, run_read
-from components.plan.node_plan import read_probe
+from components.plan.node_plan import NodePlan, plan_any, read_probe
 from components.plan.node_steps import NodeStepError, Step, expected_config_path, verify_step
 from components.settings import Node, Settings
 from components.ssh_client import StepRun, run_on_node
@@ -112,6 +113,10 @@ def check_node(
             "`mirrors` next to config_path disables the CRI plugin: run pulumi up",
         ),
     ]  # fmt: skip
+    if not flavour.is_distribution:
+        # k3s/RKE2 write their own hosts.toml from registries.yaml (checked by config_path above
+        # and the pulls): only a plain containerd node's files are the program's to compare.
+        checks.append(hosts_check(settings, node, where, probe.run.stdout, result.stdout))
     # containerd 1.7+ only (1.6 reports "unsupported"): what the RUNNING daemon loaded, where
     # config_path/mirrors above come from the file on disk.
     deprecations = fields.get("deprecations", "unsupported")
@@ -156,6 +161,45 @@ def check_node(
             )
         )  # fmt: skip
     return checks
+
+
+def hosts_check(
+    settings: Settings, node: Node, where: str, probe_stdout: str, verify_stdout: str
+) -> Check:
+    """The node's hosts.toml files (verify-node.sh: ``hosts_toml=<dir> <sha256>``) against the
+    files the program writes for it, planned from the same probe as ``pulumi up`` plans them
+    (carried routes included). Missing or changed files fail; others in config_path are named."""
+    advice = (
+        "a hosts.toml was edited or removed since the last pulumi up (pulumi preview shows the "
+        "node's hosts step): run pulumi up, it writes them back"
+    )
+    try:
+        plan = plan_any(settings, node, probe_stdout)
+    except NodeStepError as error:
+        return Check(node.name, where, "hosts.toml", False, f"cannot plan the node: {error}",
+                     "pulumi preview names the same problem")  # fmt: skip
+    if not isinstance(plan, NodePlan):
+        return Check(node.name, where, "hosts.toml", True, "written by the distribution")
+    expected = {
+        name: hashlib.sha256(text.encode()).hexdigest() for name, text in plan.hosts_files.items()
+    }
+    found: dict[str, str] = {}
+    for line in verify_stdout.splitlines():
+        if line.startswith("hosts_toml="):
+            name, _, digest = line.removeprefix("hosts_toml=").partition(" ")
+            found[name] = digest.strip()
+    missing = sorted(name for name in expected if name not in found)
+    changed = sorted(name for name in expected if name in found and found[name] != expected[name])
+    others = sorted(name for name in found if name not in expected)
+    parts = [f"missing: {', '.join(missing)}"] if missing else []
+    parts += [f"changed: {', '.join(changed)}"] if changed else []
+    if not parts:
+        parts = [f"{len(expected)} as applied ({', '.join(sorted(expected))})"]
+    if others:
+        parts.append(f"not the program's: {', '.join(others)}")
+    return Check(
+        node.name, where, "hosts.toml", not missing and not changed, "; ".join(parts), advice
+    )
 
 
 def check_nodes(

@@ -815,6 +815,11 @@ def _verify_nodes(world: World, vm: NodeHost, *images: str) -> subprocess.Comple
     )
 
 
+def _row(stdout: str, check: str) -> str:
+    [row] = [line for line in stdout.splitlines() if f"  {check}  " in line]
+    return row
+
+
 def _bypass_rows(stdout: str) -> dict[str, str]:
     """The node's bypass rows by container."""
     return {line.split()[1]: line for line in stdout.splitlines() if "  bypass  " in line}
@@ -853,6 +858,9 @@ def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(
     rows = _bypass_rows(after.stdout)
     assert sorted(rows) == ["registry", "registry-ghcr"], after.stdout
     assert all(" ok " in row and "reached the cache" in row for row in rows.values()), rows
+    # The node's hosts.toml files: none before the apply, then exactly the program's.
+    assert "missing: docker.io, ghcr.io" in _row(before.stdout, "hosts.toml"), before.stdout
+    assert "2 as applied (docker.io, ghcr.io)" in _row(after.stdout, "hosts.toml"), after.stdout
 
 
 def test_verify_nodes_flags_a_node_that_bypasses_its_mirror_while_the_cache_is_busy(
@@ -906,6 +914,10 @@ def test_verify_nodes_flags_a_node_that_bypasses_its_mirror_while_the_cache_is_b
     assert "this node's pull never reached the cache" in bypassed.stderr
     # The ghcr.io mirror is still listed first in its hosts.toml: its row passes.
     assert " ok " in _bypass_rows(bypassed.stdout)["registry-ghcr"]
+    # The edited file is not the one the program wrote; the other one is.
+    hosts = _row(bypassed.stdout, "hosts.toml")
+    assert "FAIL" in hosts and "changed: docker.io" in hosts and "ghcr.io" not in hosts, hosts
+    assert " ok " in _row(through.stdout, "hosts.toml")
 
     assert through.returncode == 0, through.stdout + through.stderr
     row = _bypass_rows(through.stdout)["registry"]

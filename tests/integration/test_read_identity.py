@@ -652,6 +652,8 @@ def test_verify_nodes_works_with_the_read_key_alone(world: World) -> None:
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert f"{READ_USER}@{world.host.node_address}" in passed.stdout
     assert "docker.io/library/x:2 cached in" in passed.stdout
+    # Over the gate too: the node's hosts.toml files are the ones the program wrote.
+    assert "2 as applied (docker.io, ghcr.io)" in passed.stdout, passed.stdout
     # The bypass probes (a digest per cache) pass the gate, and reach each cache.
     bypass = [line for line in passed.stdout.splitlines() if "  bypass  " in line]
     assert len(bypass) == 2 and all("reached the cache" in line for line in bypass), bypass
