@@ -8,11 +8,13 @@ Pure: no ``import pulumi``. components/fleet.py plans every node this way while 
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from components.plan import read_access
 from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
 from components.plan.node_routes import CarriedRoutes, RoutesError, plan_routes
@@ -212,11 +214,25 @@ def plan_any(
     settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
 ) -> AnyPlan:
     """Plan a node of any flavour from its probe: plain containerd gets its hosts and config
-    steps, k3s/RKE2 their registries step."""
+    steps, k3s/RKE2 their registries step; with ``nodeAccess.readPublicKeys`` set, the step
+    that installs the read identity comes first."""
     probe, flavour = read_probe(node, probe_stdout)
+    plan: AnyPlan
     if flavour.is_distribution:
-        return _plan_registries(settings, node, probe, flavour)
-    return _plan_containerd(settings, node, probe, cache)
+        plan = _plan_registries(settings, node, probe, flavour)
+    else:
+        plan = _plan_containerd(settings, node, probe, cache)
+    if not settings.node_access.enabled:
+        return plan
+    # The read identity first: a broken install stops at the canary like any other step, and
+    # the node's next preview can be read without the apply key.
+    access = NodeStep(
+        read_access.ROLE,
+        read_access.install_step(settings, node, flavour),
+        read_access.remove_step(settings, node),
+        sensitive=False,
+    )
+    return dataclasses.replace(plan, steps=(access, *plan.steps))
 
 
 def _plan_containerd(

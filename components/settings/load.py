@@ -19,7 +19,9 @@ from components.settings.model import Settings, _cross_problems
 from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
-SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd", "front", "tls")
+SECTIONS = (
+    "proxmox", "vm", "upstreams", "registry", "nodes", "containerd", "front", "tls", "nodeAccess",
+)  # fmt: skip
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 

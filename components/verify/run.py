@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from components.fleet import ReadMode
 from components.settings import Settings
 from components.verify.check import Check
 from components.verify.metrics import check_metrics
@@ -23,10 +24,12 @@ def run_checks(
     timeout: float,
     vm: bool = True,
     proxmox: Settings | None = None,
+    node_mode: ReadMode = "apply",
 ) -> list[Check]:
     """Each mirror (metrics, TLS, API, ``images[host]`` through it), the VM's disk unless ``vm``
     is false, whether Proxmox applies the VM's firewall (``proxmox``: the stack's settings), and
-    every node of ``settings`` when given (pulling ``node_images``)."""
+    every node of ``settings`` when given (pulling ``node_images``; read as ``node_mode`` says:
+    components/fleet.py)."""
     mirrors = outputs["mirrors"]
     tls = outputs.get("tls") or {}
     context = tls_context(tls.get("caCertificates"))
@@ -43,7 +46,10 @@ def run_checks(
     if proxmox is not None:
         checks.append(check_proxmox_firewall(proxmox, outputs, timeout))
     if settings is not None:
-        checks += check_nodes(settings, mirrors, node_images, ssh_options, timeout, context)
+        checks += check_nodes(
+            settings, outputs, images, node_images, ssh_options, timeout, context, node_mode,
+            vm=vm,
+        )  # fmt: skip
     return checks
 
 
