@@ -162,7 +162,8 @@ def _budgets(
 
 def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any]]) -> list[str]:
     """Cross-key checks on raw config (budgets against vm.diskGb and each other)."""
-    disk_gb = _get(_get(raw, "vm"), "diskGb")
+    section = "host" if _get(raw, "host") is not None else "vm"
+    disk_gb = _get(_get(raw, section), "diskGb")
     registry = _get(raw, "registry")
     threshold = _get(registry, "diskUsageThresholdPercent")
     if disk_gb is None:
@@ -185,7 +186,7 @@ def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any
 def cache_budgets(settings: Any) -> dict[str, int]:
     """Container name -> budget in bytes, for every upstream (settings already validated)."""
     sizes, problems = _budgets(
-        settings.vm.disk_gb * GIB,
+        settings.cache_host.disk_gb * GIB,
         settings.registry.disk_usage_threshold_percent,
         settings.registry.cache_budget,
         [u.cache_budget for u in settings.upstreams],

@@ -39,7 +39,7 @@ def settings_program(ran: list[bool]) -> Callable[[], None]:
     def run() -> None:
         ran.append(True)
         settings = stack_config.load().settings
-        pulumi.export("vmAddress", settings.vm.address)
+        pulumi.export("vmAddress", settings.created_vm.address)
         pulumi.export("upstreams", [u.host for u in settings.upstreams])
         pulumi.export("nodes", [n.address for n in settings.nodes])
         pulumi.export(

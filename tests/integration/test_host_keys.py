@@ -202,4 +202,4 @@ def test_pin_tool_pins_the_vms_current_key_for_an_upgrade(host: NodeHost, tmp_pa
     assert without.code == 0 and without.stdout == b"", "without --vm the VM is not contacted"
     pinned = run("pin_host_keys", ["--stack-file", str(stack), "--yes", "--vm"])
     assert pinned.code == 0, pinned
-    assert load_stack_settings(stack).vm.ssh_host_public_key == host.host_public_key
+    assert load_stack_settings(stack).created_vm.ssh_host_public_key == host.host_public_key
