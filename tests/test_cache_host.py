@@ -205,53 +205,57 @@ def agent(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SSH_AUTH_SOCK", "/run/test-agent.sock")
 
 
-@pulumi.runtime.test
-def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components():
+def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components() -> None:
     mocks = install_mocks(*_config(host_raw()))
     mocks.outputs_for[COMMAND] = fake_node_outputs
-    exports = program.run(runner=FakeFleet())
+    seen: list[bool] = []
 
     def check(values: list[Any]) -> None:
         vm, mirrors, rollout = values
-        assert rollout[0] == ["k8s-cp-1"]  # the nodes' rollout, as on the VM
         assert vm == {
             "vmId": None,
             "address": "10.0.30.5",
             "sshUser": "ops",
             "proxmoxNode": None,
             "diskUsageThresholdPercent": 80,
-            "cacheBudgets": vm["cacheBudgets"],
+            # 70 % of the host's 200 GiB shared by the five caches.
+            "cacheBudgets": {u.container: 30064771072 for u in sample_settings().upstreams},
             "sshHostPublicKey": HOST_KEY,
         }
-        # 70 % of the host's 200 GiB shared by five caches.
-        assert set(vm["cacheBudgets"].values()) == {30064771072}
         assert mirrors["docker.io"]["endpoint"] == "http://10.0.30.5:5000"
-        types = {r.type for r in mocks.resources}
-        assert not [t for t in types if t.startswith("proxmoxve:") or "proxmox" in t], types
-        prepare = mocks.named("cache-host-prepare")
-        assert prepare.parent == "cache-host"
-        connection = plain(prepare.inputs["connection"])
-        assert (connection["host"], connection["user"], connection["hostKey"]) == (
-            "10.0.30.5", "ops", HOST_KEY
-        )  # fmt: skip
-        assert plain(prepare.inputs["stdin"]).startswith("# registry-mirrors cache host manifest")
-        # The same components as on the VM, after the prepare step.
-        for name in ("registry-mirrors-docker", "registry-mirrors-registry-config",
-                     "registry-mirrors-maintenance-script"):  # fmt: skip
-            assert "cache-host-prepare" in mocks.named(name).depends_on, name
-        for resource in mocks.resources:
-            if resource.type == COMMAND and resource.name.startswith("registry-mirrors"):
-                assert plain(resource.inputs["connection"])["hostKey"] == HOST_KEY
-        # The first batch's gate waits for every cache resource (registered by now: the
-        # rollout output resolved), as on the VM.
-        gate = mocks.named("containerd-batch-0")
-        assert {"registry-mirrors-registry", "registry-mirrors-maintenance-cron"} <= set(
-            gate.depends_on
-        ), gate.depends_on
+        assert rollout[0] == ["k8s-cp-1"]  # the nodes' rollout, as on the VM
+        seen.append(True)
 
-    return pulumi.Output.all(exports["registryVm"], exports["mirrors"], exports["rollout"]).apply(
-        check
-    )
+    @pulumi.runtime.test
+    def deploy() -> pulumi.Output[Any]:
+        exports = program.run(runner=FakeFleet())
+        return pulumi.Output.all(
+            exports["registryVm"], exports["mirrors"], exports["rollout"]
+        ).apply(check)
+
+    deploy()  # returns once every resource is registered
+    assert seen == [True]
+    types = {r.type for r in mocks.resources}
+    assert not [t for t in types if "proxmox" in t], types
+    prepare = mocks.named("cache-host-prepare")
+    assert prepare.parent == "cache-host"
+    connection = plain(prepare.inputs["connection"])
+    assert (connection["host"], connection["user"], connection["hostKey"]) == (
+        "10.0.30.5", "ops", HOST_KEY
+    )  # fmt: skip
+    assert plain(prepare.inputs["stdin"]).startswith("# registry-mirrors cache host manifest")
+    # The same components as on the VM, after the prepare step, pinned to the host's own key.
+    for name in ("registry-mirrors-docker", "registry-mirrors-registry-config",
+                 "registry-mirrors-maintenance-script"):  # fmt: skip
+        assert "cache-host-prepare" in mocks.named(name).depends_on, name
+    for resource in mocks.resources:
+        if resource.type == COMMAND and resource.name.startswith("registry-mirrors"):
+            assert plain(resource.inputs["connection"])["hostKey"] == HOST_KEY, resource.name
+    # The first batch's gate waits for every cache resource, as on the VM.
+    gate = mocks.named("containerd-batch-0")
+    assert {"registry-mirrors-registry", "registry-mirrors-maintenance-cron"} <= set(
+        gate.depends_on
+    ), gate.depends_on
 
 
 def test_an_unpinned_host_stops_the_program_before_any_resource() -> None:
