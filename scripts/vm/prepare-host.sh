@@ -132,9 +132,12 @@ for package in "${packages[@]}"; do
 done
 if [[ ${#missing[@]} -gt 0 ]]; then
     echo "prepare-host: installing ${missing[*]}" >&2
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+    # A freshly booted host often has unattended-upgrades holding dpkg's lock: wait for it
+    # (apt 1.9.11+; older apt ignores the option) rather than fail.
+    apt=(env DEBIAN_FRONTEND=noninteractive apt-get -q -o DPkg::Lock::Timeout=600)
+    "${sudo[@]}" "${apt[@]}" update >/dev/null
     # confold: keep a config file already there (ours, written above) instead of asking.
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    "${sudo[@]}" "${apt[@]}" install -y \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
         "${missing[@]}" >/dev/null
     changed=1
