@@ -48,7 +48,7 @@ class FrontSwitch(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE, name, None, opts)
-        user = settings.vm.ssh_user
+        user = settings.cache_host.ssh_user
         # A new VM starts from the trust and front steps' state: both steps again there.
         triggers = [vm_id] if vm_id is not None else None
         issue = as_root(remote_command(TLS_SCRIPT, tls_params(settings, "issue")), user)

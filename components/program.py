@@ -4,9 +4,10 @@ Before any resource: the settings are validated and every node is read and plann
 (components/fleet.py); a bad setting or a node that does not answer stops the program there.
 Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream,
 the CA and the front -> nodes (canary, then batches) -> with TLS, the certificate from the CA the
-nodes now trust and plain HTTP refused (FrontSwitch). Nodes come after the caches so a node
-never points at a cache that is not up; even so, containerd falls back to the upstream
-(``server``) while a cache is down.
+nodes now trust and plain HTTP refused (FrontSwitch). With ``host`` (an existing cache host) the
+first steps are one: the host is prepared (components/cache_host.py); from the caches on, the
+same components run. Nodes come after the caches so a node never points at a cache that is not
+up; even so, containerd falls back to the upstream (``server``) while a cache is down.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pulumi
 
 from components import fleet, stack_config
+from components.cache_host import CacheHost, CacheHostArgs
 from components.containerd_mirrors import ContainerdMirrors
 from components.firewall import RegistryFirewall
 from components.fleet import (
@@ -33,10 +35,10 @@ from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export, tls_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
-from components.settings import Settings
+from components.settings import Secrets, Settings
 from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
-from components.ssh_client import unpinned_nodes
+from components.ssh_client import unpinned_cache_host, unpinned_nodes
 
 
 def tune_gc() -> None:
@@ -63,6 +65,31 @@ def rendered_exports(settings: Settings, ca_pem: str | None = None) -> dict[str,
     }
 
 
+def create_cache_host(settings: Settings, secrets: Secrets, socket: str) -> RegistryVm | CacheHost:
+    """The host the caches run on: the Proxmox VM and its firewall (the default), or an existing
+    host, prepared. Both give ``ssh`` (pinned), ``ready`` (the step the caches depend on),
+    ``vm_id``, ``address`` and ``host_public_key``."""
+    if settings.host is not None:
+        return CacheHost("cache-host", CacheHostArgs(settings=settings, agent_socket=socket))
+    assert settings.vm is not None and secrets.proxmox_api_token is not None  # load checked
+    registry_vm = RegistryVm(
+        "registry-vm",
+        RegistryVmArgs(
+            settings=settings,
+            api_token=pulumi.Output.secret(secrets.proxmox_api_token.get_secret_value()),
+            agent_socket=socket,
+        ),
+    )
+    RegistryFirewall(
+        "registry-firewall",
+        provider=registry_vm.provider,
+        node_name=settings.vm.proxmox_node,
+        vm_id=registry_vm.vm_id,
+        settings=settings,
+    )
+    return registry_vm
+
+
 def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     """Validate, read every node, then register everything. ``runner`` runs a node step (the
     probe) and defaults to the system ssh client with the operator's agent; tests pass their own.
@@ -76,6 +103,9 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     # Before any resource: the engine starts creating resources as soon as they are registered,
     # so a node that does not answer must stop the program before the first one. Nothing is sent
     # to a node whose host key is not pinned (README "Trust model").
+    unpinned_host = unpinned_cache_host(settings, pulumi.get_stack())
+    if unpinned_host:
+        raise pulumi.RunError(f"{unpinned_host[0]} (nothing was changed)")
     unpinned = unpinned_nodes(settings.nodes, pulumi.get_stack())
     if unpinned:
         raise pulumi.RunError(
@@ -100,21 +130,10 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     for line in warnings:
         pulumi.log.warn(line)
 
-    registry_vm = RegistryVm(
-        "registry-vm",
-        RegistryVmArgs(
-            settings=settings,
-            api_token=pulumi.Output.secret(secrets.proxmox_api_token.get_secret_value()),
-            agent_socket=socket,
-        ),
-    )
-    RegistryFirewall(
-        "registry-firewall",
-        provider=registry_vm.provider,
-        node_name=settings.vm.proxmox_node,
-        vm_id=registry_vm.vm_id,
-        settings=settings,
-    )
+    cache_host = create_cache_host(settings, secrets, socket)
+    # The VM resource's id: a new VM has none of what the steps on the old one made (the CA, the
+    # front), so they run again there. An existing host is never replaced by the program.
+    recreated = cache_host.vm.id if isinstance(cache_host, RegistryVm) else None
     credentials = pulumi.Output.secret(
         {
             host: {"username": c.username, "password": c.password.get_secret_value()}
@@ -124,10 +143,10 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     mirrors = RegistryMirrors(
         "registry-mirrors",
         settings=settings,
-        ssh=registry_vm.ssh,
-        ready=registry_vm.ready,
+        ssh=cache_host.ssh,
+        ready=cache_host.ready,
         credentials=credentials,
-        vm_id=registry_vm.vm.id,
+        vm_id=recreated,
     )
     nodes = ContainerdMirrors(
         "containerd",
@@ -143,24 +162,25 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         FrontSwitch(
             "registry-front-switch",
             settings=settings,
-            ssh=registry_vm.ssh,
+            ssh=cache_host.ssh,
             after=nodes.last_steps,
-            vm_id=registry_vm.vm.id,
+            vm_id=recreated,
         )
 
-    # The CA certificates the VM made (TLS on): public, in the outputs consumers read.
+    # The CA certificates the cache host made (TLS on): public, in the outputs consumers read.
     trust: pulumi.Output[str | None] = (
         mirrors.trust_bundle if mirrors.trust_bundle is not None else pulumi.Output.from_input(None)
     )
     exports: dict[str, pulumi.Output[Any]] = {
+        # The same shape in both modes: an existing host has no vmId or proxmoxNode (null).
         "registryVm": pulumi.Output.all(
-            registry_vm.vm_id, registry_vm.address, registry_vm.host_public_key
+            cache_host.vm_id, cache_host.address, cache_host.host_public_key
         ).apply(
             lambda values: {
                 "vmId": values[0],
                 "address": values[1],
-                "sshUser": settings.vm.ssh_user,
-                "proxmoxNode": settings.vm.proxmox_node,
+                "sshUser": settings.cache_host.ssh_user,
+                "proxmoxNode": settings.vm.proxmox_node if settings.vm is not None else None,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
                 # verify.py reports each cache's size against it (bytes).

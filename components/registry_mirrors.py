@@ -233,7 +233,7 @@ class RegistryMirrors(pulumi.ComponentResource):
         certificate served now (a CA rotation in one step)."""
         command = as_root(
             remote_command(TLS_SCRIPT, tls_params(self._settings, "trust")),
-            self._settings.vm.ssh_user,
+            self._settings.cache_host.ssh_user,
         )
         return remote.Command(
             f"{self._name}-tls-trust",
@@ -250,7 +250,7 @@ class RegistryMirrors(pulumi.ComponentResource):
         the certificate exists; plain ports serving, since a node not yet switched to https://
         still uses them (FrontSwitch refuses them once every node is switched)."""
         front = settings_front(self._settings, serve_plain=True)
-        user = self._settings.vm.ssh_user
+        user = self._settings.cache_host.ssh_user
         command = as_root(remote_command(FRONT_SCRIPT, front_params(front)), user)
         after: list[pulumi.Resource] = [self._ready, *self.containers.values()]
         if self.tls_trust is not None:

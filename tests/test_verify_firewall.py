@@ -19,6 +19,7 @@ from components.settings import Settings, load_settings
 from components.verify.proxmox_firewall import check_proxmox_firewall
 from tests.integration.front_proc import make_test_ca
 from tests.sample import sample_raw
+from tests.test_cache_host import host_raw
 
 TOKEN = "root@pam!verify=00000000-1111-2222-3333-444444444444"
 
@@ -86,3 +87,15 @@ def test_the_row_says_whether_proxmox_applies_the_vms_rules(
 def test_without_a_token_the_row_is_skipped_with_how_to_turn_it_on() -> None:
     check = check_proxmox_firewall(_settings("https://pve.lan:8006/"), {}, timeout=1, token="")
     assert check.ok and check.detail.startswith("skipped: set PROXMOX_VE_API_TOKEN")
+
+
+def test_host_mode_has_no_proxmox_firewall_and_the_row_says_so() -> None:
+    """An existing cache host (``host``): no Proxmox VM, no RegistryFirewall. The row passes
+    without asking any API (none is configured: a request would have nowhere to go), even with
+    a token set; the VM mode with the same token asks (the rows above)."""
+    check = check_proxmox_firewall(load_settings(host_raw()), {}, timeout=1, token=TOKEN)
+    assert (check.upstream, check.endpoint, check.check, check.ok) == (
+        "proxmox", "-", "firewall", True
+    )  # fmt: skip
+    assert check.detail.startswith("skipped: the caches run on an existing host (host)")
+    assert TOKEN not in check.detail + check.advice

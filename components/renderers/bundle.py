@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
-from components.renderers.cloud_init import HOST_KEY_PLACEHOLDER, ipconfig0, render_vendor_data
+from components.renderers.cloud_init import (
+    HOST_KEY_PLACEHOLDER,
+    host_state,
+    ipconfig0,
+    render_host_manifest,
+    render_vendor_data,
+)
 from components.renderers.front_proxy import front_files, settings_front
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
@@ -21,16 +27,28 @@ from components.settings import Settings
 def summary(settings: Settings) -> dict:
     """Resolved settings without secrets (``summary.json``)."""
     vm = settings.vm
+    cache_host: dict[str, dict] = (
+        {
+            "vm": {
+                "name": vm.name,
+                "vmId": vm.vm_id,
+                "proxmoxNode": vm.proxmox_node,
+                "address": vm.ip,
+                "prefix": vm.prefix,
+                "gateway": vm.gateway,
+                "ipconfig0": ipconfig0(vm),
+            }
+        }
+        if vm is not None
+        else {
+            "host": {
+                "address": settings.cache_host.address,
+                "sshUser": settings.cache_host.ssh_user,
+            }
+        }
+    )
     return {
-        "vm": {
-            "name": vm.name,
-            "vmId": vm.vm_id,
-            "proxmoxNode": vm.proxmox_node,
-            "address": vm.ip,
-            "prefix": vm.prefix,
-            "gateway": vm.gateway,
-            "ipconfig0": ipconfig0(vm),
-        },
+        **cache_host,
         "upstreams": [
             {
                 "host": upstream.host,
@@ -101,19 +119,31 @@ def tls_export(settings: Settings, ca_pem: str | None = None) -> dict:
 
 def render_bundle(settings: Settings) -> dict[str, str]:
     """Relative path -> file text."""
-    files = {
-        "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
-        # The host key is made by `pulumi up` and kept secret: a placeholder stands in for it.
-        "registry-vm/vendor-data.yaml": render_vendor_data(settings, HOST_KEY_PLACEHOLDER),
+    if settings.vm is not None:
+        files = {
+            "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
+            # The host key is made by `pulumi up` and kept secret: a placeholder stands in for it.
+            "registry-vm/vendor-data.yaml": render_vendor_data(settings, HOST_KEY_PLACEHOLDER),
+        }
+    else:
+        # What scripts/vm/prepare-host.sh gets on stdin (no secret in it: the host keeps its key).
+        files = {
+            "cache-host/prepare-host.manifest": render_host_manifest(
+                host_state(settings, created=False)
+            )
+        }
+    files |= {
         "summary.json": json.dumps(summary(settings), indent=2) + "\n",
         "nodes/registries.yaml": render_registries_yaml(settings),
         "nodes/talos-patch.yaml": render_talos_patch(settings),
     }
     files.update(render_registry_files(settings))
     # The front as it serves once every node is switched (until then its plain ports serve too).
+    # Beside the cache host's other files: registry-vm/ on the VM, cache-host/ on an existing host.
+    host_dir = "registry-vm" if settings.vm is not None else "cache-host"
     front = settings_front(settings, serve_plain=settings.tls.plain_http)
     for path, text in front_files(front).items():
-        files[f"registry-vm/front/{path.rpartition('/')[2]}"] = text
+        files[f"{host_dir}/front/{path.rpartition('/')[2]}"] = text
     # What every node gets before its own mirrors are merged in (those need the node's probe).
     for directory, text in render_node_hosts(settings).items():
         files[f"nodes/certs.d/{directory}/hosts.toml"] = text

@@ -301,7 +301,7 @@ def merge_registries_yaml(existing: str | None, settings: Settings) -> Registrie
             for u in settings.upstreams
         }
     )
-    vm_host = settings.vm.ip
+    vm_host = settings.cache_host.address
 
     mirrors = data.get("mirrors")
     if mirrors is None:

@@ -29,10 +29,12 @@ def containerd_ca_file(settings: Settings) -> str:
 
 
 def subject_alt_names(settings: Settings) -> list[str]:
-    """The server certificate's names: the VM's IP (nodes name it by IP; Go checks an IP host
-    against the IP SANs), any other address of it and every DNS name the settings give."""
-    others = [f"IP:{ip}" for ip in settings.tls.ip_addresses if ip != settings.vm.ip]
-    return [f"IP:{settings.vm.ip}", *others, *(f"DNS:{name}" for name in settings.tls.dns_names)]
+    """The server certificate's names: the cache host's IP (the VM's or the existing host's:
+    nodes name it by IP; Go checks an IP host against the IP SANs), any other address of it and
+    every DNS name the settings give."""
+    address = settings.cache_host.address
+    others = [f"IP:{ip}" for ip in settings.tls.ip_addresses if ip != address]
+    return [f"IP:{address}", *others, *(f"DNS:{name}" for name in settings.tls.dns_names)]
 
 
 def tls_params(settings: Settings, action: str) -> dict[str, str | int | bool]:

@@ -41,7 +41,7 @@ class FrontSettings(_Model):
 
 
 class TlsSettings(_Model):
-    """HTTPS on every cache, with a CA of its own whose key never leaves the VM."""
+    """HTTPS on every cache, with a CA of its own whose key never leaves the cache host."""
 
     enabled: bool = Field(
         default=True,
@@ -56,11 +56,13 @@ class TlsSettings(_Model):
     )
     dns_names: list[Hostname] = Field(
         default_factory=list,
-        description="DNS names of the VM for the server certificate (its IP is always in it).",
+        description="DNS names of the cache host for the server certificate (its IP is "
+        "always in it).",
     )
     ip_addresses: list[str] = Field(
         default_factory=list,
-        description="Other addresses the VM is reached at (a second NIC, a NAT), for the server "
+        description="Other addresses the cache host is reached at (a second NIC, a NAT), for "
+        "the server "
         "certificate: a client checks the address it dialled against these.",
     )
 

@@ -20,7 +20,8 @@ from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
 SECTIONS = (
-    "proxmox", "vm", "upstreams", "registry", "nodes", "containerd", "front", "tls", "nodeAccess",
+    "proxmox", "vm", "host", "upstreams", "registry", "nodes", "containerd", "front", "tls",
+    "nodeAccess",
 )  # fmt: skip
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
@@ -71,6 +72,14 @@ def load_secrets(raw: Mapping[str, Any], settings: Settings) -> Secrets:
                 message = unknown_key(item["loc"][-1], ["username", "password"])
             problems.append(f"{location}: {message}")  # never the value: it is a secret
         raise SettingsError(problems) from None
+    if settings.proxmox is not None and secrets.proxmox_api_token is None:
+        raise SettingsError(
+            ["proxmoxApiToken: required secret is missing (pulumi config set --secret ...)"]
+        )
+    if settings.proxmox is None and secrets.proxmox_api_token is not None:
+        raise SettingsError(
+            ["proxmoxApiToken: not used with host (an existing cache host): remove it"]
+        )
     hosts = {u.host for u in settings.upstreams}
     unknown = [
         f"upstreamCredentials.{key_text(host)}: no upstream with this host is configured"

@@ -2,7 +2,9 @@
 (Datacenter -> Firewall -> Options; off by default) and the VM's own firewall is enabled. The
 program sets the VM's (components/firewall.py) but not the datacenter's, which is the cluster's
 owner's. Read from the Proxmox API when verify is given a token (``PROXMOX_VE_API_TOKEN``, the
-form of ``proxmoxApiToken``); without one the row says how to turn the check on."""
+form of ``proxmoxApiToken``); without one the row says how to turn the check on. A stack whose
+caches run on an existing host (``host``) has no Proxmox VM and no firewall of the program's:
+the row says so and passes (that host's firewall is the operator's)."""
 
 from __future__ import annotations
 
@@ -38,6 +40,12 @@ def _get(endpoint: str, path: str, token: str, timeout: float, insecure: bool) -
 def check_proxmox_firewall(
     settings: Settings, outputs: dict[str, Any], timeout: float, token: str | None = None
 ) -> Check:
+    if settings.proxmox is None or settings.vm is None:
+        return Check(
+            "proxmox", "-", "firewall", True,
+            "skipped: the caches run on an existing host (host), not a Proxmox VM; its firewall "
+            "is the operator's",
+        )  # fmt: skip
     token = token if token is not None else os.environ.get(TOKEN_ENV)
     endpoint = settings.proxmox.endpoint
     if not token:

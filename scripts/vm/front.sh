@@ -45,7 +45,7 @@ die() {
 }
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 if ! command -v traffic_ctl >/dev/null || ! command -v traffic_server >/dev/null; then
-    die "trafficserver is not installed (the vendor-data installs it: is the VM's vendor-data step done?)"
+    die "trafficserver is not installed (the VM's vendor-data or, on an existing host, prepare-host.sh installs it: did that step finish?)"
 fi
 
 work=$(mktemp -d)
