@@ -12,9 +12,11 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Callable
+from typing import Any
 
 import pulumi
 import pytest
+from pulumi.output import Unknown
 
 from components import program
 from components.fleet import FleetReadError, plan_fleet, read_summary, run_read
@@ -371,6 +373,13 @@ def test_the_install_step_is_secret_free_pinned_first_and_undone_on_delete():
     return pulumi.Output.all(*exports.values()).apply(check)
 
 
+def _known(value: Any) -> Any:
+    """A value unknown in a preview as one comparable marker: with TLS on, a hosts step's stdin
+    carries the CA the cache host's trust step prints, which a preview of a new stack does not
+    know yet (each unknown is its own object, equal to no other)."""
+    return "<unknown in the preview>" if isinstance(value, Unknown) else value
+
+
 def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
     """What a pull request's preview does: every node asked as the read user first, nothing of
     the apply identity when the read access answers, and the same step inputs as a read by the
@@ -390,7 +399,7 @@ def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
         for _ in range(20):
             loop.run_until_complete(asyncio.sleep(0.01))
         return {
-            r.name: {k: plain(r.inputs.get(k)) for k in ("create", "stdin", "delete")}
+            r.name: {k: _known(plain(r.inputs.get(k))) for k in ("create", "stdin", "delete")}
             for r in mocks.resources
             if r.type == COMMAND and r.name.startswith("containerd-")
         }
