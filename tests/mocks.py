@@ -279,6 +279,15 @@ def _guard(command: str) -> str:
     return command.split("EXPECTED_SHA256=", 1)[1].split("\n", 1)[0].strip("'")
 
 
+def content_of(command: str, stdin: str) -> str:
+    """What a step's script reads: its stdin after the script the loader reads off it."""
+    from components.renderers.shell import LOADER_LENGTH
+
+    found = LOADER_LENGTH.search(command)
+    assert found, "not a command that reads its script from stdin"
+    return stdin[int(found[1]) :]
+
+
 @dataclass
 class FakeNode:
     """A node as the program reads it (probe.sh's output), and what a successful apply does to it
@@ -309,17 +318,21 @@ class FakeNode:
         """What `pulumi up` does when the steps run (their inputs by role): hosts written; the
         config.toml (or registries.yaml) replaced when the text differs, the first original
         kept, the source recorded."""
-        self.hosts_stdin = steps.get("hosts", {}).get("stdin", self.hosts_stdin)
+        if "hosts" in steps:
+            self.hosts_stdin = content_of(steps["hosts"]["create"], steps["hosts"]["stdin"])
         step = steps.get("config") or steps.get("registries")
-        if step is None or step["stdin"] == self.config:
+        if step is None:
+            return
+        text = content_of(step["create"], step["stdin"])
+        if text == self.config:
             return
         guard = _guard(step["create"])
         current = _sha(self.config) if self.config is not None else "absent"
         assert guard == current, "the node was edited since the probe: the script refuses"
         if self.original is None and self.config is not None:
             self.original = self.config
-        self.config = step["stdin"]
-        self.applied = (_sha(step["stdin"]), guard)
+        self.config = text
+        self.applied = (_sha(text), guard)
 
 
 class FakeFleet:

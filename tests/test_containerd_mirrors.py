@@ -27,6 +27,7 @@ from tests.mocks import (
     FakeNode,
     RecordingMocks,
     Registered,
+    content_of,
     fake_node_outputs,
     install_mocks,
     is_secret,
@@ -228,10 +229,13 @@ def test_steps_per_node_secrets_logging_and_no_trigger_that_replaces(
             assert config["logging"] == "none"
             assert config["addPreviousOutputInEnv"] is False
             assert is_secret(config["stdin"])
-            stdin = config["stdin"]["value"]
+            stdin = content_of(config["create"], config["stdin"]["value"])
             assert "config_path" in stdin and "mirrors" not in stdin
             assert "s3cret" not in str(config["create"]) and "apply-config.sh" in config["create"]
             assert "EXPECTED_SHA256=" in config["create"]
+            # The script travels on stdin: the command stays short (what pulumi-command prints
+            # before the output of a failed step).
+            assert len(config["create"]) < 1000 and len(hosts["create"]) < 1000
             assert "restore.sh" in config["delete"] and "REMOVE_ALL" in hosts["delete"]
             assert "/agent.sock" in str(config["connection"]), config["connection"]
             assert "s3cret" not in repr(hosts)  # the hosts.toml bundle holds no credential
@@ -355,7 +359,8 @@ def test_a_node_edited_by_hand_shows_only_its_config_step() -> None:
     changed = sorted(name for name in first if first[name] != second[name])
     assert changed == ["cm-node-2-config"]
     # The mirror added by hand is migrated again: the step will change config.toml.
-    assert "mirrors" not in second["cm-node-2-config"]["stdin"]
+    config = second["cm-node-2-config"]
+    assert "mirrors" not in content_of(config["create"], config["stdin"])
 
 
 def test_an_unreachable_node_stops_the_program_naming_it_before_anything_exists() -> None:
@@ -390,7 +395,7 @@ def test_a_preview_knows_every_node_steps_inputs() -> None:
     assert len(steps) == 6
     for step in steps.values():
         stdin = plain(step.inputs["stdin"])
-        assert isinstance(stdin, str) and stdin, step.name
+        assert isinstance(stdin, str) and content_of(step.inputs["create"], stdin), step.name
         assert isinstance(step.inputs["create"], str) and "exec bash" in step.inputs["create"]
 
 
@@ -478,7 +483,7 @@ def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
             assert "systemctl restart k3s" in k3s["create"]
             assert "systemctl restart rke2-agent" in steps["cm-node-3-registries"].inputs["create"]
             assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
-            merged = plain(k3s["stdin"])
+            merged = content_of(k3s["create"], plain(k3s["stdin"]))
             assert '"*"' not in merged and "http://10.0.20.10:5010" in merged
             assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-registries"]
             reports = dict(zip(mirrors.nodes, values, strict=False))

@@ -1,18 +1,19 @@
-"""The file protocol of scripts/node/lib.sh, run as a step sends it (remote_command, nothing of ours
-beside it), with stand-ins for the daemon: a restart command that counts, a ctr that says the CRI
-plugin is ok, or one that refuses a change (exit 5) or never recovers (exit 6). What the real
-daemons add (config dump, rollback with their own error texts, pulls) is in
-tests/integration/test_node_e2e.py and test_k3s_e2e.py."""
+"""The file protocol of scripts/node/lib.sh and how a step ends (step.sh), run as a step sends it
+(stdin_command: the script on stdin, nothing of ours beside it), with stand-ins for the daemon: a
+restart command that counts, a ctr that says the CRI plugin is ok, or one that refuses a change
+(exit 5) or never recovers (exit 6). What the real daemons add (config dump, rollback with their
+own error texts, pulls) is in tests/integration/test_node_e2e.py and test_k3s_e2e.py."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from components.renderers.shell import remote_command
+from components.renderers.shell import stdin_command
 
 OK_CTR = "#!/bin/sh\necho 'TYPE ID PLATFORMS STATUS'\necho 'io.containerd.grpc.v1 cri - ok'\n"
 
@@ -31,6 +32,27 @@ def run_sent(
         text=True,
         check=False,
     )
+
+
+def run_step(
+    script: str,
+    params: dict[str, str | int | bool],
+    cwd: Path,
+    content: str = "",
+    uid: int = 0,
+    env: str = "",
+) -> subprocess.CompletedProcess[str]:
+    """``scripts/node/<script>.sh`` as a step sends it: the short command, the script on stdin
+    and then ``content``; ``env``: lines run before it (stand-ins on PATH)."""
+    command, text = stdin_command(f"node/{script}.sh", params)
+    return run_sent(env + command, cwd, text + content, uid)
+
+
+def summary_of(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """The first three lines of a failed step: what pulumi-command shows right after the
+    command (the step prints nothing on stdout then: the order of two streams is not kept)."""
+    assert result.returncode != 0 and result.stdout == "", result.stdout
+    return result.stderr.splitlines()[:3]
 
 
 def sha256(text: str) -> str:
@@ -56,13 +78,11 @@ class Node:
         }
 
     def apply(self, guard: str, text: str) -> subprocess.CompletedProcess[str]:
-        command = remote_command("node/registries.sh", {**self.params, "EXPECTED_SHA256": guard})
-        return run_sent(command, self.root, text)
+        params = {**self.params, "EXPECTED_SHA256": guard}
+        return run_step("registries", params, self.root, text)
 
     def delete(self) -> subprocess.CompletedProcess[str]:
-        return run_sent(
-            remote_command("node/registries.sh", {**self.params, "RESTORE": 1}), self.root
-        )
+        return run_step("registries", {**self.params, "RESTORE": 1}, self.root)
 
     def beside(self, suffix: str) -> Path:
         return self.file.parent / f"registries.yaml.registry-mirrors.{suffix}"
@@ -133,7 +153,13 @@ def test_identical_text_is_a_no_op_whatever_the_guard_and_an_edit_is_refused(
 
     edited = node.apply("absent", SECOND)
     assert edited.returncode == 3
-    assert edited.stderr == (
+    assert summary_of(edited) == [
+        f"registries.sh FAILED on {socket.gethostname()} (exit 3): {node.file} changed since "
+        "the program read it",
+        "rolled back: nothing: nothing was changed",
+        "to do: run pulumi up again (it reads the node again and plans from what is there now)",
+    ]
+    assert edited.stderr.endswith(
         f"registries.sh: {node.file} changed since it was probed (expected sha256 absent, now "
         f"{sha256(FIRST)}); nothing changed, run pulumi up again\n"
     )
@@ -148,13 +174,17 @@ def test_the_sent_command_runs_with_no_file_of_ours_beside_it(
     tmp_path: Path, uid: int, code: int, stdout: str, stderr: str
 ) -> None:
     """The library's functions run, and its root check names the script from $0."""
-    command = remote_command(
-        "node/restore.sh",
-        {"CONFIG_FILE": str(tmp_path / "config.toml"), "RESTART_COMMAND": "false"},
-    )
-    result = run_sent(command, tmp_path, uid=uid)
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": str(tmp_path / "config.toml"),
+        "RESTART_COMMAND": "false",
+    }
+    result = run_step("restore", params, tmp_path, uid=uid)
     assert (result.returncode, result.stdout) == (code, stdout), result.stderr
     assert stderr in result.stderr if stderr else result.stderr == ""
+    if code:
+        assert summary_of(result)[0].endswith("(exit 2): it must run as root")
+    # Nothing of the step is left behind (its held output, its temporary files).
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_a_restore_whose_restart_fails_exits_5_quoting_the_restart_command(tmp_path: Path) -> None:
@@ -164,15 +194,19 @@ def test_a_restore_whose_restart_fails_exits_5_quoting_the_restart_command(tmp_p
     config.write_text("ours\n")
     (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
     (tmp_path / "config.toml.registry-mirrors.applied").write_text("a b\n")
-    command = remote_command(
-        "node/restore.sh",
-        {
-            "CONFIG_FILE": str(config),
-            "RESTART_COMMAND": "echo Unit containerd.service not found. >&2; exit 255",
-        },
+    params: dict[str, str | int | bool] = {
+        "CONFIG_FILE": str(config),
+        "RESTART_COMMAND": "echo Unit containerd.service not found. >&2; exit 255",
+    }
+    result = run_step("restore", params, tmp_path)
+    assert result.returncode == 5, result.stderr
+    first = summary_of(result)
+    assert first[0].endswith(
+        f"(exit 5): {config} was restored, but the CRI plugin on "
+        "/run/containerd/containerd.sock is not ok after the restart"
     )
-    result = run_sent(command, tmp_path)
-    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
+    assert first[1].startswith(f"rolled back: nothing: the original {config} stays in place")
+    assert "restored=1\n" in result.stderr
     assert f"restore.sh: {config} was restored but the CRI plugin on" in result.stderr
     assert "restart command output: Unit containerd.service not found." in result.stderr
     assert config.read_text() == "theirs\n"
@@ -209,8 +243,11 @@ exec /bin/cp "$@"
 
 
 def failing_node(
-    tmp_path: Path, script: str, break_for_good: bool, fail_cp_from: str = "/nothing"
-) -> tuple[Path, str]:
+    tmp_path: Path,
+    script: str,
+    break_for_good: bool,
+    fail_cp_from: str = "/nothing",
+) -> tuple[Path, str, str]:
     """A node whose daemon refuses BREAKS; with ``break_for_good`` the first restart also leaves
     it broken whatever the file says (so the rollback cannot bring it back); copies from a path
     matching the glob ``fail_cp_from`` fail halfway."""
@@ -239,17 +276,35 @@ def failing_node(
         f"export PATH={bin_dir}:$PATH WATCHED={file} DEAD={tmp_path / 'dead'} "
         f"FAIL_CP_FROM='{fail_cp_from}'\n"
     )
-    return file, env + remote_command(f"node/{script}.sh", params)
+    command, text = stdin_command(f"node/{script}.sh", params)
+    return file, env + command, text
+
+
+def run_failing(
+    node: tuple[Path, str, str], cwd: Path, content: str
+) -> subprocess.CompletedProcess[str]:
+    _, command, script = node
+    return run_sent(command, cwd, script + content)
 
 
 @pytest.mark.parametrize("script", ["apply-config", "registries"])
 def test_a_change_the_daemon_refuses_is_rolled_back_and_exits_5(
     tmp_path: Path, script: str
 ) -> None:
-    file, command = failing_node(tmp_path, script, break_for_good=False)
-    result = run_sent(command, tmp_path, "BREAKS\n")
+    node = failing_node(tmp_path, script, break_for_good=False)
+    file = node[0]
+    result = run_failing(node, tmp_path, "BREAKS\n")
     assert result.returncode == 5, result.stderr
-    assert "rolled_back=1" in result.stdout
+    what, undone, todo = summary_of(result)
+    assert what.startswith(f"{script}.sh FAILED on ") and f"(exit 5): with the new {file} " in what
+    assert undone == (
+        f"rolled back: the previous {file} is back in place and the CRI plugin on "
+        f"{tmp_path / 'no.sock'} is ok again"
+    )
+    assert todo.startswith("to do: fix what ") and todo.endswith("then run pulumi up again")
+    # Then everything it printed, its own words and its key=value lines, on stderr.
+    assert result.stderr.splitlines()[3] == f"--- {script}.sh printed:"
+    assert "rolled_back=1" in result.stderr
     assert file.read_text() == "works\n"
     assert "the previous" in result.stderr and "NOT ok" not in result.stderr
     # Two restarts: into the change, and back into the previous file.
@@ -263,12 +318,17 @@ def test_a_rollback_the_daemon_does_not_recover_from_exits_6_with_the_file_resto
 ) -> None:
     """The worst case must still leave the previous file in place (nothing lost) and say loudly
     that the node is NOT ok: exit 6, never 5 (which means "rolled back, the node is fine")."""
-    file, command = failing_node(tmp_path, script, break_for_good=True)
-    result = run_sent(command, tmp_path, "fine too\n")
+    node = failing_node(tmp_path, script, break_for_good=True)
+    file = node[0]
+    result = run_failing(node, tmp_path, "fine too\n")
     assert result.returncode == 6, result.stderr
-    assert "rolled_back=1" in result.stdout
+    _, undone, todo = summary_of(result)
+    assert undone.startswith(f"rolled back: the previous {file} is back in place, but the CRI")
+    assert "is NOT ok with it either" in undone
+    assert todo.startswith("to do: the node needs a person now")
+    assert "rolled_back=1" in result.stderr
     assert file.read_text() == "works\n"
-    (not_ok,) = [line for line in result.stderr.splitlines() if "NOT ok" in line]
+    (not_ok,) = [line for line in result.stderr.splitlines()[3:] if "NOT ok" in line]
     assert not_ok.startswith(f"{script}.sh: ")
     assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
     assert not (tmp_path / f"{file.name}.registry-mirrors.applied").exists()
@@ -280,12 +340,15 @@ def test_a_rollback_that_cannot_put_the_file_back_exits_6_and_does_not_claim_it(
 ) -> None:
     """The previous file cannot be copied back (e.g. a full disk): not exit 1 with
     ``rolled_back=1`` printed before the attempt, but exit 6, ``rolled_back=0``, and the words."""
-    file, command = failing_node(
+    node = failing_node(
         tmp_path, script, break_for_good=False, fail_cp_from="*.registry-mirrors.2*"
     )
-    result = run_sent(command, tmp_path, "BREAKS\n")
+    file = node[0]
+    result = run_failing(node, tmp_path, "BREAKS\n")
     assert result.returncode == 6, result.stderr
-    assert "rolled_back=0" in result.stdout and "rolled_back=1" not in result.stdout
+    _, undone, _ = summary_of(result)
+    assert undone.startswith(f"rolled back: NOTHING: the previous {file} could NOT be put back")
+    assert "rolled_back=0" in result.stderr and "rolled_back=1" not in result.stderr
     assert "could NOT be put back" in result.stderr
     assert file.read_text() == "BREAKS\n"  # what is on the node, said as it is
     assert not list(tmp_path.glob(f".{file.name}.registry-mirrors.*")), "a temporary file left"
@@ -299,13 +362,19 @@ def test_a_copy_of_the_original_that_fails_midway_leaves_no_half_original(
     a copy that fails halfway must leave none (the next run saves it whole), never a truncated
     one that later runs would take for the original."""
     name = "config.toml" if script == "apply-config" else "registries.yaml"
-    file, command = failing_node(tmp_path, script, break_for_good=False, fail_cp_from=f"*/{name}")
-    failed = run_sent(command, tmp_path, "fine too\n")
+    file, command, text = failing_node(
+        tmp_path, script, break_for_good=False, fail_cp_from=f"*/{name}"
+    )
+    failed = run_sent(command, tmp_path, text + "fine too\n")
     assert failed.returncode != 0
+    # An error the script does not expect still comes with a summary first.
+    assert summary_of(failed)[0].endswith(
+        "it stopped at an error it does not expect; the lines below say where"
+    )
     assert file.read_text() == "works\n"
     assert sorted(p.name for p in tmp_path.glob(f"*{file.name}*")) == [file.name]
 
-    again = run_sent(command.replace(f"*/{name}", "/nothing"), tmp_path, "fine too\n")
+    again = run_sent(command.replace(f"*/{name}", "/nothing"), tmp_path, text + "fine too\n")
     assert again.returncode == 0, again.stderr
     assert (tmp_path / f"{file.name}.registry-mirrors.orig").read_text() == "works\n"
 
@@ -317,17 +386,20 @@ def test_a_restart_that_never_returns_is_stopped_at_the_time_limit(tmp_path: Pat
     config = tmp_path / "config.toml"
     config.write_text("ours\n")
     (tmp_path / "config.toml.registry-mirrors.orig").write_text("theirs\n")
-    command = remote_command(
+    command, script = stdin_command(
         "node/restore.sh",
         {"CONFIG_FILE": str(config), "RESTART_COMMAND": "sleep 600", "RESTART_TIMEOUT": 1},
     )
     result = subprocess.run(
         ["bash", "-c", "id() { echo 0; }; export -f id\n" + command],
         cwd=tmp_path,
+        input=script,
         capture_output=True,
         text=True,
         check=False,
         timeout=60,
     )
-    assert (result.returncode, result.stdout) == (5, "restored=1\n"), result.stderr
+    assert result.returncode == 5, result.stderr
+    assert summary_of(result)[0].endswith("is not ok after the restart")
+    assert "restored=1\n" in result.stderr
     assert "the restart command did not return within 1s and was stopped" in result.stderr

@@ -2,6 +2,14 @@
 
 The Pulumi component and the end-to-end test both call these, so the test runs over SSH exactly
 what ``pulumi up`` would send. Pure: no ``import pulumi``.
+
+The steps pulumi-command creates (hosts, config, registries) send their script first on stdin and
+keep the command to the parameters and a small loader (renderers/shell.py ``stdin_command``): a
+failed step's message then starts with the script's own summary, not with the 14 KB command. The
+delete commands carry their script in the command: pulumi-command runs a delete with the stdin
+the resource was created with (commandController.go Delete: the state's props), which holds the
+create's script, not theirs. So do the probe and the verify check, which we run and report
+ourselves.
 """
 
 from __future__ import annotations
@@ -11,14 +19,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour
-from components.renderers.shell import remote_command
+from components.renderers.shell import remote_command, stdin_command
 from components.settings import Node, Settings
 
 
 @dataclass(frozen=True)
 class Step:
+    """What runs: ``command`` is the login shell's command line; stdin is ``script`` (when it
+    travels there, see ``stdin_command``) followed by ``content``, what the script reads."""
+
     command: str
-    stdin: str = ""
+    content: str = ""
+    script: str = ""
+
+    @property
+    def stdin(self) -> str:
+        return self.script + self.content
 
 
 def _as_node_root(node: Node, command: str) -> str:
@@ -29,8 +45,17 @@ def _as_node_root(node: Node, command: str) -> str:
     return f"exec sudo -n bash -c {shlex.quote(command)}\n"
 
 
-def _step(node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = "") -> Step:
-    return Step(_as_node_root(node, remote_command(script, params)), stdin)
+def _step(node: Node, script: str, params: Mapping[str, str | int | bool]) -> Step:
+    """A step we run and report ourselves: the script in the command."""
+    return Step(_as_node_root(node, remote_command(script, params)))
+
+
+def _sent_step(
+    node: Node, script: str, params: Mapping[str, str | int | bool], content: str = ""
+) -> Step:
+    """A step pulumi-command runs: the script on stdin before ``content``, a short command."""
+    command, text = stdin_command(script, params)
+    return Step(_as_node_root(node, command), content, text)
 
 
 def probe_step(settings: Settings, node: Node) -> Step:
@@ -62,7 +87,7 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
 
 
 def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
-    return _step(
+    return _sent_step(
         node,
         "node/hosts.sh",
         {"CONFIG_PATH": settings.containerd.config_path},
@@ -89,14 +114,14 @@ def config_step(
 ) -> Step:
     """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
     ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
-    Without drop-ins the command and stdin are what they always were (no diff for a stack)."""
+    Without drop-ins the content is config.toml alone."""
     params: dict[str, str | int | bool] = {
         "CONFIG_FILE": node.config_file,
         "EXPECTED_SHA256": expected_sha256,
         **_restart_params(settings, node),
     }
     if not dropins:
-        return _step(node, "node/apply-config.sh", params, new_text)
+        return _sent_step(node, "node/apply-config.sh", params, new_text)
     params["DROPIN_COUNT"] = len(dropins)
     files = [(node.config_file, expected_sha256, new_text), *dropins]
     for path, _, _ in files:
@@ -106,7 +131,7 @@ def config_step(
         f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
         for path, guard, text in files
     )
-    return _step(node, "node/apply-config.sh", params, bundle)
+    return _sent_step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
@@ -118,8 +143,8 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    # REMOVE_ALL, not an empty stdin: whether pulumi-command feeds a delete the resource's stdin is
-    # not something to rely on, and that stdin (the bundle) would write the files again.
+    # REMOVE_ALL, not an empty stdin: pulumi-command feeds a delete the resource's stdin (the
+    # create's script and the bundle), which would write the files again.
     return _step(
         node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
     )
@@ -218,7 +243,7 @@ def registries_step(
 ) -> Step:
     """Write registries.yaml (``new_text``), restart the distribution, check its generated
     hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
-    return _step(
+    return _sent_step(
         node,
         "node/registries.sh",
         {

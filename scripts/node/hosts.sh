@@ -10,20 +10,28 @@
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
 # Params (env): CONFIG_PATH; REMOVE_ALL=1 ignores stdin and lets go of every registry we manage
 # (the delete step: pulumi destroy or a node removed from the settings).
-# Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
+# stdin: after the script itself (renderers/shell.py stdin_command).
+# Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1. On failure:
+#   a summary first, then all of it on stderr.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
 : "${REMOVE_ALL:=0}"
-if [[ $(id -u) -ne 0 ]]; then
-  echo "hosts.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
+
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
+hold_output
+require_root
+# Whatever stops it from here on: every hosts.toml is replaced whole (rename), so each one is the
+# old or the new file, and containerd reads them per pull.
+fail_with "it stopped at an error it does not expect while writing hosts.toml files (the lines below say where)" \
+  "nothing: the hosts.toml files written before it stay (each one whole, the old or the new one)" \
+  "fix what the lines below say (a full disk?), then run pulumi up again"
 
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
 mkdir -p "$CONFIG_PATH"
 work=$(mktemp -d "${CONFIG_PATH}/.registry-mirrors.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+cleanup+=("$work")
 
 valid_dir() {
   # A registry host[:port] or _default; never a path: stdin must not be able to escape CONFIG_PATH.
@@ -42,6 +50,8 @@ while IFS= read -r line || [[ -n $line ]]; do
   if [[ $line =~ ^#\ registry-mirrors:\ (.*)/hosts\.toml$ ]]; then
     current=${BASH_REMATCH[1]}
     if ! valid_dir "$current"; then
+      fail_with "it refuses a registry directory name in its stdin" "nothing: nothing was changed" \
+        "report it: the program should never send such a name"
       echo "hosts.sh: refusing registry directory name ${current@Q}" >&2
       exit 4
     fi
@@ -50,6 +60,8 @@ while IFS= read -r line || [[ -n $line ]]; do
   elif [[ -n $current ]]; then
     printf '%s\n' "$line" >>"$work/files/$current"
   elif [[ -n $line ]]; then
+    fail_with "its stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" \
+      "nothing: nothing was changed" "report it: the program should never send this"
     echo "hosts.sh: stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" >&2
     exit 4
   fi

@@ -7,7 +7,8 @@
 # `. "$(dirname "$0")/lib.sh"` line. From a checkout that line sources this file (and
 # `shellcheck -x` follows it).
 # Reads no parameter of its own (tests/test_node_steps.py checks): each script declares the
-# CONTAINERD_ADDRESS, RESTART_COMMAND and RESTART_TIMEOUT used here in its own header.
+# CONTAINERD_ADDRESS, RESTART_COMMAND and RESTART_TIMEOUT used here in its own header. Needs
+# step.sh (sourced before it: me, fail_with, cleanup).
 #
 # Next to FILE (probe.sh reads .orig, .absent and .applied back):
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
@@ -15,16 +16,6 @@
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
 #   FILE.registry-mirrors.applied         "<sha256 written> <sha256 of the file it was made from>"
 #   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
-
-# Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
-me=${0##*/}
-
-require_root() {
-  if [[ $(id -u) -ne 0 ]]; then
-    echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-    exit 2
-  fi
-}
 
 # --- the daemon: restart it, wait for its CRI plugin ---------------------------------------------
 
@@ -56,7 +47,8 @@ wait_for_cri() {
 # restart: the caller rolls back as for a CRI plugin that is not ok.
 restart() {
   local code=0
-  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" || code=$?
+  # Not the step's real output (step.sh): a daemon the command starts must not hold the session.
+  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" 3>&- 4>&- || code=$?
   if ((code == 124 || code == 137)); then
     echo "the restart command did not return within ${RESTART_TIMEOUT}s and was stopped"
   fi
@@ -100,7 +92,7 @@ new=""
 stage_stdin() {
   mkdir -p "$(dirname "$1")"
   new=$(temp_next_to "$1")
-  trap 'rm -f "$new"' EXIT
+  cleanup+=("$new")
   cat >"$new"
 }
 
@@ -117,6 +109,9 @@ skip_or_refuse() {
   fi
   [[ -f $file ]] && current=$(sha256_of "$file")
   if [[ $current != "$expected" ]]; then
+    fail_with "${file} changed since the program read it" "nothing: nothing was changed" \
+      "run pulumi up again (it reads the node again and plans from what is there now)"
+    # shellcheck disable=SC2154 # me: step.sh
     echo "${me}: ${file} changed since it was probed (expected sha256 ${expected}, now ${current}); nothing changed, run pulumi up again" >&2
     exit 3
   fi
@@ -154,6 +149,7 @@ install_new() {
 record_applied() {
   local file=$1 expected=$2 tmp
   tmp=$(temp_next_to "$file")
+  cleanup+=("$tmp")
   printf '%s %s\n' "$(sha256_of "$file")" "$expected" >"$tmp"
   mv -f "$tmp" "${file}.registry-mirrors.applied"
 }
@@ -174,6 +170,8 @@ roll_back() {
 roll_back_or_exit() {
   local file=$1 backup_file=$2
   if ! roll_back "$file" "$backup_file"; then
+    failed_undone="NOTHING: the previous ${file} could NOT be put back (${backup_file:-there was none}); the new one is in place and the daemon is not ok with it"
+    failed_todo="the node needs a person now: put the previous file back by hand (${backup_file:-remove ${file}}), restart, check the CRI plugin"
     echo "rolled_back=0"
     echo "${me}: the daemon did not come back with the new ${file}, and the previous one could NOT be put back (${backup_file:-there was none}): the node is NOT ok" >&2
     exit 6
@@ -186,8 +184,13 @@ roll_back_or_exit() {
 exit_after_roll_back() {
   local file=$1 error_text=$2
   if restart_and_wait; then
+    failed_undone="the previous ${file} is back in place and the CRI plugin on ${CONTAINERD_ADDRESS} is ok again"
     exit 5
   fi
+  # shellcheck disable=SC2034 # read by step.sh's end_step
+  failed_undone="the previous ${file} is back in place, but the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok with it either"
+  # shellcheck disable=SC2034
+  failed_todo="the node needs a person now: the daemon's words are below"
   echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
   exit 6
 }
@@ -234,6 +237,9 @@ restore_original() {
     return 0
   fi
   if ! restart_and_wait; then
+    fail_with "${file}${restore_also[*]:+ and ${restore_also[*]}} was restored, but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after the restart" \
+      "nothing: the original ${file} stays in place (the one we had written is ${file}.registry-mirrors.before-restore)" \
+      "look at the daemon: its words are below"
     {
       echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
       [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"

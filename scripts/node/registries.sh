@@ -21,8 +21,9 @@
 #   CONTAINERD_LOG       the distribution's containerd log (k3s logs containerd to a file)
 #   RESTORE              1: no stdin; put back the very first original (pulumi destroy / node
 #                        removed), restart and wait, like restore.sh for config.toml
-# stdin: the new registries.yaml (not read with RESTORE=1).
+# stdin: the new registries.yaml (not read with RESTORE=1), after the script itself.
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
+#   On failure: a summary first, then all of it on stderr.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
 #       distribution is ok again; 6 failed and so did the rollback.
 set -euo pipefail
@@ -39,8 +40,11 @@ set -euo pipefail
 : "${CONTAINERD_LOG:=}"
 : "${RESTORE:=0}"
 
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+hold_output
 require_root
 if [[ -n $CTR && -x $CTR ]]; then ctr_bin=$CTR; fi
 
@@ -98,6 +102,12 @@ if restart_and_wait; then
 fi
 
 reason=$(distribution_error_text)
+if [[ -n $hosts_problem ]]; then
+  failed_what="after writing ${REGISTRIES_FILE} and restarting ${UNIT:-the service}, ${hosts_problem}"
+else
+  failed_what="with the new ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s"
+fi
+failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again"
 echo "restarted=1"
 roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {

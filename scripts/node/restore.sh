@@ -15,8 +15,11 @@ set -euo pipefail
 : "${RESTART_TIMEOUT:=60}"
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+hold_output
 require_root
 
 dropin_list="${CONFIG_FILE}.registry-mirrors.dropins"

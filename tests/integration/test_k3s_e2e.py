@@ -24,6 +24,7 @@ from components.plan.node_plan import RegistriesPlan, plan_registries
 from components.plan.node_probe import parse_probe, parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
+    Step,
     check_step,
     probe_step,
     restore_registries_step,
@@ -330,19 +331,25 @@ def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_p
             broken,
         )
         # The stand-in logs to a file (k3s: the journal), named like CONTAINERD_LOG.
-        step = type(step)(
+        step = Step(
             step.command.replace(
                 "export UNIT=", f"export SERVICE_LOG={host.service_log}\nexport UNIT=", 1
             ),
-            step.stdin,
+            step.content,
+            step.script,
         )
 
         result = host.run_step(step)
 
         assert result.returncode == 5, result.stderr
+        # What failed, what was rolled back, what to do; then the distribution's own words.
+        what, undone, todo = result.stderr.splitlines()[:3]
+        assert what.startswith("registries.sh FAILED on ") and "(exit 5): with the new " in what
+        assert undone.startswith("rolled back: the previous /etc/rancher/k3s/registries.yaml is")
+        assert todo.startswith("to do: fix what k3s says below")
         assert "level=fatal" in result.stderr
         assert "failed to load private registry configuration" in result.stderr
-        assert parse_step_result(result.stdout).rolled_back
+        assert parse_step_result(result.stderr).rolled_back
         assert host.registries_file.read_text() == good
         assert host.cri_status() == "ok"
 

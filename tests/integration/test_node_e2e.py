@@ -37,6 +37,7 @@ from components.plan.node_plan import NodePlan, plan_node
 from components.plan.node_probe import parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
+    Step,
     check_step,
     restore_config_step,
     restore_hosts_step,
@@ -44,6 +45,7 @@ from components.plan.node_steps import (
 from components.renderers.bundle import mirrors_export
 from components.renderers.containerd_config import DEFAULT_CONFIG_PATH, REGISTRY_PATHS
 from components.renderers.registry_config import registry_config
+from components.renderers.shell import remote_command
 from components.settings import Node, Settings, Upstream, load_settings
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
@@ -558,6 +560,23 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
 # --- faults ------------------------------------------------------------------------------------
 
 
+def _go_quoted(text: str) -> str:
+    """Go's %q of ``text`` (ASCII: what JSON gives, escapes and all on one line)."""
+    return json.dumps(text)
+
+
+def as_pulumi_command_shows_it(host: NodeHost, step: Step) -> str:
+    """What `pulumi up` prints for this step when it fails: pulumi-command's
+    ``fmt.Errorf("%w: running %q:\\n%s", err, cmd, stdouterrbuf)`` (provider/pkg/provider/remote/
+    commandOutputs.go), with stdout and stderr in one buffer in the order they arrived."""
+    result = host.ssh(step.command, step.stdin, merge_stderr=True)
+    assert result.returncode != 0, result.stdout
+    return (
+        f"Process exited with status {result.returncode}: running {_go_quoted(step.command)}:\n"
+        f"{result.stdout}"
+    )
+
+
 def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error(
     world: World,
 ) -> None:
@@ -572,18 +591,35 @@ def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error
         f'  endpoint = ["http://{host.host_address}:5000"]\n'
     )
 
-    result = host.run_step(config_step(world.settings, world.node, probe.config_sha256, bad))
+    step = config_step(world.settings, world.node, probe.config_sha256, bad)
+    shown = as_pulumi_command_shows_it(host, step)
 
-    assert result.returncode == 5, result.stderr
+    lines = shown.splitlines()
+    # pulumi-command: `<exit status>: running "<command>":`, then the output as it arrived.
+    # The command is the parameters and the loader (the script came on stdin): one short line,
+    # and the next three are what failed, what was rolled back, what to do.
+    assert lines[0].startswith("Process exited with status 5: running ") and len(lines[0]) < 1000
+    assert (
+        lines[1].startswith("apply-config.sh FAILED on ") and "(exit 5): with the new " in lines[1]
+    )
+    assert "containerd runs with its CRI plugin in error" in lines[1]
+    assert lines[2] == (
+        "rolled back: the previous /etc/containerd/config.toml is back in place and the CRI "
+        "plugin on /run/containerd/containerd.sock is ok again"
+    )
+    assert lines[3].startswith("to do: fix what containerd says below")
     # This version's own words, from the plugin that refused (2.x: the images plugin; the cri
-    # plugin then fails as its dependent).
+    # plugin then fails as its dependent), after the summary.
     conflict = world.containerd
-    assert f"cri plugin {conflict.conflict_plugin}: {conflict.conflict_error}" in result.stderr
-    assert "containerd runs with its CRI plugin in error" in result.stderr
-    assert "hint: containerd refuses registry.mirrors" in result.stderr
-    assert parse_step_result(result.stdout).rolled_back
+    assert f"cri plugin {conflict.conflict_plugin}: {conflict.conflict_error}" in shown
+    assert "hint: containerd refuses registry.mirrors" in shown
+    assert parse_step_result(shown).rolled_back
     assert host.config_file.read_text() == good
     assert host.cri_status() == "ok"
+    # Control: with the script in the command, as before, the first line was the whole script
+    # and its library (what buried the message).
+    inlined = remote_command("node/apply-config.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
+    assert len(_go_quoted(inlined)) > 10 * len(lines[0])
 
 
 def test_edit_between_probe_and_apply_aborts_with_nothing_changed(world: World) -> None:
