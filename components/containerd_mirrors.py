@@ -10,18 +10,34 @@ Per node, the plan's steps become pulumi-command remote Commands (components/pla
 builds each (command, stdin); the end-to-end test runs exactly those over real SSH), each after
 the one before:
 - ``<name>-<node>-hosts``: writes the hosts.toml files (stdin: the bundle). containerd re-reads
-  hosts.toml per pull: no restart. Its delete lets go of them (hosts.sh REMOVE_ALL=1).
+  hosts.toml per pull: no restart.
 - ``<name>-<node>-config``: writes the migrated config.toml, restarts containerd and waits for the
-  CRI plugin, rolling back on failure; its delete restores the original (restore.sh). Not created
-  for nodes with ``skip_config_path`` (the summary says what they still need).
+  CRI plugin, rolling back on failure. Not created for nodes with ``skip_config_path`` (the
+  summary says what they still need).
 - k3s and RKE2 nodes instead: ``<name>-<node>-registries``: writes the merged registries.yaml,
   restarts the distribution's unit, waits for its CRI plugin, checks the hosts.toml it generated,
-  rolling back on failure; its delete restores the original (registries.sh RESTORE=1). Those
-  distributions regenerate their containerd config and certs.d from registries.yaml at start.
+  rolling back on failure. Those distributions regenerate their containerd config and certs.d
+  from registries.yaml at start.
+- ``nodes[].state: restored``: ``<name>-<node>-restore-config`` then ``-restore-hosts`` (k3s/RKE2:
+  ``-restore-registries``) put the node's original files back, once.
+
+Nothing is ever undone as a side effect. No step has a delete command, and every step is
+``retain_on_delete``: a step that leaves the program (its node removed, renamed, set to
+skipConfigPath or restored; ``pulumi destroy``) leaves the state and nothing runs on the node. (A
+delete that restored, as before, undid a renamed node's config and removed the hosts.toml files
+its new steps had just written.) Undoing our changes is the explicit ``restored`` state. Reorder
+and batch-size changes move steps between gates: the URN of a child holds its parent's TYPE, the
+same Stash for every gate, so each step keeps its URN.
+
+``nodes[].state: held``: the node is not read (components/fleet.py) and its steps are registered
+with ``ignore_changes`` on every input: the engine keeps what the state holds for them (no diff:
+nothing runs, nothing is read), they stay in the state, and the batch gates still wait for them.
+A held node that has no step in the state yet gets steps with no ``create``: pulumi-command then
+runs nothing (and dials nothing) on create.
 
 No step has ``triggers``: pulumi-command's Python SDK gives every ``remote.Command``
 ``replace_on_changes=["triggers[*]"]`` (pulumi-command #855), so a changed trigger REPLACES the
-command, and a replacement runs the old resource's delete (= restore) after the new create.
+command.
 
 Secrets: config.toml and registries.yaml may hold ``configs.*.auth``; a Command's stdout shows
 up in the diff even when secret (pulumi-command #260), so the config and registries steps log
@@ -53,12 +69,14 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
-from components.plan.node_plan import AnyPlan, NodeStep
+from components.plan.node_plan import AnyPlan, HeldPlan, NodeStep
 from components.plan.node_probe import parse_step_result
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 
 TYPE = "registry-mirrors:cluster:ContainerdMirrors"
+# Steps whose stdin and output may hold registry credentials (components/plan/node_plan.py).
+SENSITIVE_ROLES = frozenset({"config", "registries"})
 
 
 def rollout_batches(nodes: Sequence[Node], batch_size: int) -> list[list[Node]]:
@@ -69,12 +87,27 @@ def rollout_batches(nodes: Sequence[Node], batch_size: int) -> list[list[Node]]:
     return [[nodes[0]]] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
+# Every input of a remote.Command: what a held node's steps keep from the state.
+COMMAND_INPUTS = [
+    "connection",
+    "create",
+    "update",
+    "delete",
+    "stdin",
+    "environment",
+    "logging",
+    "triggers",
+    "add_previous_output_in_env",
+]
+
+
 def _report(plan: AnyPlan, stdout: str | None) -> dict[str, Any]:
     """What the last apply did to the node (its config or registries step's output)."""
     result = parse_step_result(stdout or "")
     return {
+        "state": plan.state,
         "flavour": plan.flavour.name,
-        "containerdVersion": plan.probe.containerd_version,
+        "containerdVersion": None if plan.probe is None else plan.probe.containerd_version,
         "configChanged": result.changed,
         "restarted": result.restarted,
         # containerd 1.7+ after a restart: what `ctr deprecations list` names (None otherwise).
@@ -128,10 +161,14 @@ class ContainerdMirrors(pulumi.ComponentResource):
         ).connection()
         commands: dict[str, remote.Command] = {}
         last: remote.Command | None = None
+        if isinstance(plan, HeldPlan):
+            for role in plan.roles:
+                last = self._create_held_step(node, role, connection, gate, last)
+                commands[role] = last
         for step in plan.steps:
             last = self._create_step(node, step, connection, gate, last)
             commands[step.role] = last
-        assert last is not None, "a node plan has at least its hosts step"
+        assert last is not None, "a node plan has at least one step"
         self.commands[node.name] = commands
 
         reporter = commands.get(plan.report_role)
@@ -156,17 +193,46 @@ class ContainerdMirrors(pulumi.ComponentResource):
         return remote.Command(
             f"{self._base_name}-{node.name}-{step.role}",
             connection=connection,
-            # The command carries the script and its parameters (a checksum, never a secret):
-            # shown in the diff. The content travels on stdin.
+            # The command carries the parameters (checksums and a mark, never a secret) and the
+            # script's checksum: shown in the diff. The script and the content travel on stdin.
             create=step.create.command,
-            delete=step.delete.command,
             stdin=pulumi.Output.secret(step.create.stdin) if secret else step.create.stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
-            opts=pulumi.ResourceOptions(
-                parent=gate,
-                depends_on=[previous] if previous is not None else None,
-                additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
-                aliases=[pulumi.Alias(parent=self)],
+            opts=self._step_options(gate, previous, secret),
+        )
+
+    def _create_held_step(
+        self,
+        node: Node,
+        role: str,
+        connection: remote.ConnectionArgs,
+        gate: pulumi.Stash,
+        previous: remote.Command | None,
+    ) -> remote.Command:
+        """A held node's step: every input as the state has it (ignore_changes), so the engine
+        sees no diff and runs nothing; ``create`` None for a step the state does not hold yet."""
+        return remote.Command(
+            f"{self._base_name}-{node.name}-{role}",
+            connection=connection,
+            opts=self._step_options(
+                gate, previous, role in SENSITIVE_ROLES, ignore_changes=COMMAND_INPUTS
             ),
+        )
+
+    def _step_options(
+        self,
+        gate: pulumi.Stash,
+        previous: remote.Command | None,
+        secret: bool,
+        ignore_changes: list[str] | None = None,
+    ) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(
+            parent=gate,
+            depends_on=[previous] if previous is not None else None,
+            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
+            aliases=[pulumi.Alias(parent=self)],
+            # Leaving the program never runs anything on the node (module docstring).
+            retain_on_delete=True,
+            ignore_changes=ignore_changes,
         )

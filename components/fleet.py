@@ -8,7 +8,9 @@ registry credentials, only reaches resources as secret inputs), and runs in para
 ``containerd.probeConcurrency``: 1,000 nodes are not 1,000 sequential SSH round trips.
 
 A node that does not answer, or whose config.toml cannot be migrated, stops the program before
-anything is registered, naming every such node at once.
+anything is registered, naming every such node at once. A node set to ``state: held`` is not
+read at all (components/plan/node_plan.py ``plan_held``): that is how the rest of the fleet and
+the VM stay deployable while one node is down.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from components.plan.node_plan import AnyPlan, FleetCache, plan_any
+from components.plan.node_plan import AnyPlan, FleetCache, plan_any, plan_held
 from components.plan.node_steps import NodeStepError, Step, check_step, probe_step
 from components.settings import Node, Settings
 from components.ssh_client import StepRun, run_on_node
@@ -32,6 +34,8 @@ class FleetReadError(RuntimeError):
         super().__init__(
             f"cannot read {len(problems)} of {total} node(s) (nothing was changed):\n"
             + "\n".join(f"  {problem}" for problem in problems)
+            + "\n(a node that is down can be held out: nodes[].state: held, see the README's "
+            "Troubleshooting)"
         )
 
 
@@ -55,15 +59,19 @@ def plan_fleet(settings: Settings, runner: StepRunner) -> dict[str, AnyPlan]:
     """Every node's plan, by name, in settings order. Raises FleetReadError listing every node
     that failed (probe or plan) after all were tried."""
     nodes = settings.nodes
-    if not nodes:
-        return {}
-    workers = max(1, min(settings.containerd.probe_concurrency, len(nodes)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
-        futures = {node.name: pool.submit(read_node, settings, node, runner) for node in nodes}
+    read = [node for node in nodes if node.state != "held"]
+    futures = {}
+    if read:
+        workers = max(1, min(settings.containerd.probe_concurrency, len(read)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+            futures = {node.name: pool.submit(read_node, settings, node, runner) for node in read}
     cache: FleetCache = {}
     plans: dict[str, AnyPlan] = {}
     problems: list[str] = []
     for node in nodes:
+        if node.state == "held":
+            plans[node.name] = plan_held(node)
+            continue
         try:
             plans[node.name] = plan_any(settings, node, futures[node.name].result(), cache)
         except NodeStepError as error:

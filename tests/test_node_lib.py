@@ -77,8 +77,8 @@ class Node:
             "CTR": str(ctr),
         }
 
-    def apply(self, guard: str, text: str) -> subprocess.CompletedProcess[str]:
-        params = {**self.params, "EXPECTED_SHA256": guard}
+    def apply(self, guard: str, text: str, mark: str = "m1") -> subprocess.CompletedProcess[str]:
+        params = {**self.params, "EXPECTED_SHA256": guard, "APPLY_MARK": mark}
         return run_step("registries", params, self.root, text)
 
     def delete(self) -> subprocess.CompletedProcess[str]:
@@ -106,17 +106,17 @@ def test_a_new_file_is_0600_a_changed_one_keeps_its_mode_and_delete_removes_it(
     first = node.apply("absent", FIRST)
     assert first.stdout == "changed=1\nbackup=\nrestarted=1\nrolled_back=0\n", first.stderr
     assert node.file.stat().st_mode & 0o777 == 0o600
-    assert node.beside("applied").read_text() == f"{sha256(FIRST)} absent\n"
+    assert node.beside("applied").read_text() == f"{sha256(FIRST)} absent m1\n"
     assert node.beside("absent").exists()
 
     node.file.chmod(0o640)
-    second = node.apply(sha256(FIRST), SECOND)
+    second = node.apply(sha256(FIRST), SECOND, mark="m2")
     assert second.returncode == 0, second.stderr
     (backup,) = node.file.parent.glob("registries.yaml.registry-mirrors.2*")  # a UTC stamp
     assert f"backup={backup}\n" in second.stdout
     assert backup.read_text() == FIRST
     assert node.file.read_text() == SECOND and node.file.stat().st_mode & 0o777 == 0o640
-    assert node.beside("applied").read_text() == f"{sha256(SECOND)} {sha256(FIRST)}\n"
+    assert node.beside("applied").read_text() == f"{sha256(SECOND)} {sha256(FIRST)} m2\n"
     assert node.restart_count() == 2
     assert not node.beside("orig").exists()
 
@@ -143,13 +143,15 @@ def test_identical_text_is_a_no_op_whatever_the_guard_and_an_edit_is_refused(
     tmp_path: Path,
 ) -> None:
     """The guard of an unchanged node is the checksum of the file it was made from, not of what
-    is on disk: identical text must be looked at first."""
+    is on disk: identical text must be looked at first. It is still recorded, with the mark it
+    was sent (the next probe plans these very inputs again)."""
     node = Node(tmp_path)
     node.apply("absent", FIRST)
     before = node.left()
-    again = node.apply("absent", FIRST)
+    again = node.apply("absent", FIRST, mark="m9")
     assert (again.returncode, again.stdout) == (0, "changed=0\nrestarted=0\n"), again.stderr
     assert node.restart_count() == 1 and node.left() == before
+    assert node.beside("applied").read_text() == f"{sha256(FIRST)} absent m9\n"
 
     edited = node.apply("absent", SECOND)
     assert edited.returncode == 3
@@ -247,6 +249,7 @@ def failing_node(
     script: str,
     break_for_good: bool,
     fail_cp_from: str = "/nothing",
+    mark: str = "",
 ) -> tuple[Path, str, str]:
     """A node whose daemon refuses BREAKS; with ``break_for_good`` the first restart also leaves
     it broken whatever the file says (so the rollback cannot bring it back); copies from a path
@@ -267,6 +270,7 @@ def failing_node(
         "RESTART_COMMAND": restart,
         "RESTART_TIMEOUT": 5,
         "CONTAINERD_ADDRESS": str(tmp_path / "no.sock"),
+        "APPLY_MARK": mark,
     }
     if script == "apply-config":
         params["CONFIG_FILE"] = str(file)
@@ -301,7 +305,7 @@ def test_a_change_the_daemon_refuses_is_rolled_back_and_exits_5(
         f"rolled back: the previous {file} is back in place and the CRI plugin on "
         f"{tmp_path / 'no.sock'} is ok again"
     )
-    assert todo.startswith("to do: fix what ") and todo.endswith("then run pulumi up again")
+    assert todo.startswith("to do: fix what ") and "nodes[].state: held" in todo
     # Then everything it printed, its own words and its key=value lines, on stderr.
     assert result.stderr.splitlines()[3] == f"--- {script}.sh printed:"
     assert "rolled_back=1" in result.stderr
@@ -403,3 +407,84 @@ def test_a_restart_that_never_returns_is_stopped_at_the_time_limit(tmp_path: Pat
     assert summary_of(result)[0].endswith("is not ok after the restart")
     assert "restored=1\n" in result.stderr
     assert "the restart command did not return within 1s and was stopped" in result.stderr
+
+
+# --- what a step leaves, read back by the probe (issue 27: drift in any direction) ---------------
+
+
+def probe(tmp_path: Path, config: Path, config_path: Path) -> dict[str, str]:
+    """probe.sh's key=value lines for a node whose files are under tmp_path (containerd: a
+    stand-in that only knows its version)."""
+    from components.plan.node_probe import parse_key_values
+    from components.renderers.shell import remote_command
+
+    bin_dir = tmp_path / "probe-bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "containerd").write_text("#!/bin/sh\necho containerd x v1.7.24 abc\n")
+    (bin_dir / "containerd").chmod(0o755)
+    command = remote_command(
+        "node/probe.sh", {"CONFIG_FILE": str(config), "CONFIG_PATH": str(config_path)}
+    )
+    result = run_sent(f"export PATH={bin_dir}:$PATH\n{command}", tmp_path)
+    assert result.returncode == 0, result.stderr
+    return {key: values[-1] for key, values in parse_key_values(result.stdout).items()}
+
+
+def test_hosts_sh_records_what_it_left_and_the_probe_checks_it(tmp_path: Path) -> None:
+    config_path = tmp_path / "certs.d"
+    bundle = (
+        "# registry-mirrors: docker.io/hosts.toml\nserver = 'a'\n"
+        "# registry-mirrors: ghcr.io/hosts.toml\nserver = 'b'\n"
+    )
+    params: dict[str, str | int | bool] = {"CONFIG_PATH": str(config_path), "APPLY_MARK": "m1"}
+    written = run_step("hosts", params, tmp_path, bundle)
+    assert written.returncode == 0, written.stderr
+    record = config_path / ".registry-mirrors-applied"
+    a, b = sha256("server = 'a'\n"), sha256("server = 'b'\n")
+    assert record.read_text() == f"mark m1\n{a}  docker.io/hosts.toml\n{b}  ghcr.io/hosts.toml\n"
+    config = tmp_path / "config.toml"
+    left = probe(tmp_path, config, config_path)
+    assert left["hosts_applied_mark"] == "m1"
+    assert left["hosts_applied_record_sha256"] == sha256(record.read_text())
+
+    # Any direction: a file edited, or gone (our own restore, a config manager wiping certs.d).
+    hosts = config_path / "ghcr.io" / "hosts.toml"
+    for change in (lambda: hosts.write_text("server = 'c'\n"), hosts.unlink):
+        change()
+        drifted = probe(tmp_path, config, config_path)
+        assert "hosts_applied_mark" not in drifted
+        assert drifted["hosts_applied_record_sha256"] == left["hosts_applied_record_sha256"]
+    # Written again with a new mark: as left, and that mark.
+    assert run_step("hosts", {**params, "APPLY_MARK": "m2"}, tmp_path, bundle).returncode == 0
+    assert probe(tmp_path, config, config_path)["hosts_applied_mark"] == "m2"
+
+    removed = run_step("hosts", {**params, "REMOVE_ALL": 1}, tmp_path, bundle)
+    assert removed.returncode == 0, removed.stderr
+    assert not record.exists() and not (config_path / "docker.io").exists()
+    assert "hosts_applied_record_sha256" not in probe(tmp_path, config, config_path)
+
+
+def test_the_probe_gives_the_mark_back_only_while_the_file_is_what_the_step_left(
+    tmp_path: Path,
+) -> None:
+    """apply-config.sh records what it left; back to the original (a config manager, a restore by
+    hand) the probe no longer gives the guard and mark back, only the record's checksum."""
+    file, command, text = failing_node(tmp_path, "apply-config", break_for_good=False, mark="m1")
+    config_path = tmp_path / "certs.d"
+    applied = run_sent(command, tmp_path, text + "migrated\n")
+    assert applied.returncode == 0, applied.stderr
+    record = tmp_path / "config.toml.registry-mirrors.applied"
+    assert record.read_text() == f"{sha256('migrated' + chr(10))} {sha256('works' + chr(10))} m1\n"
+
+    left = probe(tmp_path, file, config_path)
+    assert (left["config_applied_from_sha256"], left["config_applied_mark"]) == (
+        sha256("works\n"),
+        "m1",
+    )
+    assert left["config_applied_record_sha256"] == sha256(record.read_text())
+
+    file.write_text("works\n")  # back to the original
+    reverted = probe(tmp_path, file, config_path)
+    assert reverted["config_applied_from_sha256"] == ""
+    assert reverted["config_applied_mark"] == ""
+    assert reverted["config_applied_record_sha256"] == left["config_applied_record_sha256"]

@@ -3,13 +3,11 @@
 The Pulumi component and the end-to-end test both call these, so the test runs over SSH exactly
 what ``pulumi up`` would send. Pure: no ``import pulumi``.
 
-The steps pulumi-command creates (hosts, config, registries) send their script first on stdin and
-keep the command to the parameters and a small loader (renderers/shell.py ``stdin_command``): a
-failed step's message then starts with the script's own summary, not with the 14 KB command. The
-delete commands carry their script in the command: pulumi-command runs a delete with the stdin
-the resource was created with (commandController.go Delete: the state's props), which holds the
-create's script, not theirs. So do the probe and the verify check, which we run and report
-ourselves.
+The steps pulumi-command runs (hosts, config, registries, restore) send their script first on
+stdin and keep the command to the parameters and a small loader (renderers/shell.py
+``stdin_command``): a failed step's message then starts with the script's own summary, not with
+the 14 KB command. The probe and the verify check, which we run and report ourselves, carry the
+script in the command.
 """
 
 from __future__ import annotations
@@ -86,11 +84,13 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def hosts_step(settings: Settings, node: Node, files: Mapping[str, str]) -> Step:
+def hosts_step(settings: Settings, node: Node, files: Mapping[str, str], mark: str = "") -> Step:
+    """``mark``: recorded with the files; the probe gives it back while they are as hosts.sh
+    left them (components/plan/node_plan.py ``apply_mark``)."""
     return _sent_step(
         node,
         "node/hosts.sh",
-        {"CONFIG_PATH": settings.containerd.config_path},
+        {"CONFIG_PATH": settings.containerd.config_path, "APPLY_MARK": mark},
         hosts_bundle(files),
     )
 
@@ -111,13 +111,16 @@ def config_step(
     expected_sha256: str,
     new_text: str,
     dropins: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
 ) -> Step:
     """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
     ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
-    Without drop-ins the content is config.toml alone."""
+    Without drop-ins the content is config.toml alone. ``mark``: recorded with every file it
+    leaves (components/plan/node_plan.py ``apply_mark``)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_FILE": node.config_file,
         "EXPECTED_SHA256": expected_sha256,
+        "APPLY_MARK": mark,
         **_restart_params(settings, node),
     }
     if not dropins:
@@ -135,7 +138,8 @@ def config_step(
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
-    return _step(
+    """nodes[].state: restored: the node's very first config.toml back, containerd restarted."""
+    return _sent_step(
         node,
         "node/restore.sh",
         {"CONFIG_FILE": node.config_file, **_restart_params(settings, node)},
@@ -143,9 +147,9 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    # REMOVE_ALL, not an empty stdin: pulumi-command feeds a delete the resource's stdin (the
-    # create's script and the bundle), which would write the files again.
-    return _step(
+    """nodes[].state: restored: our hosts.toml files go (a hand-made one we replaced comes back).
+    REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
+    return _sent_step(
         node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
     )
 
@@ -239,7 +243,12 @@ def expected_hosts(settings: Settings) -> str:
 
 
 def registries_step(
-    settings: Settings, node: Node, flavour: Flavour, expected_sha256: str, new_text: str
+    settings: Settings,
+    node: Node,
+    flavour: Flavour,
+    expected_sha256: str,
+    new_text: str,
+    mark: str = "",
 ) -> Step:
     """Write registries.yaml (``new_text``), restart the distribution, check its generated
     hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
@@ -249,6 +258,7 @@ def registries_step(
         {
             **_distribution_params(settings, node, flavour),
             "EXPECTED_SHA256": expected_sha256,
+            "APPLY_MARK": mark,
             "HOSTS_DIR": flavour.hosts_dir,
             "EXPECTED_HOSTS": expected_hosts(settings),
         },
@@ -257,8 +267,9 @@ def registries_step(
 
 
 def restore_registries_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
-    """Delete: the node's very first registries.yaml back (or none, if it had none), restart."""
-    return _step(
+    """nodes[].state: restored: the node's very first registries.yaml back (or none, if it had
+    none), restart."""
+    return _sent_step(
         node,
         "node/registries.sh",
         {**_distribution_params(settings, node, flavour), "RESTORE": 1},

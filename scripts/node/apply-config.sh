@@ -22,6 +22,8 @@
 #                        changed, one restart, and a failed CRI check puts every one back.
 #                        Their paths are kept in <CONFIG_FILE>.registry-mirrors.dropins, so
 #                        restore.sh puts them back too.
+#   APPLY_MARK           recorded with every file it leaves (lib.sh record_applied; probe.sh
+#                        reads it back)
 # stdin: the new config.toml (or the bundle), after the script itself (renderers/shell.py
 #   stdin_command).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1, and after a
@@ -39,6 +41,7 @@ set -euo pipefail
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 : "${CONTAINERD_LOG:=}"
 : "${DROPIN_COUNT:=0}"
+: "${APPLY_MARK:=}"
 
 # shellcheck source=scripts/node/step.sh
 . "$(dirname "$0")/step.sh"
@@ -93,6 +96,11 @@ for i in "${!files[@]}"; do
   changing+=("$i")
 done
 if ((${#changing[@]} == 0)); then
+  # Nothing to change: recorded as applied all the same, with this step's mark (the next probe
+  # then plans these very inputs again).
+  for i in "${!files[@]}"; do
+    [[ -f ${files[i]} ]] && record_applied "${files[i]}" "${guards[i]}" "$APPLY_MARK"
+  done
   echo "changed=0"
   echo "restarted=0"
   exit 0
@@ -104,7 +112,7 @@ for i in "${changing[@]}"; do
   if ! check_output=$(containerd -c "${staged[i]}" config dump 2>&1 >/dev/null); then
     fail_with "this containerd refuses the migrated ${files[i]} (containerd config dump, below)" \
       "nothing: no file was replaced" \
-      "report the lines below (a migration this containerd cannot load is a bug of the program)"
+      "report the lines below (a migration this containerd cannot load is a bug of the program); meanwhile nodes[].state: held keeps this node out of pulumi up"
     echo "${me}: containerd rejects the new ${files[i]}; nothing changed:" >&2
     echo "$check_output" >&2
     exit 4
@@ -158,7 +166,7 @@ roll_back_all() {
   for i in "${changing[@]}"; do
     if ! roll_back "${files[i]}" "${backups[i]}"; then
       failed_undone="NOTHING: the previous ${files[i]} could NOT be put back (${backups[i]:-there was none}); the new one is in place and the daemon is not ok with it"
-      failed_todo="the node needs a person now: put the previous file back by hand (${backups[i]:-remove ${files[i]}}), restart, check the CRI plugin"
+      failed_todo="the node needs a person now: put the previous file back by hand (${backups[i]:-remove ${files[i]}}), restart, check the CRI plugin; meanwhile nodes[].state: held keeps this node out of pulumi up"
       echo "rolled_back=0"
       echo "${me}: the daemon did not come back with the new ${files[i]}, and the previous one could NOT be put back (${backups[i]:-there was none}): the node is NOT ok" >&2
       exit 6
@@ -168,9 +176,10 @@ roll_back_all() {
 }
 
 if restart_and_wait; then
-  # probe.sh reads it back; restore.sh removes it.
-  for i in "${changing[@]}"; do
-    record_applied "${files[i]}" "${guards[i]}"
+  # probe.sh reads them back; restore.sh removes them. Every file of the step, changed or not,
+  # with this step's mark: the next probe plans these very inputs again.
+  for i in "${!files[@]}"; do
+    [[ -f ${files[i]} ]] && record_applied "${files[i]}" "${guards[i]}" "$APPLY_MARK"
   done
   echo "restarted=1"
   echo "rolled_back=0"
@@ -186,7 +195,7 @@ if [[ $cri_state == error ]]; then
 else
   failed_what="with the new ${written} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s"
 fi
-failed_todo="fix what containerd says below (its own words), then run pulumi up again"
+failed_todo="fix what containerd says below (its own words), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
 echo "restarted=1"
 roll_back_all
 {

@@ -8,14 +8,19 @@
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
-# Params (env): CONFIG_PATH; REMOVE_ALL=1 ignores stdin and lets go of every registry we manage
-# (the delete step: pulumi destroy or a node removed from the settings).
+# What we left is recorded in <CONFIG_PATH>/.registry-mirrors-applied: "mark <APPLY_MARK>", then
+# one sha256sum line per hosts.toml written. probe.sh checks the files against it: while they are
+# as we left them the program sends the same mark again (no diff); otherwise a new one (the step
+# shows a change and runs).
+# Params (env): CONFIG_PATH; APPLY_MARK; REMOVE_ALL=1 ignores stdin and lets go of every registry
+# we manage (nodes[].state: restored).
 # stdin: after the script itself (renderers/shell.py stdin_command).
 # Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1. On failure:
 #   a summary first, then all of it on stderr.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
+: "${APPLY_MARK:=}"
 : "${REMOVE_ALL:=0}"
 
 # shellcheck source=scripts/node/step.sh
@@ -29,6 +34,7 @@ fail_with "it stopped at an error it does not expect while writing hosts.toml fi
   "fix what the lines below say (a full disk?), then run pulumi up again"
 
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
+record="${CONFIG_PATH}/.registry-mirrors-applied"
 mkdir -p "$CONFIG_PATH"
 work=$(mktemp -d "${CONFIG_PATH}/.registry-mirrors.XXXXXX")
 cleanup+=("$work")
@@ -113,5 +119,16 @@ if [[ -s "$work/wanted" ]]; then
   mv -f "$work/manifest" "$manifest"
 else
   rm -f "$manifest"
+fi
+if [[ $REMOVE_ALL == 1 ]]; then
+  rm -f "$record"
+else
+  {
+    echo "mark ${APPLY_MARK}"
+    while read -r dir; do
+      [[ -n $dir ]] && (cd "$CONFIG_PATH" && sha256sum "${dir}/hosts.toml")
+    done <"$work/wanted"
+  } >"$work/record"
+  mv -f "$work/record" "$record"
 fi
 echo "changed=${changed}"

@@ -14,7 +14,7 @@
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
 #   FILE.registry-mirrors.absent          ... or the mark that there was no FILE then
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
-#   FILE.registry-mirrors.applied         "<sha256 written> <sha256 of the file it was made from>"
+#   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied)
 #   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
 
 # --- the daemon: restart it, wait for its CRI plugin ---------------------------------------------
@@ -96,13 +96,15 @@ stage_stdin() {
   cat >"$new"
 }
 
-# skip_or_refuse FILE STAGED EXPECTED_SHA256: exit 0 when FILE already holds STAGED's text; exit 3
-# when FILE is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
+# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
+# (recording it as applied: the next probe then plans these very inputs again); exit 3 when FILE
+# is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
 # In that order: the guard of an unchanged node is the checksum of the file it was once made from
 # (see probe.sh), so identical text is "nothing to do, no restart" whatever the guard says.
 skip_or_refuse() {
-  local file=$1 staged=$2 expected=$3 current=absent
+  local file=$1 staged=$2 expected=$3 mark=$4 current=absent
   if [[ -f $file ]] && cmp -s "$staged" "$file"; then
+    record_applied "$file" "$expected" "$mark"
     echo "changed=0"
     echo "restarted=0"
     exit 0
@@ -143,14 +145,16 @@ install_new() {
   echo "backup=${backup}"
 }
 
-# record_applied FILE EXPECTED_SHA256, once the daemon runs with FILE: the sha256 we wrote and that
-# of the file it was made from. probe.sh (applied_from) reads it back: while FILE is still what we
-# wrote, the program sends the same guard again, so an unchanged node shows no diff.
+# record_applied FILE EXPECTED_SHA256 MARK, once the daemon runs with FILE: the sha256 of what the
+# step left, the guard it was sent and its mark (APPLY_MARK: the program's name for this apply).
+# probe.sh reads it back: while FILE is still what we left, the program sends the same guard and
+# mark again, so an unchanged node shows no diff; once FILE is anything else (edited, put back to
+# the original, ...) it sends a new mark, so the step shows a change and runs.
 record_applied() {
-  local file=$1 expected=$2 tmp
+  local file=$1 expected=$2 mark=$3 tmp
   tmp=$(temp_next_to "$file")
   cleanup+=("$tmp")
-  printf '%s %s\n' "$(sha256_of "$file")" "$expected" >"$tmp"
+  printf '%s %s %s\n' "$(sha256_of "$file")" "$expected" "$mark" >"$tmp"
   mv -f "$tmp" "${file}.registry-mirrors.applied"
 }
 
@@ -171,7 +175,7 @@ roll_back_or_exit() {
   local file=$1 backup_file=$2
   if ! roll_back "$file" "$backup_file"; then
     failed_undone="NOTHING: the previous ${file} could NOT be put back (${backup_file:-there was none}); the new one is in place and the daemon is not ok with it"
-    failed_todo="the node needs a person now: put the previous file back by hand (${backup_file:-remove ${file}}), restart, check the CRI plugin"
+    failed_todo="the node needs a person now: put the previous file back by hand (${backup_file:-remove ${file}}), restart, check the CRI plugin; meanwhile nodes[].state: held keeps this node out of pulumi up"
     echo "rolled_back=0"
     echo "${me}: the daemon did not come back with the new ${file}, and the previous one could NOT be put back (${backup_file:-there was none}): the node is NOT ok" >&2
     exit 6
@@ -190,7 +194,7 @@ exit_after_roll_back() {
   # shellcheck disable=SC2034 # read by step.sh's end_step
   failed_undone="the previous ${file} is back in place, but the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok with it either"
   # shellcheck disable=SC2034
-  failed_todo="the node needs a person now: the daemon's words are below"
+  failed_todo="the node needs a person now: the daemon's words are below; meanwhile nodes[].state: held keeps this node out of pulumi up"
   echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
   exit 6
 }
@@ -239,7 +243,7 @@ restore_original() {
   if ! restart_and_wait; then
     fail_with "${file}${restore_also[*]:+ and ${restore_also[*]}} was restored, but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after the restart" \
       "nothing: the original ${file} stays in place (the one we had written is ${file}.registry-mirrors.before-restore)" \
-      "look at the daemon: its words are below"
+      "look at the daemon (its words are below); to go back to our file: pulumi up with nodes[].state: managed"
     {
       echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
       [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"

@@ -19,8 +19,9 @@
 #   UNIT                 the unit, for its journal on failure
 #   SERVICE_LOG          optional log file of the service to quote on failure (else the journal)
 #   CONTAINERD_LOG       the distribution's containerd log (k3s logs containerd to a file)
-#   RESTORE              1: no stdin; put back the very first original (pulumi destroy / node
-#                        removed), restart and wait, like restore.sh for config.toml
+#   APPLY_MARK           recorded with the file (lib.sh record_applied; probe.sh reads it back)
+#   RESTORE              1: no stdin; put back the very first original (nodes[].state:
+#                        restored), restart and wait, like restore.sh for config.toml
 # stdin: the new registries.yaml (not read with RESTORE=1), after the script itself.
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
 #   On failure: a summary first, then all of it on stderr.
@@ -38,6 +39,7 @@ set -euo pipefail
 : "${UNIT:=}"
 : "${SERVICE_LOG:=}"
 : "${CONTAINERD_LOG:=}"
+: "${APPLY_MARK:=}"
 : "${RESTORE:=0}"
 
 # shellcheck source=scripts/node/step.sh
@@ -87,14 +89,14 @@ fi
 
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 stage_stdin "$REGISTRIES_FILE"
-skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256" "$APPLY_MARK"
 install_new "$REGISTRIES_FILE" "$new"
 
 hosts_problem=""
 if restart_and_wait; then
   if hosts_problem=$(check_generated_hosts); then
     # probe.sh reads it back; RESTORE removes it.
-    record_applied "$REGISTRIES_FILE" "$EXPECTED_SHA256"
+    record_applied "$REGISTRIES_FILE" "$EXPECTED_SHA256" "$APPLY_MARK"
     echo "restarted=1"
     echo "rolled_back=0"
     exit 0
@@ -107,7 +109,7 @@ if [[ -n $hosts_problem ]]; then
 else
   failed_what="with the new ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s"
 fi
-failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again"
+failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
 echo "restarted=1"
 roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {

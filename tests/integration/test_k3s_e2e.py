@@ -376,7 +376,40 @@ def test_a_generated_hosts_toml_without_our_cache_is_rolled_back(tmp_path: Path)
         assert host.cri_status() == "ok"
 
 
-def test_delete_restores_the_original_file(tmp_path: Path) -> None:
+def test_a_node_back_on_its_original_registries_yaml_is_planned_again_and_brought_back(
+    tmp_path: Path,
+) -> None:
+    """Issue 27 item 1 for k3s/RKE2: someone puts the original registries.yaml back and restarts
+    k3s (the wildcard is back). The merge of that file is the first apply's, but the file is not
+    what the last apply left: the step shows a change (a new mark) and brings the node back."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        original = host.registries_file.read_text()
+        first = world.plan()
+        world.apply(first)
+        merged = host.registries_file.read_text()
+        assert world.plan().registries == first.registries  # unchanged: no diff
+
+        host.registries_file.write_text(original)
+        assert host.ssh(host.restart_command).returncode == 0
+        _wait_cri_ok(host)
+        assert (host.generated_hosts_dir / "_default" / "hosts.toml").exists()
+
+        reverted = world.plan()
+        assert reverted.registries != first.registries
+        # Only the mark tells it apart: the same merge of the same file as the first apply.
+        assert reverted.registries.stdin == first.registries.stdin
+        assert any("is not what the last apply left" in line for line in reverted.summary)
+        result = world.apply(reverted)
+        assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
+        assert host.registries_file.read_text() == merged
+        assert not (host.generated_hosts_dir / "_default").exists()
+        for _ in range(2):
+            assert world.plan().registries == reverted.registries
+
+
+def test_state_restored_puts_the_original_file_back(tmp_path: Path) -> None:
     _prerequisites()
     with k3s_world(tmp_path, None) as world:
         host = world.host
@@ -387,7 +420,7 @@ def test_delete_restores_the_original_file(tmp_path: Path) -> None:
         delete = host.run_step(
             restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
         )
-        check_step(world.node, "registries delete", delete.returncode, delete.stderr)
+        check_step(world.node, "restore-registries", delete.returncode, delete.stderr)
 
         assert "restored=1" in delete.stdout and "restarted=1" in delete.stdout
         assert host.registries_file.read_text() == original

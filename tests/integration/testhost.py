@@ -109,6 +109,14 @@ class NodeHost:
     share_ssh: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     flavour: str = "containerd"
+    sshd: subprocess.Popen[bytes] | None = None
+
+    def stop_sshd(self) -> None:
+        """The node is down as the program sees it: nothing answers on its SSH ports (the
+        listening sshd is stopped, by its pid; containerd keeps running)."""
+        assert self.sshd is not None
+        _kill(self.sshd.pid)
+        self.sshd.wait(timeout=5)
 
     # --- k3s/RKE2 flavours: the node's /etc is an overlay whose upper dir is etc_upper ---------
 
@@ -512,6 +520,7 @@ def node_host(
             stderr=(root / "sshd.log").open("wb"),
         )  # fmt: skip
         host.processes.append(sshd)
+        host.sshd = sshd
         agent = subprocess.Popen(
             ["ssh-agent", "-D", "-a", host.agent_socket],
             stdout=subprocess.DEVNULL,
