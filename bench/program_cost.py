@@ -191,7 +191,11 @@ def before_tree() -> Iterator[Path | None]:
 
 
 def run_child(
-    mode: str, count: int, timeout: float | None = None, cwd: Path = ROOT
+    mode: str,
+    count: int,
+    timeout: float | None = None,
+    cwd: Path = ROOT,
+    module: str = "bench.program_cost",
 ) -> dict[str, Any]:
     """One measurement in a fresh interpreter. Its ``status`` is ``ok``, ``crashed`` (with the
     child's last error line in ``error``) or ``stopped`` (killed after ``timeout``; the peak RSS
@@ -199,7 +203,7 @@ def run_child(
     start = time.perf_counter()
     child_mode = "full" if mode == "before" else mode
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.program_cost", "child", child_mode, str(count)],
+        [sys.executable, "-m", module, "child", child_mode, str(count)],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,16 +1,20 @@
 """The benchmarks: one command, one machine, one table.
 
-    python bench/run.py [--quick] [--only program,node,cache,rollout,vm,memory,drain,disk]
-                        [--out bench/results.json]
+    python bench/run.py [--quick] [--out bench/results.json]
+                        [--only program,engine,node,cache,rollout,vm,memory,drain,disk,evict]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
-Parts (see each module's docstring): program (bench/program_cost.py, no root), node
+Parts (see each module's docstring): program (bench/program_cost.py, no root), engine
+(bench/engine_cost.py: the real engine on programs of the rollout's shape; no root, needs the CLI
+from scripts/testenv/setup-pulumi.sh), node
 (bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
 (bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
 loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
 and without http.draintimeout; loopback, no root), disk (bench/cache_disk.py: what TTL expiry and
-the GC procedure free; loopback, no root); all but program, memory, drain and disk need root
+the GC procedure free; loopback, no root), evict (bench/cache_evict.py: the hourly eviction's
+time on a cache of a few thousand blobs and the pulls served during it; loopback, no root); all
+but program, memory, drain, disk and evict need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
@@ -36,7 +40,7 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "node", "cache", "rollout", "vm", "memory", "drain", "disk")
+PARTS = ("program", "engine", "node", "cache", "rollout", "vm", "memory", "drain", "disk", "evict")
 NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
 
 
@@ -47,6 +51,10 @@ def run_part(name: str, quick: bool) -> PartResult:
         if quick:
             return program_cost.run(sizes=(10, 100), repeats=3, before=False, read_sizes=(100,))
         return program_cost.run()
+    if name == "engine":
+        from bench import engine_cost
+
+        return engine_cost.run(sizes=(10, 100) if quick else engine_cost.SIZES)
     if name == "node":
         from bench import node_change
 
@@ -59,6 +67,12 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache_disk
 
         return cache_disk.run()
+    if name == "evict":
+        from bench import cache_evict
+
+        if quick:
+            return cache_evict.run(repositories=40, tags=2)
+        return cache_evict.run()
     if name == "drain":
         from bench import drain
 

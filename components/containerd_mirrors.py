@@ -31,7 +31,9 @@ same Stash for every gate, so each step keeps its URN.
 
 ``nodes[].state: held``: the node is not read (components/fleet.py) and its steps are registered
 with ``ignore_changes`` on every input: the engine keeps what the state holds for them (no diff:
-nothing runs, nothing is read), they stay in the state, and the batch gates still wait for them.
+nothing runs, nothing is read), they stay in the state, and the batch gates still wait for them
+(an unchanged step: at once). A held node is never a canary, and a held control-plane node takes
+no turn among the servers: it is not restarted, and no server waits on its health.
 A held node that has no step in the state yet gets steps with no ``create``: pulumi-command then
 runs nothing (and dials nothing) on create.
 
@@ -44,26 +46,30 @@ up in the diff even when secret (pulumi-command #260), so the config and registr
 nothing (``Logging.NONE``), their stdout, stderr and stdin are secret outputs, and the previous
 stdout is not put into the next run's environment (``add_previous_output_in_env=False``).
 
-Rollout: the first node is a canary; the rest go in batches of ``containerd.batch_size``; a batch
-starts only after the last step of every node of the batch before, so a broken config stops at the
-canary. The order is carried by one gate per batch, a ``pulumi:index:Stash`` (a value kept in the
-state; nothing runs): gate k depends on the last step of every node of batch k-1 (gate 0 on
-``depends_on``, the caches), and the steps of batch k are its CHILDREN. The engine creates a child
-only after its parent and deletes children before their parent, so ``pulumi up``, ``destroy`` and
-``--target`` keep the order. Why parents and not ``depends_on`` from batch to batch: the Python
-SDK checks every dependency edge for a cycle by walking all transitive dependencies of its target
-(pulumi/runtime/resource_cycle_breaker.py, a recursive generator), so a chain of batches made every
-walk cover every earlier batch: quadratic, and a ``RecursionError`` past ~1,650 nodes. It does not
-walk parents. docs/upstream/pulumi-python-cycle-check.md has the numbers and the upstream report.
+Rollout (``rollout_batches``): control-plane nodes (k3s/RKE2 servers, or ``nodes[].role``) first,
+one per batch whatever ``containerd.batch_size``; then the workers: the first is a canary, the rest
+go in batches of ``containerd.batch_size``; a batch starts only after the last step of every node of
+the batch before, so a broken config stops at the canary, and a server's step ends only once it is
+healthy as a cluster member again. The order is carried by one gate per batch, a
+``pulumi:index:Stash`` (a value kept in the state; nothing runs): gate k depends on the last step
+of every node of batch k-1 (gate 0 on ``depends_on``, the caches), and the steps of batch k are
+its CHILDREN. The engine creates a child only after its parent and deletes children before their
+parent, so ``pulumi up``, ``destroy`` and ``--target`` keep the order. A step's URN names its
+parent's type, not its name: a node that moves to another batch keeps its URN. Why parents and
+not ``depends_on`` from batch to batch: the Python SDK checks every dependency edge for a cycle by
+walking all transitive dependencies of its target (pulumi/runtime/resource_cycle_breaker.py, a
+recursive generator), so a chain of batches made every walk cover every earlier batch: quadratic,
+and a ``RecursionError`` past ~1,650 nodes. It does not walk parents.
+docs/upstream/pulumi-python-cycle-check.md has the numbers and the upstream report.
 
 The node steps used to be children of this component: ``Alias(parent=self)`` tells the engine they
 are the same resources (a gate's type in their URN is new), so an existing stack updates them in
-place instead of replacing them (which would run restore on the whole fleet).
+place instead of replacing them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pulumi
@@ -71,6 +77,7 @@ from pulumi_command import remote
 
 from components.plan.node_plan import AnyPlan, HeldPlan, NodeStep
 from components.plan.node_probe import parse_step_result
+from components.plan.node_steps import node_role
 from components.settings import Node, Settings
 from components.ssh import SshTarget
 
@@ -79,12 +86,35 @@ TYPE = "registry-mirrors:cluster:ContainerdMirrors"
 SENSITIVE_ROLES = frozenset({"config", "registries"})
 
 
-def rollout_batches(nodes: Sequence[Node], batch_size: int) -> list[list[Node]]:
-    """Canary first (alone), then the rest in batches of ``batch_size``."""
-    if not nodes:
-        return []
-    rest = list(nodes[1:])
-    return [[nodes[0]]] + [rest[i : i + batch_size] for i in range(0, len(rest), batch_size)]
+def rollout_batches(
+    nodes: Sequence[Node],
+    batch_size: int,
+    control_planes: Collection[str] = (),
+    held: Collection[str] = (),
+) -> list[list[Node]]:
+    """Control-plane nodes first, each alone, in the settings' order (the first is the canary);
+    then the workers: the first alone (their canary), the rest in batches of ``batch_size``.
+
+    One at a time whatever ``batch_size``: two of three k3s servers with embedded etcd restarting
+    together lose quorum, and each server's step only ends once it is healthy as a cluster member
+    again (components/plan/node_steps.py HEALTH_COMMAND). Before the workers: as in any Kubernetes
+    upgrade, the control plane first. A fleet without control-plane nodes is batched as before
+    (same gates, same order).
+
+    A ``held`` node runs nothing (nodes[].state: held): it is never a canary, and a held
+    control-plane node takes no turn of its own among the servers (nothing of it restarts or is
+    waited for); it keeps its place among the other nodes of the batches."""
+    servers = [[node] for node in nodes if node.name in control_planes and node.name not in held]
+    others = [node for node in nodes if node.name not in control_planes or node.name in held]
+    canary = next((node for node in others if node.name not in held), None)
+    if canary is None:
+        return [*servers, others] if others else servers
+    rest = [node for node in others if node is not canary]
+    return [
+        *servers,
+        [canary],
+        *(rest[i : i + batch_size] for i in range(0, len(rest), batch_size)),
+    ]
 
 
 # Every input of a remote.Command: what a held node's steps keep from the state.
@@ -101,12 +131,13 @@ COMMAND_INPUTS = [
 ]
 
 
-def _report(plan: AnyPlan, stdout: str | None) -> dict[str, Any]:
+def _report(plan: AnyPlan, role: str, stdout: str | None) -> dict[str, Any]:
     """What the last apply did to the node (its config or registries step's output)."""
     result = parse_step_result(stdout or "")
     return {
         "state": plan.state,
         "flavour": plan.flavour.name,
+        "role": role,
         "containerdVersion": None if plan.probe is None else plan.probe.containerd_version,
         "configChanged": result.changed,
         "restarted": result.restarted,
@@ -132,7 +163,12 @@ class ContainerdMirrors(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         self._base_name = name
         self._agent_socket = agent_socket
-        batches = rollout_batches(settings.nodes, settings.containerd.batch_size)
+        roles = {node.name: node_role(node, plans[node.name].flavour) for node in settings.nodes}
+        control_planes = {name for name, role in roles.items() if role == "control-plane"}
+        held = {name for name, plan in plans.items() if plan.state == "held"}
+        batches = rollout_batches(
+            settings.nodes, settings.containerd.batch_size, control_planes, held
+        )
         self.batches = [[node.name for node in batch] for batch in batches]
         self.nodes = {}
         self.commands: dict[str, dict[str, remote.Command]] = {}
@@ -146,11 +182,15 @@ class ContainerdMirrors(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=previous),
             )
             self.gates.append(gate)
-            previous = [self._create_node(node, plans[node.name], gate) for node in batch]
+            previous = [
+                self._create_node(node, plans[node.name], gate, roles[node.name]) for node in batch
+            ]
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 
-    def _create_node(self, node: Node, plan: AnyPlan, gate: pulumi.Stash) -> remote.Command:
+    def _create_node(
+        self, node: Node, plan: AnyPlan, gate: pulumi.Stash, role: str
+    ) -> remote.Command:
         connection = SshTarget(
             host=node.address,
             user=node.ssh_user,
@@ -162,9 +202,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
         commands: dict[str, remote.Command] = {}
         last: remote.Command | None = None
         if isinstance(plan, HeldPlan):
-            for role in plan.roles:
-                last = self._create_held_step(node, role, connection, gate, last)
-                commands[role] = last
+            for step_role in plan.roles:
+                last = self._create_held_step(node, step_role, connection, gate, last)
+                commands[step_role] = last
         for step in plan.steps:
             last = self._create_step(node, step, connection, gate, last)
             commands[step.role] = last
@@ -173,9 +213,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
 
         reporter = commands.get(plan.report_role)
         report = (
-            pulumi.Output.from_input(_report(plan, None))
+            pulumi.Output.from_input(_report(plan, role, None))
             if reporter is None
-            else reporter.stdout.apply(lambda stdout: _report(plan, stdout))
+            else reporter.stdout.apply(lambda stdout: _report(plan, role, stdout))
         )
         # Versions, booleans and summary lines only: no config text, so no secret.
         self.nodes[node.name] = pulumi.Output.unsecret(report)
@@ -199,7 +239,12 @@ class ContainerdMirrors(pulumi.ComponentResource):
             stdin=pulumi.Output.secret(step.create.stdin) if secret else step.create.stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
-            opts=self._step_options(gate, previous, secret),
+            opts=pulumi.ResourceOptions.merge(
+                self._step_options(gate, previous),
+                pulumi.ResourceOptions(
+                    additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None
+                ),
+            ),
         )
 
     def _create_held_step(
@@ -215,22 +260,29 @@ class ContainerdMirrors(pulumi.ComponentResource):
         return remote.Command(
             f"{self._base_name}-{node.name}-{role}",
             connection=connection,
-            opts=self._step_options(
-                gate, previous, role in SENSITIVE_ROLES, ignore_changes=COMMAND_INPUTS
+            opts=pulumi.ResourceOptions.merge(
+                self._step_options(gate, previous, ignore_changes=COMMAND_INPUTS),
+                pulumi.ResourceOptions(
+                    additional_secret_outputs=["stdout", "stderr", "stdin"]
+                    if role in SENSITIVE_ROLES
+                    else None
+                ),
             ),
         )
 
     def _step_options(
         self,
         gate: pulumi.Stash,
-        previous: remote.Command | None,
-        secret: bool,
+        previous: pulumi.Resource | None,
         ignore_changes: list[str] | None = None,
     ) -> pulumi.ResourceOptions:
+        """Where a step sits in the rollout: a child of its batch's gate, after the node's step
+        before it, and the same resource as when it was a child of this component; kept on the
+        node when it leaves the program, and (a held node) every input as the state has it. The
+        engine tier (tests/engine/test_rollout.py) builds its stand-in steps with exactly these."""
         return pulumi.ResourceOptions(
             parent=gate,
             depends_on=[previous] if previous is not None else None,
-            additional_secret_outputs=["stdout", "stderr", "stdin"] if secret else None,
             aliases=[pulumi.Alias(parent=self)],
             # Leaving the program never runs anything on the node (module docstring).
             retain_on_delete=True,

@@ -23,6 +23,8 @@ from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
+from components.settings import Settings
+from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
 from components.ssh_client import unpinned_nodes
 
@@ -37,6 +39,16 @@ def tune_gc() -> None:
     """
     gc.freeze()  # what the imports built is never garbage
     gc.set_threshold(100_000, 50, 100)
+
+
+def rendered_exports(settings: Settings) -> dict[str, Any]:
+    """The outputs computed from the settings alone, by pure renderers (no resource behind them):
+    the engine tier's StackReference test exports exactly these from a producer stack."""
+    return {
+        "containerd": containerd_export(settings),
+        "registriesYaml": render_registries_yaml(settings),
+        "talosPatch": render_talos_patch(settings),
+    }
 
 
 def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
@@ -106,14 +118,14 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
                 "proxmoxNode": settings.vm.proxmox_node,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
+                # verify.py reports each cache's size against it (bytes).
+                "cacheBudgets": cache_budgets(settings),
                 # The VM's generated host key (public half): verify.py and other stacks pin it.
                 "sshHostPublicKey": values[2],
             }
         ),
         "mirrors": mirrors.mirrors,
-        "containerd": pulumi.Output.from_input(containerd_export(settings)),
-        "registriesYaml": pulumi.Output.from_input(render_registries_yaml(settings)),
-        "talosPatch": pulumi.Output.from_input(render_talos_patch(settings)),
+        **{key: pulumi.Output.from_input(v) for key, v in rendered_exports(settings).items()},
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }

@@ -52,31 +52,83 @@ else
   log "npm not found: the workflow lint test will skip (fail under CI=true)"
 fi
 
-# Further prerequisites, one idempotent step each (cached under .cache/): scripts/testenv/setup-*.sh.
+# The work is four independent lanes, because the slow parts do not need each other:
+#
+#   vm      setup-vm-guest.sh (debootstrap, once per clone), then the VM tier (tests/vm, marker
+#           `vm`): mostly waiting on a QEMU guest under TCG, one core at most. Starts first.
+#   go      setup-containerd-go.sh (containerd 2.2 and 2.3, ~4-5 min each once per machine), then
+#           setup-pulumi.sh (the Pulumi CLI, ~14 min once per machine), under `nice` so the
+#           tests in the foreground keep their core; a cached build returns at once.
+#   front   ruff, pyright and the unit tier (everything outside tests/integration, tests/engine
+#           and tests/vm) right away; then the integration tier (tests/integration) once the
+#           containerd builds are there; then the engine tier (tests/engine, marker `engine`)
+#           once the CLI is there.
+#
+# On 2 cores that is at most the foreground tests, one QEMU and one niced Go build at a time.
+# tests/engine_plugins (marker `engine_plugins`) is NEVER run here: it needs the provider
+# plugins, whose Go modules the proxy refuses, so no CI machine can build them. It is run by hand
+# with the binaries given (README "Tests", docs/engine-proof.md).
+#
+# One closing line sums every pytest run. If this script stops early, the background lanes get
+# SIGTERM (tests/vm/conftest.py turns it into a normal teardown of the guest).
+runs=$(mktemp -d)
+lanes=()
+# shellcheck disable=SC2317  # run by the EXIT trap
+stop_lanes() {
+  local pid
+  for pid in "${lanes[@]}"; do
+    kill -0 "$pid" 2>/dev/null && kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${lanes[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$runs"
+}
+trap stop_lanes EXIT
+
+started=$(date +%s)
+elapsed() { printf '%dm%02ds' $((($(date +%s) - started) / 60)) $((($(date +%s) - started) % 60)); }
+
+# The other prerequisites, one idempotent step each (scripts/testenv/setup-*.sh; quick: containerd
+# 1.7/2.1 unpacked from Debian, Distribution 3), before any lane: every lane may need them.
+LANE_SETUPS=(setup-vm-guest.sh setup-containerd-go.sh setup-pulumi.sh)
 for setup in scripts/testenv/setup-*.sh; do
   [ -e "$setup" ] || continue
+  [[ " ${LANE_SETUPS[*]} " == *" ${setup##*/} "* ]] && continue
   bash "$setup"
 done
 
-# Two pytest runs side by side: the VM tier (tests/vm, marker `vm`) boots a QEMU guest and spends
-# minutes waiting on it (TCG, first-boot apt), so it starts first, in the background, and lint,
-# type check and the other tests run meanwhile. Its output follows theirs; one closing line sums
-# both. If this script stops early, the tier gets SIGTERM, which tests/vm/conftest.py turns into
-# a normal teardown (the guest and its stand-in registry are stopped).
-runs=$(mktemp -d)
-vm_pid=""
-# shellcheck disable=SC2317  # run by the EXIT trap
-stop_vm_tier() {
-  if [ -n "$vm_pid" ] && kill -0 "$vm_pid" 2>/dev/null; then
-    kill -TERM "$vm_pid" 2>/dev/null || true
-    wait "$vm_pid" 2>/dev/null || true
-  fi
-  rm -rf "$runs"
+# step NAME COMMAND...: run a step in a lane, its output in $runs/NAME.log, its exit status in
+# $runs/NAME.status (written last: its presence means the step is over).
+step() {
+  local name=$1 status=0 begun
+  shift
+  begun=$(date +%s)
+  "$@" >"$runs/$name.log" 2>&1 || status=$?
+  echo "$status $((begun - started)) $(($(date +%s) - started))" >"$runs/$name.status"
+  return "$status"
 }
-trap stop_vm_tier EXIT
-log "pytest: VM tier (tests/vm) in the background, output below when it ends"
-python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@" >"$runs/vm.log" 2>&1 &
-vm_pid=$!
+
+# await NAME: wait until step NAME is over (polling: the step runs in another lane), print how
+# it went; its exit status.
+await() {
+  local name=$1
+  while [ ! -f "$runs/$name.status" ]; do sleep 2; done
+  local status from to
+  read -r status from to <"$runs/$name.status"
+  log "$name: exit $status, ran from ${from}s to ${to}s (now $(elapsed))"
+  if [ "$status" -ne 0 ]; then tail -n 30 "$runs/$name.log"; fi
+  return "$status"
+}
+
+VM_PYTEST=(python -m pytest -m vm -p no:cacheprovider --basetemp "$runs/vm-tmp" "$@")
+set -m  # each lane its own process group, so stop_lanes reaches QEMU and the builds too
+( step setup-vm-guest bash scripts/testenv/setup-vm-guest.sh &&
+  step vm-tier "${VM_PYTEST[@]}" ) &
+lanes+=($!)
+( step setup-containerd-go nice -n 10 bash scripts/testenv/setup-containerd-go.sh
+  step setup-pulumi nice -n 10 bash scripts/testenv/setup-pulumi.sh ) &
+lanes+=($!)
+set +m
+log "lanes started: vm (guest, then tests/vm), go (containerd 2.2/2.3, then the Pulumi CLI)"
 
 log "ruff"
 ruff check .
@@ -85,25 +137,54 @@ ruff format --check .
 log "pyright"
 pyright
 
-# Everything else includes tests/engine (marker `engine`): the real Pulumi CLI that
-# scripts/testenv/setup-pulumi.sh built, on a file backend.
-log "pytest: everything else"
-tests_status=0
-python -m pytest -m "not vm" --basetemp "$runs/tests-tmp" "$@" | tee "$runs/tests.log" ||
-  tests_status=${PIPESTATUS[0]}
+# run_tier NAME PYTEST_ARGS...: one foreground pytest run, shown as it goes and kept for the sum.
+tier_status=()
+run_tier() {
+  local name=$1 status=0
+  shift
+  log "pytest: $name tier ($(elapsed))"
+  python -m pytest --basetemp "$runs/$name-tmp" "$@" | tee "$runs/$name.log" || status=${PIPESTATUS[0]}
+  tier_status+=("$name=$status")
+}
+NOT_HERE=(--ignore=tests/vm --ignore=tests/engine_plugins)
 
+run_tier unit -m "not vm and not engine and not engine_plugins" \
+  --ignore=tests/integration --ignore=tests/engine "${NOT_HERE[@]}" "$@"
+
+setup_status=0
+await setup-containerd-go || setup_status=1
+run_tier integration -m "not vm and not engine and not engine_plugins" \
+  --ignore-glob='*tests/test_*.py' --ignore=tests/engine "${NOT_HERE[@]}" "$@"
+
+await setup-pulumi || setup_status=1
+run_tier engine -m "engine and not engine_plugins" \
+  --ignore-glob='*tests/test_*.py' --ignore=tests/integration "${NOT_HERE[@]}" "$@"
+
+await setup-vm-guest || setup_status=1
 vm_status=0
-wait "$vm_pid" || vm_status=$?
-log "pytest: VM tier output"
-cat "$runs/vm.log"
+if [ -f "$runs/vm-tier.status" ] || [ "$(cut -d' ' -f1 "$runs/setup-vm-guest.status")" -eq 0 ]; then
+  await vm-tier || vm_status=$?
+  log "pytest: VM tier output"
+  cat "$runs/vm-tier.log"
+else
+  vm_status=1
+fi
+tier_status+=("vm=$vm_status")
 
-# pytest exits 5 when a tier selects no test. With pytest arguments that is expected (`-k` naming
-# tests of the other tier only); without any it means a marker selects nothing, and passing then
+# pytest exits 5 when a run selects no test. With pytest arguments that is expected (`-k` naming
+# tests of another tier only); without any it means a marker selects nothing, and passing then
 # would let CI go green without that tier.
 ok() { [ "$1" -eq 0 ] || { [ "$1" -eq 5 ] && [ "$pytest_arguments" -gt 0 ]; }; }
-status=0
-ok "$tests_status" && ok "$vm_status" || status=1
-[ "$tests_status" -eq 5 ] && [ "$vm_status" -eq 5 ] && status=5
-printf '\ntiers: tests exit %s, vm exit %s\n' "$tests_status" "$vm_status"
-python scripts/testenv/pytest_totals.py "$runs/tests.log" "$runs/vm.log"
+status=$setup_status
+all_five=1
+for entry in "${tier_status[@]}"; do
+  code=${entry#*=}
+  ok "$code" || status=1
+  [ "$code" -eq 5 ] || all_five=0
+done
+[ "$all_five" -eq 1 ] && [ "$status" -eq 0 ] && status=5
+printf '\ntiers (%s): %s; setup %s\n' "$(elapsed)" "${tier_status[*]}" \
+  "$([ "$setup_status" -eq 0 ] && echo ok || echo FAILED)"
+python scripts/testenv/pytest_totals.py "$runs/unit.log" "$runs/integration.log" \
+  "$runs/engine.log" "$runs/vm-tier.log"
 exit "$status"

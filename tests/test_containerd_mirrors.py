@@ -20,6 +20,8 @@ import pytest
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
 from components.fleet import FleetReadError, plan_fleet
 from components.plan.node_plan import AnyPlan
+from components.plan.node_steps import restore_config_step, restore_registries_step
+from components.renderers.flavours import FLAVOURS
 from components.settings import Settings, load_settings
 from tests.mocks import (
     BROKEN,
@@ -491,9 +493,14 @@ def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
             assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
             merged = content_of(k3s["create"], plain(k3s["stdin"]))
             assert '"*"' not in merged and "http://10.0.20.10:5010" in merged
-            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-2-registries"]
+            # node-2 is a k3s server: a control-plane node, first and alone; then the workers.
+            assert mirrors.batches == [["node-2"], ["node-1"], ["node-3"]]
+            assert node_mocks.named("cm-batch-1").depends_on == ["cm-node-2-registries"]
+            assert node_mocks.named("cm-batch-2").depends_on == ["cm-node-1-config"]
             reports = dict(zip(mirrors.nodes, values, strict=False))
             assert reports["node-2"]["flavour"] == "k3s-server"
+            assert reports["node-2"]["role"] == "control-plane"
+            assert reports["node-3"]["role"] == reports["node-1"]["role"] == "worker"
             assert reports["node-2"]["restarted"] is True
             assert reports["node-1"]["flavour"] == "containerd"
             assert_rollout_order(node_mocks, mirrors, "cm")
@@ -803,6 +810,91 @@ def test_a_held_node_keeps_its_place_in_the_rollout(node_mocks: RecordingMocks) 
     return run()
 
 
+# --- control-plane nodes (issue 27, item 4) ------------------------------------------------------
+
+
+def _servers_and_agents(batch_size: int = 5) -> tuple[Settings, FakeFleet]:
+    """Three k3s servers (embedded etcd) and three agents, listed mixed, as an inventory may be."""
+    raw = sample_raw()
+    order = ["agent-1", "server-1", "agent-2", "server-2", "server-3", "agent-3"]
+    raw["nodes"] = [
+        {"name": name, "address": f"10.0.30.{i}", "sshHostPublicKey": NODE_HOST_KEYS[0]}
+        for i, name in enumerate(order, 1)
+    ]
+    raw["containerd"] = {"batchSize": batch_size}
+    flavours = {name: "k3s-server" if name.startswith("server") else "k3s-agent" for name in order}
+    fleet = FakeFleet({name: FakeNode(K3S_WILDCARD, flavour=f) for name, f in flavours.items()})
+    return load_settings(raw), fleet
+
+
+def test_rollout_puts_control_plane_nodes_first_and_alone() -> None:
+    nodes = settings_with(nodes=7, batch_size=5).nodes
+    control = {"node-3", "node-5", "node-7"}
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 5, control)] == [
+        ["node-3"], ["node-5"], ["node-7"], ["node-1"], ["node-2", "node-4", "node-6"],
+    ]  # fmt: skip
+    # Only control-plane nodes: each alone; none: canary then batches, as before.
+    assert [[n.name for n in b] for b in rollout_batches(nodes[:2], 5, {"node-1", "node-2"})] == [
+        ["node-1"], ["node-2"],
+    ]  # fmt: skip
+    assert rollout_batches(nodes, 5) == rollout_batches(nodes, 5, ())
+
+
+def test_three_servers_with_batch_size_5_restart_one_at_a_time_before_the_agents(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """Under mocks: the batches and gates. (Over SSH, tests/integration/test_k3s_e2e.py runs the
+    same batches against three stand-in servers and records the order and overlap of restarts.)"""
+    settings, fleet = _servers_and_agents(batch_size=5)
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings, fleet)
+
+        def check(values: list[Any]) -> None:
+            assert mirrors.batches == [
+                ["server-1"], ["server-2"], ["server-3"], ["agent-1"], ["agent-2", "agent-3"],
+            ]  # fmt: skip
+            gates = {r.name: r for r in node_mocks.of_type(STASH)}
+            assert gates["cm-batch-1"].depends_on == ["cm-server-1-registries"]
+            assert gates["cm-batch-2"].depends_on == ["cm-server-2-registries"]
+            assert gates["cm-batch-3"].depends_on == ["cm-server-3-registries"]
+            assert gates["cm-batch-4"].depends_on == ["cm-agent-1-registries"]
+            assert_rollout_order(node_mocks, mirrors, "cm")
+            steps = steps_of(node_mocks)
+            nodes = {node.name: node for node in settings.nodes}
+            flavours = {name: FLAVOURS[f"k3s-{name.split('-')[0]}"] for name in nodes}
+
+            def restore(name: str) -> str:
+                return restore_registries_step(settings, nodes[name], flavours[name]).command
+
+            for name in ("server-1", "server-2", "server-3"):
+                step = steps[f"cm-{name}-registries"].inputs
+                assert (
+                    steps[f"cm-{name}-registries"].parent
+                    == gates[f"cm-batch-{int(name[-1]) - 1}"].name
+                )
+                # Waits until healthy as a cluster member, on apply and on restore (state:
+                # restored).
+                for command in (step["create"], restore(name)):
+                    assert (
+                        "export HEALTH_COMMAND=" + "'/var/lib/rancher/k3s/data/current/bin/kubectl"
+                        " --kubeconfig /etc/rancher/k3s/k3s.yaml get --raw /readyz'"
+                    ) in command
+                    assert "export HEALTH_TIMEOUT=300" in command
+            for name in ("agent-1", "agent-2", "agent-3"):
+                step = steps[f"cm-{name}-registries"].inputs
+                assert "export HEALTH" not in step["create"] + restore(name)
+            reports = dict(zip(mirrors.nodes, values, strict=False))
+            assert {name: r["role"] for name, r in reports.items()} == {
+                name: "control-plane" if name.startswith("server") else "worker" for name in reports
+            }
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
 def test_a_held_k3s_node_keeps_its_registries_step_when_its_flavour_is_set() -> None:
     settings = settings_with(nodes=3)
     fleet = _mixed_fleet()
@@ -846,3 +938,122 @@ def test_restored_puts_the_original_back_once_and_removing_the_node_then_runs_no
         "cm-node-2-restore-hosts",
     ]
     assert removed.deletes_that_run() == []
+
+
+def test_a_plain_containerd_node_is_a_control_plane_node_when_its_role_says_so(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """``nodes[].role`` wins over the flavour: a kubeadm control plane (plain containerd) gets the
+    API server check; a k3s server set to worker gets none and is batched with the workers."""
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": "worker-1", "address": "10.0.30.1"},
+        {"name": "cp-1", "address": "10.0.30.2", "role": "control-plane"},
+        {"name": "cp-2", "address": "10.0.30.3", "role": "control-plane",
+         "healthCommand": "curl -fsk https://127.0.0.1:6443/readyz"},
+        {"name": "k3s-1", "address": "10.0.30.4", "role": "worker"},
+    ]  # fmt: skip
+    for node in raw["nodes"]:
+        node["sshHostPublicKey"] = NODE_HOST_KEYS[0]
+    raw["containerd"] = {"batchSize": 5, "healthTimeoutSeconds": 120}
+    fleet = FakeFleet({"k3s-1": FakeNode(K3S_WILDCARD, flavour="k3s-server")})
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        settings = load_settings(raw)
+        mirrors, _ = build(settings, fleet)
+
+        def check(_: Any) -> None:
+            assert mirrors.batches == [["cp-1"], ["cp-2"], ["worker-1"], ["k3s-1"]]
+            steps = steps_of(node_mocks)
+            cp1 = steps["cm-cp-1-config"].inputs
+            cp1_restore = restore_config_step(settings, settings.nodes[1]).command
+            assert (
+                "--kubeconfig /etc/kubernetes/admin.conf --server https://127.0.0.1:6443"
+                in (cp1["create"])
+            )
+            assert "export HEALTH_TIMEOUT=120" in cp1["create"] and "export HEALTH" in cp1_restore
+            assert (
+                "export HEALTH_COMMAND='curl -fsk https://127.0.0.1:6443/readyz'"
+                in steps["cm-cp-2-config"].inputs["create"]
+            )
+            # The hosts step restarts nothing: no check there.
+            assert "export HEALTH" not in steps["cm-cp-1-hosts"].inputs["create"]
+            for name in ("cm-worker-1-config", "cm-k3s-1-registries"):
+                assert "export HEALTH" not in steps[name].inputs["create"], name
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_a_held_node_is_never_a_canary_and_a_held_server_takes_no_turn() -> None:
+    nodes = settings_with(nodes=7, batch_size=2).nodes
+    control = {"node-3", "node-5"}
+    # node-1 held: the workers' canary is the next node that runs; node-1 keeps its place.
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 2, control, {"node-1"})] == [
+        ["node-3"], ["node-5"], ["node-2"], ["node-1", "node-4"], ["node-6", "node-7"],
+    ]  # fmt: skip
+    # A held server: not restarted, so no turn of its own; it rides with the others.
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 5, control, {"node-3"})] == [
+        ["node-5"], ["node-1"], ["node-2", "node-3", "node-4", "node-6", "node-7"],
+    ]  # fmt: skip
+    # Everything held: one batch, nothing runs in it.
+    every = {n.name for n in nodes}
+    assert [[n.name for n in b] for b in rollout_batches(nodes, 2, control, every)] == [
+        [n.name for n in nodes]
+    ]
+    assert rollout_batches(nodes, 5, control, ()) == rollout_batches(nodes, 5, control)
+
+
+def test_a_held_server_that_is_down_neither_blocks_nor_restarts(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """server-2 is down and held (its flavour set, so its steps keep their names): the other
+    servers still go one at a time, first; server-2 gets no turn among them, is not read, and its
+    registries step has no command of this run (it keeps the state's): nothing restarts it and
+    no gate waits on anything but a step that does not run."""
+    settings, fleet = _servers_and_agents(batch_size=5)
+    raw = sample_raw()
+    raw["nodes"] = [n.model_dump(by_alias=True, exclude_defaults=True) for n in settings.nodes]
+    for node in raw["nodes"]:
+        if node["name"] == "server-2":
+            node.update(state="held", flavour="k3s-server")
+    raw["containerd"] = {"batchSize": 5}
+    held = load_settings(raw)
+    fleet.nodes["server-2"].reachable = False
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, plans = build(held, fleet)
+        assert plans["server-2"].state == "held"
+        assert fleet.reads["server-2"] == 0
+
+        def check(values: list[Any]) -> None:
+            assert mirrors.batches == [
+                ["server-1"], ["server-3"], ["agent-1"], ["agent-2", "server-2", "agent-3"],
+            ]  # fmt: skip
+            steps = steps_of(node_mocks)
+            kept = steps["cm-server-2-registries"]
+            assert "create" not in kept.inputs and "stdin" not in kept.inputs
+            for name in ("server-1", "server-3"):
+                assert "export HEALTH_COMMAND=" in steps[f"cm-{name}-registries"].inputs["create"]
+            assert_rollout_order(node_mocks, mirrors, "cm")
+            report = dict(zip(mirrors.nodes, values, strict=False))["server-2"]
+            assert (report["state"], report["role"]) == ("held", "control-plane")
+            assert "without quorum" in report["summary"][1]
+
+        return settled(mirrors).apply(check)
+
+    return run()
+
+
+def test_an_agent_set_to_control_plane_without_a_check_stops_the_program() -> None:
+    raw = sample_raw()
+    raw["nodes"] = [
+        {"name": "agent-1", "address": "10.0.30.1", "role": "control-plane",
+         "sshHostPublicKey": NODE_HOST_KEYS[0]},
+    ]  # fmt: skip
+    fleet = FakeFleet({"agent-1": FakeNode(K3S_WILDCARD, flavour="k3s-agent")})
+    with pytest.raises(FleetReadError, match=r"agent-1 .*k3s-agent runs no API server.*healthComm"):
+        plan_fleet(load_settings(raw), fleet)

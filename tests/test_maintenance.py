@@ -1,4 +1,5 @@
-"""Maintenance cron: GC staggered without overlap, restarts never inside the same registry's GC."""
+"""Maintenance cron: GC staggered without overlap, restarts, memory checks and evictions never
+inside the same registry's GC; the restart mode and the cache budgets on the cron lines."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from components.renderers import maintenance
-from components.settings import Settings, load_settings, schedule
+from components.settings import Settings, SettingsError, load_settings, schedule
+from components.settings.budget import GIB, cache_budgets
 from tests.sample import sample_raw, sample_settings
 
 WEEK = 7 * 24 * 60
@@ -50,7 +52,9 @@ def _gc_minutes(window: schedule.GcWindow) -> set[int]:
 def _lines(settings: Settings) -> list[str]:
     text = maintenance.render_cron(settings)
     return [
-        line for line in text.splitlines() if line and not line.startswith("#") and "=" not in line
+        line
+        for line in text.splitlines()
+        if line and not line.startswith("#") and not line.startswith(("SHELL=", "PATH="))
     ]
 
 
@@ -167,12 +171,13 @@ def test_cron_file_format() -> None:
     text = maintenance.render_cron(sample_settings())
     assert text.endswith("\n")  # cron ignores a last line without newline
     lines = _lines(sample_settings())
-    assert len(lines) == 5 + 7 + 1
+    # 5 GCs, 7 memory checks and 7 evictions (two caches' hourly lines skip their GC hour), disk.
+    assert len(lines) == 5 + 7 + 7 + 1
     for line in lines:
         fields = line.split()
         assert fields[5] == "root"
         assert fields[6] == maintenance.SCRIPT_PATH
-        assert fields[7] in {"gc", "restart", "disk"}
+        assert fields[7] in {"gc", "memory", "evict", "disk"}
         assert line.endswith("| logger -t registry-maintenance")
         assert "--delete-untagged" not in line and "%" not in line
 
@@ -181,10 +186,115 @@ def test_disk_check_runs_hourly_with_the_threshold_and_logs_only_its_log_line() 
     settings = _settings(diskUsageThresholdPercent=65)
     [line] = [line for line in _lines(settings) if " disk " in line]
     # stdout (the key=value report verify.py reads) is dropped; stderr (the log line) is logged.
+    budgets = " ".join(f"{name}={size}" for name, size in cache_budgets(settings).items())
     assert line == (
         f"{maintenance.DISK_CHECK_MINUTE} * * * * root {maintenance.SCRIPT_PATH} disk 65 "
-        "2>&1 >/dev/null | logger -t registry-maintenance"
+        f"{budgets} 2>&1 >/dev/null | logger -t registry-maintenance"
     )
+
+
+def test_restart_mode_memory_is_the_default_and_checks_on_the_restart_slots() -> None:
+    settings = sample_settings()
+    jobs = schedule.restart_jobs(settings)
+    assert {j.action for j in jobs} == {"memory"} and {j.argument for j in jobs} == {"80"}
+    assert [j.minute for j in jobs if j.hour == "*" and j.day_of_week == "*"] == [12, 17, 22]
+    line = next(line for line in _lines(settings) if " memory registry-ghcr " in line)
+    assert line.startswith("12 * * * * root ") and " memory registry-ghcr 80 2>&1 " in line
+    pct = _settings(restart={"memoryPercent": 90})
+    assert {j.argument for j in schedule.restart_jobs(pct)} == {"90"}
+    assert schedule.restart_jobs(_settings(restart={"mode": "none"})) == []
+
+
+@pytest.mark.parametrize(
+    ("restart", "mode"),
+    [
+        ({}, "memory"),
+        # A stack written before the mode existed: its explicit schedule meant restarts on it.
+        ({"minute": "15"}, "schedule"),
+        ({"hour": "4", "staggerMinutes": 3}, "schedule"),
+        ({"minute": "15", "mode": "memory"}, "memory"),
+        ({"minute": "15", "memoryPercent": 70}, "memory"),
+        ({"mode": "schedule"}, "schedule"),
+    ],
+)
+def test_an_explicit_schedule_without_a_mode_keeps_restarting_on_it(
+    restart: dict[str, Any], mode: str
+) -> None:
+    settings = _settings(restart=restart)
+    assert settings.registry.restart.mode == mode
+    actions = {j.action for j in schedule.restart_jobs(settings)}
+    assert actions == {"restart" if mode == "schedule" else "memory"}
+
+
+def test_evictions_are_hourly_after_the_restart_slot_and_skip_their_gc() -> None:
+    settings = sample_settings()
+    budgets = cache_budgets(settings)
+    jobs = schedule.evict_jobs(settings, budgets)
+    restarts = schedule.restart_jobs(settings)
+    assert [j.minute for j in jobs if j.day_of_week == "*"] == [14, 19, 24]
+    windows = {w.container: w for w in schedule.gc_windows(settings)}
+    for container, window in windows.items():
+        occurrences = set().union(*(_minutes_of_week(j) for j in jobs if j.container == container))
+        assert not occurrences & _gc_minutes(window), f"{container} evicts during its own GC"
+        assert not occurrences & set().union(
+            *(_minutes_of_week(j) for j in restarts if j.container == container)
+        )
+        assert {j.argument for j in jobs if j.container == container} == {str(budgets[container])}
+
+
+def test_default_budgets_share_the_disk_below_the_warning() -> None:
+    budgets = cache_budgets(sample_settings())
+    # 100 GiB disk, threshold 80 %: the five caches share 70 % of it.
+    assert set(budgets.values()) == {100 * GIB * 70 // 100 // 5}
+    raw = sample_raw()
+    raw["vm"]["diskGb"] = 200
+    raw["upstreams"] = [
+        {"host": "docker.io", "port": 5000, "container": "registry", "cacheBudget": "100GiB"},
+        {"host": "ghcr.io", "port": 5010, "container": "registry-ghcr"},
+        {"host": "quay.io", "port": 5020, "container": "registry-quay", "cacheBudget": "5%"},
+    ]
+    budgets = cache_budgets(load_settings(raw))
+    assert budgets == {
+        "registry": 100 * GIB,
+        "registry-ghcr": 200 * GIB * 70 // 100 - 100 * GIB - 10 * GIB,
+        "registry-quay": 10 * GIB,
+    }
+    raw["registry"] = {"cacheBudget": "20GiB"}
+    assert cache_budgets(load_settings(raw))["registry-ghcr"] == 20 * GIB
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        ("registry", "0", "registry.cacheBudget: must be more than 0"),
+        ("registry", "-5GiB", "registry.cacheBudget: must be more than 0"),
+        ("registry", "lots", "registry.cacheBudget: expected a size"),
+        ("registry", "12XB", "registry.cacheBudget: unknown unit"),
+        ("registry", 0, "registry.cacheBudget: must be more than 0"),
+        ("registry", True, "registry.cacheBudget: expected a size"),
+        ("registry", "150%", "registry.cacheBudget: a share of the disk is at most 100%"),
+        ("registry", "1MiB", "registry.cacheBudget: at least 64MiB"),
+        ("registry", "101GiB", "registry.cacheBudget: '101GiB' is more than the whole disk"),
+        ("registry", "30GiB", "registry.cacheBudget: the caches' budgets add up to 150.0 GiB"),
+        ("upstream", "2TB", "upstreams[1].cacheBudget: '2TB' is more than the whole disk"),
+        ("upstream", "x", "upstreams[1].cacheBudget: expected a size"),
+        ("upstream", "70GiB", "upstreams[1].cacheBudget: together they leave the 4 other"),
+    ],
+)
+def test_a_bad_budget_is_one_line_naming_its_key(where: str, value: Any, message: str) -> None:
+    raw = sample_raw()
+    if where == "registry":
+        raw["registry"] = {"cacheBudget": value}
+    else:
+        raw["upstreams"] = [
+            {"host": u.host, "port": u.port, "container": u.container}
+            for u in load_settings(sample_raw()).upstreams
+        ]
+        raw["upstreams"][1]["cacheBudget"] = value
+    with pytest.raises(SettingsError) as error:
+        load_settings(raw)
+    assert len(error.value.problems) == 1, error.value.problems
+    assert error.value.problems[0].startswith(message), error.value.problems
 
 
 def test_disk_report_parses_what_the_script_prints() -> None:
@@ -194,5 +304,18 @@ def test_disk_report_parses_what_the_script_prints() -> None:
     )
     assert report.over_threshold
     assert report.caches == {"registry": 700, "registry-ghcr": 4096}
+    assert report.budgets == {} and report.last_gcs == {}
+    report = maintenance.parse_disk_report(
+        "path=/x\nsize_bytes=1000\nused_bytes=850\navailable_bytes=150\nused_percent=85\n"
+        "threshold_percent=80\ncache=registry 700\nlast_gc=registry 1700000000 evict 12\n"
+        "budget=registry 600\noldest_pull=registry 1690000000 library/old\n"
+        "next_eviction=registry 2 123 1 library/old,team/x\n"
+    )
+    assert report.budgets == {"registry": 600}
+    assert report.oldest_pulls == {"registry": (1690000000, "library/old")}
+    assert report.next_evictions["registry"] == maintenance.NextEviction(
+        2, 123, 1, ("library/old", "team/x")
+    )
+    assert report.last_gcs["registry"] == maintenance.LastGc(1700000000, "evict", 12)
     with pytest.raises(ValueError, match="unexpected disk report"):
         maintenance.parse_disk_report("path=/x\n")

@@ -488,3 +488,166 @@ def test_the_probe_gives_the_mark_back_only_while_the_file_is_what_the_step_left
     assert reverted["config_applied_from_sha256"] == ""
     assert reverted["config_applied_mark"] == ""
     assert reverted["config_applied_record_sha256"] == left["config_applied_record_sha256"]
+
+
+# --- control-plane nodes: healthy as a cluster member (issue 27, item 4) --------------------------
+
+
+def _member(root: Path, script: str) -> Path:
+    """A HEALTH_COMMAND stand-in whose answer the test sets: `ok` in ``answer`` is healthy."""
+    answer = root / "answer"
+    check = root / "member-check"
+    check.write_text(f'#!/bin/sh\necho "{script}: $(cat {answer})"\ngrep -qx ok {answer}\n')
+    check.chmod(0o755)
+    return answer
+
+
+def test_a_server_that_does_not_become_healthy_again_is_rolled_back(tmp_path: Path) -> None:
+    """CRI answers, but the node is not back in the cluster within HEALTH_TIMEOUT: the change is
+    a failed one (exit 5, previous file back, a restart with it, healthy again)."""
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("ok\n")
+    # The restart of the new file leaves the member unhealthy; the rollback's restart heals it.
+    node.params.update(
+        HEALTH_COMMAND=str(tmp_path / "member-check"),
+        HEALTH_TIMEOUT=2,
+        RESTART_COMMAND=(
+            f"echo restart >>{node.restarts}; "
+            f"if [ $(wc -l <{node.restarts}) -eq 2 ]; then echo '[-]etcd failed' >{answer}; "
+            f"else echo ok >{answer}; fi"
+        ),
+    )
+    assert node.apply("absent", FIRST).returncode == 0
+    result = node.apply(sha256(FIRST), SECOND)
+    assert result.returncode == 5, result.stderr
+    what, undone, todo = summary_of(result)
+    assert what.endswith("the node did not become healthy as a cluster member within 2s")
+    assert undone.startswith("rolled back: the previous") and "is ok again" in undone
+    assert "cluster health" in todo
+    assert "rolled_back=1" in result.stderr
+    assert "did not become healthy as a cluster member within 2s" in result.stderr
+    assert "readyz: [-]etcd failed" in result.stderr
+    assert node.file.read_text() == FIRST
+    assert node.restart_count() == 3
+
+
+def test_a_server_that_is_not_healthy_before_the_change_is_not_touched(tmp_path: Path) -> None:
+    node = Node(tmp_path)
+    answer = _member(tmp_path, "readyz")
+    answer.write_text("[-]etcd failed\n")
+    node.params.update(HEALTH_COMMAND=str(tmp_path / "member-check"), HEALTH_TIMEOUT=10)
+    result = node.apply("absent", FIRST)
+    assert result.returncode == 7, result.stderr
+    what, undone, _ = summary_of(result)
+    assert "not healthy as a cluster member before the change" in what
+    assert undone == "rolled back: nothing: nothing was changed"
+    assert "not healthy as a cluster member before the change" in result.stderr
+    assert "nothing changed" in result.stderr
+    assert not node.file.exists() and node.restart_count() == 0
+    # Control: healthy, the same step goes through and waits for the member after the restart.
+    answer.write_text("ok\n")
+    assert node.apply("absent", FIRST).returncode == 0
+    assert node.restart_count() == 1
+
+
+# --- hosts.sh: directories of a previous config_path carried (issue 27, item 5) ----------------
+
+
+def _digest(directory: Path) -> str:
+    """lib.sh dir_digest: sha256 over "<name> <sha256>" lines, names in byte order."""
+    lines = "".join(
+        f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}\n"
+        for p in sorted(directory.iterdir(), key=lambda p: p.name.encode())
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_hosts_sh_carries_a_directory_and_lets_go_of_it(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp:5443"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    (source / "client.key").write_text("KEY\n")
+    (source / "client.key").chmod(0o600)
+    (source / "hosts.toml").write_text('server = "https://registry.corp:5443"\n')
+    ours = tmp_path / "certs.d"
+    carry = f"{_digest(source)} registry.corp:5443 {source}\n"
+    params: dict[str, str | int | bool] = {"CONFIG_PATH": str(ours), "CARRY": carry}
+
+    first = run_step("hosts", params, tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "written=registry.corp:5443" in first.stdout
+    copy = ours / "registry.corp:5443"
+    assert sorted(p.name for p in copy.iterdir()) == [
+        ".registry-mirrors-carried", "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+    assert (copy / "client.key").stat().st_mode & 0o777 == 0o600
+    assert (ours / ".registry-mirrors-managed").read_text() == "registry.corp:5443\n"
+    again = run_step("hosts", params, tmp_path)
+    assert "unchanged=registry.corp:5443" in again.stdout and "changed=0" in again.stdout
+
+    # The source changed since the probe: nothing is written.
+    (source / "ca.crt").write_text("ANOTHER CA\n")
+    stale = run_step("hosts", params, tmp_path)
+    assert stale.returncode == 3 and "changed since it was probed" in stale.stderr
+    assert summary_of(stale)[0].endswith("changed since the program read it")
+    assert (copy / "ca.crt").read_text() == "CA\n"
+
+    delete = run_step("hosts", {"CONFIG_PATH": str(ours), "REMOVE_ALL": 1}, tmp_path)
+    assert delete.returncode == 0, delete.stderr
+    assert "removed=registry.corp:5443" in delete.stdout
+    assert not copy.exists() and sorted(p.name for p in source.iterdir()) == [
+        "ca.crt", "client.key", "hosts.toml",
+    ]  # fmt: skip
+
+
+def test_hosts_sh_does_not_carry_over_a_directory_that_is_not_ours(tmp_path: Path) -> None:
+    source = tmp_path / "docker-certs.d" / "registry.corp"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    ours = tmp_path / "certs.d"
+    (ours / "registry.corp").mkdir(parents=True)
+    (ours / "registry.corp" / "ca.crt").write_text("MINE\n")
+    params: dict[str, str | int | bool] = {
+        "CONFIG_PATH": str(ours),
+        "CARRY": f"{_digest(source)} registry.corp {source}\n",
+    }
+    result = run_step("hosts", params, tmp_path)
+    assert result.returncode == 4 and "exists and is not ours" in result.stderr
+    assert "is not ours" in summary_of(result)[0]
+    assert (ours / "registry.corp" / "ca.crt").read_text() == "MINE\n"
+
+
+def test_carried_files_are_recorded_and_the_probe_sees_one_gone(tmp_path: Path) -> None:
+    """Item 1 for carried routes: a carried CA deleted or edited on the node (a config manager
+    wiping certs.d) is not what the last apply left: the probe gives no mark back, so the hosts
+    step shows a change and copies it again."""
+    source = tmp_path / "docker-certs.d" / "registry.corp"
+    source.mkdir(parents=True)
+    (source / "ca.crt").write_text("CA\n")
+    ours = tmp_path / "certs.d"
+    bundle = "# registry-mirrors: docker.io/hosts.toml\nserver = 'a'\n"
+    params: dict[str, str | int | bool] = {
+        "CONFIG_PATH": str(ours),
+        "APPLY_MARK": "m1",
+        "CARRY": f"{_digest(source)} registry.corp {source}\n",
+    }
+    assert run_step("hosts", params, tmp_path, bundle).returncode == 0
+    record = ours / ".registry-mirrors-applied"
+    ours_sha, carried_sha = sha256("server = 'a'\n"), sha256("CA\n")
+    assert record.read_text() == (
+        f"mark m1\n{ours_sha}  docker.io/hosts.toml\n{carried_sha}  registry.corp/ca.crt\n"
+    )
+    config = tmp_path / "config.toml"
+    assert probe(tmp_path, config, ours)["hosts_applied_mark"] == "m1"
+
+    carried = ours / "registry.corp" / "ca.crt"
+    for change in (lambda: carried.write_text("EDITED\n"), carried.unlink):
+        change()
+        assert "hosts_applied_mark" not in probe(tmp_path, config, ours)
+    # Control: the step with a new mark copies it again, and the probe gives that mark back.
+    again = run_step("hosts", {**params, "APPLY_MARK": "m2"}, tmp_path, bundle)
+    assert again.returncode == 0 and "written=registry.corp" in again.stdout
+    assert carried.read_text() == "CA\n"
+    assert probe(tmp_path, config, ours)["hosts_applied_mark"] == "m2"

@@ -109,7 +109,10 @@ def test_the_shared_library_uses_only_parameters_its_script_declares(script: str
         for key in declared.findall(path.read_text())
     }
     used = {key for key in parameters if re.search(rf"\b{key}\b", code)}
-    assert used == {"CONTAINERD_ADDRESS", "RESTART_COMMAND", "RESTART_TIMEOUT"}
+    assert used == {
+        "CONTAINERD_ADDRESS", "RESTART_COMMAND", "RESTART_TIMEOUT", "HEALTH_COMMAND",
+        "HEALTH_TIMEOUT",
+    }  # fmt: skip
     own = set(declared.findall((SCRIPTS_DIR / script).read_text()))
     assert used <= own, f"{script} does not declare {sorted(used - own)}"
 

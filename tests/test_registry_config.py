@@ -64,7 +64,9 @@ def test_rendered_config_per_upstream(upstream: Upstream, major: int) -> None:
         "addr": f":{upstream.port + 1}",
         "prometheus": {"enabled": True, "path": "/metrics"},
     }
-    assert config["proxy"] == {"remoteurl": upstream.resolved_server}
+    # 3.x: no expiry by default (the cache budget bounds the disk); 2.x has no such key.
+    ttl = {"ttl": "0"} if major == 3 else {}
+    assert config["proxy"] == {"remoteurl": upstream.resolved_server, **ttl}
     assert config["log"]["level"] == "info"
     assert config["log"]["accesslog"] == {"disabled": False}
     assert check_registry_config(config, major) == []
@@ -73,8 +75,11 @@ def test_rendered_config_per_upstream(upstream: Upstream, major: int) -> None:
 def test_proxy_ttl_is_rendered_for_distribution_3() -> None:
     config = registry_config(DEFAULT_UPSTREAMS[1], _registry(3, proxy_ttl="72h"))
     assert config["proxy"] == {"remoteurl": "https://ghcr.io", "ttl": "72h"}
-    # Unset: Distribution's own default (168h), nothing rendered.
-    assert "ttl" not in registry_config(DEFAULT_UPSTREAMS[1], _registry(3))["proxy"]
+    # Unset: 0, no expiry. TTL expiry deleted layers other repositories still linked and did
+    # not move on a pull (docs/measurements/cache-disk.md); the budget's eviction bounds the disk.
+    assert registry_config(DEFAULT_UPSTREAMS[1], _registry(3))["proxy"]["ttl"] == "0"
+    assert registry_summary(_registry(3))["proxyTtl"].startswith("0 (no expiry")
+    assert registry_summary(_registry(2))["proxyTtl"] == "168h (hard-coded)"
 
 
 def test_proxy_ttl_on_distribution_2_is_refused_by_settings_and_by_the_schema() -> None:

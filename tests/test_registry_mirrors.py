@@ -154,9 +154,10 @@ def test_credentials_reach_the_vm_only_as_secrets_never_logged(mocks: RecordingM
                     "remoteurl": "https://registry-1.docker.io",
                     "username": "mirror-bot",
                     "password": PASSWORD,
+                    "ttl": "0",
                 }
             else:
-                assert config["proxy"] == {"remoteurl": upstream.resolved_server}
+                assert config["proxy"] == {"remoteurl": upstream.resolved_server, "ttl": "0"}
         # Nowhere in plain text: not in a command line, a label, an env, anything.
         for resource in mocks.resources:
             for key, value in resource.inputs.items():
@@ -273,8 +274,8 @@ def test_container_inputs_are_exactly_the_plain_container_spec(mocks: RecordingM
 def test_upgrading_2_8_to_3_1_replaces_containers_and_keeps_the_data(mocks: RecordingMocks):
     """The same stack before and after `registry.image: registry:3.1.1`: the containers change
     (image, config mount path, env) so they are replaced; the data directories and the config
-    files on the VM are the same paths, and the config text is the same, so nothing deletes or
-    rewrites the cache (test_distribution proves 3.1.1 serves what 2.8 cached)."""
+    files on the VM are the same paths, and the config text differs only by 3.x's proxy.ttl, so
+    nothing deletes the cache (test_distribution proves 3.1.1 serves what 2.8 cached)."""
     built = [_build(name, image=image)[0] for name, image in STACK_IMAGES.items()]
 
     def check(_: Any) -> None:
@@ -291,7 +292,12 @@ def test_upgrading_2_8_to_3_1_replaces_containers_and_keeps_the_data(mocks: Reco
             assert before.get("envs", []) == [] and after["envs"] == ["OTEL_TRACES_EXPORTER=none"]
             config_before = _container(mocks, f"v2-{upstream.container}-config")
             config_after = _container(mocks, f"v3-{upstream.container}-config")
-            assert config_before["stdin"] == config_after["stdin"]
+            # The one difference: 3.x renders proxy.ttl 0 (no expiry; 2.x has no such key).
+            text_before = yaml.safe_load(plain(config_before["stdin"]))
+            text_after = yaml.safe_load(plain(config_after["stdin"]))
+            assert text_after.pop("proxy").pop("ttl") == "0"
+            text_before.pop("proxy")
+            assert text_before == text_after
             assert config_before["create"] == config_after["create"]
             # Only the config FILE is ever removed; its data dir is never part of a delete.
             assert "REMOVE=1" in config_after["delete"]

@@ -300,6 +300,14 @@ BAD_INPUTS = [
     ),
     ("restart-empty", {"nodes.0.restartCommand": ""}, "nodes[0].restartCommand", "empty"),
     ("restart-blank", {"nodes.1.restartCommand": "   "}, "nodes[1].restartCommand", "empty"),
+    ("role", {"nodes.0.role": "master"}, "nodes[0].role", "control-plane"),
+    ("health-blank", {"nodes.0.healthCommand": " "}, "nodes[0].healthCommand", "empty"),
+    (
+        "health-timeout",
+        {"containerd.healthTimeoutSeconds": 5},
+        "containerd.healthTimeoutSeconds",
+        "10",
+    ),
     # Unknown keys name the closest known key.
     ("typo-hint", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "did you mean address"),
     ("typo-hint-gc", {"registry.gc.dayofweek": 1}, "registry.gc.dayofweek", "dayOfWeek"),

@@ -29,16 +29,14 @@ def _line(library: Path) -> str:
     return f'. "$(dirname "$0")/{library.name}"'
 
 
-# lib.sh: the three that replace a file a daemon reads at start; step.sh: every step that
-# pulumi-command runs (how a step ends, and what a failure says first).
+# lib.sh: every node script (the three that replace a file a daemon reads at start, and the two
+# that read (probe.sh) and copy (hosts.sh) the directories of a previous config_path with its
+# dir_files/dir_digest); step.sh: every step that pulumi-command runs (how a step ends, and what a
+# failure says first).
+STEPS = ("node/apply-config.sh", "node/hosts.sh", "node/registries.sh", "node/restore.sh")
 USERS = {
-    LIBRARY: ("node/apply-config.sh", "node/registries.sh", "node/restore.sh"),
-    STEP_LIBRARY: (
-        "node/apply-config.sh",
-        "node/hosts.sh",
-        "node/registries.sh",
-        "node/restore.sh",
-    ),
+    LIBRARY: (*STEPS, "node/probe.sh"),
+    STEP_LIBRARY: STEPS,
 }
 
 
@@ -63,32 +61,35 @@ def test_the_scripts_that_share_each_library(library: Path) -> None:
     assert users == set(USERS[library])
 
 
-@pytest.mark.parametrize("relative", USERS[STEP_LIBRARY])
+@pytest.mark.parametrize("relative", USERS[LIBRARY])
 def test_remote_command_carries_the_libraries_instead_of_sourcing_them(relative: str) -> None:
     text, name = _sent(relative, {"CONFIG_FILE": "/etc/containerd/config.toml"})
     assert name == relative
-    for library in (STEP_LIBRARY, LIBRARY):
+    for library in (LIBRARY, STEP_LIBRARY):
         if relative not in USERS[library]:
             continue
         assert _line(library) not in text.splitlines()
         assert library.read_text().rstrip("\n") in text
         for function in _functions(library):
             assert len(re.findall(rf"^{function}\(\) \{{", text, re.MULTILINE)) == 1, function
-    assert {"require_root", "hold_output", "fail_with"} <= set(_functions(STEP_LIBRARY))
-    assert {"wait_for_cri", "skip_or_refuse", "record_applied"} <= set(_functions(LIBRARY))
-    # The script's own part follows: its shebang and parameters first, step.sh before lib.sh
-    # (lib.sh uses what it defines), the script's work after both.
+    assert {"hold_output", "end_step"} <= set(_functions(STEP_LIBRARY))
+    assert {"require_root", "fail_with", "wait_for_cri", "skip_or_refuse", "record_applied"} <= set(
+        _functions(LIBRARY)
+    )
+    assert {"dir_files", "dir_digest", "require_member_healthy"} <= set(_functions(LIBRARY))
+    # The script's own part follows: its shebang and parameters first, lib.sh before step.sh
+    # (step.sh's end_step reads what lib.sh defines), the script's work after both.
     assert text.startswith("#!/usr/bin/env bash\n")
     assert text.index("set -euo pipefail") < text.index("require_root() {")
-    assert text.index("fail_with() {") < text.index("hold_output\n")
-    if relative in USERS[LIBRARY]:
-        assert text.index("fail_with() {") < text.index("skip_or_refuse() {")
-        assert text.index("restore_original() {") < text.rindex("require_root\n")
+    assert text.index("restore_original() {") < text.rindex("require_root\n")
+    if relative in USERS[STEP_LIBRARY]:
+        step_start = text.index("end_step() {")
+        assert text.index("fail_with() {") < step_start < text.index("hold_output\n")
 
 
 def test_a_script_without_the_line_is_sent_as_it_is() -> None:
-    text, _ = _sent("node/probe.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
-    assert text == (SCRIPTS_DIR / "node" / "probe.sh").read_text()
+    text, _ = _sent("node/verify-node.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
+    assert text == (SCRIPTS_DIR / "node" / "verify-node.sh").read_text()
 
 
 def test_a_library_that_does_not_exist_is_an_error(tmp_path: Path) -> None:

@@ -94,7 +94,7 @@ def test_no_ssh_client_is_a_failed_disk_check_not_a_traceback(monkeypatch: pytes
     monkeypatch.setenv("PATH", "/nonexistent")
     outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian",
                               "sshHostPublicKey": TEST_KEY}}  # fmt: skip
-    check = check_vm_disk(outputs, None, [], timeout=5)
+    (check,) = check_vm_disk(outputs, None, [], timeout=5)
     assert (check.ok, check.detail) == (False, "no ssh client here")
     assert "openssh-client" in check.advice
 
@@ -105,7 +105,7 @@ def test_a_vm_with_no_exported_host_key_is_not_contacted(monkeypatch: pytest.Mon
     run ssh, the detail would say "no ssh client here")."""
     monkeypatch.setenv("PATH", "/nonexistent")
     outputs = {"registryVm": {"address": "127.0.0.1", "sshUser": "debian"}}
-    check = check_vm_disk(outputs, None, [], timeout=5)
+    (check,) = check_vm_disk(outputs, None, [], timeout=5)
     assert not check.ok
     assert "no sshHostPublicKey in the registryVm output" in check.detail
     assert "pulumi up" in check.advice

@@ -25,11 +25,13 @@ from typing import Union
 
 from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
+from components.plan.node_routes import CarriedRoutes, RoutesError, plan_routes
 from components.plan.node_steps import (
     NodeStepError,
     Step,
     config_step,
     hosts_step,
+    node_role,
     registries_step,
     restore_config_step,
     restore_hosts_step,
@@ -93,6 +95,8 @@ class NodePlan:
     report_role: str = "config"
     # The files config.toml imports and what the config step does to them (None: it imports none).
     imports: ImportsPlan | None = None
+    # The directories of a previous config_path carried into ours (issue 27, item 5).
+    routes: CarriedRoutes | None = None
     state: str = "managed"
 
 
@@ -295,11 +299,20 @@ class HeldPlan:
 
 def plan_held(node: Node) -> HeldPlan:
     roles = held_roles(node)
-    summary = (
+    flavour = FLAVOURS[node.flavour or "containerd"]
+    summary = [
         f"{node.name}: held (nodes[].state): not read, nothing runs on it; its steps "
         f"({', '.join(roles)}) stay as the last apply left them",
-    )
-    return HeldPlan(FLAVOURS[node.flavour or "containerd"], roles, summary)
+    ]
+    if node_role(node, flavour) == "control-plane":
+        # The other servers check only themselves before their restart: with this one down, a
+        # 3-member etcd is at 2, and each restart of another takes it to 1 until it is back.
+        summary.append(
+            f"warning: {node.name} is a control-plane node: the others still restart one at a "
+            "time, and with it out a restart of another may leave the cluster without quorum "
+            "until that one is back; hold them too if it cannot afford that"
+        )
+    return HeldPlan(flavour, roles, tuple(summary))
 
 
 def _plan_containerd(
@@ -317,6 +330,14 @@ def _plan_containerd(
         raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     except ValueError as error:  # ConfigParseError
         raise NodeStepError(f"{where} {node.config_file}: {error}; nothing was changed") from None
+    routes = None
+    if not node.skip_config_path:
+        try:
+            routes = plan_routes(settings, probe, where, list(files))
+        except RoutesError as error:
+            raise NodeStepError(str(error)) from None
+        except ValueError as error:  # a saved original that no longer parses
+            raise NodeStepError(f"{where}: {error}; nothing was changed") from None
     changed = (migration.changed or (imports is not None and imports.changed)) and (
         not node.skip_config_path
     )
@@ -344,7 +365,8 @@ def _plan_containerd(
         config = config_step(settings, node, guard, probe.config_text, dropins, mark=config_mark)
     hosts_left = probe.hosts_applied_mark is not None
     hosts_mark = apply_mark(hosts_left, probe.hosts_applied_mark, probe.hosts_applied_record_sha256)
-    hosts = hosts_step(settings, node, files, hosts_mark)
+    carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
+    hosts = hosts_step(settings, node, files, carried, mark=hosts_mark)
     steps = [NodeStep("hosts", hosts, sensitive=False)]
     if not node.skip_config_path:
         steps.append(NodeStep("config", config, sensitive=True))
@@ -368,10 +390,12 @@ def _plan_containerd(
     if not hosts_left and probe.hosts_applied_record_sha256:
         summary.insert(
             0,
-            f"{node.name}: a hosts.toml in {settings.containerd.config_path} is not what the "
-            "last apply left: the hosts step writes them again",
+            f"{node.name}: a file the last apply left in {settings.containerd.config_path} (a "
+            "hosts.toml, or a carried one) is not as it was left: the hosts step writes them again",
         )
     summary += [f"warning: {w}" for w in migration.warnings]
+    if routes is not None:
+        summary += list(routes.summary)
     if imports is not None:
         summary += list(imports.summary)
         summary += [f"warning: {w}" for w in imports.warnings]
@@ -385,6 +409,7 @@ def _plan_containerd(
         summary=tuple(summary),
         steps=tuple(steps),
         imports=imports,
+        routes=routes,
     )
 
 

@@ -48,6 +48,17 @@ class ProbedDropIn:
 
 
 @dataclass(frozen=True)
+class PreviousDir:
+    """A directory in a root of a previous config_path, as probe.sh read it (not the files'
+    content: only hosts.toml, and a digest of them all)."""
+
+    path: str
+    files: tuple[str, ...]
+    digest: str
+    hosts_toml: str | None
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     containerd_version: str
     config_file: str
@@ -96,6 +107,11 @@ class ProbeResult:
     imports_glob_base: str = ""
     dropins: tuple[ProbedDropIn, ...] = ()
     imports_errors: tuple[str, ...] = ()
+    # The roots of a previous config_path probe.sh listed (node_routes.py), the directories in
+    # them, and the directories already in CONFIG_PATH.
+    previous_roots: tuple[str, ...] = ()
+    previous_dirs: tuple[PreviousDir, ...] = ()
+    config_path_dirs: tuple[str, ...] = ()
 
 
 def _lines_b64(value: str, key: str) -> tuple[str, ...]:
@@ -151,6 +167,27 @@ def _dropins(values: dict[str, list[str]]) -> tuple[ProbedDropIn, ...]:
             )
         )
     return tuple(result)
+
+
+def _previous_dirs(values: dict[str, list[str]]) -> tuple[PreviousDir, ...]:
+    """probe.sh prints the same previous_dir_* keys once per directory, in the same order."""
+    paths = values.get("previous_dir", [])
+    keys = ("previous_dir_files_b64", "previous_dir_digest", "previous_dir_hosts_b64")
+    for key in keys:
+        if len(values.get(key, [])) != len(paths):
+            raise ProbeOutputError(
+                f"probe.sh printed {len(paths)} previous_dir lines but "
+                f"{len(values.get(key, []))} {key} lines (output truncated?)"
+            )
+    return tuple(
+        PreviousDir(
+            path=path,
+            files=_lines_b64(values["previous_dir_files_b64"][i], "previous_dir_files_b64"),
+            digest=values["previous_dir_digest"][i],
+            hosts_toml=_text_b64(values["previous_dir_hosts_b64"][i], "previous_dir_hosts_b64"),
+        )
+        for i, path in enumerate(paths)
+    )
 
 
 def _decoded(values: dict[str, list[str]], key: str, sha: str, exists: bool) -> str:
@@ -254,6 +291,9 @@ def parse_probe(stdout: str) -> ProbeResult:
         imports_glob_base=values.get("imports_glob_base", [""])[-1],
         dropins=_dropins(values),
         imports_errors=tuple(values.get("imports_error", [])),
+        previous_roots=tuple(values.get("previous_root", [])),
+        previous_dirs=_previous_dirs(values),
+        config_path_dirs=tuple(values.get("config_path_dirs", [""])[-1].split()),
         **flavour,
     )
 

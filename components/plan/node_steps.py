@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from components.renderers.flavours import FLAVOURS, Flavour
+from components.renderers.flavours import FLAVOURS, Flavour, Role
 from components.renderers.shell import remote_command, stdin_command
 from components.settings import Node, Settings
 
@@ -84,15 +84,59 @@ def hosts_bundle(files: Mapping[str, str]) -> str:
     return "".join(parts)
 
 
-def hosts_step(settings: Settings, node: Node, files: Mapping[str, str], mark: str = "") -> Step:
-    """``mark``: recorded with the files; the probe gives it back while they are as hosts.sh
-    left them (components/plan/node_plan.py ``apply_mark``)."""
-    return _sent_step(
-        node,
-        "node/hosts.sh",
-        {"CONFIG_PATH": settings.containerd.config_path, "APPLY_MARK": mark},
-        hosts_bundle(files),
-    )
+def hosts_step(
+    settings: Settings,
+    node: Node,
+    files: Mapping[str, str],
+    carried: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
+) -> Step:
+    """hosts.sh: ``files`` (the bundle on stdin, after the script) and the directories of a
+    previous config_path it copies on the node, as (digest, name, source) (``CARRY``; only when
+    there are some). ``mark``: recorded with every file it leaves, carried ones included; the probe
+    gives it back while they are as hosts.sh left them (components/plan/node_plan.py
+    ``apply_mark``)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_PATH": settings.containerd.config_path,
+        "APPLY_MARK": mark,
+    }
+    if carried:
+        for digest, name, source in carried:
+            if any(c.isspace() for c in f"{digest}{name}{source}"):
+                raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
+        params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
+    return _sent_step(node, "node/hosts.sh", params, hosts_bundle(files))
+
+
+def node_role(node: Node, flavour: Flavour) -> Role:
+    """``nodes[].role``, else the flavour's: k3s/RKE2 servers are control-plane nodes."""
+    return node.role or flavour.role
+
+
+def health_command(node: Node, flavour: Flavour) -> str:
+    """How a control-plane node tells, by itself, that it is healthy as a cluster member."""
+    if node.health_command:
+        return node.health_command
+    if flavour.is_distribution and not flavour.kubeconfig:
+        raise NodeStepError(
+            f"node {node.name} ({node.address}): nodes[].role is control-plane but a "
+            f"{flavour.name} runs no API server of its own to ask: set nodes[].healthCommand; "
+            "nothing was changed"
+        )
+    return flavour.health_command
+
+
+def _health_params(settings: Settings, node: Node, flavour: Flavour) -> dict[str, str | int | bool]:
+    # Control-plane nodes only (a worker's commands stay byte for byte what they were): after the
+    # CRI plugin is ok, HEALTH_COMMAND must succeed within HEALTH_TIMEOUT or the change is rolled
+    # back; before a change it must already succeed (else nothing is changed). A k3s/RKE2 server
+    # whose CRI answers may still be rejoining etcd: the next server must not restart until then.
+    if node_role(node, flavour) != "control-plane":
+        return {}
+    return {
+        "HEALTH_COMMAND": health_command(node, flavour),
+        "HEALTH_TIMEOUT": settings.containerd.health_timeout_seconds,
+    }
 
 
 def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
@@ -102,6 +146,7 @@ def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | boo
         "RESTART_COMMAND": node.restart_command,
         "RESTART_TIMEOUT": settings.containerd.restart_timeout_seconds,
         "CONTAINERD_ADDRESS": node.containerd_address,
+        **_health_params(settings, node, FLAVOURS["containerd"]),
     }
 
 
@@ -233,6 +278,7 @@ def _distribution_params(
         "CTR": f"{flavour.bin_dir}/ctr",
         "UNIT": flavour.unit,
         "CONTAINERD_LOG": flavour.containerd_log,
+        **_health_params(settings, node, flavour),
     }
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 FlavourName = Literal["containerd", "k3s-server", "k3s-agent", "rke2-server", "rke2-agent"]
+Role = Literal["control-plane", "worker"]
 FLAVOUR_NAMES: tuple[FlavourName, ...] = (
     "containerd",
     "k3s-server",
@@ -41,6 +42,11 @@ class Flavour:
     bin_dir: str = ""  # its own containerd and ctr
     containerd_log: str = ""
     config_file: str = ""  # the containerd config.toml it generates at start
+    # Servers run the control plane (API server, embedded etcd): restarted one at a time, before
+    # the agents, and only done once healthy as a cluster member (components/plan/node_steps.py).
+    role: Role = "worker"
+    # The kubeconfig a server writes for root, pointing at its own API server (127.0.0.1:6443).
+    kubeconfig: str = ""
 
     @property
     def is_distribution(self) -> bool:
@@ -50,9 +56,25 @@ class Flavour:
     def restart_command(self) -> str:
         return f"systemctl restart {self.unit}"
 
+    @property
+    def health_command(self) -> str:
+        """What a control-plane node of this flavour runs to tell it is healthy as a cluster
+        member: its own API server's /readyz, which on k3s/RKE2 includes the embedded etcd's
+        health (``[+]etcd ok``: a member that cannot reach a quorum fails it). The distributions'
+        kubectl is a link to their multicall binary in ``bin_dir``. Plain containerd: kubeadm's
+        layout (admin.conf), asked of the API server on this node (admin.conf may name a load
+        balancer; the serving certificate always has the name ``kubernetes``)."""
+        if self.is_distribution:
+            return f"{self.bin_dir}/kubectl --kubeconfig {self.kubeconfig} get --raw /readyz"
+        return (
+            "kubectl --kubeconfig /etc/kubernetes/admin.conf --server https://127.0.0.1:6443 "
+            "--tls-server-name kubernetes get --raw /readyz"
+        )
+
 
 def _distribution(name: FlavourName, unit: str, dist: str, bin_dir: str) -> Flavour:
     agent = f"/var/lib/rancher/{dist}/agent"
+    server = name.endswith("-server")
     return Flavour(
         name=name,
         unit=unit,
@@ -62,6 +84,8 @@ def _distribution(name: FlavourName, unit: str, dist: str, bin_dir: str) -> Flav
         bin_dir=bin_dir,
         containerd_log=f"{agent}/containerd/containerd.log",
         config_file=f"{agent}/etc/containerd/config.toml",
+        role="control-plane" if server else "worker",
+        kubeconfig=f"/etc/rancher/{dist}/{dist}.yaml" if server else "",
     )
 
 

@@ -33,7 +33,7 @@ CONFIG_PATH_LABEL = "registry-mirrors.config-path"
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
 
-# On SIGTERM (every `docker stop`/`restart`: the hourly restart, the GC's stop, a `pulumi up`
+# On SIGTERM (every `docker stop`/`restart`: a memory restart, the GC's stop, a `pulumi up`
 # that replaces the container, the VM shutting down) Distribution without `http.draintimeout`
 # exits at once and cuts every blob transfer in flight: the node's pull fails. With it, both
 # majors (registry/registry.go, v2.8.2 and v3.1.1 alike) close the listener at once, so a new
@@ -69,6 +69,10 @@ class Distribution:
     ignored_keys: Mapping[str, str]
     # Upstream fetches per blob on a cache miss (the benchmark counts the bytes).
     upstream_fetches_per_miss: int
+    # proxy.ttl rendered when registry.proxyTtl is unset (None: the version has no such key).
+    default_proxy_ttl: str | None
+    # What an unset proxyTtl means, for summary.json.
+    default_proxy_ttl_text: str
     # Said once per stack (summary.json, pulumi up): what an operator should know.
     notes: tuple[str, ...] = ()
 
@@ -86,6 +90,8 @@ DISTRIBUTIONS: dict[int, Distribution] = {
         # registry/proxy/proxyblobstore.go ServeBlob: a storeLocal goroutine AND copyContent to
         # the client, each a full upstream fetch.
         upstream_fetches_per_miss=2,
+        default_proxy_ttl=None,
+        default_proxy_ttl_text="168h (hard-coded)",
         notes=(
             "Distribution 2.x fetches every blob from the upstream twice on a cache miss "
             "(proxyblobstore.go ServeBlob): a cold pull through the cache costs about twice a "
@@ -108,6 +114,13 @@ DISTRIBUTIONS: dict[int, Distribution] = {
         },
         # v3.0.0 (distribution PR #3569): one upstream fetch through an io.MultiWriter.
         upstream_fetches_per_miss=1,
+        # No expiry: the cache budget's eviction bounds the disk instead. Expiry deleted layers
+        # that other repositories still linked (they could no longer be served offline), did not
+        # move on a pull (distribution #4659: a base image used hourly is fetched again every
+        # TTL), and freed nothing GC would not (docs/measurements/cache-disk.md). With ttl 0
+        # proxyregistry.go starts no scheduler at all.
+        default_proxy_ttl="0",
+        default_proxy_ttl_text="0 (no expiry: the cache budget's eviction bounds the disk)",
     ),
 }
 
@@ -154,9 +167,14 @@ def registry_config(
         username, password = credentials
         proxy["username"] = username
         proxy["password"] = password
-    if registry.proxy_ttl is not None:
+    ttl = (
+        registry.proxy_ttl
+        if registry.proxy_ttl is not None
+        else distribution(registry).default_proxy_ttl
+    )
+    if ttl is not None:
         # Settings refuse proxyTtl for 2.x (it would be ignored); the schema below refuses it too.
-        proxy["ttl"] = registry.proxy_ttl
+        proxy["ttl"] = ttl
     config: dict[str, Any] = {
         "version": "0.1",
         "log": {
@@ -260,8 +278,7 @@ def registry_summary(registry: RegistrySettings) -> dict[str, Any]:
         "distributionMajor": dist.major,
         "configPath": dist.config_path,
         "env": dict(dist.env),
-        "proxyTtl": registry.proxy_ttl
-        or ("168h (hard-coded)" if dist.major == 2 else "168h (Distribution's default)"),
+        "proxyTtl": registry.proxy_ttl or dist.default_proxy_ttl_text,
         "blobDescriptorCache": "off",
         "upstreamFetchesPerMiss": dist.upstream_fetches_per_miss,
         "diskUsageThresholdPercent": registry.disk_usage_threshold_percent,

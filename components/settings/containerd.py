@@ -17,7 +17,17 @@ class ContainerdSettings(_Model):
         default=5, ge=1, le=1000, description="Nodes per batch after the canary."
     )
     restart_timeout_seconds: int = Field(
-        default=60, ge=5, le=600, description="How long to wait for the CRI plugin after a restart."
+        default=60,
+        ge=5,
+        le=600,
+        description="Time limit of the restart command, then of the wait for the CRI plugin.",
+    )
+    health_timeout_seconds: int = Field(
+        default=300,
+        ge=10,
+        le=3600,
+        description="How long a control-plane node has, after its CRI plugin is ok, to be healthy "
+        "as a cluster member (else the change is rolled back).",
     )
     probe_concurrency: int = Field(
         default=32,

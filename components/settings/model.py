@@ -10,6 +10,7 @@ from typing import Any, Self
 
 from pydantic import Field, model_validator
 
+from components.settings.budget import budget_problems
 from components.settings.checks import _Model
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SettingsError, key_text, shown
@@ -121,6 +122,7 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
         u if isinstance(u, Mapping) else {}
         for u in (upstreams if isinstance(upstreams, list) else [])
     ]
+    problems += budget_problems(raw, upstreams)
     problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
     problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
     port_owner: dict[int, str] = {}

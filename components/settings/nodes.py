@@ -51,6 +51,18 @@ class Node(_Model):
         "rke2-agent); default: detected by the probe. A mismatch with the node is an error.",
     )
 
+    role: Literal["control-plane", "worker"] | None = Field(
+        default=None,
+        description="control-plane: restarted alone, before the workers, and only done once the "
+        "node is healthy as a cluster member (healthCommand); default: control-plane for "
+        "k3s-server and rke2-server, worker for everything else.",
+    )
+    health_command: str | None = Field(
+        default=None,
+        description="A control-plane node's check that it is healthy as a cluster member (exit "
+        "0), run on the node; default per flavour (the local API server's /readyz).",
+    )
+
     @field_validator("address")
     @classmethod
     def _address(cls, value: str) -> str:
@@ -71,6 +83,13 @@ class Node(_Model):
         # Refused here, not on the node after config.toml has already been changed.
         if not value.strip():
             raise ValueError("must not be empty: the command that restarts containerd")
+        return value
+
+    @field_validator("health_command")
+    @classmethod
+    def _health(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be empty: leave it out for the flavour's default check")
         return value
 
     @field_validator("config_file", "containerd_address")

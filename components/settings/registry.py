@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from components.settings.budget import check_budget
 from components.settings.checks import CronField, _Model, check_cron_field
 from components.settings.errors import shown
 
 
 class Schedule(_Model):
-    """A cron schedule: weekly GC or hourly restart, staggered per registry.
+    """A cron schedule: weekly GC or the hourly restart/memory slot, staggered per registry.
 
     Fields are range-checked here, so the cron file never gets a value cron would read
     differently (``60`` minutes is not minute 0); whether a field may be more than a plain number
@@ -49,10 +51,43 @@ class GcSchedule(Schedule):
 
 
 class RestartSchedule(Schedule):
-    """Hourly restart at minute 7 for the first registry, then every 5 minutes the next."""
+    """When each cache is restarted (mode ``schedule``) or its memory checked (mode ``memory``):
+    hourly at minute 7 for the first registry, then every 5 minutes the next.
+
+    Mode ``memory`` (default): restart, drained, only when the container uses ``memoryPercent``
+    of ``registry.memoryMb`` or more. With the blob descriptor cache off neither major's memory
+    grows per request (docs/measurements/drain-and-memory.md): a restart on the clock frees
+    nothing. A stack that sets the schedule (minute, hour, dayOfWeek or staggerMinutes) but no
+    ``mode`` or ``memoryPercent`` keeps its restarts on the clock (mode ``schedule``), as before."""
 
     minute: CronField = Field(default="7", description="Cron minute of the first restart.")
     stagger_minutes: int = Field(default=5, ge=0, le=59, description="Minutes added per registry.")
+    mode: Literal["memory", "schedule", "none"] = Field(
+        default="memory",
+        description="memory: restart only above memoryPercent of memoryMb (checked on the "
+        "schedule); schedule: restart on the schedule; none: never.",
+    )
+    memory_percent: int = Field(
+        default=80,
+        ge=1,
+        le=100,
+        description="Mode memory: share of registry.memoryMb (as docker stats counts it) from "
+        "which a cache is restarted, drained, before the limit's OOM kill (no drain).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_schedule(cls, data: Any) -> Any:
+        # Before mode existed, setting the schedule meant restarts on it: keep them.
+        if not isinstance(data, Mapping):
+            return data
+        given = set(data)
+        if given & {"mode", "memoryPercent", "memory_percent"}:
+            return data
+        if given & {"minute", "hour", "dayOfWeek", "day_of_week", "staggerMinutes",
+                    "stagger_minutes"}:  # fmt: skip
+            return {**data, "mode": "schedule"}
+        return data
 
 
 # Majors of Distribution this program renders a config for (components/renderers/registry_config
@@ -110,7 +145,15 @@ class RegistrySettings(_Model):
     proxy_ttl: str | None = Field(
         default=None,
         description="Distribution 3 only: how long cached content lives (Go duration, e.g. "
-        "168h; 0 = never expires). Unset: Distribution's default, 168h.",
+        "168h; 0 = never expires). Unset: 0 on Distribution 3 (the cache budget's eviction "
+        "bounds the disk; expiry deletes layers other repositories share), 168h on 2.x "
+        "(hard-coded).",
+    )
+    cache_budget: str | int | None = Field(
+        default=None,
+        description="Most disk each cache may use (20GiB, 500MB, or 15% of vm.diskGb), unless "
+        "its upstream sets its own; over it the hourly job evicts the least recently pulled "
+        "repositories. Unset: the caches share (diskUsageThresholdPercent - 10)% of the disk.",
     )
     disk_usage_threshold_percent: int = Field(
         default=80,
@@ -129,7 +172,7 @@ class RegistrySettings(_Model):
     )
     restart: RestartSchedule = Field(
         default_factory=RestartSchedule,
-        description="Hourly restart (Distribution's proxy cache grows in memory).",
+        description="Restart policy: on memory (default), on the schedule, or none; and when.",
     )
     allowed_cidrs: list[str] | None = Field(
         default=None,
@@ -138,6 +181,11 @@ class RegistrySettings(_Model):
     admin_cidrs: list[str] = Field(
         default_factory=lambda: ["10.0.0.0/8"], min_length=1, description="Who may SSH to the VM."
     )
+
+    @field_validator("cache_budget", mode="before")
+    @classmethod
+    def _cache_budget(cls, value: object) -> object:
+        return check_budget(value)
 
     @field_validator("image")
     @classmethod

@@ -7,7 +7,7 @@ here, so neither imports the other. Pure: no ``import pulumi``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from components.settings.model import Settings
 from components.settings.registry import Schedule
@@ -16,13 +16,20 @@ _DAY = 24 * 60
 _WEEK = 7 * _DAY
 
 
+# The hourly eviction check runs this many minutes after the cache's restart/memory slot, so
+# the two never ask for the same lock at the same minute (the lock covers any other clash).
+EVICT_MINUTE_OFFSET = 2
+
+
 @dataclass(frozen=True)
 class CronJob:
-    action: Literal["gc", "restart"]
+    action: Literal["gc", "restart", "memory", "evict"]
     container: str
     minute: int
     hour: str
     day_of_week: str
+    # The script's third argument: memory's percent, evict's budget in bytes.
+    argument: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,26 +102,55 @@ def restart_minute(restart: Schedule, index: int) -> int:
 
 
 def restart_jobs(settings: Settings) -> list[CronJob]:
-    """Hourly restart per registry, skipping the hours in which it would land in its GC slot.
+    """Per registry, on the restart schedule (hourly by default), skipping the hours in which it
+    would land in its GC slot: ``restart`` (mode schedule), ``memory PERCENT`` (mode memory, the
+    default: restart only above that share of the memory limit), nothing (mode none).
 
     The lock in the script covers the rest (a custom hour/day restart schedule, a slow GC).
     """
     restart = settings.registry.restart
+    minutes = [restart_minute(restart, index) for index in range(len(settings.upstreams))]
+    if restart.mode == "none":
+        return []
+    if restart.mode == "memory":
+        return _slot_jobs(settings, "memory", minutes, restart.hour, restart.day_of_week,
+                          lambda _: str(restart.memory_percent))  # fmt: skip
+    return _slot_jobs(settings, "restart", minutes, restart.hour, restart.day_of_week)
+
+
+def evict_jobs(settings: Settings, budgets: dict[str, int]) -> list[CronJob]:
+    """Hourly per registry, EVICT_MINUTE_OFFSET minutes after its restart slot, skipping the
+    hours of its GC slot: ``evict BUDGET_BYTES``."""
+    restart = settings.registry.restart
+    minutes = [
+        (restart_minute(restart, index) + EVICT_MINUTE_OFFSET) % 60
+        for index in range(len(settings.upstreams))
+    ]
+    return _slot_jobs(settings, "evict", minutes, "*", "*", lambda c: str(budgets[c]))
+
+
+def _slot_jobs(
+    settings: Settings,
+    action: Literal["restart", "memory", "evict"],
+    minutes: list[int],
+    hour_field: str,
+    day_field: str,
+    argument: Any = None,
+) -> list[CronJob]:
     windows = {w.container: w for w in gc_windows(settings)}
     jobs: list[CronJob] = []
     for index, upstream in enumerate(settings.upstreams):
-        minute = restart_minute(restart, index)
-        every_hour = restart.hour == "*" and restart.day_of_week == "*"
+        minute = minutes[index]
+        every_hour = hour_field == "*" and day_field == "*"
         window = windows[upstream.container]
+        extra = argument(upstream.container) if argument is not None else ""
         blocked = {
             (point // _DAY, point % _DAY // 60)
             for point in window.minutes()
             if point % 60 == minute
         }
         if not every_hour or not blocked:
-            jobs.append(
-                CronJob("restart", upstream.container, minute, restart.hour, restart.day_of_week)
-            )
+            jobs.append(CronJob(action, upstream.container, minute, hour_field, day_field, extra))
             continue
         days = sorted({day for day, _ in blocked})
         weekly = window.period == _WEEK
@@ -122,16 +158,19 @@ def restart_jobs(settings: Settings) -> list[CronJob]:
             hours = [h for h in range(24) if (day, h) not in blocked]
             jobs.append(
                 CronJob(
-                    "restart",
+                    action,
                     upstream.container,
                     minute,
                     _ranges(hours),
                     str(day) if weekly else "*",
+                    extra,
                 )
             )
         if weekly:
             other_days = [d for d in range(7) if d not in days]
-            jobs.append(CronJob("restart", upstream.container, minute, "*", _ranges(other_days)))
+            jobs.append(
+                CronJob(action, upstream.container, minute, "*", _ranges(other_days), extra)
+            )
     return jobs
 
 

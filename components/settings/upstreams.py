@@ -6,6 +6,7 @@ import re
 
 from pydantic import Field, field_validator
 
+from components.settings.budget import check_budget
 from components.settings.checks import ContainerName, Port, RegistryHost, _Model, _no_credentials
 
 DOCKER_HUB = "docker.io"
@@ -23,6 +24,17 @@ class Upstream(_Model):
         default=None,
         description="Upstream URL; default https://<host> (Docker Hub: registry-1.docker.io).",
     )
+    cache_budget: str | int | None = Field(
+        default=None,
+        description="Most disk this cache may use (20GiB, 500MB, or 15% of vm.diskGb); over it "
+        "the hourly job evicts the least recently pulled repositories. Default: "
+        "registry.cacheBudget.",
+    )
+
+    @field_validator("cache_budget", mode="before")
+    @classmethod
+    def _cache_budget(cls, value: object) -> object:
+        return check_budget(value)
 
     @field_validator("server")
     @classmethod

@@ -31,7 +31,7 @@ def run_checks(
         checks.append(check_metrics(upstream, mirror, timeout))
         checks += check_mirror(upstream, mirror, images.get(upstream), timeout)
     if vm:
-        checks.append(check_vm_disk(outputs, settings, ssh_options, timeout))
+        checks += check_vm_disk(outputs, settings, ssh_options, timeout)
     if settings is not None:
         checks += check_nodes(settings, mirrors, node_images, ssh_options, timeout)
     return checks

@@ -13,6 +13,11 @@
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   CONTAINERD_LOG       optional log file to quote on failure (else the journal)
+#   HEALTH_COMMAND       control-plane nodes only (empty: a worker): the node's own check that it
+#                        is healthy as a cluster member (exit 0), e.g. its API server's /readyz;
+#                        it must pass before the change (else exit 7, nothing changed) and again
+#                        within HEALTH_TIMEOUT after the restart (else the change is rolled back)
+#   HEALTH_TIMEOUT       seconds for that, after the CRI plugin is ok
 #   DROPIN_COUNT         0 (default): stdin is the new config.toml. N > 0: stdin is a bundle of
 #                        N+1 files, config.toml first, then the `imports` drop-ins that change
 #                        with it (issue 22), each after a line
@@ -31,22 +36,25 @@
 #   "unsupported" on 1.6): io.containerd.deprecation/cri-registry-mirrors there means the running
 #   daemon still has a `mirrors` entry. On failure: a summary first, then all of it on stderr.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 4 rejected by `containerd config dump`;
-#       5 CRI plugin failed, old config restored; 6 CRI failed and so did the rollback.
+#       5 CRI plugin failed (or a control-plane node did not become healthy), old config restored;
+#       6 that, and so did the rollback; 7 a control-plane node not healthy before: nothing changed.
 set -euo pipefail
 
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 : "${RESTART_COMMAND:?RESTART_COMMAND is required}"
 : "${RESTART_TIMEOUT:=60}"
+: "${HEALTH_COMMAND:=}"
+: "${HEALTH_TIMEOUT:=300}"
 : "${CONTAINERD_ADDRESS:=/run/containerd/containerd.sock}"
 : "${CONTAINERD_LOG:=}"
 : "${DROPIN_COUNT:=0}"
 : "${APPLY_MARK:=}"
 
-# shellcheck source=scripts/node/step.sh
-. "$(dirname "$0")/step.sh"
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
 hold_output
 require_root
 
@@ -146,6 +154,8 @@ deprecations() {
   fi
 }
 
+require_member_healthy
+
 # restore.sh puts these back with config.toml; written before the first of them changes.
 dropin_list="${CONFIG_FILE}.registry-mirrors.dropins"
 for i in "${changing[@]}"; do
@@ -190,16 +200,21 @@ fi
 reason=$(containerd_error_text)
 written=""
 for i in "${changing[@]}"; do written+="${written:+ and }${files[i]}"; done
-if [[ $cri_state == error ]]; then
+failed_todo="fix what containerd says below (its own words), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+if ((member_failed)); then
+  failed_what="with the new ${written} the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s"
+  failed_todo="look at the node's cluster health (the health command's words are below), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+elif [[ $cri_state == error ]]; then
   failed_what="with the new ${written} containerd runs with its CRI plugin in error (kubelet would fail)"
 else
   failed_what="with the new ${written} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s"
 fi
-failed_todo="fix what containerd says below (its own words), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
 echo "restarted=1"
 roll_back_all
 {
-  if [[ $cri_state == error ]]; then
+  if ((member_failed)); then
+    echo "${me}: after writing ${written}, $(member_text); the previous config was restored."
+  elif [[ $cri_state == error ]]; then
     echo "${me}: after writing ${written} containerd runs with its CRI plugin in error (kubelet would fail); the previous config was restored."
   else
     echo "${me}: after writing ${written} containerd's CRI plugin did not become ok within ${RESTART_TIMEOUT}s; the previous config was restored."

@@ -7,8 +7,11 @@
 # `. "$(dirname "$0")/lib.sh"` line. From a checkout that line sources this file (and
 # `shellcheck -x` follows it).
 # Reads no parameter of its own (tests/test_node_steps.py checks): each script declares the
-# CONTAINERD_ADDRESS, RESTART_COMMAND and RESTART_TIMEOUT used here in its own header. Needs
-# step.sh (sourced before it: me, fail_with, cleanup).
+# CONTAINERD_ADDRESS, RESTART_COMMAND, RESTART_TIMEOUT, HEALTH_COMMAND and HEALTH_TIMEOUT used
+# here in its own header.
+# Every node script sources it (the probe, and the steps: hosts.sh, apply-config.sh, registries.sh,
+# restore.sh); the steps source step.sh after it (how a step ends: its output held, a failure's
+# summary first).
 #
 # Next to FILE (probe.sh reads .orig, .absent and .applied back):
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
@@ -16,6 +19,32 @@
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
 #   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied)
 #   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
+
+# Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
+me=${0##*/}
+
+# fail_with WHAT UNDONE TODO: the summary a failed step prints first (step.sh end_step); set it
+# right before `exit N`. The probe, which is not a step, sets it to no effect.
+# shellcheck disable=SC2034 # read by step.sh's end_step
+failed_what="" failed_undone="" failed_todo=""
+fail_with() {
+  # shellcheck disable=SC2034
+  failed_what=$1
+  failed_undone=$2
+  failed_todo=$3
+}
+
+# Temporary files and directories of a step, removed however it ends (step.sh end_step).
+cleanup=()
+
+require_root() {
+  if [[ $(id -u) -ne 0 ]]; then
+    fail_with "it must run as root" "nothing: nothing was changed" \
+      "log in as root, or give nodes[].sshUser passwordless sudo"
+    echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
+    exit 2
+  fi
+}
 
 # --- the daemon: restart it, wait for its CRI plugin ---------------------------------------------
 
@@ -55,12 +84,84 @@ restart() {
   return "$code"
 }
 
-# restart_and_wait: restart, then wait for the CRI plugin; sets restart_output (the restart
-# command's own words, for the caller's failure message).
+# --- control-plane nodes: healthy as a cluster member -------------------------------------------
+# HEALTH_COMMAND (control-plane nodes only; empty for workers) is the node's own check that it is
+# back in the cluster, e.g. its API server's /readyz, which on k3s/RKE2 includes the embedded etcd
+# member's health: "CRI answers" is not "this server rejoined etcd", and the next server of the
+# rollout must not restart before it has (two of three down is no quorum).
+
+# member_healthy: one attempt, at most 15 s (then SIGKILL 5 s later); sets member_output.
+member_output=""
+member_healthy() {
+  member_output=$(timeout --kill-after=5 15 bash -c "$HEALTH_COMMAND" 2>&1 | tail -c 2000) &&
+    return 0
+  return 1
+}
+
+# wait_for_member: until HEALTH_COMMAND succeeds, at most HEALTH_TIMEOUT seconds (workers: at
+# once). Sets member_failed=1 when it gave up.
+member_failed=0
+wait_for_member() {
+  member_failed=0
+  [[ -z $HEALTH_COMMAND ]] && return 0
+  local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  while ! member_healthy; do
+    if ((SECONDS >= deadline)); then
+      member_failed=1
+      return 1
+    fi
+    sleep 1
+  done
+}
+
+# require_member_healthy: before a change, a control-plane node must already be healthy (a
+# restart of a member that is not would not tell us anything, and may take the last quorum with
+# it); exit 7 with nothing changed otherwise.
+require_member_healthy() {
+  [[ -z $HEALTH_COMMAND ]] && return 0
+  member_healthy && return 0
+  fail_with "the node is not healthy as a cluster member before the change (its health command fails)" \
+    "nothing: nothing was changed" \
+    "bring the node back into its cluster (the health command's words are below), or hold it out with nodes[].state: held, then run pulumi up again"
+  echo "${me}: the node is not healthy as a cluster member before the change (${HEALTH_COMMAND}: ${member_output:-no output}); nothing changed" >&2
+  exit 7
+}
+
+# member_text: the failure line for a node whose check gave up (empty when it did not).
+member_text() {
+  if ((member_failed)); then
+    echo "the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s after its CRI plugin was ok (${HEALTH_COMMAND}: ${member_output:-no output})"
+  fi
+}
+
+# restart_and_wait: restart, then wait for the CRI plugin and (control-plane nodes) for the node to
+# be healthy as a cluster member; sets restart_output (the restart command's own words, for the
+# caller's failure message).
 restart_output=""
 # shellcheck disable=SC2034 # read by the caller
 restart_and_wait() {
-  restart_output=$(restart 2>&1) && wait_for_cri
+  member_failed=0
+  restart_output=$(restart 2>&1) && wait_for_cri && wait_for_member
+}
+
+# --- directories carried from a previous config_path (probe.sh reads, hosts.sh copies) ----------
+
+# dir_files DIR: the regular files directly in DIR, one name a line, in byte order.
+dir_files() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s\n' "${file##*/}"; fi
+  done
+  return 0
+}
+
+# dir_digest DIR: sha256 over "<name> <sha256>" of each of those files: what probe.sh read is what
+# hosts.sh copies, or hosts.sh refuses.
+dir_digest() {
+  local LC_ALL=C file
+  for file in "$1"/*; do
+    if [[ -f $file ]]; then printf '%s %s\n' "${file##*/}" "$(sha256sum <"$file" | awk '{print $1}')"; fi
+  done | sha256sum | awk '{print $1}'
 }
 
 # --- the file ------------------------------------------------------------------------------------
@@ -113,7 +214,6 @@ skip_or_refuse() {
   if [[ $current != "$expected" ]]; then
     fail_with "${file} changed since the program read it" "nothing: nothing was changed" \
       "run pulumi up again (it reads the node again and plans from what is there now)"
-    # shellcheck disable=SC2154 # me: step.sh
     echo "${me}: ${file} changed since it was probed (expected sha256 ${expected}, now ${current}); nothing changed, run pulumi up again" >&2
     exit 3
   fi
@@ -192,10 +292,18 @@ exit_after_roll_back() {
     exit 5
   fi
   # shellcheck disable=SC2034 # read by step.sh's end_step
-  failed_undone="the previous ${file} is back in place, but the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok with it either"
+  if ((member_failed)); then
+    failed_undone="the previous ${file} is back in place, but the node is NOT healthy as a cluster member with it either"
+  else
+    failed_undone="the previous ${file} is back in place, but the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok with it either"
+  fi
   # shellcheck disable=SC2034
   failed_todo="the node needs a person now: the daemon's words are below; meanwhile nodes[].state: held keeps this node out of pulumi up"
-  echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
+  if ((member_failed)); then
+    echo "${me}: even with the restored ${file}, $(member_text): the node is NOT ok" >&2
+  else
+    echo "${me}: the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok even with the restored ${file}: $("$error_text")" >&2
+  fi
   exit 6
 }
 
@@ -241,11 +349,17 @@ restore_original() {
     return 0
   fi
   if ! restart_and_wait; then
-    fail_with "${file}${restore_also[*]:+ and ${restore_also[*]}} was restored, but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after the restart" \
+    local not_ok="the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after the restart"
+    ((member_failed)) && not_ok="the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s after the restart"
+    fail_with "${file}${restore_also[*]:+ and ${restore_also[*]}} was restored, but ${not_ok}" \
       "nothing: the original ${file} stays in place (the one we had written is ${file}.registry-mirrors.before-restore)" \
       "look at the daemon (its words are below); to go back to our file: pulumi up with nodes[].state: managed"
     {
-      echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      if ((member_failed)); then
+        echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but $(member_text)"
+      else
+        echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after ${RESTART_TIMEOUT}s"
+      fi
       [[ -n $restart_output ]] && echo "restart command output: ${restart_output}"
       [[ -z $error_text ]] || "$error_text"
     } >&2

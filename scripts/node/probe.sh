@@ -9,10 +9,9 @@ set -euo pipefail
 : "${CONFIG_FILE:?CONFIG_FILE is required}"
 : "${CONFIG_PATH:=/etc/containerd/certs.d}"
 
-if [[ $(id -u) -ne 0 ]]; then
-  echo "probe.sh: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-  exit 2
-fi
+# shellcheck source=scripts/node/lib.sh
+. "$(dirname "$0")/lib.sh"
+require_root
 # file_report PREFIX FILE: PREFIX_exists=, PREFIX_sha256= ("absent" when missing) and PREFIX_b64=.
 # The file travels base64-encoded on one line: it may hold credentials and must reach the parser
 # byte for byte (the checksum guards the apply that follows).
@@ -305,3 +304,52 @@ while ((next < ${#queue[@]})); do
   done
 done
 shopt -u nullglob dotglob
+
+# --- directories of a previous config_path (issue 27, item 5) ----------------------------------
+# containerd read hosts.toml (or Docker's *.crt/*.cert/*.key layout) from every root of its
+# config_path (a ':' list; containerd 2.2+ without config_path and mirrors:
+# /etc/containerd/certs.d:/etc/docker/certs.d). The planner (components/plan/node_routes.py)
+# carries what was in effect into CONFIG_PATH. Roots: 2.2's defaults, and every config_path
+# string in the files read above and their saved originals (the planner reads the value with a
+# TOML parser and refuses the node if a root it needs is not listed here).
+# Output (additive): previous_root= per root (CONFIG_PATH excluded), then per directory in it
+# previous_dir=, previous_dir_files_b64= (its regular files, one a line), previous_dir_digest=,
+# previous_dir_hosts_b64= (its hosts.toml, or empty), in that order; config_path_dirs= (the
+# directories in CONFIG_PATH).
+roots=(/etc/containerd/certs.d /etc/docker/certs.d)
+for file in "${queue[@]}"; do
+  for source in "$file" "${file}.registry-mirrors.orig"; do
+    [[ -f $source ]] || continue
+    while IFS= read -r value; do
+      IFS=: read -r -a parts <<<"$value"
+      roots+=("${parts[@]}")
+    done < <(sed -n -E "s/^[[:space:]]*config_path[[:space:]]*=[[:space:]]*[\"']([^\"']*)[\"'].*/\1/p" "$source")
+  done
+done
+declare -A root_listed=()
+shopt -s nullglob
+for root in "${roots[@]}"; do
+  [[ -n $root ]] || continue
+  root=$(realpath -m -s -- "$root")
+  [[ $root == "$(realpath -m -s -- "$CONFIG_PATH")" || -n ${root_listed[$root]:-} ]] && continue
+  root_listed[$root]=1
+  echo "previous_root=${root}"
+  for dir in "$root"/*/; do
+    dir=${dir%/}
+    echo "previous_dir=${dir}"
+    echo "previous_dir_files_b64=$(dir_files "$dir" | base64 -w 0)"
+    echo "previous_dir_digest=$(dir_digest "$dir")"
+    if [[ -f $dir/hosts.toml ]]; then
+      echo "previous_dir_hosts_b64=$(base64 -w 0 <"$dir/hosts.toml")"
+    else
+      echo "previous_dir_hosts_b64="
+    fi
+  done
+done
+names=()
+for dir in "$CONFIG_PATH"/*/; do
+  dir=${dir%/}
+  names+=("${dir##*/}")
+done
+shopt -u nullglob
+echo "config_path_dirs=${names[*]}"

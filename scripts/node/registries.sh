@@ -13,6 +13,11 @@
 #   RESTART_COMMAND      e.g. "systemctl restart k3s" (k3s-agent, rke2-server, rke2-agent)
 #   RESTART_TIMEOUT      seconds to wait for the CRI plugin after a restart
 #   CONTAINERD_ADDRESS   the distribution's containerd socket (/run/k3s/containerd/containerd.sock)
+#   HEALTH_COMMAND       control-plane nodes only (empty: a worker): the node's own check that it
+#                        is healthy as a cluster member (exit 0), e.g. its API server's /readyz;
+#                        it must pass before the change (else exit 7, nothing changed) and again
+#                        within HEALTH_TIMEOUT after the restart (else the change is rolled back)
+#   HEALTH_TIMEOUT       seconds for that, after the CRI plugin is ok
 #   CTR                  its ctr (k3s: /var/lib/rancher/k3s/data/current/bin/ctr); default: PATH
 #   HOSTS_DIR            where it generates <host>/hosts.toml
 #   EXPECTED_HOSTS       "<host>=<our cache URL> ..." to find first in each generated hosts.toml
@@ -26,12 +31,15 @@
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
 #   On failure: a summary first, then all of it on stderr.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
-#       distribution is ok again; 6 failed and so did the rollback.
+#       distribution is ok again; 6 failed and so did the rollback; 7 a control-plane node (a
+#       server) was not healthy as a cluster member before the change: nothing changed.
 set -euo pipefail
 
 : "${REGISTRIES_FILE:?REGISTRIES_FILE is required}"
 : "${RESTART_COMMAND:?RESTART_COMMAND is required}"
 : "${RESTART_TIMEOUT:=60}"
+: "${HEALTH_COMMAND:=}"
+: "${HEALTH_TIMEOUT:=300}"
 : "${CONTAINERD_ADDRESS:=/run/k3s/containerd/containerd.sock}"
 : "${CTR:=}"
 : "${HOSTS_DIR:=}"
@@ -42,10 +50,10 @@ set -euo pipefail
 : "${APPLY_MARK:=}"
 : "${RESTORE:=0}"
 
-# shellcheck source=scripts/node/step.sh
-. "$(dirname "$0")/step.sh"
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
 hold_output
 require_root
 if [[ -n $CTR && -x $CTR ]]; then ctr_bin=$CTR; fi
@@ -90,6 +98,7 @@ fi
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 stage_stdin "$REGISTRIES_FILE"
 skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256" "$APPLY_MARK"
+require_member_healthy
 install_new "$REGISTRIES_FILE" "$new"
 
 hosts_problem=""
@@ -104,16 +113,21 @@ if restart_and_wait; then
 fi
 
 reason=$(distribution_error_text)
-if [[ -n $hosts_problem ]]; then
+failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+if ((member_failed)); then
+  failed_what="with the new ${REGISTRIES_FILE} the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s"
+  failed_todo="look at the node's cluster health (the health command's words are below), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+elif [[ -n $hosts_problem ]]; then
   failed_what="after writing ${REGISTRIES_FILE} and restarting ${UNIT:-the service}, ${hosts_problem}"
 else
   failed_what="with the new ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s"
 fi
-failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
 echo "restarted=1"
 roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {
-  if [[ -n $hosts_problem ]]; then
+  if ((member_failed)); then
+    echo "${me}: after writing ${REGISTRIES_FILE} and restarting, $(member_text); the previous file was restored."
+  elif [[ -n $hosts_problem ]]; then
     echo "${me}: after writing ${REGISTRIES_FILE} and restarting, ${hosts_problem}; the previous file was restored."
   else
     echo "${me}: after writing ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s; the previous file was restored."

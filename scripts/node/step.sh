@@ -7,21 +7,10 @@
 # then everything the step printed, ALL on stderr (stdout and stderr are two streams over SSH:
 # which arrives first is not the order they were written in).
 # Sent like lib.sh (script_text() puts it in place of the script's `. "$(dirname "$0")/step.sh"`
-# line). Reads no parameter of its own.
+# line), after it: lib.sh defines me, fail_with (the summary) and cleanup. Reads no parameter of
+# its own.
 
-# Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
-me=${0##*/}
-
-# fail_with WHAT UNDONE TODO: the summary a failure prints first; set it right before `exit N`.
-failed_what="" failed_undone="" failed_todo=""
-fail_with() {
-  failed_what=$1
-  failed_undone=$2
-  failed_todo=$3
-}
-
-# Temporary files and directories of the step, removed however it ends.
-cleanup=()
+# shellcheck disable=SC2154 # me, failed_*, cleanup: lib.sh
 held=""
 
 # hold_output: from here on, stdout and stderr go to files until the step ends (end_step). The
@@ -57,13 +46,4 @@ end_step() {
   [[ -n $held ]] && rm -rf "$held"
   ((${#cleanup[@]} == 0)) || rm -rf "${cleanup[@]}"
   exit "$code"
-}
-
-require_root() {
-  if [[ $(id -u) -ne 0 ]]; then
-    fail_with "it must run as root" "nothing: nothing was changed" \
-      "log in as root, or give nodes[].sshUser passwordless sudo"
-    echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
-    exit 2
-  fi
 }

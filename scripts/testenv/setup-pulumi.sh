@@ -1,34 +1,27 @@
 #!/usr/bin/env bash
-# The Pulumi engine for tests/engine: the `pulumi` CLI built from its Go module, the Python
-# language host and the three provider plugins at the versions the pip packages ask for, installed
-# into a private PULUMI_HOME the way the CLI finds them offline. No prebuilt Pulumi binary can be
-# downloaded on these machines; the Go module proxy can be reached.
+# The Pulumi engine for tests/engine: the `pulumi` CLI built from its Go module, cached outside
+# the clone. No prebuilt Pulumi binary can be downloaded on these machines; the Go module proxy can
+# be reached.
 #
-# What the Go module proxy serves here (HTTP 403 "This module version is not available" for the
-# rest, also for their @v/list; a refusal is final, so this step asks once and says so):
+# Only the CLI: the engine tier runs the project's Python as inline programs (pulumi.automation:
+# the program runs in the test process and the CLI gets a --client address), so it needs no
+# language host, and it uses no provider plugin (the built-in pulumi:index:Stash stands in where
+# the program has a provider resource). What the Go module proxy serves here (HTTP 403 "This
+# module version is not available" for the rest, also for their @v/list; a refusal is final):
 #   github.com/pulumi/pulumi/pkg/v3 (the CLI)                          served (not v3.271-v3.273)
 #   github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3  refused
 #   github.com/pulumi/pulumi-command/provider                          refused
 #   github.com/pulumi/pulumi-docker/provider/v5                        refused
 #   github.com/muhlba91/pulumi-proxmoxve/provider                      refused
-# and even with their sources, the two bridged providers need modules that the terraform bridge
-# (v3.133.0, served) imports for program conversion and C# schema data, all refused:
-# github.com/pulumi/pulumi-java v1.30.0, .../pulumi-dotnet/pulumi-language-dotnet/v3 v3.107.1,
-# github.com/pulumi/pulumi-yaml v1.36.0.
-# so this step BUILDS the CLI and TAKES the language host and the plugins as binaries you provide:
-#   PULUMI_LANGUAGE_PYTHON_BINARY=/path/to/pulumi-language-python
-#   PULUMI_RESOURCE_COMMAND_BINARY=/path/to/pulumi-resource-command     (must be v1.2.1)
-#   PULUMI_RESOURCE_DOCKER_BINARY=/path/to/pulumi-resource-docker       (must be v5.2.0)
-#   PULUMI_RESOURCE_PROXMOXVE_BINARY=/path/to/pulumi-resource-proxmoxve (must be v8.6.0)
-# Each is copied into the cache once; a later run needs none of them. A binary built from another
-# version than its pin installs all the same (the engine only warns at run time; tests/engine
-# fails on that warning).
+# and the two bridged providers would also need modules the terraform bridge imports, all
+# refused: github.com/pulumi/pulumi-java v1.30.0,
+# .../pulumi-dotnet/pulumi-language-dotnet/v3 v3.107.1, github.com/pulumi/pulumi-yaml v1.36.0.
+# tests/engine_plugins takes plugin binaries built elsewhere, by hand (README "Tests").
 #
 # Cache: outside the clone, so a clean clone on the same machine reuses it:
 #   ${REGISTRY_MIRRORS_TOOLCHAIN_CACHE:-~/.cache/registry-mirrors}/pulumi/<cli version>-<recipe>/
-#     bin/        pulumi, pulumi-language-python, pulumi-language-python-exec (side by side: the
-#                 host runs the exec script found next to its own real path)
-#     home/       PULUMI_HOME; plugins/resource-NAME-vVERSION/ from `pulumi plugin install --file`
+#     bin/        pulumi
+#     home/       PULUMI_HOME (empty: no plugin is installed)
 #     build/cli/  the generated wrapper module the CLI is built from (not part of the repository)
 #     env         PATH, PULUMI_HOME and the offline switches, for tests (tests/engine/toolchain.py)
 #     build.log   what was built, when, and how long it took
@@ -37,7 +30,7 @@
 # caches stay in Go's default places ($HOME/go, $HOME/.cache/go-build), so a rebuild after a
 # recipe change mostly links.
 #
-# Exit 0 with a message when something cannot be had (the engine tests then skip, or FAIL under
+# Exit 0 with a message when the CLI cannot be had (the engine tests then skip, or FAIL under
 # CI=true); exit 1 when a build that should work fails.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -47,13 +40,6 @@ cd "$(dirname "$0")/../.."
 # The CLI: the newest pkg/v3 the proxy serves that builds (v3.270.0-v3.273.0 are refused). It
 # must be at least the pip SDK's version (pulumi 3.272.0, PyPI's newest); checked below.
 CLI_VERSION=${PULUMI_CLI_VERSION:-3.277.0}
-# NAME VERSION: exactly what the pip packages' pulumi-plugin.json ask for (checked below against
-# .venv when it exists). The CLI looks up $PULUMI_HOME/plugins/resource-NAME-vVERSION only.
-PLUGINS=(
-  "command 1.2.1"
-  "docker 5.2.0"
-  "proxmoxve 8.6.0"
-)
 CLI_MODULE=github.com/pulumi/pulumi/pkg/v3
 SDK_MODULE=github.com/pulumi/pulumi/sdk/v3
 # The release build's flags (goreleaser in pulumi/pulumi): static, no cgo user lookup, no gRPC
@@ -77,12 +63,11 @@ note() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$dest/build.l
 # version_ge A B: A >= B as dotted versions.
 version_ge() { [ "$(printf '%s\n%s\n' "$1" "$2" | sort -V | head -n 1)" = "$2" ]; }
 
-# The pins above must match what the project's pip packages ask for: a requirements bump that
-# moved a plugin would otherwise test one provider version and deploy another.
-check_pins() {
+# The CLI must be at least as new as the pip SDK the program runs with.
+check_sdk() {
   local python=.venv/bin/python
   [ -x "$python" ] || {
-    log "setup-pulumi: no .venv yet: versions not checked against the pip packages"
+    log "setup-pulumi: no .venv yet: the CLI version is not checked against the pip SDK"
     return 0
   }
   local sdk
@@ -94,27 +79,8 @@ check_pins() {
     echo "setup-pulumi: CLI $CLI_VERSION is older than the pip SDK pulumi $sdk: raise CLI_VERSION" >&2
     return 1
   fi
-  local pin name version wanted
-  for pin in "${PLUGINS[@]}"; do
-    read -r name version <<<"$pin"
-    wanted=$("$python" - "$name" <<'EOF'
-import json, sys
-from importlib import resources
-name = sys.argv[1]
-print(json.loads(resources.files(f"pulumi_{name}").joinpath("pulumi-plugin.json").read_text())["version"])
-EOF
-    ) || {
-      echo "setup-pulumi: pulumi_$name is not installed in .venv" >&2
-      return 1
-    }
-    if [ "$wanted" != "$version" ]; then
-      echo "setup-pulumi: pip package pulumi_$name asks for plugin $wanted, PLUGINS pins $version:" \
-        "update PLUGINS here (and build or provide that plugin)" >&2
-      return 1
-    fi
-  done
 }
-check_pins
+check_sdk
 
 fail() {
   echo "setup-pulumi: $*" >&2
@@ -140,7 +106,7 @@ print(d[sys.argv[2]])
 # pkg@version` refuses; a wrapper needs no path replace because it requires sdk/v3 itself, and
 # copies pkg's other (module) replaces, which only apply in the main module.
 build_cli() {
-  local wrapper="$dest/build/cli" started gomod go_version sdk_dir replace_lines
+  local wrapper="$dest/build/cli" started gomod go_version replace_lines
   local -a replaces
   started=$(date +%s)
   log "setup-pulumi: building pulumi $CLI_VERSION from $CLI_MODULE (minutes, once)"
@@ -183,15 +149,11 @@ for r in json.load(sys.stdin).get("Replace") or []:
     fail "building pulumi $CLI_VERSION failed ($wrapper/build.log)"
   }
   mv -f "$bin/pulumi.tmp" "$bin/pulumi"
-  # The language host runs this Python script from beside its own real path. It ships in the
-  # sdk/v3 module at the same version, so it matches the CLI.
-  sdk_dir=$(module_json "$SDK_MODULE@v$CLI_VERSION" Dir) || fail "no $SDK_MODULE@v$CLI_VERSION"
-  install -m 0755 "$sdk_dir/python/cmd/pulumi-language-python-exec" "$bin/pulumi-language-python-exec"
   note "pulumi $CLI_VERSION built in $(($(date +%s) - started))s"
   log "setup-pulumi: pulumi $CLI_VERSION built in $(($(date +%s) - started))s"
 }
 
-if [[ ! -x $bin/pulumi || ! -f $bin/pulumi-language-python-exec ]]; then
+if [[ ! -x $bin/pulumi ]]; then
   build_cli
   # Builds of older recipes are never used again (the tests look for this recipe's only).
   find "$root" -mindepth 1 -maxdepth 1 -type d ! -name "$CLI_VERSION-$recipe" -exec rm -rf {} +
@@ -211,49 +173,6 @@ if [ "$got" != "v$CLI_VERSION" ]; then
   exit 1
 fi
 
-missing=()
-
-# The Python language host: bundled with the CLI in a release, never a plugin download.
-if [ ! -x "$bin/pulumi-language-python" ]; then
-  if [ -n "${PULUMI_LANGUAGE_PYTHON_BINARY:-}" ]; then
-    install -m 0755 "$PULUMI_LANGUAGE_PYTHON_BINARY" "$bin/pulumi-language-python"
-    note "pulumi-language-python copied from $PULUMI_LANGUAGE_PYTHON_BINARY" \
-      "(sha256 $(sha256sum "$PULUMI_LANGUAGE_PYTHON_BINARY" | cut -c1-16))"
-  else
-    missing+=("pulumi-language-python (PULUMI_LANGUAGE_PYTHON_BINARY; the proxy refuses" \
-      "github.com/pulumi/pulumi/sdk/python/cmd/pulumi-language-python/v3)")
-  fi
-fi
-
-# The provider plugins, each at its exact version. `pulumi plugin install --file` lays out the
-# directory the CLI expects (and its .lock/.partial bookkeeping) without any network.
-declare -A PLUGIN_MODULE=(
-  [command]=github.com/pulumi/pulumi-command/provider
-  [docker]=github.com/pulumi/pulumi-docker/provider/v5
-  [proxmoxve]=github.com/muhlba91/pulumi-proxmoxve/provider
-)
-for pin in "${PLUGINS[@]}"; do
-  read -r name version <<<"$pin"
-  installed="$home/plugins/resource-$name-v$version/pulumi-resource-$name"
-  [ -x "$installed" ] && continue
-  variable="PULUMI_RESOURCE_${name^^}_BINARY"
-  provided=${!variable:-}
-  if [ -z "$provided" ]; then
-    missing+=("pulumi-resource-$name $version ($variable; the proxy refuses ${PLUGIN_MODULE[$name]})")
-    continue
-  fi
-  env "${offline_env[@]}" "$bin/pulumi" plugin install resource "$name" "$version" --file "$provided" \
-    >"$dest/install-$name.log" 2>&1 || {
-    cat "$dest/install-$name.log" >&2
-    fail "pulumi plugin install resource $name $version --file $provided failed"
-  }
-  [ -x "$installed" ] || {
-    echo "setup-pulumi: pulumi plugin install left no $installed" >&2
-    exit 1
-  }
-  note "resource-$name v$version installed from $provided (sha256 $(sha256sum "$provided" | cut -c1-16))"
-done
-
 # The environment for tests, rewritten on every run (cheap): KEY=VALUE lines without quotes or
 # spaces, for `set -a; . env; set +a` in bash or tests/engine/toolchain.py.
 {
@@ -261,15 +180,7 @@ done
   echo "PATH=$bin:\$PATH"
   printf '%s\n' "${offline_env[@]}"
   echo "PULUMI_CLI_VERSION=$CLI_VERSION"
-  # NAME@VERSION,...: one word, so that `. env` (bash) reads it as the KEY=VALUE readers do.
-  echo "PULUMI_PLUGINS=$(for pin in "${PLUGINS[@]}"; do printf '%s,' "${pin/ /@}"; done | sed 's/,$//')"
 } >"$dest/env.tmp"
 mv -f "$dest/env.tmp" "$dest/env"
 
-if [ "${#missing[@]}" -gt 0 ]; then
-  log "setup-pulumi: pulumi $CLI_VERSION is in $bin, but these cannot be built here;" \
-    "the engine tests that need them skip (fail under CI=true):"
-  printf '    %s\n' "${missing[@]}"
-  exit 0
-fi
-log "setup-pulumi: pulumi $CLI_VERSION, its Python language host and ${PLUGINS[*]} ready ($dest/env)"
+log "setup-pulumi: pulumi $CLI_VERSION ready ($dest/env)"

@@ -8,12 +8,17 @@ directory.
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import pulumi
 import pytest
 
+from tests.engine.inline import EngineStack
 from tests.engine.toolchain import Toolchain, require
 from tests.prereq import missing
 
@@ -85,3 +90,52 @@ def test_stack_secrets_round_trip_on_a_file_backend(tmp_path: Path) -> None:
     assert "s3cr3t-value" not in stack_file
     assert "secure:" in stack_file
     assert _ok(engine, ["config", "get", "token"], project, env).strip() == "s3cr3t-value"
+
+
+def test_an_inline_program_runs_on_the_engine_with_no_language_host(tmp_path: Path) -> None:
+    """How the engine tier runs the project's Python: ``pulumi.automation`` runs the program in
+    this process and hands the CLI a ``--client`` address, so no ``pulumi-language-python`` is
+    started. Proven with a CLI that has no language host beside it or on PATH; the control runs
+    the same CLI on a Python project directory (``pulumi preview``), which needs one and fails."""
+    engine = require()
+    private = tmp_path / "cli"
+    (private / "bin").mkdir(parents=True)
+    try:
+        os.link(engine.pulumi, private / "bin" / "pulumi")
+    except OSError:
+        shutil.copy2(engine.pulumi, private / "bin" / "pulumi")
+    path = f"{private / 'bin'}:/usr/bin:/bin"
+    assert shutil.which("pulumi-language-python", path=path) is None
+
+    def program() -> None:
+        gate = pulumi.Stash("gate", input={"batch": 0})
+        pulumi.export(
+            "child",
+            pulumi.Stash("child", input="x", opts=pulumi.ResourceOptions(parent=gate)).output,
+        )
+
+    stack = EngineStack.create(
+        engine, tmp_path, "inline", program, pulumi_root=private, env={"PATH": path}
+    )
+    log = stack.up()
+    assert log.ops() == {"gate": "create", "child": "create"}
+    assert stack.stack.outputs()["child"].value == "x"
+    assert stack.stack.workspace.pulumi_command.command == str(private / "bin" / "pulumi")
+
+    project, env = _project(tmp_path, "engine-no-host", "import pulumi\n")
+
+    def private_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(private / "bin" / "pulumi"), *args, "--non-interactive"],
+            cwd=project,
+            env={**engine.env, **env, "PATH": path},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+    assert private_cli("stack", "init", "control").returncode == 0
+    control = private_cli("preview", "--stack", "control")
+    assert control.returncode != 0
+    assert "pulumi-language-python" in control.stdout + control.stderr, control.stderr[-2000:]

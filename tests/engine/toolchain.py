@@ -2,16 +2,15 @@
 
     from tests.engine.toolchain import require
 
-    engine = require(language_host=True, plugins=("command",))
+    engine = require()
     engine.run(["version"], cwd=tmp_path)    # subprocess.CompletedProcess, never raises on exit
 
 The setup step writes ``<cache>/pulumi/<cli version>-<recipe>/env`` (``<cache>`` is
 ``$REGISTRY_MIRRORS_TOOLCHAIN_CACHE``, default ``~/.cache/registry-mirrors``; ``<recipe>`` the
 first 12 hex digits of the sha256 of setup-pulumi.sh), so this finds exactly the build of this
 clone's recipe. Every command runs with that file's environment: the built ``pulumi`` first on
-PATH, a private PULUMI_HOME holding the plugins at their exact versions, no plugin from PATH, no
-plugin download, no update check. A missing part skips the test saying how to build it, or
-FAILS it under CI=true (tests/prereq.py).
+PATH, a private PULUMI_HOME, no plugin from PATH, no plugin download, no update check. A missing
+CLI skips the test saying how to build it, or FAILS it under CI=true (tests/prereq.py).
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ SETUP = ROOT / "scripts" / "testenv" / "setup-pulumi.sh"
 CACHE_ENV = "REGISTRY_MIRRORS_TOOLCHAIN_CACHE"
 HOW = (
     "run `bash scripts/testenv/setup-pulumi.sh` (scripts/test.sh runs it): it builds the pulumi "
-    "CLI from the Go module proxy and takes the language host and provider plugins the proxy "
-    "refuses from PULUMI_LANGUAGE_PYTHON_BINARY and PULUMI_RESOURCE_<NAME>_BINARY"
+    "CLI from the Go module proxy"
 )
 
 
@@ -83,21 +81,6 @@ class Toolchain:
     def cli_version(self) -> str:
         return self.env["PULUMI_CLI_VERSION"]
 
-    @property
-    def plugins(self) -> dict[str, str]:
-        """NAME -> VERSION, as the setup step pins them (the pip packages' pulumi-plugin.json)."""
-        pins = (pin.split("@", 1) for pin in self.env.get("PULUMI_PLUGINS", "").split(",") if pin)
-        return {name: version for name, version in pins}
-
-    def has_language_host(self) -> bool:
-        return (self.bin / "pulumi-language-python").is_file() and (
-            self.bin / "pulumi-language-python-exec"
-        ).is_file()
-
-    def plugin_path(self, name: str) -> Path:
-        version = self.plugins[name]
-        return self.home / "plugins" / f"resource-{name}-v{version}" / f"pulumi-resource-{name}"
-
     def run(
         self,
         args: Sequence[str],
@@ -132,20 +115,10 @@ def find() -> Toolchain | None:
     return Toolchain(directory, read_env_file(directory / "env", os.environ))
 
 
-def require(*, language_host: bool = False, plugins: Sequence[str] = ()) -> Toolchain:
-    """The toolchain with the parts a test needs; skips (fails under CI=true) naming what lacks."""
+def require() -> Toolchain:
+    """The toolchain; skips (fails under CI=true) saying how to build it."""
     toolchain = find()
     if toolchain is None:
         missing(f"no Pulumi CLI built for recipe {recipe()} under {cache_root()}: {HOW}")
     assert toolchain is not None
-    lacking = []
-    if language_host and not toolchain.has_language_host():
-        lacking.append("pulumi-language-python")
-    for name in plugins:
-        if name not in toolchain.plugins:
-            lacking.append(f"pulumi-resource-{name} (not pinned in setup-pulumi.sh)")
-        elif not toolchain.plugin_path(name).is_file():
-            lacking.append(f"pulumi-resource-{name} {toolchain.plugins[name]}")
-    if lacking:
-        missing(f"the Pulumi engine in {toolchain.directory} lacks {', '.join(lacking)}: {HOW}")
     return toolchain

@@ -19,10 +19,29 @@ No k3s or RKE2 binary can be installed on the machines these tests run on. This 
    config.toml, as in k3s's template) and start containerd on /run/k3s/containerd/containerd.sock,
    logging to ``agent/containerd/containerd.log`` as k3s does.
 
+5. (servers) write the kubeconfig for root (``/etc/rancher/<dist>/<dist>.yaml``, pointing at
+   ``https://127.0.0.1:6443``) and, ``--ready-delay`` seconds after the start, answer
+   ``kubectl get --raw /readyz`` (``<bin dir>/kubectl``, a link to the multicall binary in k3s)
+   the way the API server does: ``[+]etcd ok`` ... ``readyz check passed`` (exit 0), or
+   ``[-]etcd failed: reason withheld`` ... ``readyz check failed`` (exit 1) while the embedded etcd
+   has no quorum. The etcd model is the one fact the rollout depends on: the members of one
+   cluster are the servers registered in ``--cluster DIR``, a member is up while its process runs
+   (here: its containerd, which this stand-in starts and kills as k3s would), and the cluster has
+   quorum while more than half of them are up. Nothing else of etcd or the API server is modelled
+   (no raft, no leader, no learner phase, no apiserver beyond that answer).
+
 It does not do what k3s does beyond that (no kubelet, no embedded registry, no ``--disable-
 default-registry-endpoint``, no config.toml.tmpl, default data dir only).
 
+For the tests: every restart appends ``<monotonic time> <member> restart-begin|restart-end`` to
+``--events FILE``, and the first ``/readyz`` that passes after a restart appends ``ready`` (the
+order and overlap of restarts across a fleet); a file ``hang-next-restart`` beside the pid file
+makes the next restart stop the old containerd and then never return (a ``Type=notify`` unit that
+never reports ready), ``unready-next-restart`` makes the next start fail ``/readyz`` until the
+restart after it (a member that does not rejoin).
+
     python k3s_standin.py restart --dist k3s --containerd /usr/bin/containerd --log LOG
+    python k3s_standin.py kubectl ... -- --kubeconfig /etc/rancher/k3s/k3s.yaml get --raw /readyz
 """
 
 from __future__ import annotations
@@ -133,6 +152,66 @@ state = "/run/k3s/containerd"
     return text
 
 
+def running(pidfile: Path) -> bool:
+    """True while the pid in ``pidfile`` runs (a zombie has finished)."""
+    try:
+        pid = int(pidfile.read_text())
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def event(args: argparse.Namespace, what: str) -> None:
+    if args.events:
+        with open(args.events, "a") as out:
+            out.write(f"{time.monotonic():.6f} {args.member} {what}\n")
+
+
+def quorum(args: argparse.Namespace) -> tuple[int, int]:
+    """(members up, members) of this server's cluster; alone without ``--cluster``."""
+    if not args.cluster:
+        return int(running(Path(args.pidfile))), 1
+    members = [Path(p.read_text().strip()) for p in Path(args.cluster).glob("*.member")]
+    return sum(running(pidfile) for pidfile in members), len(members)
+
+
+def kubeconfig(args: argparse.Namespace) -> Path:
+    return Path("/etc/rancher") / args.dist / f"{args.dist}.yaml"
+
+
+def kubectl(args: argparse.Namespace, rest: list[str]) -> int:
+    """``kubectl --kubeconfig F get --raw /readyz``, answered as the server's API server would."""
+    state = Path(args.pidfile).with_name("apiserver.state")
+    if rest[:2] != ["--kubeconfig", str(kubeconfig(args))] or rest[2:] != [
+        "get",
+        "--raw",
+        "/readyz",
+    ]:
+        print(f"TEST STAND-IN kubectl: only '--kubeconfig {kubeconfig(args)} get --raw /readyz'",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not kubeconfig(args).exists() or not running(Path(args.pidfile)) or not state.exists():
+        print("The connection to the server 127.0.0.1:6443 was refused - did you specify the "
+              "right host or port?", file=sys.stderr)  # fmt: skip
+        return 1
+    ready_at, unready = state.read_text().split()
+    up, members = quorum(args)
+    if time.monotonic() < float(ready_at):
+        print("Error from server (InternalError): [-]poststarthook/start-apiextensions-controllers"
+              " failed: not finished\nreadyz check failed", file=sys.stderr)  # fmt: skip
+        return 1
+    if unready == "1" or up * 2 <= members:
+        print("[+]ping ok\n[-]etcd failed: reason withheld\n[-]etcd-readiness failed: reason "
+              "withheld\nreadyz check failed", file=sys.stderr)  # fmt: skip
+        return 1
+    if not Path(args.pidfile).with_name("apiserver.ready").exists():
+        Path(args.pidfile).with_name("apiserver.ready").touch()
+        event(args, "ready")
+    print("[+]ping ok\n[+]log ok\n[+]etcd ok\n[+]etcd-readiness ok\nreadyz check passed")
+    return 0
+
+
 def stop(pidfile: Path) -> None:
     with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
         pid = int(pidfile.read_text())
@@ -148,7 +227,19 @@ def restart(args: argparse.Namespace) -> int:
     rancher = Path("/var/lib/rancher") / args.dist
     agent = rancher / "agent"
     pidfile = Path(args.pidfile)
+    event(args, "restart-begin")
+    pidfile.with_name("apiserver.state").unlink(missing_ok=True)
+    pidfile.with_name("apiserver.ready").unlink(missing_ok=True)
     stop(pidfile)
+    hang = pidfile.with_name("hang-next-restart")
+    if hang.exists():
+        hang.unlink()
+        log(service_log, "info", f"Starting {args.dist} (TEST STAND-IN): never reporting ready")
+        while True:
+            time.sleep(60)
+    unready = pidfile.with_name("unready-next-restart")
+    never_ready = unready.exists()
+    unready.unlink(missing_ok=True)
     log(service_log, "info", f"Starting {args.dist} (TEST STAND-IN)")
     registries = Path("/etc/rancher") / args.dist / "registries.yaml"
     data: dict = {}
@@ -203,20 +294,38 @@ def restart(args: argparse.Namespace) -> int:
         )
     pidfile.write_text(str(process.pid))
     log(service_log, "info", "Containerd is now running (TEST STAND-IN)")
+    if args.role == "server":
+        # k3s writes it at every server start: root's kubeconfig, pointing at its own API server.
+        kubeconfig(args).write_text(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n"
+            "    server: https://127.0.0.1:6443\n  name: default\n"
+        )
+        ready_at = time.monotonic() + args.ready_delay
+        pidfile.with_name("apiserver.state").write_text(f"{ready_at} {int(never_ready)}\n")
+    event(args, "restart-end")
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="TEST STAND-IN for the k3s / RKE2 service")
-    parser.add_argument("command", choices=["restart", "stop"])
+    parser.add_argument("command", choices=["restart", "stop", "kubectl"])
     parser.add_argument("--dist", choices=["k3s", "rke2"], required=True)
     parser.add_argument("--containerd", required=True)
     parser.add_argument("--log", required=True)
     parser.add_argument("--pidfile", required=True)
-    args = parser.parse_args()
+    parser.add_argument("--role", choices=["server", "agent"], default="server")
+    parser.add_argument("--member", default="")
+    parser.add_argument("--cluster", default="")
+    parser.add_argument("--events", default="")
+    parser.add_argument("--ready-delay", type=float, default=1.0)
+    argv = sys.argv[1:]
+    rest = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if args.command == "stop":
         stop(Path(args.pidfile))
         return 0
+    if args.command == "kubectl":
+        return kubectl(args, rest)
     return restart(args)
 
 

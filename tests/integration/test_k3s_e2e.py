@@ -11,7 +11,9 @@ the functions the Pulumi component uses. Traffic stays on addresses this test cr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,14 +156,20 @@ def k3s_world(
 
 
 def _wait_cri_ok(host: NodeHost, timeout: float = 20) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if host.cri_status() == "ok":
+        if host.cri_status() == "ok" and _readyz(host) in (None, True):
             return
         time.sleep(0.1)
-    raise AssertionError(f"CRI not ok: {host.service_log.read_text()}")
+    raise AssertionError(f"CRI not ok (or /readyz failing): {host.service_log.read_text()}")
+
+
+def _readyz(host: NodeHost) -> bool | None:
+    """A server's /readyz as the registries step asks it (None on an agent: no API server)."""
+    flavour = FLAVOURS[host.flavour]
+    if flavour.role != "control-plane":
+        return None
+    return host.ssh(flavour.health_command).returncode == 0
 
 
 # --- detection ---------------------------------------------------------------------------------
@@ -455,3 +463,217 @@ def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache
         assert "docker.io/library/x:2 cached in" in after.stdout
         proxy_log = world.registries["docker-proxy"].log()
         assert "/v2/library/x/manifests/2?ns=docker.io" in proxy_log
+
+
+# --- restarts: a time limit, servers one at a time (issue 27, item 4) -----------------------------
+
+
+def _stand_in_flag(host: NodeHost, name: str) -> None:
+    """hang-next-restart / unready-next-restart, read by the stand-in (k3s_standin.py)."""
+    (host.root / name).touch()
+
+
+def test_a_restart_that_never_returns_is_stopped_at_the_time_limit_and_rolled_back(
+    tmp_path: Path,
+) -> None:
+    """k3s units are Type=notify, often without a start timeout: a k3s that never reports ready
+    keeps `systemctl restart` waiting forever. The stand-in's next restart stops its containerd
+    and never returns; the step stops it after RESTART_TIMEOUT, puts the previous file back and
+    restarts again (that restart works): a failed step that says why, the node as it was."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        before = host.registries_file.read_text()
+        settings = world.settings.model_copy(
+            update={
+                "containerd": world.settings.containerd.model_copy(
+                    update={"restart_timeout_seconds": 5}
+                )
+            }
+        )
+        plan = plan_registries(settings, world.node, world.probe())
+        _stand_in_flag(host, "hang-next-restart")
+
+        result = host.run_step(plan.registries)
+
+        assert result.returncode == 5, result.stdout + result.stderr
+        assert "the restart command did not return within 5s and was stopped" in result.stderr
+        assert parse_step_result(result.stdout).rolled_back
+        assert "never reporting ready" in host.service_log.read_text()
+        assert host.registries_file.read_text() == before
+        assert host.cri_status() == "ok" and _readyz(host)
+        # Control: the same step without the flag goes through.
+        assert host.run_step(plan.registries).returncode == 0
+
+
+def test_a_server_that_does_not_rejoin_the_cluster_is_rolled_back(tmp_path: Path) -> None:
+    """Its CRI plugin is ok, but its /readyz keeps failing ([-]etcd): the step waits up to
+    healthTimeoutSeconds, then rolls back; the rollback's restart rejoins."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        before = host.registries_file.read_text()
+        settings = world.settings.model_copy(
+            update={
+                "containerd": world.settings.containerd.model_copy(
+                    update={"health_timeout_seconds": 10}
+                )
+            }
+        )
+        plan = plan_registries(settings, world.node, world.probe())
+        _stand_in_flag(host, "unready-next-restart")
+
+        result = host.run_step(plan.registries)
+
+        assert result.returncode == 5, result.stdout + result.stderr
+        assert "did not become healthy as a cluster member within 10s" in result.stderr
+        assert "[-]etcd failed" in result.stderr
+        assert host.registries_file.read_text() == before
+        assert host.cri_status() == "ok" and _readyz(host)
+
+
+@dataclass
+class Restart:
+    member: str
+    begin: float
+    end: float  # a server: its first passing /readyz; an agent: its restart done
+
+
+def _restarts(events: Path, since: float) -> list[Restart]:
+    begun: dict[str, float] = {}
+    done: list[Restart] = []
+    for line in events.read_text().splitlines():
+        stamp, member, what = line.split()
+        if float(stamp) < since:
+            continue
+        if what == "restart-begin":
+            begun[member] = float(stamp)
+        elif (what == "ready" or (what == "restart-end" and member.startswith("agent"))) and (
+            member in begun
+        ):
+            done.append(Restart(member, begun.pop(member), float(stamp)))
+    assert not begun, f"restarts that never finished: {begun}"
+    return sorted(done, key=lambda r: r.begin)
+
+
+def _overlapping(restarts: list[Restart]) -> list[tuple[str, str]]:
+    return [
+        (a.member, b.member)
+        for i, a in enumerate(restarts)
+        for b in restarts[i + 1 :]
+        if a.begin < b.end and b.begin < a.end
+    ]
+
+
+def _run_batches(
+    batches: list[list[Node]], hosts: dict[str, NodeHost], steps: dict[str, Any]
+) -> None:
+    """As the engine runs the gates: the nodes of a batch at once, a batch after the one before."""
+    for batch in batches:
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            results = {
+                node.name: pool.submit(hosts[node.name].run_step, steps[node.name])
+                for node in batch
+            }
+        for name, future in results.items():
+            result = future.result()
+            assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
+
+
+def test_three_servers_restart_one_at_a_time_and_before_the_agents(tmp_path: Path) -> None:
+    """Three k3s servers (one etcd cluster in the stand-in) and two agents, batch size 5, listed
+    mixed. The rollout's own batches (rollout_batches with the roles the component derives), run
+    over real SSH as the engine runs gates: every restart is logged by the stand-in, each server's
+    until its /readyz passes again. No two servers overlap and every server is done before any
+    agent starts. Control: the same nodes restored with the batches of before (roles ignored:
+    canary, then the other four together) do overlap, two servers down at once."""
+    from components.containerd_mirrors import rollout_batches
+    from components.plan.node_steps import node_role
+
+    _prerequisites()
+    names = ["server-1", "agent-1", "server-2", "server-3", "agent-2"]
+    cluster, events = tmp_path / "etcd-cluster", tmp_path / "restarts.log"
+    cluster.mkdir()
+    with contextlib.ExitStack() as stack:
+        hosts = {
+            name: stack.enter_context(
+                node_host(
+                    tmp_path / name,
+                    CONTAINERD,
+                    flavour="k3s-agent" if name.startswith("agent") else "k3s-server",
+                    cluster=cluster,
+                    events=events,
+                )
+            )
+            for name in names
+        }
+        first = make_settings(hosts["server-1"])
+        nodes = [
+            first.nodes[0].model_copy(
+                update={
+                    "name": name,
+                    "address": host.node_address,
+                    "restart_command": host.restart_command,
+                    "ssh_host_public_key": host.host_public_key,
+                }
+            )
+            for name, host in hosts.items()
+        ]
+        settings = first.model_copy(
+            update={
+                "nodes": nodes,
+                "containerd": first.containerd.model_copy(update={"batch_size": 5}),
+            }
+        )
+        cache = settings.endpoint(settings.upstreams[0])
+        for host in hosts.values():
+            host.registries_file.write_text(users_registries_yaml(cache))
+            assert host.ssh(host.restart_command).returncode == 0
+        for host in hosts.values():
+            _wait_cri_ok(host)
+
+        plans = {
+            node.name: plan_registries(
+                settings, node, read_node(settings, node, ssh_runner(hosts[node.name].agent_socket))
+            )
+            for node in nodes
+        }
+        control_planes = {
+            node.name
+            for node in nodes
+            if node_role(node, plans[node.name].flavour) == "control-plane"
+        }
+        batches = rollout_batches(nodes, 5, control_planes)
+        assert [[n.name for n in b] for b in batches] == [
+            ["server-1"], ["server-2"], ["server-3"], ["agent-1"], ["agent-2"],
+        ]  # fmt: skip
+
+        since = time.monotonic()
+        _run_batches(batches, hosts, {name: plan.registries for name, plan in plans.items()})
+
+        restarts = _restarts(events, since)
+        assert [r.member for r in restarts] == [
+            "server-1", "server-2", "server-3", "agent-1", "agent-2",
+        ]  # fmt: skip
+        assert _overlapping([r for r in restarts if r.member.startswith("server")]) == []
+        servers_done = max(r.end for r in restarts if r.member.startswith("server"))
+        assert servers_done <= min(r.begin for r in restarts if r.member.startswith("agent"))
+        for name, host in hosts.items():
+            assert host.cri_status() == "ok", name
+            assert "*" not in yaml.safe_load(host.registries_file.read_text())["mirrors"], name
+
+        # Control: the batches of before (no roles), for the restore steps of the same nodes.
+        old = rollout_batches(nodes, 5)
+        assert [[n.name for n in b] for b in old] == [
+            ["server-1"], ["agent-1", "server-2", "server-3", "agent-2"],
+        ]  # fmt: skip
+        since = time.monotonic()
+        restores = {
+            node.name: restore_registries_step(settings, node, plans[node.name].flavour)
+            for node in nodes
+        }
+        _run_batches(old, hosts, restores)
+        overlaps = _overlapping([r for r in _restarts(events, since) if r.member != "agent-1"])
+        assert ("server-2", "server-3") in overlaps or ("server-3", "server-2") in overlaps
+        for name, host in hosts.items():
+            assert host.registries_file.read_text() == users_registries_yaml(cache), name

@@ -309,12 +309,20 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
 
 
 @pytest.fixture
-def world(tmp_path: Path, upstream_storage: Path, node_start: NodeStart) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, upstream_storage: Path, node_start: NodeStart
+) -> Iterator[World]:
+    """``@pytest.mark.etc_overlay``: the node's /etc is an overlay (``host.etc_upper``), for tests
+    that put files in /etc outside /etc/containerd (never in the host's)."""
     for binary in ("ip", "unshare", "sshd", "ssh", "ssh-keygen"):
         require_binary(binary)
     node_start.containerd.require()
+    overlay = request.node.get_closest_marker("etc_overlay") is not None
     # Registries stop (ExitStack) before node_host removes the veth they listen on.
-    with node_host(tmp_path, node_start.containerd) as host, contextlib.ExitStack() as running:
+    with (
+        node_host(tmp_path, node_start.containerd, etc_overlay=overlay) as host,
+        contextlib.ExitStack() as running,
+    ):
         settings = make_settings(host)
         addr = host.host_address
 

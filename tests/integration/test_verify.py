@@ -10,6 +10,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +206,10 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
         for container, size in ((HUB.container, 2_000_000), (GHCR.container, 300_000)):
             (data / container / "docker").mkdir(parents=True)
             (data / container / "docker" / "blob").write_bytes(b"x" * size)
+        # What the maintenance's weekly GC left on the VM (scripts/vm/cache-budget.sh).
+        state = vm.root / "node" / "var-lib" / "registry-maintenance" / HUB.container
+        state.mkdir(parents=True)
+        (state / "last-gc").write_text(f"at={int(time.time()) - 7200}\nkind=gc\ndown_seconds=12\n")
         # A caller's own options cannot loosen the check: the pin comes first (first value wins).
         ssh = [f"--ssh-option=-i{vm.key}", "--ssh-option=-oStrictHostKeyChecking=no"]
         outputs = mirrors.outputs()
@@ -215,6 +220,7 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
                 "address": vm.node_address,
                 "sshUser": "root",
                 "diskUsageThresholdPercent": threshold,
+                "cacheBudgets": {HUB.container: 5_000_000},
                 "sshHostPublicKey": vm.host_public_key,
             }
             results[threshold] = _verify(tmp_path, outputs, "--image", "quay.io=org/tool:1", *ssh)
@@ -253,7 +259,12 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
     # du counts the directories' own blocks too.
     sizes = {name: float(kb) for name, kb in re.findall(r"(registry[-a-z]*) ([0-9.]+) kB", row)}
     assert "registry 2.0 MB" in row and 300 <= sizes["registry-ghcr"] < 330, row
+    # Per cache: its size against the deployed budget, and its last GC's downtime.
+    hub = _row(ok.stdout, "registry-vm", HUB.container)
+    assert "cache budget" in hub and "2.0 MB of 5.0 MB budget" in hub, hub
+    assert "last GC down 12s (2h ago)" in hub and "ok" in hub, hub
+    assert "no budget yet" in _row(ok.stdout, "registry-vm", GHCR.container)
     crossed = results[1]
     assert crossed.returncode == 1
     assert "FAIL" in _row(crossed.stdout, "registry-vm", "disk")
-    assert "Distribution never evicts by size" in crossed.stderr
+    assert "registry.cacheBudget" in crossed.stderr

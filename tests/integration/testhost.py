@@ -364,17 +364,28 @@ if [[ ${{1:-}} == --version ]]; then
   echo "{dist} version v0.0.0+test-standin (TEST STAND-IN)"
   exit 0
 fi
-exec {python} {standin} "${{1:-restart}}" --dist {dist} --containerd {containerd} \\
-  --log {log} --pidfile {pidfile}
+command=${{1:-restart}}
+(($#)) && shift
+exec {python} {standin} "$command" --dist {dist} --containerd {containerd} \\
+  --log {log} --pidfile {pidfile} --role {role} --member {member} --cluster {cluster} \\
+  --events {events} -- "$@"
+"""
+# The multicall links k3s puts in its bin dir (kubectl, like ctr and containerd, is k3s itself).
+_KUBECTL_LINK = """#!/usr/bin/env bash
+exec {binary} kubectl "$@"
 """
 
 
-def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
+def _install_distribution(
+    root: Path, flavour: str, containerd: str, cluster: Path | None, events: Path | None
+) -> Path:
     """The files a k3s/RKE2 installer leaves where the probe looks (``containerd``: the path of
-    the containerd it embeds); returns the restart command."""
+    the containerd it embeds); returns the restart command. ``cluster``: the directory whose
+    servers form one etcd cluster (the stand-in's quorum); ``events``: where restarts are logged."""
     dist, unit, units = DISTRIBUTIONS[flavour]
     binary = root / "bin" / dist
     binary.parent.mkdir(parents=True, exist_ok=True)
+    member = root.parent.name
     binary.write_text(
         _DISTRIBUTION_BINARY.format(
             dist=dist,
@@ -383,8 +394,14 @@ def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
             containerd=shlex.quote(containerd),
             log=shlex.quote(str(root / "service.log")),
             pidfile=shlex.quote(str(root / "containerd.pid")),
+            role="agent" if unit.endswith("agent") else "server",
+            member=shlex.quote(member),
+            cluster=shlex.quote(str(cluster or "")),
+            events=shlex.quote(str(events or "")),
         )
     )
+    if cluster is not None and not unit.endswith("agent"):
+        (cluster / f"{member}.member").write_text(f"{root / 'containerd.pid'}\n")
     binary.chmod(0o755)
     systemd = root / "node" / "etc-upper" / "systemd" / "system"
     (systemd / "multi-user.target.wants").mkdir(parents=True)
@@ -402,6 +419,8 @@ def _install_distribution(root: Path, flavour: str, containerd: str) -> Path:
     bin_dir.mkdir(parents=True)
     (bin_dir / "containerd").symlink_to(containerd)
     (bin_dir / "ctr").symlink_to(Path(containerd).parent / "ctr")
+    (bin_dir / "kubectl").write_text(_KUBECTL_LINK.format(binary=shlex.quote(str(binary))))
+    (bin_dir / "kubectl").chmod(0o755)
     return binary
 
 
@@ -412,12 +431,18 @@ def node_host(
     *,
     flavour: str = "containerd",
     share_ssh: bool = True,
+    cluster: Path | None = None,
+    events: Path | None = None,
+    etc_overlay: bool = False,
 ) -> Iterator[NodeHost]:
     """Create a node running ``containerd``; tear everything down (processes by pid, netns,
     veth) even on failure. ``share_ssh=False``: a new SSH connection per command.
 
     ``flavour`` k3s-server/k3s-agent/rke2-server/rke2-agent: the node is laid out like one (see
-    the module docstring); no containerd runs until the test starts one."""
+    the module docstring); no containerd runs until the test starts one. ``cluster``/``events``:
+    see k3s_standin.py (the servers of one etcd cluster; the restarts' log). ``etc_overlay``: a
+    plain containerd node's /etc is an overlay too (files a test puts in ``etc_upper``, e.g.
+    /etc/docker/certs.d, never land in the host's /etc)."""
     bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
@@ -465,7 +490,9 @@ def node_host(
     )
     helper.chmod(0o755)
     if flavour != "containerd":
-        binary = _install_distribution(root, flavour, containerd.binary("containerd"))
+        binary = _install_distribution(
+            root, flavour, containerd.binary("containerd"), cluster, events
+        )
         helper.write_text(f"#!/usr/bin/env bash\nexec {shlex.quote(str(binary))} restart\n")
 
     socket_dir = Path(tempfile.mkdtemp(prefix="rmnode-", dir="/tmp"))
@@ -500,10 +527,11 @@ def node_host(
                 ("opt", "/opt"),
             )
         )
-        if flavour != "containerd":
+        if flavour != "containerd" or etc_overlay:
             # /etc/rancher does not exist on the host and must not be created there: the node's
             # /etc is an overlay whose changes land in etc-upper.
             (root / "node" / "etc-work").mkdir()
+            (root / "node" / "etc-upper").mkdir(exist_ok=True)
             overlay = (
                 f"lowerdir=/etc,upperdir={root / 'node' / 'etc-upper'},"
                 f"workdir={root / 'node' / 'etc-work'}"

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -22,6 +23,7 @@ from components.plan.node_steps import check_step, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
 from components.settings import RegistrySettings, load_settings
+from components.settings.budget import cache_budgets
 from components.ssh_client import ssh_client_options
 from components.ssh_host_key import generate_host_key
 from tests.integration import cri_client
@@ -471,6 +473,80 @@ def test_restart_during_a_gc_skips_and_never_overlaps(maintenance: Tier) -> None
         line for line in lines[gc_start:gc_end] if f"[restart {container}]: restarted" in line
     ]
     assert not overlapping, f"a restart ran during the GC: {lines}"
+
+
+def _started_at(guest: Any, container: str) -> str:
+    return guest.check(f"docker inspect --format '{{{{.State.StartedAt}}}}' {container}").strip()
+
+
+def test_memory_mode_restarts_only_a_cache_over_its_share(maintenance: Tier) -> None:
+    """The default restart mode from its cron line, with the guest's real `docker stats`: under
+    its share of the memory limit a cache is left alone; the same line with a share below what
+    any registry uses (1 % of memoryMb) restarts it, drained (`docker restart --time 75`)."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    container = maintenance.stack.settings.upstreams[2].container
+    percent = maintenance.stack.settings.registry.restart.memory_percent
+    line = cron_command(cron_text, "memory", container)
+    assert f" memory {container} {percent} " in line, line
+    before = _started_at(guest, container)
+    since = float(guest.check("date +%s")) - 1
+    run_as_cron(maintenance, line)
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[memory {container}]: memory " in journal and "not restarted" in journal, journal
+    assert _started_at(guest, container) == before, "restarted below its share"
+    run_as_cron(maintenance, line.replace(f" memory {container} {percent} ",
+                                          f" memory {container} 1 "))  # fmt: skip
+    journal = maintenance.journal(since, LOG_TAG)
+    assert "reached 1%: restarted in" in journal, journal
+    assert _started_at(guest, container) != before, "not restarted above its share"
+    assert wait_healthy(guest, [container]) == {container: "healthy"}
+
+
+def test_eviction_from_cron_unlinks_the_least_recently_pulled(maintenance: Tier) -> None:
+    """The cache's hourly `evict` line, run as cron runs it, with a budget everything exceeds:
+    the repository pulled longest ago (org/y) is unlinked and collected, the one pulled
+    recently (library/x: younger than REGISTRY_EVICT_MIN_AGE, which stands in for the day) is
+    kept and still served from the cache, index and children by digest, without asking the
+    upstream. Last pulls come from the real `docker logs --timestamps`."""
+    guest = maintenance.guest
+    cron_text = maintenance.stack.step("-maintenance-cron").stdin
+    upstream = maintenance.stack.settings.upstreams[2]
+    container, port = upstream.container, upstream.port
+    budget = cache_budgets(maintenance.stack.settings)[container]
+    line = cron_command(cron_text, "evict", container)
+    assert f" evict {container} {budget} " in line, line
+    data = f"/var/lib/registry/{container}/docker/registry/v2/repositories"
+    for reference in ("org/y:1", "library/x:1"):
+        pulled = guest.ssh(f"docker pull -q 127.0.0.1:{port}/{reference}", timeout=300)
+        assert pulled.returncode == 0, pulled.stderr
+        if reference == "org/y:1":
+            time.sleep(20)  # org/y's last pull: 20 s older than library/x's
+    pulled_x = float(guest.check("date +%s"))
+    guest.check(f"sudo test -d {data}/org/y && sudo test -d {data}/library/x")
+    # The real minimum age is a day; this one makes library/x (pulled just now) too young to
+    # evict and org/y (20 s older) old enough.
+    min_age = int(float(guest.check("date +%s")) - pulled_x) + 10
+    since = float(guest.check("date +%s")) - 1
+    tiny = line.replace(f" evict {container} {budget} ", f" evict {container} 1 ")
+    run_as_cron(maintenance, f"REGISTRY_EVICT_MIN_AGE={min_age} {tiny}")
+    journal = maintenance.journal(since, LOG_TAG)
+    assert f"[evict {container}]: over budget" in journal, journal
+    assert "unlinked 1 repositories in " in journal and "s: org/y (all: " in journal, journal
+    assert "down for" in journal and "eviction, garbage collection" in journal, journal
+    assert "ERROR" not in journal, journal
+    guest.check(f"sudo test ! -e {data}/org/y && sudo test -d {data}/library/x")
+    last_gc = guest.check(f"cat /var/lib/registry-maintenance/{container}/last-gc")
+    assert "kind=evict" in last_gc, last_gc
+    assert wait_healthy(guest, [container]) == {container: "healthy"}
+    image = maintenance.images["1"]
+    asked = maintenance.upstream.log().count("/v2/library/x/")
+    accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json"
+    # docker pulled the guest's platform only: its child, and the index, by digest.
+    for digest in (image.index_digest, image.manifest_digests["linux/amd64"]):
+        guest.check(f"curl -fsS -o /dev/null -H {shlex.quote('Accept: ' + accept)} "
+                    f"http://127.0.0.1:{port}/v2/library/x/manifests/{digest}")  # fmt: skip
+    assert maintenance.upstream.log().count("/v2/library/x/") == asked, "asked the upstream"
 
 
 # --- the other Distribution major, from the same component ---------------------------------------
