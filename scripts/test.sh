@@ -17,6 +17,7 @@ DEBIAN_PACKAGES=(
   skopeo umoci     # build and move OCI test images offline
   shellcheck
   openssh-server openssh-client
+  sudo             # the read identity's one sudo rule (tests/integration/test_read_identity.py)
   cloud-init       # `cloud-init schema` validates the vendor data
   iproute2 util-linux procps
   python3-venv

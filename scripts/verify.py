@@ -6,14 +6,20 @@ the registry API answers, and a manifest for a small known image resolves THROUG
 `pulumi up`; skip with --no-vm), the cache disk's usage against registry.diskUsageThresholdPercent.
 With --nodes, also per node over SSH: the CRI plugin is ok, the effective config reads hosts.toml
 from containerd.configPath with no `mirrors` left, each --node-image pulls through the node's
-hosts.toml AND lands in its mirror's cache, and the mirror's request counter moved (a node that
-bypasses its mirror pulls fine and leaves the counter still).
+hosts.toml AND lands in its mirror's cache, and per cache a request only this node made (a random
+digest) is in that cache's access log on the VM: a node that bypasses its mirror never asks it,
+whatever other clients pull meanwhile (without the VM, --no-vm, that check fails as not checked).
 
     pulumi stack output --json --stack dev > outputs.json
     python scripts/verify.py --outputs outputs.json
     python scripts/verify.py --stack dev                       # runs `pulumi stack output` itself
     python scripts/verify.py --outputs o.json --image ghcr.io=org/tool:v1   # choose probe images
     python scripts/verify.py --stack dev --nodes --node-image docker.io/library/busybox:1.36
+    python scripts/verify.py --stack dev --nodes --identity read   # the read identity only
+
+The nodes are read as a preview reads them (README "The read identity"): with the read identity
+when the stack has one (nodeAccess.readPublicKeys), the apply identity (nodes[].sshUser) where
+it cannot answer; `--identity read` never falls back, `--identity apply` never tries it.
 
 Prints a table; exit 0 when every check passed, 1 when any failed (with what to do), 2 on bad
 input. It talks only to the endpoints in the outputs (mirrors' endpoint and metricsUrl, the
@@ -31,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.cli import Parser, fail  # noqa: E402
+from components.fleet import ReadMode  # noqa: E402
 from components.settings import Settings, key_text  # noqa: E402
 from components.stack_file import StackFileError, load_stack_settings, stack_path  # noqa: E402
 from components.verify.mirror import DEFAULT_PROBE_IMAGES  # noqa: E402
@@ -78,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         help="image to pull on each node through hosts.toml, e.g. docker.io/library/busybox:1.36",
     )  # fmt: skip
     parser.add_argument(
+        "--identity", choices=("auto", "read", "apply"), default="auto",
+        help="who reads the nodes: auto (default: the read identity when the stack has one, the"
+        " apply identity where it cannot answer), read (the read identity only), apply",
+    )  # fmt: skip
+    parser.add_argument(
         "--ssh-option", action="append", default=[], metavar="OPT",
         help="extra option for ssh, e.g. --ssh-option=-i --ssh-option=~/.ssh/key",
     )  # fmt: skip
@@ -111,8 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         return fail([str(error)])
 
+    node_mode: ReadMode = "apply"
+    if settings is not None and args.identity != "apply" and settings.node_access.enabled:
+        node_mode = "read-only" if args.identity == "read" else "read-first"
+    elif settings is not None and args.identity == "read":
+        return fail(
+            ["--identity read: the stack has no read identity (nodeAccess.readPublicKeys is empty)"]
+        )
     checks = run_checks(
-        outputs, settings, images, args.node_image, args.ssh_option, args.timeout, vm=not args.no_vm
+        outputs,
+        settings,
+        images,
+        args.node_image,
+        args.ssh_option,
+        args.timeout,
+        vm=not args.no_vm,
+        node_mode=node_mode,
     )
     return report(checks)
 

@@ -362,6 +362,8 @@ class FakeNode:
     hosts_files: dict[str, str] = field(default_factory=dict)
     hosts_record: tuple[str, dict[str, str]] | None = None
     probes: int = 0
+    # With FakeFleet(read_access=...): whether this node has the read identity installed.
+    read_installed: bool = True
 
     def probe(self) -> str:
         self.probes += 1
@@ -423,25 +425,47 @@ class FakeNode:
 
 class FakeFleet:
     """A StepRunner (components/fleet.py) answering the probe from FakeNodes by node name; a node
-    not listed is a fresh ``FakeNode()`` (the broken wildcard state, with a credential)."""
+    not listed is a fresh ``FakeNode()`` (the broken wildcard state, with a credential).
 
-    def __init__(self, nodes: dict[str, FakeNode] | None = None) -> None:
+    ``read_access``: the settings whose read identity is installed on every node (its gate
+    answers ``probe`` as read-gate.sh does, with that install's digests); without, a login as
+    any user but root is refused as sshd refuses a key it does not know. ``calls``: who asked
+    what, in order: (node, user, command line)."""
+
+    def __init__(self, nodes: dict[str, FakeNode] | None = None, read_access: Any = None) -> None:
         self.nodes = dict(nodes or {})
         self.lock = threading.Lock()
         # Reads tried per node name, answered or not.
         self.reads: collections.Counter[str] = collections.Counter()
+        self.read_access = read_access
+        self.calls: list[tuple[str, str, str]] = []
 
     def __call__(self, node: Any, step: Any) -> Any:
+        from components.plan import read_access
         from components.ssh_client import StepRun
 
-        assert "probe.sh" in step.command, "only the probe runs while the program runs"
         with self.lock:
             fake = self.nodes.setdefault(node.name, FakeNode())
             self.reads[node.name] += 1
+            self.calls.append((node.name, node.ssh_user, step.command))
         if not fake.reachable:
             return StepRun(
                 255, "", f"ssh: connect to host {node.address} port 22: No route to host"
             )
+        if node.ssh_user != "root":
+            if self.read_access is None or not fake.read_installed:
+                return StepRun(255, "", f"{node.ssh_user}@{node.address}: Permission denied "
+                               "(publickey).")  # fmt: skip
+            assert step.command == "probe", "the read identity asks for the probe by name"
+            settings = self.read_access
+            [planned] = [n for n in settings.nodes if n.name == node.name]
+            header = (
+                f"read_access=1 op=probe "
+                f"scripts_sha256={read_access.expected_scripts_sha256('probe')} params_sha256="
+                f"{read_access.expected_params_sha256(settings, planned, 'probe')}\n"
+            )
+            return StepRun(0, header + fake.probe(), "")
+        assert "probe.sh" in step.command, "only the probe runs while the program runs"
         return StepRun(0, fake.probe(), "")
 
 

@@ -16,6 +16,7 @@ whichever direction the node moved. See ``apply_mark``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 import tomllib
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
+from components.plan import read_access
 from components.plan.node_imports import ImportsError, ImportsPlan, plan_imports
 from components.plan.node_probe import ProbeResult, parse_probe
 from components.plan.node_routes import CarriedRoutes, RoutesError, plan_routes
@@ -218,14 +220,32 @@ def plan_any(
     settings: Settings, node: Node, probe_stdout: str, cache: FleetCache | None = None
 ) -> AnyPlan:
     """Plan a node of any flavour from its probe: plain containerd gets its hosts and config
-    steps, k3s/RKE2 their registries step; a node set to ``restored`` its restore steps. (A held
-    node is not read: ``plan_held``.)"""
+    steps, k3s/RKE2 their registries step; with ``nodeAccess.readPublicKeys`` set, the step
+    that installs the read identity comes first. A node set to ``restored`` gets its restore
+    steps (and, with the read identity, its removal after them). (A held node is not read:
+    ``plan_held``.)"""
     probe, flavour = read_probe(node, probe_stdout)
     if node.state == "restored":
-        return plan_restore(settings, node, probe, flavour)
+        restore = plan_restore(settings, node, probe, flavour)
+        if not settings.node_access.enabled:
+            return restore
+        remove = NodeStep(
+            f"remove-{read_access.ROLE}", read_access.remove_step(settings, node), sensitive=False
+        )
+        return dataclasses.replace(restore, steps=(*restore.steps, remove))
+    plan: AnyPlan
     if flavour.is_distribution:
-        return _plan_registries(settings, node, probe, flavour)
-    return _plan_containerd(settings, node, probe, cache)
+        plan = _plan_registries(settings, node, probe, flavour)
+    else:
+        plan = _plan_containerd(settings, node, probe, cache)
+    if not settings.node_access.enabled:
+        return plan
+    # The read identity first: a broken install stops at the canary like any other step, and
+    # the node's next preview can be read without the apply key.
+    access = NodeStep(
+        read_access.ROLE, read_access.install_step(settings, node, flavour), sensitive=False
+    )
+    return dataclasses.replace(plan, steps=(access, *plan.steps))
 
 
 # --- nodes[].state: restored and held ----------------------------------------------------------
@@ -274,12 +294,13 @@ def plan_restore(
     return RestorePlan(probe, flavour, summary, steps, report_role=steps[0].role)
 
 
-def held_roles(node: Node) -> tuple[str, ...]:
+def held_roles(settings: Settings, node: Node) -> tuple[str, ...]:
     """The steps a managed node of this setting has: what a held node keeps in the state. The
     flavour is the node's setting (default plain containerd): a held node is not read."""
+    access = (read_access.ROLE,) if settings.node_access.enabled else ()
     if FLAVOURS[node.flavour or "containerd"].is_distribution:
-        return ("registries",)
-    return ("hosts",) if node.skip_config_path else ("hosts", "config")
+        return (*access, "registries")
+    return (*access, *(("hosts",) if node.skip_config_path else ("hosts", "config")))
 
 
 @dataclass(frozen=True)
@@ -297,8 +318,8 @@ class HeldPlan:
     state: str = "held"
 
 
-def plan_held(node: Node) -> HeldPlan:
-    roles = held_roles(node)
+def plan_held(settings: Settings, node: Node) -> HeldPlan:
+    roles = held_roles(settings, node)
     flavour = FLAVOURS[node.flavour or "containerd"]
     summary = [
         f"{node.name}: held (nodes[].state): not read, nothing runs on it; its steps "

@@ -43,12 +43,15 @@ def _as_node_root(node: Node, command: str) -> str:
     return f"exec sudo -n bash -c {shlex.quote(command)}\n"
 
 
-def _step(node: Node, script: str, params: Mapping[str, str | int | bool]) -> Step:
-    """A step we run and report ourselves: the script in the command."""
-    return Step(_as_node_root(node, remote_command(script, params)))
+def script_step(
+    node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = ""
+) -> Step:
+    """``scripts/<script>`` with ``params`` as root on ``node`` (sudo unless it is root), the
+    script in the command: for what we run and report ourselves (the probe, verify)."""
+    return Step(_as_node_root(node, remote_command(script, params)), stdin)
 
 
-def _sent_step(
+def sent_step(
     node: Node, script: str, params: Mapping[str, str | int | bool], content: str = ""
 ) -> Step:
     """A step pulumi-command runs: the script on stdin before ``content``, a short command."""
@@ -56,15 +59,18 @@ def _sent_step(
     return Step(_as_node_root(node, command), content, text)
 
 
-def probe_step(settings: Settings, node: Node) -> Step:
-    params: dict[str, str | int | bool] = {
-        "CONFIG_FILE": node.config_file,
-        "CONFIG_PATH": settings.containerd.config_path,
-    }
+def probe_params(settings: Settings, node: Node) -> dict[str, str]:
+    """probe.sh's parameters for ``node``: sent with the probe by the apply identity, installed
+    on the node for the read identity (components/plan/read_access.py)."""
+    params = {"CONFIG_FILE": node.config_file, "CONFIG_PATH": settings.containerd.config_path}
     if node.flavour is not None:
         # Only when set, so the command of every other node stays byte for byte what it was.
         params["FLAVOUR"] = node.flavour
-    return _step(node, "node/probe.sh", params)
+    return params
+
+
+def probe_step(settings: Settings, node: Node) -> Step:
+    return script_step(node, "node/probe.sh", dict(probe_params(settings, node)))
 
 
 HOSTS_HEADER = "# registry-mirrors: "
@@ -105,7 +111,7 @@ def hosts_step(
             if any(c.isspace() for c in f"{digest}{name}{source}"):
                 raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
         params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
-    return _sent_step(node, "node/hosts.sh", params, hosts_bundle(files))
+    return sent_step(node, "node/hosts.sh", params, hosts_bundle(files))
 
 
 def node_role(node: Node, flavour: Flavour) -> Role:
@@ -169,7 +175,7 @@ def config_step(
         **_restart_params(settings, node),
     }
     if not dropins:
-        return _sent_step(node, "node/apply-config.sh", params, new_text)
+        return sent_step(node, "node/apply-config.sh", params, new_text)
     params["DROPIN_COUNT"] = len(dropins)
     files = [(node.config_file, expected_sha256, new_text), *dropins]
     for path, _, _ in files:
@@ -179,12 +185,12 @@ def config_step(
         f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
         for path, guard, text in files
     )
-    return _sent_step(node, "node/apply-config.sh", params, bundle)
+    return sent_step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
     """nodes[].state: restored: the node's very first config.toml back, containerd restarted."""
-    return _sent_step(
+    return sent_step(
         node,
         "node/restore.sh",
         {"CONFIG_FILE": node.config_file, **_restart_params(settings, node)},
@@ -194,7 +200,7 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
     """nodes[].state: restored: our hosts.toml files go (a hand-made one we replaced comes back).
     REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
-    return _sent_step(
+    return sent_step(
         node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
     )
 
@@ -207,12 +213,21 @@ def verify_step(
 ) -> Step:
     """Read-only health check for scripts/verify.py (pulls ``images`` through hosts.toml). On a
     k3s/RKE2 node: its own containerd and ctr, its socket, the config.toml and certs.d it
-    generated (``verify_expectation`` says what config_path must then be)."""
+    generated (``expected_config_path`` says what config_path must then be)."""
     params: dict[str, str | int | bool] = {
+        **verify_params(settings, node, flavour),
+        "IMAGES": " ".join(images),
+    }
+    return script_step(node, "node/verify-node.sh", params)
+
+
+def verify_params(settings: Settings, node: Node, flavour: Flavour) -> dict[str, str]:
+    """verify-node.sh's parameters but the images: sent by the apply identity, installed on the
+    node for the read identity (whose request names only the images)."""
+    params = {
         "CONFIG_FILE": node.config_file,
         "CONFIG_PATH": expected_config_path(settings, flavour),
         "CONTAINERD_ADDRESS": node.containerd_address,
-        "IMAGES": " ".join(images),
     }
     if flavour.is_distribution:
         params.update(
@@ -221,7 +236,7 @@ def verify_step(
             CTR=f"{flavour.bin_dir}/ctr",
             CONTAINERD=f"{flavour.bin_dir}/containerd",
         )
-    return _step(node, "node/verify-node.sh", params)
+    return params
 
 
 def expected_config_path(settings: Settings, flavour: Flavour) -> str:
@@ -298,7 +313,7 @@ def registries_step(
 ) -> Step:
     """Write registries.yaml (``new_text``), restart the distribution, check its generated
     hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
-    return _sent_step(
+    return sent_step(
         node,
         "node/registries.sh",
         {
@@ -315,7 +330,7 @@ def registries_step(
 def restore_registries_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
     """nodes[].state: restored: the node's very first registries.yaml back (or none, if it had
     none), restart."""
-    return _sent_step(
+    return sent_step(
         node,
         "node/registries.sh",
         {**_distribution_params(settings, node, flavour), "RESTORE": 1},

@@ -5,9 +5,10 @@ Keys in stack config are camelCase (``vmId``); Python attributes are snake_case.
 Unknown keys are errors: Distribution and containerd silently ignore typos, so we must not.
 
 One module per section (``proxmox``, ``vm``, ``upstreams``, ``registry``, ``nodes``,
-``containerd``, ``secrets``); the value checks they share in ``checks``; how a problem is shown in
-``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays out the GC and
-restart slots (checked here, rendered by the maintenance cron file); ``load`` is the entry point.
+``containerd``, ``node_access``, ``secrets``); the value checks they share in ``checks``; how a
+problem is shown in ``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays
+out the GC and restart slots (checked here, rendered by the maintenance cron file); ``load`` is
+the entry point.
 The names other modules use are imported from here.
 """
 
@@ -16,6 +17,7 @@ from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SHOWN_LENGTH, SettingsError, key_text, secret_name, shown
 from components.settings.load import SECRET_KEYS, SECTIONS, load_secrets, load_settings
 from components.settings.model import Settings
+from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSettings
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings, ProxmoxSsh
 from components.settings.registry import (
@@ -31,6 +33,7 @@ from components.settings.upstreams import DEFAULT_UPSTREAMS, DOCKER_HUB, DOCKER_
 from components.settings.vm import CloudImage, VmSettings
 
 __all__ = [
+    "DEFAULT_READ_USER",
     "DEFAULT_UPSTREAMS",
     "DOCKER_HUB",
     "DOCKER_HUB_SERVER",
@@ -42,6 +45,7 @@ __all__ = [
     "ContainerdSettings",
     "GcSchedule",
     "Node",
+    "NodeAccessSettings",
     "ProxmoxSettings",
     "ProxmoxSsh",
     "RegistrySettings",

@@ -19,7 +19,7 @@ from components.settings.model import Settings, _cross_problems
 from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
-SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd")
+SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd", "nodeAccess")
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 

@@ -14,6 +14,7 @@ from components.settings.budget import budget_problems
 from components.settings.checks import _Model
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SettingsError, key_text, shown
+from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSettings
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings
 from components.settings.registry import RegistrySettings
@@ -32,6 +33,7 @@ class Settings(_Model):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     nodes: list[Node] = Field(default_factory=list, description="Cluster nodes.")
     containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+    node_access: NodeAccessSettings = Field(default_factory=NodeAccessSettings)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Self:
@@ -165,7 +167,43 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
                     f"nodes[{index}].address: {shown(_get(node, 'address'))}"
                     " is the registry VM's own address"
                 )
+    problems += _node_access_problems(raw, vm, nodes)
     return problems
+
+
+def _node_access_problems(
+    raw: Mapping[str, Any], vm: Any, nodes: list[Mapping[str, Any]]
+) -> list[str]:
+    """The read identity must be another user and another key than the apply identity's: the
+    same user would give the read key a shell (its own authorized_keys line has no forced
+    command), the same key would make every preview the apply identity again."""
+    problems: list[str] = []
+    access = _get(raw, "nodeAccess", {})
+    read_user = _get(access, "readUser", DEFAULT_READ_USER)
+    for index, node in enumerate(nodes):
+        # root is refused by the field itself.
+        if read_user != "root" and _get(node, "sshUser", "root") == read_user:
+            problems.append(
+                f"nodeAccess.readUser: {shown(read_user)} is nodes[{index}].sshUser, the apply "
+                "identity; the read identity must be a user of its own"
+            )
+    read_keys = _get(access, "readPublicKeys", [])
+    apply_keys = _get(vm, "sshPublicKeys", [])
+    if isinstance(read_keys, list) and isinstance(apply_keys, list):
+        apply_blobs = {_key_blob(key) for key in apply_keys} - {None}
+        for index, key in enumerate(read_keys):
+            if _key_blob(key) in apply_blobs:
+                problems.append(
+                    f"nodeAccess.readPublicKeys[{index}]: is also in vm.sshPublicKeys (the apply "
+                    "key); the read identity needs a key of its own"
+                )
+    return problems
+
+
+def _key_blob(key: Any) -> str | None:
+    """The base64 part of a public key line (None when it is not one)."""
+    parts = key.split() if isinstance(key, str) else []
+    return parts[1] if len(parts) > 1 else None
 
 
 def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:

@@ -89,14 +89,3 @@ def check_metrics(upstream: str, mirror: dict[str, Any], timeout: float) -> Chec
         advice = f"Prometheus cannot scrape it either: {advice}"
         return Check(upstream, url, "metrics", False, detail, advice)
     return Check(upstream, url, "metrics", True, describe_metrics(metrics))
-
-
-def snapshot_requests(mirrors: dict[str, Any], timeout: float) -> dict[str, float | None]:
-    """Per upstream host: blob+manifest requests the mirror has answered (None: unreadable)."""
-    counts: dict[str, float | None] = {}
-    for upstream, mirror in mirrors.items():
-        try:
-            counts[upstream] = read_metrics(mirror["metricsUrl"], timeout).served
-        except (KeyError, urllib.error.URLError, OSError, ValueError):
-            counts[upstream] = None
-    return counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from components.fleet import ReadMode
 from components.settings import Settings
 from components.verify.check import Check
 from components.verify.metrics import check_metrics
@@ -21,9 +22,11 @@ def run_checks(
     ssh_options: list[str],
     timeout: float,
     vm: bool = True,
+    node_mode: ReadMode = "apply",
 ) -> list[Check]:
     """Each mirror (metrics, API, ``images[host]`` through it), the VM's disk unless ``vm`` is
-    false, and every node of ``settings`` when given (pulling ``node_images``)."""
+    false, and every node of ``settings`` when given (pulling ``node_images``; read as
+    ``node_mode`` says: components/fleet.py)."""
     mirrors = outputs["mirrors"]
     checks: list[Check] = []
     for upstream, mirror in mirrors.items():
@@ -33,7 +36,9 @@ def run_checks(
     if vm:
         checks += check_vm_disk(outputs, settings, ssh_options, timeout)
     if settings is not None:
-        checks += check_nodes(settings, mirrors, node_images, ssh_options, timeout)
+        checks += check_nodes(
+            settings, outputs, images, node_images, ssh_options, timeout, node_mode, vm=vm
+        )
     return checks
 
 

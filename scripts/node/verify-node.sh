@@ -8,7 +8,8 @@
 #   CONTAINERD_ADDRESS   containerd's socket (default /run/containerd/containerd.sock)
 #   IMAGES               space-separated image references to pull (optional)
 #   CTR, CONTAINERD      the node's ctr and containerd (k3s/RKE2: their own, not on PATH)
-# Output: key=value lines: cri=, config_path=, mirrors=, deprecations=, then one
+# Output: key=value lines: cri=, config_path=, mirrors=, deprecations=, one
+#   hosts_toml=<dir> <sha256> per CONFIG_PATH/<dir>/hosts.toml, then one
 #   pull=<image> <ok|failed> per image. deprecations= lists what `ctr deprecations list` names
 #   (containerd 1.7+; "unsupported" on 1.6): the RUNNING daemon's view, where config dump only
 #   reads the file (a file fixed by hand but never restarted into shows up here).
@@ -50,6 +51,14 @@ if deprecations=$("$CTR" --address "$CONTAINERD_ADDRESS" deprecations list 2>/de
 else
   echo "deprecations=unsupported"
 fi
+
+# Every hosts.toml containerd reads from CONFIG_PATH, by digest: verify compares them with what the
+# program writes for this node (a file edited or removed since the last apply shows).
+for file in "$CONFIG_PATH"/*/hosts.toml; do
+  [[ -f $file ]] || continue
+  dir=${file%/hosts.toml}
+  echo "hosts_toml=${dir##*/} $(sha256sum <"$file" | cut -d ' ' -f 1)"
+done
 
 for image in $IMAGES; do
   # ctr reads hosts.toml only when told where: the same files the CRI plugin uses.

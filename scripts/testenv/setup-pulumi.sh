@@ -57,6 +57,9 @@ dest="$root/$CLI_VERSION-$recipe"
 bin="$dest/bin"
 home="$dest/home"
 mkdir -p "$bin" "$home"
+# One build at a time per cache: two clones on one machine (or two lanes) wait for the first.
+exec 9>"$root/.lock"
+flock 9
 
 note() { printf '%s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$*" >>"$dest/build.log"; }
 
@@ -153,11 +156,8 @@ for r in json.load(sys.stdin).get("Replace") or []:
   log "setup-pulumi: pulumi $CLI_VERSION built in $(($(date +%s) - started))s"
 }
 
-if [[ ! -x $bin/pulumi ]]; then
-  build_cli
-  # Builds of older recipes are never used again (the tests look for this recipe's only).
-  find "$root" -mindepth 1 -maxdepth 1 -type d ! -name "$CLI_VERSION-$recipe" -exec rm -rf {} +
-fi
+# Builds of other recipes are left alone: another clone on this machine may be testing with one.
+[[ -x $bin/pulumi ]] || build_cli
 
 # What every later `pulumi` here runs with: this PULUMI_HOME only, no plugin from PATH, never a
 # download or an update check.

@@ -57,8 +57,15 @@ HAND_EDIT = (
 )
 
 
-def fleet_settings(nodes: int, batch_size: int) -> Settings:
+# A read key of its own (never the apply key, sample_raw's TEST_KEY): with it, every node's chain
+# starts with the step that installs the read identity (README "The read identity").
+READ_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK1cVmZ2wSx4Y2oCdXh8fF0L8l0CkqT3Gm9nR7qs4HhP rd"
+
+
+def fleet_settings(nodes: int, batch_size: int, read_access: bool = False) -> Settings:
     raw = sample_raw()
+    if read_access:
+        raw["nodeAccess"] = {"readPublicKeys": [READ_KEY]}
     # Never contacted: the FakeFleet answers every probe.
     # Pinned (the program sends nothing to an unpinned node); never contacted either way.
     host_key = " ".join(TEST_KEY.split()[:2])

@@ -47,10 +47,13 @@ def engine():
     return require()
 
 
+@pytest.mark.parametrize("read_access", [False, True], ids=["apply-only", "read-identity"])
 def test_up_creates_in_rollout_order_and_destroy_undoes_it_in_reverse(
-    engine, tmp_path: Path
+    engine, tmp_path: Path, read_access: bool
 ) -> None:
-    settings = fleet_settings(nodes=7, batch_size=2)
+    """With a read identity, each node's chain starts with its read access step: installed after
+    the node's gate, before anything else of the node, deleted last of the node's steps."""
+    settings = fleet_settings(nodes=7, batch_size=2, read_access=read_access)
     fleet = FakeFleet()
     seen: list[Mapping[str, AnyPlan]] = []
     # The canary's last step is slow: without the gate, batch 1 would start before it is done.
@@ -64,6 +67,8 @@ def test_up_creates_in_rollout_order_and_destroy_undoes_it_in_reverse(
     batches = [["node-1"], ["node-2", "node-3"], ["node-4", "node-5"], ["node-6", "node-7"]]
     assert stack.stack.outputs()["rollout"].value == batches
     plans = seen[-1]
+    firsts = {step_names(plans, node)[0].endswith("-read-access") for node in plans}
+    assert firsts == {read_access}
     assert_created_in_rollout_order(log, batches, plans)
     every_step = {name for node in plans for name in step_names(plans, node)}
     assert set(log.ops()) == every_step | {f"{NAME}-batch-{i}" for i in range(4)} | {

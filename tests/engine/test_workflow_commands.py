@@ -36,7 +36,10 @@ pytestmark = pytest.mark.engine
 WORKFLOWS = ROOT / ".github" / "workflows"
 # Command line -> (Automation API verb, its keyword arguments for the same flags).
 PROVEN: dict[str, tuple[str, dict[str, Any]]] = {
-    'pulumi preview --stack "$STACK" --non-interactive --diff': ("preview", {"diff": True}),
+    'pulumi preview --stack "$STACK" --non-interactive --diff --refresh=false': (
+        "preview",
+        {"diff": True, "refresh": False},
+    ),
     'pulumi up --stack "$STACK" --non-interactive --yes --diff': ("up", {"diff": True}),
     'pulumi preview --stack "$STACK" --non-interactive --expect-no-changes': (
         "preview",
@@ -136,7 +139,7 @@ def test_the_same_verbs_and_flags_on_the_engine(deployed) -> None:
 
     up = 'pulumi up --stack "$STACK" --non-interactive --yes --diff'
     no_change = 'pulumi preview --stack "$STACK" --non-interactive --expect-no-changes'
-    review = 'pulumi preview --stack "$STACK" --non-interactive --diff'
+    review = 'pulumi preview --stack "$STACK" --non-interactive --diff --refresh=false'
 
     assert set(run(up).ops().values()) == {"create"}
     apply_to_nodes(fleet, seen[-1])

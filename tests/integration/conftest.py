@@ -13,3 +13,10 @@ def containerd(request: pytest.FixtureRequest) -> ContainerdVersion:
     version: ContainerdVersion = request.param
     version.require()
     return version
+
+
+@pytest.fixture
+def private_system() -> bool:
+    """For test_node_e2e's ``world`` (which other modules share): override with True in a module
+    whose node gets users and sudo rules (the read identity): testhost's ``private_system``."""
+    return False

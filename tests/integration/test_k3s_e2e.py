@@ -42,6 +42,7 @@ from tests.integration.test_node_e2e import (
     make_settings,
     proxy_config,
     push,
+    registry_vm,
     run_verify_nodes,
     upstream_registry_config,
 )
@@ -113,9 +114,12 @@ def _prerequisites() -> None:
 
 @contextlib.contextmanager
 def k3s_world(
-    tmp_path: Path, images: dict[str, MultiArchImage] | None, flavour: str = "k3s-server"
+    tmp_path: Path,
+    images: dict[str, MultiArchImage] | None,
+    flavour: str = "k3s-server",
+    private_system: bool = False,
 ) -> Iterator[K3sWorld]:
-    with node_host(tmp_path, CONTAINERD, flavour=flavour) as host:
+    with node_host(tmp_path, CONTAINERD, flavour=flavour, private_system=private_system) as host:
         settings = make_settings(host)
         node = settings.nodes[0]
         with contextlib.ExitStack() as running:
@@ -452,10 +456,11 @@ def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache
         docker_io = world.settings.model_copy(update={"upstreams": world.settings.upstreams[:1]})
         world.apply(world.plan())
 
-        after = run_verify_nodes(
-            docker_io, world.host, tmp_path, "docker.io/library/x:2",
-            mirror_images=("docker.io=library/x:1",),
-        )  # fmt: skip
+        with registry_vm(tmp_path, docker_io, world.registries) as vm:
+            after = run_verify_nodes(
+                docker_io, world.host, tmp_path, "docker.io/library/x:2",
+                mirror_images=("docker.io=library/x:1",), vm=vm,
+            )  # fmt: skip
 
         assert after.returncode == 0, after.stdout + after.stderr
         assert "k3s-server: cri plugin ok" in after.stdout
@@ -463,6 +468,9 @@ def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache
         assert "docker.io/library/x:2 cached in" in after.stdout
         proxy_log = world.registries["docker-proxy"].log()
         assert "/v2/library/x/manifests/2?ns=docker.io" in proxy_log
+        # k3s's own hosts.toml sent the node's bypass probe to our cache.
+        [bypass] = [line for line in after.stdout.splitlines() if "  bypass  " in line]
+        assert " ok " in bypass and "reached the cache" in bypass, bypass
 
 
 # --- restarts: a time limit, servers one at a time (issue 27, item 4) -----------------------------

@@ -19,10 +19,13 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -310,7 +313,11 @@ def make_settings(host: NodeHost, ghcr_mirror_port: int = 5010) -> Settings:
 
 @pytest.fixture
 def world(
-    request: pytest.FixtureRequest, tmp_path: Path, upstream_storage: Path, node_start: NodeStart
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    upstream_storage: Path,
+    node_start: NodeStart,
+    private_system: bool,
 ) -> Iterator[World]:
     """``@pytest.mark.etc_overlay``: the node's /etc is an overlay (``host.etc_upper``), for tests
     that put files in /etc outside /etc/containerd (never in the host's)."""
@@ -320,7 +327,9 @@ def world(
     overlay = request.node.get_closest_marker("etc_overlay") is not None
     # Registries stop (ExitStack) before node_host removes the veth they listen on.
     with (
-        node_host(tmp_path, node_start.containerd, etc_overlay=overlay) as host,
+        node_host(
+            tmp_path, node_start.containerd, etc_overlay=overlay, private_system=private_system
+        ) as host,
         contextlib.ExitStack() as running,
     ):
         settings = make_settings(host)
@@ -908,17 +917,76 @@ def test_tls_settings_of_an_http_mirror_are_dropped_so_containerd_does_not_try_h
 # --- scripts/verify.py --nodes: the operator's check of the same node --------------------------
 
 
+# `docker logs [--since S] NAME` on the stand-in VM: the cache's real access log (the whole file:
+# --since only narrows what docker prints, and requests-seen.sh looks for digests).
+_DOCKER_LOGS = """#!/bin/bash
+[[ ${1:-} == logs ]] || { echo "docker stand-in: only logs" >&2; exit 1; }
+log=LOGS/${!#}.log
+[[ -e $log ]] || { echo "Error response from daemon: No such container: ${!#}" >&2; exit 1; }
+cat "$log"
+"""
+
+
+@contextlib.contextmanager
+def registry_vm(
+    tmp_path: Path, settings: Settings, registries: dict[str, RegistryProcess]
+) -> Iterator[NodeHost]:
+    """The registry VM as verify reaches it (a test host: netns, sshd, root's key, its host key
+    pinned from the outputs), whose `docker logs CONTAINER` prints the access log of the
+    Distribution process standing in for that container (``<first label of the host>-proxy``)."""
+    logs = tmp_path / "vm-logs"
+    logs.mkdir()
+    for upstream, mirror in mirrors_export(settings).items():
+        registry = registries.get(f"{upstream.split('.')[0]}-proxy")
+        if registry is not None:
+            (logs / f"{mirror['container']}.log").symlink_to(registry.log_path)
+    (tmp_path / "vm").mkdir()
+    with node_host(tmp_path / "vm", private_system=True) as vm:
+        docker = _DOCKER_LOGS.replace("LOGS", shlex.quote(str(logs)))
+        # Each cache's data directory, for verify's disk check (empty: nothing is stored there).
+        data = " ".join(
+            shlex.quote(f"/var/lib/registry/{m['container']}")
+            for m in mirrors_export(settings).values()
+        )
+        put = (
+            f"mkdir -p /usr/local/bin {data} && cat >/usr/local/bin/docker"
+            " && chmod 0755 /usr/local/bin/docker"
+        )
+        result = vm.ssh(put, docker)
+        assert result.returncode == 0, result.stderr
+        yield vm
+
+
 def run_verify_nodes(
-    settings: Settings, host: NodeHost, workdir: Path, *images: str, mirror_images: Any = ()
+    settings: Settings,
+    host: NodeHost,
+    workdir: Path,
+    *images: str,
+    mirror_images: Any = (),
+    ssh_key: Path | None = None,
+    extra_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    vm: NodeHost | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run scripts/verify.py --nodes against a test node, as an operator would."""
+    """Run scripts/verify.py --nodes against a test node, as an operator would (with the node's
+    root key, or ``ssh_key``; the caches' logs on ``vm``, else none: --no-vm)."""
     stack_file = workdir / "Pulumi.test.yaml"
     raw = settings.model_dump(by_alias=True, exclude_none=True)
     stack_file.write_text(
         yaml.safe_dump({"config": {f"registry-mirrors:{k}": v for k, v in raw.items()}})
     )
     outputs = workdir / "outputs.json"
-    outputs.write_text(json.dumps({"mirrors": mirrors_export(settings)}))
+    exported: dict[str, Any] = {"mirrors": mirrors_export(settings)}
+    if vm is not None:
+        exported["registryVm"] = {
+            "address": vm.node_address,
+            "sshUser": "root",
+            "sshHostPublicKey": vm.host_public_key,
+        }
+        extra_args = (*extra_args, f"--ssh-option=-i{vm.key}")
+    else:
+        extra_args = (*extra_args, "--no-vm")
+    outputs.write_text(json.dumps(exported))
     image_args = [arg for image in images for arg in ("--node-image", image)]
     # The mirrors have no probe image of their own in these tests: only the API check.
     mirror_args = [arg for image in mirror_images for arg in ("--image", image)]
@@ -927,35 +995,53 @@ def run_verify_nodes(
             sys.executable, str(ROOT / "scripts" / "verify.py"),
             "--outputs", str(outputs), "--stack-file", str(stack_file), "--nodes",
             "--timeout", "20", *image_args, *mirror_args,
-            f"--ssh-option=-i{host.key}",
+            f"--ssh-option=-i{ssh_key or host.key}", *extra_args,
         ],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=env,
     )  # fmt: skip
 
 
-def _verify_nodes(world: World, *images: str) -> subprocess.CompletedProcess[str]:
+def _verify_nodes(world: World, vm: NodeHost, *images: str) -> subprocess.CompletedProcess[str]:
     return run_verify_nodes(
         world.settings,
         world.host,
         world.workdir,
         *images,
         mirror_images=("docker.io=library/x:1", "ghcr.io=org/y:1"),
+        vm=vm,
     )
 
 
-def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: World) -> None:
-    before = _verify_nodes(world)
+def _row(stdout: str, check: str) -> str:
+    [row] = [line for line in stdout.splitlines() if f"  {check}  " in line]
+    return row
+
+
+def _bypass_rows(stdout: str) -> dict[str, str]:
+    """The node's bypass rows by container."""
+    return {line.split()[1]: line for line in stdout.splitlines() if "  bypass  " in line}
+
+
+def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(
+    world: World, tmp_path: Path
+) -> None:
+    with registry_vm(tmp_path, world.settings, world.registries) as vm:
+        before = _verify_nodes(world, vm)
+        world.apply(world.plan())
+        # Different tags: test images of one tag share digests, and a blob the node already has
+        # is not fetched again (so it would never reach the second cache).
+        after = _verify_nodes(world, vm, "docker.io/library/x:2", "ghcr.io/org/y:3")
     assert before.returncode == 1, before.stdout + before.stderr
     assert "config_path" in before.stderr and "mirrors" in before.stderr
     assert "run pulumi up" in before.stderr
     # 1.7+: the running daemon itself names the mirrors it loaded.
     running = "deprecations: running containerd still has a `mirrors` entry"
     assert (running in before.stderr) == world.containerd.has_deprecations, before.stderr
+    # Before the apply containerd uses `mirrors` (docker.io's mirror only, and no config_path):
+    # the ghcr.io cache never heard from the node.
+    rows = _bypass_rows(before.stdout)
+    assert "FAIL" in rows["registry-ghcr"] and "never reached the cache" in rows["registry-ghcr"]
 
-    world.apply(world.plan())
-    # Different tags: test images of one tag share digests, and a blob the node already has is
-    # not fetched again (so it would never reach the second cache).
-    after = _verify_nodes(world, "docker.io/library/x:2", "ghcr.io/org/y:3")
     assert after.returncode == 0, after.stdout + after.stderr
     # 2.x dumps `config_path = '...'` in single quotes: verify-node.sh must read both quotings.
     quote = world.containerd.dump_quote
@@ -966,28 +1052,70 @@ def test_verify_nodes_fails_the_broken_node_and_passes_it_after_apply(world: Wor
     assert "ghcr.io/org/y:3 cached in" in after.stdout
     # The node's pull really went through the ghcr proxy, asked on behalf of ghcr.io.
     assert requests_in(world.registries["ghcr-proxy"], "/v2/org/y/manifests/3?ns=ghcr.io") > 0
+    rows = _bypass_rows(after.stdout)
+    assert sorted(rows) == ["registry", "registry-ghcr"], after.stdout
+    assert all(" ok " in row and "reached the cache" in row for row in rows.values()), rows
+    # The node's hosts.toml files: none before the apply, then exactly the program's.
+    assert "missing: docker.io, ghcr.io" in _row(before.stdout, "hosts.toml"), before.stdout
+    assert "2 as applied (docker.io, ghcr.io)" in _row(after.stdout, "hosts.toml"), after.stdout
 
 
-def test_verify_nodes_flags_a_node_that_bypasses_its_mirror(world: World) -> None:
+def test_verify_nodes_flags_a_node_that_bypasses_its_mirror_while_the_cache_is_busy(
+    world: World, tmp_path: Path
+) -> None:
     """A node whose hosts.toml skips the mirror pulls fine, and the catalog check is fooled (the
-    mirror holds library/x already: verify's own probe resolved x:1 through it). The mirror's
-    request counter did not move during the node's pull: that is what flags the bypass."""
+    mirror holds library/x already: verify's own probe resolved x:1 through it). Another client
+    pulls through the same mirror the whole time, so its request counter moves during the
+    node's pulls (the control: that is what the counter verdict passed on). The node's own
+    request never reached the mirror: that is what flags the bypass."""
     world.apply(world.plan())
     upstream = f"http://{world.host.host_address}:{UPSTREAM_PORTS['docker.io']}"
     (world.host.etc_containerd / "certs.d" / "docker.io" / "hosts.toml").write_text(
         f'server = "{upstream}"\n\n[host."{upstream}"]\n  capabilities = ["pull", "resolve"]\n'
     )
+    mirror = world.registries["docker-proxy"]
+    other_client = f"http://{world.host.host_address}:{world.settings.upstreams[0].port}"
+    other_path = "/v2/library/x/manifests/1?ns=docker.io"
+    manifest = f"{other_client}{other_path}"
+    busy = threading.Event()
 
-    bypassed = _verify_nodes(world, "docker.io/library/x:2")
+    def pull_meanwhile() -> None:
+        while not busy.is_set():
+            request = urllib.request.Request(manifest, method="HEAD")  # noqa: S310
+            request.add_header("Accept", "application/vnd.oci.image.index.v1+json")
+            with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=5):  # noqa: S310
+                pass
+            busy.wait(0.2)
 
+    with registry_vm(tmp_path, world.settings, world.registries) as vm:
+        other = threading.Thread(target=pull_meanwhile, daemon=True)
+        served_before = requests_in(mirror, other_path)
+        other.start()
+        try:
+            bypassed = _verify_nodes(world, vm, "docker.io/library/x:2")
+        finally:
+            busy.set()
+            other.join()
+        served_during = (
+            requests_in(mirror, "/v2/library/x/manifests/1?ns=docker.io") - served_before
+        )
+        world.apply(world.plan())  # puts our hosts.toml back
+        through = _verify_nodes(world, vm, "docker.io/library/x:4")
+
+    assert served_during > 2, "the other client kept the mirror busy"
     assert bypassed.returncode == 1, bypassed.stdout + bypassed.stderr
     assert "docker.io/library/x:2 cached in" in bypassed.stdout
-    [row] = [line for line in bypassed.stdout.splitlines() if "  bypass  " in line]
-    assert "FAIL" in row and "0 requests during the node pulls of docker.io/library/x:2" in row
-    assert "the nodes pulled without asking this mirror" in bypassed.stderr
+    row = _bypass_rows(bypassed.stdout)["registry"]
+    assert "FAIL" in row and "docker.io: this node's request" in row, row
+    assert "never reached the cache" in row
+    assert "this node's pull never reached the cache" in bypassed.stderr
+    # The ghcr.io mirror is still listed first in its hosts.toml: its row passes.
+    assert " ok " in _bypass_rows(bypassed.stdout)["registry-ghcr"]
+    # The edited file is not the one the program wrote; the other one is.
+    hosts = _row(bypassed.stdout, "hosts.toml")
+    assert "FAIL" in hosts and "changed: docker.io" in hosts and "ghcr.io" not in hosts, hosts
+    assert " ok " in _row(through.stdout, "hosts.toml")
 
-    world.apply(world.plan())  # puts our hosts.toml back
-    through = _verify_nodes(world, "docker.io/library/x:4")
     assert through.returncode == 0, through.stdout + through.stderr
-    [row] = [line for line in through.stdout.splitlines() if "  bypass  " in line]
-    assert "  ok  " in row
+    row = _bypass_rows(through.stdout)["registry"]
+    assert " ok " in row and "reached the cache" in row, row

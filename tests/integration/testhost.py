@@ -73,6 +73,8 @@ class Step(Protocol):
     def stdin(self) -> str: ...
 
 
+# Root's authorized_keys on a node with ``private_system`` (inside the node's /var/lib).
+ROOT_KEYS_NAME = "registry-mirrors-test-root-keys"
 # sshd's default PATH for root sessions (what a node's scripts would otherwise get).
 # sshd listens on 22 and on this one: a node with nodes[].sshPort set (ssh looks its host key up
 # as [address]:port there).
@@ -434,6 +436,7 @@ def node_host(
     cluster: Path | None = None,
     events: Path | None = None,
     etc_overlay: bool = False,
+    private_system: bool = False,
 ) -> Iterator[NodeHost]:
     """Create a node running ``containerd``; tear everything down (processes by pid, netns,
     veth) even on failure. ``share_ssh=False``: a new SSH connection per command.
@@ -442,7 +445,13 @@ def node_host(
     the module docstring); no containerd runs until the test starts one. ``cluster``/``events``:
     see k3s_standin.py (the servers of one etcd cluster; the restarts' log). ``etc_overlay``: a
     plain containerd node's /etc is an overlay too (files a test puts in ``etc_upper``, e.g.
-    /etc/docker/certs.d, never land in the host's /etc)."""
+    /etc/docker/certs.d, never land in the host's /etc).
+
+    ``private_system``: the node may get users, sudo rules and files in /usr/local (the read
+    identity, README "The read identity"): its ``/etc`` and ``/usr/local`` are overlays whose
+    changes land in ``etc-upper`` and ``usr-local-upper`` (useradd, visudo and sudo run on
+    the node's own files, never the host's), and sshd checks file modes as a production sshd
+    does (``StrictModes yes``; root's own key then lives in the node's /var/lib)."""
     bin_dir = containerd.require()
     token = secrets.token_hex(3)
     netns = f"rmt-{token}"
@@ -460,6 +469,13 @@ def node_host(
     )
     _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / "ssh_host_ed25519_key"))
     (root / "authorized_keys").write_text(Path(f"{key}.pub").read_text())
+    if private_system:
+        # Inside the node: /var/lib is node/var-lib (0755 root), under / and /var: a path sshd's
+        # StrictModes accepts. tmp_path's parents are not root-owned 0755 everywhere.
+        (root / "node" / "var-lib" / ROOT_KEYS_NAME).write_text(Path(f"{key}.pub").read_text())
+        root_keys, strict = f"/var/lib/{ROOT_KEYS_NAME}", "yes"
+    else:
+        root_keys, strict = str(root / "authorized_keys"), "no"
     (root / "sshd_config").write_text(
         "\n".join(
             [
@@ -467,16 +483,19 @@ def node_host(
                 "Port 22",
                 f"Port {OTHER_SSH_PORT}",
                 f"HostKey {root / 'ssh_host_ed25519_key'}",
-                f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                # Every other user (the read identity): its own file, as sshd's default.
+                "AuthorizedKeysFile .ssh/authorized_keys",
                 f"PidFile {root / 'sshd.pid'}",
                 "PermitRootLogin prohibit-password",
                 "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no",
                 "UsePAM no",
-                # tmp_path's parents are not root-owned 0755 everywhere.
-                "StrictModes no",
+                f"StrictModes {strict}",
                 # The node's containerd version: its bin dir first (sshd's own default PATH after).
                 f'SetEnv "PATH={bin_dir}:{NODE_PATH}"',
+                # The test's key logs in as root only (Match last: it runs to the end).
+                "Match User root",
+                f"  AuthorizedKeysFile {root_keys}",
                 "",
             ]
         )
@@ -527,16 +546,21 @@ def node_host(
                 ("opt", "/opt"),
             )
         )
-        if flavour != "containerd" or etc_overlay:
-            # /etc/rancher does not exist on the host and must not be created there: the node's
-            # /etc is an overlay whose changes land in etc-upper.
-            (root / "node" / "etc-work").mkdir()
-            (root / "node" / "etc-upper").mkdir(exist_ok=True)
+        overlays = []
+        if flavour != "containerd" or etc_overlay or private_system:
+            # /etc/rancher does not exist on the host and must not be created there (nor users
+            # and sudo rules): the node's /etc is an overlay whose changes land in etc-upper.
+            overlays.append(("etc", "/etc"))
+        if private_system:
+            overlays.append(("usr-local", "/usr/local"))
+        for name, target in overlays:
+            (root / "node" / f"{name}-upper").mkdir(exist_ok=True)
+            (root / "node" / f"{name}-work").mkdir()
             overlay = (
-                f"lowerdir=/etc,upperdir={root / 'node' / 'etc-upper'},"
-                f"workdir={root / 'node' / 'etc-work'}"
+                f"lowerdir={target},upperdir={root / 'node' / f'{name}-upper'},"
+                f"workdir={root / 'node' / f'{name}-work'}"
             )
-            mounts = f"mount -t overlay overlay -o {shlex.quote(overlay)} /etc && {mounts}"
+            mounts = f"mount -t overlay overlay -o {shlex.quote(overlay)} {target} && {mounts}"
         sshd_config = shlex.quote(str(root / "sshd_config"))
         sshd = subprocess.Popen(
             [
