@@ -213,8 +213,18 @@ def containerd_access(tmp_path: Path, containerd: ContainerdVersion = V1_6) -> I
 
 
 def steps(plan: AnyPlan) -> list[tuple[str, str, str, bool]]:
-    """Everything pulumi-command gets from a plan, per step (no step has a delete)."""
-    return [(s.role, s.create.command, s.create.stdin, s.sensitive) for s in plan.steps]
+    """Everything pulumi-command gets from a plan, per step (no step has a delete), APPLY_MARK
+    aside: a node that was never applied gets a new random mark at each planning, whoever read
+    it (components/plan/node_plan.py apply_mark)."""
+    return [
+        (
+            s.role,
+            "\n".join(line for line in s.create.command.splitlines() if "APPLY_MARK=" not in line),
+            s.create.stdin,
+            s.sensitive,
+        )
+        for s in plan.steps
+    ]
 
 
 # --- the read key reads what the program needs ---------------------------------------------------
