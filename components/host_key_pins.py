@@ -8,8 +8,10 @@ order and quoting kept (ruamel.yaml round trip). A node that is already pinned i
 re-pinned silently: a different key is a MISMATCH until the operator names that node with
 ``--repin`` (a reinstalled node).
 
-``--vm`` does the same for ``vm.sshHostPublicKey``: only for a VM made before the program generated
-its own host key, so the program can log in once to install that key (README "Upgrading").
+``--vm`` does the same for the cache host: ``vm.sshHostPublicKey`` only for a VM made before the
+program generated its own host key, so the program can log in once to install that key (README
+"Upgrading"); ``host.sshHostPublicKey`` for an existing cache host (``host`` mode), whose own key
+every connection pins.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Target:
     port: int
     pinned: str | None
     index: int | None
+    section: str = "vm"  # the cache host's section (index None): vm or host
 
     @property
     def where(self) -> str:
@@ -50,7 +53,9 @@ class Target:
 
     @property
     def key_path(self) -> str:
-        return "vm.sshHostPublicKey" if self.index is None else "nodes[].sshHostPublicKey"
+        return (
+            f"{self.section}.sshHostPublicKey" if self.index is None else "nodes[].sshHostPublicKey"
+        )
 
 
 @dataclass(frozen=True)
@@ -78,8 +83,10 @@ def targets(settings: Settings, vm: bool) -> list[Target]:
         for i, n in enumerate(settings.nodes)
     ]
     if vm:
-        v = settings.vm
-        found.append(Target(VM_TARGET, v.ssh_user, v.ip, 22, v.ssh_host_public_key, None))
+        host = settings.cache_host
+        section = "vm" if host.created else "host"
+        found.append(Target(VM_TARGET, host.ssh_user, host.address, 22,
+                            host.ssh_host_public_key, None, section))  # fmt: skip
     return found
 
 
@@ -153,7 +160,7 @@ def pinned_text(path: Path, pins: Sequence[Scan]) -> str:
         assert pin.key is not None
         target = pin.target
         if target.index is None:
-            section = config[_section_key(config, "vm")]
+            section = config[_section_key(config, target.section)]
         else:
             section = config[_section_key(config, "nodes")][target.index]
         section["sshHostPublicKey"] = pin.key
@@ -175,7 +182,7 @@ def write_pins(path: Path, pins: Sequence[Scan]) -> Settings:
     for pin in pins:
         target = pin.target
         pinned = (
-            settings.vm.ssh_host_public_key
+            settings.cache_host.ssh_host_public_key
             if target.index is None
             else settings.nodes[target.index].ssh_host_public_key
         )

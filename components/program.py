@@ -3,8 +3,10 @@
 Before any resource: the settings are validated and every node is read and planned
 (components/fleet.py); a bad setting or a node that does not answer stops the program there.
 Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream ->
-nodes (canary, then batches). Nodes come last so a node never points at a cache that is not up;
-even so, containerd falls back to the upstream (``server``) while a cache is down.
+nodes (canary, then batches). With ``host`` (an existing cache host) the first steps are one: the
+host is prepared (components/cache_host.py); from the caches on, the same components run. Nodes
+come last so a node never points at a cache that is not up; even so, containerd falls back to
+the upstream (``server``) while a cache is down.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import pulumi
 
 from components import fleet, stack_config
+from components.cache_host import CacheHost, CacheHostArgs
 from components.containerd_mirrors import ContainerdMirrors
 from components.firewall import RegistryFirewall
 from components.fleet import (
@@ -30,10 +33,10 @@ from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.renderers.bundle import containerd_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
-from components.settings import Settings
+from components.settings import Secrets, Settings
 from components.settings.budget import cache_budgets
 from components.ssh import SshAgentMissing, agent_socket
-from components.ssh_client import unpinned_nodes
+from components.ssh_client import unpinned_cache_host, unpinned_nodes
 
 
 def tune_gc() -> None:
@@ -58,6 +61,31 @@ def rendered_exports(settings: Settings) -> dict[str, Any]:
     }
 
 
+def create_cache_host(settings: Settings, secrets: Secrets, socket: str) -> RegistryVm | CacheHost:
+    """The host the caches run on: the Proxmox VM and its firewall (the default), or an existing
+    host, prepared. Both give ``ssh`` (pinned), ``ready`` (the step the caches depend on),
+    ``vm_id``, ``address`` and ``host_public_key``."""
+    if settings.host is not None:
+        return CacheHost("cache-host", CacheHostArgs(settings=settings, agent_socket=socket))
+    assert settings.vm is not None and secrets.proxmox_api_token is not None  # load checked
+    registry_vm = RegistryVm(
+        "registry-vm",
+        RegistryVmArgs(
+            settings=settings,
+            api_token=pulumi.Output.secret(secrets.proxmox_api_token.get_secret_value()),
+            agent_socket=socket,
+        ),
+    )
+    RegistryFirewall(
+        "registry-firewall",
+        provider=registry_vm.provider,
+        node_name=settings.vm.proxmox_node,
+        vm_id=registry_vm.vm_id,
+        settings=settings,
+    )
+    return registry_vm
+
+
 def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     """Validate, read every node, then register everything. ``runner`` runs a node step (the
     probe) and defaults to the system ssh client with the operator's agent; tests pass their own.
@@ -71,6 +99,9 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     # Before any resource: the engine starts creating resources as soon as they are registered,
     # so a node that does not answer must stop the program before the first one. Nothing is sent
     # to a node whose host key is not pinned (README "Trust model").
+    unpinned_host = unpinned_cache_host(settings, pulumi.get_stack())
+    if unpinned_host:
+        raise pulumi.RunError(f"{unpinned_host[0]} (nothing was changed)")
     unpinned = unpinned_nodes(settings.nodes, pulumi.get_stack())
     if unpinned:
         raise pulumi.RunError(
@@ -95,21 +126,7 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     for line in warnings:
         pulumi.log.warn(line)
 
-    registry_vm = RegistryVm(
-        "registry-vm",
-        RegistryVmArgs(
-            settings=settings,
-            api_token=pulumi.Output.secret(secrets.proxmox_api_token.get_secret_value()),
-            agent_socket=socket,
-        ),
-    )
-    RegistryFirewall(
-        "registry-firewall",
-        provider=registry_vm.provider,
-        node_name=settings.vm.proxmox_node,
-        vm_id=registry_vm.vm_id,
-        settings=settings,
-    )
+    cache_host = create_cache_host(settings, secrets, socket)
     credentials = pulumi.Output.secret(
         {
             host: {"username": c.username, "password": c.password.get_secret_value()}
@@ -119,8 +136,8 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     mirrors = RegistryMirrors(
         "registry-mirrors",
         settings=settings,
-        ssh=registry_vm.ssh,
-        ready=registry_vm.ready,
+        ssh=cache_host.ssh,
+        ready=cache_host.ready,
         credentials=credentials,
     )
     nodes = ContainerdMirrors(
@@ -128,14 +145,15 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     )
 
     exports: dict[str, pulumi.Output[Any]] = {
+        # The same shape in both modes: an existing host has no vmId or proxmoxNode (null).
         "registryVm": pulumi.Output.all(
-            registry_vm.vm_id, registry_vm.address, registry_vm.host_public_key
+            cache_host.vm_id, cache_host.address, cache_host.host_public_key
         ).apply(
             lambda values: {
                 "vmId": values[0],
                 "address": values[1],
-                "sshUser": settings.vm.ssh_user,
-                "proxmoxNode": settings.vm.proxmox_node,
+                "sshUser": settings.cache_host.ssh_user,
+                "proxmoxNode": settings.vm.proxmox_node if settings.vm is not None else None,
                 # scripts/verify.py compares the cache disk's usage against it.
                 "diskUsageThresholdPercent": settings.registry.disk_usage_threshold_percent,
                 # verify.py reports each cache's size against it (bytes).

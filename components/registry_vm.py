@@ -59,7 +59,7 @@ class RegistryVm(pulumi.ComponentResource):
         super().__init__("registry-mirrors:vm:RegistryVm", name, None, opts)
         self._name = name
         self._settings = args.settings
-        vm = args.settings.vm
+        vm = args.settings.created_vm
         self.provider = self._create_provider(args)
         self.host_key = self._create_host_key()
         # Secret: the private key. Only its public half leaves as a plain value.
@@ -121,13 +121,13 @@ class RegistryVm(pulumi.ComponentResource):
         return pulumi.ResourceOptions(parent=self, provider=self.provider, **kwargs)
 
     def _create_provider(self, args: RegistryVmArgs) -> proxmox.Provider:
-        proxmox_settings = args.settings.proxmox
+        proxmox_settings = args.settings.proxmox_api
         ssh = proxmox_settings.ssh
         nodes = None
         if ssh.node_address:
             nodes = [
                 proxmox.ProviderSshNodeArgs(
-                    name=args.settings.vm.proxmox_node, address=ssh.node_address
+                    name=args.settings.created_vm.proxmox_node, address=ssh.node_address
                 )
             ]
         return proxmox.Provider(
@@ -160,7 +160,7 @@ class RegistryVm(pulumi.ComponentResource):
         )
 
     def _create_vendor_data(self) -> proxmox.FileLegacy:
-        vm = self._settings.vm
+        vm = self._settings.created_vm
         return proxmox.FileLegacy(
             f"{self._name}-vendor-data",
             proxmox.FileLegacyArgs(
@@ -177,7 +177,7 @@ class RegistryVm(pulumi.ComponentResource):
         )
 
     def _create_cloud_image(self) -> proxmox.download.File:
-        vm = self._settings.vm
+        vm = self._settings.created_vm
         image = vm.cloud_image
         assert image is not None
         return proxmox.download.File(
@@ -198,7 +198,7 @@ class RegistryVm(pulumi.ComponentResource):
     def _create_vm(
         self, snippet: proxmox.FileLegacy, image: proxmox.download.File | None
     ) -> proxmox.VmLegacy:
-        vm = self._settings.vm
+        vm = self._settings.created_vm
         clone = (
             proxmox.VmLegacyCloneArgs(vm_id=vm.template_vm_id, full=True, datastore_id=vm.datastore)
             if vm.template_vm_id is not None
@@ -275,7 +275,7 @@ class RegistryVm(pulumi.ComponentResource):
         )
 
     def _create_wait(self) -> remote.Command:
-        vm = self._settings.vm
+        vm = self._settings.created_vm
         return remote.Command(
             f"{self._name}-wait-cloud-init",
             remote.CommandArgs(

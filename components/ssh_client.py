@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.plan.node_steps import SSH_FAILURE, Step
-from components.settings import Node
+from components.settings import Node, Settings
 
 # Seconds per SSH dial attempt (pulumi-command retries; the ssh client's ConnectTimeout).
 DIAL_SECONDS = 15
@@ -66,6 +66,18 @@ def unpinned_problem(node: Node, stack: str | None = None) -> str:
         f"node {node.name} ({node.ssh_user}@{node.address}:{node.ssh_port}): no pinned host key "
         f"(nodes[].sshHostPublicKey), so nothing is sent to it; compare and pin its key: {command}"
     )
+
+
+def unpinned_cache_host(settings: Settings, stack: str | None = None) -> list[str]:
+    """An existing cache host (``host``) without ``sshHostPublicKey``, as one line, like a node."""
+    host = settings.host
+    if host is None or host.ssh_host_public_key:
+        return []
+    command = f"{PIN_TOOL} --stack {stack or '<stack>'} --vm"
+    return [
+        f"host ({host.ssh_user}@{host.address}:22): no pinned host key (host.sshHostPublicKey), "
+        f"so nothing is sent to it; compare and pin its key: {command}"
+    ]
 
 
 def unpinned_nodes(nodes: Sequence[Node], stack: str | None = None) -> list[str]:

@@ -13,10 +13,12 @@ and, once you confirm, writes the keys into the stack file (comments and layout 
     python scripts/pin_host_keys.py --stack dev --yes           # for scripts: no question
     python scripts/pin_host_keys.py --stack dev --repin k8s-dev-worker-1   # a reinstalled node
     python scripts/pin_host_keys.py --stack prod --vm           # upgrade: the VM's current key
+    python scripts/pin_host_keys.py --stack edge --vm           # an existing cache host (host:)
 
 Already pinned nodes are checked: `ok`, or `MISMATCH` (exit 1, nothing written for that node
 unless it is named with --repin). `--vm` pins vm.sshHostPublicKey: only for a registry VM made
-before the program generated its own host key (README "Trust model": upgrading). Exit 0 when
+before the program generated its own host key (README "Trust model": upgrading); with a `host:`
+section (an existing cache host) it pins host.sshHostPublicKey, the host's own key. Exit 0 when
 every host is pinned and matches, 1 when one does not answer or does not match, 2 on bad input.
 """
 
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--vm", action="store_true",
-        help="also pin vm.sshHostPublicKey (a VM made before the program generated its key)",
+        help="also pin the cache host's key: vm.sshHostPublicKey (a VM made before the program"
+        " generated its key) or host.sshHostPublicKey (an existing cache host)",
     )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per host")
     args = parser.parse_args(argv)

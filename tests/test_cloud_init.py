@@ -22,14 +22,14 @@ HOST_KEY = generate_host_key()
 
 
 def test_ipconfig0_is_proxmox_static_form():
-    assert ipconfig0(sample_settings().vm) == "ip=10.0.20.10/24,gw=10.0.20.1"
+    assert ipconfig0(sample_settings().created_vm) == "ip=10.0.20.10/24,gw=10.0.20.1"
 
 
 def test_ipconfig0_follows_settings():
     raw = sample_raw()
     raw["vm"].update(address="192.168.7.40/23", gateway="192.168.6.1")
     raw["nodes"] = []
-    assert ipconfig0(load_settings(raw).vm) == "ip=192.168.7.40/23,gw=192.168.6.1"
+    assert ipconfig0(load_settings(raw).created_vm) == "ip=192.168.7.40/23,gw=192.168.6.1"
 
 
 def test_vendor_data_installs_docker_and_prepares_registry_dirs():

@@ -174,7 +174,7 @@ def test_a_foreign_wildcard_becomes_default_and_follows_our_cache() -> None:
     nexus = "https://nexus.corp.example:8443"
     wildcard = MigratedRegistry(
         host="_default",
-        endpoints=(nexus, f"http://{settings.vm.ip}:5000"),
+        endpoints=(nexus, f"http://{settings.cache_host.address}:5000"),
         endpoint_tls=((nexus, TlsSettings(ca=("/etc/ssl/corp.pem",))),),
     )
     own_ghcr = MigratedRegistry(host="ghcr.io", endpoints=("http://ghcr-mirror.example",))
@@ -187,5 +187,7 @@ def test_a_foreign_wildcard_becomes_default_and_follows_our_cache() -> None:
     assert list(docker["host"]) == [settings.endpoint(settings.upstreams[0]), nexus]
     # ghcr.io had a mirror of its own: under `mirrors` the wildcard never applied to it.
     assert nexus not in tomllib.loads(files["ghcr.io"])["host"]
-    ours_only = MigratedRegistry(host="_default", endpoints=(f"http://{settings.vm.ip}:5000",))
+    ours_only = MigratedRegistry(
+        host="_default", endpoints=(f"http://{settings.cache_host.address}:5000",)
+    )
     assert "_default" not in render_node_hosts(settings, [], "2.1.9", ours_only)

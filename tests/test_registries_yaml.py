@@ -256,7 +256,7 @@ def _as_text(document: dict[str, Any], flow: bool) -> str:
 
 
 def _at_vm(endpoint: str) -> bool:
-    return endpoint.split("://")[-1].split("/")[0].rsplit(":", 1)[0] == SETTINGS.vm.ip
+    return endpoint.split("://")[-1].split("/")[0].rsplit(":", 1)[0] == SETTINGS.cache_host.address
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

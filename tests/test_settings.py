@@ -64,7 +64,12 @@ BAD_INPUTS = [
     ("dns-not-ip", {"vm.dnsServers": ["dns.lan"]}, "vm.dnsServers", "IP"),
     ("vm-typo", {"vm.adress": "10.0.20.10/24"}, "vm.adress", "unknown key"),
     ("top-level-typo", {"upstream": []}, "upstream", "unknown key"),
-    ("missing-vm", {"vm": _DELETE}, "vm", "required key is missing"),
+    (
+        "missing-vm",
+        {"vm": _DELETE},
+        "vm",
+        "vm: required with proxmox (or replace proxmox with host",
+    ),
     ("missing-node-name", {"vm.proxmoxNode": _DELETE}, "vm.proxmoxNode", "required"),
     ("endpoint-http", {"proxmox.endpoint": "http://pve:8006"}, "proxmox.endpoint", "https://"),
     ("port-range", {"upstreams": [{**UP[0], "port": 70000}]}, "upstreams[0].port", "65535"),

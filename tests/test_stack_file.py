@@ -141,9 +141,14 @@ BROKEN_FILES: list[tuple[str, bytes, list[str]]] = [
         HAND_WRITTEN.replace("vmId: 210", "vmId 210").encode(),
         ["{file}:8:5:", "expected ':'"],
     ),
-    ("empty-file", b"", ["proxmox: required key is missing", "vm: required key is missing"]),
-    ("comments-only", b"# nothing yet\n", ["proxmox: required key is missing"]),
-    ("config-null", b"config:\n", ["vm: required key is missing"]),
+    # No cache host at all: one line naming both ways to have one.
+    (
+        "empty-file",
+        b"",
+        ["vm: required with proxmox (the cache VM the program creates), or set host"],
+    ),
+    ("comments-only", b"# nothing yet\n", ["vm: required with proxmox"]),
+    ("config-null", b"config:\n", ["vm: required with proxmox"]),
     (
         "unknown-top-level",
         b"confg:\n  registry-mirrors:vm: {}\n",

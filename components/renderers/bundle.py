@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import json
 
-from components.renderers.cloud_init import HOST_KEY_PLACEHOLDER, ipconfig0, render_vendor_data
+from components.renderers.cloud_init import (
+    HOST_KEY_PLACEHOLDER,
+    host_state,
+    ipconfig0,
+    render_host_manifest,
+    render_vendor_data,
+)
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.registry_config import registry_summary, render_registry_files
@@ -19,16 +25,28 @@ from components.settings import Settings
 def summary(settings: Settings) -> dict:
     """Resolved settings without secrets (``summary.json``)."""
     vm = settings.vm
+    cache_host: dict[str, dict] = (
+        {
+            "vm": {
+                "name": vm.name,
+                "vmId": vm.vm_id,
+                "proxmoxNode": vm.proxmox_node,
+                "address": vm.ip,
+                "prefix": vm.prefix,
+                "gateway": vm.gateway,
+                "ipconfig0": ipconfig0(vm),
+            }
+        }
+        if vm is not None
+        else {
+            "host": {
+                "address": settings.cache_host.address,
+                "sshUser": settings.cache_host.ssh_user,
+            }
+        }
+    )
     return {
-        "vm": {
-            "name": vm.name,
-            "vmId": vm.vm_id,
-            "proxmoxNode": vm.proxmox_node,
-            "address": vm.ip,
-            "prefix": vm.prefix,
-            "gateway": vm.gateway,
-            "ipconfig0": ipconfig0(vm),
-        },
+        **cache_host,
         "upstreams": [
             {
                 "host": upstream.host,
@@ -75,10 +93,20 @@ def containerd_export(settings: Settings) -> dict:
 
 def render_bundle(settings: Settings) -> dict[str, str]:
     """Relative path -> file text."""
-    files = {
-        "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
-        # The host key is made by `pulumi up` and kept secret: a placeholder stands in for it.
-        "registry-vm/vendor-data.yaml": render_vendor_data(settings, HOST_KEY_PLACEHOLDER),
+    if settings.vm is not None:
+        files = {
+            "registry-vm/ipconfig0.txt": ipconfig0(settings.vm) + "\n",
+            # The host key is made by `pulumi up` and kept secret: a placeholder stands in for it.
+            "registry-vm/vendor-data.yaml": render_vendor_data(settings, HOST_KEY_PLACEHOLDER),
+        }
+    else:
+        # What scripts/vm/prepare-host.sh gets on stdin (no secret in it: the host keeps its key).
+        files = {
+            "cache-host/prepare-host.manifest": render_host_manifest(
+                host_state(settings, created=False)
+            )
+        }
+    files |= {
         "summary.json": json.dumps(summary(settings), indent=2) + "\n",
         "nodes/registries.yaml": render_registries_yaml(settings),
         "nodes/talos-patch.yaml": render_talos_patch(settings),

@@ -1,4 +1,9 @@
-"""cloud-init for the registry VM: the Proxmox ipconfig0 string and the vendor-data snippet.
+"""cloud-init for the registry VM: the Proxmox ipconfig0 string and the vendor-data snippet; and
+the same desired state for an existing cache host (``host`` mode: scripts/vm/prepare-host.sh).
+
+``host_state`` is the one list of what a cache host has (packages, files, services, directories,
+the docker group): the vendor-data is rendered from it, and so is the manifest prepare-host.sh
+reads on an existing host. What only the Proxmox VM gets is a table (``VM_ONLY_*``) beside it.
 
 The address is static on purpose: every node's hosts.toml names the VM by IP, so a DHCP lease
 that moves breaks every mirror at once. The user and SSH keys travel through Proxmox's own
@@ -15,8 +20,10 @@ controls the VM's disk anyway); everywhere else it is a secret, and ``scripts/re
 
 from __future__ import annotations
 
+import base64
 import json
 import shlex
+from dataclasses import dataclass
 
 import yaml
 
@@ -55,9 +62,83 @@ def ipconfig0(vm: VmSettings) -> str:
     return f"ip={vm.ip}/{vm.prefix},gw={vm.gateway}"
 
 
-def vendor_data(settings: Settings, host_key: HostKey) -> dict:
+@dataclass(frozen=True)
+class HostFile:
+    path: str
+    mode: str
+    content: str
+    # A running unit that reads this file only at start (an existing host: prepare-host.sh
+    # restarts it when the file changed; at a VM's first boot it is not running yet).
+    restarts: str | None = None
+
+
+@dataclass(frozen=True)
+class HostState:
+    """What every cache host has before the caches run, in the order cloud-init applies it."""
+
+    files: tuple[HostFile, ...]
+    packages: tuple[str, ...]
+    services: tuple[str, ...]  # enabled and started
+    directories: tuple[str, ...]  # mode 0755, root's
+    docker_user: str  # in the docker group: pulumi-docker's ssh:// transport logs in as it
+
+
+# The Proxmox guest agent talks through the virtio-serial channel Proxmox adds with `agent: 1`
+# (the VM resource enables it); on any other host its unit waits for a device that never appears.
+VM_ONLY_PACKAGES = ("qemu-guest-agent",)
+VM_ONLY_SERVICES = ("qemu-guest-agent",)
+
+
+def host_state(settings: Settings, *, created: bool) -> HostState:
+    """The cache host's desired state. ``created``: the Proxmox VM the program creates (with the
+    VM-only parts); False: an existing host."""
     registry_dirs = [f"/etc/docker-registry/{u.container}" for u in settings.upstreams]
     data_dirs = [f"/var/lib/registry/{u.container}" for u in settings.upstreams]
+    packages = ("docker.io", "apparmor", "ca-certificates", "qemu-guest-agent", "cron",
+                "util-linux", "curl")  # fmt: skip
+    services = ("qemu-guest-agent", "docker", "cron")
+    if not created:
+        packages = tuple(p for p in packages if p not in VM_ONLY_PACKAGES)
+        services = tuple(s for s in services if s not in VM_ONLY_SERVICES)
+    return HostState(
+        files=(
+            # An appliance gets exactly the packages it needs. With apt's default, Recommends add
+            # ~40 more at first boot (git and perl from docker.io, an exim4 mail daemon from
+            # cron, needrestart): minutes in the VM tier's QEMU. apparmor is named in `packages`:
+            # Docker loads its default container profile with it. A file, not cloud-init's `apt:`
+            # key: that key makes cloud-init rewrite the image's apt sources.
+            HostFile(APT_NO_RECOMMENDS, "0644", 'APT::Install-Recommends "false";\n'),
+            HostFile(
+                "/etc/docker/daemon.json",
+                "0644",
+                json.dumps(DOCKER_DAEMON_CONFIG, indent=2) + "\n",
+                restarts="docker",
+            ),
+        ),
+        packages=packages,
+        services=services,
+        directories=("/etc/docker-registry", *registry_dirs, "/var/lib/registry", *data_dirs),
+        docker_user=settings.cache_host.ssh_user,
+    )
+
+
+def render_host_manifest(state: HostState) -> str:
+    """``host_state`` as scripts/vm/prepare-host.sh reads it on stdin: one item per line, fields
+    separated by spaces, file contents base64 (no quoting to get wrong in a shell)."""
+    lines = ["# registry-mirrors cache host manifest 1"]
+    for item in state.files:
+        content = base64.b64encode(item.content.encode()).decode()
+        lines.append(f"file {item.mode} {item.path} {content} {item.restarts or '-'}")
+    lines += [f"package {name}" for name in state.packages]
+    lines += [f"service {name}" for name in state.services]
+    lines += [f"directory {path}" for path in state.directories]
+    lines.append(f"docker-user {state.docker_user}")
+    return "\n".join(lines) + "\n"
+
+
+def vendor_data(settings: Settings, host_key: HostKey) -> dict:
+    state = host_state(settings, created=True)
+    first_dirs = state.directories.index("/var/lib/registry")
     return {
         # cc_ssh (cloud-init 22.4): deletes the image's host keys (ssh_deletekeys), writes exactly
         # this pair and, because ssh_keys is given, generates no other type: sshd's only host key
@@ -66,31 +147,10 @@ def vendor_data(settings: Settings, host_key: HostKey) -> dict:
         "ssh_keys": {"ed25519_private": host_key.private, "ed25519_public": host_key.public},
         "bootcmd": [REMOVE_IMAGE_DHCP],
         "package_update": True,
-        "packages": [
-            "docker.io",
-            "apparmor",
-            "ca-certificates",
-            "qemu-guest-agent",
-            "cron",
-            "util-linux",
-            "curl",
-        ],
+        "packages": list(state.packages),
         "write_files": [
-            # An appliance gets exactly the packages it needs. With apt's default, Recommends add
-            # ~40 more at first boot (git and perl from docker.io, an exim4 mail daemon from cron,
-            # needrestart): minutes in the VM tier's QEMU. apparmor is named in `packages`:
-            # Docker loads its default container profile with it. A file, not the `apt:` key:
-            # that key makes cloud-init rewrite the image's apt sources.
-            {
-                "path": APT_NO_RECOMMENDS,
-                "permissions": "0644",
-                "content": 'APT::Install-Recommends "false";\n',
-            },
-            {
-                "path": "/etc/docker/daemon.json",
-                "permissions": "0644",
-                "content": json.dumps(DOCKER_DAEMON_CONFIG, indent=2) + "\n",
-            },
+            {"path": item.path, "permissions": item.mode, "content": item.content}
+            for item in state.files
         ],
         "runcmd": [
             # cloud-init runs these as one /bin/sh script and judges it by its LAST command: a
@@ -98,14 +158,13 @@ def vendor_data(settings: Settings, host_key: HostKey) -> dict:
             # as success. With -e the first failure fails the module, which cloud-init status
             # and scripts/vm/wait-cloud-init.sh report.
             "set -e",
-            # Needs the virtio-serial channel Proxmox adds with `agent: 1` (the VM resource
-            # enables it): without it this unit waits for a device that never appears.
-            "systemctl enable --now qemu-guest-agent",
-            "systemctl enable --now docker",
-            "systemctl enable --now cron",
-            shlex.join(["install", "-d", "-m", "0755", "/etc/docker-registry", *registry_dirs]),
-            shlex.join(["install", "-d", "-m", "0755", "/var/lib/registry", *data_dirs]),
-            shlex.join(["usermod", "-aG", "docker", settings.vm.ssh_user]),
+            # qemu-guest-agent first: it needs the virtio-serial channel Proxmox adds with
+            # `agent: 1` (the VM resource enables it), without which its unit waits for a
+            # device that never appears.
+            *(f"systemctl enable --now {service}" for service in state.services),
+            shlex.join(["install", "-d", "-m", "0755", *state.directories[:first_dirs]]),
+            shlex.join(["install", "-d", "-m", "0755", *state.directories[first_dirs:]]),
+            shlex.join(["usermod", "-aG", "docker", state.docker_user]),
         ],
     }
 

@@ -157,7 +157,7 @@ def foreign_wildcard(
     its own cache)."""
     if wildcard is None:
         return (), ()
-    vm = settings.vm.ip.lower()
+    vm = settings.cache_host.address.lower()
     foreign, ours = [], []
     for entry in _entries_of(wildcard, set()):
         host = re.sub(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", "", entry.url).split("/")[0]

@@ -228,7 +228,7 @@ def merge_registries_yaml(existing: str | None, settings: Settings) -> Registrie
 
     ours = {settings.endpoint(u): u for u in settings.upstreams}
     our_netlocs = {_cache_netloc(url): url for url in ours}
-    vm_host = settings.vm.ip
+    vm_host = settings.cache_host.address
 
     mirrors = data.get("mirrors")
     if mirrors is None:

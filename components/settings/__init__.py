@@ -4,7 +4,7 @@ Pure: no ``import pulumi`` here (tests and ``scripts/render.py`` use it without 
 Keys in stack config are camelCase (``vmId``); Python attributes are snake_case.
 Unknown keys are errors: Distribution and containerd silently ignore typos, so we must not.
 
-One module per section (``proxmox``, ``vm``, ``upstreams``, ``registry``, ``nodes``,
+One module per section (``proxmox``, ``vm``, ``host``, ``upstreams``, ``registry``, ``nodes``,
 ``containerd``, ``node_access``, ``secrets``); the value checks they share in ``checks``; how a
 problem is shown in ``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays
 out the GC and restart slots (checked here, rendered by the maintenance cron file); ``load`` is
@@ -15,8 +15,9 @@ The names other modules use are imported from here.
 from components.settings.checks import check_cron_field, check_host_key
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SHOWN_LENGTH, SettingsError, key_text, secret_name, shown
+from components.settings.host import HostSettings
 from components.settings.load import SECRET_KEYS, SECTIONS, load_secrets, load_settings
-from components.settings.model import Settings
+from components.settings.model import CacheHost, Settings
 from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSettings
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings, ProxmoxSsh
@@ -41,9 +42,11 @@ __all__ = [
     "SECRET_KEYS",
     "SECTIONS",
     "SHOWN_LENGTH",
+    "CacheHost",
     "CloudImage",
     "ContainerdSettings",
     "GcSchedule",
+    "HostSettings",
     "Node",
     "NodeAccessSettings",
     "ProxmoxSettings",

@@ -109,8 +109,10 @@ def _budgets(
     threshold_percent: int,
     registry_budget: Any,
     upstream_budgets: Sequence[Any],
+    disk_key: str = "vm.diskGb",
 ) -> tuple[list[int], list[str]]:
-    """Bytes per cache (in upstream order) and the problems, each naming its key."""
+    """Bytes per cache (in upstream order) and the problems, each naming its key (``disk_key``:
+    the cache host's disk, vm.diskGb or host.diskGb)."""
     problems: list[str] = []
 
     def parsed(key: str, value: Any) -> int | None:
@@ -123,7 +125,7 @@ def _budgets(
         if size > disk_bytes:
             problems.append(
                 f"{key}: {shown(value)} is more than the whole disk "
-                f"(vm.diskGb = {disk_bytes // GIB} GiB)"
+                f"({disk_key} = {disk_bytes // GIB} GiB)"
             )
             return None
         return size
@@ -145,7 +147,7 @@ def _budgets(
             return [], [
                 f"{set_keys}: together they leave the {len(shared)} other cache(s) less than "
                 f"{MIN_BUDGET_BYTES // 1024**2}MiB each of the "
-                f"{default_pool_percent(threshold_percent)}% of vm.diskGb the caches share by "
+                f"{default_pool_percent(threshold_percent)}% of {disk_key} the caches share by "
                 "default: set registry.cacheBudget or lower these"
             ]
         each = pool // len(shared) if shared else 0
@@ -154,7 +156,7 @@ def _budgets(
         keys = "registry.cacheBudget" if common is not None else "upstreams[].cacheBudget"
         problems.append(
             f"{keys}: the caches' budgets add up to {sum(sizes) / GIB:.1f} GiB, more than the "
-            f"disk (vm.diskGb = {disk_bytes // GIB} GiB): the disk would fill before any cache "
+            f"disk ({disk_key} = {disk_bytes // GIB} GiB): the disk would fill before any cache "
             "reached its budget"
         )
     return sizes, problems
@@ -162,7 +164,8 @@ def _budgets(
 
 def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any]]) -> list[str]:
     """Cross-key checks on raw config (budgets against vm.diskGb and each other)."""
-    disk_gb = _get(_get(raw, "vm"), "diskGb")
+    section = "host" if _get(raw, "host") is not None else "vm"
+    disk_gb = _get(_get(raw, section), "diskGb")
     registry = _get(raw, "registry")
     threshold = _get(registry, "diskUsageThresholdPercent")
     if disk_gb is None:
@@ -178,6 +181,7 @@ def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any
         threshold,
         _get(registry, "cacheBudget"),
         [_get(u, "cacheBudget") for u in upstreams],
+        f"{section}.diskGb",
     )
     return problems
 
@@ -185,7 +189,7 @@ def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any
 def cache_budgets(settings: Any) -> dict[str, int]:
     """Container name -> budget in bytes, for every upstream (settings already validated)."""
     sizes, problems = _budgets(
-        settings.vm.disk_gb * GIB,
+        settings.cache_host.disk_gb * GIB,
         settings.registry.disk_usage_threshold_percent,
         settings.registry.cache_budget,
         [u.cache_budget for u in settings.upstreams],

@@ -19,7 +19,7 @@ from components.settings.model import Settings, _cross_problems
 from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
-SECTIONS = ("proxmox", "vm", "upstreams", "registry", "nodes", "containerd", "nodeAccess")
+SECTIONS = ("proxmox", "vm", "host", "upstreams", "registry", "nodes", "containerd", "nodeAccess")
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 
@@ -69,6 +69,14 @@ def load_secrets(raw: Mapping[str, Any], settings: Settings) -> Secrets:
                 message = unknown_key(item["loc"][-1], ["username", "password"])
             problems.append(f"{location}: {message}")  # never the value: it is a secret
         raise SettingsError(problems) from None
+    if settings.proxmox is not None and secrets.proxmox_api_token is None:
+        raise SettingsError(
+            ["proxmoxApiToken: required secret is missing (pulumi config set --secret ...)"]
+        )
+    if settings.proxmox is None and secrets.proxmox_api_token is not None:
+        raise SettingsError(
+            ["proxmoxApiToken: not used with host (an existing cache host): remove it"]
+        )
     hosts = {u.host for u in settings.upstreams}
     unknown = [
         f"upstreamCredentials.{key_text(host)}: no upstream with this host is configured"

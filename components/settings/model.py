@@ -1,11 +1,16 @@
 """``Settings``: the sections of one stack together, and the checks that span sections
-(addresses against the VM's subnet, ports and names that must be unique)."""
+(the cache host's mode, addresses against the VM's subnet, ports and names that must be unique).
+
+Two ways to have a cache host, one model: ``proxmox`` + ``vm`` (the default: the program creates
+the VM) or ``host`` (an existing Debian/Ubuntu host the program prepares). Everything after the
+host exists reads ``Settings.cache_host``, whichever mode."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Self
 
 from pydantic import Field, model_validator
@@ -14,6 +19,7 @@ from components.settings.budget import budget_problems
 from components.settings.checks import _Model
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SettingsError, key_text, shown
+from components.settings.host import HostSettings
 from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSettings
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings
@@ -22,11 +28,33 @@ from components.settings.upstreams import DEFAULT_UPSTREAMS, Upstream
 from components.settings.vm import VmSettings
 
 
+@dataclass(frozen=True)
+class CacheHost:
+    """Where the caches run: the VM's static address, or the existing host's."""
+
+    address: str
+    ssh_user: str
+    disk_gb: int
+    # True: the Proxmox VM the program creates (vm); False: an existing host (host).
+    created: bool
+    # The existing host's own key (always pinned); on the VM, the key it presents before the
+    # program's own is installed (vm.sshHostPublicKey, usually unset).
+    ssh_host_public_key: str | None
+
+
 class Settings(_Model):
     """Everything one stack needs, except secrets."""
 
-    proxmox: ProxmoxSettings
-    vm: VmSettings
+    proxmox: ProxmoxSettings | None = Field(
+        default=None, description="The Proxmox VE API (with vm; not with host)."
+    )
+    vm: VmSettings | None = Field(
+        default=None, description="The cache VM the program creates (with proxmox; not with host)."
+    )
+    host: HostSettings | None = Field(
+        default=None,
+        description="An existing cache host the program prepares instead (not with proxmox/vm).",
+    )
     upstreams: list[Upstream] = Field(
         default_factory=lambda: list(DEFAULT_UPSTREAMS), min_length=1, description="Upstreams."
     )
@@ -42,11 +70,36 @@ class Settings(_Model):
             raise SettingsError(problems)
         return self
 
+    @property
+    def created_vm(self) -> VmSettings:
+        """``vm``, where only the VM mode leads (the VM component, its firewall, their tests)."""
+        if self.vm is None:
+            raise ValueError("no vm section: this stack's caches run on host (an existing host)")
+        return self.vm
+
+    @property
+    def proxmox_api(self) -> ProxmoxSettings:
+        """``proxmox``, where only the VM mode leads."""
+        if self.proxmox is None:
+            raise ValueError("no proxmox section: this stack's caches run on host")
+        return self.proxmox
+
+    @property
+    def cache_host(self) -> CacheHost:
+        if self.host is not None:
+            host = self.host
+            return CacheHost(
+                host.address, host.ssh_user, host.disk_gb, False, host.ssh_host_public_key
+            )
+        vm = self.vm
+        assert vm is not None  # the cross checks made sure of one mode
+        return CacheHost(vm.ip, vm.ssh_user, vm.disk_gb, True, vm.ssh_host_public_key)
+
     def endpoint(self, upstream: Upstream) -> str:
-        return f"http://{self.vm.ip}:{upstream.port}"
+        return f"http://{self.cache_host.address}:{upstream.port}"
 
     def metrics_url(self, upstream: Upstream) -> str:
-        return f"http://{self.vm.ip}:{upstream.resolved_metrics_port}/metrics"
+        return f"http://{self.cache_host.address}:{upstream.resolved_metrics_port}/metrics"
 
     @property
     def allowed_cidrs(self) -> list[str]:
@@ -73,7 +126,7 @@ def _int_or_none(value: Any) -> int | None:
 def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
     """Checks that span keys. Works on raw config so they run even when a field is invalid:
     the user sees every problem in one go."""
-    problems: list[str] = []
+    problems: list[str] = _mode_problems(raw)
     vm = _get(raw, "vm", {})
     address = _get(vm, "address")
     interface = None
@@ -111,7 +164,7 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
                 )
             elif interface is not None and gateway == interface.ip:
                 problems.append(f"vm.gateway: {shown(gateway_raw)} is the VM's own address")
-    if isinstance(vm, Mapping):
+    if isinstance(vm, Mapping) and _get(raw, "vm") is not None:
         sources = [k for k in ("templateVmId", "cloudImage") if _get(vm, k) is not None]
         if len(sources) != 1:
             got = "neither" if not sources else "both"
@@ -167,6 +220,13 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
                     f"nodes[{index}].address: {shown(_get(node, 'address'))}"
                     " is the registry VM's own address"
                 )
+    host_address = _get(_get(raw, "host"), "address")
+    if isinstance(host_address, str):
+        for index, node in enumerate(nodes):
+            if _get(node, "address") == host_address:
+                problems.append(
+                    f"nodes[{index}].address: {shown(host_address)} is the cache host's own address"
+                )
     problems += _node_access_problems(raw, vm, nodes)
     return problems
 
@@ -204,6 +264,29 @@ def _key_blob(key: Any) -> str | None:
     """The base64 part of a public key line (None when it is not one)."""
     parts = key.split() if isinstance(key, str) else []
     return parts[1] if len(parts) > 1 else None
+
+
+def _mode_problems(raw: Mapping[str, Any]) -> list[str]:
+    """Exactly one cache host: ``host``, or ``proxmox`` with ``vm``. One line, naming the key."""
+    present = [key for key in ("host", "proxmox", "vm") if _get(raw, key) is not None]
+    if "host" in present and len(present) > 1:
+        others = " and ".join(key for key in present if key != "host")
+        return [
+            f"host: an existing cache host replaces the VM the program creates: remove {others} "
+            "(or remove host to keep the Proxmox VM)"
+        ]
+    if "host" in present:
+        return []
+    if not present:
+        return [
+            "vm: required with proxmox (the cache VM the program creates), or set host "
+            "(an existing cache host) instead"
+        ]
+    if "vm" not in present:
+        return ["vm: required with proxmox (or replace proxmox with host: an existing cache host)"]
+    if "proxmox" not in present:
+        return ["proxmox: required with vm (or replace vm with host: an existing cache host)"]
+    return []
 
 
 def _duplicates(section: str, key: str, values: list[Any]) -> list[str]:

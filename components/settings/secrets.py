@@ -17,8 +17,9 @@ class UpstreamCredentials(_Model):
 class Secrets(_Model):
     """Secret config, read as Pulumi secrets. Never rendered, logged or put into cloud-init."""
 
-    proxmox_api_token: SecretStr = Field(
-        description="Proxmox API token: 'USER@REALM!TOKENID=UUID'."
+    proxmox_api_token: SecretStr | None = Field(
+        default=None,
+        description="Proxmox API token: 'USER@REALM!TOKENID=UUID' (with proxmox; not with host).",
     )
     upstream_credentials: dict[str, UpstreamCredentials] = Field(
         default_factory=dict, description="Per upstream host: {username, password}."
@@ -26,7 +27,9 @@ class Secrets(_Model):
 
     @field_validator("proxmox_api_token")
     @classmethod
-    def _token(cls, value: SecretStr) -> SecretStr:
-        if not re.match(r"^[^@\s]+@[^!\s]+![^=\s]+=\S+$", value.get_secret_value()):
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not re.match(
+            r"^[^@\s]+@[^!\s]+![^=\s]+=\S+$", value.get_secret_value()
+        ):
             raise ValueError("expected USER@REALM!TOKENID=SECRET (value hidden)")
         return value

@@ -39,7 +39,7 @@ def settings_program(ran: list[bool]) -> Callable[[], None]:
     def run() -> None:
         ran.append(True)
         settings = stack_config.load().settings
-        pulumi.export("vmAddress", settings.vm.address)
+        pulumi.export("cacheHost", settings.cache_host.address)
         pulumi.export("upstreams", [u.host for u in settings.upstreams])
         pulumi.export("nodes", [n.address for n in settings.nodes])
         pulumi.export(
@@ -85,7 +85,7 @@ def test_the_cli_accepts_each_stack_and_the_program_reads_it_whole(
     written = repo_stack_config(stack)
     outputs = {key: value.value for key, value in engine_stack.stack.outputs().items()}
     vm = written[f"{PROJECT}:vm"]
-    assert outputs["vmAddress"] == vm["address"]
+    assert outputs["cacheHost"] == vm["address"].split("/")[0]
     assert outputs["nodes"] == [n["address"] for n in written[f"{PROJECT}:nodes"]]
     upstreams = written.get(f"{PROJECT}:upstreams")
     expected = [u["host"] for u in upstreams] if upstreams else [
@@ -106,16 +106,8 @@ def engine_stack_env(engine_stack: Any) -> dict[str, str]:
             lambda c: c.__setitem__(f"{PROJECT}:nodes", "k8s-dev-cp-1"),
             f"Stack 'dev' with configuration key '{PROJECT}:nodes' must be of type 'array<object>'",
         ),
-        (
-            lambda c: c.__setitem__(f"{PROJECT}:vm", ["registry-dev"]),
-            f"Stack 'dev' with configuration key '{PROJECT}:vm' must be of type 'object'",
-        ),
-        (
-            lambda c: c.pop(f"{PROJECT}:vm"),
-            f"Stack 'dev' is missing configuration value '{PROJECT}:vm'",
-        ),
     ],
-    ids=["nodes-not-a-list", "vm-not-an-object", "vm-missing"],
+    ids=["nodes-not-a-list"],
 )
 def test_the_cli_refuses_a_wrongly_typed_stack_before_the_program_runs(
     mistake: Callable[[dict[str, Any]], None], message: str, tmp_path: Path
@@ -132,20 +124,84 @@ def test_the_cli_refuses_a_wrongly_typed_stack_before_the_program_runs(
     assert engine_stack.our_resources() == []
 
 
-def test_the_cli_refuses_the_token_missing_or_in_plain_text(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        (
+            lambda c: c.__setitem__(f"{PROJECT}:vm", ["registry-dev"]),
+            "vm: Input should be a valid dictionary",
+        ),
+        (
+            lambda c: c.pop(f"{PROJECT}:vm"),
+            "vm: required with proxmox (or replace proxmox with host: an existing cache host)",
+        ),
+        (
+            lambda c: c.__setitem__(f"{PROJECT}:host", HOST),
+            "host: an existing cache host replaces the VM the program creates: remove proxmox "
+            "and vm",
+        ),
+    ],
+    ids=["vm-not-an-object", "vm-missing", "host-beside-the-vm"],
+)
+def test_the_program_refuses_a_stack_without_exactly_one_cache_host(
+    mistake: Callable[[dict[str, Any]], None], message: str, tmp_path: Path
+) -> None:
+    """The cache host is `proxmox` + `vm` OR `host`: the CLI cannot require either (Pulumi.yaml
+    declares neither), so the program's first check names the key, before any resource."""
+    engine = require()
+    ran: list[bool] = []
+    work = copy_project(tmp_path)
+    edit_stack_file(work, "dev", mistake)
+    engine_stack = project_stack(engine, tmp_path, "dev", settings_program(ran), work=work)
+    for verb in ("preview", "up"):
+        failure = engine_stack.fails(verb)
+        assert message in failure.text, failure.text[-2000:]
+    assert ran == [True, True]
+    assert engine_stack.our_resources() == []
+
+
+HOST = {
+    "address": "10.0.30.5",
+    "sshUser": "debian",
+    "sshHostPublicKey": "ssh-ed25519 "
+    "AAAAC3NzaC1lZDI1NTE5AAAAIHx0pNnkYbq8R0CkYb8bHf2nHXq0ZfT0Vb6fJp3cS2aD",
+    "diskGb": 200,
+}
+
+
+def test_the_cli_accepts_an_existing_host_stack_without_proxmox_or_token(tmp_path: Path) -> None:
+    """`host` mode through the real CLI: no proxmox, no vm, no proxmoxApiToken, and the
+    program's settings read the host as the cache host."""
+    engine = require()
+    ran: list[bool] = []
+    work = copy_project(tmp_path)
+
+    def to_host(config: dict[str, Any]) -> None:
+        del config[f"{PROJECT}:proxmox"], config[f"{PROJECT}:vm"]
+        config[f"{PROJECT}:host"] = HOST
+
+    edit_stack_file(work, "dev", to_host)
+    engine_stack = project_stack(
+        engine, tmp_path, "dev", settings_program(ran), work=work, token=None
+    )
+    engine_stack.up()
+    assert ran == [True]
+    outputs = {key: value.value for key, value in engine_stack.stack.outputs().items()}
+    assert outputs["cacheHost"] == "10.0.30.5"
+    assert engine_stack.our_resources() == []
+
+
+def test_the_program_refuses_the_token_missing_or_in_plain_text(tmp_path: Path) -> None:
     engine = require()
     ran: list[bool] = []
     engine_stack = project_stack(engine, tmp_path, "dev", settings_program(ran), token=None)
     failure = engine_stack.fails("preview")
-    assert f"Stack 'dev' is missing configuration value '{PROJECT}:proxmoxApiToken'" in failure.text
+    assert "proxmoxApiToken: required secret is missing" in failure.text, failure.text[-2000:]
     engine_stack.set_config({f"{PROJECT}:proxmoxApiToken": "pulumi@pve!registry=plain"})
     failure = engine_stack.fails("preview")
-    assert (
-        f"Stack 'dev' with configuration key '{PROJECT}:proxmoxApiToken' must be encrypted"
-        in failure.text
-    )
+    assert "proxmoxApiToken: must be set as a secret" in failure.text, failure.text[-2000:]
     assert "pulumi@pve!registry=plain" not in failure.text
-    assert ran == []
+    assert ran == [True, True]
 
 
 def test_control_an_optional_key_declared_without_a_default_is_required(tmp_path: Path) -> None:

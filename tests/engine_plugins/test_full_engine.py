@@ -255,7 +255,7 @@ def test_nodes_rollout_no_change_hand_edit_and_destroy(
             + '\n[plugins."io.containerd.grpc.v1.cri".registry.mirrors."docker.io"]\n'
             # Our own cache, as someone re-adding the old wildcard-era entry would write it:
             # the hosts.toml bundle stays the same, only config.toml differs.
-            + f'  endpoint = ["http://{settings.vm.ip}:5000"]\n'
+            + f'  endpoint = ["http://{settings.cache_host.address}:5000"]\n'
         )
         log = stack.preview()
         assert log.changed() == {f"{NAME}-node-2-config": "update"}
@@ -317,12 +317,14 @@ def proxmox_program() -> None:
         "registry-vm",
         RegistryVmArgs(
             settings=settings,
-            api_token=pulumi.Output.secret(secrets_.proxmox_api_token.get_secret_value()),
+            api_token=pulumi.Output.secret(
+                secrets_.proxmox_api_token.get_secret_value() if secrets_.proxmox_api_token else ""
+            ),
             agent_socket=os.environ["SSH_AUTH_SOCK"],
         ),
     )
     RegistryFirewall(
-        "registry-firewall", provider=vm.provider, node_name=settings.vm.proxmox_node,
+        "registry-firewall", provider=vm.provider, node_name=settings.created_vm.proxmox_node,
         vm_id=vm.vm_id, settings=settings,
     )  # fmt: skip
     RegistryMirrors("registry-mirrors", settings=settings, ssh=vm.ssh, ready=vm.ready)
@@ -460,7 +462,7 @@ def test_caches_through_pulumi_docker_in_the_vm_guest(
     with agent_holding(guest_tier.key, tmp_path) as agent:
         ssh = SshTarget(
             host="127.0.0.1",
-            user=settings.vm.ssh_user,
+            user=settings.cache_host.ssh_user,
             agent_socket=agent,
             port=guest_tier.guest.ssh_port,
             host_key=_guest_host_key(guest_tier.guest.ssh_port),

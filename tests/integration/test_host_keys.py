@@ -202,4 +202,29 @@ def test_pin_tool_pins_the_vms_current_key_for_an_upgrade(host: NodeHost, tmp_pa
     assert without.code == 0 and without.stdout == b"", "without --vm the VM is not contacted"
     pinned = run("pin_host_keys", ["--stack-file", str(stack), "--yes", "--vm"])
     assert pinned.code == 0, pinned
-    assert load_stack_settings(stack).vm.ssh_host_public_key == host.host_public_key
+    assert load_stack_settings(stack).created_vm.ssh_host_public_key == host.host_public_key
+
+
+def test_pin_tool_pins_an_existing_cache_hosts_own_key(host: NodeHost, tmp_path: Path) -> None:
+    """``--vm`` on a ``host`` stack: the existing host's own key goes into host.sshHostPublicKey
+    (the test host stands in for it), comments and the rest of the file kept."""
+    stack = tmp_path / "Pulumi.edge.yaml"
+    stack.write_text(
+        "config:\n"
+        "  # the caches run on a small server, not on Proxmox\n"
+        "  registry-mirrors:host:\n"
+        f"    address: {host.node_address}\n"
+        "    sshUser: root\n"
+        "    diskGb: 50\n"
+        "  registry-mirrors:nodes: []\n"
+    )
+    without = run("pin_host_keys", ["--stack-file", str(stack), "--yes"])
+    assert without.code == 0 and without.stdout == b"", "without --vm the host is not contacted"
+    pinned = run("pin_host_keys", ["--stack-file", str(stack), "--yes", "--vm"])
+    assert pinned.code == 0, pinned
+    settings = load_stack_settings(stack)
+    assert settings.host is not None and settings.vm is None
+    assert settings.host.ssh_host_public_key == host.host_public_key
+    assert "# the caches run on a small server" in stack.read_text()
+    checked = run("pin_host_keys", ["--stack-file", str(stack), "--vm"])
+    assert checked.code == 0 and " ok " in checked.stdout.decode(), checked

@@ -34,7 +34,7 @@ def make_seed(stack: StackResources, workdir: Path) -> tuple[dict[str, str], dic
         {file_ids[fid]: inputs["sourceRaw"]["data"] for fid, inputs in stack.files.items()}
     )
     conf = proxmox_seed.proxmox_config(stack.vm, GUEST_MAC, file_ids)
-    files = proxmox_seed.generate_nocloud(conf, stack.settings.vm.vm_id, snippets)
+    files = proxmox_seed.generate_nocloud(conf, stack.settings.created_vm.vm_id, snippets)
     iso = proxmox_seed.commit_cloudinit_disk(files, workdir / "seed", workdir / "seed.iso")
     return conf, files, iso
 
@@ -53,12 +53,18 @@ def boot_stack(
     # The devices Proxmox adds for this config: `agent: enabled=1`, `serial0: socket`.
     shape = BootShape(
         mac=GUEST_MAC,
-        guest_ip=settings.vm.ip,
+        guest_ip=settings.cache_host.address,
         agent_channel=conf.get("agent") == "enabled=1",
         serial_port="serial0" in conf,
     )
     # Every SSH connection of the tier pins the key the program generated for this stack.
     guest = boot_guest(
-        image, workdir / "guest", iso, shape, key, settings.vm.ssh_user, stack.host_key.public
+        image,
+        workdir / "guest",
+        iso,
+        shape,
+        key,
+        settings.cache_host.ssh_user,
+        stack.host_key.public,
     )
     return stack, seed, guest

@@ -92,19 +92,7 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
 
     [vm] = mocks.of_type(VM_TYPE)
     files = {f"{r.name}-id": plain(r.inputs) for r in mocks.of_type(FILE_TYPE)}
-    steps = {
-        r.name: Step(
-            r.name,
-            plain(r.inputs)["create"],
-            plain(r.inputs).get("stdin", ""),
-            tuple(plain(r.inputs).get("triggers") or ()),
-            plain(r.inputs)["connection"].get("hostKey", ""),
-        )
-        for r in mocks.of_type(COMMAND_TYPE)
-    }
-    # Every step the tier runs as pulumi-command would: its connection pins a host key.
-    for r in mocks.of_type(COMMAND_TYPE):
-        assert plain(r.inputs["connection"]).get("hostKey"), f"{r.name}: no hostKey"
+    steps = _steps(mocks)
     containers = {plain(r.inputs)["name"]: plain(r.inputs) for r in mocks.of_type(CONTAINER_TYPE)}
     [image] = mocks.of_type(IMAGE_TYPE)
     [stash] = [r for r in mocks.of_type(STASH) if r.name.endswith("-host-key")]
@@ -120,6 +108,66 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
         plain(image.inputs)["name"],
         HostKey(private, public_key_of(private)),
         docker_ssh_opts,
+    )
+
+
+def _steps(mocks: Any) -> dict[str, Step]:
+    steps = {
+        r.name: Step(
+            r.name,
+            plain(r.inputs)["create"],
+            plain(r.inputs).get("stdin", ""),
+            tuple(plain(r.inputs).get("triggers") or ()),
+            plain(r.inputs)["connection"].get("hostKey", ""),
+        )
+        for r in mocks.of_type(COMMAND_TYPE)
+    }
+    # Every step the tier runs as pulumi-command would: its connection pins a host key.
+    for r in mocks.of_type(COMMAND_TYPE):
+        assert plain(r.inputs["connection"]).get("hostKey"), f"{r.name}: no hostKey"
+    return steps
+
+
+@dataclass(frozen=True)
+class HostResources:
+    """What the program registers for an existing cache host (settings ``host``)."""
+
+    settings: Settings
+    steps: dict[str, Step]
+    containers: dict[str, dict[str, Any]]
+    image: str
+    types: frozenset[str]  # every resource type registered
+
+    def step(self, suffix: str) -> Step:
+        [match] = [step for name, step in self.steps.items() if name.endswith(suffix)]
+        return match
+
+
+def capture_existing_host(settings: Settings) -> HostResources:
+    """The cache half of the program for ``host`` mode, as components.program wires it: the
+    prepare step (CacheHost), then the same RegistryMirrors as on the VM."""
+    from components.program import create_cache_host
+    from components.settings import Secrets
+
+    mocks = install_mocks()
+    mocks.outputs_for[IMAGE_TYPE] = lambda args: {"imageId": args.inputs["name"]}
+
+    @pulumi.runtime.test
+    def program() -> pulumi.Output[Any]:
+        cache_host = create_cache_host(settings, Secrets(), "/run/vm-tier-agent.sock")
+        mirrors = RegistryMirrors(
+            "registry-mirrors", settings=settings, ssh=cache_host.ssh, ready=cache_host.ready
+        )
+        return pulumi.Output.all(mirrors.mirrors, mirrors.maintenance.id, cache_host.ready.id)
+
+    program()
+    [image] = mocks.of_type(IMAGE_TYPE)
+    return HostResources(
+        settings,
+        _steps(mocks),
+        {plain(r.inputs)["name"]: plain(r.inputs) for r in mocks.of_type(CONTAINER_TYPE)},
+        plain(image.inputs)["name"],
+        frozenset(r.type for r in mocks.resources),
     )
 
 
@@ -235,6 +283,31 @@ def tier_settings(
     if node_view is not None:
         raw["vm"]["address"] = f"{node_view[0]}/30"
         raw["vm"]["gateway"] = node_view[1]
+    upstreams = raw.get("upstreams") or [
+        u.model_dump(by_alias=True, exclude_none=True) for u in DEFAULT_UPSTREAMS
+    ]
+    raw["upstreams"] = [{**u, "server": upstream_url} for u in upstreams]
+    raw["nodes"] = []
+    return load_settings(raw)
+
+
+def existing_host_settings(
+    upstream_url: str, address: str, user: str, host_public_key: str
+) -> Settings:
+    """``stacks/Pulumi.dev.yaml`` turned into ``host`` mode: no proxmox, no vm, the guest as an
+    existing host (its own host key pinned); upstreams as in ``tier_settings``."""
+    from components.settings import DEFAULT_UPSTREAMS, load_settings
+    from components.stack_file import read_stack_file, stack_path
+
+    raw = read_stack_file(stack_path("dev")).values
+    disk_gb = raw["vm"].get("diskGb", 100)
+    del raw["proxmox"], raw["vm"]
+    raw["host"] = {
+        "address": address,
+        "sshUser": user,
+        "sshHostPublicKey": host_public_key,
+        "diskGb": disk_gb,
+    }
     upstreams = raw.get("upstreams") or [
         u.model_dump(by_alias=True, exclude_none=True) for u in DEFAULT_UPSTREAMS
     ]

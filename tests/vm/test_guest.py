@@ -69,7 +69,7 @@ def test_seed_carries_the_rendered_vendor_data_and_no_first_boot_upgrade(tier: T
     user = yaml.safe_load(seed["user-data"])
     # ciupgrade 0 (the VM resource's `upgrade=False`): no full upgrade on first boot.
     assert "package_upgrade" not in user, seed["user-data"]
-    assert user["user"] == tier.stack.settings.vm.ssh_user
+    assert user["user"] == tier.stack.settings.cache_host.ssh_user
     network = yaml.safe_load(seed["network-config"])["config"]
     assert network[0]["subnets"] == [
         {"type": "static", "address": "10.0.20.10", "netmask": "255.255.255.0",
@@ -172,7 +172,7 @@ def dial_stdio(tier: Tier, options: list[str]) -> subprocess.CompletedProcess[st
     -- HOST docker system dial-stdio``, one Engine API ping through it. The VM is reached at its
     forwarded port; ``HostKeyAlias`` looks its key up under the VM's address, as the provider's
     own connection to ``ssh://user@<vm address>`` does."""
-    vm = tier.stack.settings.vm
+    vm = tier.stack.settings.created_vm
     argv = [
         "ssh", *options, "-o", f"HostKeyAlias={vm.ip}", "-i", str(tier.key), "-T",
         "-l", vm.ssh_user, "-p", str(tier.guest.ssh_port), "--", "127.0.0.1",
@@ -186,7 +186,7 @@ def dial_stdio(tier: Tier, options: list[str]) -> subprocess.CompletedProcess[st
 
 def test_the_docker_transport_connects_only_to_the_pinned_key(ready: Tier) -> None:
     opts = ready.stack.docker_ssh_opts
-    vm_ip = ready.stack.settings.vm.ip
+    vm_ip = ready.stack.settings.cache_host.address
     assert "StrictHostKeyChecking=yes" in opts
     assert f"KnownHostsCommand=/bin/echo '{vm_ip} {ready.stack.host_key.public}'" in opts
     answered = dial_stdio(ready, opts)
@@ -604,9 +604,10 @@ def test_a_recreated_vm_presents_the_same_key(maintenance: Tier, tmp_path: Path)
     assert capture(tier.stack.settings).host_key.public != tier.stack.host_key.public
     image = guest_image()
     assert image is not None
-    shape = BootShape(mac=GUEST_MAC, guest_ip=tier.stack.settings.vm.ip)
+    cache_host = tier.stack.settings.cache_host
+    shape = BootShape(mac=GUEST_MAC, guest_ip=cache_host.address)
     guest = boot_guest(
-        image, tmp_path / "recreated", iso, shape, tier.key, tier.stack.settings.vm.ssh_user,
+        image, tmp_path / "recreated", iso, shape, tier.key, cache_host.ssh_user,
         tier.stack.host_key.public,
     )  # fmt: skip
     try:
