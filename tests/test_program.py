@@ -253,3 +253,32 @@ def test_a_node_that_does_not_answer_stops_the_program_before_any_resource():
     assert "cannot read 1 of 3 node(s) (nothing was changed)" in str(caught.value)
     assert "node k8s-worker-1 (root@10.0.20.31:22) probe: cannot reach" in str(caught.value)
     assert _registered(mocks) == []
+
+
+@pulumi.runtime.test
+def test_a_held_node_that_is_down_lets_the_vm_and_the_rest_of_the_fleet_deploy():
+    """The same unreachable node as above, held out (nodes[].state: held): it is not read, and
+    the VM, the caches and the other nodes are registered as usual."""
+    raw = sample_raw()
+    raw["nodes"][1]["state"] = "held"
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    fleet = FakeFleet({"k8s-worker-1": FakeNode(reachable=False)})
+    exports = program.run(runner=fleet)
+
+    def check(nodes):
+        assert fleet.reads["k8s-worker-1"] == 0
+        assert fleet.reads["k8s-cp-1"] == fleet.reads["k8s-worker-2"] == 1
+        assert nodes["k8s-worker-1"]["state"] == "held"
+        assert nodes["k8s-worker-2"]["state"] == "managed"
+        names = {r.name for r in mocks.resources}
+        assert {
+            "registry-vm-vm",
+            "registry-mirrors-registry",
+            "containerd-k8s-worker-2-config",
+        } <= names
+        held = mocks.named("containerd-k8s-worker-1-config")
+        assert "create" not in held.inputs and "createdAt" not in held.inputs
+        assert "create" in held.ignore_changes and held.retain_on_delete
+
+    return exports["nodes"].apply(check)

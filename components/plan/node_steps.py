@@ -2,6 +2,12 @@
 
 The Pulumi component and the end-to-end test both call these, so the test runs over SSH exactly
 what ``pulumi up`` would send. Pure: no ``import pulumi``.
+
+The steps pulumi-command runs (hosts, config, registries, restore) send their script first on
+stdin and keep the command to the parameters and a small loader (renderers/shell.py
+``stdin_command``): a failed step's message then starts with the script's own summary, not with
+the 14 KB command. The probe and the verify check, which we run and report ourselves, carry the
+script in the command.
 """
 
 from __future__ import annotations
@@ -11,14 +17,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour, Role
-from components.renderers.shell import remote_command
+from components.renderers.shell import remote_command, stdin_command
 from components.settings import Node, Settings
 
 
 @dataclass(frozen=True)
 class Step:
+    """What runs: ``command`` is the login shell's command line; stdin is ``script`` (when it
+    travels there, see ``stdin_command``) followed by ``content``, what the script reads."""
+
     command: str
-    stdin: str = ""
+    content: str = ""
+    script: str = ""
+
+    @property
+    def stdin(self) -> str:
+        return self.script + self.content
 
 
 def _as_node_root(node: Node, command: str) -> str:
@@ -32,8 +46,17 @@ def _as_node_root(node: Node, command: str) -> str:
 def script_step(
     node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = ""
 ) -> Step:
-    """``scripts/<script>`` with ``params`` as root on ``node`` (sudo unless it is root)."""
+    """``scripts/<script>`` with ``params`` as root on ``node`` (sudo unless it is root), the
+    script in the command: for what we run and report ourselves (the probe, verify)."""
     return Step(_as_node_root(node, remote_command(script, params)), stdin)
+
+
+def sent_step(
+    node: Node, script: str, params: Mapping[str, str | int | bool], content: str = ""
+) -> Step:
+    """A step pulumi-command runs: the script on stdin before ``content``, a short command."""
+    command, text = stdin_command(script, params)
+    return Step(_as_node_root(node, command), content, text)
 
 
 def probe_params(settings: Settings, node: Node) -> dict[str, str]:
@@ -72,17 +95,23 @@ def hosts_step(
     node: Node,
     files: Mapping[str, str],
     carried: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
 ) -> Step:
-    """hosts.sh: ``files`` (the bundle on stdin) and the directories of a previous config_path it
-    copies on the node, as (digest, name, source) (``CARRY``; only when there are some, so every
-    other node's command is what it was)."""
-    params: dict[str, str | int | bool] = {"CONFIG_PATH": settings.containerd.config_path}
+    """hosts.sh: ``files`` (the bundle on stdin, after the script) and the directories of a
+    previous config_path it copies on the node, as (digest, name, source) (``CARRY``; only when
+    there are some). ``mark``: recorded with every file it leaves, carried ones included; the probe
+    gives it back while they are as hosts.sh left them (components/plan/node_plan.py
+    ``apply_mark``)."""
+    params: dict[str, str | int | bool] = {
+        "CONFIG_PATH": settings.containerd.config_path,
+        "APPLY_MARK": mark,
+    }
     if carried:
         for digest, name, source in carried:
             if any(c.isspace() for c in f"{digest}{name}{source}"):
                 raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
         params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
-    return script_step(node, "node/hosts.sh", params, hosts_bundle(files))
+    return sent_step(node, "node/hosts.sh", params, hosts_bundle(files))
 
 
 def node_role(node: Node, flavour: Flavour) -> Role:
@@ -133,17 +162,20 @@ def config_step(
     expected_sha256: str,
     new_text: str,
     dropins: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
 ) -> Step:
     """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
     ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
-    Without drop-ins the command and stdin are what they always were (no diff for a stack)."""
+    Without drop-ins the content is config.toml alone. ``mark``: recorded with every file it
+    leaves (components/plan/node_plan.py ``apply_mark``)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_FILE": node.config_file,
         "EXPECTED_SHA256": expected_sha256,
+        "APPLY_MARK": mark,
         **_restart_params(settings, node),
     }
     if not dropins:
-        return script_step(node, "node/apply-config.sh", params, new_text)
+        return sent_step(node, "node/apply-config.sh", params, new_text)
     params["DROPIN_COUNT"] = len(dropins)
     files = [(node.config_file, expected_sha256, new_text), *dropins]
     for path, _, _ in files:
@@ -153,11 +185,12 @@ def config_step(
         f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
         for path, guard, text in files
     )
-    return script_step(node, "node/apply-config.sh", params, bundle)
+    return sent_step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
-    return script_step(
+    """nodes[].state: restored: the node's very first config.toml back, containerd restarted."""
+    return sent_step(
         node,
         "node/restore.sh",
         {"CONFIG_FILE": node.config_file, **_restart_params(settings, node)},
@@ -165,9 +198,9 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    # REMOVE_ALL, not an empty stdin: whether pulumi-command feeds a delete the resource's stdin is
-    # not something to rely on, and that stdin (the bundle) would write the files again.
-    return script_step(
+    """nodes[].state: restored: our hosts.toml files go (a hand-made one we replaced comes back).
+    REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
+    return sent_step(
         node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
     )
 
@@ -271,16 +304,22 @@ def expected_hosts(settings: Settings) -> str:
 
 
 def registries_step(
-    settings: Settings, node: Node, flavour: Flavour, expected_sha256: str, new_text: str
+    settings: Settings,
+    node: Node,
+    flavour: Flavour,
+    expected_sha256: str,
+    new_text: str,
+    mark: str = "",
 ) -> Step:
     """Write registries.yaml (``new_text``), restart the distribution, check its generated
     hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
-    return script_step(
+    return sent_step(
         node,
         "node/registries.sh",
         {
             **_distribution_params(settings, node, flavour),
             "EXPECTED_SHA256": expected_sha256,
+            "APPLY_MARK": mark,
             "HOSTS_DIR": flavour.hosts_dir,
             "EXPECTED_HOSTS": expected_hosts(settings),
         },
@@ -289,8 +328,9 @@ def registries_step(
 
 
 def restore_registries_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
-    """Delete: the node's very first registries.yaml back (or none, if it had none), restart."""
-    return script_step(
+    """nodes[].state: restored: the node's very first registries.yaml back (or none, if it had
+    none), restart."""
+    return sent_step(
         node,
         "node/registries.sh",
         {**_distribution_params(settings, node, flavour), "RESTORE": 1},
