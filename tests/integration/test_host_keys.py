@@ -289,7 +289,8 @@ def test_install_host_key_rotates_an_sshd_with_a_long_config_and_match_blocks(
     dropins = host.root / "sshd_config.d"
     dropins.mkdir()
     (dropins / "50-long.conf").write_text(_LONG_DROPIN)
-    config.write_text(config.read_text() + f"Include {dropins}/*.conf\n")
+    # At the top, as Debian's sshd_config has it (the node's own config ends in a Match block).
+    config.write_text(f"Include {dropins}/*.conf\n" + config.read_text())
     # Control: the check the script made before (`sshd -T | grep -q` under pipefail) says this
     # sshd does not load its own host key: grep quits at the match, sshd dies of SIGPIPE.
     wanted = shlex.quote(f"hostkey {key_file}")
