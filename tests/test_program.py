@@ -255,30 +255,35 @@ def test_a_node_that_does_not_answer_stops_the_program_before_any_resource():
     assert _registered(mocks) == []
 
 
-@pulumi.runtime.test
 def test_a_held_node_that_is_down_lets_the_vm_and_the_rest_of_the_fleet_deploy():
     """The same unreachable node as above, held out (nodes[].state: held): it is not read, and
-    the VM, the caches and the other nodes are registered as usual."""
+    the VM, the caches and the other nodes are registered as usual. The registrations are
+    checked after the whole run (they are async): checked inside the `nodes` export's apply, the
+    held step was sometimes not registered yet (seen once in CI)."""
     raw = sample_raw()
     raw["nodes"][1]["state"] = "held"
     mocks = install_mocks(*_config(raw))
     mocks.outputs_for[COMMAND] = fake_node_outputs
     fleet = FakeFleet({"k8s-worker-1": FakeNode(reachable=False)})
-    exports = program.run(runner=fleet)
+    seen: dict = {}
 
-    def check(nodes):
-        assert fleet.reads["k8s-worker-1"] == 0
-        assert fleet.reads["k8s-cp-1"] == fleet.reads["k8s-worker-2"] == 1
-        assert nodes["k8s-worker-1"]["state"] == "held"
-        assert nodes["k8s-worker-2"]["state"] == "managed"
-        names = {r.name for r in mocks.resources}
-        assert {
-            "registry-vm-vm",
-            "registry-mirrors-registry",
-            "containerd-k8s-worker-2-config",
-        } <= names
-        held = mocks.named("containerd-k8s-worker-1-config")
-        assert "create" not in held.inputs and "createdAt" not in held.inputs
-        assert "create" in held.ignore_changes and held.retain_on_delete
+    @pulumi.runtime.test
+    def run():
+        exports = program.run(runner=fleet)
+        return exports["nodes"].apply(seen.update)
 
-    return exports["nodes"].apply(check)
+    run()
+    assert fleet.reads["k8s-worker-1"] == 0
+    assert fleet.reads["k8s-cp-1"] == fleet.reads["k8s-worker-2"] == 1
+    assert seen["k8s-worker-1"]["state"] == "held"
+    assert seen["k8s-worker-2"]["state"] == "managed"
+    names = {r.name for r in _registered(mocks)}
+    assert {
+        "registry-vm-vm",
+        "registry-mirrors-registry",
+        "containerd-k8s-worker-2-config",
+        "containerd-k8s-worker-1-config",
+    } <= names
+    held = mocks.named("containerd-k8s-worker-1-config")
+    assert "create" not in held.inputs and "createdAt" not in held.inputs
+    assert "create" in held.ignore_changes and held.retain_on_delete
