@@ -462,6 +462,20 @@ def vm_layout(tmp_path: Path) -> Iterator[VmLayout]:
         yield layout
 
 
+def _start_cache(vm_layout: VmLayout, upstream: Upstream, origin_url: str, major: int) -> int:
+    """The cache of ``upstream`` in the VM layout, proxying ``origin_url``, started through the
+    layout's docker stand-in as the VM starts it; its port once it answers."""
+    name = upstream.container
+    port, metrics_port = free_port(), free_port()
+    storage = vm_layout.data_root / name
+    config = listen_config(_proxy_config(upstream, storage, origin_url, major), port, metrics_port)
+    (vm_layout.config_root / name).mkdir(parents=True)
+    (vm_layout.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
+    subprocess.run([vm_layout.env["REGISTRY_DOCKER"], "start", name], env=vm_layout.env, check=True)
+    wait_until_answers(f"http://127.0.0.1:{port}/v2/")
+    return port
+
+
 @MAJORS
 def test_gc_procedure_keeps_multiarch_children_pullable_by_digest(
     major: int, upstream_store: UpstreamStore, tmp_path: Path
@@ -478,19 +492,10 @@ def _gc_procedure(
     image = upstream_store.image
     repository = _repository(upstream)
     storage = vm_layout.data_root / name
-    port, metrics_port = free_port(), free_port()
-    proxy_url = f"http://127.0.0.1:{port}"
 
     with upstream_store.serve("up-gc") as origin:
-        config = listen_config(
-            _proxy_config(upstream, storage, origin.url, major), port, metrics_port
-        )
-        (vm_layout.config_root / name).mkdir(parents=True)
-        (vm_layout.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
-        subprocess.run(
-            [vm_layout.env["REGISTRY_DOCKER"], "start", name], env=vm_layout.env, check=True
-        )
-        wait_until_answers(f"{proxy_url}/v2/")
+        port = _start_cache(vm_layout, upstream, origin.url, major)
+        proxy_url = f"http://127.0.0.1:{port}"
         first_pid = vm_layout.pid(name)
 
         warm = _pull(f"docker://127.0.0.1:{port}/{repository}:1", tmp_path / "warm")
@@ -1159,16 +1164,7 @@ def test_gc_collects_a_repository_with_manifests_and_no_layer_links(
     repository = _repository(upstream)
     with _vm_layout(tmp_path, major) as vm_layout, upstream_store.serve("up-nolayers") as origin:
         storage = vm_layout.data_root / name
-        port, metrics_port = free_port(), free_port()
-        config = listen_config(
-            _proxy_config(upstream, storage, origin.url, major), port, metrics_port
-        )
-        (vm_layout.config_root / name).mkdir(parents=True)
-        (vm_layout.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
-        subprocess.run(
-            [vm_layout.env["REGISTRY_DOCKER"], "start", name], env=vm_layout.env, check=True
-        )
-        wait_until_answers(f"http://127.0.0.1:{port}/v2/")
+        port = _start_cache(vm_layout, upstream, origin.url, major)
         warm = _pull(f"docker://127.0.0.1:{port}/{repository}:1", tmp_path / "warm")
         assert warm.returncode == 0, warm.stderr
         repos = storage / "docker/registry/v2/repositories"
