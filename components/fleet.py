@@ -17,7 +17,9 @@ is named with both reasons; only older scripts (a pull request that edits probe.
 read, with a warning: that is the probe the node really runs until the deploy.
 
 A node that does not answer, or whose config.toml cannot be migrated, stops the program before
-anything is registered, naming every such node at once.
+anything is registered, naming every such node at once. A node set to ``state: held`` is not
+read at all (components/plan/node_plan.py ``plan_held``): that is how the rest of the fleet and
+the VM stay deployable while one node is down.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from components.plan import read_access
-from components.plan.node_plan import AnyPlan, FleetCache, plan_any
+from components.plan.node_plan import AnyPlan, FleetCache, plan_any, plan_held
 from components.plan.node_steps import (
     SSH_FAILURE,
     NodeStepError,
@@ -55,6 +57,8 @@ class FleetReadError(RuntimeError):
         super().__init__(
             f"cannot read {len(problems)} of {total} node(s) (nothing was changed):\n"
             + "\n".join(f"  {problem}" for problem in problems)
+            + "\n(a node that is down can be held out: nodes[].state: held, see the README's "
+            "Troubleshooting)"
         )
 
 
@@ -192,17 +196,21 @@ def plan_fleet(
     that failed (probe or plan) after all were tried. ``reads`` (when given) gets how each node
     was read: which identity, and why not the read identity."""
     nodes = settings.nodes
-    if not nodes:
-        return {}
-    workers = max(1, min(settings.containerd.probe_concurrency, len(nodes)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
-        futures = {
-            node.name: pool.submit(read_node_as, settings, node, runner, mode) for node in nodes
-        }
+    read = [node for node in nodes if node.state != "held"]
+    futures = {}
+    if read:
+        workers = max(1, min(settings.containerd.probe_concurrency, len(read)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+            futures = {
+                node.name: pool.submit(read_node_as, settings, node, runner, mode) for node in read
+            }
     cache: FleetCache = {}
     plans: dict[str, AnyPlan] = {}
     problems: list[str] = []
     for node in nodes:
+        if node.state == "held":
+            plans[node.name] = plan_held(settings, node)
+            continue
         try:
             read = futures[node.name].result()
         except NodeStepError as error:

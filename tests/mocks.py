@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
+import dataclasses
 import hashlib
 import threading
 from collections.abc import Callable
@@ -39,10 +41,14 @@ class Registered:
     # Alias specs as the SDK sends them: {"name", "type", "parentUrn", "noParent"} (empty = same).
     aliases: list[dict[str, Any]] = field(default_factory=list)
     urn: str = ""
-    # Input paths the engine keeps from the state instead of the program (``ignoreChanges``).
+    # Input paths the engine keeps from the state instead of the program (``ignoreChanges``;
+    # step_generator.go processIgnoreChanges puts the state's values back before diffing).
     ignore_changes: list[str] = field(default_factory=list)
     # Outputs the engine stores and shows as secrets (``additionalSecretOutputs``).
     additional_secret_outputs: list[str] = field(default_factory=list)
+    # The engine keeps the resource out of the provider's Delete (pkg/resource/deploy/step.go:
+    # DeleteStep.Apply skips it when the OLD state says retainOnDelete).
+    retain_on_delete: bool = False
 
 
 def _urn_name(urn: str) -> str:
@@ -135,6 +141,7 @@ class RecordingMocks(pulumi.runtime.Mocks):
                 urn=_urn(request, args.typ, args.name),
                 ignore_changes=list(getattr(request, "ignoreChanges", [])),
                 additional_secret_outputs=list(getattr(request, "additionalSecretOutputs", [])),
+                retain_on_delete=bool(getattr(request, "retainOnDelete", False)),
             )
         )
         outputs = dict(args.inputs)
@@ -228,55 +235,120 @@ def _b64(text: str | None) -> str:
     return base64.b64encode(text.encode()).decode() if text else ""
 
 
+def _record_lines(
+    prefix: str,
+    record: tuple[str, str, str] | None,
+    current_sha: str | None,
+    also_left: bool = True,
+) -> str:
+    """probe.sh's <prefix>_applied_* lines for a record (sha256 left, guard sent, mark sent).
+    ``also_left``: the other files the record lists (registries.sh's CA file) are as left."""
+    if record is None:
+        return f"{prefix}_applied_from_sha256=\n"
+    lines = f"{prefix}_applied_record_sha256={_sha(' '.join(record) + chr(10))}\n"
+    if record[0] == current_sha and also_left:
+        return (
+            lines + f"{prefix}_applied_from_sha256={record[1]}\n{prefix}_applied_mark={record[2]}\n"
+        )
+    return lines + f"{prefix}_applied_from_sha256=\n"
+
+
 def probe_stdout(
     text: str | None,
     *,
     original: str | None = None,
     applied_from: str | None = None,
+    applied: tuple[str, str, str] | None = None,
+    hosts_record: str | None = None,
+    hosts_mark: str | None = None,
     version: str = "1.6.20",
 ) -> str:
-    """What scripts/node/probe.sh prints for a node with this config.toml (None: absent)."""
+    """What scripts/node/probe.sh prints for a node with this config.toml (None: absent).
+    ``applied``: the config's record (sha256 left, guard, mark); ``applied_from``: shorthand for a
+    record of this very file with that guard and no mark. ``hosts_record``: the checksum of
+    hosts.sh's record; ``hosts_mark``: its mark, when the files are as it left them."""
     exists = text is not None
+    current = _sha(text) if text is not None else "absent"
+    if applied_from is not None and applied is None and text is not None:
+        applied = (current, applied_from, "")
+    hosts = ""
+    if hosts_record is not None:
+        hosts += f"hosts_applied_record_sha256={hosts_record}\n"
+    if hosts_mark is not None:
+        hosts += f"hosts_applied_mark={hosts_mark}\n"
     return (
         f"containerd_version={version}\n"
         "config_file=/etc/containerd/config.toml\n"
         f"config_exists={1 if exists else 0}\n"
-        f"config_sha256={_sha(text) if text is not None else 'absent'}\n"
+        f"config_sha256={current}\n"
         f"config_version={2 if exists else ''}\n"
         f"config_b64={_b64(text)}\n"
         f"original_saved={1 if original is not None else 0}\n"
         f"original_b64={_b64(original)}\n"
-        f"applied_from_sha256={applied_from or ''}\n"
+        + _record_lines("config", applied, current if exists else None)
+        + hosts
     )
 
 
 def k3s_probe_stdout(
     registries: str | None,
     *,
-    applied_from: str | None = None,
+    applied: tuple[str, str, str] | None = None,
     flavour: str = "k3s-server",
     version: str = "v2.0.5-k3s1",
+    also_left: bool = True,
 ) -> str:
     """What scripts/node/probe.sh prints for a k3s/RKE2 node with this registries.yaml."""
     from components.renderers.flavours import FLAVOURS
 
     row = FLAVOURS[flavour]
+    current = _sha(registries) if registries is not None else None
     return (
         f"flavour={flavour}\nflavour_candidates={flavour}\nunit={row.unit}\n"
         f"cri_socket={row.cri_socket}\nregistries_file={row.registries_file}\n"
         f"registries_exists={1 if registries is not None else 0}\n"
-        f"registries_sha256={_sha(registries) if registries is not None else 'absent'}\n"
+        f"registries_sha256={current or 'absent'}\n"
         f"registries_b64={_b64(registries)}\nregistries_original_saved=0\n"
-        f"registries_applied_from_sha256={applied_from or ''}\n"
-        f"hosts_dir={row.hosts_dir}\nctr={row.bin_dir}/ctr\ncontainerd_log={row.containerd_log}\n"
+        + _record_lines("registries", applied, current, also_left)
+        + f"hosts_dir={row.hosts_dir}\nctr={row.bin_dir}/ctr\ncontainerd_log={row.containerd_log}\n"
         f"distribution_binary=/usr/local/bin/k3s\ndistribution_version=k3s version v1.32\n"
         f"containerd_version={version}\nconfig_file=\nconfig_exists=0\nconfig_sha256=absent\n"
         "config_version=\nconfig_b64=\noriginal_saved=0\nmanaged_dirs=\n"
     )
 
 
-def _guard(command: str) -> str:
-    return command.split("EXPECTED_SHA256=", 1)[1].split("\n", 1)[0].strip("'")
+def exported(command: str, name: str) -> str:
+    """The value a step's command exports as ``name`` (as the script sees it)."""
+    import shlex
+
+    for line in command.splitlines():
+        if line.startswith(f"export {name}="):
+            return shlex.split(line.partition("=")[2])[0]
+    raise AssertionError(f"the command exports no {name}")
+
+
+def content_of(command: str, stdin: str) -> str:
+    """What a step's script reads: its stdin after the script the loader reads off it."""
+    from components.renderers.shell import LOADER_LENGTH
+
+    found = LOADER_LENGTH.search(command)
+    assert found, "not a command that reads its script from stdin"
+    return stdin[int(found[1]) :]
+
+
+def split_bundle(bundle: str) -> dict[str, str]:
+    """hosts.sh's stdin as the files it writes ({dir: text})."""
+    from components.plan.node_steps import HOSTS_HEADER
+
+    files: dict[str, str] = {}
+    current = None
+    for line in bundle.splitlines(keepends=True):
+        if line.startswith(HOSTS_HEADER):
+            current = line[len(HOSTS_HEADER) :].strip().removesuffix("/hosts.toml")
+            files[current] = ""
+        elif current is not None:
+            files[current] += line
+    return files
 
 
 @dataclass
@@ -291,50 +363,105 @@ class FakeNode:
     reachable: bool = True
     flavour: str = "containerd"
     original: str | None = None
-    applied: tuple[str, str] | None = None  # (sha256 written, sha256 it was migrated from)
-    hosts_stdin: str = ""
+    # The config's (registries.yaml's) record: (sha256 left, guard sent, mark sent).
+    applied: tuple[str, str, str] | None = None
+    # The hosts.toml files on the node ({dir: text}) and hosts.sh's record (mark, {dir: sha256}).
+    hosts_files: dict[str, str] = field(default_factory=dict)
+    hosts_record: tuple[str, dict[str, str]] | None = None
+    # TLS on: the CA file a step wrote (the hosts step's or the registries step's), and its
+    # sha256 in that step's record (hosts: under CA_RECORD_KEY in hosts_record).
+    ca_file: str | None = None
+    applied_ca: str | None = None
     probes: int = 0
     # With FakeFleet(read_access=...): whether this node has the read identity installed.
     read_installed: bool = True
 
     def probe(self) -> str:
         self.probes += 1
-        current = _sha(self.config) if self.config is not None else "absent"
-        applied_from = self.applied[1] if self.applied and self.applied[0] == current else None
         if self.flavour != "containerd":
-            return k3s_probe_stdout(self.config, applied_from=applied_from, flavour=self.flavour)
+            ca_left = self.applied_ca is None or _sha(self.ca_file or "") == self.applied_ca
+            return k3s_probe_stdout(
+                self.config, applied=self.applied, flavour=self.flavour, also_left=ca_left
+            )
+        hosts_sha = hosts_mark = None
+        if self.hosts_record is not None:
+            mark, shas = self.hosts_record
+            listed = "".join(f"{sha}  {d}/hosts.toml\n" for d, sha in shas.items())
+            hosts_sha = _sha(f"mark {mark}\n{listed}")
+            on_node = {**self.hosts_files, CA_RECORD_KEY: self.ca_file}
+            if all(
+                on_node.get(d) is not None and _sha(on_node[d] or "") == sha
+                for d, sha in shas.items()
+            ):
+                hosts_mark = mark
         return probe_stdout(
-            self.config, original=self.original, applied_from=applied_from, version=self.version
+            self.config,
+            original=self.original,
+            applied=self.applied,
+            hosts_record=hosts_sha,
+            hosts_mark=hosts_mark,
+            version=self.version,
         )
 
     def apply(self, steps: dict[str, dict[str, Any]]) -> None:
-        """What `pulumi up` does when the steps run (their inputs by role): hosts written; the
-        config.toml (or registries.yaml) replaced when the text differs, the first original
-        kept, the source recorded."""
-        self.hosts_stdin = steps.get("hosts", {}).get("stdin", self.hosts_stdin)
+        """What `pulumi up` does when the steps run (their inputs by role, secrets unwrapped):
+        hosts written; the config.toml (or registries.yaml) replaced when the text differs, the
+        first original kept; each records what it left and its mark. A CA section (TLS on) is
+        written to the CA file first (lib.sh take_trust_section) and recorded with the step."""
+        if "restore-config" in steps or "restore-hosts" in steps:
+            self.restore()
+            return
+        if "hosts" in steps:
+            hosts = steps["hosts"]
+            ca, bundle = _split_trust(content_of(hosts["create"], hosts["stdin"]))
+            files = split_bundle(bundle)
+            self.hosts_files.update(files)
+            self.ca_file = ca
+            mark = exported(hosts["create"], "APPLY_MARK")
+            shas = {d: _sha(text) for d, text in files.items()}
+            if ca is not None:
+                shas[CA_RECORD_KEY] = _sha(ca)
+            self.hosts_record = (mark, shas)
         step = steps.get("config") or steps.get("registries")
         if step is None:
             return
-        # registries.sh writes the CA section to its own file first (lib.sh take_trust_section).
-        text = _without_trust(step["stdin"])
-        if text == self.config:
-            return
-        guard = _guard(step["create"])
-        current = _sha(self.config) if self.config is not None else "absent"
-        assert guard == current, "the node was edited since the probe: the script refuses"
-        if self.original is None and self.config is not None:
-            self.original = self.config
-        self.config = text
-        self.applied = (_sha(text), guard)
+        ca, text = _split_trust(content_of(step["create"], step["stdin"]))
+        if "registries" in steps:
+            self.ca_file = ca
+            self.applied_ca = _sha(ca) if ca is not None else None
+        guard = exported(step["create"], "EXPECTED_SHA256")
+        mark = exported(step["create"], "APPLY_MARK")
+        if text != self.config:
+            current = _sha(self.config) if self.config is not None else "absent"
+            assert guard == current, "the node was edited since the probe: the script refuses"
+            if self.original is None and self.config is not None:
+                self.original = self.config
+            self.config = text
+        self.applied = (_sha(text), guard, mark)
+
+    def restore(self) -> None:
+        """What restore.sh and hosts.sh REMOVE_ALL do: the original back, our files and the CA
+        file gone."""
+        if self.original is not None:
+            self.config = self.original
+        self.original = self.applied = self.hosts_record = None
+        self.ca_file = self.applied_ca = None
+        self.hosts_files = {}
 
 
-def _without_trust(stdin: str) -> str:
-    """A step's stdin without the CA section in front of it (node_steps.trust_section)."""
+# Where FakeNode keeps the CA file's sha256 in hosts.sh's record (hosts.sh lists it by path).
+CA_RECORD_KEY = "<ca file>"
+
+
+def _split_trust(content: str) -> tuple[str | None, str]:
+    """(the CA certificates, the rest) of what a step's script reads: the CA section comes first
+    (node_steps.trust_section), or there is none."""
     from components.plan.node_steps import CA_SECTION, CA_SECTION_END
 
-    if not stdin.startswith(CA_SECTION + "\n"):
-        return stdin
-    return stdin.split(CA_SECTION_END + "\n", 1)[1]
+    if not content.startswith(CA_SECTION + "\n"):
+        return None, content
+    ca, rest = content[len(CA_SECTION) + 1 :].split(CA_SECTION_END + "\n", 1)
+    return ca, rest
 
 
 class FakeFleet:
@@ -349,6 +476,8 @@ class FakeFleet:
     def __init__(self, nodes: dict[str, FakeNode] | None = None, read_access: Any = None) -> None:
         self.nodes = dict(nodes or {})
         self.lock = threading.Lock()
+        # Reads tried per node name, answered or not.
+        self.reads: collections.Counter[str] = collections.Counter()
         self.read_access = read_access
         self.calls: list[tuple[str, str, str]] = []
 
@@ -358,6 +487,7 @@ class FakeFleet:
 
         with self.lock:
             fake = self.nodes.setdefault(node.name, FakeNode())
+            self.reads[node.name] += 1
             self.calls.append((node.name, node.ssh_user, step.command))
         if not fake.reachable:
             return StepRun(
@@ -401,3 +531,75 @@ def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
             "stderr": "",
         }
     return {"stdout": "changed=1\n", "stderr": ""}
+
+
+# --- what the engine does from one run's registrations to the next ------------------------------
+
+
+@dataclass
+class EnginePlan:
+    """The node steps' fate from the state one run left to the next run, as the Pulumi engine
+    decides it: a registered resource is the old one whose URN equals its URN or one of its
+    aliases' (step_generator.go); its inputs, after ignoreChanges put the state's values back
+    (processIgnoreChanges), decide same or update; an old one nobody claims is deleted."""
+
+    creates: list[str]
+    updates: list[str]
+    sames: list[str]
+    deletes: list[Registered]
+    # The state after the run: each registered resource with the inputs the engine keeps (its
+    # options as registered); what is deleted is gone.
+    state: list[Registered] = field(default_factory=list)
+
+    def deletes_that_run(self) -> list[str]:
+        """Deleted steps whose delete runs anything on the node. None when the OLD state says
+        retainOnDelete (step.go DeleteStep.Apply skips the provider), nor when it has no delete
+        command (pulumi-command commandController.go Delete: `if props.Delete == nil` returns
+        before dialling)."""
+        return [
+            old.name
+            for old in self.deletes
+            if not old.retain_on_delete and old.inputs.get("delete")
+        ]
+
+
+def _alias_urns(resource: Registered) -> list[str]:
+    stack, project = pulumi.get_stack(), pulumi.get_project()
+    return [
+        alias["urn"]
+        if "urn" in alias
+        else urn_of(
+            stack,
+            project,
+            alias["parentUrn"] or "",
+            alias["type"] or resource.type,
+            alias["name"] or resource.name,
+        )
+        for alias in resource.aliases
+    ]
+
+
+def engine_plan(
+    before: list[Registered], after: list[Registered], typ: str = COMMAND
+) -> EnginePlan:
+    old = {r.urn: r for r in before if r.type == typ}
+    claimed: set[str] = set()
+    plan = EnginePlan([], [], [], [])
+    for new in (r for r in after if r.type == typ):
+        hit = next((u for u in [new.urn, *_alias_urns(new)] if u in old and u not in claimed), None)
+        if hit is None:
+            plan.creates.append(new.name)
+            plan.state.append(new)
+            continue
+        claimed.add(hit)
+        previous = old[hit].inputs
+        inputs = dict(new.inputs)
+        for name in new.ignore_changes:
+            if name in previous:
+                inputs[name] = previous[name]
+            else:
+                inputs.pop(name, None)
+        (plan.sames if plain(inputs) == plain(previous) else plan.updates).append(new.name)
+        plan.state.append(dataclasses.replace(new, inputs=inputs))
+    plan.deletes = [r for urn, r in old.items() if urn not in claimed]
+    return plan

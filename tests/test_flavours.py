@@ -139,7 +139,7 @@ def test_registries_step_takes_unit_socket_and_paths_from_the_flavour(flavour):
     assert params["EXPECTED_HOSTS"].split()[0] == "docker.io=https://10.0.20.10:5002"
     # The CA file registries.yaml's configs.<cache>.tls.ca_file names, written by the same step.
     assert params["CA_FILE"] == "/etc/rancher/registry-mirrors-ca.pem"
-    assert step.stdin == "mirrors: {}\n"
+    assert step.content == "mirrors: {}\n"
     restore = _params(restore_registries_step(settings, settings.nodes[0], row).command)
     assert restore["RESTORE"] == "1" and restore["UNIT"] == row.unit
 
@@ -168,7 +168,7 @@ def test_plan_registries_merges_and_refuses_a_bad_file_naming_the_node():
     node = settings.nodes[0]
     plan = plan_registries(settings, node, k3s_probe(None))
     assert plan.changed and plan.flavour.name == "k3s-server"
-    assert plan.registries.stdin.startswith("# k3s/RKE2")
+    assert plan.registries.content.startswith("# k3s/RKE2")
     with pytest.raises(
         NodeStepError,
         match=r"node k8s-cp-1 \(10\.0\.20\.21\) /etc/rancher/k3s/registries.yaml: registries.yaml "

@@ -69,8 +69,9 @@ def test_hosts_bundle_is_the_files_after_a_header_each_never_on_the_command_line
     settings = sample_settings()
     node = settings.nodes[0]
     step = hosts_step(settings, node, {"ghcr.io": 'server = "x"\n', "docker.io": "a\nb\n"})
-    assert step.stdin == hosts_bundle({"docker.io": "a\nb\n", "ghcr.io": 'server = "x"\n'})
-    assert step.stdin == (
+    assert step.content == hosts_bundle({"docker.io": "a\nb\n", "ghcr.io": 'server = "x"\n'})
+    assert step.stdin == step.script + step.content
+    assert step.content == (
         "# registry-mirrors: docker.io/hosts.toml\na\nb\n"
         '# registry-mirrors: ghcr.io/hosts.toml\nserver = "x"\n'
     )
@@ -88,7 +89,7 @@ def test_config_text_travels_on_stdin_only() -> None:
     node = settings.nodes[0]
     step = config_step(settings, node, "abc123", CONFIG)
     assert "s3cret" not in step.command
-    assert step.stdin == CONFIG
+    assert step.content == CONFIG and step.stdin.endswith(CONFIG)
     assert "export EXPECTED_SHA256=abc123" in step.command
 
 

@@ -117,6 +117,15 @@ def test_the_shared_library_uses_only_parameters_its_script_declares(script: str
     assert used <= own, f"{script} does not declare {sorted(used - own)}"
 
 
+def test_step_sh_reads_no_parameter() -> None:
+    """What every step shares on how it ends reads nothing a step exports (TMPDIR is the node's)."""
+    declared = re.compile(r'^: "\$\{([A-Z][A-Z0-9_]*):[=?]', re.MULTILINE)
+    library = (SCRIPTS_DIR / "node" / "step.sh").read_text()
+    code = "\n".join(line for line in library.splitlines() if not line.lstrip().startswith("#"))
+    assert not declared.search(library)
+    assert set(re.findall(r"\$\{?([A-Z][A-Z0-9_]*)", code)) == {"TMPDIR"}
+
+
 # --- planning a node from its probe -------------------------------------------------------------
 
 OWN_MIRRORS = (
@@ -143,7 +152,7 @@ def test_mirrors_carried_over_stay_in_hosts_toml_on_every_later_run(bom: str) ->
     first = plan_node(settings, node, fake.probe())
     fake.apply(
         {
-            "hosts": {"stdin": first.hosts.stdin},
+            "hosts": {"create": first.hosts.command, "stdin": first.hosts.stdin},
             "config": {"create": first.config.command, "stdin": first.config.stdin},
         }
     )

@@ -270,6 +270,40 @@ def test_a_node_that_does_not_answer_stops_the_program_before_any_resource():
     assert _registered(mocks) == []
 
 
+def test_a_held_node_that_is_down_lets_the_vm_and_the_rest_of_the_fleet_deploy():
+    """The same unreachable node as above, held out (nodes[].state: held): it is not read, and
+    the VM, the caches and the other nodes are registered as usual. The registrations are
+    checked after the whole run (they are async): checked inside the `nodes` export's apply, the
+    held step was sometimes not registered yet (seen once in CI)."""
+    raw = sample_raw()
+    raw["nodes"][1]["state"] = "held"
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    fleet = FakeFleet({"k8s-worker-1": FakeNode(reachable=False)})
+    seen: dict = {}
+
+    @pulumi.runtime.test
+    def run():
+        exports = program.run(runner=fleet)
+        return exports["nodes"].apply(seen.update)
+
+    run()
+    assert fleet.reads["k8s-worker-1"] == 0
+    assert fleet.reads["k8s-cp-1"] == fleet.reads["k8s-worker-2"] == 1
+    assert seen["k8s-worker-1"]["state"] == "held"
+    assert seen["k8s-worker-2"]["state"] == "managed"
+    names = {r.name for r in _registered(mocks)}
+    assert {
+        "registry-vm-vm",
+        "registry-mirrors-registry",
+        "containerd-k8s-worker-2-config",
+        "containerd-k8s-worker-1-config",
+    } <= names
+    held = mocks.named("containerd-k8s-worker-1-config")
+    assert "create" not in held.inputs and "createdAt" not in held.inputs
+    assert "create" in held.ignore_changes and held.retain_on_delete
+
+
 def test_with_tls_the_vm_switches_only_after_the_last_node_step():
     """FrontSwitch (the certificate from the CA the nodes now trust, plain HTTP refused) waits for
     the last step of every node of the last batch: the gates make those wait for every earlier
@@ -298,6 +332,10 @@ def test_with_tls_the_vm_switches_only_after_the_last_node_step():
     inputs = plain(front.inputs)
     assert "export RESTART=0" in inputs["create"]
     assert "registry-mirrors-plain-off.config" in inputs["stdin"]
+
+
+def _without_mark(command: str) -> str:
+    return "\n".join(line for line in command.splitlines() if "APPLY_MARK=" not in line)
 
 
 def _registrations(raw: dict) -> dict[str, Registered]:
@@ -347,4 +385,7 @@ def test_turning_tls_on_replaces_no_vm_keeps_every_cache_volume_and_adds_only_th
         assert plain(before[hosts].inputs)["stdin"] != plain(after[hosts].inputs)["stdin"]
         assert "triggers" not in plain(after[hosts].inputs)
         config = f"containerd-{node}-config"
-        assert before[config].inputs["create"] == after[config].inputs["create"]
+        # (APPLY_MARK aside: a node never applied gets a new mark at each planning)
+        assert _without_mark(before[config].inputs["create"]) == _without_mark(
+            after[config].inputs["create"]
+        )

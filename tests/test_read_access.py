@@ -21,6 +21,7 @@ from pulumi.output import Unknown
 from components import program
 from components.fleet import FleetReadError, plan_fleet, read_summary, run_read
 from components.plan import read_access
+from components.plan.node_plan import HeldPlan
 from components.plan.node_steps import NodeStepError, Step, probe_step
 from components.renderers.flavours import FLAVOURS
 from components.renderers.read_access import (
@@ -281,6 +282,25 @@ def test_read_only_never_asks_the_apply_identity_and_both_failing_names_both() -
     assert "\n" not in message
 
 
+def _without_mark(command: str) -> str:
+    return "\n".join(line for line in command.splitlines() if "APPLY_MARK=" not in line)
+
+
+def _sent(plans: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Each node's steps as sent, APPLY_MARK aside: a node never applied gets a new random mark
+    at each planning (components/plan/node_plan.py apply_mark), whoever read it."""
+    return {
+        name: [
+            (
+                _without_mark(s.create.command),
+                s.create.stdin,
+            )
+            for s in plan.steps
+        ]
+        for name, plan in plans.items()
+    }
+
+
 def test_a_fleet_read_says_which_nodes_the_apply_identity_read_and_why() -> None:
     settings = settings_with_read()
     # One node without the read access (new, or never deployed): the apply identity reads it.
@@ -288,9 +308,7 @@ def test_a_fleet_read_says_which_nodes_the_apply_identity_read_and_why() -> None
     reads: dict = {}
     by_read = plan_fleet(settings, fleet, "read-first", reads)
     by_apply = plan_fleet(settings, FakeFleet(), "apply")
-    assert {n: [s.create for s in p.steps] for n, p in by_read.items()} == {
-        n: [s.create for s in p.steps] for n, p in by_apply.items()
-    }
+    assert _sent(by_read) == _sent(by_apply)
     assert {name: read.node.ssh_user for name, read in reads.items()} == {
         "k8s-cp-1": "registry-mirrors-read",
         "k8s-worker-1": "registry-mirrors-read",
@@ -330,7 +348,7 @@ def _raw_with_read() -> dict:
 
 
 @pulumi.runtime.test
-def test_the_install_step_is_secret_free_pinned_first_and_undone_on_delete():
+def test_the_install_step_is_secret_free_pinned_first_and_kept_on_delete():
     raw = _raw_with_read()
     mocks = install_mocks(*_config(raw))
     mocks.outputs_for[COMMAND] = fake_node_outputs
@@ -359,7 +377,9 @@ def test_the_install_step_is_secret_free_pinned_first_and_undone_on_delete():
             stdin = inputs["stdin"]
             assert "export READ_USER=registry-mirrors-read" in inputs["create"]
             assert "install-read-access.sh" in inputs["create"]
-            assert "export REMOVE=1" in inputs["delete"]
+            # No delete: leaving the program runs nothing; state: restored removes it.
+            assert not inputs.get("delete")
+            assert install.retain_on_delete
             assert 'restrict,command="exec sudo -n ' in stdin
             assert READ_KEY.split()[1] in stdin
             assert "registry-mirrors-read ALL=(root) NOPASSWD: " in stdin
@@ -399,7 +419,10 @@ def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
         for _ in range(20):
             loop.run_until_complete(asyncio.sleep(0.01))
         return {
-            r.name: {k: _known(plain(r.inputs.get(k))) for k in ("create", "stdin", "delete")}
+            r.name: {
+                "create": _without_mark(plain(r.inputs.get("create")) or ""),
+                "stdin": _known(plain(r.inputs.get("stdin"))),
+            }
             for r in mocks.resources
             if r.type == COMMAND and r.name.startswith("containerd-")
         }
@@ -413,3 +436,29 @@ def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
     assert run(by_apply_fleet) == by_read
     assert [user for _, user, _ in by_apply_fleet.calls].count("root") == 3
     assert len(by_read) == 9  # read-access, hosts, config per node
+
+
+def test_a_held_node_keeps_its_read_access_step_and_a_restored_one_removes_it() -> None:
+    """With the fleet steps of issue 27: a held node keeps every step it has, the read access's
+    first (else its install would leave the state); ``restored`` removes the read access after
+    the restore steps (no step has a delete that would). Control: without the read identity,
+    neither step is there."""
+    raw = _raw_with_read()
+    first, second = raw["nodes"][0]["name"], raw["nodes"][1]["name"]
+    raw["nodes"][0]["state"] = "held"
+    raw["nodes"][1]["state"] = "restored"
+    settings = load_settings(raw)
+    plans = plan_fleet(settings, FakeFleet())
+    held = plans[first]
+    assert isinstance(held, HeldPlan) and held.roles == ("read-access", "hosts", "config")
+    restored = plans[second]
+    assert [s.role for s in restored.steps] == [
+        "restore-config", "restore-hosts", "remove-read-access",
+    ]  # fmt: skip
+    assert "export REMOVE=1" in restored.steps[-1].create.command
+
+    del raw["nodeAccess"]
+    plain_plans = plan_fleet(load_settings(raw), FakeFleet())
+    unheld = plain_plans[first]
+    assert isinstance(unheld, HeldPlan) and unheld.roles == ("hosts", "config")
+    assert [s.role for s in plain_plans[second].steps] == ["restore-config", "restore-hosts"]

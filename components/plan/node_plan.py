@@ -4,11 +4,21 @@ RKE2), the hosts.toml files, and the steps (components/plan/node_steps.py) that 
 order. A probe or file that cannot be read stops here, naming the node.
 
 Pure: no ``import pulumi``. components/fleet.py plans every node this way while the program runs.
+
+A step runs on ``pulumi up`` only when its inputs differ from the last apply. So each step that
+writes a file carries a mark (``APPLY_MARK``) that the node keeps beside what the step left
+(``*.registry-mirrors.applied``): while the node still holds exactly that, the probe gives the
+mark back and the step is planned with the very inputs it was applied with (no diff); once the
+node holds anything else (edited by hand, back to its original because a config manager rewrote
+it, our own restore ran, or it was reinstalled) the step gets a new mark and shows a change, in
+whichever direction the node moved. See ``apply_mark``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import secrets
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +33,7 @@ from components.plan.node_steps import (
     Step,
     config_step,
     hosts_step,
+    node_role,
     registries_step,
     restore_config_step,
     restore_hosts_step,
@@ -44,17 +55,31 @@ from components.settings import Node, Settings
 
 @dataclass(frozen=True)
 class NodeStep:
-    """One remote command of a node's rollout, in order: what ``create`` runs, what ``delete``
-    runs to undo it, and whether its stdin and output may hold credentials (config.toml may carry
-    ``configs.*.auth``: then secret, and nothing logged)."""
+    """One remote command of a node's rollout, in order: what ``create`` runs, and whether its
+    stdin and output may hold credentials (config.toml may carry ``configs.*.auth``: then secret,
+    and nothing logged). No step has a delete: removing a node (or renaming it, or setting
+    skipConfigPath) never runs anything on it; ``nodes[].state: restored`` undoes our changes."""
 
     role: str
     create: Step
-    delete: Step
     sensitive: bool
-    # TLS on: the create step's stdin gets the CA certificates of our caches in front
-    # (node_steps.with_trust), known once the VM has made its CA.
+    # TLS on: the create step's stdin gets the CA certificates of our caches between the script
+    # and its content (node_steps.with_trust), known once the VM has made its CA.
     trusts_ca: bool = False
+
+
+def apply_mark(left_as_is: bool, mark: str | None, record_sha256: str | None) -> str:
+    """The APPLY_MARK of a step. ``left_as_is``: the node holds exactly what the step's last apply
+    left (the probe compared it with the record), so its recorded ``mark`` again: same inputs, no
+    diff. Otherwise a mark no earlier apply of this node had: derived from the record of the last
+    one when there is a record (the same in a preview and in the ``up`` after it; each apply
+    records its own mark, so the next drift derives another), or new when there is none (a node
+    never applied, or reinstalled: nothing on it says what it had)."""
+    if left_as_is:
+        return mark or ""
+    if record_sha256:
+        return f"drift-{record_sha256[:16]}"
+    return f"new-{secrets.token_hex(8)}"
 
 
 @dataclass(frozen=True)
@@ -78,11 +103,12 @@ class NodePlan:
     imports: ImportsPlan | None = None
     # The directories of a previous config_path carried into ours (issue 27, item 5).
     routes: CarriedRoutes | None = None
+    state: str = "managed"
 
 
 def step_to_send(step: NodeStep, ca_pem: str | None) -> Step:
     """What the node step's create runs: with TLS on, its stdin carries ``ca_pem`` (the CA
-    certificates the VM made) in front (node_steps.with_trust)."""
+    certificates the VM made) after the script, before its content (node_steps.with_trust)."""
     if not step.trusts_ca:
         return step.create
     if ca_pem is None:
@@ -205,9 +231,9 @@ def read_probe(node: Node, probe_stdout: str) -> tuple[ProbeResult, Flavour]:
     return probe, flavour
 
 
-# What the rollout needs of any node's plan: ``probe``, ``flavour``, ``steps`` (in order),
-# ``summary``, ``report_role``.
-AnyPlan = Union["NodePlan", "RegistriesPlan"]
+# What the rollout needs of any node's plan: ``probe`` (None when held), ``flavour``, ``steps``
+# (in order), ``summary``, ``report_role``, ``state``.
+AnyPlan = Union["NodePlan", "RegistriesPlan", "RestorePlan", "HeldPlan"]
 
 
 def plan_any(
@@ -215,8 +241,18 @@ def plan_any(
 ) -> AnyPlan:
     """Plan a node of any flavour from its probe: plain containerd gets its hosts and config
     steps, k3s/RKE2 their registries step; with ``nodeAccess.readPublicKeys`` set, the step
-    that installs the read identity comes first."""
+    that installs the read identity comes first. A node set to ``restored`` gets its restore
+    steps (and, with the read identity, its removal after them). (A held node is not read:
+    ``plan_held``.)"""
     probe, flavour = read_probe(node, probe_stdout)
+    if node.state == "restored":
+        restore = plan_restore(settings, node, probe, flavour)
+        if not settings.node_access.enabled:
+            return restore
+        remove = NodeStep(
+            f"remove-{read_access.ROLE}", read_access.remove_step(settings, node), sensitive=False
+        )
+        return dataclasses.replace(restore, steps=(*restore.steps, remove))
     plan: AnyPlan
     if flavour.is_distribution:
         plan = _plan_registries(settings, node, probe, flavour)
@@ -227,12 +263,97 @@ def plan_any(
     # The read identity first: a broken install stops at the canary like any other step, and
     # the node's next preview can be read without the apply key.
     access = NodeStep(
-        read_access.ROLE,
-        read_access.install_step(settings, node, flavour),
-        read_access.remove_step(settings, node),
-        sensitive=False,
+        read_access.ROLE, read_access.install_step(settings, node, flavour), sensitive=False
     )
     return dataclasses.replace(plan, steps=(access, *plan.steps))
+
+
+# --- nodes[].state: restored and held ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """``restored``: our changes undone once, in the node's place in the rollout (it restarts its
+    daemon). Once applied, the steps' inputs stay the same: nothing runs again."""
+
+    probe: ProbeResult
+    flavour: Flavour
+    summary: tuple[str, ...]
+    steps: tuple[NodeStep, ...]
+    report_role: str
+    state: str = "restored"
+
+
+def plan_restore(
+    settings: Settings, node: Node, probe: ProbeResult, flavour: Flavour
+) -> RestorePlan:
+    if flavour.is_distribution:
+        what = f"its first {flavour.registries_file} is put back and {flavour.unit} restarted"
+        steps: tuple[NodeStep, ...] = (
+            NodeStep(
+                "restore-registries",
+                restore_registries_step(settings, node, flavour),
+                sensitive=False,
+            ),
+        )
+    else:
+        # The config first, as the old delete order had it: containerd stops reading config_path
+        # before the hosts.toml files it read go.
+        what = (
+            f"its first {node.config_file} is put back (containerd restarted if that changes it) "
+            f"and our hosts.toml files leave {settings.containerd.config_path}"
+        )
+        steps = (
+            NodeStep("restore-config", restore_config_step(settings, node), sensitive=False),
+            NodeStep("restore-hosts", restore_hosts_step(settings, node), sensitive=False),
+        )
+    summary = (
+        f"{node.name}: state restored: {what}; remove it from nodes afterwards "
+        "(nothing runs on a node that leaves)",
+    )
+    return RestorePlan(probe, flavour, summary, steps, report_role=steps[0].role)
+
+
+def held_roles(settings: Settings, node: Node) -> tuple[str, ...]:
+    """The steps a managed node of this setting has: what a held node keeps in the state. The
+    flavour is the node's setting (default plain containerd): a held node is not read."""
+    access = (read_access.ROLE,) if settings.node_access.enabled else ()
+    if FLAVOURS[node.flavour or "containerd"].is_distribution:
+        return (*access, "registries")
+    return (*access, *(("hosts",) if node.skip_config_path else ("hosts", "config")))
+
+
+@dataclass(frozen=True)
+class HeldPlan:
+    """``held``: the node is not read and nothing runs on it. Its steps stay registered under
+    their names with every input left as the state has it (ContainerdMirrors), so they neither
+    change nor leave the state."""
+
+    flavour: Flavour
+    roles: tuple[str, ...]
+    summary: tuple[str, ...]
+    probe: None = None
+    steps: tuple[NodeStep, ...] = ()
+    report_role: str = ""
+    state: str = "held"
+
+
+def plan_held(settings: Settings, node: Node) -> HeldPlan:
+    roles = held_roles(settings, node)
+    flavour = FLAVOURS[node.flavour or "containerd"]
+    summary = [
+        f"{node.name}: held (nodes[].state): not read, nothing runs on it; its steps "
+        f"({', '.join(roles)}) stay as the last apply left them",
+    ]
+    if node_role(node, flavour) == "control-plane":
+        # The other servers check only themselves before their restart: with this one down, a
+        # 3-member etcd is at 2, and each restart of another takes it to 1 until it is back.
+        summary.append(
+            f"warning: {node.name} is a control-plane node: the others still restart one at a "
+            "time, and with it out a restart of another may leave the cluster without quorum "
+            "until that one is back; hold them too if it cannot afford that"
+        )
+    return HeldPlan(flavour, roles, tuple(summary))
 
 
 def _plan_containerd(
@@ -264,30 +385,54 @@ def _plan_containerd(
     dropins = (
         [(plan.probed.path, plan.guard, plan.text) for plan in imports.sent] if imports else []
     )
+    # The config step leaves config.toml and the drop-ins it changed: each recorded on the node.
+    # As it left them (all of them), the mark it was sent again; any of them not, a new one.
+    drifted = [d for d in probe.dropins if d.applied_record_sha256 and not d.applied_from_sha256]
+    config_left = probe.applied_from_sha256 is not None and not drifted
+    records = [probe.applied_record_sha256 or ""] + [d.applied_record_sha256 or "" for d in drifted]
+    record = (
+        hashlib.sha256(" ".join(records).encode()).hexdigest() if drifted else None
+    ) or probe.applied_record_sha256
+    config_mark = apply_mark(config_left, probe.applied_mark, record)
     if migration.changed:
-        config = config_step(settings, node, probe.config_sha256, migration.text, dropins)
-    else:
-        # Same text as on disk: apply-config.sh sees no difference and does nothing. The guard is
-        # the one sent when that text was written (its source's checksum), so an unchanged node's
-        # step has the same inputs as last time: no diff in the preview, nothing run.
-        guard = probe.applied_from_sha256 or probe.config_sha256
-        config = config_step(settings, node, guard, probe.config_text, dropins)
-    carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
-    hosts = hosts_step(settings, node, files, carried)
-    tls = settings.tls.enabled
-    steps = [
-        NodeStep("hosts", hosts, restore_hosts_step(settings, node), sensitive=False, trusts_ca=tls)
-    ]
-    if not node.skip_config_path:
-        steps.append(
-            NodeStep("config", config, restore_config_step(settings, node), sensitive=True)
+        config = config_step(
+            settings, node, probe.config_sha256, migration.text, dropins, mark=config_mark
         )
+    else:
+        # Same text as on disk: apply-config.sh sees no difference and changes nothing. The guard
+        # is the one sent when that text was written (its source's checksum), so an unchanged
+        # node's step has the same inputs as last time: no diff in the preview, nothing run.
+        guard = probe.applied_from_sha256 or probe.config_sha256
+        config = config_step(settings, node, guard, probe.config_text, dropins, mark=config_mark)
+    hosts_left = probe.hosts_applied_mark is not None
+    hosts_mark = apply_mark(hosts_left, probe.hosts_applied_mark, probe.hosts_applied_record_sha256)
+    carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
+    hosts = hosts_step(settings, node, files, carried, mark=hosts_mark)
+    steps = [NodeStep("hosts", hosts, sensitive=False, trusts_ca=settings.tls.enabled)]
+    if not node.skip_config_path:
+        steps.append(NodeStep("config", config, sensitive=True))
     summary = _wildcard_summary(list(migration.summary), settings, files)
     if node.skip_config_path and migration.changed:
         summary.insert(
             0,
-            f"{node.name}: skipConfigPath is set: {node.config_file} left alone although it "
+            f"{node.name}: skipConfigPath is set: {node.config_file} left as it is although it "
             "needs migrating; containerd ignores the hosts.toml files until config_path is set",
+        )
+    if not node.skip_config_path and not config_left and record:
+        moved = [d.path for d in drifted]
+        if probe.applied_record_sha256 and not probe.applied_from_sha256:
+            moved.insert(0, node.config_file)
+        what = " and ".join(moved)
+        summary.insert(
+            0,
+            f"{node.name}: {what} is not what the last apply left (edited, or put back by "
+            "someone else): the config step runs again",
+        )
+    if not hosts_left and probe.hosts_applied_record_sha256:
+        summary.insert(
+            0,
+            f"{node.name}: a file the last apply left in {settings.containerd.config_path} (a "
+            "hosts.toml, or a carried one) is not as it was left: the hosts step writes them again",
         )
     summary += [f"warning: {w}" for w in migration.warnings]
     if routes is not None:
@@ -325,6 +470,7 @@ class RegistriesPlan:
     # Its rollout: one step, registries.yaml (it may hold configs.*.auth: sensitive).
     steps: tuple[NodeStep, ...] = ()
     report_role: str = "registries"
+    state: str = "managed"
 
 
 def plan_registries(settings: Settings, node: Node, probe_stdout: str) -> RegistriesPlan:
@@ -364,10 +510,16 @@ def _plan_registries(
         # As for config.toml: the guard it was written with, so an unchanged node shows no diff.
         text = probe.registries_text
         guard = probe.registries_applied_from_sha256 or probe.registries_sha256
+    left = probe.registries_applied_from_sha256 is not None
+    mark = apply_mark(left, probe.registries_applied_mark, probe.registries_applied_record_sha256)
     summary = [f"{node.name}: {flavour.name} (containerd {probe.containerd_version or '?'})"]
+    if not left and probe.registries_applied_record_sha256:
+        summary.append(
+            f"{node.name}: {flavour.registries_file} is not what the last apply left (edited, "
+            "or put back by someone else): the registries step runs again"
+        )
     summary += [f"{node.name}: {line}" for line in merge.summary]
-    registries = registries_step(settings, node, flavour, guard, text)
-    restore = restore_registries_step(settings, node, flavour)
+    registries = registries_step(settings, node, flavour, guard, text, mark)
     return RegistriesPlan(
         probe=probe,
         flavour=flavour,
@@ -375,9 +527,5 @@ def _plan_registries(
         changed=merge.changed,
         replaced_wildcard=merge.replaced_wildcard,
         summary=tuple(summary),
-        steps=(
-            NodeStep(
-                "registries", registries, restore, sensitive=True, trusts_ca=settings.tls.enabled
-            ),
-        ),
+        steps=(NodeStep("registries", registries, sensitive=True, trusts_ca=settings.tls.enabled),),
     )

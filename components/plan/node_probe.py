@@ -42,6 +42,9 @@ class ProbedDropIn:
     original_saved: bool = False
     applied_from_sha256: str | None = None
     original_text: str | None = None
+    # apply-config.sh's record beside it, when there is one (a drop-in it changed once): while the
+    # file is what it left, applied_from_sha256 is set; otherwise the config step gets a new mark.
+    applied_record_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +70,16 @@ class ProbeResult:
     managed_dirs: tuple[str, ...]
     # The node's first original config.toml (apply-config.sh saved it before its first change).
     original_text: str | None = None
-    # While config.toml is still what apply-config.sh wrote: the sha256 of the file it was
-    # migrated from (the guard that was sent then; sent again, an unchanged node shows no diff).
+    # While config.toml is still what apply-config.sh left: the guard and the mark it was sent
+    # (sent again, an unchanged node shows no diff). The record's checksum whenever there is one:
+    # a config.toml that is not what we left then gets a new mark derived from it.
     applied_from_sha256: str | None = None
+    applied_mark: str = ""
+    applied_record_sha256: str | None = None
+    # hosts.sh's record: the mark, while every hosts.toml it wrote is as it left it (else None);
+    # the record's checksum whenever there is one.
+    hosts_applied_mark: str | None = None
+    hosts_applied_record_sha256: str | None = None
     # Flavour (probe.sh's flavour block). Defaults: a plain containerd node, as before issue 14.
     flavour: str = "containerd"
     flavour_candidates: tuple[str, ...] = ()
@@ -81,8 +91,10 @@ class ProbeResult:
     registries_sha256: str = ABSENT
     registries_text: str = ""
     registries_original_saved: bool = False
-    # While registries.yaml is what registries.sh wrote: the guard it was written with.
+    # While registries.yaml is what registries.sh left: the guard and mark it was written with.
     registries_applied_from_sha256: str | None = None
+    registries_applied_mark: str = ""
+    registries_applied_record_sha256: str | None = None
     hosts_dir: str = ""
     ctr: str = ""
     containerd_log: str = ""
@@ -125,6 +137,7 @@ def _dropins(values: dict[str, list[str]]) -> tuple[ProbedDropIn, ...]:
     keys = (
         "dropin_exists", "dropin_sha256", "dropin_b64", "dropin_imports_b64",
         "dropin_original_saved", "dropin_applied_from_sha256", "dropin_original_b64",
+        "dropin_applied_record_sha256",
     )  # fmt: skip
     for key in keys:
         if len(values.get(key, [])) != len(paths):
@@ -150,6 +163,7 @@ def _dropins(values: dict[str, list[str]]) -> tuple[ProbedDropIn, ...]:
                 original_text=_text_b64(
                     values["dropin_original_b64"][index], "dropin_original_b64"
                 ),
+                applied_record_sha256=values["dropin_applied_record_sha256"][index] or None,
             )
         )
     return tuple(result)
@@ -210,6 +224,8 @@ def _flavour_fields(values: dict[str, list[str]]) -> dict:
             registries_text=_decoded(values, "registries_b64", sha, exists),
             registries_original_saved=last("registries_original_saved") == "1",
             registries_applied_from_sha256=last("registries_applied_from_sha256") or None,
+            registries_applied_mark=last("registries_applied_mark"),
+            registries_applied_record_sha256=last("registries_applied_record_sha256") or None,
             hosts_dir=last("hosts_dir"),
             ctr=last("ctr"),
             containerd_log=last("containerd_log"),
@@ -264,7 +280,13 @@ def parse_probe(stdout: str) -> ProbeResult:
         original_saved=values.get("original_saved", ["0"])[-1] == "1",
         managed_dirs=tuple(values.get("managed_dirs", [""])[-1].split()),
         original_text=original_text,
-        applied_from_sha256=values.get("applied_from_sha256", [""])[-1] or None,
+        applied_from_sha256=values.get("config_applied_from_sha256", [""])[-1] or None,
+        applied_mark=values.get("config_applied_mark", [""])[-1],
+        applied_record_sha256=values.get("config_applied_record_sha256", [""])[-1] or None,
+        hosts_applied_mark=values["hosts_applied_mark"][-1]
+        if "hosts_applied_mark" in values
+        else None,
+        hosts_applied_record_sha256=values.get("hosts_applied_record_sha256", [""])[-1] or None,
         imports_entries=_lines_b64(values.get("imports_b64", [""])[-1], "imports_b64"),
         imports_glob_base=values.get("imports_glob_base", [""])[-1],
         dropins=_dropins(values),

@@ -2,6 +2,12 @@
 
 The Pulumi component and the end-to-end test both call these, so the test runs over SSH exactly
 what ``pulumi up`` would send. Pure: no ``import pulumi``.
+
+The steps pulumi-command runs (hosts, config, registries, restore) send their script first on
+stdin and keep the command to the parameters and a small loader (renderers/shell.py
+``stdin_command``): a failed step's message then starts with the script's own summary, not with
+the 14 KB command. The probe and the verify check, which we run and report ourselves, carry the
+script in the command.
 """
 
 from __future__ import annotations
@@ -10,15 +16,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour, Role
-from components.renderers.shell import as_root, remote_command
+from components.renderers.shell import as_root, remote_command, stdin_command
 from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file
 from components.settings import Node, Settings
 
 
 @dataclass(frozen=True)
 class Step:
+    """What runs: ``command`` is the login shell's command line; stdin is ``script`` (when it
+    travels there, see ``stdin_command``) followed by ``content``, what the script reads."""
+
     command: str
-    stdin: str = ""
+    content: str = ""
+    script: str = ""
+
+    @property
+    def stdin(self) -> str:
+        return self.script + self.content
 
 
 def _as_node_root(node: Node, command: str) -> str:
@@ -29,8 +43,17 @@ def _as_node_root(node: Node, command: str) -> str:
 def script_step(
     node: Node, script: str, params: Mapping[str, str | int | bool], stdin: str = ""
 ) -> Step:
-    """``scripts/<script>`` with ``params`` as root on ``node`` (sudo unless it is root)."""
+    """``scripts/<script>`` with ``params`` as root on ``node`` (sudo unless it is root), the
+    script in the command: for what we run and report ourselves (the probe, verify)."""
     return Step(_as_node_root(node, remote_command(script, params)), stdin)
+
+
+def sent_step(
+    node: Node, script: str, params: Mapping[str, str | int | bool], content: str = ""
+) -> Step:
+    """A step pulumi-command runs: the script on stdin before ``content``, a short command."""
+    command, text = stdin_command(script, params)
+    return Step(_as_node_root(node, command), content, text)
 
 
 def probe_params(settings: Settings, node: Node) -> dict[str, str]:
@@ -69,21 +92,26 @@ def hosts_step(
     node: Node,
     files: Mapping[str, str],
     carried: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
 ) -> Step:
-    """hosts.sh: ``files`` (the bundle on stdin) and the directories of a previous config_path it
-    copies on the node, as (digest, name, source) (``CARRY``; only when there are some, so every
-    other node's command is what it was). With TLS on, ``with_trust`` puts the CA certificates in
-    front of the bundle (known once the VM has made its CA: components/containerd_mirrors.py)."""
+    """hosts.sh: ``files`` (the bundle on stdin, after the script) and the directories of a
+    previous config_path it copies on the node, as (digest, name, source) (``CARRY``; only when
+    there are some). ``mark``: recorded with every file it leaves, carried ones and CA_FILE
+    included; the probe gives it back while they are as hosts.sh left them
+    (components/plan/node_plan.py ``apply_mark``). With TLS on, ``with_trust`` puts the CA
+    certificates between the script and the bundle (known once the VM has made its CA:
+    components/containerd_mirrors.py)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_PATH": settings.containerd.config_path,
         "CA_FILE": containerd_ca_file(settings),
+        "APPLY_MARK": mark,
     }
     if carried:
         for digest, name, source in carried:
             if any(c.isspace() for c in f"{digest}{name}{source}"):
                 raise ValueError(f"cannot send {source!r} in hosts.sh's CARRY")
         params["CARRY"] = "".join(f"{d} {n} {s}\n" for d, n, s in carried)
-    return script_step(node, "node/hosts.sh", params, hosts_bundle(files))
+    return sent_step(node, "node/hosts.sh", params, hosts_bundle(files))
 
 
 def node_role(node: Node, flavour: Flavour) -> Role:
@@ -133,8 +161,9 @@ def trust_section(ca_pem: str) -> str:
 
 
 def with_trust(step: Step, ca_pem: str) -> Step:
-    """``step`` with the CA certificates in front of its stdin."""
-    return Step(step.command, trust_section(ca_pem) + step.stdin)
+    """``step`` with the CA certificates in front of its content: its stdin is then the script,
+    the CA section, the content (the script takes the section off before reading its content)."""
+    return Step(step.command, trust_section(ca_pem) + step.content, step.script)
 
 
 def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
@@ -154,17 +183,20 @@ def config_step(
     expected_sha256: str,
     new_text: str,
     dropins: Sequence[tuple[str, str, str]] = (),
+    mark: str = "",
 ) -> Step:
     """apply-config.sh: config.toml (``new_text``, guarded by ``expected_sha256``) and the
     ``imports`` drop-ins that change with it, as (path, guard, text): one restart, one rollback.
-    Without drop-ins the command and stdin are what they always were (no diff for a stack)."""
+    Without drop-ins the content is config.toml alone. ``mark``: recorded with every file it
+    leaves (components/plan/node_plan.py ``apply_mark``)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_FILE": node.config_file,
         "EXPECTED_SHA256": expected_sha256,
+        "APPLY_MARK": mark,
         **_restart_params(settings, node),
     }
     if not dropins:
-        return script_step(node, "node/apply-config.sh", params, new_text)
+        return sent_step(node, "node/apply-config.sh", params, new_text)
     params["DROPIN_COUNT"] = len(dropins)
     files = [(node.config_file, expected_sha256, new_text), *dropins]
     for path, _, _ in files:
@@ -174,11 +206,12 @@ def config_step(
         f"# registry-mirrors-file: {guard} {len(text.encode())} {path}\n{text}"
         for path, guard, text in files
     )
-    return script_step(node, "node/apply-config.sh", params, bundle)
+    return sent_step(node, "node/apply-config.sh", params, bundle)
 
 
 def restore_config_step(settings: Settings, node: Node) -> Step:
-    return script_step(
+    """nodes[].state: restored: the node's very first config.toml back, containerd restarted."""
+    return sent_step(
         node,
         "node/restore.sh",
         {"CONFIG_FILE": node.config_file, **_restart_params(settings, node)},
@@ -186,9 +219,9 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    # REMOVE_ALL, not an empty stdin: whether pulumi-command feeds a delete the resource's stdin is
-    # not something to rely on, and that stdin (the bundle) would write the files again.
-    return script_step(
+    """nodes[].state: restored: our hosts.toml files and CA_FILE go (a hand-made hosts.toml we
+    replaced comes back). REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
+    return sent_step(
         node,
         "node/hosts.sh",
         {
@@ -299,16 +332,22 @@ def expected_hosts(settings: Settings) -> str:
 
 
 def registries_step(
-    settings: Settings, node: Node, flavour: Flavour, expected_sha256: str, new_text: str
+    settings: Settings,
+    node: Node,
+    flavour: Flavour,
+    expected_sha256: str,
+    new_text: str,
+    mark: str = "",
 ) -> Step:
     """Write registries.yaml (``new_text``), restart the distribution, check its generated
     hosts.toml; roll back on failure. Identical text: nothing happens, no restart."""
-    return script_step(
+    return sent_step(
         node,
         "node/registries.sh",
         {
             **_distribution_params(settings, node, flavour),
             "EXPECTED_SHA256": expected_sha256,
+            "APPLY_MARK": mark,
             "HOSTS_DIR": flavour.hosts_dir,
             "EXPECTED_HOSTS": expected_hosts(settings),
         },
@@ -317,8 +356,9 @@ def registries_step(
 
 
 def restore_registries_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
-    """Delete: the node's very first registries.yaml back (or none, if it had none), restart."""
-    return script_step(
+    """nodes[].state: restored: the node's very first registries.yaml back (or none, if it had
+    none), restart."""
+    return sent_step(
         node,
         "node/registries.sh",
         {**_distribution_params(settings, node, flavour), "RESTORE": 1},

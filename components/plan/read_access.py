@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from components.plan.node_steps import Step, probe_params, script_step, verify_params
+from components.plan.node_steps import Step, probe_params, sent_step, verify_params
 from components.renderers.flavours import Flavour
 from components.renderers.read_access import (
     authorized_keys,
@@ -130,7 +130,9 @@ def bundle(settings: Settings, node: Node, flavour: Flavour) -> str:
 
 
 def install_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
-    return script_step(
+    # Sent like every step pulumi-command runs (the script on stdin, a short command): a failed
+    # install's message is not preceded by the whole script.
+    return sent_step(
         node,
         "node/install-read-access.sh",
         {"READ_USER": settings.node_access.read_user},
@@ -139,7 +141,8 @@ def install_step(settings: Settings, node: Node, flavour: Flavour) -> Step:
 
 
 def remove_step(settings: Settings, node: Node) -> Step:
-    return script_step(
+    """``nodes[].state: restored``: the read identity goes with our other changes."""
+    return sent_step(
         node,
         "node/install-read-access.sh",
         {"READ_USER": settings.node_access.read_user, "REMOVE": 1},

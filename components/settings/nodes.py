@@ -10,6 +10,11 @@ from pydantic import Field, field_validator
 from components.renderers.flavours import FlavourName
 from components.settings.checks import Hostname, Port, PublicKey, _check_user, _Model
 
+# What the program does with a node. Every node step is kept on delete (retain_on_delete, no delete
+# command): removing a node from `nodes`, renaming it or setting skipConfigPath never runs
+# anything on it; putting its original files back is this explicit state.
+NodeState = Literal["managed", "held", "restored"]
+
 
 class Node(_Model):
     """A cluster node whose containerd is switched to config_path + hosts.toml."""
@@ -31,7 +36,14 @@ class Node(_Model):
     )
     skip_config_path: bool = Field(
         default=False,
-        description="Opt out: leave config.toml alone (only hosts.toml is written; reported).",
+        description="Opt out: leave config.toml as it is (only hosts.toml is written; reported). "
+        "Setting it on a migrated node does not restore anything (see state: restored).",
+    )
+    state: NodeState = Field(
+        default="managed",
+        description="managed: read, planned and changed as needed. held: not read, nothing runs "
+        "on it, its steps stay in the state as they are (a node that is down). restored: its "
+        "original files are put back once (then remove it from nodes: nothing runs).",
     )
     flavour: FlavourName | None = Field(
         default=None,

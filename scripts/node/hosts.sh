@@ -19,24 +19,42 @@
 # CONFIG_PATH/<name>/.registry-mirrors-carried, and <name> managed like our own directories (so
 # REMOVE_ALL, or a later run without it, removes the copies). A source whose files are no longer
 # what the probe read (digest) stops the step before anything is written (exit 3).
-# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go); CARRY; REMOVE_ALL=1 ignores
-# stdin and CARRY and lets go of every registry we manage and of CA_FILE (the delete step: pulumi
-# destroy or a node removed from the settings).
+# What we left is recorded in <CONFIG_PATH>/.registry-mirrors-applied: "mark <APPLY_MARK>", then
+# one sha256sum line per file written (each hosts.toml, each carried file, CA_FILE). probe.sh
+# checks the files against it: while they are as we left them the program sends the same mark
+# again (no diff); otherwise a new one (the step shows a change and runs): a CA file removed or
+# changed on the node is drift like a hosts.toml.
+# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go, an absolute path); CARRY;
+# APPLY_MARK; REMOVE_ALL=1 ignores stdin and CARRY and lets go of every registry we manage and of
+# CA_FILE (nodes[].state: restored).
+# stdin: after the script itself (renderers/shell.py stdin_command).
 # Output: key=value lines: trust=..., written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
+#   On failure: a summary first, then all of it on stderr.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
 : "${CA_FILE:=}"
 : "${CARRY:=}"
+: "${APPLY_MARK:=}"
 : "${REMOVE_ALL:=0}"
+
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
+hold_output
 require_root
+# Whatever stops it from here on: every hosts.toml is replaced whole (rename), so each one is the
+# old or the new file, and containerd reads them per pull.
+fail_with "it stopped at an error it does not expect while writing hosts.toml files (the lines below say where)" \
+  "nothing: the hosts.toml files written before it stay (each one whole, the old or the new one)" \
+  "fix what the lines below say (a full disk?), then run pulumi up again"
 
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
+record="${CONFIG_PATH}/.registry-mirrors-applied"
 mkdir -p "$CONFIG_PATH"
 work=$(mktemp -d "${CONFIG_PATH}/.registry-mirrors.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+cleanup+=("$work")
 
 valid_dir() {
   # A registry host[:port] or _default; never a path: stdin must not be able to escape CONFIG_PATH.
@@ -68,6 +86,8 @@ while IFS= read -r line || [[ -n $line ]]; do
   if [[ $line =~ ^#\ registry-mirrors:\ (.*)/hosts\.toml$ ]]; then
     current=${BASH_REMATCH[1]}
     if ! valid_dir "$current"; then
+      fail_with "it refuses a registry directory name in its stdin" "nothing: nothing was changed" \
+        "report it: the program should never send such a name"
       echo "hosts.sh: refusing registry directory name ${current@Q}" >&2
       exit 4
     fi
@@ -76,6 +96,8 @@ while IFS= read -r line || [[ -n $line ]]; do
   elif [[ -n $current ]]; then
     printf '%s\n' "$line" >>"$work/files/$current"
   elif [[ -n $line ]]; then
+    fail_with "its stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" \
+      "nothing: nothing was changed" "report it: the program should never send this"
     echo "hosts.sh: stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" >&2
     exit 4
   fi
@@ -87,19 +109,29 @@ carry=()
 while read -r digest name source; do
   [[ -z ${digest:-} ]] && continue
   if ! valid_dir "$name" || [[ $name == _default || $source != /* ]]; then
+    fail_with "it refuses a directory to carry (${source@Q} as ${name@Q})" \
+      "nothing: nothing was changed" "report it: the program should never send this"
     echo "hosts.sh: refusing to carry ${source@Q} as ${name@Q}" >&2
     exit 4
   fi
   if grep -qxF "$name" "$work/wanted"; then
+    fail_with "${name} is both written and carried" "nothing: nothing was changed" \
+      "report it: the program should never send this"
     echo "hosts.sh: ${name} is both written and carried" >&2
     exit 4
   fi
   if [[ ! -d $source || $(dir_digest "$source") != "$digest" ]]; then
+    fail_with "${source} (a directory of the previous config_path, to carry) changed since the program read it" \
+      "nothing: nothing was changed" \
+      "run pulumi up again (it reads the node again and plans from what is there now)"
     echo "hosts.sh: ${source} changed since it was probed; nothing changed, run pulumi up again" >&2
     exit 3
   fi
   target="${CONFIG_PATH}/${name}"
   if [[ -e $target ]] && ! managed_before "$name"; then
+    fail_with "${target} exists and is not ours: ${source} cannot be carried there" \
+      "nothing: nothing was changed" \
+      "move ${target} out of the way, or put what ${source} holds there yourself, then run pulumi up again"
     echo "hosts.sh: ${target} exists and is not ours: cannot carry ${source} there; nothing changed" >&2
     exit 4
   fi
@@ -147,6 +179,9 @@ carry_files() {
     tmp=$(mktemp "${target}/.${name}.registry-mirrors.XXXXXX")
     if ! cp -p "$source/$name" "$tmp" || ! mv -f "$tmp" "$target/$name"; then
       rm -f "$tmp"
+      fail_with "it could not copy ${source}/${name} into ${target}" \
+        "nothing: the files written before it stay (each one whole, the old or the new one)" \
+        "fix what the lines below say (a full disk?), then run pulumi up again"
       echo "hosts.sh: cannot copy ${source}/${name} into ${target}" >&2
       exit 5
     fi
@@ -174,6 +209,7 @@ for entry in "${carry[@]}"; do
     changed=1
   fi
   echo "$name" >>"$work/wanted"
+  echo "$name" >>"$work/carried"
 done
 
 if [[ -f $manifest ]]; then
@@ -209,5 +245,26 @@ if [[ -s "$work/wanted" ]]; then
   mv -f "$work/manifest" "$manifest"
 else
   rm -f "$manifest"
+fi
+if [[ $REMOVE_ALL == 1 ]]; then
+  rm -f "$record"
+else
+  # Every file we left, carried ones included: a carried CA deleted or edited is a change too.
+  {
+    echo "mark ${APPLY_MARK}"
+    while read -r dir; do
+      [[ -n $dir ]] || continue
+      if [[ -f $work/carried ]] && grep -qxF "$dir" "$work/carried"; then
+        while IFS= read -r name; do
+          [[ -n $name ]] && (cd "$CONFIG_PATH" && sha256sum "${dir}/${name}")
+        done <"${CONFIG_PATH}/${dir}/.registry-mirrors-carried"
+      else
+        (cd "$CONFIG_PATH" && sha256sum "${dir}/hosts.toml")
+      fi
+    done <"$work/wanted"
+    # The CA file the hosts.toml files name: without it every pull through them fails.
+    if [[ -n $CA_FILE && -f $CA_FILE ]]; then sha256sum "$CA_FILE"; fi
+  } >"$work/record"
+  mv -f "$work/record" "$record"
 fi
 echo "changed=${changed}"

@@ -9,19 +9,39 @@
 # Reads no parameter of its own (tests/test_node_steps.py checks): each script declares the
 # CONTAINERD_ADDRESS, RESTART_COMMAND, RESTART_TIMEOUT, HEALTH_COMMAND and HEALTH_TIMEOUT used
 # here in its own header.
+# Every node script sources it (the probe, and the steps: hosts.sh, apply-config.sh, registries.sh,
+# restore.sh); the steps source step.sh after it (how a step ends: its output held, a failure's
+# summary first).
 #
 # Next to FILE (probe.sh reads .orig, .absent and .applied back):
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
 #   FILE.registry-mirrors.absent          ... or the mark that there was no FILE then
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
-#   FILE.registry-mirrors.applied         "<sha256 written> <sha256 of the file it was made from>"
+#   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied),
+#                                         then a sha256sum line per file in applied_also
 #   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
 
 # Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
 me=${0##*/}
 
+# fail_with WHAT UNDONE TODO: the summary a failed step prints first (step.sh end_step); set it
+# right before `exit N`. The probe, which is not a step, sets it to no effect.
+# shellcheck disable=SC2034 # read by step.sh's end_step
+failed_what="" failed_undone="" failed_todo=""
+fail_with() {
+  # shellcheck disable=SC2034
+  failed_what=$1
+  failed_undone=$2
+  failed_todo=$3
+}
+
+# Temporary files and directories of a step, removed however it ends (step.sh end_step).
+cleanup=()
+
 require_root() {
   if [[ $(id -u) -ne 0 ]]; then
+    fail_with "it must run as root" "nothing: nothing was changed" \
+      "log in as root, or give nodes[].sshUser passwordless sudo"
     echo "${me}: must run as root (log in as root or give the SSH user passwordless sudo)" >&2
     exit 2
   fi
@@ -57,7 +77,8 @@ wait_for_cri() {
 # restart: the caller rolls back as for a CRI plugin that is not ok.
 restart() {
   local code=0
-  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" || code=$?
+  # Not the step's real output (step.sh): a daemon the command starts must not hold the session.
+  timeout --kill-after=5 "$RESTART_TIMEOUT" bash -c "$RESTART_COMMAND" 3>&- 4>&- || code=$?
   if ((code == 124 || code == 137)); then
     echo "the restart command did not return within ${RESTART_TIMEOUT}s and was stopped"
   fi
@@ -100,6 +121,9 @@ wait_for_member() {
 require_member_healthy() {
   [[ -z $HEALTH_COMMAND ]] && return 0
   member_healthy && return 0
+  fail_with "the node is not healthy as a cluster member before the change (its health command fails)" \
+    "nothing: nothing was changed" \
+    "bring the node back into its cluster (the health command's words are below), or hold it out with nodes[].state: held, then run pulumi up again"
   echo "${me}: the node is not healthy as a cluster member before the change (${HEALTH_COMMAND}: ${member_output:-no output}); nothing changed" >&2
   exit 7
 }
@@ -170,23 +194,27 @@ new=""
 stage_stdin() {
   mkdir -p "$(dirname "$1")"
   new=$(temp_next_to "$1")
-  trap 'rm -f "$new"' EXIT
+  cleanup+=("$new")
   cat >"$new"
 }
 
-# skip_or_refuse FILE STAGED EXPECTED_SHA256: exit 0 when FILE already holds STAGED's text; exit 3
-# when FILE is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
+# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
+# (recording it as applied: the next probe then plans these very inputs again); exit 3 when FILE
+# is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
 # In that order: the guard of an unchanged node is the checksum of the file it was once made from
 # (see probe.sh), so identical text is "nothing to do, no restart" whatever the guard says.
 skip_or_refuse() {
-  local file=$1 staged=$2 expected=$3 current=absent
+  local file=$1 staged=$2 expected=$3 mark=$4 current=absent
   if [[ -f $file ]] && cmp -s "$staged" "$file"; then
+    record_applied "$file" "$expected" "$mark"
     echo "changed=0"
     echo "restarted=0"
     exit 0
   fi
   [[ -f $file ]] && current=$(sha256_of "$file")
   if [[ $current != "$expected" ]]; then
+    fail_with "${file} changed since the program read it" "nothing: nothing was changed" \
+      "run pulumi up again (it reads the node again and plans from what is there now)"
     echo "${me}: ${file} changed since it was probed (expected sha256 ${expected}, now ${current}); nothing changed, run pulumi up again" >&2
     exit 3
   fi
@@ -218,13 +246,24 @@ install_new() {
   echo "backup=${backup}"
 }
 
-# record_applied FILE EXPECTED_SHA256, once the daemon runs with FILE: the sha256 we wrote and that
-# of the file it was made from. probe.sh (applied_from) reads it back: while FILE is still what we
-# wrote, the program sends the same guard again, so an unchanged node shows no diff.
+# record_applied FILE EXPECTED_SHA256 MARK, once the daemon runs with FILE: the sha256 of what the
+# step left, the guard it was sent and its mark (APPLY_MARK: the program's name for this apply).
+# probe.sh reads it back: while FILE is still what we left, the program sends the same guard and
+# mark again, so an unchanged node shows no diff; once FILE is anything else (edited, put back to
+# the original, ...) it sends a new mark, so the step shows a change and runs. The files named in
+# applied_also (absolute paths; the CA file registries.sh writes) are recorded too, one sha256sum
+# line each: one of them removed or changed is the same drift as FILE changed.
+applied_also=()
 record_applied() {
-  local file=$1 expected=$2 tmp
+  local file=$1 expected=$2 mark=$3 tmp also
   tmp=$(temp_next_to "$file")
-  printf '%s %s\n' "$(sha256_of "$file")" "$expected" >"$tmp"
+  cleanup+=("$tmp")
+  {
+    printf '%s %s %s\n' "$(sha256_of "$file")" "$expected" "$mark"
+    for also in "${applied_also[@]}"; do
+      [[ -f $also ]] && sha256sum "$also"
+    done
+  } >"$tmp"
   mv -f "$tmp" "${file}.registry-mirrors.applied"
 }
 
@@ -244,6 +283,8 @@ roll_back() {
 roll_back_or_exit() {
   local file=$1 backup_file=$2
   if ! roll_back "$file" "$backup_file"; then
+    failed_undone="NOTHING: the previous ${file} could NOT be put back (${backup_file:-there was none}); the new one is in place and the daemon is not ok with it"
+    failed_todo="the node needs a person now: put the previous file back by hand (${backup_file:-remove ${file}}), restart, check the CRI plugin; meanwhile nodes[].state: held keeps this node out of pulumi up"
     echo "rolled_back=0"
     echo "${me}: the daemon did not come back with the new ${file}, and the previous one could NOT be put back (${backup_file:-there was none}): the node is NOT ok" >&2
     exit 6
@@ -256,8 +297,17 @@ roll_back_or_exit() {
 exit_after_roll_back() {
   local file=$1 error_text=$2
   if restart_and_wait; then
+    failed_undone="the previous ${file} is back in place and the CRI plugin on ${CONTAINERD_ADDRESS} is ok again"
     exit 5
   fi
+  # shellcheck disable=SC2034 # read by step.sh's end_step
+  if ((member_failed)); then
+    failed_undone="the previous ${file} is back in place, but the node is NOT healthy as a cluster member with it either"
+  else
+    failed_undone="the previous ${file} is back in place, but the CRI plugin on ${CONTAINERD_ADDRESS} is NOT ok with it either"
+  fi
+  # shellcheck disable=SC2034
+  failed_todo="the node needs a person now: the daemon's words are below; meanwhile nodes[].state: held keeps this node out of pulumi up"
   if ((member_failed)); then
     echo "${me}: even with the restored ${file}, $(member_text): the node is NOT ok" >&2
   else
@@ -308,6 +358,11 @@ restore_original() {
     return 0
   fi
   if ! restart_and_wait; then
+    local not_ok="the CRI plugin on ${CONTAINERD_ADDRESS} is not ok after the restart"
+    ((member_failed)) && not_ok="the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s after the restart"
+    fail_with "${file}${restore_also[*]:+ and ${restore_also[*]}} was restored, but ${not_ok}" \
+      "nothing: the original ${file} stays in place (the one we had written is ${file}.registry-mirrors.before-restore)" \
+      "look at the daemon (its words are below); to go back to our file: pulumi up with nodes[].state: managed"
     {
       if ((member_failed)); then
         echo "${me}: ${file}${restore_also[*]:+ and ${restore_also[*]}} was restored but $(member_text)"
@@ -339,6 +394,7 @@ take_trust_section() {
   [[ $(head -n 1 "$staged") == "# registry-mirrors-ca" ]] || return 0
   trust_pem=$(mktemp)
   rest=$(mktemp)
+  cleanup+=("$trust_pem" "$rest")
   awk -v pem="$trust_pem" -v rest="$rest" '
     NR == 1 { next }
     !done && $0 == "# registry-mirrors-ca-end" { done = 1; next }
@@ -346,11 +402,15 @@ take_trust_section() {
     { print > rest }
     END { if (!done) exit 1 }' "$staged" || {
     rm -f "$trust_pem" "$rest"
+    fail_with "the CA section of its stdin has no end line" "nothing: nothing was changed" \
+      "report it: the program should never send this"
     echo "${me}: the CA section of stdin has no end line" >&2
     exit 4
   }
   if ! grep -q -- '-----END CERTIFICATE-----' "$trust_pem"; then
     rm -f "$trust_pem" "$rest"
+    fail_with "the CA section of its stdin holds no certificate" "nothing: nothing was changed" \
+      "report it: the program should never send this"
     echo "${me}: the CA section of stdin holds no certificate" >&2
     exit 4
   fi

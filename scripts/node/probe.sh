@@ -32,16 +32,29 @@ original_saved() {
   if [[ -f ${1}.registry-mirrors.orig || -f ${1}.registry-mirrors.absent ]]; then echo 1; else echo 0; fi
 }
 
-# applied_from FILE: apply-config.sh and registries.sh record "<sha256 written> <sha256 of the file
-# it was made from>". While FILE is still what they wrote, the program sends that guard again: an
-# unchanged node shows no diff.
-applied_from() {
-  local written="" source=""
-  if [[ -f ${1}.registry-mirrors.applied && -f $1 ]]; then
-    read -r written source <"${1}.registry-mirrors.applied" || true
-    [[ $written == "$(sha256sum <"$1" | awk '{print $1}')" ]] && echo "$source"
+# applied PREFIX FILE: apply-config.sh and registries.sh record "<sha256 left> <guard sent> <mark
+# sent>" (lib.sh record_applied). While FILE is still what they left, PREFIX_applied_from_sha256=
+# and PREFIX_applied_mark= give the guard and mark to send again (an unchanged node shows no diff);
+# PREFIX_applied_record_sha256= (whenever there is a record) lets the program name a new mark when
+# FILE is anything else: edited, or put back to the original by a config manager or a reinstall.
+# All three keys every time (empty when not known): the drop-ins' keys are matched by position.
+# Lines after the first: sha256sum lines of other files the step left with FILE (registries.sh's
+# CA file): any of them not as left is the same as FILE not as left.
+applied() {
+  local record="${2}.registry-mirrors.applied" written="" source="" mark="" record_sha="" also
+  if [[ -f $record ]]; then
+    record_sha=$(sha256sum <"$record" | awk '{print $1}')
+    read -r written source mark <"$record" || true
+    also=$(tail -n +2 "$record")
+    if [[ ! -f $2 || $written != "$(sha256sum <"$2" | awk '{print $1}')" ]]; then
+      source="" mark=""
+    elif [[ -n $also ]] && ! sha256sum -c --status - <<<"$also" 2>/dev/null; then
+      source="" mark=""
+    fi
   fi
-  return 0
+  echo "$1_applied_record_sha256=${record_sha}"
+  echo "$1_applied_from_sha256=${source}"
+  echo "$1_applied_mark=${mark}"
 }
 
 # --- flavour: plain containerd, or k3s / RKE2 with their own containerd (issue 14) -------------
@@ -98,7 +111,7 @@ else
   echo "registries_file=${registries_file}"
   file_report registries "$registries_file"
   echo "registries_original_saved=$(original_saved "$registries_file")"
-  echo "registries_applied_from_sha256=$(applied_from "$registries_file")"
+  applied registries "$registries_file"
   echo "hosts_dir=/var/lib/rancher/${dist}/agent/etc/containerd/certs.d"
   echo "containerd_log=/var/lib/rancher/${dist}/agent/containerd/containerd.log"
   # k3s unpacks its binaries to data/<hash>/bin (data/current points at the running set); RKE2
@@ -165,12 +178,23 @@ if [[ -f ${CONFIG_FILE}.registry-mirrors.orig ]]; then
 else
   echo "original_b64="
 fi
-echo "applied_from_sha256=$(applied_from "$CONFIG_FILE")"
+applied config "$CONFIG_FILE"
 manifest="${CONFIG_PATH}/.registry-mirrors-managed"
 if [[ -f $manifest ]]; then
   echo "managed_dirs=$(paste -s -d ' ' "$manifest")"
 else
   echo "managed_dirs="
+fi
+# What hosts.sh left: "mark <mark>", then a sha256sum line per file it wrote (each hosts.toml, each
+# carried file, the CA file; relative to CONFIG_PATH, the CA file by its absolute path). All of them
+# as it left them: hosts_applied_mark= (sent again: no diff); else the record's checksum.
+hosts_record="${CONFIG_PATH}/.registry-mirrors-applied"
+if [[ -f $hosts_record ]]; then
+  echo "hosts_applied_record_sha256=$(sha256sum <"$hosts_record" | awk '{print $1}')"
+  listed=$(tail -n +2 "$hosts_record")
+  if [[ -z $listed ]] || (cd "$CONFIG_PATH" && sha256sum -c --status - <<<"$listed") 2>/dev/null; then
+    echo "hosts_applied_mark=$(sed -n '1s/^mark //p' "$hosts_record")"
+  fi
 fi
 
 # --- imports drop-ins (issue 22; docs/containerd-imports.md) -----------------------------------
@@ -182,9 +206,9 @@ fi
 # containerd's order with its per-version table and checks it reaches exactly these files.
 # Output (additive): imports_glob_base=, imports_b64= (the entries this script read from the main
 # file's `imports`, one per line), per imported file dropin_path=, dropin_exists=, dropin_sha256=,
-# dropin_b64=, dropin_imports_b64=, dropin_original_saved=, dropin_applied_from_sha256=,
-# dropin_original_b64= (the same keys, in the same order, once per file), and imports_error= for a
-# named file that does not exist.
+# dropin_b64=, dropin_imports_b64=, dropin_original_saved=, dropin_applied_record_sha256=,
+# dropin_applied_from_sha256=, dropin_applied_mark=, dropin_original_b64= (the same keys, in the
+# same order, once per file), and imports_error= for a named file that does not exist.
 
 # import_entries FILE: the strings of FILE's top-level `imports = [...]`, one a line. Plain TOML
 # strings without escapes; anything else is read differently by the planner's TOML parser, which
@@ -248,7 +272,7 @@ while ((next < ${#queue[@]})); do
     file_report dropin "$file"
     echo "dropin_imports_b64=${entries_b64}"
     echo "dropin_original_saved=$(original_saved "$file")"
-    echo "dropin_applied_from_sha256=$(applied_from "$file")"
+    applied dropin "$file"
     if [[ -f ${file}.registry-mirrors.orig ]]; then
       echo "dropin_original_b64=$(base64 -w 0 <"${file}.registry-mirrors.orig")"
     else

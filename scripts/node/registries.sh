@@ -24,14 +24,18 @@
 #   UNIT                 the unit, for its journal on failure
 #   SERVICE_LOG          optional log file of the service to quote on failure (else the journal)
 #   CONTAINERD_LOG       the distribution's containerd log (k3s logs containerd to a file)
+#   APPLY_MARK           recorded with the file and CA_FILE (lib.sh record_applied; probe.sh
+#                        reads it back)
 #   CA_FILE              where the CA certificates of our caches go (registries.yaml's
 #                        configs.<cache>.tls.ca_file names it); removed when stdin has none
-#   RESTORE              1: no stdin; put back the very first original (pulumi destroy / node
-#                        removed), restart and wait, like restore.sh for config.toml
-# stdin: TLS on, the CA section (lib.sh, take_trust_section) written to CA_FILE before the
-# restart that makes the distribution read it; then the new registries.yaml (not read with
-# RESTORE=1).
+#   RESTORE              1: no stdin; put back the very first original (nodes[].state:
+#                        restored), restart and wait, like restore.sh for config.toml; CA_FILE
+#                        removed
+# stdin: after the script itself: TLS on, the CA section (lib.sh, take_trust_section) written to
+# CA_FILE before the restart that makes the distribution read it; then the new registries.yaml
+# (not read with RESTORE=1).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
+#   On failure: a summary first, then all of it on stderr.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
 #       distribution is ok again; 6 failed and so did the rollback; 7 a control-plane node (a
 #       server) was not healthy as a cluster member before the change: nothing changed.
@@ -49,11 +53,15 @@ set -euo pipefail
 : "${UNIT:=}"
 : "${SERVICE_LOG:=}"
 : "${CONTAINERD_LOG:=}"
+: "${APPLY_MARK:=}"
 : "${RESTORE:=0}"
 : "${CA_FILE:=}"
 
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
+hold_output
 require_root
 if [[ -n $CTR && -x $CTR ]]; then ctr_bin=$CTR; fi
 
@@ -99,9 +107,13 @@ fi
 stage_stdin "$REGISTRIES_FILE"
 take_trust_section "$new"
 # Before anything that names it; a changed CA alone needs no restart (containerd reads the file
-# on every connection), and registries.yaml is then unchanged.
-[[ -z $CA_FILE ]] || install_trust "$CA_FILE"
-skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+# on every connection), and registries.yaml is then unchanged. Recorded with registries.yaml
+# (record_applied): a CA file removed or changed on the node is drift, the step runs again.
+if [[ -n $CA_FILE ]]; then
+  install_trust "$CA_FILE"
+  [[ ! -f $CA_FILE ]] || applied_also=("$CA_FILE")
+fi
+skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256" "$APPLY_MARK"
 require_member_healthy
 install_new "$REGISTRIES_FILE" "$new"
 
@@ -109,7 +121,7 @@ hosts_problem=""
 if restart_and_wait; then
   if hosts_problem=$(check_generated_hosts); then
     # probe.sh reads it back; RESTORE removes it.
-    record_applied "$REGISTRIES_FILE" "$EXPECTED_SHA256"
+    record_applied "$REGISTRIES_FILE" "$EXPECTED_SHA256" "$APPLY_MARK"
     echo "restarted=1"
     echo "rolled_back=0"
     exit 0
@@ -117,6 +129,15 @@ if restart_and_wait; then
 fi
 
 reason=$(distribution_error_text)
+failed_todo="fix what ${UNIT:-the service} says below, then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+if ((member_failed)); then
+  failed_what="with the new ${REGISTRIES_FILE} the node did not become healthy as a cluster member within ${HEALTH_TIMEOUT}s"
+  failed_todo="look at the node's cluster health (the health command's words are below), then run pulumi up again; meanwhile nodes[].state: held keeps this node out of pulumi up"
+elif [[ -n $hosts_problem ]]; then
+  failed_what="after writing ${REGISTRIES_FILE} and restarting ${UNIT:-the service}, ${hosts_problem}"
+else
+  failed_what="with the new ${REGISTRIES_FILE} the CRI plugin on ${CONTAINERD_ADDRESS} did not become ok within ${RESTART_TIMEOUT}s"
+fi
 echo "restarted=1"
 roll_back_or_exit "$REGISTRIES_FILE" "$backup"
 {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Undo what apply-config.sh did (pulumi destroy / node removed): put back the very first original
+# Undo what apply-config.sh did (nodes[].state: restored): put back the very first original
 # config.toml (<file>.registry-mirrors.orig), restart containerd and wait for the CRI plugin. A
 # file the user changed after us is still replaced: it is backed up as
 # <file>.registry-mirrors.before-restore first. The `imports` drop-ins apply-config.sh changed
@@ -21,6 +21,9 @@ set -euo pipefail
 
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
+# shellcheck source=scripts/node/step.sh
+. "$(dirname "$0")/step.sh"
+hold_output
 require_root
 
 dropin_list="${CONFIG_FILE}.registry-mirrors.dropins"

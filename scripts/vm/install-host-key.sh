@@ -46,8 +46,19 @@ if [[ $current == "$public" ]]; then
     exit 0
 fi
 
-# sshd must read this file, or installing it would change nothing it presents.
-if ! "${sudo[@]}" sshd -T -f "$SSHD_CONFIG" 2>/dev/null | grep -qixF "hostkey $HOST_KEY_FILE"; then
+# sshd must read this file, or installing it would change nothing it presents. Its effective
+# config is read whole first, then searched: `sshd -T | grep -q` under pipefail fails at random
+# (grep quits at the hostkey line while sshd still writes the acceptenv/subsystem lines after
+# it: SIGPIPE, 141), which a slow VM hit more often than not. sshd's own error (a config it
+# refuses, a missing /run/sshd) is reported as such, not as a missing HostKey line.
+if ! effective=$("${sudo[@]}" sshd -T -f "$SSHD_CONFIG" 2>"$work/sshd-T.err"); then
+    # One line: sshd ends its stderr lines with \r\n.
+    reason=$(tr -s '\r\n' ' ' <"$work/sshd-T.err")
+    echo "install-host-key: 'sshd -T -f $SSHD_CONFIG' failed (${reason% }) so it cannot be told" \
+        "which host keys sshd loads: nothing was changed" >&2
+    exit 3
+fi
+if ! grep -qxF "hostkey $HOST_KEY_FILE" <<<"$effective"; then
     echo "install-host-key: sshd ($SSHD_CONFIG) does not load $HOST_KEY_FILE as a host key" \
         "(HostKey lines): nothing was changed" >&2
     exit 3

@@ -150,6 +150,14 @@ mkdir -p "$lock_dir"
 exec 9>"$lock_dir/registry-maintenance-$name.lock"
 
 run_gc() {
+    # A repository a client fetched only manifests from (it held every layer already: the same
+    # image under another name) has `_manifests` and no `_layers`; `registry garbage-collect`
+    # (2.8 and 3.1.1) then fails its whole mark phase ("Path not found: .../_layers") and nothing
+    # is ever collected. An empty `_layers` says what is true: no layer links. Run while stopped.
+    local manifests
+    while IFS= read -r -d '' manifests; do
+        [[ -d ${manifests%/_manifests}/_layers ]] || mkdir "${manifests%/_manifests}/_layers"
+    done < <(find "$data/docker/registry/v2/repositories" -type d -name _manifests -print0 2>/dev/null)
     if [[ -n ${REGISTRY_GC_COMMAND:-} ]]; then
         local -a gc_command
         read -r -a gc_command <<<"$REGISTRY_GC_COMMAND"

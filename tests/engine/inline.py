@@ -107,6 +107,22 @@ class EventLog:
             name: "replace" if "replace" in ops else "+".join(ops) for name, ops in by_name.items()
         }
 
+    def deletes(self) -> dict[str, bool]:
+        """Logical name -> whether the state the engine deleted it from says retainOnDelete (the
+        engine then drops it from the state without calling the provider's Delete), for each
+        resource of our program the engine deleted."""
+        found: dict[str, bool] = {}
+        for event in self.events:
+            body = event.resource_pre_event
+            if body is None or body.metadata.op.value not in ("delete", "delete-replaced"):
+                continue
+            meta = body.metadata
+            if engine_own(meta.type):
+                continue
+            old = meta.old
+            found[meta.urn.rsplit("::", 1)[-1]] = bool(old is not None and old.retain_on_delete)
+        return found
+
     def changed(self) -> dict[str, str]:
         """Only the resources whose op is not ``same``."""
         return {name: op for name, op in self.ops().items() if op != "same"}

@@ -14,9 +14,9 @@ from typing import Any
 
 import pulumi
 
-from components.containerd_mirrors import ContainerdMirrors
+from components.containerd_mirrors import COMMAND_INPUTS, ContainerdMirrors
 from components.fleet import plan_fleet
-from components.plan.node_plan import AnyPlan, NodeStep
+from components.plan.node_plan import AnyPlan, HeldPlan, NodeStep
 from components.settings import Node, Settings, load_settings
 from tests.engine.inline import EventLog
 from tests.mocks import FakeFleet
@@ -26,7 +26,9 @@ NAME = "containerd"
 
 
 def step_names(plans: Mapping[str, AnyPlan], node: str) -> list[str]:
-    return [f"{NAME}-{node}-{step.role}" for step in plans[node].steps]
+    plan = plans[node]
+    roles = plan.roles if isinstance(plan, HeldPlan) else [step.role for step in plan.steps]
+    return [f"{NAME}-{node}-{role}" for role in roles]
 
 
 def assert_created_in_rollout_order(
@@ -81,8 +83,8 @@ def fleet_settings(nodes: int, batch_size: int, read_access: bool = False) -> Se
 
 class StepStandIn(pulumi.Stash):
     """Where the program has a remote.Command: a Stash of the same name holding the step's
-    inputs, so the engine diffs exactly what it would diff for the command (an input change is
-    an update; Stash has no replace)."""
+    inputs (its command and stdin; a step has no delete command), so the engine diffs exactly what
+    it would diff for the command (an input change is an update; Stash has no replace)."""
 
     def __init__(
         self,
@@ -93,7 +95,6 @@ class StepStandIn(pulumi.Stash):
     ) -> None:
         inputs: Any = {
             "create": step.create.command,
-            "delete": step.delete.command,
             "stdin": (
                 pulumi.Output.secret(step.create.stdin) if step.sensitive else step.create.stdin
             ),
@@ -124,12 +125,30 @@ class StandInMirrors(ContainerdMirrors):
         delay = 1.5 if name in self.slow else 0.0
         return StepStandIn(name, step, self._step_options(gate, previous), delay)
 
+    def _create_held_step(  # pyright: ignore[reportIncompatibleMethodOverride]
+        self,
+        node: Node,
+        role: str,
+        connection: Any,
+        gate: pulumi.Stash,
+        previous: Any,
+    ) -> pulumi.Stash:
+        """A held node's step with the component's own options; the stand-in's one input is
+        ``input``, so ignoring every input of the command is ignoring that."""
+        options = self._step_options(gate, previous, ignore_changes=COMMAND_INPUTS)
+        options.ignore_changes = ["input"]
+        held = pulumi.Stash(f"{self._base_name}-{node.name}-{role}", input={}, opts=options)
+        held.stdout = pulumi.Output.from_input("")  # pyright: ignore[reportAttributeAccessIssue]
+        return held
+
 
 class UngatedMirrors(StandInMirrors):
     """CONTROL: the same steps without their gate (children of the component, no order between
     nodes): the order checks below must fail on it."""
 
-    def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
+    def _step_options(
+        self, gate: pulumi.Stash, previous: Any, ignore_changes: list[str] | None = None
+    ) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self)
 
 

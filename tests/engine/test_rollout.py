@@ -4,7 +4,7 @@ The graph is the one components/containerd_mirrors.py builds, by the same class:
 ``ContainerdMirrors`` with its gates (``pulumi:index:Stash``, built in to the engine) and each
 step's options from its own ``_step_options`` (parent = the batch's gate, ``depends_on`` = the
 node's step before, the alias to the component). Only the leaf resource is a stand-in: each node
-step is a Stash whose input is the step's exact command, delete command and stdin, where the
+step is a Stash whose input is the step's exact command and stdin, where the
 program makes a pulumi-command ``remote.Command`` (no provider plugin can be had here). So this
 proves the ENGINE's ordering and diff of the rollout's graph, not pulumi-command: what a step
 does on a node is proven over real SSH in tests/integration/test_node_e2e.py.
@@ -83,8 +83,8 @@ def test_up_creates_in_rollout_order_and_destroy_undoes_it_in_reverse(
         gate = f"{NAME}-batch-{index}"
         for node in batch:
             names = step_names(plans, node)
-            # A node's config.toml is restored before its hosts.toml files go, all before the
-            # gate goes.
+            # A node's steps go in reverse, all before the gate goes (retained: nothing runs on
+            # the node, which stays as the last apply left it).
             for before, after in itertools.pairwise(names):
                 assert log.done(after, "delete") < log.started(before, "delete"), (after, before)
             assert log.done(names[0], "delete") < log.started(gate, "delete")
@@ -95,6 +95,8 @@ def test_up_creates_in_rollout_order_and_destroy_undoes_it_in_reverse(
                     assert log.done(gate, "delete") < log.started(name, "delete"), (gate, name)
     assert log.done(f"{NAME}-batch-0", "delete") < log.started("registry-mirrors", "delete")
     assert stack.our_resources() == []
+    deletes = log.deletes()
+    assert {name: deletes[name] for name in every_step} == dict.fromkeys(every_step, True)
 
 
 def test_control_without_gates_the_order_check_fails(engine, tmp_path: Path) -> None:
@@ -190,7 +192,10 @@ def test_target_of_one_node_keeps_the_order(engine, tmp_path: Path) -> None:
 def test_upgrade_from_steps_under_the_component_replaces_nothing(engine, tmp_path: Path) -> None:
     """The alias the steps carry: a stack whose steps were children of the component (before
     the gates) is updated in place. Without the alias the engine would delete and recreate every
-    step (for a remote.Command: restore the node, then migrate it again)."""
+    step (for an older release's remote.Command, whose delete restored: restore the node, then
+    migrate it again). The up writes retainOnDelete over the older release's steps, which had
+    none: from then on no delete of a step runs anything on a node (the engine reads it from the
+    OLD state)."""
     settings = fleet_settings(nodes=3, batch_size=2)
     fleet = FakeFleet()
     seen: list[Mapping[str, AnyPlan]] = []
@@ -198,7 +203,9 @@ def test_upgrade_from_steps_under_the_component_replaces_nothing(engine, tmp_pat
     class Before(StandInMirrors):
         """The previous release's shape: steps are the component's children, no alias."""
 
-        def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
+        def _step_options(
+            self, gate: pulumi.Stash, previous: Any, ignore_changes: list[str] | None = None
+        ) -> pulumi.ResourceOptions:
             return pulumi.ResourceOptions(
                 parent=self, depends_on=[previous] if previous is not None else None
             )
@@ -206,8 +213,10 @@ def test_upgrade_from_steps_under_the_component_replaces_nothing(engine, tmp_pat
     class NoAlias(StandInMirrors):
         """CONTROL: the gated shape, without the alias."""
 
-        def _step_options(self, gate: pulumi.Stash, previous: Any) -> pulumi.ResourceOptions:
-            options = super()._step_options(gate, previous)
+        def _step_options(
+            self, gate: pulumi.Stash, previous: Any, ignore_changes: list[str] | None = None
+        ) -> pulumi.ResourceOptions:
+            options = super()._step_options(gate, previous, ignore_changes)
             options.aliases = None
             return options
 
@@ -227,9 +236,13 @@ def test_upgrade_from_steps_under_the_component_replaces_nothing(engine, tmp_pat
         if name in steps
     ), control
 
+    before = {r["urn"].rsplit("::", 1)[-1]: r for r in stack.our_resources()}
+    assert not any(before[name].get("retainOnDelete") for name in steps)
     log = stack.up(program=program(settings, fleet, seen))
     assert not {name for name in log.changed() if name in steps}, log.changed()
-    assert {r["urn"].rsplit("::", 1)[-1] for r in stack.our_resources()} >= steps
+    after = {r["urn"].rsplit("::", 1)[-1]: r for r in stack.our_resources()}
+    assert set(after) >= steps
+    assert all(after[name].get("retainOnDelete") for name in steps), after
 
 
 def test_the_engine_reports_a_failed_preview(engine, tmp_path: Path) -> None:

@@ -5,6 +5,9 @@
 - A node whose host key changes between runs (the test regenerates it: a reinstalled node, or a
   host impersonating it) is refused on read AND on write with one line naming it, and nothing
   runs on it; the same write with its new key pinned goes through (the control).
+- ``scripts/vm/install-host-key.sh`` (the registry VM's key rotation) against this sshd: it
+  installs the key and reloads sshd, also when sshd's effective config is long and has Match
+  blocks (the VM guest's condition), and changes nothing when sshd would not load the file.
 - ``scripts/pin_host_keys.py``: scans, shows the fingerprint ``ssh-keygen -lf`` shows, writes
   only after confirmation with the stack file's comments kept, re-checks pinned nodes, and never
   re-pins a changed key unless the node is named with ``--repin``.
@@ -16,7 +19,9 @@ tests prove every Command gets ``hostKey``; the engine tier runs the provider.
 from __future__ import annotations
 
 import hashlib
+import shlex
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +30,10 @@ import pytest
 from components.fleet import FleetReadError, plan_fleet, ssh_runner
 from components.plan.node_plan import NodePlan
 from components.plan.node_steps import NodeStepError, check_step
+from components.renderers.shell import remote_command
 from components.settings import Settings
 from components.ssh_client import run_on_node
-from components.ssh_host_key import fingerprint
+from components.ssh_host_key import fingerprint, generate_host_key
 from components.stack_file import load_stack_settings
 from tests.cli_harness import run
 from tests.integration.test_node_e2e import make_settings, start_config
@@ -228,3 +234,111 @@ def test_pin_tool_pins_an_existing_cache_hosts_own_key(host: NodeHost, tmp_path:
     assert "# the caches run on a small server" in stack.read_text()
     checked = run("pin_host_keys", ["--stack-file", str(stack), "--vm"])
     assert checked.code == 0 and " ok " in checked.stdout.decode(), checked
+
+
+# --- scripts/vm/install-host-key.sh on a real sshd (the test node stands in for the VM) ---------
+
+
+def _install_host_key(
+    host: NodeHost, private_key: str, *, host_key_file: Path | None = None,
+    sshd_config: Path | None = None,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """The VM's -host-key-install step (components/registry_vm.py), with the node's sshd files
+    and its reload (SIGHUP: sshd re-executes and reads its host keys again) as parameters."""
+    sshd_pid = host.processes[0].pid  # exec'd through ip netns exec, unshare and bash
+    command = remote_command(
+        "vm/install-host-key.sh",
+        {
+            "HOST_KEY_FILE": str(host_key_file or host.root / "ssh_host_ed25519_key"),
+            "SSHD_CONFIG": str(sshd_config or host.root / "sshd_config"),
+            "RELOAD_COMMAND": f"kill -HUP {sshd_pid}",
+        },
+    )
+    return host.ssh(command, private_key)
+
+
+def _presented(host: NodeHost) -> str:
+    scanned = subprocess.run(
+        ["ssh-keyscan", "-T", "2", "-t", "ed25519", host.node_address],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    lines = [line for line in scanned.stdout.splitlines() if not line.startswith("#")]
+    return " ".join(lines[0].split()[1:3]) if lines else ""
+
+
+def _wait_presented(host: NodeHost, public: str) -> None:
+    deadline = time.monotonic() + 15
+    while _presented(host) != public:
+        assert time.monotonic() < deadline, f"sshd does not present {public}"
+        time.sleep(0.1)
+
+
+# What the VM guest's sshd has and the node's plain one lacks: an effective config (`sshd -T`)
+# that goes on well past its hostkey lines (acceptenv, subsystem, ... come after them; here
+# long enough to outgrow a pipe's buffer, so the race the guest lost at random is lost every
+# time), and Match blocks from an Include'd sshd_config.d.
+_LONG_DROPIN = "".join(f"AcceptEnv REGISTRY_MIRRORS_TEST_{i}\n" for i in range(5000)) + (
+    "Match User nobody\n    PasswordAuthentication no\n"
+)
+
+
+def test_install_host_key_rotates_an_sshd_with_a_long_config_and_match_blocks(
+    host: NodeHost,
+) -> None:
+    config, key_file = host.root / "sshd_config", host.root / "ssh_host_ed25519_key"
+    dropins = host.root / "sshd_config.d"
+    dropins.mkdir()
+    (dropins / "50-long.conf").write_text(_LONG_DROPIN)
+    # At the top, as Debian's sshd_config has it (the node's own config ends in a Match block).
+    config.write_text(f"Include {dropins}/*.conf\n" + config.read_text())
+    # Control: the check the script made before (`sshd -T | grep -q` under pipefail) says this
+    # sshd does not load its own host key: grep quits at the match, sshd dies of SIGPIPE.
+    wanted = shlex.quote(f"hostkey {key_file}")
+    old_check = host.ssh(
+        "bash -o pipefail -c "
+        + shlex.quote(f"sshd -T -f {config} 2>/dev/null | grep -qixF {wanted}")
+    )
+    assert old_check.returncode == 141, old_check
+    assert host.ssh(f"sshd -T -f {config} | grep -cxF {wanted}").stdout.strip() == "1"
+
+    old, new = host.host_public_key, generate_host_key()
+    installed = _install_host_key(host, new.private)
+    assert installed.returncode == 0, installed.stderr
+    assert installed.stdout.splitlines() == ["changed=1", f"public={new.public}"]
+    _wait_presented(host, new.public)
+    assert host.host_public_key == new.public != old
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    assert not list(host.root.glob("*.registry-mirrors.*")), "a leftover of the install"
+    # Again, over a connection pinned to the new key: nothing to do.
+    again = _install_host_key(host, new.private)
+    assert again.returncode == 0 and again.stdout.splitlines()[0] == "changed=0", again
+
+
+def test_install_host_key_changes_nothing_when_sshd_would_not_load_it(
+    host: NodeHost, tmp_path: Path
+) -> None:
+    config, key_file = host.root / "sshd_config", host.root / "ssh_host_ed25519_key"
+    before, presented = _sha(key_file), host.host_public_key
+    new = generate_host_key()
+
+    elsewhere = host.root / "not_a_host_key"  # no HostKey line names it
+    refused = _install_host_key(host, new.private, host_key_file=elsewhere)
+    assert refused.returncode == 3, refused
+    assert refused.stderr.splitlines() == [
+        f"install-host-key: sshd ({config}) does not load {elsewhere} as a host key "
+        "(HostKey lines): nothing was changed"
+    ]
+    assert not elsewhere.exists()
+
+    # sshd's own error, when it cannot even say which keys it loads, is the one line's reason.
+    broken = tmp_path / "sshd_config.broken"
+    broken.write_text(config.read_text() + "NoSuchOption yes\n")
+    failed = _install_host_key(host, new.private, sshd_config=broken)
+    assert failed.returncode == 3, failed
+    assert len(failed.stderr.splitlines()) == 1, failed.stderr
+    assert f"'sshd -T -f {broken}' failed" in failed.stderr
+    assert "Bad configuration option: NoSuchOption" in failed.stderr
+    assert failed.stderr.rstrip().endswith("nothing was changed"), failed.stderr
+
+    assert _sha(key_file) == before and _presented(host) == presented
+    assert not list(host.root.glob("*.registry-mirrors.*"))

@@ -26,6 +26,7 @@ from components.plan.node_plan import RegistriesPlan, plan_registries, role_to_s
 from components.plan.node_probe import parse_probe, parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
+    Step,
     check_step,
     probe_step,
     restore_registries_step,
@@ -364,19 +365,25 @@ def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_p
             broken,
         )
         # The stand-in logs to a file (k3s: the journal), named like CONTAINERD_LOG.
-        step = type(step)(
+        step = Step(
             step.command.replace(
                 "export UNIT=", f"export SERVICE_LOG={host.service_log}\nexport UNIT=", 1
             ),
-            step.stdin,
+            step.content,
+            step.script,
         )
 
         result = host.run_step(step)
 
         assert result.returncode == 5, result.stderr
+        # What failed, what was rolled back, what to do; then the distribution's own words.
+        what, undone, todo = result.stderr.splitlines()[:3]
+        assert what.startswith("registries.sh FAILED on ") and "(exit 5): with the new " in what
+        assert undone.startswith("rolled back: the previous /etc/rancher/k3s/registries.yaml is")
+        assert todo.startswith("to do: fix what k3s says below")
         assert "level=fatal" in result.stderr
         assert "failed to load private registry configuration" in result.stderr
-        assert parse_step_result(result.stdout).rolled_back
+        assert parse_step_result(result.stderr).rolled_back
         assert host.registries_file.read_text() == good
         assert host.cri_status() == "ok"
 
@@ -402,7 +409,78 @@ def test_a_generated_hosts_toml_without_our_cache_is_rolled_back(tmp_path: Path)
         assert host.cri_status() == "ok"
 
 
-def test_delete_restores_the_original_file(tmp_path: Path) -> None:
+def test_a_node_back_on_its_original_registries_yaml_is_planned_again_and_brought_back(
+    tmp_path: Path,
+) -> None:
+    """Issue 27 item 1 for k3s/RKE2: someone puts the original registries.yaml back and restarts
+    k3s (the wildcard is back). The merge of that file is the first apply's, but the file is not
+    what the last apply left: the step shows a change (a new mark) and brings the node back."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        original = host.registries_file.read_text()
+        first = world.plan()
+        world.apply(first)
+        merged = host.registries_file.read_text()
+        assert world.plan().registries == first.registries  # unchanged: no diff
+
+        host.registries_file.write_text(original)
+        assert host.ssh(host.restart_command).returncode == 0
+        _wait_cri_ok(host)
+        assert (host.generated_hosts_dir / "_default" / "hosts.toml").exists()
+
+        reverted = world.plan()
+        assert reverted.registries != first.registries
+        # Only the mark tells it apart: the same merge of the same file as the first apply.
+        assert reverted.registries.stdin == first.registries.stdin
+        assert any("is not what the last apply left" in line for line in reverted.summary)
+        result = world.apply(reverted)
+        assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
+        assert host.registries_file.read_text() == merged
+        assert not (host.generated_hosts_dir / "_default").exists()
+        for _ in range(2):
+            assert world.plan().registries == reverted.registries
+
+
+def test_a_ca_file_removed_or_changed_on_the_node_is_planned_again_and_written_back(
+    tmp_path: Path,
+) -> None:
+    """TLS on: the CA file registries.yaml names is recorded with it (lib.sh record_applied,
+    applied_also). Removed or changed on the node, the step shows a change (a new mark) and
+    writes it back with no restart (registries.yaml is as it was); as left, the very same step
+    (control)."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        first = world.plan()
+        world.apply(first)
+        pem = world.ca_file.read_text()
+        pid = host.containerd_pid
+        steady = world.plan()
+        assert world.plan().registries == steady.registries  # as left: no diff (control)
+
+        # On the node (its /etc is an overlay: a change made in the upper directory from outside
+        # is not seen through the mounted overlay).
+        node_ca = "/etc/rancher/registry-mirrors-ca.pem"
+        for drift, command in (
+            ("remove", f"rm {node_ca}"),
+            ("change", f"sed -i 's/A/B/' {node_ca}"),
+        ):
+            done = host.ssh(command)
+            assert done.returncode == 0, done.stderr
+            drifted = world.plan()
+            assert drifted.registries != steady.registries, drift
+            assert drifted.registries.content == steady.registries.content, drift
+            assert any("is not what the last apply left" in line for line in drifted.summary)
+            result = world.apply(drifted)
+            assert (result.changed, result.restarted) == (False, False), drift
+            assert world.ca_file.read_text() == pem
+            steady = world.plan()
+            assert world.plan().registries == steady.registries
+        assert host.containerd_pid == pid
+
+
+def test_state_restored_puts_the_original_file_back(tmp_path: Path) -> None:
     _prerequisites()
     with k3s_world(tmp_path, None) as world:
         host = world.host
@@ -414,7 +492,7 @@ def test_delete_restores_the_original_file(tmp_path: Path) -> None:
         delete = host.run_step(
             restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
         )
-        check_step(world.node, "registries delete", delete.returncode, delete.stderr)
+        check_step(world.node, "restore-registries", delete.returncode, delete.stderr)
 
         assert "restored=1" in delete.stdout and "restarted=1" in delete.stdout
         assert host.registries_file.read_text() == original
@@ -489,8 +567,12 @@ def test_a_restart_that_never_returns_is_stopped_at_the_time_limit_and_rolled_ba
         result = host.run_step(plan.registries)
 
         assert result.returncode == 5, result.stdout + result.stderr
+        # A failed step prints everything on stderr, its summary first (scripts/node/step.sh).
+        what, undone, _ = result.stderr.splitlines()[:3]
+        assert "(exit 5): with the new /etc/rancher/k3s/registries.yaml the CRI plugin" in what
+        assert undone.startswith("rolled back: the previous /etc/rancher/k3s/registries.yaml is")
         assert "the restart command did not return within 5s and was stopped" in result.stderr
-        assert parse_step_result(result.stdout).rolled_back
+        assert parse_step_result(result.stderr).rolled_back
         assert "never reporting ready" in host.service_log.read_text()
         assert host.registries_file.read_text() == before
         assert host.cri_status() == "ok" and _readyz(host)
@@ -518,8 +600,16 @@ def test_a_server_that_does_not_rejoin_the_cluster_is_rolled_back(tmp_path: Path
         result = host.run_step(plan.registries)
 
         assert result.returncode == 5, result.stdout + result.stderr
+        what, undone, todo = result.stderr.splitlines()[:3]
+        assert what.endswith(
+            "(exit 5): with the new /etc/rancher/k3s/registries.yaml the node did not become "
+            "healthy as a cluster member within 10s"
+        )
+        assert undone.startswith("rolled back: the previous /etc/rancher/k3s/registries.yaml is")
+        assert "cluster health" in todo
         assert "did not become healthy as a cluster member within 10s" in result.stderr
         assert "[-]etcd failed" in result.stderr
+        assert parse_step_result(result.stderr).rolled_back
         assert host.registries_file.read_text() == before
         assert host.cri_status() == "ok" and _readyz(host)
 
@@ -572,6 +662,53 @@ def _run_batches(
             assert result.returncode == 0, f"{name}: {result.stdout}{result.stderr}"
 
 
+def _k3s_cluster(
+    stack: contextlib.ExitStack, tmp_path: Path, names: list[str]
+) -> tuple[dict[str, NodeHost], Settings, str, Path]:
+    """k3s stand-ins sharing one etcd cluster (servers) or joining it (agents, by name), each on
+    the user's registries.yaml with its CRI ok; settings listing them in ``names`` order, batch
+    size 5. Returns the hosts, the settings, the cache endpoint and the stand-ins' restart log."""
+    cluster, events = tmp_path / "etcd-cluster", tmp_path / "restarts.log"
+    cluster.mkdir()
+    hosts = {
+        name: stack.enter_context(
+            node_host(
+                tmp_path / name,
+                CONTAINERD,
+                flavour="k3s-agent" if name.startswith("agent") else "k3s-server",
+                cluster=cluster,
+                events=events,
+            )
+        )
+        for name in names
+    }
+    first = make_settings(hosts[names[0]])
+    nodes = [
+        first.nodes[0].model_copy(
+            update={
+                "name": name,
+                "address": host.node_address,
+                "restart_command": host.restart_command,
+                "ssh_host_public_key": host.host_public_key,
+            }
+        )
+        for name, host in hosts.items()
+    ]
+    settings = first.model_copy(
+        update={
+            "nodes": nodes,
+            "containerd": first.containerd.model_copy(update={"batch_size": 5}),
+        }
+    )
+    cache = settings.endpoint(settings.upstreams[0])
+    for host in hosts.values():
+        host.registries_file.write_text(users_registries_yaml(cache))
+        assert host.ssh(host.restart_command).returncode == 0
+    for host in hosts.values():
+        _wait_cri_ok(host)
+    return hosts, settings, cache, events
+
+
 def test_three_servers_restart_one_at_a_time_and_before_the_agents(tmp_path: Path) -> None:
     """Three k3s servers (one etcd cluster in the stand-in) and two agents, batch size 5, listed
     mixed. The rollout's own batches (rollout_batches with the roles the component derives), run
@@ -584,45 +721,9 @@ def test_three_servers_restart_one_at_a_time_and_before_the_agents(tmp_path: Pat
 
     _prerequisites()
     names = ["server-1", "agent-1", "server-2", "server-3", "agent-2"]
-    cluster, events = tmp_path / "etcd-cluster", tmp_path / "restarts.log"
-    cluster.mkdir()
     with contextlib.ExitStack() as stack:
-        hosts = {
-            name: stack.enter_context(
-                node_host(
-                    tmp_path / name,
-                    CONTAINERD,
-                    flavour="k3s-agent" if name.startswith("agent") else "k3s-server",
-                    cluster=cluster,
-                    events=events,
-                )
-            )
-            for name in names
-        }
-        first = make_settings(hosts["server-1"])
-        nodes = [
-            first.nodes[0].model_copy(
-                update={
-                    "name": name,
-                    "address": host.node_address,
-                    "restart_command": host.restart_command,
-                    "ssh_host_public_key": host.host_public_key,
-                }
-            )
-            for name, host in hosts.items()
-        ]
-        settings = first.model_copy(
-            update={
-                "nodes": nodes,
-                "containerd": first.containerd.model_copy(update={"batch_size": 5}),
-            }
-        )
-        cache = settings.endpoint(settings.upstreams[0])
-        for host in hosts.values():
-            host.registries_file.write_text(users_registries_yaml(cache))
-            assert host.ssh(host.restart_command).returncode == 0
-        for host in hosts.values():
-            _wait_cri_ok(host)
+        hosts, settings, cache, events = _k3s_cluster(stack, tmp_path, names)
+        nodes = settings.nodes
 
         plans = {
             node.name: plan_registries(
@@ -669,3 +770,62 @@ def test_three_servers_restart_one_at_a_time_and_before_the_agents(tmp_path: Pat
         assert ("server-2", "server-3") in overlaps or ("server-3", "server-2") in overlaps
         for name, host in hosts.items():
             assert host.registries_file.read_text() == users_registries_yaml(cache), name
+
+
+def test_a_held_server_that_is_down_neither_blocks_nor_restarts(tmp_path: Path) -> None:
+    """Issue 27 items 3 and 4 together: of three servers (one etcd cluster) and an agent, server-2
+    is down (its sshd stopped). Not held, the fleet read stops naming it. Held (its flavour set),
+    plan_fleet never dials it, the component's batches give it no turn among the servers and
+    never make it a canary, and the rollout run over real SSH as the engine runs the gates
+    completes: server-1 then server-3, one at a time, each healthy as a member again before the
+    next, then the agent; server-2 is not restarted."""
+    from components.containerd_mirrors import rollout_batches
+    from components.fleet import FleetReadError, plan_fleet
+    from components.plan.node_steps import node_role
+
+    _prerequisites()
+    names = ["server-1", "agent-1", "server-2", "server-3"]
+    with contextlib.ExitStack() as stack:
+        hosts, settings, _, events = _k3s_cluster(stack, tmp_path, names)
+
+        def runner(node: Node, step: Any) -> Any:
+            return ssh_runner(hosts[node.name].agent_socket)(node, step)
+
+        hosts["server-2"].stop_sshd()
+        with pytest.raises(FleetReadError, match=r"server-2 .*\n.*nodes\[\]\.state: held"):
+            plan_fleet(settings, runner)
+
+        held = settings.model_copy(
+            update={
+                "nodes": [
+                    node.model_copy(update={"state": "held", "flavour": "k3s-server"})
+                    if node.name == "server-2"
+                    else node
+                    for node in settings.nodes
+                ]
+            }
+        )
+        plans = plan_fleet(held, runner)
+        assert plans["server-2"].state == "held" and plans["server-2"].steps == ()
+        roles = {n.name: node_role(n, plans[n.name].flavour) for n in held.nodes}
+        control_planes = {name for name, role in roles.items() if role == "control-plane"}
+        assert control_planes == {"server-1", "server-2", "server-3"}
+        batches = rollout_batches(
+            held.nodes, 5, control_planes, {n for n, p in plans.items() if p.state == "held"}
+        )
+        assert [[n.name for n in b] for b in batches] == [
+            ["server-1"], ["server-3"], ["agent-1"], ["server-2"],
+        ]  # fmt: skip
+
+        since = time.monotonic()
+        steps = {name: plan.steps[0].create for name, plan in plans.items() if plan.steps}
+        # A held node's steps run nothing (the engine keeps them as they are): left out here.
+        running = [[n for n in batch if n.name in steps] for batch in batches]
+        _run_batches([batch for batch in running if batch], hosts, steps)
+
+        restarts = _restarts(events, since)
+        assert [r.member for r in restarts] == ["server-1", "server-3", "agent-1"]
+        assert _overlapping(restarts) == []
+        for name in ("server-1", "server-3", "agent-1"):
+            assert hosts[name].cri_status() == "ok", name
+            assert "*" not in yaml.safe_load(hosts[name].registries_file.read_text())["mirrors"]

@@ -32,6 +32,7 @@ from tests.integration.test_node_e2e import (
     PAUSE,
     NodeStart,
     World,
+    _without_mark,
     dig,
     requests_in,
     start_config,
@@ -176,17 +177,45 @@ def test_a_dropin_is_migrated_where_it_lives_and_destroy_brings_every_file_back(
     _, out = world.apply(again)
     assert "changed=0" in out and host.containerd_pid == pid
 
-    # pulumi destroy: every file byte for byte, our hosts.toml gone.
+    # nodes[].state: restored: every file byte for byte, our hosts.toml gone.
     config = host.run_step(restore_config_step(world.settings, world.node))
-    check_step(world.node, "config delete", config.returncode, config.stderr)
+    check_step(world.node, "restore-config", config.returncode, config.stderr)
     hosts = host.run_step(restore_hosts_step(world.settings, world.node))
-    check_step(world.node, "hosts delete", hosts.returncode, hosts.stderr)
+    check_step(world.node, "restore-hosts", hosts.returncode, hosts.stderr)
     assert {path: path.read_bytes() for path in before} == before
     assert not (host.etc_containerd / "certs.d" / "docker.io").exists()
     # Our backups stay beside it (as beside config.toml), under names `*.toml` does not match.
     names = sorted(p.name for p in dropin.parent.iterdir())
     assert [name for name in names if ".registry-mirrors." not in name] == [dropin.name], names
     assert host.cri_status() == "ok"
+
+
+def test_a_dropin_back_on_its_original_is_planned_again_and_migrated_again(world: World) -> None:
+    """Issue 27 item 1 for drop-ins: the config step also left the drop-in it migrated. Put back
+    to its original (a config manager, containerd restarted on it) while config.toml is as we
+    left it: the same bundle as the first apply's, yet a new mark, so the step runs again."""
+    host = world.host
+    dropin = _start(world, "wildcard-mirror")
+    original = dropin.read_text()
+    first = world.plan()
+    world.apply(first)
+    migrated = dropin.read_text()
+    assert migrated != original
+    assert world.plan().config == first.config  # unchanged: no diff
+
+    dropin.write_text(original)
+    assert host.ssh(host.restart_command).returncode == 0
+    reverted = world.plan()
+    assert reverted.config.stdin == first.config.stdin
+    assert _without_mark(reverted.config.command) == _without_mark(first.config.command)
+    assert reverted.config.command != first.config.command
+    assert any(f"{dropin.name} is not what the last apply left" in s for s in reverted.summary)
+
+    world.apply(reverted)
+    assert dropin.read_text() == migrated
+    assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+    for _ in range(2):
+        assert world.plan().config == reverted.config
 
 
 def test_a_failed_cri_check_puts_the_dropin_back_too(world: World) -> None:
@@ -214,7 +243,7 @@ def test_a_failed_cri_check_puts_the_dropin_back_too(world: World) -> None:
 
     assert result.returncode == 5, result.stdout + result.stderr
     assert f"/etc/containerd/conf.d/{dropin.name}" in result.stderr
-    assert "rolled_back=1" in result.stdout
+    assert "rolled_back=1" in result.stderr  # a failed step prints all of it there
     assert {path: path.read_bytes() for path in before} == before
     assert host.cri_status() == "ok"
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -35,11 +36,12 @@ import pytest
 import tomlkit
 import yaml
 
-from components.fleet import read_node, ssh_runner
+from components.fleet import FleetReadError, plan_fleet, read_node, ssh_runner
 from components.plan.node_plan import NodePlan, plan_node, role_to_send
 from components.plan.node_probe import parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
+    Step,
     check_step,
     restore_config_step,
     restore_hosts_step,
@@ -48,9 +50,11 @@ from components.renderers.bundle import mirrors_export, tls_export
 from components.renderers.containerd_config import DEFAULT_CONFIG_PATH, REGISTRY_PATHS
 from components.renderers.front_proxy import Front, FrontCache
 from components.renderers.registry_config import registry_config
+from components.renderers.shell import remote_command
 from components.settings import Node, Settings, Upstream, load_settings
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V1_6, VERSIONS, ContainerdVersion
+from tests.integration.fleet_up import fleet_up
 from tests.integration.front_proc import FrontProcess, TestCa, make_test_ca, running_front
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import (
@@ -60,6 +64,7 @@ from tests.integration.registry_proc import (
     running_registry,
 )
 from tests.integration.testhost import OTHER_SSH_PORT, NodeHost, node_host
+from tests.mocks import plain
 from tests.prereq import require_binary, require_root
 from tests.sample import sample_raw
 
@@ -575,6 +580,221 @@ def test_a_hand_edit_changes_only_the_config_step(world: World) -> None:
     assert host.containerd_pid == pid
 
 
+def _without_mark(command: str) -> str:
+    return "\n".join(line for line in command.splitlines() if "APPLY_MARK=" not in line)
+
+
+def test_a_node_back_on_its_original_config_is_planned_again_and_brought_back(
+    world: World,
+) -> None:
+    """Issue 27 item 1. A config manager puts the node's original config.toml back and restarts
+    containerd: the node is on `mirrors` again. The plan is the same migration of the same file
+    as the first apply's, yet the config step shows a change (a new mark: the file is not what
+    the last apply left) and `pulumi up` brings the node back; then no change, twice."""
+    host = world.host
+    original = host.config_file.read_text()
+    first = fleet_up(world.settings, {"node-1": host}, host.agent_socket, ca_pem=world.ca_pem)
+    assert sorted(first.plan.creates) == ["containerd-node-1-config", "containerd-node-1-hosts"]
+    migrated = host.config_file.read_text()
+    assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+    up = fleet_up(
+        world.settings, {"node-1": host}, host.agent_socket, first.state, ca_pem=world.ca_pem
+    )
+    assert up.plan.updates == [] and up.ran == {}
+
+    for _ in range(2):  # a second revert after the fix too: each apply records its own mark
+        host.start_containerd(original)
+        assert host.cri_status() == "ok"
+        assert world.effective_config_path() != DEFAULT_CONFIG_PATH
+        reverted = fleet_up(
+            world.settings, {"node-1": host}, host.agent_socket, up.state, ca_pem=world.ca_pem
+        )
+        assert reverted.plan.updates == ["containerd-node-1-config"]
+        result = parse_step_result(reverted.ran["containerd-node-1-config"])
+        assert (result.changed, result.restarted, result.rolled_back) == (True, True, False)
+        assert host.config_file.read_text() == migrated
+        assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+        assert host.cri_status() == "ok"
+        pid = host.containerd_pid
+        up = reverted
+        for _ in range(2):
+            up = fleet_up(
+                world.settings, {"node-1": host}, host.agent_socket, up.state, ca_pem=world.ca_pem
+            )
+            assert up.plan.updates == [] and up.plan.creates == [] and up.ran == {}
+        assert host.containerd_pid == pid
+
+    # Control: what made the difference is the mark alone. Reverted again, the config step's
+    # inputs differ from the first apply's only in its APPLY_MARK line: without it the preview
+    # would show nothing and nothing would run.
+    host.start_containerd(original)
+    again = world.plan()
+    applied = {r.name: plain(r.inputs) for r in first.state}["containerd-node-1-config"]
+    assert again.config.stdin == applied["stdin"]
+    assert _without_mark(again.config.command) == _without_mark(applied["create"])
+    assert again.config.command != applied["create"]
+
+
+def test_a_ca_file_removed_or_changed_on_the_node_shows_the_hosts_step_and_up_writes_it_back(
+    world: World,
+) -> None:
+    """TLS on: the CA file the hosts.toml files name is in hosts.sh's record with them. Removed
+    (every pull through the cache would fail the handshake) or changed on the node, the hosts step
+    shows a change and `pulumi up` writes it back, no restart; then no change (control: the run
+    before the drift shows none)."""
+    host = world.host
+    ca_file = host.etc_containerd / "certs.d" / "registry-mirrors-ca.pem"
+    up = fleet_up(world.settings, {"node-1": host}, host.agent_socket, ca_pem=world.ca_pem)
+    assert ca_file.read_text() == world.ca_pem
+    up = fleet_up(
+        world.settings, {"node-1": host}, host.agent_socket, up.state, ca_pem=world.ca_pem
+    )
+    assert up.plan.updates == [] and up.ran == {}
+    pid = host.containerd_pid
+    for drift in ("remove", "change"):
+        if drift == "remove":
+            ca_file.unlink()
+        else:
+            ca_file.write_text(world.ca_pem.replace("A", "B", 1))
+        fixed = fleet_up(
+            world.settings, {"node-1": host}, host.agent_socket, up.state, ca_pem=world.ca_pem
+        )
+        assert fixed.plan.updates == ["containerd-node-1-hosts"], drift
+        assert "trust=written" in fixed.ran["containerd-node-1-hosts"]
+        assert ca_file.read_text() == world.ca_pem
+        up = fleet_up(
+            world.settings, {"node-1": host}, host.agent_socket, fixed.state, ca_pem=world.ca_pem
+        )
+        assert up.plan.updates == [] and up.ran == {}
+    assert host.containerd_pid == pid
+
+
+def test_renaming_the_node_or_setting_skip_config_path_restores_nothing(world: World) -> None:
+    """Issue 27 item 2, over real SSH: the old-named steps leave the state and nothing runs on the
+    node (no delete command, retainOnDelete); the new-named ones find nothing to change. Then
+    skipConfigPath on the migrated node: its config step leaves, config.toml stays migrated."""
+    host = world.host
+    first = fleet_up(world.settings, {"node-1": host}, host.agent_socket, ca_pem=world.ca_pem)
+    migrated = host.config_file.read_text()
+    hosts_dir = host.etc_containerd / "certs.d"
+    hosts_files = {p: p.read_text() for p in hosts_dir.glob("*/hosts.toml")}
+    pid = host.containerd_pid
+
+    raw = world.settings.model_dump(by_alias=True, exclude_none=True)
+    raw["nodes"][0]["name"] = "node-1b"
+    renamed = load_settings(raw)
+    up = fleet_up(
+        renamed,
+        {"node-1b": host, "node-1": host},
+        host.agent_socket,
+        first.state,
+        ca_pem=world.ca_pem,
+    )
+
+    assert sorted(up.plan.creates) == ["containerd-node-1b-config", "containerd-node-1b-hosts"]
+    assert sorted(r.name for r in up.plan.deletes) == [
+        "containerd-node-1-config",
+        "containerd-node-1-hosts",
+    ]
+    assert up.plan.deletes_that_run() == [] and "delete" not in up.ran.values()
+    assert parse_step_result(up.ran["containerd-node-1b-config"]).changed is False
+    _assert_nothing_restored(world, migrated, hosts_files, pid)
+
+    raw["nodes"][0]["skipConfigPath"] = True
+    skipped = fleet_up(
+        load_settings(raw), {"node-1b": host}, host.agent_socket, up.state, ca_pem=world.ca_pem
+    )
+    assert [r.name for r in skipped.plan.deletes] == ["containerd-node-1b-config"]
+    assert skipped.plan.deletes_that_run() == [] and skipped.ran == {}
+    _assert_nothing_restored(world, migrated, hosts_files, pid)
+
+
+def _assert_nothing_restored(
+    world: World, migrated: str, hosts_files: dict[Path, str], pid: int | None
+) -> None:
+    host = world.host
+    assert host.config_file.read_text() == migrated
+    assert {p: p.read_text() for p in (host.etc_containerd / "certs.d").glob("*/hosts.toml")} == (
+        hosts_files
+    )
+    assert not list(host.etc_containerd.glob("*.before-restore"))
+    assert (host.etc_containerd / "config.toml.registry-mirrors.orig").exists()
+    assert host.containerd_pid == pid  # not even a restart
+    assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+
+
+def test_a_held_node_whose_sshd_is_stopped_lets_the_rest_of_the_fleet_plan_and_apply(
+    world: World, tmp_path: Path
+) -> None:
+    """Issue 27 item 3: a second node, applied, then down (its sshd stopped). Not held, it stops
+    every run naming it; held, it is not read, its steps stay as they are, and the rest of the
+    fleet plans and applies (here: the canary, put back on its original by a config manager).
+    Gone for good: removed from `nodes`, its steps leave the state and nothing runs."""
+    canary = world.host
+    with node_host(tmp_path / "second", world.containerd) as second:
+        # One agent for the program, holding both nodes' keys (as the operator's would).
+        added = subprocess.run(
+            ["ssh-add", "-q", str(second.key)],
+            env={**os.environ, "SSH_AUTH_SOCK": canary.agent_socket},
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        second.start_containerd(start_config(f"http://{canary.host_address}:5000"))
+        raw = world.settings.model_dump(by_alias=True, exclude_none=True)
+        raw["nodes"].append(
+            {
+                "name": "node-2",
+                "address": second.node_address,
+                "restartCommand": second.restart_command,
+                "sshHostPublicKey": second.host_public_key,
+            }
+        )
+        settings = load_settings(raw)
+        hosts = {"node-1": canary, "node-2": second}
+        up = fleet_up(settings, hosts, canary.agent_socket, ca_pem=world.ca_pem)
+        assert len(up.ran) == 4
+        left = second.config_file.read_text()
+        assert "config_path" in left and "mirrors" not in left
+
+        second.stop_sshd()
+        with pytest.raises(FleetReadError, match=r"node node-2 .*cannot reach[\s\S]*state: held"):
+            plan_fleet(settings, ssh_runner(canary.agent_socket))
+
+        raw["nodes"][1]["state"] = "held"
+        original = canary.config_file.read_text()
+        canary.start_containerd(start_config(f"http://{canary.host_address}:5000"))
+        held = fleet_up(
+            load_settings(raw),
+            {"node-1": canary},
+            canary.agent_socket,
+            up.state,
+            ca_pem=world.ca_pem,
+        )
+
+        assert held.plan.updates == ["containerd-node-1-config"]
+        assert held.plan.creates == [] and held.plan.deletes == []
+        assert {"containerd-node-2-hosts", "containerd-node-2-config"} <= set(held.plan.sames)
+        assert list(held.ran) == ["containerd-node-1-config"]
+        assert canary.config_file.read_text() == original
+        assert world.effective_config_path() == DEFAULT_CONFIG_PATH
+        assert second.config_file.read_text() == left
+
+        del raw["nodes"][1]
+        gone = fleet_up(
+            load_settings(raw),
+            {"node-1": canary},
+            canary.agent_socket,
+            held.state,
+            ca_pem=world.ca_pem,
+        )
+        assert sorted(r.name for r in gone.plan.deletes) == [
+            "containerd-node-2-config",
+            "containerd-node-2-hosts",
+        ]
+        assert gone.plan.deletes_that_run() == [] and gone.ran == {}
+        assert second.config_file.read_text() == left
+
+
 def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: World) -> None:
     world.apply(world.plan())
     pid = world.host.containerd_pid
@@ -595,11 +815,14 @@ def test_hosts_toml_change_needs_no_restart_and_applies_on_next_pull(world: Worl
         assert requests_in(second, "ns=ghcr.io") > 0
 
 
-def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: World) -> None:
+def test_state_restored_puts_the_original_config_back_and_removes_our_hosts_toml(
+    world: World,
+) -> None:
+    """nodes[].state: restored: its two steps (restore-config, then restore-hosts)."""
     host = world.host
     original = host.config_file.read_text()
     (host.etc_containerd / "certs.d" / "example.org").mkdir(parents=True)
-    # A hand-made hosts.toml for one of our upstreams: replaced by ours, kept, put back on delete.
+    # A hand-made hosts.toml for one of our upstreams: replaced by ours, kept, put back on restore.
     handmade = host.etc_containerd / "certs.d" / "ghcr.io" / "hosts.toml"
     handmade.parent.mkdir(parents=True)
     handmade.write_text('server = "https://ghcr.io"\n[host."https://ghcr-mirror.example"]\n')
@@ -607,14 +830,16 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
     plan = world.plan()
     hosts_out, _ = world.apply(plan)
     assert "backed_up=ghcr.io" in hosts_out
-    assert "http://" in handmade.read_text() and handmade.read_text() != handmade_text
+    assert "https://" in handmade.read_text() and handmade.read_text() != handmade_text
+    ca_file = host.etc_containerd / "certs.d" / "registry-mirrors-ca.pem"
+    assert ca_file.read_text() == world.ca_pem
 
     config = host.run_step(restore_config_step(world.settings, world.node))
-    check_step(world.node, "config delete", config.returncode, config.stderr)
-    # Even if pulumi-command handed the delete the resource's stdin (the bundle), it removes.
-    delete = restore_hosts_step(world.settings, world.node)
-    hosts = host.ssh(delete.command, plan.hosts.stdin)
-    check_step(world.node, "hosts delete", hosts.returncode, hosts.stderr)
+    check_step(world.node, "restore-config", config.returncode, config.stderr)
+    # Whatever follows the script on stdin (here the bundle), REMOVE_ALL reads none of it.
+    restore = restore_hosts_step(world.settings, world.node)
+    hosts = host.ssh(restore.command, restore.stdin + plan.hosts.content)
+    check_step(world.node, "restore-hosts", hosts.returncode, hosts.stderr)
 
     assert host.config_file.read_text() == original
     assert host.cri_status() == "ok"
@@ -627,6 +852,23 @@ def test_delete_restores_the_original_config_and_removes_our_hosts_toml(world: W
 
 
 # --- faults ------------------------------------------------------------------------------------
+
+
+def _go_quoted(text: str) -> str:
+    """Go's %q of ``text`` (ASCII: what JSON gives, escapes and all on one line)."""
+    return json.dumps(text)
+
+
+def as_pulumi_command_shows_it(host: NodeHost, step: Step) -> str:
+    """What `pulumi up` prints for this step when it fails: pulumi-command's
+    ``fmt.Errorf("%w: running %q:\\n%s", err, cmd, stdouterrbuf)`` (provider/pkg/provider/remote/
+    commandOutputs.go), with stdout and stderr in one buffer in the order they arrived."""
+    result = host.ssh(step.command, step.stdin, merge_stderr=True)
+    assert result.returncode != 0, result.stdout
+    return (
+        f"Process exited with status {result.returncode}: running {_go_quoted(step.command)}:\n"
+        f"{result.stdout}"
+    )
 
 
 def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error(
@@ -643,18 +885,35 @@ def test_config_that_breaks_the_cri_plugin_is_rolled_back_with_containerds_error
         f'  endpoint = ["http://{host.host_address}:5000"]\n'
     )
 
-    result = host.run_step(config_step(world.settings, world.node, probe.config_sha256, bad))
+    step = config_step(world.settings, world.node, probe.config_sha256, bad)
+    shown = as_pulumi_command_shows_it(host, step)
 
-    assert result.returncode == 5, result.stderr
+    lines = shown.splitlines()
+    # pulumi-command: `<exit status>: running "<command>":`, then the output as it arrived.
+    # The command is the parameters and the loader (the script came on stdin): one short line,
+    # and the next three are what failed, what was rolled back, what to do.
+    assert lines[0].startswith("Process exited with status 5: running ") and len(lines[0]) < 1000
+    assert (
+        lines[1].startswith("apply-config.sh FAILED on ") and "(exit 5): with the new " in lines[1]
+    )
+    assert "containerd runs with its CRI plugin in error" in lines[1]
+    assert lines[2] == (
+        "rolled back: the previous /etc/containerd/config.toml is back in place and the CRI "
+        "plugin on /run/containerd/containerd.sock is ok again"
+    )
+    assert lines[3].startswith("to do: fix what containerd says below")
     # This version's own words, from the plugin that refused (2.x: the images plugin; the cri
-    # plugin then fails as its dependent).
+    # plugin then fails as its dependent), after the summary.
     conflict = world.containerd
-    assert f"cri plugin {conflict.conflict_plugin}: {conflict.conflict_error}" in result.stderr
-    assert "containerd runs with its CRI plugin in error" in result.stderr
-    assert "hint: containerd refuses registry.mirrors" in result.stderr
-    assert parse_step_result(result.stdout).rolled_back
+    assert f"cri plugin {conflict.conflict_plugin}: {conflict.conflict_error}" in shown
+    assert "hint: containerd refuses registry.mirrors" in shown
+    assert parse_step_result(shown).rolled_back
     assert host.config_file.read_text() == good
     assert host.cri_status() == "ok"
+    # Control: with the script in the command, as before, the first line was the whole script
+    # and its library (what buried the message).
+    inlined = remote_command("node/apply-config.sh", {"CONFIG_FILE": "/etc/containerd/config.toml"})
+    assert len(_go_quoted(inlined)) > 10 * len(lines[0])
 
 
 def test_edit_between_probe_and_apply_aborts_with_nothing_changed(world: World) -> None:

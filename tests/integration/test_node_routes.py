@@ -141,7 +141,8 @@ def test_a_private_ca_in_etc_docker_certs_d_is_carried_and_pulled_through(
     the test's own CA, on a second address). The directory is carried into certs.d (copied on the
     node, its relative `ca` resolving in the copy); a CRI pull of the private registry works after
     the migration on every version. Control: without the carried copy the same pull fails
-    (unknown authority). Delete: config.toml back, the copy gone, /etc/docker untouched."""
+    (unknown authority). The carried CA deleted on the node: the hosts step shows a change and
+    copies it back. Restored: config.toml back, the copy gone, /etc/docker untouched."""
     require_binary("openssl")
     host = world.host
     addr = other_address(world)
@@ -189,6 +190,18 @@ def test_a_private_ca_in_etc_docker_certs_d_is_carried_and_pulled_through(
         with pytest.raises(Exception, match=r"(?i)x509|certificate|unknown authority"):
             world.pull(f"{private}/library/x:2")
         shutil.move(world.workdir / "carried-aside", carried)
+
+        # A carried file is part of what the hosts step left (issue 27, item 1): deleted on the
+        # node (a config manager wiping certs.d), the hosts step plans a change (a new mark)
+        # that copies it back; as left again, the same steps as before the deletion.
+        assert world.plan().hosts == plan.hosts  # control: moved back whole, nothing to do
+        (carried / "ca.crt").unlink()
+        drifted = world.plan()
+        assert drifted.hosts.command != plan.hosts.command and drifted.config == plan.config
+        assert "export APPLY_MARK=drift-" in drifted.hosts.command
+        world.apply(drifted)
+        assert (carried / "ca.crt").read_bytes() == ca.read_bytes()
+        assert world.plan().hosts == drifted.hosts
 
         for step in (
             restore_hosts_step(world.settings, world.node),

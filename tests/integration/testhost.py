@@ -111,6 +111,14 @@ class NodeHost:
     share_ssh: bool = True
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     flavour: str = "containerd"
+    sshd: subprocess.Popen[bytes] | None = None
+
+    def stop_sshd(self) -> None:
+        """The node is down as the program sees it: nothing answers on its SSH ports (the
+        listening sshd is stopped, by its pid; containerd keeps running)."""
+        assert self.sshd is not None
+        _kill(self.sshd.pid)
+        self.sshd.wait(timeout=5)
 
     # --- k3s/RKE2 flavours: the node's /etc is an overlay whose upper dir is etc_upper ---------
 
@@ -214,8 +222,11 @@ class NodeHost:
         address: str | None = None,
         port: int = 22,
         timeout: float = 90,
+        merge_stderr: bool = False,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``command`` as the remote login shell's command, like pulumi-command does."""
+        """Run ``command`` as the remote login shell's command, like pulumi-command does.
+        ``merge_stderr``: stdout and stderr in one stream, in the order they arrive (what
+        pulumi-command prints after a failed command)."""
         # With share_ssh: one connection per node, a new session per command. A fresh
         # connection costs ~0.5-1 s of key exchange on a loaded 2-core machine, times every step
         # of every test; each step still runs as its own session, as pulumi-command runs it.
@@ -235,6 +246,7 @@ class NodeHost:
             host_key=self.host_public_key,
             extra_options=sharing,
             timeout=timeout,
+            merge_stderr=merge_stderr,
         )
 
     def run_step(
@@ -282,6 +294,7 @@ def ssh_run(
     host_key: str | None = None,
     extra_options: list[str] | None = None,
     timeout: float = 90,
+    merge_stderr: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """``command`` as the remote login shell's command with ``stdin``: what pulumi-command does
     with a Command's ``create`` and ``stdin``. With ``host_key``, the host must present exactly
@@ -305,7 +318,8 @@ def ssh_run(
             command,
         ],
         input=stdin,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
         text=True,
         timeout=timeout,
         check=False,
@@ -558,6 +572,7 @@ def node_host(
             stderr=(root / "sshd.log").open("wb"),
         )  # fmt: skip
         host.processes.append(sshd)
+        host.sshd = sshd
         agent = subprocess.Popen(
             ["ssh-agent", "-D", "-a", host.agent_socket],
             stdout=subprocess.DEVNULL,

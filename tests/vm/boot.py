@@ -11,13 +11,14 @@ from components.settings import Settings
 from components.ssh_host_key import HostKey
 from tests.vm import proxmox_seed
 from tests.vm.qemu import BootShape, Guest, GuestImage, boot_guest
-from tests.vm.stack import StackResources, capture
+from tests.vm.stack import TIER_CLOUD_INIT_TIMEOUT, StackResources, capture
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST_MAC = "BC:24:11:5E:A0:01"  # a Proxmox-style MAC (its OUI), named in the seed and on the NIC
 SSH_TIMEOUT = 600
-# Until the program's wait step succeeds (first boot installs docker.io under TCG).
-READY_TIMEOUT = 1200
+# Until the program's wait step succeeds (first boot installs docker.io under TCG); the step
+# itself gives up a minute earlier and says why.
+READY_TIMEOUT = TIER_CLOUD_INIT_TIMEOUT + 60
 
 
 def guest_image() -> GuestImage | None:

@@ -275,6 +275,11 @@ def engine_create_body(inputs: Mapping[str, Any], image_id: str) -> dict[str, An
 # --- the tier's stack settings ------------------------------------------------------------------
 
 TIER_DNS = "10.0.20.3"  # QEMU user-mode DNS (forwards to this host's resolver)
+# The wait step's own limit (vm.cloudInitTimeoutSeconds) in the tier. The stack's 900 s is for a
+# real VM; the tier's first boot installs docker.io on an emulated CPU (TCG) on a shared 2-core
+# machine, where dpkg alone was seen still configuring packages at 960 s (load average ~10).
+# boot.READY_TIMEOUT, the SSH call's limit, is a minute longer: the step reports its own reason.
+TIER_CLOUD_INIT_TIMEOUT = 1500
 
 
 def tier_settings(
@@ -286,9 +291,10 @@ def tier_settings(
     tls_ip_addresses: tuple[str, ...] = (),
 ) -> Settings:
     """``stacks/Pulumi.<stack>.yaml`` as the tier runs it. Only what cannot be real here changes:
-    the SSH key (the tier's own), the DNS server (QEMU's), every upstream's ``server`` (a stand-in
-    registry on this host, reached from the guest through the lab gateway address) and the nodes
-    (none: the tier's test node is not the program's to configure). ``node_view`` = (the host end,
+    the SSH key (the tier's own), the DNS server (QEMU's), the cloud-init wait's limit (an
+    emulated guest's first boot), every upstream's ``server`` (a stand-in registry on this host,
+    reached from the guest through the lab gateway address) and the nodes (none: the tier's test
+    node is not the program's to configure). ``node_view`` = (the host end,
     the node end) of a test node's veth: the VM as that node reaches it (forwarded to the guest),
     for rendering the node's hosts.toml; ``tls_ip_addresses``: that address in the certificate."""
     from components.settings import DEFAULT_UPSTREAMS, load_settings
@@ -297,6 +303,7 @@ def tier_settings(
     raw = read_stack_file(stack_path(stack)).values
     raw["vm"]["sshPublicKeys"] = [public_key]
     raw["vm"]["dnsServers"] = [TIER_DNS]
+    raw["vm"]["cloudInitTimeoutSeconds"] = TIER_CLOUD_INIT_TIMEOUT
     if node_view is not None:
         raw["vm"]["address"] = f"{node_view[0]}/30"
         raw["vm"]["gateway"] = node_view[1]
