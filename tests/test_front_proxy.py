@@ -50,6 +50,8 @@ def test_default_front_keeps_each_public_port_and_moves_the_registry_behind_it()
         assert f"regex_map http://^.*$:{port} http://127.0.0.1:{port + 10000} " in remap
     assert "https://" not in remap
     assert _value(front, "proxy.config.admin.user_id") == "trafficserver"
+    # Remap plugins dlopened where installed, not copied under /run (noexec on Debian).
+    assert _value(front, "proxy.config.plugin.dynamic_reload_mode") == 0
     assert front_proxy.render_storage(front) == "/var/lib/registry-front/cache.db 8192M\n"
 
 

@@ -196,6 +196,13 @@ def records(front: Front) -> dict[str, tuple[str, str | int | float]]:
         "proxy.config.http.server_ports": ("STRING", " ".join(ports)),
         "proxy.config.admin.user_id": ("STRING", front.user or "#-1"),
         "proxy.config.proxy_name": ("STRING", "registry-front"),
+        # Load remap plugins (header_rewrite) where they are installed. The default (1) copies
+        # each into a directory under the runtime dir, /run/trafficserver, and dlopens the copy:
+        # /run is mounted noexec on Debian, so "failed to map segment from shared object",
+        # remap.config failed to load, and traffic_server exited at every start (the VM tier's
+        # guest). A config reload still applies new remap rules; only a changed plugin binary
+        # (a package upgrade) needs a restart.
+        "proxy.config.plugin.dynamic_reload_mode": ("INT", 0),
         # A reverse proxy only: a request must match a remap rule (one per cache port).
         "proxy.config.reverse_proxy.enabled": ("INT", 1),
         "proxy.config.url_remap.remap_required": ("INT", 1),
