@@ -169,6 +169,20 @@ def test_counters_only_for_loopback() -> None:
     assert files[f"{CONF}/plugin.config"].startswith("stats_over_http.so --integer-counters ")
 
 
+def test_every_container_name_the_settings_accept_renders() -> None:
+    """The settings take Docker's container names ('0', 'cache.v2'); the front names its caches
+    after them (found by Hypothesis in tests/test_stack_file.py: a stack the settings accepted
+    raised FrontConfigError)."""
+    from components.settings.checks import _CONTAINER_NAME
+
+    base = front_for(CACHES)
+    for name in ("0", "cache.v2", "Registry_1"):
+        assert _CONTAINER_NAME.match(name)
+        front = dataclasses.replace(base, caches=(dataclasses.replace(base.caches[0], name=name),))
+        assert check_front(front) == [], name
+        assert front_files(front)
+
+
 @pytest.mark.parametrize(
     ("change", "problem"),
     [

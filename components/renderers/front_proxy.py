@@ -58,7 +58,9 @@ STORAGE_PATH = "/var/lib/registry-front/cache.db"
 # What Debian's trafficserver package creates and runs as.
 ATS_USER = "trafficserver"
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+# A cache is named after its container: what the settings accept as one (settings/checks.py) must
+# render (a stricter rule here refused a valid stack with an exception).
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,7 @@ def check_front(front: Front) -> list[str]:
 
     for cache in front.caches:
         if not _NAME.match(cache.name):
-            problems.append(f"cache {cache.name!r}: not a name (letters, digits, - and _)")
+            problems.append(f"cache {cache.name!r}: not a name (letters, digits, _, . and -)")
         if cache.name in names:
             problems.append(f"cache {cache.name!r}: listed twice")
         names.add(cache.name)
