@@ -246,7 +246,8 @@ evict_cache() { # BUDGET
     count=$(grep -c '^evict ' <<<"$plan" || true)
     if ((count == 0)); then
         log "WARNING: over budget ($size of $budget bytes) but every repository was pulled in" \
-            "the last ${evict_min_age}s: nothing evicted (raise the budget or grow vm.diskGb)"
+            "the last ${evict_min_age}s: nothing evicted (raise the budget, or grow the disk:" \
+            "vm.diskGb, or an existing host's own)"
         return 0
     fi
     if [[ ! -f $config ]]; then

@@ -116,7 +116,7 @@ disk_report() {
     if ((percent >= threshold)); then
         log "WARNING: cache disk $data_root is ${percent}% full (threshold ${threshold}%):" \
             "lower the caches' budgets (registry.cacheBudget, upstreams[].cacheBudget)" \
-            "or grow vm.diskGb"
+            "or grow the disk (vm.diskGb; on an existing host, its own disk)"
     else
         log "cache disk $data_root ${percent}% full (threshold ${threshold}%)"
     fi
@@ -151,9 +151,10 @@ exec 9>"$lock_dir/registry-maintenance-$name.lock"
 
 run_gc() {
     # A repository a client fetched only manifests from (it held every layer already: the same
-    # image under another name) has `_manifests` and no `_layers`; `registry garbage-collect`
-    # (2.8 and 3.1.1) then fails its whole mark phase ("Path not found: .../_layers") and nothing
-    # is ever collected. An empty `_layers` says what is true: no layer links. Run while stopped.
+    # image under another name) has `_manifests` and no `_layers`; 3.1.1's `registry
+    # garbage-collect` then fails its whole mark phase ("Path not found: .../_layers") and nothing
+    # is ever collected (2.8 tolerates it). An empty `_layers` says what is true: no layer links.
+    # Run while stopped.
     local manifests
     while IFS= read -r -d '' manifests; do
         [[ -d ${manifests%/_manifests}/_layers ]] || mkdir "${manifests%/_manifests}/_layers"
