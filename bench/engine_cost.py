@@ -51,7 +51,7 @@ def _child_engine(nodes: int, bare: bool, skip_checkpoints: bool = False) -> dic
     import pulumi
 
     from tests.engine.inline import EngineStack
-    from tests.engine.rollout import program
+    from tests.engine.rollout import apply_to_nodes, program
     from tests.engine.toolchain import find
     from tests.mocks import FakeFleet
 
@@ -62,7 +62,8 @@ def _child_engine(nodes: int, bare: bool, skip_checkpoints: bool = False) -> dic
         os.environ["PULUMI_SKIP_CHECKPOINTS"] = "true"
     settings = _settings(nodes)
     seen: list[Any] = []
-    rollout = program(settings, FakeFleet(), seen)
+    fleet = FakeFleet()
+    rollout = program(settings, fleet, seen)
     count_holder: dict[str, int] = {}
 
     def flat() -> None:
@@ -79,6 +80,10 @@ def _child_engine(nodes: int, bare: bool, skip_checkpoints: bool = False) -> dic
         start = time.perf_counter()
         stack.up()
         up = time.perf_counter() - start
+        if not bare:
+            # What the steps did on the nodes: without it the next read finds every node back
+            # on its original config, which the planner rightly plans again (drift detection).
+            apply_to_nodes(fleet, seen[-1])
         resources = len(stack.our_resources())
         start = time.perf_counter()
         stack.preview(expect_no_changes=True)

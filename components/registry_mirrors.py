@@ -200,6 +200,12 @@ class RegistryMirrors(pulumi.ComponentResource):
             # request: memory follows the cached entries, ~0.6 KB each, released at their expiry
             # (docs/measurements/drain-and-memory.md).
             memory=self._settings.registry.memory_mb,
+            # Set, or every preview plans an update of every cache: the provider reads back the
+            # daemon's MemorySwap (docker makes it twice the memory when unset) into an input
+            # that is not computed (kreuzwerker memory_swap), so the unset input always differs
+            # (the engine tier saw `update [diff: -memorySwap]` right after an up). Equal to the
+            # memory: no swap on top of the limit, the backstop stays a backstop.
+            memory_swap=self._settings.registry.memory_mb,
             healthcheck=docker.ContainerHealthcheckArgs(
                 tests=list(spec.healthcheck),
                 interval="30s",

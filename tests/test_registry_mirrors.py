@@ -114,6 +114,8 @@ def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: Reco
             ]
             assert inputs["envs"] == ["OTEL_TRACES_EXPORTER=none"]
             assert inputs["memory"] == float(settings.registry.memory_mb)
+            # unset, the provider reads the daemon's default back: a diff in every preview
+            assert inputs["memorySwap"] == float(settings.registry.memory_mb)
             assert inputs["healthcheck"]["tests"][-1] == f"http://127.0.0.1:{upstream.port}/v2/"
             assert inputs["logDriver"] == "json-file"
             assert set(inputs["logOpts"]) == {"max-size", "max-file"}

@@ -9,7 +9,9 @@ What runs, and what does not (docs/engine-proof.md has the results of the run):
   device).
 - Caches (pulumi-docker, pulumi-command): the program's ``RegistryMirrors`` over ``ssh://`` to
   the VM tier's QEMU guest (tests/vm: booted from the program's own cloud-init), the guest
-  standing in for the VM pulumi-proxmoxve would create.
+  standing in for the VM pulumi-proxmoxve would create; then what a preview of a change to those
+  existing caches needs from the VM (with and without a key, with and without ``--refresh``),
+  read from the guest's sshd and dockerd logs (issue 21 item 2).
 - Proxmox: ``pulumi preview`` of the program (RegistryVm, RegistryFirewall, RegistryMirrors) for
   stacks/Pulumi.dev.yaml with the real pulumi-proxmoxve, pulumi-docker and pulumi-command
   plugins, its endpoint moved to a loopback port nothing answers, in a network namespace with
@@ -21,12 +23,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +45,7 @@ from components.fleet import plan_fleet, ssh_runner
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.settings import Settings, load_settings
-from tests.engine.inline import EngineStack, EventLog
+from tests.engine.inline import EngineFailed, EngineStack, EventLog
 from tests.engine.project import PROJECT, copy_project, edit_stack_file, project_stack
 from tests.engine.rollout import NAME, assert_created_in_rollout_order
 from tests.engine_plugins.conftest import PluginEngine
@@ -439,13 +444,109 @@ def agent_holding(key: Path, directory: Path) -> Iterator[str]:
         agent.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class Contacts:
+    """What reached the guest between two marks: sshd's connections (by client port) and the
+    Docker daemon's API calls (its debug log) and events."""
+
+    accepted: dict[str, str]  # client port -> the key's fingerprint, for accepted logins
+    refused: list[str]  # client ports that never logged in (no key the user accepts)
+    api_calls: list[str]  # "GET /v1.41/containers/{id}/json", ids replaced
+    events: list[str]
+
+    def of(self, fingerprint: str) -> list[str]:
+        return [port for port, seen in self.accepted.items() if seen == fingerprint]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "ssh logins": sorted(self.accepted.values()),
+            "ssh refused": len(self.refused),
+            "docker api": sorted(set(self.api_calls)),
+            "docker events": self.events,
+        }
+
+
+_PORT = re.compile(r" port (\d+)")
+_ACCEPTED = re.compile(r"^Accepted publickey for \S+ from \S+ port (\d+) ssh2: \S+ (\S+)")
+_CALLING = re.compile(r'msg="Calling (\S+) (\S+?)(?:\?\S*)?"')
+_ID = re.compile(r"/[0-9a-f]{64}|/sha256:[0-9a-f]{64}")
+
+
+class GuestWatch:
+    """sshd's and dockerd's logs in the guest, read from a mark on. The tier's own logins (its
+    key) are left out; everything else that reached sshd is someone else's."""
+
+    def __init__(self, guest: Any, tier_key: Path) -> None:
+        self.guest = guest
+        self.tier = fingerprint(Path(f"{tier_key}.pub"))
+        # dockerd logs each API call only at debug level; debug is reloadable (SIGHUP).
+        guest.check(
+            'sudo python3 -c \'import json, pathlib; p = pathlib.Path("/etc/docker/daemon.json"); '
+            'd = json.loads(p.read_text()) if p.exists() else {}; d["debug"] = True; '
+            "p.write_text(json.dumps(d))' && sudo systemctl reload docker"
+        )
+        deadline = time.monotonic() + 60
+        while guest.check("docker info --format '{{.Debug}}'").strip() != "true":
+            assert time.monotonic() < deadline, "dockerd did not turn debug on"
+            time.sleep(1)
+
+    def mark(self) -> int:
+        """A guest second after which only what follows happened (the tier's own docker calls
+        are all earlier)."""
+        return int(self.guest.check("sleep 1.2; date +%s").strip())
+
+    def _journal(self, selection: str) -> list[str]:
+        """journalctl's lines (none found is not a failure: some versions exit 1 for it)."""
+        done = self.guest.ssh(f"sudo journalctl --no-pager -q -o cat {selection}")
+        assert done.returncode in (0, 1), done
+        return done.stdout.splitlines()
+
+    def since(self, mark: int) -> Contacts:
+        sshd = self._journal(f"-t sshd -t sshd-session --since @{mark}")
+        accepted: dict[str, str] = {}
+        refused: set[str] = set()
+        for line in sshd:
+            found = _ACCEPTED.match(line)
+            if found:
+                accepted[found[1]] = found[2]
+            elif "[preauth]" in line or "authenticating user" in line:
+                # (a login's later lines, e.g. its disconnect, name no key and are not these)
+                refused.update(_PORT.findall(line))
+        tier = {port for port, seen in accepted.items() if seen == self.tier}
+        docker = self._journal(f"-u docker.service --since @{mark}")
+        calls = [_ID.sub("/{id}", f"{m[1]} {m[2]}") for m in map(_CALLING.search, docker) if m]
+        # sudo: probe (d) takes the ssh user out of the docker group
+        events = self.guest.check(
+            f"sudo docker events --since {mark} --until $(date +%s) "
+            "--format '{{.Type}} {{.Action}} {{.Actor.Attributes.name}}'"
+        ).splitlines()
+        return Contacts(
+            {p: f for p, f in accepted.items() if p not in tier},
+            sorted(refused - set(accepted)),
+            # The tier's own reads of the logs call nothing in docker before `docker events`.
+            [call for call in calls if "/events" not in call],
+            # Health checks run as execs, every 30 s per cache: the daemon's own doing.
+            [e for e in events if e.strip() and " exec_" not in e and "health_status" not in e],
+        )
+
+
+def fingerprint(public_key: Path) -> str:
+    done = subprocess.run(
+        ["ssh-keygen", "-l", "-f", str(public_key)], capture_output=True, text=True, check=True
+    )
+    return done.stdout.split()[1]
+
+
 def test_caches_through_pulumi_docker_in_the_vm_guest(
-    plugin_engine: PluginEngine, ready: Any, tmp_path: Path
+    plugin_engine: PluginEngine, ready: Any, tmp_path: Path, record_property: Any
 ) -> None:
     """The program's RegistryMirrors (docker.Provider over ssh://, RemoteImage, one Container per
     upstream, the config and maintenance Commands) created by the real docker and command plugins
     in the VM tier's guest (booted from the program's own cloud-init, cloud-init done). The VM
-    itself stands in for what pulumi-proxmoxve would have made; its readiness is a Stash."""
+    itself stands in for what pulumi-proxmoxve would have made; its readiness is a Stash.
+
+    Then what a preview of a change to the existing caches needs from the VM (issue 21 item 2),
+    read from the guest's sshd and dockerd logs: see ``_preview_needs``."""
     from components.ssh import SshTarget
     from tests.vm import registry_image
     from tests.vm.conftest import wait_healthy
@@ -459,7 +560,13 @@ def test_caches_through_pulumi_docker_in_the_vm_guest(
         registry_image.build_registry_archive(major, guest_tier.stack.image, guest_tier.workdir),
         "docker load",
     )
-    with agent_holding(guest_tier.key, tmp_path) as agent:
+    # The program logs in with a key of its own (in the agent), so the guest's sshd log tells
+    # its logins from the tier's (which read the logs).
+    program_key = tmp_path / "program_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "program", "-f",
+                    str(program_key)], check=True, capture_output=True)  # fmt: skip
+    guest_tier.guest.check("cat >> ~/.ssh/authorized_keys", Path(f"{program_key}.pub").read_text())
+    with agent_holding(program_key, tmp_path) as agent:
         ssh = SshTarget(
             host="127.0.0.1",
             user=settings.cache_host.ssh_user,
@@ -467,17 +574,21 @@ def test_caches_through_pulumi_docker_in_the_vm_guest(
             port=guest_tier.guest.ssh_port,
             host_key=_guest_host_key(guest_tier.guest.ssh_port),
         )
+        current = {"settings": settings}
 
         def caches() -> None:
             vm_ready = pulumi.Stash("registry-vm-ready", input={"stand-in": "the VM tier's guest"})
             mirrors = RegistryMirrors(
-                "registry-mirrors", settings=settings, ssh=ssh, ready=vm_ready
+                "registry-mirrors", settings=current["settings"], ssh=ssh, ready=vm_ready
             )
             pulumi.export("mirrors", mirrors.mirrors)
 
+        # pulumi-docker's ssh:// transport is the system ssh client: it finds the agent in the
+        # plugin's environment (pulumi-command gets the socket path as an input).
         stack = EngineStack.create(
-            plugin_engine.engine, tmp_path, "caches", caches, env=plugin_engine.env
-        )
+            plugin_engine.engine, tmp_path, "caches", caches,
+            env={**plugin_engine.env, "SSH_AUTH_SOCK": agent},
+        )  # fmt: skip
         try:
             log = stack.up()
             types = {s.type for s in log.steps() if s.phase == "done" and s.op == "create"}
@@ -498,7 +609,157 @@ def test_caches_through_pulumi_docker_in_the_vm_guest(
             assert guest_tier.upstream.log().count("/v2/library/x/manifests/1") > before
 
             assert stack.preview(expect_no_changes=True).changed() == {}
+
+            found, problems = _preview_needs(stack, guest_tier, program_key, agent, current)
+            record_property("preview needs", found)
+            (tmp_path / "preview-needs.json").write_text(json.dumps(found, indent=1))
+            print(json.dumps(found, indent=1))
+            assert not problems, "\n".join(problems)
         finally:
+            current["settings"] = settings
             stack.destroy()
         left = guest_tier.guest.check("docker ps -aq --filter label=registry-mirrors.config-sha256")
         assert left.strip() == "", left
+
+
+def _preview_needs(
+    stack: EngineStack, guest_tier: Any, program_key: Path, agent: str, current: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """A change to the existing caches' Container inputs (every cache's memory limit), previewed
+    (a) as the operator does, apply key in the agent; (b) with the agent holding no key;
+    (c) ``--refresh`` with no key; (d) ``--refresh`` with the key, the ssh user out of the
+    docker group; (e) ``--refresh`` as (a). Each one's contacts with the guest are read from its
+    sshd log (logins by key fingerprint, refused connections) and dockerd's debug log (API calls).
+    (c)-(e) are the controls: they show the watch sees a contact when there is one.
+
+    Returns what each did, and the checks that failed (every probe runs, whatever an earlier one
+    found: one guest boot answers all of them)."""
+    guest = guest_tier.guest
+    settings = current["settings"]
+    user = shlex.quote(settings.cache_host.ssh_user)
+    watch = GuestWatch(guest, guest_tier.key)
+    program = fingerprint(Path(f"{program_key}.pub"))
+    agent_env = {**os.environ, "SSH_AUTH_SOCK": agent}
+    changed = settings.registry.model_copy(update={"memory_mb": settings.registry.memory_mb + 256})
+    current["settings"] = settings.model_copy(update={"registry": changed})
+    containers = {f"registry-mirrors-{u.container}" for u in settings.upstreams}
+    found: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def expect(ok: object, what: str, seen: object = None) -> None:
+        if not ok:
+            problems.append(f"{what}: {seen!r}"[:3000])
+
+    def preview(name: str, refresh: bool = False) -> tuple[EventLog | None, str, Contacts]:
+        """One preview; its log (None if it failed), the failure's text, what reached the guest."""
+        mark = watch.mark()
+        try:
+            log, text = stack.preview(refresh=refresh), ""
+        except EngineFailed as failure:
+            log, text = None, failure.text
+        try:
+            seen = watch.since(mark)
+        except AssertionError as error:  # the logs unreadable: say so, run the other probes
+            problems.append(f"{name}: could not read the guest's logs: {error}"[:3000])
+            seen = Contacts({}, [], [], [])
+        found[name] = {
+            "plan": _plan(log) if log else None,
+            "failed": _first_error(text) if log is None else None,
+            **seen.summary(),
+        }
+        expect(not set(seen.accepted.values()) - {program}, f"{name}: someone else logged in", seen)
+        return log, text, seen
+
+    # (a) as the operator previews: the apply key in the agent.
+    log, text, seen = preview("a: preview, apply key")
+    plan = _plan(log) if log else {}
+    expect(log, "a: the preview failed", text[-3000:])
+    # only the Containers, each an update or a replacement
+    expect(set(plan) == containers, "a: plan", plan)
+    expect(set(plan.values()) <= {"update", "replace"}, "a: ops", plan)
+    expect(
+        (seen.accepted, seen.refused, seen.api_calls, seen.events) == ({}, [], [], []),
+        "a: the guest was contacted",
+        seen,
+    )
+
+    # (b) the agent holds no key: nothing can log in to the VM.
+    subprocess.run(["ssh-add", "-D"], env=agent_env, check=True, capture_output=True)
+    try:
+        log, text, seen = preview("b: preview, no key")
+        expect(log and _plan(log) == plan, "b: plan differs from a", text[-3000:] or found)
+        expect(
+            (seen.accepted, seen.refused, seen.api_calls) == ({}, [], []),
+            "b: the guest was contacted",
+            seen,
+        )
+        # (b2) the image too: the RemoteImage replaced, so every Container (its image id unknown).
+        memory_only = current["settings"]
+        image = memory_only.registry.model_copy(update={"image": "registry:3.1.2"})
+        current["settings"] = memory_only.model_copy(update={"registry": image})
+        try:
+            log, text, seen = preview("b2: preview of a new image, no key")
+        finally:
+            current["settings"] = memory_only
+        image_plan = _plan(log) if log else {}
+        replaced = {**dict.fromkeys(containers, "replace"), "registry-mirrors-image": "replace"}
+        expect(
+            image_plan == replaced,
+            "b2: plan",
+            text[-3000:] or image_plan,
+        )
+        expect(
+            (seen.accepted, seen.refused, seen.api_calls) == ({}, [], []),
+            "b2: the guest was contacted",
+            seen,
+        )
+        # (c) the control: a refresh reads every Container and the RemoteImage from the daemon.
+        log, text, seen = preview("c: preview --refresh, no key", refresh=True)
+        expect(log is None and "Error pinging Docker server" in text, "c: failure", text[-3000:])
+        expect(seen.refused and not seen.accepted, "c: no refused login seen", seen)
+    finally:
+        subprocess.run(["ssh-add", "-q", str(program_key)], env=agent_env, check=True)
+
+    # (d) the key, but the ssh user out of the docker group: the daemon's socket refuses it.
+    guest.check(f"sudo gpasswd -d {user} docker")
+    try:
+        log, text, seen = preview("d: preview --refresh, key, not in docker group", refresh=True)
+        # (run 2: the provider reported only "Cannot connect to the Docker daemon", not the
+        # socket's "permission denied")
+        expect(log is None and "Error pinging Docker server" in text, "d: failure", text[-3000:])
+        expect(seen.of(program) and not seen.api_calls, "d: contacts", seen)
+    finally:
+        guest.check(f"sudo usermod -aG docker {user}")
+
+    # (e) as (a), with --refresh: what the daemon is asked.
+    log, text, seen = preview("e: preview --refresh, apply key", refresh=True)
+    expect(log and _plan(log) == plan, "e: plan differs from a", text[-3000:] or found)
+    if log:
+        found["e: preview --refresh, apply key"]["refreshed"] = _refresh_ops(log)
+    expect(seen.of(program) and seen.api_calls, "e: no login or API call seen", seen)
+    methods = {call.split()[0] for call in seen.api_calls}
+    expect(methods <= {"GET", "HEAD"}, "e: a refresh wrote", seen.api_calls)
+    expect(seen.events == [], "e: docker events", seen.events)
+    return found, problems
+
+
+def _plan(log: EventLog) -> dict[str, str]:
+    """What the preview would change: the non-``same`` op of each resource of ours, a refresh's
+    own ``refresh`` steps left out."""
+    ops: dict[str, list[str]] = {}
+    for step in log.steps():
+        if step.phase == "start" and step.ours and step.op != "refresh":
+            ops.setdefault(step.name, []).append(step.op)
+    plan = {name: "replace" if "replace" in seen else "+".join(seen) for name, seen in ops.items()}
+    return {name: op for name, op in plan.items() if op != "same"}
+
+
+def _first_error(text: str) -> str:
+    errors = [line.strip() for line in text.splitlines() if "error" in line.lower()]
+    return errors[0][:600] if errors else text[-600:]
+
+
+def _refresh_ops(log: EventLog) -> dict[str, str]:
+    return {
+        s.name: s.op for s in log.steps() if s.phase == "start" and s.ours and s.op == "refresh"
+    }

@@ -195,7 +195,8 @@ def capture_existing_host(settings: Settings) -> HostResources:
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?$")
 # Inputs this translation understands; anything else fails the tier instead of being dropped.
 _KNOWN = {
-    "name", "image", "restart", "ports", "volumes", "memory", "healthcheck", "logDriver",
+    "name", "image", "restart", "ports", "volumes", "memory", "memorySwap", "healthcheck",
+    "logDriver",
     "logOpts", "labels", "envs", "mustRun", "command", "entrypoints", "stopTimeout",
     # The provider's own delete (the stop's grace before removal), not part of ContainerCreate.
     "destroyGraceSeconds",
@@ -242,6 +243,9 @@ def engine_create_body(inputs: Mapping[str, Any], image_id: str) -> dict[str, An
     }
     if "memory" in inputs:
         host_config["Memory"] = int(inputs["memory"]) * 1024 * 1024
+    if "memorySwap" in inputs:  # MB, or -1 (unlimited swap), as the provider passes it
+        swap = int(inputs["memorySwap"])
+        host_config["MemorySwap"] = swap * 1024 * 1024 if swap > 0 else swap
     if "logDriver" in inputs:
         host_config["LogConfig"] = {
             "Type": inputs["logDriver"],
