@@ -329,7 +329,7 @@ def test_the_front_comes_from_the_guests_apt_and_serves_every_cache(caches: Tier
         backend = guest.check(f"sudo ss -Hltn 'sport = :{upstream.resolved_backend_port}'")
         assert backend.split()[3] == f"127.0.0.1:{upstream.resolved_backend_port}", backend
     # The same step again changes nothing (no diff in `pulumi up`, and the front keeps running).
-    again = caches.run(caches.stack.step("-front"))
+    again = caches.run(caches.stack.step("mirrors-front"))  # not the FrontSwitch's own step
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines()[-2:] == ["action=none", "changed=0"]
 
@@ -725,7 +725,9 @@ def test_the_renewal_runs_from_the_guests_cron_entry_and_a_pull_during_it_succee
     before = _served_serial(tier, endpoint)
     layer = tier.images["2"].blob_digests[-1]
     url = f"{endpoint}/v2/library/x/blobs/{layer}?ns=docker.io"
-    fetch = (f"curl -fsS --limit-rate 16k {CURL_TLS} -o /tmp/renewal-blob {shlex.quote(url)};"
+    # 2 KB/s: the 128 KiB layer takes about a minute, longer than the cron run in the guest (at
+    # 16 KB/s it had ended before the renewal returned, in the tier's first run).
+    fetch = (f"curl -fsS --limit-rate 2k {CURL_TLS} -o /tmp/renewal-blob {shlex.quote(url)};"
              " echo $? > /tmp/renewal-blob.rc")  # fmt: skip
     guest.check("rm -f /tmp/renewal-blob /tmp/renewal-blob.rc")
     guest.check(f"nohup sh -c {shlex.quote(fetch)} >/dev/null 2>&1 &")
