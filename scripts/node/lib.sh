@@ -229,7 +229,7 @@ skip_or_refuse() {
   fi
 }
 
-# install_new FILE STAGED: keep FILE's very first original forever (delete restores it) plus one
+# install_new FILE STAGED: keep FILE's very first original forever (`state: restored` restores it) plus one
 # backup per change (sets backup; "" when there was no FILE), then rename STAGED into place with
 # FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
 # credentials). Prints changed=1 backup=.
