@@ -237,8 +237,10 @@ def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components() ->
             "sshUser": "ops",
             "proxmoxNode": None,
             "diskUsageThresholdPercent": 80,
-            # 70 % of the host's 200 GiB shared by the five caches.
-            "cacheBudgets": {u.container: 30064771072 for u in sample_settings().upstreams},
+            # 70 % of the host's 200 GiB less the front's 8 GiB store, shared by the five caches.
+            "cacheBudgets": {
+                u.container: (140 - 8) * 1024**3 // 5 for u in sample_settings().upstreams
+            },
             "sshHostPublicKey": HOST_KEY,
         }
         # TLS on (the default): the front's HTTPS port on the host, a certificate naming its

@@ -74,7 +74,8 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "proxmoxNode": "pve",
             "diskUsageThresholdPercent": 80,
             # 70 % of the 100 GiB disk shared by the five caches (components/settings/budget.py).
-            "cacheBudgets": {u["container"]: 15032385536 for u in _default_upstreams()},
+            # 100 GiB: 70 % of it less the front's 8 GiB store, in five (12.4 GiB each).
+            "cacheBudgets": {u["container"]: 13314398617 for u in _default_upstreams()},
             "sshHostPublicKey": _generated_public_key(mocks),
         }
         assert mirrors["docker.io"]["endpoint"] == "https://10.0.20.10:5002"

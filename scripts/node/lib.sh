@@ -198,19 +198,14 @@ stage_stdin() {
   cat >"$new"
 }
 
-# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
-# (recording it as applied: the next probe then plans these very inputs again); exit 3 when FILE
-# is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
-# In that order: the guard of an unchanged node is the checksum of the file it was once made from
-# (see probe.sh), so identical text is "nothing to do, no restart" whatever the guard says.
-skip_or_refuse() {
-  local file=$1 staged=$2 expected=$3 mark=$4 current=absent
-  if [[ -f $file ]] && cmp -s "$staged" "$file"; then
-    record_applied "$file" "$expected" "$mark"
-    echo "changed=0"
-    echo "restarted=0"
-    exit 0
-  fi
+# refuse_if_changed FILE STAGED EXPECTED_SHA256: exit 3 when FILE is no longer what the component
+# planned from (EXPECTED_SHA256; "absent": no FILE then), unless FILE already holds STAGED's text:
+# the guard of an unchanged node is the checksum of the file it was once made from (see
+# probe.sh), so identical text is "nothing to do" whatever the guard says. Changes nothing, so a
+# step calls it before the first write it makes (registries.sh: before the CA file).
+refuse_if_changed() {
+  local file=$1 staged=$2 expected=$3 current=absent
+  [[ -f $file ]] && cmp -s "$staged" "$file" && return 0
   [[ -f $file ]] && current=$(sha256_of "$file")
   if [[ $current != "$expected" ]]; then
     fail_with "${file} changed since the program read it" "nothing: nothing was changed" \
@@ -220,7 +215,21 @@ skip_or_refuse() {
   fi
 }
 
-# install_new FILE STAGED: keep FILE's very first original forever (delete restores it) plus one
+# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
+# (recording it as applied: the next probe then plans these very inputs again); exit 3 as
+# refuse_if_changed does.
+skip_or_refuse() {
+  local file=$1 staged=$2 expected=$3 mark=$4
+  refuse_if_changed "$file" "$staged" "$expected"
+  if [[ -f $file ]] && cmp -s "$staged" "$file"; then
+    record_applied "$file" "$expected" "$mark"
+    echo "changed=0"
+    echo "restarted=0"
+    exit 0
+  fi
+}
+
+# install_new FILE STAGED: keep FILE's very first original forever (`state: restored` restores it) plus one
 # backup per change (sets backup; "" when there was no FILE), then rename STAGED into place with
 # FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
 # credentials). Prints changed=1 backup=.

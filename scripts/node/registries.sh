@@ -106,7 +106,9 @@ fi
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 stage_stdin "$REGISTRIES_FILE"
 take_trust_section "$new"
-# Before anything that names it; a changed CA alone needs no restart (containerd reads the file
+# Nothing is written (the CA file included) when registries.yaml changed since the probe.
+refuse_if_changed "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+# The CA file before anything that names it; a changed CA alone needs no restart (containerd reads the file
 # on every connection), and registries.yaml is then unchanged. Recorded with registries.yaml
 # (record_applied): a CA file removed or changed on the node is drift, the step runs again.
 if [[ -n $CA_FILE ]]; then

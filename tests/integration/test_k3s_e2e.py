@@ -340,10 +340,13 @@ def test_edit_between_probe_and_apply_aborts(tmp_path: Path) -> None:
         plan = world.plan()
         edited = world.host.registries_file.read_text() + "# edited\n"
         world.host.registries_file.write_text(edited)
-        result = world.host.run_step(plan.registries)
+        result = world.send(plan)  # TLS on: the CA section in front of stdin
         assert result.returncode == 3
         assert "changed since it was probed" in result.stderr
+        assert "nothing was changed" in result.stdout + result.stderr
         assert world.host.registries_file.read_text() == edited
+        # Nothing means nothing: the CA file comes after the check (it was written before it).
+        assert not world.ca_file.exists()
 
 
 def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_path: Path) -> None:
