@@ -206,7 +206,8 @@ def run(rounds: int = 3, log: Any = print) -> PartResult:
             part.info["http_v2_ms"] = {"through_relay": rtt_relay, "loopback": rtt_plain}
             log(f"  link: {relay.describe()}; GET /v2/ {rtt_relay:.1f} ms vs {rtt_plain:.1f} ms")
 
-            settings = make_settings(host)
+            # Distribution itself on :5000 (what the cache buys, not the front): plain HTTP.
+            settings = make_settings(host, tls=False)
             configs = {
                 major: proxy_config(
                     _with_image(settings, image_ref), settings.upstreams[0], workdir / f"v{major}"

@@ -61,7 +61,8 @@ def test_host(containerd: ContainerdVersion = V1_6) -> Iterator[NodeHost]:
 
 
 def variant(host: NodeHost, ghcr_port: int = 5010, config_path: str | None = None) -> Settings:
-    settings = make_settings(host, ghcr_mirror_port=ghcr_port)
+    # Distribution itself on the cache ports (no front): plain HTTP.
+    settings = make_settings(host, ghcr_mirror_port=ghcr_port, tls=False)
     if config_path is None:
         return settings
     raw = settings.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -147,5 +147,9 @@ class ShapedRelay:
         with self.lock:
             sockets, self.sockets = self.sockets, []
         for sock in sockets:
+            # shutdown first: close() alone does not wake a thread blocked in recv() on the same
+            # socket, so the connection stayed open and its peer waited for bytes forever.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 sock.close()

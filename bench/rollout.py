@@ -34,7 +34,9 @@ BATCH_SIZES = (1, 2)
 
 
 def fleet_settings(hosts: list[NodeHost], batch_size: int, concurrency: int = HOSTS) -> Settings:
-    raw = make_settings(hosts[0]).model_dump(by_alias=True, exclude_none=True, mode="json")
+    raw = make_settings(hosts[0], tls=False).model_dump(
+        by_alias=True, exclude_none=True, mode="json"
+    )
     raw["nodes"] = [
         {
             "name": f"node-{i + 1}",

@@ -1,20 +1,22 @@
 """The benchmarks: one command, one machine, one table.
 
     python bench/run.py [--quick] [--out bench/results.json]
-                        [--only program,engine,node,cache,rollout,vm,memory,drain,disk,evict]
+        [--only program,engine,node,cache,front,tls,rollout,vm,memory,drain,disk,evict]
     python bench/run.py --only cache --merge    # re-run one part, keep the others' results
 
 Parts (see each module's docstring): program (bench/program_cost.py, no root), engine
 (bench/engine_cost.py: the real engine on programs of the rollout's shape; no root, needs the CLI
 from scripts/testenv/setup-pulumi.sh), node
-(bench/node_change.py), cache (bench/cache.py), rollout (bench/rollout.py), vm
+(bench/node_change.py), cache (bench/cache.py), front (bench/front.py: concurrent cold pulls
+and TLS through the front, on loopback, no root), tls (bench/tls.py: a CRI pull through the front
+over HTTPS vs HTTP, and cold vs direct), rollout (bench/rollout.py), vm
 (bench/vm_boot.py: the registry VM's boot-to-ready time under QEMU), memory
 (bench/cache_memory.py: each Distribution major's memory under a sustained pull workload, ~50 min;
 loopback only, no root), drain (bench/drain.py: a SIGTERM in the middle of a blob transfer, with
 and without http.draintimeout; loopback, no root), disk (bench/cache_disk.py: what TTL expiry and
 the GC procedure free; loopback, no root), evict (bench/cache_evict.py: the hourly eviction's
 time on a cache of a few thousand blobs and the pulls served during it; loopback, no root); all
-but program, memory, drain, disk and evict need root
+but program, engine, front, memory, drain, disk and evict need root
 (network namespaces, sshd, containerd, QEMU) and what scripts/test.sh installs.
 Every figure is the median of its runs; ratios pair runs of the same round. Prints a table and
 writes it with every run to ``--out`` (default bench/results.json). Everything a part starts
@@ -40,8 +42,11 @@ if __package__ in (None, ""):
 
 from bench.common import ROOT, Interrupted, PartResult, interruptible, machine_info
 
-PARTS = ("program", "engine", "node", "cache", "rollout", "vm", "memory", "drain", "disk", "evict")
-NEEDS_ROOT = {"node", "cache", "rollout", "vm"}
+PARTS = (
+    "program", "engine", "node", "cache", "front", "tls", "rollout", "vm", "memory", "drain",
+    "disk", "evict",
+)  # fmt: skip
+NEEDS_ROOT = {"node", "cache", "tls", "rollout", "vm"}
 
 
 def run_part(name: str, quick: bool) -> PartResult:
@@ -63,6 +68,14 @@ def run_part(name: str, quick: bool) -> PartResult:
         from bench import cache
 
         return cache.run(rounds=1 if quick else 3)
+    if name == "front":
+        from bench import front
+
+        return front.run(rounds=1 if quick else 2)
+    if name == "tls":
+        from bench import tls
+
+        return tls.run(rounds=1 if quick else 2)
     if name == "disk":
         from bench import cache_disk
 

@@ -19,7 +19,11 @@ the one before:
   rolling back on failure. Those distributions regenerate their containerd config and certs.d
   from registries.yaml at start.
 - ``nodes[].state: restored``: ``<name>-<node>-restore-config`` then ``-restore-hosts`` (k3s/RKE2:
-  ``-restore-registries``) put the node's original files back, once.
+  ``-restore-registries``) put the node's original files back, once (and remove the CA file).
+- TLS on (issue 20): the stdin of the hosts and registries steps is the script, then the CA
+  certificates the VM made (``trust_bundle``; node_steps.with_trust), then the content. The step
+  writes them to its CA file before any file naming it and records that file with what it left
+  (APPLY_MARK), so a CA file removed or changed on the node shows as drift like a hosts.toml.
 
 Nothing is ever undone as a side effect. No step has a delete command, and every step is
 ``retain_on_delete``: a step that leaves the program (its node removed, renamed, set to
@@ -75,7 +79,7 @@ from typing import Any
 import pulumi
 from pulumi_command import remote
 
-from components.plan.node_plan import AnyPlan, HeldPlan, NodeStep
+from components.plan.node_plan import AnyPlan, HeldPlan, NodeStep, step_to_send
 from components.plan.node_probe import parse_step_result
 from components.plan.node_steps import node_role
 from components.settings import Node, Settings
@@ -158,11 +162,15 @@ class ContainerdMirrors(pulumi.ComponentResource):
         plans: Mapping[str, AnyPlan],
         agent_socket: str,
         depends_on: Sequence[pulumi.Resource] = (),
+        trust_bundle: pulumi.Output[str] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE, name, None, opts)
         self._base_name = name
         self._agent_socket = agent_socket
+        # The CA certificates the VM made (TLS on): on the stdin of each step that writes a file
+        # naming them, after the script and before its content (node_steps.with_trust).
+        self._trust_bundle = trust_bundle
         roles = {node.name: node_role(node, plans[node.name].flavour) for node in settings.nodes}
         control_planes = {name for name, role in roles.items() if role == "control-plane"}
         held = {name for name, plan in plans.items() if plan.state == "held"}
@@ -185,6 +193,9 @@ class ContainerdMirrors(pulumi.ComponentResource):
             previous = [
                 self._create_node(node, plans[node.name], gate, roles[node.name]) for node in batch
             ]
+        # The last step of every node of the last batch (the gates make them wait for every
+        # earlier batch); with no nodes, what the first gate would wait for.
+        self.last_steps: list[pulumi.Resource] = previous
 
         self.register_outputs({"batches": self.batches, "nodes": self.nodes})
 
@@ -230,13 +241,18 @@ class ContainerdMirrors(pulumi.ComponentResource):
         previous: remote.Command | None,
     ) -> remote.Command:
         secret = step.sensitive
+        stdin: pulumi.Input[str] = step.create.stdin
+        if step.trusts_ca:
+            if self._trust_bundle is None:
+                raise ValueError(f"{node.name} {step.role}: TLS is on but no CA was given")
+            stdin = self._trust_bundle.apply(lambda pem: step_to_send(step, pem).stdin)
         return remote.Command(
             f"{self._base_name}-{node.name}-{step.role}",
             connection=connection,
             # The command carries the parameters (checksums and a mark, never a secret) and the
             # script's checksum: shown in the diff. The script and the content travel on stdin.
             create=step.create.command,
-            stdin=pulumi.Output.secret(step.create.stdin) if secret else step.create.stdin,
+            stdin=pulumi.Output.secret(stdin) if secret else stdin,
             logging=remote.Logging.NONE if secret else None,
             add_previous_output_in_env=False,
             opts=pulumi.ResourceOptions.merge(

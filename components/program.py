@@ -2,11 +2,12 @@
 
 Before any resource: the settings are validated and every node is read and planned
 (components/fleet.py); a bad setting or a node that does not answer stops the program there.
-Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream ->
-nodes (canary, then batches). With ``host`` (an existing cache host) the first steps are one: the
-host is prepared (components/cache_host.py); from the caches on, the same components run. Nodes
-come last so a node never points at a cache that is not up; even so, containerd falls back to
-the upstream (``server``) while a cache is down.
+Order on ``pulumi up``: VM (and its firewall) -> wait for cloud-init -> one cache per upstream,
+the CA and the front -> nodes (canary, then batches) -> with TLS, the certificate from the CA the
+nodes now trust and plain HTTP refused (FrontSwitch). With ``host`` (an existing cache host) the
+first steps are one: the host is prepared (components/cache_host.py); from the caches on, the
+same components run. Nodes come after the caches so a node never points at a cache that is not
+up; even so, containerd falls back to the upstream (``server``) while a cache is down.
 """
 
 from __future__ import annotations
@@ -28,9 +29,10 @@ from components.fleet import (
     plan_fleet,
     read_summary,
 )
+from components.front_switch import FrontSwitch
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
-from components.renderers.bundle import containerd_export
+from components.renderers.bundle import containerd_export, tls_export
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.talos import render_talos_patch
 from components.settings import Secrets, Settings
@@ -51,13 +53,15 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
-def rendered_exports(settings: Settings) -> dict[str, Any]:
-    """The outputs computed from the settings alone, by pure renderers (no resource behind them):
-    the engine tier's StackReference test exports exactly these from a producer stack."""
+def rendered_exports(settings: Settings, ca_pem: str | None = None) -> dict[str, Any]:
+    """The outputs computed by pure renderers from the settings and, TLS on, the CA certificates
+    the VM made (``ca_pem``; public): the engine tier's StackReference test exports exactly these
+    from a producer stack."""
     return {
-        "containerd": containerd_export(settings),
+        "containerd": containerd_export(settings, ca_pem),
         "registriesYaml": render_registries_yaml(settings),
-        "talosPatch": render_talos_patch(settings),
+        "talosPatch": render_talos_patch(settings, ca_pem),
+        "tls": tls_export(settings, ca_pem),
     }
 
 
@@ -127,6 +131,9 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         pulumi.log.warn(line)
 
     cache_host = create_cache_host(settings, secrets, socket)
+    # The VM resource's id: a new VM has none of what the steps on the old one made (the CA, the
+    # front), so they run again there. An existing host is never replaced by the program.
+    recreated = cache_host.vm.id if isinstance(cache_host, RegistryVm) else None
     credentials = pulumi.Output.secret(
         {
             host: {"username": c.username, "password": c.password.get_secret_value()}
@@ -139,11 +146,31 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
         ssh=cache_host.ssh,
         ready=cache_host.ready,
         credentials=credentials,
+        vm_id=recreated,
     )
     nodes = ContainerdMirrors(
-        "containerd", settings=settings, plans=plans, agent_socket=socket, depends_on=[mirrors]
+        "containerd",
+        settings=settings,
+        plans=plans,
+        agent_socket=socket,
+        depends_on=[mirrors],
+        trust_bundle=mirrors.trust_bundle,
     )
+    if settings.tls.enabled:
+        # Only once every node step succeeded: the certificate from the CA they now trust, and
+        # plain HTTP refused.
+        FrontSwitch(
+            "registry-front-switch",
+            settings=settings,
+            ssh=cache_host.ssh,
+            after=nodes.last_steps,
+            vm_id=recreated,
+        )
 
+    # The CA certificates the cache host made (TLS on): public, in the outputs consumers read.
+    trust: pulumi.Output[str | None] = (
+        mirrors.trust_bundle if mirrors.trust_bundle is not None else pulumi.Output.from_input(None)
+    )
     exports: dict[str, pulumi.Output[Any]] = {
         # The same shape in both modes: an existing host has no vmId or proxmoxNode (null).
         "registryVm": pulumi.Output.all(
@@ -163,7 +190,10 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
             }
         ),
         "mirrors": mirrors.mirrors,
-        **{key: pulumi.Output.from_input(v) for key, v in rendered_exports(settings).items()},
+        **{
+            key: trust.apply(lambda pem, key=key: rendered_exports(settings, pem)[key])
+            for key in rendered_exports(settings)
+        },
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }

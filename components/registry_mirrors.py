@@ -1,7 +1,9 @@
-"""One Distribution pull-through cache per upstream on the registry VM, plus their maintenance.
+"""One Distribution pull-through cache per upstream on the registry VM, the front in front of
+them (one Apache Traffic Server: it coalesces concurrent cold blob fetches and terminates TLS),
+plus their maintenance.
 
-Wiring only: config text comes from ``renderers.registry_config``, cron text from
-``renderers.maintenance``, node-side actions from ``scripts/vm/*.sh``.
+Wiring only: config text comes from ``renderers.registry_config`` and ``renderers.front_proxy``,
+cron text from ``renderers.maintenance``, VM-side actions from ``scripts/vm/*.sh``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from pulumi_command import remote
 
 from components.renderers import maintenance
 from components.renderers.bundle import mirrors_export
+from components.renderers.front_proxy import (
+    FRONT_SCRIPT,
+    front_bundle,
+    front_params,
+    settings_front,
+)
 from components.renderers.registry_config import (
     container_spec,
     distribution,
@@ -23,7 +31,8 @@ from components.renderers.registry_config import (
     vm_config_path,
     vm_data_dir,
 )
-from components.renderers.shell import remote_command
+from components.renderers.shell import as_root, remote_command, script_text
+from components.renderers.tls import TLS_SCRIPT, TLS_SCRIPT_PATH, tls_params
 from components.settings import Settings, Upstream
 from components.ssh import SshTarget
 
@@ -49,6 +58,8 @@ class RegistryMirrors(pulumi.ComponentResource):
     """Caches as docker containers on the VM, reached by pulumi-docker over SSH."""
 
     mirrors: pulumi.Output[dict[str, dict[str, Any]]]
+    # The CA certificates nodes must trust (PEM, public), with TLS on.
+    trust_bundle: pulumi.Output[str] | None
 
     def __init__(
         self,
@@ -58,6 +69,7 @@ class RegistryMirrors(pulumi.ComponentResource):
         ssh: SshTarget,
         ready: pulumi.Resource,
         credentials: CredentialsInput | None = None,
+        vm_id: pulumi.Input[Any] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("registry-mirrors:vm:RegistryMirrors", name, None, opts)
@@ -65,6 +77,8 @@ class RegistryMirrors(pulumi.ComponentResource):
         self._settings = settings
         self._ssh = ssh
         self._ready = ready
+        # A new VM (a new id) has none of what the steps below made on the old one.
+        self._vm_triggers = [vm_id] if vm_id is not None else None
         # Secret end to end: the rendered configs derived from it stay secret too.
         self._credentials = pulumi.Output.secret(credentials if credentials is not None else {})
 
@@ -95,13 +109,17 @@ class RegistryMirrors(pulumi.ComponentResource):
             config = self._create_config(upstream, content)
             self.configs[upstream.host] = config
             self.containers[upstream.host] = self._create_container(upstream, config, content)
+        self.tls_trust = self._create_tls_trust() if settings.tls.enabled else None
+        self.trust_bundle = self.tls_trust.stdout if self.tls_trust is not None else None
+        self.front = self._create_front()
         self.maintenance = self._create_maintenance()
 
         plain = mirrors_export(settings)
-        # Resolves once every container exists, so consumers never point nodes at a missing cache.
-        self.mirrors = pulumi.Output.all(*[c.id for c in self.containers.values()]).apply(
-            lambda _ids: plain
-        )
+        # Resolves once every container and the front exist, so consumers never point nodes at a
+        # missing cache.
+        self.mirrors = pulumi.Output.all(
+            self.front.id, *[c.id for c in self.containers.values()]
+        ).apply(lambda _ids: plain)
         self.register_outputs({"mirrors": self.mirrors})
 
     def _create_config(self, upstream: Upstream, content: pulumi.Output[str]) -> remote.Command:
@@ -162,7 +180,11 @@ class RegistryMirrors(pulumi.ComponentResource):
             # (kreuzwerker resource_docker_container_funcs.go) stops the old container with this
             # grace before its forced removal; unset, the grace is 0 s: a SIGKILL mid-transfer.
             destroy_grace_seconds=spec.stop_timeout,
-            ports=[docker.ContainerPortArgs(internal=port, external=port) for port in spec.ports],
+            # The registry on the VM's loopback (the front forwards to it), its metrics public.
+            ports=[
+                docker.ContainerPortArgs(internal=internal, external=external, ip=address)
+                for address, external, internal in spec.published
+            ],
             volumes=[
                 docker.ContainerVolumeArgs(
                     host_path=spec.config_host_path,
@@ -210,6 +232,47 @@ class RegistryMirrors(pulumi.ComponentResource):
             ),
         )
 
+    def _create_tls_trust(self) -> remote.Command:
+        """The CA on the VM (made there, its key never leaving it) and a first certificate if
+        there is none; stdout: the CA certificates the nodes must trust (public). Fails, before
+        any node is touched, when the settings would make the nodes drop the CA of the
+        certificate served now (a CA rotation in one step)."""
+        command = as_root(
+            remote_command(TLS_SCRIPT, tls_params(self._settings, "trust")),
+            self._settings.cache_host.ssh_user,
+        )
+        return remote.Command(
+            f"{self._name}-tls-trust",
+            connection=self._ssh.connection(),
+            create=command,
+            update=command,
+            triggers=self._vm_triggers,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self._ready]),
+        )
+
+    def _create_front(self) -> remote.Command:
+        """The front's files installed and live (scripts/vm/front.sh): after the containers, so
+        each public port is free for it (a cache used to publish its registry there), and after
+        the certificate exists; plain ports serving, since a node not yet switched to https://
+        still uses them (FrontSwitch refuses them once every node is switched)."""
+        front = settings_front(self._settings, serve_plain=True)
+        user = self._settings.cache_host.ssh_user
+        command = as_root(remote_command(FRONT_SCRIPT, front_params(front)), user)
+        after: list[pulumi.Resource] = [self._ready, *self.containers.values()]
+        if self.tls_trust is not None:
+            after.append(self.tls_trust)
+        return remote.Command(
+            f"{self._name}-front",
+            connection=self._ssh.connection(),
+            create=command,
+            update=command,
+            # The caches stay; nothing listens on their public ports any more.
+            delete=as_root("systemctl disable --now trafficserver\n", user),
+            stdin=front_bundle(front),
+            triggers=self._vm_triggers,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after, delete_before_replace=True),
+        )
+
     def _create_maintenance(self) -> remote.Command:
         script = remote.Command(
             f"{self._name}-maintenance-script",
@@ -222,6 +285,9 @@ class RegistryMirrors(pulumi.ComponentResource):
                 parent=self, depends_on=[self._ready], delete_before_replace=True
             ),
         )
+        scripts: list[pulumi.Resource] = [script]
+        if self._settings.tls.enabled:
+            scripts.append(self._create_installed_script("tls-script", TLS_SCRIPT, TLS_SCRIPT_PATH))
         install_cron = remote_command(INSTALL_FILE, {"DEST": maintenance.CRON_PATH, "MODE": "0644"})
         return remote.Command(
             f"{self._name}-maintenance-cron",
@@ -233,7 +299,22 @@ class RegistryMirrors(pulumi.ComponentResource):
             stdin=maintenance.render_cron(self._settings),
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[script, *self.containers.values()],
+                depends_on=[*scripts, *self.containers.values()],
                 delete_before_replace=True,
+            ),
+        )
+
+    def _create_installed_script(self, role: str, source: str, path: str) -> remote.Command:
+        """A script of ours installed on the VM for cron (0755)."""
+        install = remote_command(INSTALL_FILE, {"DEST": path, "MODE": "0755"})
+        return remote.Command(
+            f"{self._name}-{role}",
+            connection=self._ssh.connection(),
+            create=install,
+            update=install,
+            delete=remote_command(INSTALL_FILE, {"DEST": path, "REMOVE": 1}),
+            stdin=script_text(source),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[self._ready], delete_before_replace=True
             ),
         )

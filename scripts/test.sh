@@ -19,6 +19,7 @@ DEBIAN_PACKAGES=(
   openssh-server openssh-client
   sudo             # the read identity's one sudo rule (tests/integration/test_read_identity.py)
   cloud-init       # `cloud-init schema` validates the vendor data
+  trafficserver    # the front (ATS): the VM's apt installs the same package
   iproute2 util-linux procps
   python3-venv
 )
@@ -31,7 +32,7 @@ command -v npm >/dev/null || DEBIAN_PACKAGES+=(nodejs npm)
 if can_install; then
   apt_install "${DEBIAN_PACKAGES[@]}"
   # The Debian packages enable their daemons; the tests start their own, isolated ones.
-  systemctl stop containerd docker-registry ssh 2>/dev/null || true
+  systemctl stop containerd docker-registry ssh trafficserver 2>/dev/null || true
 else
   log "not root: skipping Debian packages (${DEBIAN_PACKAGES[*]}); integration tests will skip"
 fi

@@ -2,7 +2,10 @@
 """Check that the caches work: for each mirror, what its Prometheus /metrics say it served since
 it started (requests; with Distribution 3 also hits, misses and bytes pulled from the upstream),
 the registry API answers, and a manifest for a small known image resolves THROUGH the mirror
-(which makes the mirror fetch it from upstream). Over SSH to the registry VM (ssh-agent, as
+(which makes the mirror fetch it from upstream); with TLS, first the handshake trusting exactly
+the stack's CA, the certificate's names and days left. With the stack's settings (--stack or
+--stack-file) and PROXMOX_VE_API_TOKEN, whether Proxmox applies the VM's firewall rules (the
+datacenter firewall on). Over SSH to the registry VM (ssh-agent, as
 `pulumi up`; skip with --no-vm), the cache disk's usage against registry.diskUsageThresholdPercent.
 With --nodes, also per node over SSH: the CRI plugin is ok, the effective config reads hosts.toml
 from containerd.configPath with no `mirrors` left, each --node-image pulls through the node's
@@ -114,10 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(problems)
 
     settings: Settings | None = None
+    stack_settings: Settings | None = None
     try:
         outputs = load_outputs(args)
+        stack_file = args.stack_file or (stack_path(args.stack) if args.stack else None)
+        if args.nodes or (stack_file is not None and stack_file.exists()):
+            assert stack_file is not None
+            stack_settings = load_stack_settings(stack_file)
         if args.nodes:
-            settings = load_stack_settings(args.stack_file or stack_path(args.stack))
+            settings = stack_settings
     except StackFileError as error:
         return fail(error.problems)
     except ValueError as error:
@@ -131,15 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             ["--identity read: the stack has no read identity (nodeAccess.readPublicKeys is empty)"]
         )
     checks = run_checks(
-        outputs,
-        settings,
-        images,
-        args.node_image,
-        args.ssh_option,
-        args.timeout,
-        vm=not args.no_vm,
-        node_mode=node_mode,
-    )
+        outputs, settings, images, args.node_image, args.ssh_option, args.timeout,
+        vm=not args.no_vm, proxmox=stack_settings, node_mode=node_mode,
+    )  # fmt: skip
     return report(checks)
 
 

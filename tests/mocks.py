@@ -235,12 +235,18 @@ def _b64(text: str | None) -> str:
     return base64.b64encode(text.encode()).decode() if text else ""
 
 
-def _record_lines(prefix: str, record: tuple[str, str, str] | None, current_sha: str | None) -> str:
-    """probe.sh's <prefix>_applied_* lines for a record (sha256 left, guard sent, mark sent)."""
+def _record_lines(
+    prefix: str,
+    record: tuple[str, str, str] | None,
+    current_sha: str | None,
+    also_left: bool = True,
+) -> str:
+    """probe.sh's <prefix>_applied_* lines for a record (sha256 left, guard sent, mark sent).
+    ``also_left``: the other files the record lists (registries.sh's CA file) are as left."""
     if record is None:
         return f"{prefix}_applied_from_sha256=\n"
     lines = f"{prefix}_applied_record_sha256={_sha(' '.join(record) + chr(10))}\n"
-    if record[0] == current_sha:
+    if record[0] == current_sha and also_left:
         return (
             lines + f"{prefix}_applied_from_sha256={record[1]}\n{prefix}_applied_mark={record[2]}\n"
         )
@@ -290,6 +296,7 @@ def k3s_probe_stdout(
     applied: tuple[str, str, str] | None = None,
     flavour: str = "k3s-server",
     version: str = "v2.0.5-k3s1",
+    also_left: bool = True,
 ) -> str:
     """What scripts/node/probe.sh prints for a k3s/RKE2 node with this registries.yaml."""
     from components.renderers.flavours import FLAVOURS
@@ -302,7 +309,7 @@ def k3s_probe_stdout(
         f"registries_exists={1 if registries is not None else 0}\n"
         f"registries_sha256={current or 'absent'}\n"
         f"registries_b64={_b64(registries)}\nregistries_original_saved=0\n"
-        + _record_lines("registries", applied, current)
+        + _record_lines("registries", applied, current, also_left)
         + f"hosts_dir={row.hosts_dir}\nctr={row.bin_dir}/ctr\ncontainerd_log={row.containerd_log}\n"
         f"distribution_binary=/usr/local/bin/k3s\ndistribution_version=k3s version v1.32\n"
         f"containerd_version={version}\nconfig_file=\nconfig_exists=0\nconfig_sha256=absent\n"
@@ -361,6 +368,10 @@ class FakeNode:
     # The hosts.toml files on the node ({dir: text}) and hosts.sh's record (mark, {dir: sha256}).
     hosts_files: dict[str, str] = field(default_factory=dict)
     hosts_record: tuple[str, dict[str, str]] | None = None
+    # TLS on: the CA file a step wrote (the hosts step's or the registries step's), and its
+    # sha256 in that step's record (hosts: under CA_RECORD_KEY in hosts_record).
+    ca_file: str | None = None
+    applied_ca: str | None = None
     probes: int = 0
     # With FakeFleet(read_access=...): whether this node has the read identity installed.
     read_installed: bool = True
@@ -368,14 +379,18 @@ class FakeNode:
     def probe(self) -> str:
         self.probes += 1
         if self.flavour != "containerd":
-            return k3s_probe_stdout(self.config, applied=self.applied, flavour=self.flavour)
+            ca_left = self.applied_ca is None or _sha(self.ca_file or "") == self.applied_ca
+            return k3s_probe_stdout(
+                self.config, applied=self.applied, flavour=self.flavour, also_left=ca_left
+            )
         hosts_sha = hosts_mark = None
         if self.hosts_record is not None:
             mark, shas = self.hosts_record
             listed = "".join(f"{sha}  {d}/hosts.toml\n" for d, sha in shas.items())
             hosts_sha = _sha(f"mark {mark}\n{listed}")
+            on_node = {**self.hosts_files, CA_RECORD_KEY: self.ca_file}
             if all(
-                d in self.hosts_files and _sha(self.hosts_files[d]) == sha
+                on_node.get(d) is not None and _sha(on_node[d] or "") == sha
                 for d, sha in shas.items()
             ):
                 hosts_mark = mark
@@ -391,20 +406,29 @@ class FakeNode:
     def apply(self, steps: dict[str, dict[str, Any]]) -> None:
         """What `pulumi up` does when the steps run (their inputs by role, secrets unwrapped):
         hosts written; the config.toml (or registries.yaml) replaced when the text differs, the
-        first original kept; each records what it left and its mark."""
+        first original kept; each records what it left and its mark. A CA section (TLS on) is
+        written to the CA file first (lib.sh take_trust_section) and recorded with the step."""
         if "restore-config" in steps or "restore-hosts" in steps:
             self.restore()
             return
         if "hosts" in steps:
             hosts = steps["hosts"]
-            files = split_bundle(content_of(hosts["create"], hosts["stdin"]))
+            ca, bundle = _split_trust(content_of(hosts["create"], hosts["stdin"]))
+            files = split_bundle(bundle)
             self.hosts_files.update(files)
+            self.ca_file = ca
             mark = exported(hosts["create"], "APPLY_MARK")
-            self.hosts_record = (mark, {d: _sha(text) for d, text in files.items()})
+            shas = {d: _sha(text) for d, text in files.items()}
+            if ca is not None:
+                shas[CA_RECORD_KEY] = _sha(ca)
+            self.hosts_record = (mark, shas)
         step = steps.get("config") or steps.get("registries")
         if step is None:
             return
-        text = content_of(step["create"], step["stdin"])
+        ca, text = _split_trust(content_of(step["create"], step["stdin"]))
+        if "registries" in steps:
+            self.ca_file = ca
+            self.applied_ca = _sha(ca) if ca is not None else None
         guard = exported(step["create"], "EXPECTED_SHA256")
         mark = exported(step["create"], "APPLY_MARK")
         if text != self.config:
@@ -416,11 +440,28 @@ class FakeNode:
         self.applied = (_sha(text), guard, mark)
 
     def restore(self) -> None:
-        """What restore.sh and hosts.sh REMOVE_ALL do: the original back, our files gone."""
+        """What restore.sh and hosts.sh REMOVE_ALL do: the original back, our files and the CA
+        file gone."""
         if self.original is not None:
             self.config = self.original
         self.original = self.applied = self.hosts_record = None
+        self.ca_file = self.applied_ca = None
         self.hosts_files = {}
+
+
+# Where FakeNode keeps the CA file's sha256 in hosts.sh's record (hosts.sh lists it by path).
+CA_RECORD_KEY = "<ca file>"
+
+
+def _split_trust(content: str) -> tuple[str | None, str]:
+    """(the CA certificates, the rest) of what a step's script reads: the CA section comes first
+    (node_steps.trust_section), or there is none."""
+    from components.plan.node_steps import CA_SECTION, CA_SECTION_END
+
+    if not content.startswith(CA_SECTION + "\n"):
+        return None, content
+    ca, rest = content[len(CA_SECTION) + 1 :].split(CA_SECTION_END + "\n", 1)
+    return ca, rest
 
 
 class FakeFleet:
@@ -469,8 +510,20 @@ class FakeFleet:
         return StepRun(0, fake.probe(), "")
 
 
+# What the VM's trust step prints (scripts/vm/registry-tls.sh trust): the CA certificate. A
+# stand-in in PEM form; the mocks tests only carry it, real ones are made in the integration tests.
+TEST_CA_PEM = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "dGVzdCBDQSBmb3IgdGhlIG1vY2tzIHRlc3RzIG9ubHk=\n"
+    "-----END CERTIFICATE-----\n"
+)
+
+
 def fake_node_outputs(args: pulumi.runtime.MockResourceArgs) -> dict[str, Any]:
-    """What the node steps print on a first apply (config/registries changed and restarted)."""
+    """What the node steps print on a first apply (config/registries changed and restarted), and
+    the VM's trust step its CA certificate."""
+    if args.name.endswith("-tls-trust"):
+        return {"stdout": TEST_CA_PEM, "stderr": ""}
     if args.name.endswith(("-config", "-registries")):
         return {
             "stdout": "changed=1\nbackup=/x\nrestarted=1\nrolled_back=0\n"

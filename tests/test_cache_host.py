@@ -9,6 +9,7 @@ import asyncio
 import base64
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,9 @@ from components.renderers.cloud_init import (
     render_vendor_data,
 )
 from components.renderers.shell import SCRIPTS_DIR, remote_command
+from components.renderers.tls import CONTAINERD_CA_NAME, subject_alt_names
 from components.settings import SettingsError, load_secrets, load_settings
-from tests.mocks import COMMAND, FakeFleet, fake_node_outputs, install_mocks, plain
+from tests.mocks import COMMAND, TEST_CA_PEM, FakeFleet, fake_node_outputs, install_mocks, plain
 from tests.sample import sample_raw, sample_settings
 
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHx0pNnkYbq8R0CkYb8bHf2nHXq0ZfT0Vb6fJp3cS2aD"
@@ -58,7 +60,10 @@ def test_host_mode_loads_and_everything_points_at_the_host() -> None:
         "10.0.30.5", "ops", 200, False
     )  # fmt: skip
     docker_hub = next(u for u in settings.upstreams if u.host == "docker.io")
-    assert settings.endpoint(docker_hub) == "http://10.0.30.5:5000"
+    # TLS is on by default, in this mode too: the front's HTTPS port on the host's address.
+    assert settings.endpoint(docker_hub) == "https://10.0.30.5:5002"
+    assert settings.plain_endpoint(docker_hub) == "http://10.0.30.5:5000"
+    assert subject_alt_names(settings) == ["IP:10.0.30.5"]
     hosts = summary(settings)
     assert "vm" not in hosts and hosts["host"] == {"address": "10.0.30.5", "sshUser": "ops"}
 
@@ -187,10 +192,24 @@ def test_the_manifest_and_the_vendor_data_come_from_one_state() -> None:
     assert "usermod -aG docker debian" in vendor["runcmd"]
 
 
+def test_the_manifest_installs_the_front() -> None:
+    """prepare-host.sh installs Debian's trafficserver, as the VM's vendor-data does: front.sh
+    (the same step in both modes) refuses to run without it. Its files come from front.sh, on
+    the VM as on the host, not from the manifest."""
+    manifest = render_host_manifest(host_state(load_settings(host_raw()), created=False))
+    assert "package trafficserver" in manifest.splitlines()
+    assert "trafficserver" not in manifest.replace("package trafficserver", "")
+
+
 def test_the_bundle_shows_the_manifest_instead_of_the_vendor_data() -> None:
     files = render_bundle(load_settings(host_raw()))
     assert "registry-vm/vendor-data.yaml" not in files
     assert files["cache-host/prepare-host.manifest"].endswith("docker-user ops\n")
+    # The front's files beside it, as on the VM (registry-vm/front/ there).
+    assert "https" in files["cache-host/front/remap.config"]
+    assert not [path for path in files if path.startswith("registry-vm/")]
+    hosts = tomllib.loads(files["nodes/certs.d/docker.io/hosts.toml"])
+    assert list(hosts["host"]) == ["https://10.0.30.5:5002"]
 
 
 # --- the program under mocks ----------------------------------------------------------------------
@@ -211,18 +230,28 @@ def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components() ->
     seen: list[bool] = []
 
     def check(values: list[Any]) -> None:
-        vm, mirrors, rollout = values
+        vm, mirrors, rollout, tls, containerd = values
         assert vm == {
             "vmId": None,
             "address": "10.0.30.5",
             "sshUser": "ops",
             "proxmoxNode": None,
             "diskUsageThresholdPercent": 80,
-            # 70 % of the host's 200 GiB shared by the five caches.
-            "cacheBudgets": {u.container: 30064771072 for u in sample_settings().upstreams},
+            # 70 % of the host's 200 GiB less the front's 8 GiB store, shared by the five caches.
+            "cacheBudgets": {
+                u.container: (140 - 8) * 1024**3 // 5 for u in sample_settings().upstreams
+            },
             "sshHostPublicKey": HOST_KEY,
         }
-        assert mirrors["docker.io"]["endpoint"] == "http://10.0.30.5:5000"
+        # TLS on (the default): the front's HTTPS port on the host, a certificate naming its
+        # address, the CA the host's trust step printed.
+        assert mirrors["docker.io"]["endpoint"] == "https://10.0.30.5:5002"
+        assert (tls["subjectAltNames"], tls["caCertificates"]) == (["IP:10.0.30.5"], TEST_CA_PEM)
+        hosts = tomllib.loads(containerd["hostsToml"]["docker.io"])
+        assert list(hosts["host"]) == ["https://10.0.30.5:5002"]
+        assert hosts["host"]["https://10.0.30.5:5002"]["ca"] == [containerd["caFile"]["path"]]
+        assert containerd["caFile"]["path"].endswith(CONTAINERD_CA_NAME)
+        assert containerd["caFile"]["pem"] == TEST_CA_PEM
         assert rollout[0] == ["k8s-cp-1"]  # the nodes' rollout, as on the VM
         seen.append(True)
 
@@ -230,7 +259,11 @@ def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components() ->
     def deploy() -> pulumi.Output[Any]:
         exports = program.run(runner=FakeFleet())
         return pulumi.Output.all(
-            exports["registryVm"], exports["mirrors"], exports["rollout"]
+            exports["registryVm"],
+            exports["mirrors"],
+            exports["rollout"],
+            exports["tls"],
+            exports["containerd"],
         ).apply(check)
 
     deploy()  # returns once every resource is registered
@@ -249,8 +282,34 @@ def test_host_mode_creates_no_proxmox_resource_and_runs_the_same_components() ->
                  "registry-mirrors-maintenance-script"):  # fmt: skip
         assert "cache-host-prepare" in mocks.named(name).depends_on, name
     for resource in mocks.resources:
-        if resource.type == COMMAND and resource.name.startswith("registry-mirrors"):
-            assert plain(resource.inputs["connection"])["hostKey"] == HOST_KEY, resource.name
+        if resource.type == COMMAND and resource.name.startswith(
+            ("registry-mirrors", "registry-front-switch")
+        ):
+            connection = plain(resource.inputs["connection"])
+            assert (connection["host"], connection["user"], connection["hostKey"]) == (
+                "10.0.30.5", "ops", HOST_KEY
+            ), resource.name  # fmt: skip
+            # No VM id to trigger on: the program never replaces an existing host.
+            assert "triggers" not in plain(resource.inputs), resource.name
+    # The front and TLS: the CA and the front after the host is prepared, as root through
+    # sudo (the host's user is ops), the certificate naming the host's address.
+    for name in ("registry-mirrors-tls-trust", "registry-mirrors-front"):
+        step = mocks.named(name)
+        assert "cache-host-prepare" in step.depends_on, name
+        assert plain(step.inputs["create"]).startswith("exec sudo -n bash -c "), name
+    trust = plain(mocks.named("registry-mirrors-tls-trust").inputs["create"])
+    assert "export SANS=IP:10.0.30.5" in trust, trust
+    # FrontSwitch after the last node steps only (no VM resource to wait for).
+    issue = mocks.named("registry-front-switch-tls-issue")
+    assert issue.depends_on == ["containerd-k8s-worker-1-config", "containerd-k8s-worker-2-config"]
+    assert "export SANS=IP:10.0.30.5" in plain(issue.inputs["create"])
+    front = mocks.named("registry-front-switch-front")
+    assert front.depends_on == ["registry-front-switch-tls-issue"]
+    # Each node trusts the host's CA and pulls over HTTPS from the host's address.
+    node_hosts = plain(mocks.named("containerd-k8s-worker-1-hosts").inputs["stdin"])
+    assert TEST_CA_PEM in node_hosts and 'host."https://10.0.30.5:5002"' in node_hosts
+    # The VM-only parts are absent: no firewall (the host's is the operator's).
+    assert not [r.name for r in mocks.resources if "firewall" in r.name]
     # The first batch's gate waits for every cache resource, as on the VM.
     gate = mocks.named("containerd-batch-0")
     assert {"registry-mirrors-registry", "registry-mirrors-maintenance-cron"} <= set(

@@ -14,7 +14,7 @@ from pathlib import Path
 import pulumi
 import yaml
 
-from components.renderers.bundle import containerd_export, mirrors_export
+from components.renderers.bundle import containerd_export, mirrors_export, tls_export
 from components.renderers.registries_yaml import render_registries_yaml
 from tests.mocks import install_mocks
 from tests.sample import sample_settings
@@ -31,12 +31,16 @@ def _load_consumer():
     return module
 
 
+CA = "-----BEGIN CERTIFICATE-----\nMIIB...test\n-----END CERTIFICATE-----\n"
+
+
 def _stack_outputs() -> dict:
     settings = sample_settings()
     return {
         "mirrors": mirrors_export(settings),
-        "containerd": containerd_export(settings),
+        "containerd": containerd_export(settings, CA),
         "registriesYaml": render_registries_yaml(settings),
+        "tls": tls_export(settings, CA),
     }
 
 
@@ -50,15 +54,22 @@ def test_consumer_bakes_hosts_toml_from_the_stack_reference():
     exports = consumer.build()
 
     def check(values: list):
-        text, endpoints = values
+        text, endpoints, k3s_ca = values
         ref = mocks.of_type("pulumi:pulumi:StackReference")[0]
         assert ref.inputs["name"] == "lab/registry-mirrors/prod"
         assert text.startswith("#cloud-config\n")
-        files = {f["path"]: f["content"] for f in yaml.safe_load(text)["write_files"]}
+        written = yaml.safe_load(text)["write_files"]
+        files = {f["path"]: f["content"] for f in written}
+        # The CA first: every hosts.toml names it.
+        assert written[0]["path"] == "/etc/containerd/certs.d/registry-mirrors-ca.pem"
+        assert files[written[0]["path"]] == CA
         docker = tomllib.loads(files["/etc/containerd/certs.d/docker.io/hosts.toml"])
         assert docker["server"] == "https://registry-1.docker.io"
-        assert "http://10.0.20.10:5000" in docker["host"]
-        assert len(files) == 5
-        assert endpoints["ghcr.io"] == "http://10.0.20.10:5010"
+        assert docker["host"]["https://10.0.20.10:5002"]["ca"] == [written[0]["path"]]
+        assert len(files) == 6
+        assert endpoints["ghcr.io"] == "https://10.0.20.10:5012"
+        assert k3s_ca == {"path": "/etc/rancher/registry-mirrors-ca.pem", "pem": CA}
 
-    return pulumi.Output.all(exports["nodeCloudInit"], exports["mirrorEndpoints"]).apply(check)
+    return pulumi.Output.all(
+        exports["nodeCloudInit"], exports["mirrorEndpoints"], exports["k3sCaFile"]
+    ).apply(check)

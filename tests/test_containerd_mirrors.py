@@ -20,12 +20,20 @@ import pytest
 from components.containerd_mirrors import ContainerdMirrors, rollout_batches
 from components.fleet import FleetReadError, plan_fleet
 from components.plan.node_plan import AnyPlan
-from components.plan.node_steps import restore_config_step, restore_registries_step
+from components.plan.node_steps import (
+    CA_SECTION,
+    CA_SECTION_END,
+    HOSTS_HEADER,
+    restore_config_step,
+    restore_registries_step,
+)
 from components.renderers.flavours import FLAVOURS
+from components.renderers.shell import script_text
 from components.settings import Settings, load_settings
 from tests.mocks import (
     BROKEN,
     COMMAND,
+    TEST_CA_PEM,
     EnginePlan,
     FakeFleet,
     FakeNode,
@@ -77,7 +85,8 @@ def build(
     settings: Settings, fleet: FakeFleet | None = None, name: str = "cm"
 ) -> tuple[ContainerdMirrors, dict[str, AnyPlan]]:
     plans = plan_fleet(settings, fleet or FakeFleet())
-    return ContainerdMirrors(name, settings, plans, "/agent.sock"), plans
+    trust = pulumi.Output.from_input(TEST_CA_PEM)
+    return ContainerdMirrors(name, settings, plans, "/agent.sock", trust_bundle=trust), plans
 
 
 def steps_of(mocks: RecordingMocks) -> dict[str, Registered]:
@@ -492,7 +501,7 @@ def test_k3s_and_rke2_nodes_get_one_registries_step_in_the_same_rollout(
             assert "systemctl restart rke2-agent" in steps["cm-node-3-registries"].inputs["create"]
             assert k3s["logging"] == "none" and is_secret(k3s["stdin"])
             merged = content_of(k3s["create"], plain(k3s["stdin"]))
-            assert '"*"' not in merged and "http://10.0.20.10:5010" in merged
+            assert '"*"' not in merged and "https://10.0.20.10:5012" in merged
             # node-2 is a k3s server: a control-plane node, first and alone; then the workers.
             assert mirrors.batches == [["node-2"], ["node-1"], ["node-3"]]
             assert node_mocks.named("cm-batch-1").depends_on == ["cm-node-2-registries"]
@@ -644,6 +653,62 @@ def test_a_hosts_toml_removed_by_hand_shows_only_the_hosts_step() -> None:
     assert plan.updates == ["cm-node-1-hosts"]
     assert "ghcr.io" in fleet.nodes["node-1"].hosts_files
     assert _up(settings, fleet, state)[1].updates == []
+
+
+def test_a_ca_file_removed_or_changed_on_the_node_shows_only_the_hosts_step() -> None:
+    """TLS on: the CA file the hosts step writes is in its record like a hosts.toml: removed or
+    changed on the node, the hosts step shows a change and writes it back; as left, none."""
+    settings = settings_with(nodes=2)
+    fleet = FakeFleet()
+    state, _ = _up(settings, fleet)
+    node = fleet.nodes["node-1"]
+    assert node.ca_file == TEST_CA_PEM
+    for drift in (None, "-----BEGIN CERTIFICATE-----\nb3RoZXI=\n-----END CERTIFICATE-----\n"):
+        node.ca_file = drift
+        state, plan = _up(settings, fleet, state)
+        assert plan.updates == ["cm-node-1-hosts"], drift
+        assert node.ca_file == TEST_CA_PEM
+        assert _up(settings, fleet, state)[1].updates == []
+
+
+def test_a_k3s_node_whose_ca_file_was_removed_shows_its_registries_step() -> None:
+    settings = settings_with(nodes=3)
+    fleet = _mixed_fleet()
+    state, _ = _up(settings, fleet)
+    node = fleet.nodes["node-2"]
+    assert node.ca_file == TEST_CA_PEM
+    node.ca_file = None
+    state, plan = _up(settings, fleet, state)
+    assert plan.updates == ["cm-node-2-registries"]
+    assert node.ca_file == TEST_CA_PEM
+    assert _up(settings, fleet, state)[1].updates == []
+
+
+def test_a_step_that_trusts_the_ca_sends_the_script_then_the_ca_then_its_content(
+    node_mocks: RecordingMocks,
+) -> pulumi.Output[Any]:
+    """The loader reads exactly the script off stdin; what the script then reads starts with the
+    CA section (lib.sh take_trust_section), then the bundle. The config step carries no CA."""
+
+    @pulumi.runtime.test
+    def run() -> pulumi.Output[Any]:
+        mirrors, _ = build(settings_with(nodes=1))
+
+        def check(_: Any) -> None:
+            steps = steps_of(node_mocks)
+            hosts = plain(steps["cm-node-1-hosts"].inputs)
+            script = script_text("node/hosts.sh")
+            assert hosts["stdin"].startswith(script)
+            content = content_of(hosts["create"], hosts["stdin"])
+            section = f"{CA_SECTION}\n{TEST_CA_PEM}{CA_SECTION_END}\n"
+            assert content.startswith(section)
+            assert content[len(section) :].startswith(HOSTS_HEADER)
+            config = plain(steps["cm-node-1-config"].inputs)
+            assert not content_of(config["create"], config["stdin"]).startswith(CA_SECTION)
+
+        return settled(mirrors).apply(check)
+
+    return run()
 
 
 def test_a_k3s_node_back_on_its_original_registries_yaml_shows_a_change() -> None:

@@ -136,7 +136,9 @@ def test_registries_step_takes_unit_socket_and_paths_from_the_flavour(flavour):
     assert params["REGISTRIES_FILE"] == row.registries_file
     assert params["HOSTS_DIR"] == row.hosts_dir
     assert params["EXPECTED_SHA256"] == "abc"
-    assert params["EXPECTED_HOSTS"].split()[0] == "docker.io=http://10.0.20.10:5000"
+    assert params["EXPECTED_HOSTS"].split()[0] == "docker.io=https://10.0.20.10:5002"
+    # The CA file registries.yaml's configs.<cache>.tls.ca_file names, written by the same step.
+    assert params["CA_FILE"] == "/etc/rancher/registry-mirrors-ca.pem"
     assert step.content == "mirrors: {}\n"
     restore = _params(restore_registries_step(settings, settings.nodes[0], row).command)
     assert restore["RESTORE"] == "1" and restore["UNIT"] == row.unit

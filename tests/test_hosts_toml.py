@@ -13,15 +13,22 @@ from components.renderers.hosts_toml import (
     render_hosts_toml,
     render_node_hosts,
 )
-from tests.sample import sample_settings
+from components.settings import Settings, load_settings
+from tests.sample import sample_raw, sample_settings
 
 
 def _hosts(text: str) -> list[str]:
     return list(tomllib.loads(text)["host"])
 
 
+def _plain_settings() -> Settings:
+    raw = sample_raw()
+    raw["tls"] = {"enabled": False}
+    return load_settings(raw)
+
+
 def test_one_file_per_upstream_with_our_cache_first_and_upstream_as_server() -> None:
-    settings = sample_settings()
+    settings = _plain_settings()
     files = render_node_hosts(settings)
     assert set(files) == {u.host for u in settings.upstreams}
     assert "_default" not in files
@@ -52,7 +59,7 @@ def test_migrated_mirrors_come_after_ours_in_their_order_with_tls() -> None:
         MigratedRegistry(host="harbor.corp", skip_verify=True),
         MigratedRegistry(host="myreg:5000", server="http://myreg:5000"),
     ]
-    files = render_node_hosts(sample_settings(), migrated)
+    files = render_node_hosts(_plain_settings(), migrated)
     hub = tomllib.loads(files["docker.io"])
     # ours first, the node's own after it, our own endpoint not repeated
     assert list(hub["host"]) == ["http://10.0.20.10:5000", "https://mirror.corp:5443", "http://b:1"]
@@ -163,6 +170,27 @@ def test_registry_dir_name_accepts_hosts(good: str) -> None:
 def test_registry_dir_name_rejects_non_hosts(bad: str) -> None:
     with pytest.raises(ValueError, match="not a registry host"):
         registry_dir_name(bad)
+
+
+def test_with_tls_our_cache_is_https_trusting_exactly_our_ca_and_our_plain_port_is_gone() -> None:
+    """TLS on (the default): our cache is ``https://IP:tlsPort`` with ``ca`` = the file the hosts
+    step writes, no skip_verify; any other endpoint on the VM's address (our plain port, carried
+    over from the node's old config) is dropped: after a failed https:// host it would let
+    whoever answers for the VM's address serve the tags in plain text."""
+    migrated = [
+        MigratedRegistry(
+            host="docker.io",
+            endpoints=("http://10.0.20.10:5000", "https://mirror.corp:5443"),
+        )
+    ]
+    files = render_node_hosts(sample_settings(), migrated)
+    hub = tomllib.loads(files["docker.io"])
+    assert list(hub["host"]) == ["https://10.0.20.10:5002", "https://mirror.corp:5443"]
+    ours = hub["host"]["https://10.0.20.10:5002"]
+    assert ours["ca"] == ["/etc/containerd/certs.d/registry-mirrors-ca.pem"]
+    assert "skip_verify" not in ours
+    for text in files.values():
+        assert "skip_verify" not in text
 
 
 def test_a_foreign_wildcard_becomes_default_and_follows_our_cache() -> None:

@@ -171,9 +171,13 @@ def test_cron_file_format() -> None:
     text = maintenance.render_cron(sample_settings())
     assert text.endswith("\n")  # cron ignores a last line without newline
     lines = _lines(sample_settings())
-    # 5 GCs, 7 memory checks and 7 evictions (two caches' hourly lines skip their GC hour), disk.
-    assert len(lines) == 5 + 7 + 7 + 1
-    for line in lines:
+    # 5 GCs, 7 memory checks and 7 evictions (two caches' hourly lines skip their GC hour), disk,
+    # the certificate's renewal (TLS on: the default).
+    assert len(lines) == 5 + 7 + 7 + 1 + 1
+    assert lines[-1] == (
+        "41 * * * * root /usr/local/sbin/registry-tls renew 2>&1 | logger -t registry-maintenance"
+    )
+    for line in lines[:-1]:
         fields = line.split()
         assert fields[5] == "root"
         assert fields[6] == maintenance.SCRIPT_PATH
@@ -244,8 +248,9 @@ def test_evictions_are_hourly_after_the_restart_slot_and_skip_their_gc() -> None
 
 def test_default_budgets_share_the_disk_below_the_warning() -> None:
     budgets = cache_budgets(sample_settings())
-    # 100 GiB disk, threshold 80 %: the five caches share 70 % of it.
-    assert set(budgets.values()) == {100 * GIB * 70 // 100 // 5}
+    # 100 GiB disk, threshold 80 %: the five caches share 70 % of it, less the front's store
+    # (front.storageMb, 8 GiB by default, on the same disk).
+    assert set(budgets.values()) == {(100 * GIB * 70 // 100 - 8 * GIB) // 5}
     raw = sample_raw()
     raw["vm"]["diskGb"] = 200
     raw["upstreams"] = [
@@ -256,7 +261,7 @@ def test_default_budgets_share_the_disk_below_the_warning() -> None:
     budgets = cache_budgets(load_settings(raw))
     assert budgets == {
         "registry": 100 * GIB,
-        "registry-ghcr": 200 * GIB * 70 // 100 - 100 * GIB - 10 * GIB,
+        "registry-ghcr": 200 * GIB * 70 // 100 - 100 * GIB - 10 * GIB - 8 * GIB,
         "registry-quay": 10 * GIB,
     }
     raw["registry"] = {"cacheBudget": "20GiB"}
@@ -275,7 +280,7 @@ def test_default_budgets_share_the_disk_below_the_warning() -> None:
         ("registry", "150%", "registry.cacheBudget: a share of the disk is at most 100%"),
         ("registry", "1MiB", "registry.cacheBudget: at least 64MiB"),
         ("registry", "101GiB", "registry.cacheBudget: '101GiB' is more than the whole disk"),
-        ("registry", "30GiB", "registry.cacheBudget: the caches' budgets add up to 150.0 GiB"),
+        ("registry", "30GiB", "registry.cacheBudget: the caches' budgets (150.0 GiB) and"),
         ("upstream", "2TB", "upstreams[1].cacheBudget: '2TB' is more than the whole disk"),
         ("upstream", "x", "upstreams[1].cacheBudget: expected a size"),
         ("upstream", "70GiB", "upstreams[1].cacheBudget: together they leave the 4 other"),
@@ -319,3 +324,24 @@ def test_disk_report_parses_what_the_script_prints() -> None:
     assert report.last_gcs["registry"] == maintenance.LastGc(1700000000, "evict", 12)
     with pytest.raises(ValueError, match="unexpected disk report"):
         maintenance.parse_disk_report("path=/x\n")
+
+
+def test_the_fronts_store_counts_against_the_disk() -> None:
+    # The front's store (front.storageMb) is on the same disk as the caches.
+    raw = sample_raw()
+    raw["registry"] = {"cacheBudget": "19GiB"}  # 95 GiB of 100: fits without the front
+    with pytest.raises(SettingsError) as error:
+        load_settings(raw)
+    last = str(error.value).splitlines()[-1]
+    assert last.startswith("registry.cacheBudget: the caches' budgets (95.0 GiB) and the front's")
+    raw["front"] = {"storageMb": 4096}  # 95 + 4 GiB: fits
+    assert cache_budgets(load_settings(raw))["registry"] == 19 * GIB
+    raw = sample_raw()
+    raw["vm"]["diskGb"] = 10  # 7 GiB shared by default, an 8 GiB store: nothing left
+    with pytest.raises(SettingsError) as error:
+        load_settings(raw)
+    assert "front.storageMb: together they leave the 5 other cache(s) less than 64MiB" in str(
+        error.value
+    )
+    raw["front"] = {"storageMb": 1024}
+    assert set(cache_budgets(load_settings(raw)).values()) == {6 * GIB // 5}

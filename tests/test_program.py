@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import pulumi
 import pytest
 import yaml
 
-from components import program
+from components import program, registry_vm
 from tests.mocks import (
     COMMAND,
+    TEST_CA_PEM,
     FakeFleet,
     FakeNode,
+    Registered,
     fake_node_outputs,
     install_mocks,
     is_secret,
@@ -59,8 +62,11 @@ def test_good_config_builds_every_part_and_exports_the_contract():
 
     def check(values):
         vm, mirrors, containerd, nodes, rollout, talos = values
-        patch = yaml.safe_load(talos)["machine"]["registries"]["mirrors"]
-        assert patch["ghcr.io"] == {"endpoints": ["http://10.0.20.10:5010"]}
+        registries = yaml.safe_load(talos)["machine"]["registries"]
+        assert registries["mirrors"]["ghcr.io"] == {"endpoints": ["https://10.0.20.10:5012"]}
+        # Talos trusts exactly the CA the VM made (base64 of the PEM the trust step printed).
+        ca = registries["config"]["10.0.20.10:5012"]["tls"]["ca"]
+        assert base64.b64decode(ca).decode() == TEST_CA_PEM
         assert vm == {
             "vmId": 210,
             "address": "10.0.20.10",
@@ -68,10 +74,17 @@ def test_good_config_builds_every_part_and_exports_the_contract():
             "proxmoxNode": "pve",
             "diskUsageThresholdPercent": 80,
             # 70 % of the 100 GiB disk shared by the five caches (components/settings/budget.py).
-            "cacheBudgets": {u["container"]: 15032385536 for u in _default_upstreams()},
+            # 100 GiB: 70 % of it less the front's 8 GiB store, in five (12.4 GiB each).
+            "cacheBudgets": {u["container"]: 13314398617 for u in _default_upstreams()},
             "sshHostPublicKey": _generated_public_key(mocks),
         }
-        assert mirrors["docker.io"]["endpoint"] == "http://10.0.20.10:5000"
+        assert mirrors["docker.io"]["endpoint"] == "https://10.0.20.10:5002"
+        assert containerd["caFile"] == {
+            "path": "/etc/containerd/certs.d/registry-mirrors-ca.pem",
+            "pem": TEST_CA_PEM,
+        }
+        hosts = containerd["hostsToml"]["docker.io"]
+        assert '[host."https://10.0.20.10:5002"]' in hosts and "registry-mirrors-ca.pem" in hosts
         assert mirrors["docker.io"]["server"] == "https://registry-1.docker.io"
         assert containerd["configPath"] == "/etc/containerd/certs.d"
         assert set(containerd["hostsToml"]) == {u["host"] for u in _default_upstreams()}
@@ -228,8 +241,11 @@ def test_no_ssh_agent_is_a_clear_error_before_any_resource(monkeypatch):
 
 def test_preview_shows_every_node_step_with_its_real_inputs():
     """What `pulumi preview` does in pull-request checks: the nodes are read while the program
-    runs, so every node step is registered with known inputs (the diff a reviewer reads)."""
+    runs, so every node step is registered with known inputs (the diff a reviewer reads). The
+    CA the hosts steps carry comes from the VM's trust step: in a stack that exists, from its
+    state (here the mocks' answer); a brand-new stack's preview shows it as unknown."""
     mocks = install_mocks(*_config(sample_raw()), preview=True)
+    mocks.outputs_for[COMMAND] = fake_node_outputs
 
     @pulumi.runtime.test
     def preview():
@@ -287,3 +303,90 @@ def test_a_held_node_that_is_down_lets_the_vm_and_the_rest_of_the_fleet_deploy()
     held = mocks.named("containerd-k8s-worker-1-config")
     assert "create" not in held.inputs and "createdAt" not in held.inputs
     assert "create" in held.ignore_changes and held.retain_on_delete
+
+
+def test_with_tls_the_vm_switches_only_after_the_last_node_step():
+    """FrontSwitch (the certificate from the CA the nodes now trust, plain HTTP refused) waits for
+    the last step of every node of the last batch: the gates make those wait for every earlier
+    batch, and the engine creates nothing after a step that failed."""
+    raw = sample_raw()
+    raw["tls"] = {"enabled": True}
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    program.run(runner=FakeFleet())
+    names = {r.name for r in _registered(mocks)}
+    assert {"registry-front-switch-tls-issue", "registry-front-switch-front"} <= names
+    issue = mocks.named("registry-front-switch-tls-issue")
+    # (and the VM, through its id: a new VM gets both steps again)
+    assert issue.depends_on == [
+        "containerd-k8s-worker-1-config",
+        "containerd-k8s-worker-2-config",
+        "registry-vm-host-key",  # the VM's key, pinned on every SSH step
+        "registry-vm-vm",
+    ]
+    front = mocks.named("registry-front-switch-front")
+    assert front.depends_on == [
+        "registry-front-switch-tls-issue",
+        "registry-vm-host-key",
+        "registry-vm-vm",
+    ]
+    inputs = plain(front.inputs)
+    assert "export RESTART=0" in inputs["create"]
+    assert "registry-mirrors-plain-off.config" in inputs["stdin"]
+
+
+def _without_mark(command: str) -> str:
+    return "\n".join(line for line in command.splitlines() if "APPLY_MARK=" not in line)
+
+
+def _registrations(raw: dict) -> dict[str, Registered]:
+    mocks = install_mocks(*_config(raw))
+    mocks.outputs_for[COMMAND] = fake_node_outputs
+    program.run(runner=FakeFleet())
+    return {r.name: r for r in _registered(mocks)}
+
+
+def test_turning_tls_on_replaces_no_vm_keeps_every_cache_volume_and_adds_only_the_tls_steps(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """The upgrade of an existing stack to TLS (the default) as the engine will diff it: the VM,
+    its vendor-data and firewall options have the same inputs (nothing replaced, the cache disk
+    kept); each cache container keeps its volumes (the same host paths: the cached data stays);
+    what is new is the trust step, the installed renewal script and FrontSwitch; the node steps
+    keep their names (an update, never a replacement that would restore a node)."""
+    # The VM's host key: the engine's Stash keeps the one the stack made (its input is ignored
+    # after the create); under mocks each run would generate another, so both runs get one.
+    key = registry_vm.generate_host_key()
+    monkeypatch.setattr(registry_vm, "generate_host_key", lambda: key)
+    raw = sample_raw()
+    raw["tls"] = {"enabled": False}
+    before = _registrations(raw)
+    after = _registrations(sample_raw())
+
+    for name in ("registry-vm-vm", "registry-vm-vendor-data", "registry-firewall-options"):
+        assert plain(before[name].inputs) == plain(after[name].inputs), name
+    containers = [n for n, r in after.items() if r.type == "docker:index/container:Container"]
+    assert containers
+    for name in containers:
+        old, new = plain(before[name].inputs), plain(after[name].inputs)
+        assert old["volumes"] == new["volumes"], name
+        assert old["ports"] == new["ports"], name  # the registry's ports do not depend on TLS
+    added = set(after) - set(before)
+    assert added == {
+        "registry-mirrors-tls-trust",
+        "registry-mirrors-tls-script",
+        "registry-front-switch",
+        "registry-front-switch-tls-issue",
+        "registry-front-switch-front",
+    }, added
+    assert not set(before) - set(after)
+    # Every node step is still there under its name: updated in place (no trigger to replace).
+    for node in ("k8s-cp-1", "k8s-worker-1", "k8s-worker-2"):
+        hosts = f"containerd-{node}-hosts"
+        assert plain(before[hosts].inputs)["stdin"] != plain(after[hosts].inputs)["stdin"]
+        assert "triggers" not in plain(after[hosts].inputs)
+        config = f"containerd-{node}-config"
+        # (APPLY_MARK aside: a node never applied gets a new mark at each planning)
+        assert _without_mark(before[config].inputs["create"]) == _without_mark(
+            after[config].inputs["create"]
+        )

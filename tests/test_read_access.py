@@ -16,6 +16,7 @@ from typing import Any
 
 import pulumi
 import pytest
+from pulumi.output import Unknown
 
 from components import program
 from components.fleet import FleetReadError, plan_fleet, read_summary, run_read
@@ -392,6 +393,13 @@ def test_the_install_step_is_secret_free_pinned_first_and_kept_on_delete():
     return pulumi.Output.all(*exports.values()).apply(check)
 
 
+def _known(value: Any) -> Any:
+    """A value unknown in a preview as one comparable marker: with TLS on, a hosts step's stdin
+    carries the CA the cache host's trust step prints, which a preview of a new stack does not
+    know yet (each unknown is its own object, equal to no other)."""
+    return "<unknown in the preview>" if isinstance(value, Unknown) else value
+
+
 def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
     """What a pull request's preview does: every node asked as the read user first, nothing of
     the apply identity when the read access answers, and the same step inputs as a read by the
@@ -413,7 +421,7 @@ def test_a_preview_reads_with_the_read_identity_and_plans_the_same():
         return {
             r.name: {
                 "create": _without_mark(plain(r.inputs.get("create")) or ""),
-                "stdin": plain(r.inputs.get("stdin")),
+                "stdin": _known(plain(r.inputs.get("stdin"))),
             }
             for r in mocks.resources
             if r.type == COMMAND and r.name.startswith("containerd-")

@@ -18,9 +18,20 @@ from components.renderers.registries_yaml import (
     merge_registries_yaml,
     render_registries_yaml,
 )
-from tests.sample import sample_settings
+from components.settings import Settings, load_settings
+from tests.sample import sample_raw, sample_settings
 
-SETTINGS = sample_settings()
+
+def _settings(tls: bool) -> Settings:
+    raw = sample_raw()
+    raw["tls"] = {"enabled": tls}
+    return load_settings(raw)
+
+
+# The merge rules, shown on plain HTTP endpoints (TLS off); what TLS adds (https:// endpoints,
+# configs.<cache>.tls.ca_file) has its own tests at the end, with TLS_SETTINGS (the default).
+SETTINGS = _settings(tls=False)
+TLS_SETTINGS = sample_settings()
 OURS = {u.host: SETTINGS.endpoint(u) for u in SETTINGS.upstreams}
 DOCKER_CACHE = OURS["docker.io"]
 
@@ -307,3 +318,41 @@ def test_merge_keeps_every_key_it_does_not_own_and_is_idempotent(document, flow)
 
     # Credentials never reach a summary line.
     assert "SECRET-" not in "\n".join(merged.summary)
+
+
+# --- TLS on (the default) -----------------------------------------------------------------------
+def test_with_tls_each_cache_is_https_and_trusts_our_ca_file():
+    data = yaml.safe_load(render_registries_yaml(TLS_SETTINGS))
+    assert data["mirrors"]["docker.io"] == {"endpoint": ["https://10.0.20.10:5002"]}
+    # k3s keys configs by the host:port an endpoint points at.
+    assert data["configs"]["10.0.20.10:5002"] == {
+        "tls": {"ca_file": "/etc/rancher/registry-mirrors-ca.pem"}
+    }
+    assert set(data["configs"]) == {f"10.0.20.10:{u.resolved_tls_port}"
+                                    for u in TLS_SETTINGS.upstreams}  # fmt: skip
+    assert "insecure_skip_verify" not in render_registries_yaml(TLS_SETTINGS)
+
+
+def test_switching_a_node_to_tls_replaces_our_plain_endpoint_and_keeps_its_configs():
+    """A node merged while TLS was off: the plain endpoint of our cache goes (whoever answers
+    for the VM's address could serve tags over it once the https:// one fails), the https://
+    one comes first, the node's own mirror and configs stay; the merge is idempotent; and
+    turning TLS off again drops only the configs entries that are ours."""
+    before_tls = merge_registries_yaml(DOCUMENTED, SETTINGS).text
+    merged = merge_registries_yaml(before_tls, TLS_SETTINGS)
+    data = yaml.safe_load(merged.text)
+    assert data["mirrors"]["docker.io"]["endpoint"] == [
+        "https://10.0.20.10:5002", "https://registry.example.com:5000"
+    ]  # fmt: skip
+    assert not any("10.0.20.10:5000" in e for m in data["mirrors"].values()
+                   for e in m.get("endpoint", []))  # fmt: skip
+    assert (
+        data["configs"]["registry.example.com:5000"]
+        == yaml.safe_load(DOCUMENTED)["configs"]["registry.example.com:5000"]
+    )
+    assert data["configs"]["10.0.20.10:5012"]["tls"]["ca_file"].endswith("registry-mirrors-ca.pem")
+    assert "username: builder # this is the registry username" in merged.text
+    assert not merge_registries_yaml(merged.text, TLS_SETTINGS).changed
+    back = yaml.safe_load(merge_registries_yaml(merged.text, SETTINGS).text)
+    assert set(back["configs"]) == {"registry.example.com:5000", "*"}
+    assert back["mirrors"]["docker.io"]["endpoint"][0] == "http://10.0.20.10:5000"

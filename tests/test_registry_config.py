@@ -182,7 +182,8 @@ def test_container_reads_the_config_where_its_major_looks_for_it(major: int) -> 
         "/var/lib/registry/registry-ghcr",
     )
     assert spec.data_container_path == "/var/lib/registry"
-    assert spec.ports == (5010, 5011)
+    # The registry on the VM's loopback only (the front forwards to it), its metrics public.
+    assert spec.published == (("127.0.0.1", 15010, 5010), ("0.0.0.0", 5011, 5011))
     assert spec.healthcheck[-1] == "http://127.0.0.1:5010/v2/"
     assert spec.stop_timeout == STOP_TIMEOUT_SECONDS
 

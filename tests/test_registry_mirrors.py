@@ -6,6 +6,7 @@ Every test RETURNS an Output so Pulumi awaits the assertions.
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import pulumi
@@ -15,6 +16,7 @@ from pulumi_command import remote
 
 from components.registry_mirrors import CONFIG_SHA_LABEL, RegistryMirrors
 from components.renderers import maintenance
+from components.renderers.front_proxy import front_bundle, public_ports, settings_front
 from components.renderers.registry_config import CONFIG_PATH_LABEL, container_spec
 from components.settings import Settings, load_settings
 from components.ssh import SshTarget
@@ -84,9 +86,16 @@ def test_one_container_per_upstream_with_its_ports_config_and_limits(mocks: Reco
             assert container.provider is not None
             assert "pulumi:providers:docker::mirrors-docker" in container.provider
             assert inputs["restart"] == "always"
+            # The registry on the VM's loopback only (the front owns the public port), its
+            # metrics on every address (Prometheus).
             assert inputs["ports"] == [
-                {"internal": float(upstream.port), "external": float(upstream.port)},
                 {
+                    "ip": "127.0.0.1",
+                    "internal": float(upstream.port),
+                    "external": float(upstream.resolved_backend_port),
+                },
+                {
+                    "ip": "0.0.0.0",
                     "internal": float(upstream.resolved_metrics_port),
                     "external": float(upstream.resolved_metrics_port),
                 },
@@ -222,8 +231,9 @@ def test_outputs_per_upstream(mocks: RecordingMocks):
     def check(outputs: dict[str, dict[str, Any]]) -> None:
         assert set(outputs) == {u.host for u in sample_settings().upstreams}
         assert outputs["ghcr.io"] == {
-            "endpoint": "http://10.0.20.10:5010",
+            "endpoint": "https://10.0.20.10:5012",
             "port": 5010,
+            "tlsPort": 5012,
             "container": "registry-ghcr",
             "metricsUrl": "http://10.0.20.10:5011/metrics",
             "server": "https://ghcr.io",
@@ -252,8 +262,9 @@ def test_container_inputs_are_exactly_the_plain_container_spec(mocks: RecordingM
                 spec = container_spec(upstream, settings.registry)
                 inputs = _container(mocks, f"{name}-{upstream.container}")
                 assert inputs["name"] == spec.name
-                assert [(p["internal"], p["external"]) for p in inputs["ports"]] == [
-                    (float(port), float(port)) for port in spec.ports
+                assert [(p["ip"], p["external"], p["internal"]) for p in inputs["ports"]] == [
+                    (address, float(external), float(internal))
+                    for address, external, internal in spec.published
                 ]
                 assert inputs["volumes"] == [
                     {"hostPath": spec.config_host_path, "containerPath":
@@ -306,3 +317,70 @@ def test_upgrading_2_8_to_3_1_replaces_containers_and_keeps_the_data(mocks: Reco
             assert "/var/lib/registry" not in config_after["delete"]
 
     return pulumi.Output.all(*[_settled(m) for m in built]).apply(check)
+
+
+@pulumi.runtime.test
+def test_the_front_is_installed_after_the_containers_free_its_ports(mocks: RecordingMocks):
+    """scripts/vm/front.sh as root, the rendered files on stdin (plain text: no secret in
+    them), the ports it must listen on, and only once every container has moved its registry
+    to the VM's loopback (a cache used to publish its registry on the front's port)."""
+    mirrors, _ = _build()
+    settings = sample_settings()
+
+    def check(_: Any) -> None:
+        front = mocks.named("mirrors-front")
+        inputs = plain(front.inputs)
+        assert inputs["create"] == inputs["update"]
+        assert inputs["create"].startswith("exec sudo -n bash -c ")
+        command = shlex.split(inputs["create"])[-1]
+        expected = settings_front(settings, serve_plain=True)
+        assert f"export PORTS='{' '.join(map(str, public_ports(expected)))}'" in command
+        assert "export RESTART=1" in command
+        assert inputs["stdin"] == front_bundle(expected)
+        assert not is_secret(front.inputs["stdin"])
+        for name in ("records.config", "remap.config", "storage.config"):
+            assert f"# registry-mirrors-front: {name}\n" in inputs["stdin"]
+        # (and, TLS on, the CA and the first certificate: the front cannot serve TLS without)
+        assert set(front.depends_on) == {
+            "mirrors-vm-ready",
+            "mirrors-tls-trust",
+            *(f"mirrors-{u.container}" for u in settings.upstreams),
+        }
+        assert "systemctl disable --now trafficserver" in inputs["delete"]
+
+    return _settled(mirrors).apply(check)
+
+
+def _tls_settings() -> Settings:
+    raw = sample_raw()
+    raw["tls"] = {"enabled": True, "dnsNames": ["registry.lab.example"]}
+    return load_settings(raw)
+
+
+@pulumi.runtime.test
+def test_with_tls_the_ca_is_made_on_the_vm_before_the_front_and_renewed_by_cron(
+    mocks: RecordingMocks,
+):
+    """The trust step (scripts/vm/registry-tls.sh) runs on the VM before the front, which
+    cannot serve TLS without its certificate; only its stdout (the CA certificate) leaves the VM;
+    cron gets the installed script and an hourly renewal line."""
+    ssh = SshTarget(host="10.0.20.10", user="debian", agent_socket="/tmp/a.sock", host_key=HOST_KEY)
+    ready = remote.Command("tls-vm-ready", connection=ssh.connection(), create="true")
+    mirrors = RegistryMirrors("tls", settings=_tls_settings(), ssh=ssh, ready=ready, vm_id="210")
+
+    def check(_: Any) -> None:
+        trust = plain(mocks.named("tls-tls-trust").inputs)
+        command = shlex.split(trust["create"])[-1]
+        assert "export ACTION=trust" in command
+        assert "export SANS='IP:10.0.20.10 DNS:registry.lab.example'" in command
+        assert "stdin" not in trust  # nothing secret goes in; the key is made there
+        assert trust["triggers"] == ["210"]  # a new VM gets its own CA, pushed to the nodes
+        assert "tls-tls-trust" in mocks.named("tls-front").depends_on
+        cron = plain(mocks.named("tls-maintenance-cron").inputs)["stdin"]
+        assert "root /usr/local/sbin/registry-tls renew" in cron
+        script = plain(mocks.named("tls-tls-script").inputs)
+        assert "DEST=/usr/local/sbin/registry-tls" in script["create"]
+        assert "tls-tls-script" in mocks.named("tls-maintenance-cron").depends_on
+
+    assert mirrors.trust_bundle is not None
+    return pulumi.Output.all(_settled(mirrors), mirrors.trust_bundle).apply(check)

@@ -51,7 +51,9 @@ def test_renders_dev_stack(tmp_path: Path):
         "container": "registry",
         "port": 5000,
         "metrics_port": 5001,
-        "endpoint": "http://10.0.20.10:5000",
+        "tls_port": 5002,
+        "backend_port": 15000,
+        "endpoint": "https://10.0.20.10:5002",
         "server": "https://registry-1.docker.io",
     }
     assert [u["host"] for u in summary["upstreams"]] == [
@@ -63,6 +65,10 @@ def test_renders_dev_stack(tmp_path: Path):
     ]
     assert summary["upstreams"][1]["server"] == "https://ghcr.io"
     assert summary["nodes"][0]["name"] == "k8s-dev-cp-1"
+    # The front as it serves once every node is switched: plain ports refuse (403).
+    remap = (tmp_path / "registry-vm/front/remap.config").read_text()
+    assert "regex_map https://^.*$:5002 http://127.0.0.1:15000 " in remap
+    assert "registry-mirrors-plain-off.config" in remap
 
 
 def test_both_committed_stacks_are_valid(tmp_path: Path):

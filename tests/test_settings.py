@@ -305,6 +305,35 @@ BAD_INPUTS = [
     ),
     ("restart-empty", {"nodes.0.restartCommand": ""}, "nodes[0].restartCommand", "empty"),
     ("restart-blank", {"nodes.1.restartCommand": "   "}, "nodes[1].restartCommand", "empty"),
+    # The front's ports: HTTPS (port + 2) and the registry behind it (port + 10000).
+    (
+        "tls-port-clash",
+        {"upstreams": [UP[0], {**UP[1], "port": 5002}], "tls": {"enabled": True}},
+        "upstreams[1].port",
+        "upstreams[0].tlsPort",
+    ),
+    (
+        "backend-port-clash",
+        {"upstreams": [UP[0], {**UP[1], "port": 15000}]},
+        "upstreams[1].port",
+        "upstreams[0].backendPort",
+    ),
+    (
+        "backend-default-out-of-range",
+        {"upstreams": [{**UP[0], "port": 60000}]},
+        "upstreams[0].backendPort",
+        "default port+10000",
+    ),
+    ("tls-typo", {"tls": {"enable": False}}, "tls.enable", "did you mean enabled"),
+    (
+        "tls-renew-after-expiry",
+        {"tls": {"certificateDays": 30, "renewBeforeDays": 30}},
+        "tls",
+        "must be below certificateDays",
+    ),
+    ("tls-previous-ca-1", {"tls": {"trustPreviousCa": True}}, "tls", "caGeneration 2"),
+    ("tls-dns-name", {"tls": {"dnsNames": ["not a name"]}}, "tls.dnsNames[0]", "hostname"),
+    ("front-store-small", {"front": {"storageMb": 32}}, "front.storageMb", "64"),
     ("role", {"nodes.0.role": "master"}, "nodes[0].role", "control-plane"),
     ("health-blank", {"nodes.0.healthCommand": " "}, "nodes[0].healthCommand", "empty"),
     (
@@ -549,7 +578,10 @@ def test_defaults_are_the_five_upstreams():
     assert docker_hub.resolved_server == "https://registry-1.docker.io"
     assert docker_hub.resolved_metrics_port == 5001
     assert settings.upstreams[1].resolved_server == "https://ghcr.io"
-    assert settings.endpoint(docker_hub) == "http://10.0.20.10:5000"
+    # TLS on by default: the front's HTTPS port; the plain one still exists (the switch).
+    assert settings.endpoint(docker_hub) == "https://10.0.20.10:5002"
+    assert settings.plain_endpoint(docker_hub) == "http://10.0.20.10:5000"
+    assert (docker_hub.resolved_tls_port, docker_hub.resolved_backend_port) == (5002, 15000)
 
 
 def test_allowed_cidrs_default_to_the_nodes():

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+
 import yaml
 
 from components.renderers.registries_yaml import render_registries_yaml
-from components.renderers.talos import render_talos_patch
+from components.renderers.talos import CA_PLACEHOLDER, render_talos_patch
 from tests.sample import sample_settings
 
 
@@ -15,12 +17,20 @@ def test_patch_has_one_mirror_per_upstream_with_fallback_left_on():
     assert list(patch) == ["machine"]
     mirrors = patch["machine"]["registries"]["mirrors"]
     assert mirrors == {
-        "docker.io": {"endpoints": ["http://10.0.20.10:5000"]},
-        "ghcr.io": {"endpoints": ["http://10.0.20.10:5010"]},
-        "quay.io": {"endpoints": ["http://10.0.20.10:5020"]},
-        "registry.k8s.io": {"endpoints": ["http://10.0.20.10:5030"]},
-        "reg.kyverno.io": {"endpoints": ["http://10.0.20.10:5040"]},
+        "docker.io": {"endpoints": ["https://10.0.20.10:5002"]},
+        "ghcr.io": {"endpoints": ["https://10.0.20.10:5012"]},
+        "quay.io": {"endpoints": ["https://10.0.20.10:5022"]},
+        "registry.k8s.io": {"endpoints": ["https://10.0.20.10:5032"]},
+        "reg.kyverno.io": {"endpoints": ["https://10.0.20.10:5042"]},
     }
+    # Each cache trusts exactly the VM's CA (base64 of its PEM); offline, a placeholder says so.
+    config = patch["machine"]["registries"]["config"]
+    assert set(config) == {f"10.0.20.10:{u.resolved_tls_port}" for u in settings.upstreams}
+    assert config["10.0.20.10:5002"] == {"tls": {"ca": CA_PLACEHOLDER}}
+    pem = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    with_ca = yaml.safe_load(render_talos_patch(settings, pem))["machine"]["registries"]["config"]
+    assert base64.b64decode(with_ca["10.0.20.10:5012"]["tls"]["ca"]).decode() == pem
+    assert "insecureSkipVerify" not in render_talos_patch(settings, pem)
     # No skipFallback (a dead cache must not stop pulls), no overridePath (Talos adds /v2), no
     # wildcard.
     text = render_talos_patch(settings)

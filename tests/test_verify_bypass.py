@@ -55,7 +55,7 @@ def busy_cache(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     log: list[str] = []
     asked: dict[str, list[str]] = {}
 
-    def check_node(settings, node, mirrors, images, ssh_options, timeout, mode, probes):
+    def check_node(settings, node, mirrors, images, ssh_options, timeout, context, mode, probes):
         asked[node.name] = list(probes)
         log.append('"GET /v2/library/busybox/manifests/1.36?ns=docker.io HTTP/1.1" 200')
         for reference in probes:

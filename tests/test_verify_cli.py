@@ -30,13 +30,13 @@ CASES: list[tuple[str, bytes | None, list[str], list[str]]] = [
         "endpoint-not-url",
         b'{"mirrors": {"ghcr.io": {"endpoint": "10.0.20.10:5010"}}}',
         [],
-        ["mirrors.ghcr.io.endpoint: expected http://HOST:PORT"],
+        ["mirrors.ghcr.io.endpoint: expected http(s)://HOST:PORT"],
     ),
     (
         "endpoint-trailing-newline",
         b'{"mirrors": {"ghcr.io": {"endpoint": "http://10.0.20.10:5010\\n"}}}',
         [],
-        ["mirrors.ghcr.io.endpoint: expected http://HOST:PORT"],
+        ["mirrors.ghcr.io.endpoint: expected http(s)://HOST:PORT"],
     ),
     (
         "metrics-url-number",

@@ -62,8 +62,10 @@ def test_deploy_verifies_the_nodes_in_the_programs_environment(
     monkeypatch.chdir(tmp_path)
     seen: dict[str, Any] = {}
 
-    def run_checks(outputs, settings, images, node_images, ssh_options, timeout, vm, node_mode):
-        seen.update(settings=settings, vm=vm, node_mode=node_mode)
+    def run_checks(
+        outputs, settings, images, node_images, ssh_options, timeout, vm, proxmox, node_mode
+    ):
+        seen.update(settings=settings, vm=vm, proxmox=proxmox, node_mode=node_mode)
         return []
 
     monkeypatch.setattr(script("verify"), "run_checks", run_checks)
@@ -71,3 +73,5 @@ def test_deploy_verifies_the_nodes_in_the_programs_environment(
     assert outcome.code == 0, outcome.stdout.decode() + outcome.stderr
     assert seen["settings"] is not None and len(seen["settings"].nodes) == 3
     assert seen["vm"] is True
+    # The stack's settings for the Proxmox firewall row too (skipped without a token).
+    assert seen["proxmox"] is seen["settings"]

@@ -38,6 +38,7 @@ from components.plan.node_steps import (
     restore_config_step,
     restore_hosts_step,
     restore_registries_step,
+    with_trust,
 )
 from components.renderers.containerd_config import (
     MigratedRegistry,
@@ -62,6 +63,9 @@ class NodeStep:
     role: str
     create: Step
     sensitive: bool
+    # TLS on: the create step's stdin gets the CA certificates of our caches between the script
+    # and its content (node_steps.with_trust), known once the VM has made its CA.
+    trusts_ca: bool = False
 
 
 def apply_mark(left_as_is: bool, mark: str | None, record_sha256: str | None) -> str:
@@ -100,6 +104,22 @@ class NodePlan:
     # The directories of a previous config_path carried into ours (issue 27, item 5).
     routes: CarriedRoutes | None = None
     state: str = "managed"
+
+
+def step_to_send(step: NodeStep, ca_pem: str | None) -> Step:
+    """What the node step's create runs: with TLS on, its stdin carries ``ca_pem`` (the CA
+    certificates the VM made) after the script, before its content (node_steps.with_trust)."""
+    if not step.trusts_ca:
+        return step.create
+    if ca_pem is None:
+        raise NodeStepError(f"{step.role}: TLS is on, so this step needs the caches' CA")
+    return with_trust(step.create, ca_pem)
+
+
+def role_to_send(plan: AnyPlan, role: str, ca_pem: str | None) -> Step:
+    """``step_to_send`` for the plan's step of ``role`` (hosts, config, registries)."""
+    [step] = [step for step in plan.steps if step.role == role]
+    return step_to_send(step, ca_pem)
 
 
 # A fleet's nodes mostly share one config.toml and one containerd version: what follows from
@@ -388,7 +408,7 @@ def _plan_containerd(
     hosts_mark = apply_mark(hosts_left, probe.hosts_applied_mark, probe.hosts_applied_record_sha256)
     carried = [(d.digest, d.name, d.source) for d in routes.dirs] if routes else []
     hosts = hosts_step(settings, node, files, carried, mark=hosts_mark)
-    steps = [NodeStep("hosts", hosts, sensitive=False)]
+    steps = [NodeStep("hosts", hosts, sensitive=False, trusts_ca=settings.tls.enabled)]
     if not node.skip_config_path:
         steps.append(NodeStep("config", config, sensitive=True))
     summary = _wildcard_summary(list(migration.summary), settings, files)
@@ -507,5 +527,5 @@ def _plan_registries(
         changed=merge.changed,
         replaced_wildcard=merge.replaced_wildcard,
         summary=tuple(summary),
-        steps=(NodeStep("registries", registries, sensitive=True),),
+        steps=(NodeStep("registries", registries, sensitive=True, trusts_ca=settings.tls.enabled),),
     )

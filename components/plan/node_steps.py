@@ -12,12 +12,12 @@ script in the command.
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.renderers.flavours import FLAVOURS, Flavour, Role
-from components.renderers.shell import remote_command, stdin_command
+from components.renderers.shell import as_root, remote_command, stdin_command
+from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file
 from components.settings import Node, Settings
 
 
@@ -36,11 +36,8 @@ class Step:
 
 
 def _as_node_root(node: Node, command: str) -> str:
-    # The scripts need root (config.toml, restart). sudo resets the environment, so the whole
-    # exported preamble runs inside the sudo'd shell; -n fails at once instead of prompting.
-    if node.ssh_user == "root":
-        return command
-    return f"exec sudo -n bash -c {shlex.quote(command)}\n"
+    # The scripts need root (config.toml, restart).
+    return as_root(command, node.ssh_user)
 
 
 def script_step(
@@ -99,11 +96,14 @@ def hosts_step(
 ) -> Step:
     """hosts.sh: ``files`` (the bundle on stdin, after the script) and the directories of a
     previous config_path it copies on the node, as (digest, name, source) (``CARRY``; only when
-    there are some). ``mark``: recorded with every file it leaves, carried ones included; the probe
-    gives it back while they are as hosts.sh left them (components/plan/node_plan.py
-    ``apply_mark``)."""
+    there are some). ``mark``: recorded with every file it leaves, carried ones and CA_FILE
+    included; the probe gives it back while they are as hosts.sh left them
+    (components/plan/node_plan.py ``apply_mark``). With TLS on, ``with_trust`` puts the CA
+    certificates between the script and the bundle (known once the VM has made its CA:
+    components/containerd_mirrors.py)."""
     params: dict[str, str | int | bool] = {
         "CONFIG_PATH": settings.containerd.config_path,
+        "CA_FILE": containerd_ca_file(settings),
         "APPLY_MARK": mark,
     }
     if carried:
@@ -143,6 +143,27 @@ def _health_params(settings: Settings, node: Node, flavour: Flavour) -> dict[str
         "HEALTH_COMMAND": health_command(node, flavour),
         "HEALTH_TIMEOUT": settings.containerd.health_timeout_seconds,
     }
+
+
+CA_SECTION = "# registry-mirrors-ca"
+CA_SECTION_END = "# registry-mirrors-ca-end"
+
+
+def trust_section(ca_pem: str) -> str:
+    """The CA certificates of our caches as the first part of a step's stdin (scripts/node/lib.sh
+    take_trust_section writes them to the step's CA_FILE before anything that names it)."""
+    text = ca_pem if ca_pem.endswith("\n") else ca_pem + "\n"
+    if "-----BEGIN CERTIFICATE-----" not in text or "PRIVATE KEY" in text:
+        raise ValueError("the CA bundle must hold certificates and nothing else")
+    if CA_SECTION_END in text or text.startswith(CA_SECTION):
+        raise ValueError("the CA bundle cannot travel in a step's stdin")
+    return f"{CA_SECTION}\n{text}{CA_SECTION_END}\n"
+
+
+def with_trust(step: Step, ca_pem: str) -> Step:
+    """``step`` with the CA certificates in front of its content: its stdin is then the script,
+    the CA section, the content (the script takes the section off before reading its content)."""
+    return Step(step.command, trust_section(ca_pem) + step.content, step.script)
 
 
 def _restart_params(settings: Settings, node: Node) -> dict[str, str | int | bool]:
@@ -198,10 +219,16 @@ def restore_config_step(settings: Settings, node: Node) -> Step:
 
 
 def restore_hosts_step(settings: Settings, node: Node) -> Step:
-    """nodes[].state: restored: our hosts.toml files go (a hand-made one we replaced comes back).
-    REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
+    """nodes[].state: restored: our hosts.toml files and CA_FILE go (a hand-made hosts.toml we
+    replaced comes back). REMOVE_ALL, so no bundle is read whatever follows the script on stdin."""
     return sent_step(
-        node, "node/hosts.sh", {"CONFIG_PATH": settings.containerd.config_path, "REMOVE_ALL": 1}
+        node,
+        "node/hosts.sh",
+        {
+            "CONFIG_PATH": settings.containerd.config_path,
+            "CA_FILE": containerd_ca_file(settings),
+            "REMOVE_ALL": 1,
+        },
     )
 
 
@@ -293,6 +320,7 @@ def _distribution_params(
         "CTR": f"{flavour.bin_dir}/ctr",
         "UNIT": flavour.unit,
         "CONTAINERD_LOG": flavour.containerd_log,
+        "CA_FILE": RANCHER_CA_FILE,
         **_health_params(settings, node, flavour),
     }
 

@@ -15,10 +15,12 @@ from components.renderers.cloud_init import (
     render_host_manifest,
     render_vendor_data,
 )
+from components.renderers.front_proxy import front_files, settings_front
 from components.renderers.hosts_toml import render_node_hosts
 from components.renderers.registries_yaml import render_registries_yaml
 from components.renderers.registry_config import registry_summary, render_registry_files
 from components.renderers.talos import render_talos_patch
+from components.renderers.tls import RANCHER_CA_FILE, containerd_ca_file, subject_alt_names
 from components.settings import Settings
 
 
@@ -53,6 +55,8 @@ def summary(settings: Settings) -> dict:
                 "container": upstream.container,
                 "port": upstream.port,
                 "metrics_port": upstream.resolved_metrics_port,
+                "tls_port": upstream.resolved_tls_port if settings.tls.enabled else None,
+                "backend_port": upstream.resolved_backend_port,
                 "endpoint": settings.endpoint(upstream),
                 "metrics": settings.metrics_url(upstream),
                 "server": upstream.resolved_server,
@@ -69,11 +73,13 @@ def summary(settings: Settings) -> dict:
 
 
 def mirrors_export(settings: Settings) -> dict[str, dict]:
-    """Stack output ``mirrors``: per upstream host, where its cache is."""
+    """Stack output ``mirrors``: per upstream host, where its cache is (``endpoint``: what nodes
+    pull from, https:// with TLS on; ``port``: the plain port; ``tlsPort``: null with TLS off)."""
     return {
         upstream.host: {
             "endpoint": settings.endpoint(upstream),
             "port": upstream.port,
+            "tlsPort": upstream.resolved_tls_port if settings.tls.enabled else None,
             "container": upstream.container,
             "metricsUrl": settings.metrics_url(upstream),
             "server": upstream.resolved_server,
@@ -82,12 +88,32 @@ def mirrors_export(settings: Settings) -> dict[str, dict]:
     }
 
 
-def containerd_export(settings: Settings) -> dict:
+def containerd_export(settings: Settings, ca_pem: str | None = None) -> dict:
     """Stack output ``containerd``: the files a new node needs, so another stack can bake them
-    into its cloud-init. No dial_timeout: the files must load on every containerd version."""
+    into its cloud-init. No dial_timeout: the files must load on every containerd version. With
+    TLS on, ``caFile`` is the CA file the hosts.toml files name, to be written beside them."""
     return {
         "configPath": settings.containerd.config_path,
         "hostsToml": render_node_hosts(settings),
+        "caFile": {"path": containerd_ca_file(settings), "pem": ca_pem}
+        if settings.tls.enabled
+        else None,
+    }
+
+
+def tls_export(settings: Settings, ca_pem: str | None = None) -> dict:
+    """Stack output ``tls``: the CA certificates every consumer must trust (public: the key
+    stays on the VM) and what scripts/verify.py checks the served certificate against."""
+    tls = settings.tls
+    return {
+        "enabled": tls.enabled,
+        "caCertificates": ca_pem if tls.enabled else None,
+        "subjectAltNames": subject_alt_names(settings) if tls.enabled else [],
+        "expiryWarningDays": tls.expiry_warning_days,
+        "plainHttp": tls.plain_http or not tls.enabled,
+        "caFiles": {"containerd": containerd_ca_file(settings), "k3sRke2": RANCHER_CA_FILE}
+        if tls.enabled
+        else None,
     }
 
 
@@ -112,6 +138,12 @@ def render_bundle(settings: Settings) -> dict[str, str]:
         "nodes/talos-patch.yaml": render_talos_patch(settings),
     }
     files.update(render_registry_files(settings))
+    # The front as it serves once every node is switched (until then its plain ports serve too).
+    # Beside the cache host's other files: registry-vm/ on the VM, cache-host/ on an existing host.
+    host_dir = "registry-vm" if settings.vm is not None else "cache-host"
+    front = settings_front(settings, serve_plain=settings.tls.plain_http)
+    for path, text in front_files(front).items():
+        files[f"{host_dir}/front/{path.rpartition('/')[2]}"] = text
     # What every node gets before its own mirrors are merged in (those need the node's probe).
     for directory, text in render_node_hosts(settings).items():
         files[f"nodes/certs.d/{directory}/hosts.toml"] = text

@@ -94,8 +94,10 @@ def host_state(settings: Settings, *, created: bool) -> HostState:
     VM-only parts); False: an existing host."""
     registry_dirs = [f"/etc/docker-registry/{u.container}" for u in settings.upstreams]
     data_dirs = [f"/var/lib/registry/{u.container}" for u in settings.upstreams]
-    packages = ("docker.io", "apparmor", "ca-certificates", "qemu-guest-agent", "cron",
-                "util-linux", "curl")  # fmt: skip
+    # trafficserver: the front of the caches (components/renderers/front_proxy.py). Debian's
+    # package starts it with its own defaults; scripts/vm/front.sh configures and restarts it.
+    packages = ("docker.io", "trafficserver", "apparmor", "ca-certificates", "qemu-guest-agent",
+                "cron", "util-linux", "curl")  # fmt: skip
     services = ("qemu-guest-agent", "docker", "cron")
     if not created:
         packages = tuple(p for p in packages if p not in VM_ONLY_PACKAGES)

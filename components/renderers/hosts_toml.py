@@ -36,6 +36,7 @@ from components.renderers.containerd_config import (
     default_server,
     parse_containerd_version,
 )
+from components.renderers.tls import containerd_ca_file
 from components.settings import Settings
 
 CAPABILITIES = ("pull", "resolve")
@@ -208,11 +209,22 @@ def render_node_hosts(
     by_host.pop("_default", None)
     foreign, _ = foreign_wildcard(settings, wildcard)
     files: dict[str, str] = {}
+    # TLS on: our cache over https, trusting exactly our CA (the file the hosts step writes).
+    our_tls = TlsSettings(ca=(containerd_ca_file(settings),)) if settings.tls.enabled else None
+    # Every endpoint of our caches, either scheme: only ours is kept, first. Our plain one kept
+    # after our https:// host (carried over from the node's old config) would let whoever
+    # answers for the VM's address serve the tags in plain text once the https:// host fails.
+    all_ours = {
+        url.lower()
+        for u in settings.upstreams
+        for url in (settings.plain_endpoint(u), settings.tls_endpoint(u))
+    }
     for upstream in settings.upstreams:
         ours = settings.endpoint(upstream)
         node = by_host.pop(upstream.host.lower(), None)
-        own = _entries_of(node, {ours.lower()}) if node else list(foreign)
-        mirrors = [HostEntry(ours), *[e for e in own if e.url.lower() != ours.lower()]]
+        # The foreign wildcard names no address of the VM (foreign_wildcard drops those).
+        own = _entries_of(node, all_ours) if node else list(foreign)
+        mirrors = [HostEntry(ours, our_tls or TlsSettings()), *own]
         files[registry_dir_name(upstream.host)] = render_hosts_toml(
             upstream.resolved_server,
             mirrors,

@@ -1,5 +1,6 @@
 """The VM's maintenance cron file: weekly GC of every cache, hourly its memory check (or restart),
-hourly its eviction down to its budget, staggered, and an hourly check of the cache disk.
+hourly its eviction down to its budget, staggered, an hourly check of the cache disk, and (TLS on)
+the hourly renewal check of the front's certificate.
 
 Pure: no ``import pulumi``. The jobs run ``scripts/vm/registry-maintenance.sh`` (installed at
 ``SCRIPT_PATH``), which takes a per-registry lock so a restart and a GC never overlap.
@@ -27,6 +28,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from components.renderers.shell import script_text as _script_text
+from components.renderers.tls import renew_cron_line
 from components.settings import Settings
 from components.settings.budget import cache_budgets
 from components.settings.schedule import CronJob, evict_jobs, gc_jobs, restart_jobs
@@ -63,6 +65,9 @@ def render_cron(settings: Settings) -> str:
     lines += [_cron_line(job) for job in restart_jobs(settings)]
     lines += [_cron_line(job) for job in evict_jobs(settings, cache_budgets(settings))]
     lines.append(disk_check_line(settings))
+    if settings.tls.enabled:
+        # Renews the front's certificate before it expires (scripts/vm/registry-tls.sh).
+        lines.append(renew_cron_line(LOG_TAG))
     # cron ignores a last line without a newline.
     return "\n".join(lines) + "\n"
 

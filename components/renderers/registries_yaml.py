@@ -36,6 +36,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from components.renderers.tls import RANCHER_CA_FILE
 from components.settings import Settings
 
 HEADER = "# k3s/RKE2: /etc/rancher/k3s/registries.yaml or /etc/rancher/rke2/registries.yaml\n"
@@ -94,12 +95,28 @@ def _dump(data: Any, style: _Style = _Style()) -> str:
 
 
 def registries_yaml(settings: Settings) -> dict:
-    """Our mirrors as plain data: one entry per upstream, our cache as its only endpoint."""
-    return {
+    """Our mirrors as plain data: one entry per upstream, our cache as its only endpoint; with
+    TLS on, each cache's ``configs`` entry names the CA file the node step writes."""
+    data: dict = {
         "mirrors": {
             upstream.host: {"endpoint": [settings.endpoint(upstream)]}
             for upstream in settings.upstreams
         }
+    }
+    configs = our_configs(settings)
+    if configs:
+        data["configs"] = configs
+    return data
+
+
+def our_configs(settings: Settings) -> dict[str, dict]:
+    """``configs."<ip>:<tls port>".tls.ca_file`` per cache (k3s keys configs by the host:port an
+    endpoint points at); none with TLS off."""
+    if not settings.tls.enabled:
+        return {}
+    return {
+        _cache_netloc(settings.endpoint(upstream)): {"tls": {"ca_file": RANCHER_CA_FILE}}
+        for upstream in settings.upstreams
     }
 
 
@@ -199,6 +216,55 @@ def _check_shape(data: Any) -> CommentedMap:
     return data
 
 
+def _is_ours(entry: Any) -> bool:
+    """A configs entry this program wrote: exactly ``tls.ca_file`` = our CA file."""
+    return (
+        isinstance(entry, dict)
+        and set(entry) == {"tls"}
+        and isinstance(entry["tls"], dict)
+        and dict(entry["tls"]) == {"ca_file": RANCHER_CA_FILE}
+    )
+
+
+def _merge_our_configs(data: CommentedMap, settings: Settings, summary: list[str]) -> bool:
+    """Each cache's ``configs`` entry trusts our CA (TLS on); our entries for other addresses
+    of the VM (an old port, TLS turned off) go. Everything else in ``configs`` is the node's."""
+    wanted = our_configs(settings)
+    configs = data.get("configs")
+    if configs is None:
+        if not wanted:
+            return False
+        configs = CommentedMap()
+        data["configs"] = configs
+    if not isinstance(configs, CommentedMap):
+        return False
+    changed = False
+    stale = [k for k in configs if k not in wanted and _is_ours(configs[k])]
+    for key in stale:
+        del configs[key]
+        summary.append(f"registries.yaml: configs.{key}: dropped (ours, no longer a cache)")
+        changed = True
+    for key, entry in wanted.items():
+        current = configs.get(key)
+        if current is None:
+            configs[key] = CommentedMap(tls=CommentedMap(ca_file=RANCHER_CA_FILE))
+        elif isinstance(current, CommentedMap):
+            tls = current.get("tls")
+            if isinstance(tls, CommentedMap) and tls.get("ca_file") == RANCHER_CA_FILE:
+                continue
+            if not isinstance(tls, CommentedMap):
+                tls = CommentedMap()
+                current["tls"] = tls
+            tls["ca_file"] = entry["tls"]["ca_file"]
+        else:
+            continue
+        summary.append(f"registries.yaml: configs.{key}.tls.ca_file: {RANCHER_CA_FILE}")
+        changed = True
+    if stale and not configs:
+        del data["configs"]  # only ours were in it
+    return changed
+
+
 def merge_registries_yaml(existing: str | None, settings: Settings) -> RegistriesMerge:
     """Our mirrors merged into ``existing`` (the node's registries.yaml; None: no file).
 
@@ -228,6 +294,13 @@ def merge_registries_yaml(existing: str | None, settings: Settings) -> Registrie
 
     ours = {settings.endpoint(u): u for u in settings.upstreams}
     our_netlocs = {_cache_netloc(url): url for url in ours}
+    # A cache's plain port is ours too (the endpoint before TLS): a wildcard naming it is ours.
+    our_netlocs.update(
+        {
+            _cache_netloc(settings.plain_endpoint(u)): settings.endpoint(u)
+            for u in settings.upstreams
+        }
+    )
     vm_host = settings.cache_host.address
 
     mirrors = data.get("mirrors")
@@ -300,10 +373,13 @@ def merge_registries_yaml(existing: str | None, settings: Settings) -> Registrie
                 f"every endpoint, our cache {endpoint} included (it proxies {host} unchanged)"
             )
 
+    changed = _merge_our_configs(data, settings, summary) or changed
+
     kept_mirrors = sorted(str(h) for h in mirrors if h not in {u.host for u in ours.values()})
     if kept_mirrors:
         summary.append(f"registries.yaml: kept the node's mirrors for {', '.join(kept_mirrors)}")
-    configs = data.get("configs") or {}
+    wanted = our_configs(settings)
+    configs = {k: v for k, v in (data.get("configs") or {}).items() if k not in wanted}
     if configs:
         # Host names only: configs hold credentials (auth) and key paths.
         summary.append(f"registries.yaml: kept configs for {', '.join(sorted(map(str, configs)))}")

@@ -30,6 +30,10 @@ VM_DATA_ROOT = "/var/lib/registry"
 # Where this container's config.yml is mounted; the maintenance script's one-off GC container
 # mounts the config at the same path (scripts/vm/registry-maintenance.sh).
 CONFIG_PATH_LABEL = "registry-mirrors.config-path"
+# The registry listens inside its container on the upstream's port (config unchanged) and is
+# published on the VM's loopback only: nodes reach it through the front.
+BACKEND_HOST = "127.0.0.1"
+ALL_ADDRESSES = "0.0.0.0"  # noqa: S104 (the metrics port is public on purpose: Prometheus)
 
 CREDENTIAL_PLACEHOLDER = "<from secret upstreamCredentials.{host}.{field}>"
 
@@ -233,7 +237,10 @@ class ContainerSpec:
     config_container_path: str
     data_host_path: str
     data_container_path: str
-    ports: tuple[int, ...]  # published on the same port number on the VM
+    # (host address, host port, container port): the registry itself on the VM's loopback only
+    # (the front, components/renderers/front_proxy.py, is what nodes reach), its metrics on
+    # every address for Prometheus.
+    published: tuple[tuple[str, int, int], ...]
     env: tuple[str, ...]  # KEY=value
     healthcheck: tuple[str, ...]
     labels: Mapping[str, str]
@@ -250,7 +257,10 @@ def container_spec(upstream: Upstream, registry: RegistrySettings) -> ContainerS
         config_container_path=dist.config_path,
         data_host_path=vm_data_dir(upstream),
         data_container_path=CONTAINER_DATA_DIR,
-        ports=(upstream.port, upstream.resolved_metrics_port),
+        published=(
+            (BACKEND_HOST, upstream.resolved_backend_port, upstream.port),
+            (ALL_ADDRESSES, upstream.resolved_metrics_port, upstream.resolved_metrics_port),
+        ),
         env=tuple(f"{key}={value}" for key, value in sorted(dist.env.items())),
         # /v2/ is answered locally, without a round trip to the upstream. Both majors' official
         # images are Alpine-based, and busybox's wget takes -q -O (the images' own Dockerfiles run

@@ -104,3 +104,12 @@ def stdin_command(
     loader = _LOADER.format(length=len(script), sha256=sha256)
     lines = [*_preamble(params), f"exec bash -c {shlex.quote(loader)} {shlex.quote(relative)}"]
     return "\n".join(lines) + "\n", script
+
+
+def as_root(command: str, user: str) -> str:
+    """``command`` run by root when ``user`` logs in as someone else. sudo resets the
+    environment, so the whole exported preamble runs inside the sudo'd shell; -n fails at once
+    instead of prompting."""
+    if user == "root":
+        return command
+    return f"exec sudo -n bash -c {shlex.quote(command)}\n"

@@ -5,16 +5,17 @@ Keys in stack config are camelCase (``vmId``); Python attributes are snake_case.
 Unknown keys are errors: Distribution and containerd silently ignore typos, so we must not.
 
 One module per section (``proxmox``, ``vm``, ``host``, ``upstreams``, ``registry``, ``nodes``,
-``containerd``, ``node_access``, ``secrets``); the value checks they share in ``checks``; how a
-problem is shown in ``errors``; ``model`` joins the sections into ``Settings``; ``schedule`` lays
-out the GC and restart slots (checked here, rendered by the maintenance cron file); ``load`` is
-the entry point.
+``containerd``, ``front`` (with ``tls``), ``node_access``, ``secrets``); the value checks they
+share in ``checks``; how a problem is shown in ``errors``; ``model`` joins the sections into
+``Settings``; ``schedule`` lays out the GC and restart slots (checked here, rendered by the
+maintenance cron file); ``load`` is the entry point.
 The names other modules use are imported from here.
 """
 
 from components.settings.checks import check_cron_field, check_host_key
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SHOWN_LENGTH, SettingsError, key_text, secret_name, shown
+from components.settings.front import FrontSettings, TlsSettings
 from components.settings.host import HostSettings
 from components.settings.load import SECRET_KEYS, SECTIONS, load_secrets, load_settings
 from components.settings.model import CacheHost, Settings
@@ -45,6 +46,7 @@ __all__ = [
     "CacheHost",
     "CloudImage",
     "ContainerdSettings",
+    "FrontSettings",
     "GcSchedule",
     "HostSettings",
     "Node",
@@ -57,6 +59,7 @@ __all__ = [
     "Secrets",
     "Settings",
     "SettingsError",
+    "TlsSettings",
     "Upstream",
     "UpstreamCredentials",
     "VmSettings",

@@ -4,8 +4,9 @@ hourly ``evict`` job (scripts/vm/cache-budget.sh) unlinks the least recently pul
 of a cache over its budget and garbage-collects.
 
 Default (no budget set anywhere): the caches share ``diskUsageThresholdPercent - 10`` % of the
-disk equally (70 % of it with the default 80 % threshold: 14 GiB each for five caches on the
-default 100 GiB), so eviction keeps the disk under the usage warning with room for the OS, the
+disk equally, less the front's store (``front.storageMb``, on the same disk: 70 GiB - 8 GiB with
+the default 80 % threshold on the default 100 GiB, 12.4 GiB each for five caches), so eviction
+keeps the disk under the usage warning with room for the OS, the
 images and the containers' rotated logs. Measured in docs/measurements/cache-disk.md: nothing
 else bounds a cache by size (TTL expiry frees on the clock, GC frees only what expiry unlinked).
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.settings.errors import shown
+from components.settings.front import FrontSettings
 
 GIB = 1024**3
 _UNITS = {
@@ -41,6 +43,10 @@ MIN_BUDGET_BYTES = 64 * 1024**2
 # Share of the disk left outside the default budgets, below the usage threshold: the OS, the
 # registry images, the containers' logs (5 x 20 MB each).
 DEFAULT_HEADROOM_PERCENT = 10
+# front.storageMb's default (components/settings/front.py), for raw config that does not set it.
+# The smallest vm.diskGb and host.diskGb their validators take: below it they name the problem.
+_MIN_DISK_GB = 10
+_FRONT_DEFAULT_MB = FrontSettings.model_fields["storage_mb"].default
 
 
 @dataclass(frozen=True)
@@ -110,9 +116,11 @@ def _budgets(
     registry_budget: Any,
     upstream_budgets: Sequence[Any],
     disk_key: str = "vm.diskGb",
+    front_bytes: int = 0,
 ) -> tuple[list[int], list[str]]:
     """Bytes per cache (in upstream order) and the problems, each naming its key (``disk_key``:
-    the cache host's disk, vm.diskGb or host.diskGb)."""
+    the cache host's disk, vm.diskGb or host.diskGb). ``front_bytes``: the front's store, on the
+    same disk, taken from the default pool and counted against the disk."""
     problems: list[str] = []
 
     def parsed(key: str, value: Any) -> int | None:
@@ -139,25 +147,28 @@ def _budgets(
     if common is not None:
         sizes = [common if size is None else size for size in own]
     else:
-        pool = disk_bytes * default_pool_percent(threshold_percent) // 100 - explicit
+        pool = disk_bytes * default_pool_percent(threshold_percent) // 100 - explicit - front_bytes
         if shared and pool < MIN_BUDGET_BYTES * len(shared):
             set_keys = ", ".join(
                 f"upstreams[{i}].cacheBudget" for i, size in enumerate(own) if size is not None
             )
             return [], [
-                f"{set_keys}: together they leave the {len(shared)} other cache(s) less than "
+                f"{set_keys or 'front.storageMb'}: together they leave the {len(shared)} "
+                f"other cache(s) less than "
                 f"{MIN_BUDGET_BYTES // 1024**2}MiB each of the "
                 f"{default_pool_percent(threshold_percent)}% of {disk_key} the caches share by "
-                "default: set registry.cacheBudget or lower these"
+                f"default{' (less front.storageMb)' if front_bytes else ''}: set "
+                "registry.cacheBudget or lower these"
             ]
         each = pool // len(shared) if shared else 0
         sizes = [each if size is None else size for size in own]
-    if sum(sizes) > disk_bytes:
+    if sum(sizes) + front_bytes > disk_bytes:
         keys = "registry.cacheBudget" if common is not None else "upstreams[].cacheBudget"
+        front = f" and the front's store ({front_bytes / GIB:.1f} GiB)" if front_bytes else ""
         problems.append(
-            f"{keys}: the caches' budgets add up to {sum(sizes) / GIB:.1f} GiB, more than the "
-            f"disk ({disk_key} = {disk_bytes // GIB} GiB): the disk would fill before any cache "
-            "reached its budget"
+            f"{keys}: the caches' budgets ({sum(sizes) / GIB:.1f} GiB){front} add up to more "
+            f"than the disk ({disk_key} = {disk_bytes // GIB} GiB): the disk would fill before "
+            "any cache reached its budget"
         )
     return sizes, problems
 
@@ -172,8 +183,13 @@ def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any
         disk_gb = 100
     if threshold is None:
         threshold = 80
-    if not isinstance(disk_gb, int) or isinstance(disk_gb, bool) or disk_gb <= 0:
-        return []  # vm.diskGb's own validator names it
+    front_mb = _get(_get(raw, "front"), "storageMb")
+    if front_mb is None:
+        front_mb = _FRONT_DEFAULT_MB
+    if not isinstance(front_mb, int) or isinstance(front_mb, bool) or front_mb <= 0:
+        return []  # front.storageMb's own validator names it
+    if not isinstance(disk_gb, int) or isinstance(disk_gb, bool) or disk_gb < _MIN_DISK_GB:
+        return []  # vm.diskGb's (host.diskGb's) own validator names it
     if not isinstance(threshold, int) or isinstance(threshold, bool) or not 1 <= threshold <= 100:
         return []
     _, problems = _budgets(
@@ -182,6 +198,7 @@ def budget_problems(raw: Mapping[str, Any], upstreams: Sequence[Mapping[str, Any
         _get(registry, "cacheBudget"),
         [_get(u, "cacheBudget") for u in upstreams],
         f"{section}.diskGb",
+        front_mb * 1024**2,
     )
     return problems
 
@@ -193,6 +210,7 @@ def cache_budgets(settings: Any) -> dict[str, int]:
         settings.registry.disk_usage_threshold_percent,
         settings.registry.cache_budget,
         [u.cache_budget for u in settings.upstreams],
+        front_bytes=settings.front.storage_mb * 1024**2,
     )
     if problems:  # load_settings refuses these; a Settings built by hand may not have been
         raise ValueError("\n".join(problems))

@@ -19,7 +19,10 @@ from components.settings.model import Settings, _cross_problems
 from components.settings.schedule import gc_windows, restart_jobs
 from components.settings.secrets import Secrets
 
-SECTIONS = ("proxmox", "vm", "host", "upstreams", "registry", "nodes", "containerd", "nodeAccess")
+SECTIONS = (
+    "proxmox", "vm", "host", "upstreams", "registry", "nodes", "containerd", "front", "tls",
+    "nodeAccess",
+)  # fmt: skip
 SECRET_KEYS = ("proxmoxApiToken", "upstreamCredentials")
 
 

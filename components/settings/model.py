@@ -19,6 +19,7 @@ from components.settings.budget import budget_problems
 from components.settings.checks import _Model
 from components.settings.containerd import ContainerdSettings
 from components.settings.errors import SettingsError, key_text, shown
+from components.settings.front import FrontSettings, TlsSettings
 from components.settings.host import HostSettings
 from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSettings
 from components.settings.nodes import Node
@@ -61,6 +62,8 @@ class Settings(_Model):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     nodes: list[Node] = Field(default_factory=list, description="Cluster nodes.")
     containerd: ContainerdSettings = Field(default_factory=ContainerdSettings)
+    front: FrontSettings = Field(default_factory=FrontSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     node_access: NodeAccessSettings = Field(default_factory=NodeAccessSettings)
 
     @model_validator(mode="after")
@@ -96,7 +99,17 @@ class Settings(_Model):
         return CacheHost(vm.ip, vm.ssh_user, vm.disk_gb, True, vm.ssh_host_public_key)
 
     def endpoint(self, upstream: Upstream) -> str:
+        """Where nodes pull this upstream from: the front's HTTPS port, or its plain one with
+        TLS off."""
+        if self.tls.enabled:
+            return self.tls_endpoint(upstream)
+        return self.plain_endpoint(upstream)
+
+    def plain_endpoint(self, upstream: Upstream) -> str:
         return f"http://{self.cache_host.address}:{upstream.port}"
+
+    def tls_endpoint(self, upstream: Upstream) -> str:
+        return f"https://{self.cache_host.address}:{upstream.resolved_tls_port}"
 
     def metrics_url(self, upstream: Upstream) -> str:
         return f"http://{self.cache_host.address}:{upstream.resolved_metrics_port}/metrics"
@@ -181,21 +194,29 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
     problems += _duplicates("upstreams", "host", [_get(u, "host") for u in upstreams])
     problems += _duplicates("upstreams", "container", [_get(u, "container") for u in upstreams])
     port_owner: dict[int, str] = {}
+    tls_enabled = _get(_get(raw, "tls", {}), "enabled", True) is not False
     for index, upstream in enumerate(upstreams):
         port = _int_or_none(_get(upstream, "port"))
-        metrics = _int_or_none(_get(upstream, "metricsPort"))
-        if metrics is None and port is not None:
-            metrics = port + 1
-        for field, value in (("port", port), ("metricsPort", metrics)):
-            if value is None or not 1 <= value <= 65535:
-                if (
-                    field == "metricsPort"
-                    and value is not None
-                    and _get(upstream, "metricsPort") is None
-                ):
+        # Every port the VM listens on for this cache: the front's plain (port) and HTTPS ones,
+        # the registry's metrics, and the registry itself on loopback (a front port with the same
+        # number would collide with it: the front listens on every address).
+        derived = [("metricsPort", 1), ("backendPort", 10000)]
+        if tls_enabled:
+            derived.insert(1, ("tlsPort", 2))
+        fields: list[tuple[str, int | None]] = [("port", port)]
+        for key, offset in derived:
+            value = _int_or_none(_get(upstream, key))
+            if value is None and port is not None and _get(upstream, key) is None:
+                value = port + offset
+                if not 1 <= value <= 65535:
                     problems.append(
-                        f"upstreams[{index}].metricsPort: default port+1 = {value} is out of range"
+                        f"upstreams[{index}].{key}: default port+{offset} = {value} is out of "
+                        f"range (set {key})"
                     )
+                    continue
+            fields.append((key, value))
+        for field, value in fields:
+            if value is None or not 1 <= value <= 65535:
                 continue
             if value == 22:
                 problems.append(f"upstreams[{index}].{field}: {value} clashes with SSH on the VM")

@@ -20,6 +20,14 @@ class Upstream(_Model):
     port: Port = Field(description="Port the cache is published on, on the VM.")
     container: ContainerName = Field(description="Container name on the VM.")
     metrics_port: Port | None = Field(default=None, description="Metrics port; default port+1.")
+    tls_port: Port | None = Field(
+        default=None, description="HTTPS port of the front for this cache; default port+2."
+    )
+    backend_port: Port | None = Field(
+        default=None,
+        description="Where the registry container is published, on the VM's loopback only "
+        "(the front forwards to it); default port+10000.",
+    )
     server: str | None = Field(
         default=None,
         description="Upstream URL; default https://<host> (Docker Hub: registry-1.docker.io).",
@@ -51,6 +59,14 @@ class Upstream(_Model):
     @property
     def resolved_metrics_port(self) -> int:
         return self.metrics_port if self.metrics_port is not None else self.port + 1
+
+    @property
+    def resolved_tls_port(self) -> int:
+        return self.tls_port if self.tls_port is not None else self.port + 2
+
+    @property
+    def resolved_backend_port(self) -> int:
+        return self.backend_port if self.backend_port is not None else self.port + 10000
 
     @property
     def resolved_server(self) -> str:

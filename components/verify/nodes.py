@@ -7,6 +7,7 @@ asks it, whatever other clients pull meanwhile)."""
 from __future__ import annotations
 
 import hashlib
+import ssl
 import time
 import urllib.error
 from collections.abc import Mapping
@@ -48,6 +49,7 @@ def check_node(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    context: ssl.SSLContext | None = None,
     mode: ReadMode = "apply",
     probes: tuple[str, ...] = (),
 ) -> list[Check]:
@@ -147,7 +149,7 @@ def check_node(
             )  # fmt: skip
             continue
         try:
-            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout)
+            cached = repository in _catalog(mirror["endpoint"].rstrip("/"), timeout, context)
         except (urllib.error.URLError, OSError, ValueError) as error:
             checks.append(Check(node.name, where, "pull", False, f"{image}: catalog: {error}",
                                 "the mirror does not answer its catalog", image))  # fmt: skip
@@ -209,6 +211,7 @@ def check_nodes(
     images: list[str],
     ssh_options: list[str],
     timeout: float,
+    context: ssl.SSLContext | None = None,
     mode: ReadMode = "apply",
     vm: bool = True,
 ) -> list[Check]:
@@ -222,7 +225,7 @@ def check_nodes(
     for node in settings.nodes:
         probes = make_probes(mirrors, probe_images)
         node_checks = check_node(
-            settings, node, mirrors, images, ssh_options, timeout, mode,
+            settings, node, mirrors, images, ssh_options, timeout, context, mode,
             tuple(p.reference for p in probes),
         )  # fmt: skip
         # The pulls ran only when the node's check got that far (its own rows say why not).

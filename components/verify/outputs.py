@@ -51,7 +51,7 @@ def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
         endpoint = mirror.get("endpoint") if isinstance(mirror, dict) else None
         if not isinstance(endpoint, str) or not url.fullmatch(endpoint):
             raise ValueError(
-                f"{name}: mirrors.{key_text(host)}.endpoint: expected http://HOST:PORT"
+                f"{name}: mirrors.{key_text(host)}.endpoint: expected http(s)://HOST:PORT"
             )
         metrics = mirror.get("metricsUrl")
         if metrics is not None and not (
@@ -60,6 +60,21 @@ def load_outputs(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(
                 f"{name}: mirrors.{key_text(host)}.metricsUrl: expected http://HOST:PORT/metrics"
             )
+    tls = outputs.get("tls")
+    if tls is not None:
+        certificates = tls.get("caCertificates") if isinstance(tls, dict) else None
+        if not isinstance(tls, dict) or not (
+            certificates is None
+            or (isinstance(certificates, str) and "-----BEGIN CERTIFICATE-----" in certificates)
+        ):
+            raise ValueError(
+                f"{name}: tls: expected {{enabled, caCertificates (PEM), expiryWarningDays, ...}}"
+            )
+    elif any(str(m.get("endpoint", "")).startswith("https://") for m in mirrors.values()):
+        raise ValueError(
+            f"{name}: the mirrors are https:// but there is no 'tls' output (its CA certificates "
+            "are what verify trusts): use the whole `pulumi stack output --json`"
+        )
     vm = outputs.get("registryVm")
     if vm is not None:
         threshold = vm.get("diskUsageThresholdPercent") if isinstance(vm, dict) else None

@@ -8,6 +8,10 @@
 # the settings is removed while directories written by others (certs, hand-made hosts.toml) stay.
 # A hand-made hosts.toml we replace is kept as hosts.toml.registry-mirrors.orig and put back when
 # we stop managing that registry (here or in restore.sh): nothing of the node's is lost.
+# TLS on: stdin starts with the CA certificates of our caches (lib.sh, take_trust_section),
+# written to CA_FILE before any hosts.toml that names it (a hosts.toml naming a missing CA file
+# fails every pull, with no fallback); without them CA_FILE is removed once no file we write
+# names it.
 # CARRY (issue 27, item 5): directories of a previous config_path that containerd read before,
 # one "<digest> <name> <source dir>" a line (components/plan/node_routes.py): every regular file of
 # <source dir> is copied into CONFIG_PATH/<name> (a relative ca/client path in its hosts.toml
@@ -16,17 +20,20 @@
 # REMOVE_ALL, or a later run without it, removes the copies). A source whose files are no longer
 # what the probe read (digest) stops the step before anything is written (exit 3).
 # What we left is recorded in <CONFIG_PATH>/.registry-mirrors-applied: "mark <APPLY_MARK>", then
-# one sha256sum line per file written (each hosts.toml, each carried file). probe.sh checks the
-# files against it: while they are as we left them the program sends the same mark again (no
-# diff); otherwise a new one (the step shows a change and runs).
-# Params (env): CONFIG_PATH; CARRY; APPLY_MARK; REMOVE_ALL=1 ignores stdin and CARRY and lets go of
-# every registry we manage (nodes[].state: restored).
+# one sha256sum line per file written (each hosts.toml, each carried file, CA_FILE). probe.sh
+# checks the files against it: while they are as we left them the program sends the same mark
+# again (no diff); otherwise a new one (the step shows a change and runs): a CA file removed or
+# changed on the node is drift like a hosts.toml.
+# Params (env): CONFIG_PATH; CA_FILE (where the CA certificates go, an absolute path); CARRY;
+# APPLY_MARK; REMOVE_ALL=1 ignores stdin and CARRY and lets go of every registry we manage and of
+# CA_FILE (nodes[].state: restored).
 # stdin: after the script itself (renderers/shell.py stdin_command).
-# Output: key=value lines: written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1. On failure:
-#   a summary first, then all of it on stderr.
+# Output: key=value lines: trust=..., written=<dir>, unchanged=<dir>, removed=<dir>, changed=0|1.
+#   On failure: a summary first, then all of it on stderr.
 set -euo pipefail
 
 : "${CONFIG_PATH:?CONFIG_PATH is required}"
+: "${CA_FILE:=}"
 : "${CARRY:=}"
 : "${APPLY_MARK:=}"
 : "${REMOVE_ALL:=0}"
@@ -59,6 +66,19 @@ managed_before() { [[ -f $manifest ]] && grep -qxF "$1" "$manifest"; }
 changed=0
 : >"$work/wanted"
 
+# stdin, staged: the CA section first (installed once every input is checked, before the files
+# that name it).
+staged="$work/stdin"
+if [[ $REMOVE_ALL == 1 ]]; then : >"$staged"; else cat >"$staged"; fi
+take_trust_section "$staged"
+update_trust() {
+  [[ -n $CA_FILE ]] || return 0
+  local trust
+  trust=$(install_trust "$CA_FILE")
+  echo "$trust"
+  [[ $trust == trust=unchanged || $trust == trust=none ]] || changed=1
+}
+
 # Split stdin into $work/files/<dir> (one file per header), checking every name first.
 mkdir "$work/files"
 current=""
@@ -81,7 +101,7 @@ while IFS= read -r line || [[ -n $line ]]; do
     echo "hosts.sh: stdin does not start with a '# registry-mirrors: <dir>/hosts.toml' line" >&2
     exit 4
   fi
-done < <([[ $REMOVE_ALL == 1 ]] || cat)
+done <"$staged"
 
 # The directories to carry: every one checked before anything is written.
 carry=()
@@ -117,6 +137,9 @@ while read -r digest name source; do
   fi
   carry+=("${name} ${source}")
 done <<<"$CARRY"
+
+# Certificates to trust: in place before any hosts.toml naming them.
+[[ -z $trust_pem ]] || update_trust
 
 while read -r dir; do
   [[ -z $dir ]] && continue
@@ -214,6 +237,9 @@ if [[ -f $manifest ]]; then
   done <"$manifest"
 fi
 
+# No certificates: CA_FILE goes once the files that named it are rewritten or removed.
+[[ -n $trust_pem ]] || update_trust
+
 if [[ -s "$work/wanted" ]]; then
   sort -u "$work/wanted" >"$work/manifest"
   mv -f "$work/manifest" "$manifest"
@@ -236,6 +262,8 @@ else
         (cd "$CONFIG_PATH" && sha256sum "${dir}/hosts.toml")
       fi
     done <"$work/wanted"
+    # The CA file the hosts.toml files name: without it every pull through them fails.
+    if [[ -n $CA_FILE && -f $CA_FILE ]]; then sha256sum "$CA_FILE"; fi
   } >"$work/record"
   mv -f "$work/record" "$record"
 fi

@@ -17,7 +17,8 @@
 #   FILE.registry-mirrors.orig            the very first original, until delete puts it back
 #   FILE.registry-mirrors.absent          ... or the mark that there was no FILE then
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
-#   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied)
+#   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied),
+#                                         then a sha256sum line per file in applied_also
 #   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
 
 # Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
@@ -197,19 +198,14 @@ stage_stdin() {
   cat >"$new"
 }
 
-# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
-# (recording it as applied: the next probe then plans these very inputs again); exit 3 when FILE
-# is no longer what the component planned from (EXPECTED_SHA256; "absent": no FILE then).
-# In that order: the guard of an unchanged node is the checksum of the file it was once made from
-# (see probe.sh), so identical text is "nothing to do, no restart" whatever the guard says.
-skip_or_refuse() {
-  local file=$1 staged=$2 expected=$3 mark=$4 current=absent
-  if [[ -f $file ]] && cmp -s "$staged" "$file"; then
-    record_applied "$file" "$expected" "$mark"
-    echo "changed=0"
-    echo "restarted=0"
-    exit 0
-  fi
+# refuse_if_changed FILE STAGED EXPECTED_SHA256: exit 3 when FILE is no longer what the component
+# planned from (EXPECTED_SHA256; "absent": no FILE then), unless FILE already holds STAGED's text:
+# the guard of an unchanged node is the checksum of the file it was once made from (see
+# probe.sh), so identical text is "nothing to do" whatever the guard says. Changes nothing, so a
+# step calls it before the first write it makes (registries.sh: before the CA file).
+refuse_if_changed() {
+  local file=$1 staged=$2 expected=$3 current=absent
+  [[ -f $file ]] && cmp -s "$staged" "$file" && return 0
   [[ -f $file ]] && current=$(sha256_of "$file")
   if [[ $current != "$expected" ]]; then
     fail_with "${file} changed since the program read it" "nothing: nothing was changed" \
@@ -219,7 +215,21 @@ skip_or_refuse() {
   fi
 }
 
-# install_new FILE STAGED: keep FILE's very first original forever (delete restores it) plus one
+# skip_or_refuse FILE STAGED EXPECTED_SHA256 MARK: exit 0 when FILE already holds STAGED's text
+# (recording it as applied: the next probe then plans these very inputs again); exit 3 as
+# refuse_if_changed does.
+skip_or_refuse() {
+  local file=$1 staged=$2 expected=$3 mark=$4
+  refuse_if_changed "$file" "$staged" "$expected"
+  if [[ -f $file ]] && cmp -s "$staged" "$file"; then
+    record_applied "$file" "$expected" "$mark"
+    echo "changed=0"
+    echo "restarted=0"
+    exit 0
+  fi
+}
+
+# install_new FILE STAGED: keep FILE's very first original forever (`state: restored` restores it) plus one
 # backup per change (sets backup; "" when there was no FILE), then rename STAGED into place with
 # FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
 # credentials). Prints changed=1 backup=.
@@ -249,12 +259,20 @@ install_new() {
 # step left, the guard it was sent and its mark (APPLY_MARK: the program's name for this apply).
 # probe.sh reads it back: while FILE is still what we left, the program sends the same guard and
 # mark again, so an unchanged node shows no diff; once FILE is anything else (edited, put back to
-# the original, ...) it sends a new mark, so the step shows a change and runs.
+# the original, ...) it sends a new mark, so the step shows a change and runs. The files named in
+# applied_also (absolute paths; the CA file registries.sh writes) are recorded too, one sha256sum
+# line each: one of them removed or changed is the same drift as FILE changed.
+applied_also=()
 record_applied() {
-  local file=$1 expected=$2 mark=$3 tmp
+  local file=$1 expected=$2 mark=$3 tmp also
   tmp=$(temp_next_to "$file")
   cleanup+=("$tmp")
-  printf '%s %s %s\n' "$(sha256_of "$file")" "$expected" "$mark" >"$tmp"
+  {
+    printf '%s %s %s\n' "$(sha256_of "$file")" "$expected" "$mark"
+    for also in "${applied_also[@]}"; do
+      [[ -f $also ]] && sha256sum "$also"
+    done
+  } >"$tmp"
   mv -f "$tmp" "${file}.registry-mirrors.applied"
 }
 
@@ -366,4 +384,73 @@ restore_original() {
     exit 5
   fi
   echo "restarted=1"
+}
+
+# --- the CA of our caches ------------------------------------------------------------------------
+# A step's stdin may start with the CA certificates the node must trust for our caches (TLS on):
+#   # registry-mirrors-ca
+#   -----BEGIN CERTIFICATE----- ...
+#   # registry-mirrors-ca-end
+# followed by the step's own stdin. The file that holds them is written BEFORE any file that
+# names it (hosts.toml `ca = [...]`, registries.yaml `tls.ca_file`), and removed when TLS is off.
+
+# take_trust_section STAGED: when STAGED starts with the section, its certificates go to a
+# temporary file (sets trust_pem) and STAGED keeps the rest; trust_pem="" when there is none.
+trust_pem=""
+take_trust_section() {
+  local staged=$1 rest
+  trust_pem=""
+  [[ $(head -n 1 "$staged") == "# registry-mirrors-ca" ]] || return 0
+  trust_pem=$(mktemp)
+  rest=$(mktemp)
+  cleanup+=("$trust_pem" "$rest")
+  awk -v pem="$trust_pem" -v rest="$rest" '
+    NR == 1 { next }
+    !done && $0 == "# registry-mirrors-ca-end" { done = 1; next }
+    !done { print > pem; next }
+    { print > rest }
+    END { if (!done) exit 1 }' "$staged" || {
+    rm -f "$trust_pem" "$rest"
+    fail_with "the CA section of its stdin has no end line" "nothing: nothing was changed" \
+      "report it: the program should never send this"
+    echo "${me}: the CA section of stdin has no end line" >&2
+    exit 4
+  }
+  if ! grep -q -- '-----END CERTIFICATE-----' "$trust_pem"; then
+    rm -f "$trust_pem" "$rest"
+    fail_with "the CA section of its stdin holds no certificate" "nothing: nothing was changed" \
+      "report it: the program should never send this"
+    echo "${me}: the CA section of stdin holds no certificate" >&2
+    exit 4
+  fi
+  cat "$rest" >"$staged"
+  rm -f "$rest"
+}
+
+# install_trust CA_FILE: CA_FILE holds trust_pem's certificates (0644: public; one rename), or,
+# when stdin had no section, CA_FILE is removed (ours: no one else writes that name).
+# Prints trust=written|unchanged|removed|none.
+install_trust() {
+  local ca_file=$1 tmp
+  if [[ -z $trust_pem ]]; then
+    if [[ -e $ca_file ]]; then
+      rm -f "$ca_file"
+      echo "trust=removed"
+    else
+      echo "trust=none"
+    fi
+    return 0
+  fi
+  if [[ -f $ca_file ]] && cmp -s "$trust_pem" "$ca_file"; then
+    rm -f "$trust_pem"
+    echo "trust=unchanged"
+    return 0
+  fi
+  mkdir -p "$(dirname "$ca_file")"
+  tmp=$(temp_next_to "$ca_file")
+  cp "$trust_pem" "$tmp"
+  rm -f "$trust_pem"
+  chmod 0644 "$tmp"
+  mv -f "$tmp" "$ca_file"
+  echo "trust=written"
 }

@@ -38,12 +38,17 @@ original_saved() {
 # PREFIX_applied_record_sha256= (whenever there is a record) lets the program name a new mark when
 # FILE is anything else: edited, or put back to the original by a config manager or a reinstall.
 # All three keys every time (empty when not known): the drop-ins' keys are matched by position.
+# Lines after the first: sha256sum lines of other files the step left with FILE (registries.sh's
+# CA file): any of them not as left is the same as FILE not as left.
 applied() {
-  local record="${2}.registry-mirrors.applied" written="" source="" mark="" record_sha=""
+  local record="${2}.registry-mirrors.applied" written="" source="" mark="" record_sha="" also
   if [[ -f $record ]]; then
     record_sha=$(sha256sum <"$record" | awk '{print $1}')
     read -r written source mark <"$record" || true
+    also=$(tail -n +2 "$record")
     if [[ ! -f $2 || $written != "$(sha256sum <"$2" | awk '{print $1}')" ]]; then
+      source="" mark=""
+    elif [[ -n $also ]] && ! sha256sum -c --status - <<<"$also" 2>/dev/null; then
       source="" mark=""
     fi
   fi
@@ -180,7 +185,8 @@ if [[ -f $manifest ]]; then
 else
   echo "managed_dirs="
 fi
-# What hosts.sh left: "mark <mark>", then a sha256sum line per hosts.toml it wrote. All of them
+# What hosts.sh left: "mark <mark>", then a sha256sum line per file it wrote (each hosts.toml, each
+# carried file, the CA file; relative to CONFIG_PATH, the CA file by its absolute path). All of them
 # as it left them: hosts_applied_mark= (sent again: no diff); else the record's checksum.
 hosts_record="${CONFIG_PATH}/.registry-mirrors-applied"
 if [[ -f $hosts_record ]]; then

@@ -24,10 +24,16 @@
 #   UNIT                 the unit, for its journal on failure
 #   SERVICE_LOG          optional log file of the service to quote on failure (else the journal)
 #   CONTAINERD_LOG       the distribution's containerd log (k3s logs containerd to a file)
-#   APPLY_MARK           recorded with the file (lib.sh record_applied; probe.sh reads it back)
+#   APPLY_MARK           recorded with the file and CA_FILE (lib.sh record_applied; probe.sh
+#                        reads it back)
+#   CA_FILE              where the CA certificates of our caches go (registries.yaml's
+#                        configs.<cache>.tls.ca_file names it); removed when stdin has none
 #   RESTORE              1: no stdin; put back the very first original (nodes[].state:
-#                        restored), restart and wait, like restore.sh for config.toml
-# stdin: the new registries.yaml (not read with RESTORE=1), after the script itself.
+#                        restored), restart and wait, like restore.sh for config.toml; CA_FILE
+#                        removed
+# stdin: after the script itself: TLS on, the CA section (lib.sh, take_trust_section) written to
+# CA_FILE before the restart that makes the distribution read it; then the new registries.yaml
+# (not read with RESTORE=1).
 # Output: key=value lines: changed=0|1 restarted=0|1 backup=PATH rolled_back=0|1 (restored=0|1).
 #   On failure: a summary first, then all of it on stderr.
 # Exit: 0 ok; 2 not root; 3 edited since probe; 5 failed, previous file restored and the
@@ -49,6 +55,7 @@ set -euo pipefail
 : "${CONTAINERD_LOG:=}"
 : "${APPLY_MARK:=}"
 : "${RESTORE:=0}"
+: "${CA_FILE:=}"
 
 # shellcheck source=scripts/node/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -92,11 +99,22 @@ distribution_error_text() {
 
 if [[ $RESTORE == 1 ]]; then
   restore_original "$REGISTRIES_FILE" distribution_error_text
+  [[ -z $CA_FILE ]] || rm -f "$CA_FILE"
   exit 0
 fi
 
 : "${EXPECTED_SHA256:?EXPECTED_SHA256 is required}"
 stage_stdin "$REGISTRIES_FILE"
+take_trust_section "$new"
+# Nothing is written (the CA file included) when registries.yaml changed since the probe.
+refuse_if_changed "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256"
+# The CA file before anything that names it; a changed CA alone needs no restart (containerd reads the file
+# on every connection), and registries.yaml is then unchanged. Recorded with registries.yaml
+# (record_applied): a CA file removed or changed on the node is drift, the step runs again.
+if [[ -n $CA_FILE ]]; then
+  install_trust "$CA_FILE"
+  [[ ! -f $CA_FILE ]] || applied_also=("$CA_FILE")
+fi
 skip_or_refuse "$REGISTRIES_FILE" "$new" "$EXPECTED_SHA256" "$APPLY_MARK"
 require_member_healthy
 install_new "$REGISTRIES_FILE" "$new"

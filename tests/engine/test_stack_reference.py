@@ -4,9 +4,10 @@ Two stacks on one file backend, each its own project and program, run by the rea
 producer is a stack of this project made from stacks/Pulumi.dev.yaml; the consumer is the
 example's own ``consumer.build`` with the example's Pulumi.yaml.
 
-Which producer outputs are the real program's: ``containerd``, ``registriesYaml`` and
-``talosPatch`` are exported by ``components.program.rendered_exports``, the very function
-``program.run`` exports them with (pure renderers over the settings). ``mirrors`` has the value
+Which producer outputs are the real program's: ``containerd``, ``registriesYaml``, ``talosPatch``
+and ``tls`` are exported by ``components.program.rendered_exports``, the very function
+``program.run`` exports them with (pure renderers over the settings and the CA certificates the
+VM made; here a stand-in certificate text, as no VM made one). ``mirrors`` has the value
 ``program.run`` exports (``mirrors_export`` of the settings), but the program exports it only once
 every cache container exists (pulumi-docker resources): here it is exported directly. The other
 outputs (``registryVm``, ``nodes``, ``rollout``) need the VM, the caches or the nodes and are not
@@ -48,10 +49,14 @@ def load_consumer() -> ModuleType:
     return module
 
 
+# What the VM's trust step prints (public): only carried, never parsed, on this path.
+CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIB...engine-test\n-----END CERTIFICATE-----\n"
+
+
 def producer_program(exported: dict) -> Callable[[], None]:
     def run() -> None:
         settings = stack_config.load().settings
-        outputs = {**rendered_exports(settings), "mirrors": mirrors_export(settings)}
+        outputs = {**rendered_exports(settings, CA_PEM), "mirrors": mirrors_export(settings)}
         exported.update(outputs)
         for key, value in outputs.items():
             pulumi.export(key, value)
@@ -84,17 +89,21 @@ def test_the_consumer_reads_the_producer_stack_outputs(tmp_path: Path) -> None:
     producer.up()
     outputs = {key: value.value for key, value in producer.stack.outputs().items()}
     assert outputs == exported
-    assert set(outputs) == {"containerd", "registriesYaml", "talosPatch", "mirrors"}
+    assert set(outputs) == {"containerd", "registriesYaml", "talosPatch", "tls", "mirrors"}
 
     consumer = consumer_stack(engine, tmp_path, producer.backend, f"organization/{PROJECT}/dev")
     consumer.up()
     read = {key: value.value for key, value in consumer.stack.outputs().items()}
 
-    # The consumer's cloud-init fragment carries every hosts.toml the producer exported.
+    # The consumer's cloud-init fragment carries the CA file first (every hosts.toml names it),
+    # then every hosts.toml the producer exported.
     assert read["nodeCloudInit"].startswith("#cloud-config\n")
-    files = {f["path"]: f for f in yaml.safe_load(read["nodeCloudInit"])["write_files"]}
+    written_files = yaml.safe_load(read["nodeCloudInit"])["write_files"]
+    files = {f["path"]: f for f in written_files}
     containerd = outputs["containerd"]
-    assert set(files) == {
+    ca_path = containerd["caFile"]["path"]
+    assert written_files[0]["path"] == ca_path and files[ca_path]["content"] == CA_PEM
+    assert set(files) == {ca_path} | {
         f"{containerd['configPath']}/{directory}/hosts.toml"
         for directory in containerd["hostsToml"]
     }
@@ -106,7 +115,8 @@ def test_the_consumer_reads_the_producer_stack_outputs(tmp_path: Path) -> None:
     assert read["mirrorEndpoints"] == {
         host: mirror["endpoint"] for host, mirror in outputs["mirrors"].items()
     }
-    assert read["mirrorEndpoints"]["docker.io"] == "http://10.0.20.10:5000"
+    assert read["mirrorEndpoints"]["docker.io"] == "https://10.0.20.10:5002"
+    assert read["k3sCaFile"] == {"path": "/etc/rancher/registry-mirrors-ca.pem", "pem": CA_PEM}
 
     # The reference is a resource of the consumer's stack, pointing at the producer.
     (reference,) = [r for r in consumer.resources() if r["type"] == "pulumi:pulumi:StackReference"]

@@ -42,14 +42,18 @@ def fleet_up(
     hosts: Mapping[str, NodeHost],
     agent_socket: str,
     state: list[Registered] | None = None,
+    ca_pem: str | None = None,
 ) -> Up:
-    """``hosts``: the test host of each node name that can be reached (a held node needs none)."""
+    """``hosts``: the test host of each node name that can be reached (a held node needs none).
+    ``ca_pem``: with TLS on, the CA certificates the VM's trust step would print (they go on the
+    hosts and registries steps' stdin, as in the program)."""
     plans = plan_fleet(settings, ssh_runner(agent_socket))
     mocks = install_mocks()
     built: dict[str, ContainerdMirrors] = {}
 
     def body() -> pulumi.Output[Any]:
-        mirrors = ContainerdMirrors(NAME, settings, plans, agent_socket)
+        trust = pulumi.Output.from_input(ca_pem) if ca_pem is not None else None
+        mirrors = ContainerdMirrors(NAME, settings, plans, agent_socket, trust_bundle=trust)
         built["mirrors"] = mirrors
         urns = [step.urn for steps in mirrors.commands.values() for step in steps.values()]
         return pulumi.Output.all(*urns, *[gate.urn for gate in mirrors.gates])

@@ -170,6 +170,9 @@ class RegistryProcess:
     metrics_port: int | None
     host: str = LOOPBACK
     major: int = DEFAULT_MAJOR
+    # Where /metrics listens when not on ``host`` (the VM: the registry on loopback behind the
+    # front, its metrics on the public address).
+    metrics_host: str | None = None
 
     @property
     def url(self) -> str:
@@ -184,7 +187,7 @@ class RegistryProcess:
     def metrics_url(self) -> str | None:
         if self.metrics_port is None:
             return None
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return f"http://{self.metrics_host or self.host}:{self.metrics_port}/metrics"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -209,14 +212,20 @@ def terminate(process: subprocess.Popen[Any], grace: float) -> None:
 
 
 def listen_config(
-    config: Mapping[str, Any], port: int, metrics_port: int | None, *, host: str = LOOPBACK
+    config: Mapping[str, Any],
+    port: int,
+    metrics_port: int | None,
+    *,
+    host: str = LOOPBACK,
+    metrics_host: str | None = None,
 ) -> dict[str, Any]:
-    """``config`` with its listen addresses moved to ``host`` (nothing else changed)."""
+    """``config`` with its listen addresses moved to ``host`` (metrics: ``metrics_host``, default
+    ``host``); nothing else changed."""
     result = copy.deepcopy(dict(config))
     http = result.setdefault("http", {})
     http["addr"] = f"{host}:{port}"
     if "debug" in http and metrics_port is not None:
-        http["debug"]["addr"] = f"{host}:{metrics_port}"
+        http["debug"]["addr"] = f"{metrics_host or host}:{metrics_port}"
     return result
 
 
@@ -227,6 +236,7 @@ def start_registry(
     host: str = LOOPBACK,
     port: int | None = None,
     metrics_port: int | None = None,
+    metrics_host: str | None = None,
     major: int = DEFAULT_MAJOR,
     timeout: float = 10.0,
 ) -> RegistryProcess:
@@ -251,7 +261,11 @@ def start_registry(
     elif metrics_port is None:
         metrics_port = port + 1 if fixed_port else free_port(host)
     config_path = workdir / "config.yml"
-    config_path.write_text(yaml.safe_dump(listen_config(config, port, metrics_port, host=host)))
+    config_path.write_text(
+        yaml.safe_dump(
+            listen_config(config, port, metrics_port, host=host, metrics_host=metrics_host)
+        )
+    )
     log_path = workdir / "registry.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -262,7 +276,9 @@ def start_registry(
             # The container's environment (e.g. no trace export for 3.x), as in production.
             env={**os.environ, **DISTRIBUTIONS[major].env},
         )
-    registry = RegistryProcess(process, config_path, log_path, port, metrics_port, host, major)
+    registry = RegistryProcess(
+        process, config_path, log_path, port, metrics_port, host, major, metrics_host
+    )
     try:
         wait_until_answers(f"{registry.url}/v2/", timeout, process)
     except RegistryStartError as error:

@@ -39,6 +39,7 @@ from bench.registry_api import PLATFORMS as REGISTRY_PLATFORMS
 from bench.registry_api import Catalog, CatalogImage, RegistryClient, build_catalog
 from bench.registry_api import client as registry_client
 from components.renderers import maintenance
+from components.renderers.front_proxy import Front, FrontCache
 from components.renderers.registry_config import (
     DISTRIBUTIONS,
     STOP_TIMEOUT_SECONDS,
@@ -47,7 +48,9 @@ from components.renderers.registry_config import (
 )
 from components.renderers.shell import SCRIPTS_DIR
 from components.settings import DEFAULT_UPSTREAMS, RegistrySettings, Upstream
+from tests.integration.blob_client import request
 from tests.integration.docker_standin import FAKE_DOCKER
+from tests.integration.front_proc import make_test_ca, running_front
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import (
     RegistryProcess,
@@ -525,6 +528,69 @@ def _gc_procedure(
     _pull_children_by_digest(f"127.0.0.1:{port}", repository, image, tmp_path)
     for digest in image.blob_digests:
         assert _blob_path(storage, digest).exists(), f"GC removed {digest}"
+
+
+@MAJORS
+def test_behind_the_tls_front_it_pulls_through_serves_upstream_down_and_after_gc_by_digest(
+    major: int, upstream_store: UpstreamStore, tmp_path: Path
+) -> None:
+    """The rendered config of each major behind the rendered front (the real traffic_server),
+    reached only over TLS, the client trusting exactly the test CA (the certificate's IP SAN is
+    the address it dials): a pull through the cache; GC with the real maintenance script (the
+    front answers 503 while the registry is stopped, so a node takes its next host); then, with
+    the upstream stopped, the tag and every multi-arch child by digest from the cache alone. The
+    plain port (plain HTTP off) refuses."""
+    upstream = DEFAULT_UPSTREAMS[0]
+    name, image, repository = upstream.container, upstream_store.image, _repository(upstream)
+    ca = make_test_ca(tmp_path / "ca")
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_text(ca.ca_cert.read_text())
+    port, metrics_port = free_port(), free_port()
+    front = Front((FrontCache(name, free_port(), port, free_port()),), pem_file=str(ca.pem),
+                  plain_http=False, storage_mb=128)  # fmt: skip
+    cache = front.caches[0]
+    address = f"127.0.0.1:{cache.tls_port}"
+
+    def pull(reference: str, dest: str, *, all_platforms: bool = True) -> None:
+        extra = ["--all"] if all_platforms else []
+        source, target = f"docker://{address}/{reference}", f"oci:{tmp_path / dest}:pulled"
+        pulled = _skopeo("copy", *extra, f"--src-cert-dir={certs}", source, target)
+        assert pulled.returncode == 0, pulled.stderr
+
+    with _vm_layout(tmp_path, major) as vm, running_front(front, tmp_path / "front") as proc:
+        storage = vm.data_root / name
+        with upstream_store.serve("up-tls") as origin:
+            config = listen_config(
+                _proxy_config(upstream, storage, origin.url, major), port, metrics_port
+            )
+            (vm.config_root / name).mkdir(parents=True)
+            (vm.config_root / name / "config.yml").write_text(yaml.safe_dump(config))
+            subprocess.run([vm.env["REGISTRY_DOCKER"], "start", name], env=vm.env, check=True)
+            wait_until_answers(f"http://127.0.0.1:{port}/v2/")
+
+            pull(f"{repository}:1", "first")
+            assert _pulled_index_digest(tmp_path / "first") == image.index_digest
+            for digest in image.blob_digests:
+                _wait_for(_blob_path(storage, digest).exists, f"{digest} cached")
+
+            gc = vm.run("gc", name)
+            assert gc.returncode == 0, gc.stderr
+            assert "garbage collection done" in gc.stderr
+            wait_until_answers(f"http://127.0.0.1:{port}/v2/")
+
+        assert not answers(f"{origin.url}/v2/")
+        pull(f"{repository}:1", "again")
+        assert _pulled_index_digest(tmp_path / "again") == image.index_digest
+        pull(f"{repository}@{image.index_digest}", "by-index")
+        for platform, digest in image.manifest_digests.items():
+            pull(f"{repository}@{digest}", platform.replace("/", "-"), all_platforms=False)
+        # The registry stopped (as during GC): the front says 503 at once.
+        subprocess.run([vm.env["REGISTRY_DOCKER"], "stop", name], env=vm.env, check=True)
+        status, _h, _b = request(f"https://{address}", "GET", f"/v2/{repository}/manifests/1",
+                                 ca_file=str(ca.ca_cert))  # fmt: skip
+        assert status == 503
+        assert request(proc.url(cache), "GET", "/v2/")[0] == 403
 
 
 # --- every stop drains: a pull in flight completes, a new one is refused at once ----------------

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from components.fleet import read_node, ssh_runner
-from components.plan.node_plan import RegistriesPlan, plan_registries
+from components.plan.node_plan import RegistriesPlan, plan_registries, role_to_send
 from components.plan.node_probe import parse_probe, parse_step_result
 from components.plan.node_steps import (
     NodeStepError,
@@ -35,15 +35,16 @@ from components.renderers.flavours import FLAVOURS
 from components.settings import Node, Settings
 from tests.integration import cri_client
 from tests.integration.containerd_versions import V2_1
+from tests.integration.front_proc import TestCa, make_test_ca
 from tests.integration.oci_image import MultiArchImage, build_multiarch_image
 from tests.integration.registry_proc import RegistryProcess, running_registry
 from tests.integration.test_node_e2e import (
     UPSTREAM_PORTS,
     make_settings,
-    proxy_config,
     push,
     registry_vm,
     run_verify_nodes,
+    serve_caches,
     upstream_registry_config,
 )
 from tests.integration.testhost import NodeHost, node_host
@@ -83,6 +84,13 @@ class K3sWorld:
     settings: Settings
     node: Node
     registries: dict[str, RegistryProcess]
+    # The CA the caches' certificate comes from, as the VM's trust step prints it.
+    ca: TestCa
+
+    @property
+    def ca_file(self) -> Path:
+        """The node's /etc/rancher/registry-mirrors-ca.pem, seen from the host."""
+        return self.host.etc_upper / "rancher" / "registry-mirrors-ca.pem"
 
     def probe(self) -> str:
         """Read the node exactly as the program does while it runs (preview included)."""
@@ -91,8 +99,12 @@ class K3sWorld:
     def plan(self) -> RegistriesPlan:
         return plan_registries(self.settings, self.node, self.probe())
 
+    def send(self, plan: RegistriesPlan) -> Any:
+        """The registries step as the component sends it (TLS on: the CA in front of stdin)."""
+        return self.host.run_step(role_to_send(plan, "registries", self.ca.ca_cert.read_text()))
+
     def apply(self, plan: RegistriesPlan) -> Any:
-        result = self.host.run_step(plan.registries)
+        result = self.send(plan)
         check_step(self.node, "registries", result.returncode, result.stderr)
         return parse_step_result(result.stdout)
 
@@ -124,10 +136,11 @@ def k3s_world(
         node = settings.nodes[0]
         with contextlib.ExitStack() as running:
             registries: dict[str, RegistryProcess] = {}
+            addr = host.host_address
+            ca = make_test_ca(tmp_path / "ca", ip=addr, days=90)
             if images is not None:
                 require_binary("docker-registry")
                 require_binary("skopeo")
-                addr = host.host_address
                 upstream_dir = tmp_path / "docker-upstream"
                 registries["docker-upstream"] = running.enter_context(
                     running_registry(
@@ -139,24 +152,19 @@ def k3s_world(
                 )
                 for image in images.values():
                     push(image, registries["docker-upstream"], "library/x")
-                docker_io = settings.upstreams[0]
-                proxy_dir = tmp_path / "docker-proxy"
-                registries["docker-proxy"] = running.enter_context(
-                    running_registry(
-                        proxy_config(settings, docker_io, proxy_dir),
-                        proxy_dir,
-                        host=addr,
-                        port=docker_io.port,
-                    )
+                # The Docker Hub cache behind the rendered front, as the VM serves it.
+                running.enter_context(
+                    serve_caches(settings, tmp_path, ca, addr, settings.upstreams[:1], registries)
                 )
             # The broken state: the person's file with the wildcard, k3s running with it.
+            # (made while the caches spoke plain HTTP: the wildcard names the plain port)
             host.registries_file.write_text(
-                users_registries_yaml(settings.endpoint(settings.upstreams[0]))
+                users_registries_yaml(settings.plain_endpoint(settings.upstreams[0]))
             )
             start = host.ssh(host.restart_command)
             assert start.returncode == 0, start.stderr + host.service_log.read_text()
             _wait_cri_ok(host)
-            yield K3sWorld(host, settings, node, registries)
+            yield K3sWorld(host, settings, node, registries, ca)
 
 
 def _wait_cri_ok(host: NodeHost, timeout: float = 20) -> None:
@@ -273,7 +281,10 @@ def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
             data["mirrors"]["registry.example.com"]
             == yaml.safe_load(before)["mirrors"]["registry.example.com"]
         )
-        assert data["configs"] == yaml.safe_load(before)["configs"]
+        ours = {k for k in data["configs"] if k.startswith(f"{host.host_address}:")}
+        assert {k: v for k, v in data["configs"].items() if k not in ours} == yaml.safe_load(
+            before
+        )["configs"]
         assert "# Written by hand on the node: keep this comment." in written
         assert (
             host.registries_file.parent / "registries.yaml.registry-mirrors.orig"
@@ -286,9 +297,20 @@ def test_merge_restart_generated_hosts_and_a_cri_pull_through_the_cache(
             assert first == f'[host."{world.settings.endpoint(upstream)}/v2"]'
         assert not (host.generated_hosts_dir / "_default").exists()
 
+        # Over TLS, trusting exactly our CA: the file the step wrote before the restart, named
+        # by registries.yaml and by the hosts.toml k3s generated from it.
+        assert (
+            cache == f"https://{host.host_address}:{world.settings.upstreams[0].resolved_tls_port}"
+        )
+        assert world.ca_file.read_text() == world.ca.ca_cert.read_text()
+        assert data["configs"][cache.removeprefix("https://")] == {
+            "tls": {"ca_file": "/etc/rancher/registry-mirrors-ca.pem"}
+        }
+        generated = (host.generated_hosts_dir / "docker.io" / "hosts.toml").read_text()
+        assert 'ca = ["/etc/rancher/registry-mirrors-ca.pem"]' in generated
+        assert "skip_verify" not in generated
         world.pull("docker.io/library/x:1")
         assert world.registries["docker-proxy"].log().count("ns=docker.io") > 0
-        assert cache.endswith(f":{world.settings.upstreams[0].port}")
 
 
 def test_reapply_is_a_no_op_without_restart(tmp_path: Path) -> None:
@@ -318,10 +340,13 @@ def test_edit_between_probe_and_apply_aborts(tmp_path: Path) -> None:
         plan = world.plan()
         edited = world.host.registries_file.read_text() + "# edited\n"
         world.host.registries_file.write_text(edited)
-        result = world.host.run_step(plan.registries)
+        result = world.send(plan)  # TLS on: the CA section in front of stdin
         assert result.returncode == 3
         assert "changed since it was probed" in result.stderr
+        assert "nothing was changed" in result.stdout + result.stderr
         assert world.host.registries_file.read_text() == edited
+        # Nothing means nothing: the CA file comes after the check (it was written before it).
+        assert not world.ca_file.exists()
 
 
 def test_a_file_the_distribution_refuses_is_rolled_back_with_its_own_error(tmp_path: Path) -> None:
@@ -376,12 +401,11 @@ def test_a_generated_hosts_toml_without_our_cache_is_rolled_back(tmp_path: Path)
         # Another port in the expectation than the one written: the generated file names 5000.
         settings = make_settings(host)
         plan = plan_registries(settings, world.node, world.probe())
-        wrong = plan.registries.command.replace(
-            f"docker.io=http://{host.host_address}:5000",
-            f"docker.io=http://{host.host_address}:5999",
-        )
-        assert wrong != plan.registries.command
-        result = host.ssh(wrong, plan.registries.stdin)
+        sent = role_to_send(plan, "registries", world.ca.ca_cert.read_text())
+        cache = settings.endpoint(settings.upstreams[0])
+        wrong = sent.command.replace(f"docker.io={cache}", f"docker.io={cache}9")
+        assert wrong != sent.command
+        result = host.ssh(wrong, sent.stdin)
         assert result.returncode == 5, result.stderr
         assert "does not try our cache" in result.stderr
         assert host.registries_file.read_text() == before
@@ -421,6 +445,44 @@ def test_a_node_back_on_its_original_registries_yaml_is_planned_again_and_brough
             assert world.plan().registries == reverted.registries
 
 
+def test_a_ca_file_removed_or_changed_on_the_node_is_planned_again_and_written_back(
+    tmp_path: Path,
+) -> None:
+    """TLS on: the CA file registries.yaml names is recorded with it (lib.sh record_applied,
+    applied_also). Removed or changed on the node, the step shows a change (a new mark) and
+    writes it back with no restart (registries.yaml is as it was); as left, the very same step
+    (control)."""
+    _prerequisites()
+    with k3s_world(tmp_path, None) as world:
+        host = world.host
+        first = world.plan()
+        world.apply(first)
+        pem = world.ca_file.read_text()
+        pid = host.containerd_pid
+        steady = world.plan()
+        assert world.plan().registries == steady.registries  # as left: no diff (control)
+
+        # On the node (its /etc is an overlay: a change made in the upper directory from outside
+        # is not seen through the mounted overlay).
+        node_ca = "/etc/rancher/registry-mirrors-ca.pem"
+        for drift, command in (
+            ("remove", f"rm {node_ca}"),
+            ("change", f"sed -i 's/A/B/' {node_ca}"),
+        ):
+            done = host.ssh(command)
+            assert done.returncode == 0, done.stderr
+            drifted = world.plan()
+            assert drifted.registries != steady.registries, drift
+            assert drifted.registries.content == steady.registries.content, drift
+            assert any("is not what the last apply left" in line for line in drifted.summary)
+            result = world.apply(drifted)
+            assert (result.changed, result.restarted) == (False, False), drift
+            assert world.ca_file.read_text() == pem
+            steady = world.plan()
+            assert world.plan().registries == steady.registries
+        assert host.containerd_pid == pid
+
+
 def test_state_restored_puts_the_original_file_back(tmp_path: Path) -> None:
     _prerequisites()
     with k3s_world(tmp_path, None) as world:
@@ -428,6 +490,7 @@ def test_state_restored_puts_the_original_file_back(tmp_path: Path) -> None:
         original = host.registries_file.read_text()
         world.apply(world.plan())
         assert host.registries_file.read_text() != original
+        assert world.ca_file.exists()
 
         delete = host.run_step(
             restore_registries_step(world.settings, world.node, FLAVOURS["k3s-server"])
@@ -436,6 +499,7 @@ def test_state_restored_puts_the_original_file_back(tmp_path: Path) -> None:
 
         assert "restored=1" in delete.stdout and "restarted=1" in delete.stdout
         assert host.registries_file.read_text() == original
+        assert not world.ca_file.exists()  # ours, named only by what was just restored away
         assert not (host.registries_file.parent / "registries.yaml.registry-mirrors.orig").exists()
         assert host.cri_status() == "ok"
         # The distribution regenerated its certs.d from the original: the wildcard is back.
@@ -460,6 +524,7 @@ def test_verify_nodes_knows_the_flavour_and_proves_a_pull_went_through_the_cache
             after = run_verify_nodes(
                 docker_io, world.host, tmp_path, "docker.io/library/x:2",
                 mirror_images=("docker.io=library/x:1",), vm=vm,
+                ca_pem=world.ca.ca_cert.read_text(),
             )  # fmt: skip
 
         assert after.returncode == 0, after.stdout + after.stderr

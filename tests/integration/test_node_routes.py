@@ -65,7 +65,7 @@ def test_a_foreign_wildcard_mirror_becomes_default_hosts_toml(world: World) -> N
         assert "server" not in default and list(default["host"]) == [f"http://{addr}:{NEXUS_PORT}"]
         # Our upstreams: our cache, then the node's own route, then the upstream.
         docker = tomllib.loads(plan.hosts_files["docker.io"])
-        ours = f"http://{host.host_address}:5000"
+        ours = world.settings.endpoint(world.settings.upstreams[0])  # https://IP:5002, TLS on
         assert list(docker["host"]) == [ours, f"http://{addr}:{NEXUS_PORT}"]
         world.apply(plan)
         assert host.cri_status() == "ok"

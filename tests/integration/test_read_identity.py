@@ -32,7 +32,7 @@ import pytest
 
 from components.fleet import FleetReadError, NodeRead, ReadMode, plan_fleet, run_read, ssh_runner
 from components.plan import read_access
-from components.plan.node_plan import AnyPlan
+from components.plan.node_plan import AnyPlan, step_to_send
 from components.plan.node_steps import check_step, verify_step
 from components.renderers.flavours import FLAVOURS
 from components.renderers.read_access import FORCED_COMMAND, GATE, INSTALL_DIR, authorized_keys
@@ -643,7 +643,9 @@ def test_verify_nodes_works_with_the_read_key_alone(world: World) -> None:
     # The rollout, read access included, with the apply key.
     [plan] = plan_fleet(settings, ssh_runner(world.host.agent_socket)).values()
     for step in plan.steps:
-        result = world.host.run_step(step.create)
+        # With TLS on (the default) the CA in front of the hosts step's stdin, as the program
+        # sends it.
+        result = world.host.run_step(step_to_send(step, world.ca_pem))
         check_step(world.node, step.role, result.returncode, result.stderr)
 
     options = ("--identity", "read", "--ssh-option=-oIdentitiesOnly=yes")
@@ -652,13 +654,13 @@ def test_verify_nodes_works_with_the_read_key_alone(world: World) -> None:
         passed = run_verify_nodes(
             settings, world.host, world.workdir, "docker.io/library/x:2",
             mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
-            env=env_without_agent, vm=vm,
+            env=env_without_agent, vm=vm, ca_pem=world.ca_pem,
         )  # fmt: skip
         # The control: an image of a registry without a cache is not the read key's to pull.
         refused = run_verify_nodes(
             settings, world.host, world.workdir, "quay.io/org/z:1",
             mirror_images=MIRROR_IMAGES, ssh_key=read_key, extra_args=options,
-            env=env_without_agent, vm=vm,
+            env=env_without_agent, vm=vm, ca_pem=world.ca_pem,
         )  # fmt: skip
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert f"{READ_USER}@{world.host.node_address}" in passed.stdout

@@ -6,10 +6,14 @@ The metrics rows are what the README shows (see README: Operating it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.renderers.front_proxy import Front, FrontCache
 from components.renderers.registry_config import render_registry_config
 from components.settings import DEFAULT_UPSTREAMS, RegistrySettings, Upstream
+from tests.integration.front_proc import TestCa, make_test_ca, running_front
 from tests.integration.oci_image import build_multiarch_image
 from tests.integration.registry_proc import (
     RegistryProcess,
@@ -268,3 +274,81 @@ def test_vm_cache_disk_over_ssh_against_the_threshold(mirrors: Mirrors, tmp_path
     assert crossed.returncode == 1
     assert "FAIL" in _row(crossed.stdout, "registry-vm", "disk")
     assert "registry.cacheBudget" in crossed.stderr
+
+
+# --- TLS: the handshake as a node makes it, the names, the days left ---------------------------
+@pytest.mark.parametrize(
+    ("case", "served", "trusted", "result"),
+    [
+        ("valid", {"days": 90}, "same", "ok"),
+        ("renewal-missed", {"days": 5}, "same", "fewer than 21"),
+        ("expired", {"window": ("20200101000000Z", "20200201000000Z")}, "same",
+         "TLS: certificate has expired"),
+        ("other-ca", {"days": 90}, "other", "TLS: unable to get local issuer certificate"),
+    ],
+)  # fmt: skip
+def test_tls_row_reports_the_certificate_before_it_bites(
+    mirrors: Mirrors, tmp_path: Path, case: str, served: dict, trusted: str, result: str
+) -> None:
+    """verify trusts exactly the CA in the `tls` output, as nodes do: a certificate with fewer
+    days left than tls.expiryWarningDays fails (the hourly renewal is not working) while it still
+    serves; an expired one, or one from another CA (a VM recreated, the nodes not yet updated:
+    they would bypass the cache), fails the handshake with the reason."""
+    ca = make_test_ca(tmp_path / "ca", **served)
+    trust = ca if trusted == "same" else make_test_ca(tmp_path / "other", name="other", days=90)
+    proxy = mirrors.proxies[HUB.host]
+    front = Front((FrontCache("registry", free_port(), proxy.port, free_port()),),
+                  pem_file=str(ca.pem), plain_http=False, storage_mb=128)  # fmt: skip
+    # traffic_server refuses to start with an expired certificate ("failed to load SSL
+    # certificate file"): the one that expired while it ran is served by a bare TLS socket.
+    tls_port = front.caches[0].tls_port
+    assert tls_port is not None
+    serving = (
+        _bare_tls_server(ca, tls_port)
+        if case == "expired"
+        else running_front(front, tmp_path / "front")
+    )
+    with serving:
+        outputs = mirrors.outputs(tls={"enabled": True, "expiryWarningDays": 21,
+                                       "caCertificates": trust.ca_cert.read_text()})  # fmt: skip
+        https = f"https://127.0.0.1:{tls_port}"
+        outputs["mirrors"] = {HUB.host: {**outputs["mirrors"][HUB.host], "endpoint": https}}
+        checked = _verify(tmp_path, outputs, "--image", "docker.io=library/probe:1", "--no-vm")
+    row = _row(checked.stdout, HUB.host, "tls")
+    if result == "ok":
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert " ok " in row and "IP Address 127.0.0.1; " in row and "days left" in row
+        assert "library/probe:1 -> sha256:" in checked.stdout  # the API over the same TLS
+    else:
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        assert "FAIL" in row and result in row, row
+    if case == "other-ca":
+        assert "nodes trusting that CA bypass this cache" in checked.stderr
+
+
+@contextlib.contextmanager
+def _bare_tls_server(ca: TestCa, port: int) -> Iterator[None]:
+    """Handshakes with ``ca``'s server certificate on 127.0.0.1:``port`` until the block ends."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(ca.server_cert, ca.pem)
+    listener = socket.create_server(("127.0.0.1", port))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), context.wrap_socket(connection, server_side=True):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -49,6 +49,9 @@ class Tier:
     public_key: str
     seed: dict[str, str]
     timings: dict[str, float]
+    front_output: str = ""
+    # What the trust step printed: the CA certificate the VM made (on the guest at GUEST_CA too).
+    ca_pem: str = ""
 
     def run(self, step: Step, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         """A remote.Command's create step, as pulumi-command runs it: over a connection that
@@ -63,6 +66,9 @@ class Tier:
 
 
 TIMINGS: dict[str, float] = {}
+# Where the tier keeps the CA certificate on the guest, for curl --cacert (never on the VM's
+# own paths: the program does not put it there).
+GUEST_CA = "/tmp/registry-mirrors-tier-ca.pem"
 
 
 def pytest_sessionstart(session: Any) -> None:
@@ -192,6 +198,11 @@ def caches(ready: Tier) -> Tier:
     archive = registry_image.build_registry_archive(major, tier.stack.image, tier.workdir)
     tier.guest.upload(archive, "docker load")
     started = time.monotonic()
+    # The CA and a first certificate, made on the guest (its key never leaves it).
+    trust = tier.run(tier.stack.step("-tls-trust"))
+    assert trust.returncode == 0, trust.stderr
+    tier.ca_pem = trust.stdout
+    tier.guest.check(f"cat > {GUEST_CA}", trust.stdout)
     create_containers(tier, tier.stack)
     states = wait_healthy(tier.guest, list(tier.stack.containers))
     tier.timings["containers healthy"] = time.monotonic() - started
@@ -201,12 +212,23 @@ def caches(ready: Tier) -> Tier:
             "docker ps -a; for c in $(docker ps -aq); do docker logs --tail 20 $c; done"
         ).stdout
     )
+    # The front (Apache Traffic Server from the guest's apt): the step that runs once every
+    # container has moved its registry to the VM's loopback.
+    front = tier.run(tier.stack.step("mirrors-front"))
+    assert front.returncode == 0, (
+        front.stderr
+        + tier.guest.ssh(
+            "sudo journalctl -u trafficserver --no-pager | tail -n 30; "
+            "sudo tail -n 30 /var/log/trafficserver/diags.log"
+        ).stdout
+    )
+    tier.front_output = front.stdout
     return tier
 
 
 @pytest.fixture(scope="session")
 def maintenance(caches: Tier) -> Tier:
-    for suffix in ("-maintenance-script", "-maintenance-cron"):
+    for suffix in ("-maintenance-script", "-tls-script", "-maintenance-cron"):
         result = caches.run(caches.stack.step(suffix))
         assert result.returncode == 0, f"{suffix}: {result.stderr}"
     # The tier runs the jobs itself, at moments it chooses; cron's own schedule (hourly restarts,

@@ -20,6 +20,7 @@ from typing import Any
 
 import pulumi
 
+from components.front_switch import FrontSwitch
 from components.registry_mirrors import RegistryMirrors
 from components.registry_vm import RegistryVm, RegistryVmArgs
 from components.settings import Settings
@@ -86,7 +87,14 @@ def capture(settings: Settings, host_key: HostKey | None = None) -> StackResourc
         mirrors = RegistryMirrors(
             "registry-mirrors", settings=settings, ssh=registry_vm.ssh, ready=registry_vm.ready
         )
-        return pulumi.Output.all(mirrors.mirrors, mirrors.maintenance.id, registry_vm.ready.id)
+        waits = [mirrors.mirrors, mirrors.maintenance.id, registry_vm.ready.id]
+        if settings.tls.enabled:
+            # What runs after every node step (the tier has no node of the program's).
+            switch = FrontSwitch(
+                "registry-front-switch", settings=settings, ssh=registry_vm.ssh, after=[mirrors]
+            )
+            waits += [switch.issue.id, switch.front.id]
+        return pulumi.Output.all(*waits)
 
     program()
 
@@ -145,7 +153,8 @@ class HostResources:
 
 def capture_existing_host(settings: Settings) -> HostResources:
     """The cache half of the program for ``host`` mode, as components.program wires it: the
-    prepare step (CacheHost), then the same RegistryMirrors as on the VM."""
+    prepare step (CacheHost), then the same RegistryMirrors (the CA, the caches, the front) and,
+    with TLS, FrontSwitch as on the VM (no VM id: nothing to trigger on)."""
     from components.program import create_cache_host
     from components.settings import Secrets
 
@@ -158,7 +167,14 @@ def capture_existing_host(settings: Settings) -> HostResources:
         mirrors = RegistryMirrors(
             "registry-mirrors", settings=settings, ssh=cache_host.ssh, ready=cache_host.ready
         )
-        return pulumi.Output.all(mirrors.mirrors, mirrors.maintenance.id, cache_host.ready.id)
+        waits = [mirrors.mirrors, mirrors.maintenance.id, cache_host.ready.id]
+        if settings.tls.enabled:
+            # What runs after every node step (the tier has no node of the program's).
+            switch = FrontSwitch(
+                "registry-front-switch", settings=settings, ssh=cache_host.ssh, after=[mirrors]
+            )
+            waits += [switch.issue.id, switch.front.id]
+        return pulumi.Output.all(*waits)
 
     program()
     [image] = mocks.of_type(IMAGE_TYPE)
@@ -276,6 +292,7 @@ def tier_settings(
     *,
     stack: str = "dev",
     node_view: tuple[str, str] | None = None,
+    tls_ip_addresses: tuple[str, ...] = (),
 ) -> Settings:
     """``stacks/Pulumi.<stack>.yaml`` as the tier runs it. Only what cannot be real here changes:
     the SSH key (the tier's own), the DNS server (QEMU's), the cloud-init wait's limit (an
@@ -283,7 +300,7 @@ def tier_settings(
     reached from the guest through the lab gateway address) and the nodes (none: the tier's test
     node is not the program's to configure). ``node_view`` = (the host end,
     the node end) of a test node's veth: the VM as that node reaches it (forwarded to the guest),
-    for rendering the node's hosts.toml."""
+    for rendering the node's hosts.toml; ``tls_ip_addresses``: that address in the certificate."""
     from components.settings import DEFAULT_UPSTREAMS, load_settings
     from components.stack_file import read_stack_file, stack_path
 
@@ -299,6 +316,9 @@ def tier_settings(
     ]
     raw["upstreams"] = [{**u, "server": upstream_url} for u in upstreams]
     raw["nodes"] = []
+    if tls_ip_addresses:
+        # The address a test node dials for the VM (forwarded to the guest) in its certificate.
+        raw["tls"] = {**raw.get("tls", {}), "ipAddresses": list(tls_ip_addresses)}
     return load_settings(raw)
 
 

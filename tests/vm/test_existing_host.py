@@ -3,7 +3,8 @@ our vendor-data (a user with an authorized key and passwordless sudo, nothing el
 hand), its own host key pinned the way an operator pins it, then prepared by the program's own
 prepare step (scripts/vm/prepare-host.sh over a connection pinned to that key) and checked against
 what the vendor-data gives the VM: the same files byte for byte, packages, services, directories,
-docker group. Then the same cache and maintenance steps as on the VM, and the caches healthy.
+docker group (and Debian's trafficserver, the front). Then the same CA, cache, front and
+maintenance steps as on the VM, and a pull over HTTPS through the front on the host's address.
 
 Its own guest (the tier's guest is booted from the vendor-data); run it alone with
 ``flock /tmp/vm-tier.lock python -m pytest -m vm tests/vm/test_existing_host.py``.
@@ -50,7 +51,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.vm]
 USER = "debian"
 # No ipconfig0 here: the host takes a DHCP lease from QEMU's user network, its first address.
 HOST_ADDRESS = BootShape.dhcp_start
-PREPARE_TIMEOUT = 1800  # apt installs docker.io under TCG
+PREPARE_TIMEOUT = 1800  # apt installs docker.io and trafficserver under TCG
+# Where the test keeps the CA the host made, for curl --cacert (not a path the program uses).
+HOST_CA = "/tmp/registry-mirrors-tier-ca.pem"
 
 
 @dataclass
@@ -227,13 +230,24 @@ def test_a_changed_file_is_put_back_and_docker_restarted(host: ExistingHost) -> 
     assert host.guest.check("docker info --format '{{.LiveRestoreEnabled}}'").strip() == "true"
 
 
-def test_the_same_cache_and_maintenance_steps_run_and_the_caches_are_healthy(
+def test_the_same_cache_front_and_maintenance_steps_run_and_the_caches_are_healthy(
     host: ExistingHost,
 ) -> None:
+    """The VM's order (tests/vm/conftest.py ``caches``): the CA made on the host, the containers
+    (their registries on loopback), the front (Debian's trafficserver, which prepare-host.sh
+    installed), the renewal script and cron; then FrontSwitch's two steps (the certificate from
+    the CA, the plain ports refused). A pull over HTTPS through the front, trusting exactly the
+    CA the host made, reaches the stand-in upstream; the certificate names the host's address."""
+    settings = host.stack.settings
+    assert settings.tls.enabled  # the default, in this mode too
     major = registry_image.major_of(host.stack.image)
     archive = registry_image.build_registry_archive(major, host.stack.image, host.workdir)
     host.guest.upload(archive, "docker load")
-    for upstream in host.stack.settings.upstreams:
+    trust = host.run("-tls-trust")
+    assert trust.returncode == 0, trust.stderr
+    assert "BEGIN CERTIFICATE" in trust.stdout
+    host.guest.check(f"cat > {HOST_CA}", trust.stdout)
+    for upstream in settings.upstreams:
         result = host.run(f"-{upstream.container}-config")
         assert result.returncode == 0, result.stderr
     resolved = image_id(host.guest, host.stack.image)
@@ -245,14 +259,38 @@ def test_the_same_cache_and_maintenance_steps_run_and_the_caches_are_healthy(
         engine(host.guest, "POST", f"/containers/{created['Id']}/start")
     states = wait_healthy(host.guest, list(host.stack.containers))
     assert all(state == "healthy" for state in states.values()), states
-    for suffix in ("-maintenance-script", "-maintenance-cron"):
+    front = host.run("registry-mirrors-front")
+    assert front.returncode == 0, (
+        front.stderr
+        + host.guest.ssh(
+            "sudo journalctl -u trafficserver --no-pager | tail -n 30; "
+            "sudo tail -n 30 /var/log/trafficserver/diags.log"
+        ).stdout
+    )
+    for suffix in ("-maintenance-script", "-tls-script", "-maintenance-cron"):
         result = host.run(suffix)
         assert result.returncode == 0, f"{suffix}: {result.stderr}"
     host.guest.check(f"test -x {maintenance.SCRIPT_PATH} && test -s {maintenance.CRON_PATH}")
-    # A pull through the Docker Hub cache reaches the stand-in upstream.
-    port = next(u.port for u in host.stack.settings.upstreams if u.host == "docker.io")
+    for suffix in ("-tls-issue", "front-switch-front"):
+        result = host.run(suffix)
+        assert result.returncode == 0, f"{suffix}: {result.stderr}"
+    # A pull through the Docker Hub cache, over HTTPS on the host's address, reaches the
+    # stand-in upstream.
+    docker_hub = next(u for u in settings.upstreams if u.host == "docker.io")
+    endpoint = settings.endpoint(docker_hub)
+    assert endpoint == f"https://{HOST_ADDRESS}:{docker_hub.resolved_tls_port}"
     manifest = host.guest.check(
-        f"curl -sf -H 'Accept: application/vnd.oci.image.index.v1+json' "
-        f"http://127.0.0.1:{port}/v2/library/x/manifests/1"
+        f"curl -sf --cacert {HOST_CA} -H 'Accept: application/vnd.oci.image.index.v1+json' "
+        f"{endpoint}/v2/library/x/manifests/1"
     )
     assert '"manifests"' in manifest
+    sans = host.guest.check(
+        f"openssl s_client -connect {endpoint.removeprefix('https://')} -CAfile {HOST_CA}"
+        " </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+    )
+    assert f"IP Address:{HOST_ADDRESS}" in sans, sans
+    # The plain port refuses once FrontSwitch ran (tls.plainHttp off).
+    plain = host.guest.ssh(
+        f"curl -s -o /dev/null -w '%{{http_code}}' http://{HOST_ADDRESS}:{docker_hub.port}/v2/"
+    )
+    assert plain.stdout.strip() == "403", plain

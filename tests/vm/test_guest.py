@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from components.plan.node_plan import plan_node
+from components.plan.node_plan import plan_node, role_to_send
 from components.plan.node_steps import check_step, probe_step
 from components.renderers import maintenance as maintenance_renderer
 from components.renderers.cloud_init import IMAGE_DHCP_DEFAULT, render_vendor_data
+from components.renderers.tls import TLS_SCRIPT_PATH
 from components.settings import RegistrySettings, load_settings
 from components.settings.budget import cache_budgets
 from components.ssh_client import ssh_client_options
@@ -34,6 +35,7 @@ from tests.prereq import require_binary
 from tests.vm import proxmox_seed, registry_image
 from tests.vm.boot import GUEST_MAC, SSH_TIMEOUT, guest_image, make_seed
 from tests.vm.conftest import (
+    GUEST_CA,
     Tier,
     create_containers,
     engine,
@@ -253,6 +255,11 @@ def test_changed_vendor_data_is_applied_to_the_running_vm_once(ready: Tier) -> N
     guest.check("sudo rmdir /var/lib/registry/registry-gcr /etc/docker-registry/registry-gcr")
 
 
+# curl's options for an https:// endpoint of the tier's front: trusting exactly the CA the
+# guest made (the endpoints name the VM by its address, which is the guest's own).
+CURL_TLS = f"--cacert {GUEST_CA}"
+
+
 # --- the caches --------------------------------------------------------------------------------
 
 
@@ -267,11 +274,14 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
         assert host["Memory"] == int(spec["memory"]) * 1024 * 1024
         assert host["LogConfig"] == {"Type": spec["logDriver"], "Config": spec["logOpts"]}
         published = {
-            key: [b["HostPort"] for b in bindings] for key, bindings in host["PortBindings"].items()
+            key: [(b["HostIp"], b["HostPort"]) for b in bindings]
+            for key, bindings in host["PortBindings"].items()
         }
         assert published == {
-            f"{int(p['internal'])}/tcp": [str(int(p["external"]))] for p in spec["ports"]
+            f"{int(p['internal'])}/tcp": [(p["ip"], str(int(p["external"])))] for p in spec["ports"]
         }
+        # The registry itself only on the VM's loopback: nodes reach it through the front.
+        assert published[f"{int(spec['ports'][0]['internal'])}/tcp"][0][0] == "127.0.0.1"
         assert sorted(host["Binds"]) == sorted(
             f"{v['hostPath']}:{v['containerPath']}" + (":ro" if v.get("readOnly") else "")
             for v in spec["volumes"]
@@ -282,9 +292,46 @@ def test_containers_run_with_exactly_the_components_spec(caches: Tier) -> None:
         for label in spec["labels"]:
             assert labels[label["label"]] == label["value"]
         assert info["State"]["Health"]["Status"] == "healthy", name
-        # Each cache answers on the port the nodes' hosts.toml names, from inside the VM.
-        port = int(spec["ports"][0]["external"])
-        assert guest.ssh(f"curl -fsS http://127.0.0.1:{port}/v2/").returncode == 0, (name, port)
+        # Each cache answers through the front on the port the nodes' hosts.toml names.
+        [upstream] = [u for u in caches.stack.settings.upstreams if u.container == name]
+        endpoint = caches.stack.settings.endpoint(upstream)
+        assert endpoint.startswith("https://")
+        served = guest.ssh(f"curl -fsS {CURL_TLS} {endpoint}/v2/")
+        assert served.returncode == 0, (
+            name,
+            endpoint,
+            served.stderr,
+            # What the front says of itself when it does not answer.
+            guest.ssh(
+                "sudo systemctl status trafficserver --no-pager | tail -n 15; "
+                "sudo tail -n 40 /var/log/trafficserver/diags.log; "
+                "sudo tail -n 20 /var/log/trafficserver/error.log"
+            ).stdout,
+        )
+
+
+def test_the_front_comes_from_the_guests_apt_and_serves_every_cache(caches: Tier) -> None:
+    """Debian's trafficserver, installed by the vendor-data from the guest's own apt sources,
+    configured and started by the front step (scripts/vm/front.sh): one traffic_server listening
+    on every cache's public port, the registries on loopback behind it."""
+    guest = caches.guest
+    assert guest.check("dpkg-query -W -f '${Status}' trafficserver") == "install ok installed"
+    # start, or (Debian's package starts trafficserver when it installs it) a restart, drained
+    # first: the new store needs one.
+    actions = {line for line in caches.front_output.splitlines() if line.startswith("action=")}
+    assert actions & {"action=start", "action=restart", "action=drained-restart"}, actions
+    assert guest.check("systemctl is-active trafficserver").strip() == "active"
+    for upstream in caches.stack.settings.upstreams:
+        # The public port is ATS's (traffic_manager holds the socket, traffic_server serves it),
+        # the registry's own only on loopback.
+        public = guest.check(f"sudo ss -Hltnp 'sport = :{upstream.port}'")
+        assert "traffic_" in public or "[TS_MAIN]" in public, public
+        backend = guest.check(f"sudo ss -Hltn 'sport = :{upstream.resolved_backend_port}'")
+        assert backend.split()[3] == f"127.0.0.1:{upstream.resolved_backend_port}", backend
+    # The same step again changes nothing (no diff in `pulumi up`, and the front keeps running).
+    again = caches.run(caches.stack.step("mirrors-front"))  # not the FrontSwitch's own step
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-2:] == ["action=none", "changed=0"]
 
 
 def test_pull_through_from_inside_the_guest_reaches_the_upstream(caches: Tier) -> None:
@@ -301,11 +348,22 @@ def test_pull_through_from_inside_the_guest_reaches_the_upstream(caches: Tier) -
 
 
 def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path: Path) -> None:
-    """node containerd (CRI, the program's hosts.toml) -> hostfwd -> guest cache -> upstream."""
+    """node containerd (CRI, the program's hosts.toml, the CA the guest made) -> hostfwd ->
+    the guest's front over HTTPS -> its cache -> upstream."""
     for binary in ("ip", "unshare", "sshd", "containerd", "ctr"):
         require_binary(binary)
     upstreams = caches.stack.settings.upstreams[:2]  # docker.io, ghcr.io
     with node_host(tmp_path) as host:
+        # The node dials the VM at the host end of its veth (forwarded to the guest): that
+        # address goes into the certificate (tls.ipAddresses) by the step that runs after the
+        # nodes, as a change of names does in production.
+        vm_view = tier_settings(
+            caches.public_key, upstreams[0].resolved_server, tls_ip_addresses=(host.host_address,)
+        )
+        # The tier's host key: the step pins the key the guest presents (a new stack's would not).
+        issue = caches.run(capture(vm_view, caches.stack.host_key).step("-tls-issue"))
+        assert issue.returncode == 0, issue.stderr
+        assert "issued=1" in issue.stdout
         settings = tier_settings(
             caches.public_key,
             upstreams[0].resolved_server,
@@ -322,9 +380,12 @@ def test_node_pulls_through_the_vm_cache_to_the_upstream(caches: Tier, tmp_path:
         probe = host.run_step(probe_step(settings, node))
         check_step(node, "probe", probe.returncode, probe.stderr)
         plan = plan_node(settings, node, probe.stdout)
-        hosts = host.run_step(plan.hosts)
+        # The hosts step as the component sends it: the CA the guest made in front.
+        hosts = host.run_step(role_to_send(plan, "hosts", caches.ca_pem))
         check_step(node, "hosts", hosts.returncode, hosts.stderr)
-        with forwarded(caches.guest, host.host_address, [u.port for u in upstreams]):
+        assert "https://" in plan.hosts_files["ghcr.io"]
+        ports = [int(settings.endpoint(u).rsplit(":", 1)[1]) for u in upstreams]
+        with forwarded(caches.guest, host.host_address, ports):
             before = caches.upstream.log().count("/v2/org/y/manifests/2")
             cri_client.pull_image(host.containerd_socket, "ghcr.io/org/y:2", timeout=180)
             cri_client.pull_image(host.containerd_socket, "docker.io/library/x:2", timeout=180)
@@ -630,6 +691,64 @@ def test_the_other_major_serves_from_the_components_spec(
         guest.ssh(f"docker rm -f {names} >/dev/null")
         create_containers(maintenance, maintenance.stack)
         wait_healthy(guest, list(maintenance.stack.containers))
+
+
+# --- TLS: the certificate's renewal ------------------------------------------------------------
+
+
+def _served_serial(tier: Tier, endpoint: str) -> str:
+    address = endpoint.removeprefix("https://")
+    return tier.guest.check(
+        f"openssl s_client -connect {address} -CAfile {GUEST_CA} </dev/null 2>/dev/null"
+        " | openssl x509 -noout -serial"
+    ).strip()
+
+
+def test_the_renewal_runs_from_the_guests_cron_entry_and_a_pull_during_it_succeeds(
+    maintenance: Tier,
+) -> None:
+    """The cron entry the program installs (registry-tls renew), run as cron runs it, while a
+    blob is being fetched over HTTPS (rate-limited: under way for seconds): a new certificate
+    from the same CA is served afterwards, the fetch completes with the right digest, and the
+    renewal logged under the maintenance tag. 'Time passed' is the state's renewal threshold
+    moved past the certificate's lifetime (the renewal a certificate near its end gets)."""
+    tier, guest = maintenance, maintenance.guest
+    settings = tier.stack.settings
+    endpoint = settings.endpoint(settings.upstreams[0])
+    cron = guest.check(f"sudo cat {maintenance_renderer.CRON_PATH}")
+    [line] = [line for line in cron.splitlines() if f" {TLS_SCRIPT_PATH} renew" in line]
+    command = line.split(maxsplit=6)[6]
+    guest.check(
+        "sudo sed -i 's/^RENEW_BEFORE_DAYS=.*/RENEW_BEFORE_DAYS=100000/' "
+        "/etc/registry-mirrors/tls/state.env"
+    )
+    before = _served_serial(tier, endpoint)
+    layer = tier.images["2"].blob_digests[-1]
+    url = f"{endpoint}/v2/library/x/blobs/{layer}?ns=docker.io"
+    # 2 KB/s: the 128 KiB layer takes about a minute, longer than the cron run in the guest (at
+    # 16 KB/s it had ended before the renewal returned, in the tier's first run).
+    fetch = (f"curl -fsS --limit-rate 2k {CURL_TLS} -o /tmp/renewal-blob {shlex.quote(url)};"
+             " echo $? > /tmp/renewal-blob.rc")  # fmt: skip
+    guest.check("rm -f /tmp/renewal-blob /tmp/renewal-blob.rc")
+    guest.check(f"nohup sh -c {shlex.quote(fetch)} >/dev/null 2>&1 &")
+    time.sleep(2)  # the fetch under way
+    since = time.time()
+    run_as_cron(tier, command)
+    assert guest.ssh("test -e /tmp/renewal-blob.rc").returncode != 0, "the fetch ended too soon"
+    deadline = time.monotonic() + 120
+    while guest.ssh("test -e /tmp/renewal-blob.rc").returncode != 0:
+        assert time.monotonic() < deadline, "the fetch never ended"
+        time.sleep(1)
+    assert guest.check("cat /tmp/renewal-blob.rc").strip() == "0"
+    digest = guest.check("sha256sum /tmp/renewal-blob").split()[0]
+    assert f"sha256:{digest}" == layer
+    after = _served_serial(tier, endpoint)
+    assert after != before
+    assert "issued" in tier.journal(since, maintenance_renderer.LOG_TAG)
+    guest.check(
+        "sudo sed -i 's/^RENEW_BEFORE_DAYS=.*/RENEW_BEFORE_DAYS=30/' "
+        "/etc/registry-mirrors/tls/state.env"
+    )
 
 
 def test_a_recreated_vm_presents_the_same_key(maintenance: Tier, tmp_path: Path) -> None:
