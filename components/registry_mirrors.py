@@ -274,18 +274,11 @@ class RegistryMirrors(pulumi.ComponentResource):
         )
 
     def _create_maintenance(self) -> remote.Command:
-        script = remote.Command(
-            f"{self._name}-maintenance-script",
-            connection=self._ssh.connection(),
-            create=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "MODE": "0755"}),
-            update=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "MODE": "0755"}),
-            delete=remote_command(INSTALL_FILE, {"DEST": maintenance.SCRIPT_PATH, "REMOVE": 1}),
-            stdin=maintenance.script_text(),
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[self._ready], delete_before_replace=True
-            ),
-        )
-        scripts: list[pulumi.Resource] = [script]
+        scripts = [
+            self._create_installed_script(
+                "maintenance-script", maintenance.SCRIPT_SOURCE, maintenance.SCRIPT_PATH
+            )
+        ]
         if self._settings.tls.enabled:
             scripts.append(self._create_installed_script("tls-script", TLS_SCRIPT, TLS_SCRIPT_PATH))
         install_cron = remote_command(INSTALL_FILE, {"DEST": maintenance.CRON_PATH, "MODE": "0644"})
