@@ -171,6 +171,7 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
     trust: pulumi.Output[str | None] = (
         mirrors.trust_bundle if mirrors.trust_bundle is not None else pulumi.Output.from_input(None)
     )
+    rendered = trust.apply(lambda pem: rendered_exports(settings, pem))
     exports: dict[str, pulumi.Output[Any]] = {
         # The same shape in both modes: an existing host has no vmId or proxmoxNode (null).
         "registryVm": pulumi.Output.all(
@@ -190,10 +191,7 @@ def run(runner: StepRunner | None = None) -> dict[str, pulumi.Output[Any]]:
             }
         ),
         "mirrors": mirrors.mirrors,
-        **{
-            key: trust.apply(lambda pem, key=key: rendered_exports(settings, pem)[key])
-            for key in rendered_exports(settings)
-        },
+        **{key: rendered.apply(lambda r, key=key: r[key]) for key in rendered_exports(settings)},
         "nodes": pulumi.Output.from_input(nodes.nodes),
         "rollout": pulumi.Output.from_input(nodes.batches),
     }
