@@ -14,12 +14,12 @@
 # summary first).
 #
 # Next to FILE (probe.sh reads .orig, .absent and .applied back):
-#   FILE.registry-mirrors.orig            the very first original, until delete puts it back
+#   FILE.registry-mirrors.orig            the very first original, until a restore puts it back
 #   FILE.registry-mirrors.absent          ... or the mark that there was no FILE then
 #   FILE.registry-mirrors.<UTC stamp>     one backup per change
 #   FILE.registry-mirrors.applied         "<sha256 left> <guard sent> <mark sent>" (record_applied),
 #                                         then a sha256sum line per file in applied_also
-#   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by delete
+#   FILE.registry-mirrors.before-restore  a FILE changed after us, replaced by a restore
 
 # Messages name the script: $0 is node/<name>.sh on the node, scripts/node/<name>.sh in a checkout.
 me=${0##*/}
@@ -229,9 +229,9 @@ skip_or_refuse() {
   fi
 }
 
-# install_new FILE STAGED: keep FILE's very first original forever (`state: restored` restores it) plus one
-# backup per change (sets backup; "" when there was no FILE), then rename STAGED into place with
-# FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
+# install_new FILE STAGED: keep FILE's very first original forever (`state: restored` restores
+# it) plus one backup per change (sets backup; "" when there was no FILE), then rename STAGED into
+# place with FILE's mode, or 0600 for a new FILE (config.toml and registries.yaml may carry registry
 # credentials). Prints changed=1 backup=.
 backup=""
 install_new() {
