@@ -25,7 +25,13 @@ from components.settings.node_access import DEFAULT_READ_USER, NodeAccessSetting
 from components.settings.nodes import Node
 from components.settings.proxmox import ProxmoxSettings
 from components.settings.registry import RegistrySettings
-from components.settings.upstreams import DEFAULT_UPSTREAMS, Upstream
+from components.settings.upstreams import (
+    BACKEND_OFFSET,
+    DEFAULT_UPSTREAMS,
+    METRICS_OFFSET,
+    TLS_OFFSET,
+    Upstream,
+)
 from components.settings.vm import VmSettings
 
 
@@ -200,9 +206,9 @@ def _cross_problems(raw: Mapping[str, Any]) -> list[str]:
         # Every port the VM listens on for this cache: the front's plain (port) and HTTPS ones,
         # the registry's metrics, and the registry itself on loopback (a front port with the same
         # number would collide with it: the front listens on every address).
-        derived = [("metricsPort", 1), ("backendPort", 10000)]
+        derived = [("metricsPort", METRICS_OFFSET), ("backendPort", BACKEND_OFFSET)]
         if tls_enabled:
-            derived.insert(1, ("tlsPort", 2))
+            derived.insert(1, ("tlsPort", TLS_OFFSET))
         fields: list[tuple[str, int | None]] = [("port", port)]
         for key, offset in derived:
             value = _int_or_none(_get(upstream, key))

@@ -9,6 +9,10 @@ from pydantic import Field, field_validator
 from components.settings.budget import check_budget
 from components.settings.checks import ContainerName, Port, RegistryHost, _Model, _no_credentials
 
+# The ports derived from ``port`` when not set: the registry's metrics, the front's HTTPS port,
+# the registry itself on loopback behind the front (settings keys).
+METRICS_OFFSET, TLS_OFFSET, BACKEND_OFFSET = 1, 2, 10000
+
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
 
@@ -58,15 +62,15 @@ class Upstream(_Model):
 
     @property
     def resolved_metrics_port(self) -> int:
-        return self.metrics_port if self.metrics_port is not None else self.port + 1
+        return self.metrics_port if self.metrics_port is not None else self.port + METRICS_OFFSET
 
     @property
     def resolved_tls_port(self) -> int:
-        return self.tls_port if self.tls_port is not None else self.port + 2
+        return self.tls_port if self.tls_port is not None else self.port + TLS_OFFSET
 
     @property
     def resolved_backend_port(self) -> int:
-        return self.backend_port if self.backend_port is not None else self.port + 10000
+        return self.backend_port if self.backend_port is not None else self.port + BACKEND_OFFSET
 
     @property
     def resolved_server(self) -> str:
